@@ -1,0 +1,288 @@
+"""Every setting of the agent, read from flags and environment and validated once.
+
+Each setting has one `Option` row: its command-line flag, the environment variables that
+may set it (the first one set wins; the old Go agent's names are listed too), a parser and
+a default. The CLI builds its flags from these rows, so `--help`, the README table and the
+program cannot disagree about names or defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = "./state"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the agent cannot use; the message names the setting."""
+
+
+def parse_bool(text: str) -> bool:
+    """Parse a boolean written as 1/0, true/false, yes/no or on/off."""
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Parse `host:port` (IPv6 as `[::1]:8443`) into a (host, port) pair."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", port  # noqa: S104 - listening on all interfaces is the default
+
+
+def parse_positive_int(text: str) -> int:
+    """Parse an integer greater than zero."""
+    value = int(text.strip())
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse_positive_float(text: str) -> float:
+    """Parse a number greater than zero."""
+    value = float(text.strip())
+    if not value > 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    """Return a parser that accepts one of `choices` (case-insensitive)."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated list, dropping blanks."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_path(text: str) -> Path:
+    """Parse a filesystem path (`~` expanded)."""
+    return Path(text.strip()).expanduser()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: where it comes from, how it is parsed, what it defaults to."""
+
+    name: str
+    flag: str | None  # None: environment only (secrets never go on a command line)
+    env: tuple[str, ...]
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    secret: bool = False
+    group: str = "common"
+
+
+OPTIONS: tuple[Option, ...] = (
+    # detection
+    Option("rules_path", "--rules", ("RULES_PATH",), parse_path, None,
+           "detection rules file (default: ./rules.yaml if present, else the packaged rules)"),
+    Option("entity_namespace", "--entity-namespace", ("ENTITY_NAMESPACE",), str, "default",
+           "catalog namespace for cluster-scoped objects"),
+    Option("k8s_namespace", "--k8s-namespace", ("K8S_NAMESPACE",), str, None,
+           "the agent's own namespace, never reported"),
+    # delivery
+    Option("backend_url", "--backend-url", ("HEALERT_BACKEND_URL",), str, None,
+           "Healert backend base URL (unset: keep events in the outbox and log them)",
+           group="delivery"),
+    Option("api_key", None, ("HEALERT_API_KEY",), str, None,
+           "bearer key for the backend (environment only; prefer the key file)",
+           secret=True, group="delivery"),
+    Option("api_key_file", "--api-key-file", ("HEALERT_API_KEY_FILE",), parse_path, None,
+           "file holding the backend bearer key", group="delivery"),
+    Option("state_dir", "--state-dir", ("HEALERT_STATE_DIR",), parse_path,
+           Path(DEFAULT_STATE_DIR), "outbox database and checkpoints", group="delivery"),
+    Option("forward_rate", "--forward-rate", ("HEALERT_FORWARD_RATE",), parse_positive_float,
+           60.0, "most events per minute sent to the backend", group="delivery"),
+    Option("outbox_max_events", "--outbox-max-events", ("HEALERT_OUTBOX_MAX_EVENTS",),
+           parse_positive_int, 100_000, "most queued events; the oldest are dropped above it",
+           group="delivery"),
+    Option("dedup_window", "--dedup-window", ("HEALERT_DEDUP_WINDOW",), parse_positive_float,
+           86_400.0, "seconds a delivered event's key is remembered", group="delivery"),
+    Option("backoff_base", "--backoff-base", ("HEALERT_BACKOFF_BASE",), parse_positive_float,
+           1.0, "first retry delay in seconds", group="delivery"),
+    Option("backoff_max", "--backoff-max", ("HEALERT_BACKOFF_MAX",), parse_positive_float,
+           300.0, "longest retry delay in seconds", group="delivery"),
+    # webhook
+    Option("listen", "--listen", ("HEALERT_LISTEN",), parse_hostport,
+           ("0.0.0.0", 8443),  # noqa: S104 - the apiserver connects from outside the pod
+           "webhook listener HOST:PORT", group="webhook"),
+    Option("webhook_path", "--webhook-path", ("HEALERT_WEBHOOK_PATH",), str, "/audit",
+           "webhook URL path", group="webhook"),
+    Option("tls_cert", "--tls-cert", ("HEALERT_TLS_CERT",), parse_path, None,
+           "server certificate chain (PEM)", group="webhook"),
+    Option("tls_key", "--tls-key", ("HEALERT_TLS_KEY",), parse_path, None,
+           "server private key (PEM)", group="webhook"),
+    Option("tls_client_ca", "--tls-client-ca", ("HEALERT_TLS_CLIENT_CA",), parse_path, None,
+           "CA bundle; when set, client certificates are required", group="webhook"),
+    Option("tls_client_names", "--tls-client-names", ("HEALERT_TLS_CLIENT_NAMES",), parse_list,
+           (), "allowed client certificate names (CN or DNS SAN), comma-separated",
+           group="webhook"),
+    Option("webhook_token_file", "--webhook-token-file", ("HEALERT_WEBHOOK_TOKEN_FILE",),
+           parse_path, None, "file of accepted bearer tokens, one per line", group="webhook"),
+    Option("insecure_http", "--insecure-http", ("HEALERT_INSECURE_HTTP",), parse_bool, False,
+           "allow plain HTTP on a non-loopback address", group="webhook"),
+    Option("max_body_bytes", "--max-body-bytes", ("HEALERT_MAX_BODY_BYTES",),
+           parse_positive_int, 64 * 1024 * 1024, "webhook body limit in bytes", group="webhook"),
+    Option("ops_listen", "--ops-listen", ("HEALERT_OPS_LISTEN",), parse_hostport,
+           ("0.0.0.0", 9090),  # noqa: S104 - Prometheus and kubelet probes connect from outside
+           "ops listener HOST:PORT for /metrics, /healthz, /readyz",
+           group="ops"),
+    # tail
+    Option("audit_log_path", "--audit-log", ("AUDIT_LOG_PATH",), parse_path,
+           Path("/var/log/kubernetes/audit/audit.log"), "audit log file to follow",
+           group="tail"),
+    Option("tail_from", "--from", ("HEALERT_TAIL_FROM",), parse_choice("end", "start"), "end",
+           "where to start when no checkpoint exists", group="tail"),
+    Option("tail_max_line_bytes", "--max-line-bytes", ("HEALERT_TAIL_MAX_LINE_BYTES",),
+           parse_positive_int, 16 * 1024 * 1024, "longest audit log line read", group="tail"),
+    Option("tail_poll_interval", "--poll-interval", ("HEALERT_TAIL_POLL_INTERVAL",),
+           parse_positive_float, 0.1, "seconds between checks for new lines", group="tail"),
+    # logging
+    Option("log_format", "--log-format", ("HEALERT_LOG_FORMAT",), parse_choice("text", "json"),
+           "text", "log line format", group="ops"),
+    Option("log_level", "--log-level", ("HEALERT_LOG_LEVEL",),
+           parse_choice("debug", "info", "warning", "error"), "info", "log level", group="ops"),
+)
+
+OPTIONS_BY_NAME: Mapping[str, Option] = {opt.name: opt for opt in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one run. Secrets are kept out of `repr`."""
+
+    rules_path: Path | None = None
+    entity_namespace: str = "default"
+    k8s_namespace: str | None = None
+    backend_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_file: Path | None = None
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    forward_rate: float = 60.0
+    outbox_max_events: int = 100_000
+    dedup_window: float = 86_400.0
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    listen: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104
+    webhook_path: str = "/audit"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_client_names: tuple[str, ...] = ()
+    webhook_token_file: Path | None = None
+    insecure_http: bool = False
+    max_body_bytes: int = 64 * 1024 * 1024
+    ops_listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104
+    audit_log_path: Path = Path("/var/log/kubernetes/audit/audit.log")
+    tail_from: str = "end"
+    tail_max_line_bytes: int = 16 * 1024 * 1024
+    tail_poll_interval: float = 0.1
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @property
+    def outbox_path(self) -> Path:
+        """Path of the SQLite outbox database inside the state directory."""
+        return self.state_dir / "outbox.db"
+
+    def read_api_key(self) -> str | None:
+        """Return the backend key: the key file's first line wins over HEALERT_API_KEY."""
+        if self.api_key_file is not None:
+            try:
+                text = self.api_key_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"HEALERT_API_KEY_FILE {self.api_key_file}: {exc.strerror}") from exc
+            key = text.strip().splitlines()[0].strip() if text.strip() else ""
+            return key or None
+        return self.api_key or None
+
+
+def _from_env(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    for name in option.env:
+        value = environ.get(name)
+        if value is not None and value != "":
+            return name, value
+    return None
+
+
+def build_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    names: Sequence[str] | None = None,
+) -> Settings:
+    """Build Settings from already-parsed flag values, then the environment, then defaults.
+
+    `overrides` maps option names to values parsed from flags (None means "not given").
+    Every problem is collected and raised together as one ConfigError.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    wanted = set(names) if names is not None else {f.name for f in fields(Settings)}
+    for option in OPTIONS:
+        if option.name not in wanted:
+            continue
+        given = overrides.get(option.name)
+        if given is not None:
+            values[option.name] = given
+            continue
+        found = _from_env(option, environ)
+        if found is None:
+            continue
+        env_name, raw = found
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            shown = "(hidden)" if option.secret else repr(raw)
+            detail = str(exc) if not option.secret else "invalid value"
+            errors.append(f"{env_name}={shown}: {detail}")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    problems: list[str] = []
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        problems.append("HEALERT_TLS_CERT and HEALERT_TLS_KEY must be given together")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        problems.append("HEALERT_TLS_CLIENT_CA needs HEALERT_TLS_CERT and HEALERT_TLS_KEY")
+    if not settings.webhook_path.startswith("/"):
+        problems.append(f"HEALERT_WEBHOOK_PATH must start with '/': {settings.webhook_path!r}")
+    if settings.backend_url is not None and not settings.backend_url.startswith(
+        ("http://", "https://")
+    ):
+        problems.append(
+            f"HEALERT_BACKEND_URL must start with http:// or https://: {settings.backend_url!r}")
+    if settings.backoff_max < settings.backoff_base:
+        problems.append("HEALERT_BACKOFF_MAX must not be below HEALERT_BACKOFF_BASE")
+    if problems:
+        raise ConfigError("; ".join(problems))

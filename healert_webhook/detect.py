@@ -1,0 +1,256 @@
+"""Audit events in, friction events out. No I/O, no clock, no global state.
+
+The rules are compiled into a three-level index, resource -> subresource -> verb, whose
+leaves are the rules that could match. Most audit events (controllers watching leases,
+kubelets reading pods) find an empty leaf after three dict lookups and cost nothing more.
+Only candidates go through the slow path: type checks, namespace and actor filters,
+annotations, entity resolution and rendering.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from healert_webhook import audit
+from healert_webhook.entity import entity_ref, object_metadata, workload_name
+from healert_webhook.rules import Rule, RuleSet
+
+MAX_DESCRIPTION = 500
+MAX_FIELD = 200
+_ANY = object()  # index key for "a value no rule names"
+_EMPTY: dict[str, Any] = {}
+
+# resource -> (subresource -> (verb -> rules, rules for other verbs), other subresources)
+VerbMap = tuple[dict[Any, tuple[Rule, ...]], tuple[Rule, ...]]
+SubMap = tuple[dict[Any, VerbMap], VerbMap]
+
+
+class Friction(NamedTuple):
+    """One detection: its dedup key, the rule, and the backend payload (DESIGN §6 fields)."""
+
+    key: str
+    rule: str
+    event: dict[str, Any]
+
+
+@dataclass
+class Stats:
+    """What one call of `Detector.detect` saw, for the metrics and the replay summary."""
+
+    events: int = 0
+    invalid: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    matched: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def merge(self, other: Stats) -> None:
+        """Add another Stats' counts to this one."""
+        self.events += other.events
+        self.invalid.update(other.invalid)
+        self.skipped.update(other.skipped)
+        self.matched.update(other.matched)
+
+
+def _verb_map(rules: Sequence[Rule]) -> VerbMap:
+    verbs = {verb for rule in rules for verb in (rule.verbs or ())}
+    by_verb = {verb: tuple(r for r in rules if r.verbs is None or verb in r.verbs)
+               for verb in verbs}
+    return by_verb, tuple(r for r in rules if r.verbs is None)
+
+
+def _sub_map(rules: Sequence[Rule]) -> SubMap:
+    subs: set[Any] = {None, ""}
+    for rule in rules:
+        if rule.subresource is not None:
+            subs.add(rule.subresource)
+        subs.update(rule.ignore_subresources)
+    by_sub: dict[Any, VerbMap] = {}
+    for sub in subs:
+        key = None if sub == "" else sub
+        chosen = [r for r in rules
+                  if (r.subresource is None or r.subresource == key)
+                  and key not in r.ignore_subresources]
+        by_sub[sub] = _verb_map(chosen)
+    other = [r for r in rules if r.subresource is None]
+    return by_sub, _verb_map(other)
+
+
+def build_index(rules: Sequence[Rule]) -> tuple[dict[Any, SubMap], SubMap]:
+    """Index enabled rules by resource, subresource and verb (see the module docstring)."""
+    named = {res for rule in rules for res in (rule.resources or ())}
+    by_resource = {
+        res: _sub_map([r for r in rules if r.resources is None or res in r.resources])
+        for res in named
+    }
+    return by_resource, _sub_map([r for r in rules if r.resources is None])
+
+
+class Detector:
+    """Compiled rules plus the settings detection needs; immutable, safe to share."""
+
+    def __init__(self, ruleset: RuleSet, *, entity_namespace: str = "default",
+                 own_namespace: str | None = None) -> None:
+        self.ruleset = ruleset
+        self.rules = ruleset.enabled
+        self.entity_namespace = entity_namespace
+        excluded = set(ruleset.ignore_namespaces)
+        if own_namespace:
+            excluded.add(own_namespace)
+        self.excluded_namespaces = frozenset(excluded)
+        self._by_resource, self._any_resource = build_index(self.rules)
+
+    def detect(self, events: Iterable[Any], stats: Stats) -> list[Friction]:
+        """Friction events for `events`, in order; never raises on any input.
+
+        Counts go into `stats`. A request seen at two stages yields the same keys twice;
+        the outbox (or replay) keeps the first.
+        """
+        by_resource = self._by_resource
+        any_resource = self._any_resource
+        out: list[Friction] = []
+        n = no_rule = quiet = 0
+        firing = audit.FIRING_STAGES
+        for event in events:
+            n += 1
+            try:
+                stage = event["stage"]
+                if stage not in firing:
+                    if stage in audit.QUIET_STAGES:
+                        quiet += 1
+                    else:
+                        self._invalid(event, stats)
+                    continue
+                ref = event.get("objectRef")
+                if ref is None:
+                    ref = _EMPTY
+                subs, other_sub = by_resource.get(ref.get("resource"), any_resource)
+                verbs, other_verb = subs.get(ref.get("subresource"), other_sub)
+                candidates = verbs.get(event.get("verb"), other_verb)
+                if not candidates:
+                    no_rule += 1
+                    continue
+            except (KeyError, TypeError, AttributeError):
+                self._invalid(event, stats)
+                continue
+            self._evaluate(event, ref, candidates, stats, out)
+        stats.events += n
+        if no_rule:
+            stats.skipped["no_rule"] += no_rule
+        if quiet:
+            stats.skipped["stage"] += quiet
+        return out
+
+    @staticmethod
+    def _invalid(event: Any, stats: Stats) -> None:
+        stats.invalid[audit.invalid_reason(event) or "unusable"] += 1
+
+    def _evaluate(self, event: dict[str, Any], ref: dict[str, Any],
+                  candidates: tuple[Rule, ...], stats: Stats, out: list[Friction]) -> None:
+        reason = audit.invalid_reason(event)
+        if reason is not None:
+            stats.invalid[reason] += 1
+            return
+        user = event.get("user") or _EMPTY
+        username: str = user.get("username") or ""
+        resource: str = ref.get("resource") or ""
+        name: str = ref.get("name") or ""
+        namespace: str = ref.get("namespace") or ""
+        scope_ns = name if resource == "namespaces" and not namespace else namespace
+        if scope_ns in self.excluded_namespaces:
+            stats.skipped["namespace"] += 1
+            return
+        internal = audit.is_internal_actor(username)
+        before = len(out)
+        last_skip = "filtered"
+        for rule in candidates:
+            if rule.ignore_system and internal:
+                last_skip = "system_actor"
+                continue
+            if scope_ns and scope_ns in rule.ignore_namespaces:
+                last_skip = "namespace"
+                continue
+            if rule.namespace_contains is not None and \
+                    rule.namespace_contains not in scope_ns.lower():
+                last_skip = "namespace"
+                continue
+            if rule.annotation is not None and not _has_annotation(event, *rule.annotation):
+                last_skip = "annotation"
+                continue
+            out.append(self._friction(event, ref, rule, username))
+            stats.matched[(rule.name, rule.severity)] += 1
+        if len(out) == before:
+            stats.skipped[last_skip] += 1
+
+    def _friction(self, event: dict[str, Any], ref: dict[str, Any], rule: Rule,
+                  username: str) -> Friction:
+        verb: str = event["verb"]
+        resource: str = ref.get("resource") or ""
+        name: str = ref.get("name") or ""
+        namespace: str = ref.get("namespace") or ""
+        cluster_scoped = not namespace or resource == "namespaces"
+        meta = object_metadata(event)
+        workload = workload_name(resource, name, meta) or resource or "unknown"
+        entity_ns = self.entity_namespace if cluster_scoped else namespace
+        payload: dict[str, Any] = {
+            "entity_ref": entity_ref(entity_ns, workload),
+            "type": rule.name,
+            "severity": rule.severity,
+            "service": audit.clean_text(workload, MAX_FIELD),
+            "description": self._describe(event, ref, rule, username, workload),
+        }
+        if username:
+            payload["actor"] = audit.clean_text(username, MAX_FIELD)
+        if not cluster_scoped:
+            payload["namespace"] = audit.clean_text(namespace, MAX_FIELD)
+        if rule.workflow:
+            payload["workflow"] = audit.clean_text(rule.workflow, MAX_FIELD)
+        if rule.points is not None:
+            payload["points"] = rule.points
+        timestamp = audit.event_timestamp(event)
+        if timestamp is not None:
+            payload["timestamp"] = timestamp
+        return Friction(audit.dedup_key(event, username, verb, rule.name), rule.name, payload)
+
+    @staticmethod
+    def _describe(event: dict[str, Any], ref: dict[str, Any], rule: Rule, username: str,
+                  workload: str) -> str:
+        status = event.get("responseStatus")
+        code = status.get("code") if isinstance(status, dict) else None
+        values = {
+            "actor": username or "unknown",
+            "resource": ref.get("resource") or "",
+            "name": ref.get("name") or "",
+            "namespace": ref.get("namespace") or "-",
+            "verb": event["verb"],
+            "subresource": ref.get("subresource") or "",
+            "code": str(code) if isinstance(code, int) else "",
+            "workload": workload,
+        }
+        parts = []
+        for literal, token in rule.template:
+            parts.append(literal)
+            if token is not None:
+                parts.append(audit.clean_text(values[token], MAX_FIELD))
+        text = "".join(parts)
+        impersonated = audit.impersonated_name(event)
+        if impersonated is not None:
+            text += f" (as {audit.clean_text(impersonated, MAX_FIELD)})"
+        return audit.clean_text(text, MAX_DESCRIPTION)
+
+
+def _has_annotation(event: dict[str, Any], key: str, value: str) -> bool:
+    """The annotation on the audit event itself or on the object it carries."""
+    annotations = event.get("annotations")
+    if isinstance(annotations, dict) and annotations.get(key) == value:
+        return True
+    for field_name in ("responseObject", "requestObject"):
+        obj = event.get(field_name)
+        if isinstance(obj, dict):
+            meta = obj.get("metadata")
+            if isinstance(meta, dict):
+                found = meta.get("annotations")
+                if isinstance(found, dict) and found.get(key) == value:
+                    return True
+    return False

@@ -1,0 +1,81 @@
+"""Every Prometheus metric of the agent, defined in one place.
+
+Labels are bounded sets (status codes, rule names, reasons, sources): never namespaces,
+entities or users, whose cardinality an attacker or a busy cluster controls.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from healert_webhook import __version__
+
+BUILD_INFO = Info("healert_build", "Version of the running agent")
+BUILD_INFO.info({"version": __version__})
+
+# Ingest (all sources)
+AUDIT_EVENTS = Counter(
+    "healert_audit_events_total", "Audit events received", ["source"])
+INVALID_EVENTS = Counter(
+    "healert_invalid_events_total", "Audit events or lines skipped as malformed",
+    ["source", "reason"])
+SKIPPED_EVENTS = Counter(
+    "healert_skipped_events_total",
+    "Well-formed audit events that produced no friction event, by reason", ["source", "reason"])
+FRICTION_EVENTS = Counter(
+    "healert_friction_events_total", "Friction events detected", ["rule", "severity"])
+DUPLICATES = Counter(
+    "healert_duplicates_suppressed_total",
+    "Friction events not stored because the same request was already seen", ["source"])
+
+# Rules
+RULES_LOADED = Gauge("healert_rules_loaded", "Rules enabled in the active rule set")
+RULES_RELOADS = Counter(
+    "healert_rules_reloads_total", "Rule reloads by result (success, failure)", ["result"])
+
+# Webhook
+WEBHOOK_REQUESTS = Counter(
+    "healert_webhook_requests_total", "Webhook requests by HTTP status code", ["code"])
+WEBHOOK_DURATION = Histogram(
+    "healert_webhook_request_duration_seconds", "Time from request start to answer",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
+WEBHOOK_BODY_BYTES = Histogram(
+    "healert_webhook_body_bytes", "Size of webhook request bodies",
+    buckets=(1024, 16384, 131072, 1048576, 4194304, 16777216, 67108864))
+WEBHOOK_AUTH_FAILURES = Counter(
+    "healert_webhook_auth_failures_total", "Webhook requests refused by authentication",
+    ["reason"])
+
+# Outbox
+OUTBOX_DEPTH = Gauge("healert_outbox_depth", "Friction events waiting to be delivered")
+OUTBOX_OLDEST_AGE = Gauge(
+    "healert_outbox_oldest_age_seconds", "Age of the oldest friction event waiting")
+OUTBOX_DROPPED = Counter(
+    "healert_outbox_dropped_total", "Friction events dropped from the outbox, by reason",
+    ["reason"])
+OUTBOX_WRITE_ERRORS = Counter(
+    "healert_outbox_write_errors_total", "Failed outbox transactions, by reason", ["reason"])
+DEAD_LETTERS = Gauge("healert_dead_letters", "Friction events parked as dead letters")
+DEAD_LETTERED = Counter(
+    "healert_dead_lettered_total", "Friction events moved to the dead letters, by reason",
+    ["reason"])
+
+# Forwarder
+FORWARD_ATTEMPTS = Counter(
+    "healert_forward_attempts_total", "Delivery attempts by outcome", ["outcome"])
+FORWARD_DURATION = Histogram(
+    "healert_forward_duration_seconds", "Duration of delivery requests to the backend",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+FORWARD_PAUSED = Gauge(
+    "healert_forward_paused", "1 while deliveries are paused because the backend refused the key")
+
+# Tail
+TAIL_BYTES = Counter("healert_tail_bytes_read_total", "Bytes read from audit log files")
+TAIL_LINES = Counter("healert_tail_lines_read_total", "Lines read from audit log files")
+TAIL_LAG = Gauge("healert_tail_lag_bytes", "Bytes between the checkpoint and the end of the file")
+TAIL_ROTATIONS = Counter(
+    "healert_tail_rotations_total", "Log rotations followed, by kind", ["kind"])
+TAIL_SKIPPED = Counter(
+    "healert_tail_lines_skipped_total", "Audit log lines skipped, by reason", ["reason"])
+TAIL_CHECKPOINT_AGE = Gauge(
+    "healert_tail_checkpoint_age_seconds", "Seconds since the tail checkpoint last advanced")

@@ -1,0 +1,247 @@
+"""`healert-webhook replay`: run the rules over historic audit logs.
+
+Accepts JSON-lines logs (gzipped or not), an EventList document, a single Event (also
+pretty-printed over several lines), or `-` for stdin. Each friction event is printed as
+one JSON line on stdout (the body the backend would receive); a summary goes to stderr.
+With `--forward` the events are also queued in the outbox, deduplicated by key.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from healert_webhook import audit
+from healert_webhook.config import Settings
+from healert_webhook.detect import Friction, Stats
+from healert_webhook.pipeline import Pipeline
+from healert_webhook.rules import RulesError
+
+BATCH_LINES = 1000
+MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
+SHOWN_PROBLEMS = 20
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class ReadReport:
+    """What reading saw: lines, and every invalid line (the first few with their place)."""
+
+    lines: int = 0
+    invalid: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def bad(self, place: str, reason: str) -> None:
+        """Count an invalid line and remember where it was."""
+        self.invalid[reason] += 1
+        if len(self.examples) < SHOWN_PROBLEMS:
+            self.examples.append(f"{place}: {reason}")
+
+
+def _open(path: str) -> IO[bytes]:
+    if path == "-":
+        raw: IO[bytes] = sys.stdin.buffer
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    peek = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
+    if path.endswith(".gz") or peek == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _items(doc: Any, place: str, report: ReadReport) -> list[Any]:
+    try:
+        items = audit.batch_items(doc)
+    except audit.BadDocument:
+        report.bad(place, "not_an_event")
+        return []
+    return items
+
+
+def _read_line(stream: IO[bytes], max_line: int) -> tuple[bytes, bool]:
+    """One line, or (b"", True) when it is longer than max_line (its rest is skipped)."""
+    line = stream.readline(max_line + 1)
+    if len(line) <= max_line or line.endswith(b"\n"):
+        return line, False
+    while line and not line.endswith(b"\n"):
+        line = stream.readline(1024 * 1024)
+    return b"", True
+
+
+def iter_batches(stream: IO[bytes], name: str, report: ReadReport,
+                 max_line: int) -> Iterator[list[Any]]:
+    """Parsed events of one file, in batches; invalid lines go to `report`."""
+    batch: list[Any] = []
+    first, too_long = _read_line(stream, max_line)
+    lineno = 1
+    if not too_long and first.strip()[:1] in (b"{", b"[") and not _parses(first):
+        # Either a document spread over lines, or JSON lines with a broken first line:
+        # in a JSON-lines file the next line stands on its own.
+        second, second_too_long = _read_line(stream, max_line)
+        if second_too_long or not second.strip() or not _parses(second):
+            yield from _whole_document(first + second, stream, name, report)
+            return
+        _account(first, False, f"{name}:1", report, batch)
+        first, lineno = second, 2
+    _account(first, too_long, f"{name}:{lineno}", report, batch)
+    while True:
+        line, too_long = _read_line(stream, max_line)
+        if not line and not too_long:
+            break
+        lineno += 1
+        _account(line, too_long, f"{name}:{lineno}", report, batch)
+        if len(batch) >= BATCH_LINES:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _account(line: bytes, too_long: bool, place: str, report: ReadReport,
+             batch: list[Any]) -> None:
+    if too_long:
+        report.lines += 1
+        report.bad(place, "line_too_long")
+        return
+    if not line.strip():
+        return
+    report.lines += 1
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        report.bad(place, f"bad_json ({str(exc).split(':')[0]})")
+        return
+    batch.extend(_items(doc, place, report))
+
+
+def _whole_document(head: bytes, stream: IO[bytes], name: str,
+                    report: ReadReport) -> Iterator[list[Any]]:
+    """A document spread over several lines (a pretty-printed Event or EventList)."""
+    data = head + stream.read(MAX_DOCUMENT_BYTES + 1 - len(head))
+    report.lines += 1
+    if len(data) > MAX_DOCUMENT_BYTES:
+        report.bad(f"{name}:1", "document_too_large")
+        return
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        report.bad(f"{name}:1", f"bad_json ({str(exc).split(':')[0]})")
+        return
+    items = _items(doc, f"{name}:1", report)
+    for start in range(0, len(items), BATCH_LINES):
+        yield items[start:start + BATCH_LINES]
+
+
+@dataclass
+class ReplayResult:
+    """Totals of one replay run."""
+
+    stats: Stats = field(default_factory=Stats)
+    report: ReadReport = field(default_factory=ReadReport)
+    printed: int = 0
+    duplicates: int = 0
+    failed_files: list[str] = field(default_factory=list)
+
+
+def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Friction], None],
+                 max_line: int, store: Callable[[list[Friction]], None] | None = None,
+                 ) -> ReplayResult:
+    """Replay files through the pipeline; call `emit` once per distinct friction event."""
+    result = ReplayResult()
+    seen: set[str] = set()
+    for path in paths:
+        try:
+            stream = _open(path)
+        except OSError as exc:
+            result.failed_files.append(f"{path}: {exc.strerror}")
+            continue
+        try:
+            for batch in iter_batches(stream, path, result.report, max_line):
+                found, stats = pipeline.detect(batch, "replay")
+                result.stats.merge(stats)
+                fresh = [f for f in found if f.key not in seen]
+                result.duplicates += len(found) - len(fresh)
+                for friction in fresh:
+                    seen.add(friction.key)
+                    emit(friction)
+                result.printed += len(fresh)
+                if store is not None and fresh:
+                    store(fresh)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            result.failed_files.append(f"{path}: {exc}")
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+    return result
+
+
+def summary_lines(result: ReplayResult) -> list[str]:
+    """The human summary printed on stderr after a replay."""
+    report, stats = result.report, result.stats
+    invalid_lines = sum(report.invalid.values())
+    lines = [f"replay: {report.lines} lines, {stats.events} audit events, "
+             f"{invalid_lines} invalid lines, {sum(stats.invalid.values())} invalid events, "
+             f"{result.printed} friction events ({result.duplicates} duplicates suppressed)"]
+    lines += [f"  invalid line {example}" for example in report.examples]
+    if invalid_lines > len(report.examples):
+        lines.append(f"  ... and {invalid_lines - len(report.examples)} more invalid lines")
+    for reason, count in sorted(stats.invalid.items()):
+        lines.append(f"  invalid events: {reason}: {count}")
+    for (rule, severity), count in sorted(stats.matched.items()):
+        lines.append(f"  rule {rule} ({severity}): {count}")
+    if stats.skipped:
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(stats.skipped.items()))
+        lines.append(f"  no friction: {skipped}")
+    lines += [f"  cannot read {failure}" for failure in result.failed_files]
+    return lines
+
+
+def run_replay(settings: Settings, paths: Sequence[str], *, forward: bool) -> int:
+    """The `replay` command: 0 on success, 1 when a file could not be read, 2 on bad rules."""
+    try:
+        pipeline = Pipeline.from_settings(settings)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    out = sys.stdout.buffer
+
+    def emit(friction: Friction) -> None:
+        out.write(orjson.dumps(friction.event) + b"\n")
+
+    store = None
+    outbox = None
+    if forward:
+        from healert_webhook.outbox import Outbox  # only --forward needs the database
+
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        outbox = Outbox(settings.outbox_path, max_queued=settings.outbox_max_events,
+                        dedup_window=settings.dedup_window)
+
+        def store(found: list[Friction]) -> None:
+            outbox.store(found)
+
+    try:
+        result = replay_paths(pipeline, paths, emit, settings.tail_max_line_bytes, store)
+    finally:
+        out.flush()
+        if outbox is not None:
+            outbox.close()
+    for line in summary_lines(result):
+        print(line, file=sys.stderr)
+    return 1 if result.failed_files else 0
