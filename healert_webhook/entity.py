@@ -91,8 +91,8 @@ def workload_name(resource: str | None, name: str,
                   carried: tuple[str, dict[str, Any]] | None) -> str:
     """The workload an object belongs to: labels, then owners, then name rules.
 
-    When the event carries the object itself and it has no owner, nothing generated its
-    name, so the name is kept whole (a hand-made pod `test-pod-1` stays itself).
+    When the event carries the object itself and it has no owner that generates names,
+    the name is kept whole (a hand-made pod `test-pod-1` stays itself).
     """
     if carried is not None:
         kind, meta = carried
@@ -102,14 +102,14 @@ def workload_name(resource: str | None, name: str,
                 value = labels.get(key)
                 if isinstance(value, str) and value.strip():
                     return value.strip()
-        owners = meta.get("ownerReferences")
-        owner = _owner_workload(owners)
+        owner = _owner_workload(meta.get("ownerReferences"))
         if owner:
             return owner
         if not name and isinstance(meta.get("name"), str):
             name = meta["name"]
-        if name and not owners and kind == _GENERATED_KIND.get(resource or "") \
-                and meta.get("name") == name:
+        # No usable owner (a Node owning a mirror pod does not count): nothing generated
+        # the name.
+        if name and kind == _GENERATED_KIND.get(resource or "") and meta.get("name") == name:
             return name
     return workload_from_name(resource, name) if name else ""
 

@@ -124,14 +124,26 @@ class _Ctx:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
+        self._problems: list[tuple[int, str]] = []
+        self._warnings: list[tuple[int, str]] = []
 
     def error(self, node: yaml.Node | None, where: str, message: str) -> None:
-        self.problems.append(f"{self.source}:{_line(node)}: {where}: {message}")
+        line = _line(node)
+        self._problems.append((line, f"{self.source}:{line}: {where}: {message}"))
 
     def warn(self, node: yaml.Node | None, where: str, message: str) -> None:
-        self.warnings.append(f"{self.source}:{_line(node)}: {where}: {message}")
+        line = _line(node)
+        self._warnings.append((line, f"{self.source}:{line}: {where}: {message}"))
+
+    @property
+    def problems(self) -> list[str]:
+        """Every error so far, in file order."""
+        return [text for _, text in sorted(self._problems, key=lambda item: item[0])]
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning so far, in file order."""
+        return [text for _, text in sorted(self._warnings, key=lambda item: item[0])]
 
 
 def _line(node: yaml.Node | None) -> int:
@@ -237,7 +249,7 @@ def _parse_match(ctx: _Ctx, node: yaml.Node, where: str) -> dict[str, Any] | Non
             for verb in [got] if isinstance(got, str) else got:
                 if verb not in KNOWN_VERBS:
                     ctx.warn(value, path, f"verb {verb!r} is not one the apiserver audits")
-    if not out:
+    if not node.value:
         ctx.error(node, where, "needs at least one condition (an empty match fires on "
                   "every request)")
     return out
@@ -251,7 +263,7 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
     for key_node, value_node in node.value:
         if getattr(key_node, "value", None) == "name" and isinstance(value_node, yaml.ScalarNode):
             where = f"rules[{index}] ({value_node.value})"
-    before = len(ctx.problems)
+    before = len(ctx._problems)
     got: dict[str, Any] = {}
     for key, value in _items(ctx, node, where, RULE_KEYS):
         path = f"{where}.{key}"
@@ -290,7 +302,7 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
             ctx.warn(got.get("_description_node"), f"{where}.description",
                      f"unknown token {{{token}}} is printed as is; known: "
                      + " ".join("{" + t + "}" for t in TOKENS))
-    if len(ctx.problems) > before:
+    if len(ctx._problems) > before:
         return None
     match = got["match"] or {}
     resources = set(match.get("resources") or ())

@@ -174,10 +174,13 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
             for batch in iter_batches(stream, path, result.report, max_line):
                 found, stats = pipeline.detect(batch, "replay")
                 result.stats.merge(stats)
-                fresh = [f for f in found if f.key not in seen]
-                result.duplicates += len(found) - len(fresh)
-                for friction in fresh:
+                fresh = []
+                for friction in found:
+                    if friction.key in seen:
+                        result.duplicates += 1
+                        continue
                     seen.add(friction.key)
+                    fresh.append(friction)
                     emit(friction)
                 result.printed += len(fresh)
                 if store is not None and fresh:
