@@ -1,0 +1,545 @@
+"""The durable queue between detection and delivery: one SQLite file in WAL mode.
+
+Durability: `synchronous=FULL` makes every commit fsync the WAL, so a webhook batch answered
+2xx (after `store` returned) survives a power loss, not only a process crash (NORMAL would
+survive `kill -9` but could lose the last commits on power loss, and DESIGN §7 promises
+"durably stored").
+
+Tables:
+  queue        friction events waiting, oldest first (seq); key UNIQUE, so a resent batch
+               or an event seen by two sources is stored once
+  delivered    keys delivered within the dedup window: a late duplicate is not queued again
+  dead         dead letters (the backend or the contract refused them); their keys count as
+               seen too, and `retry_dead` moves them back to the queue
+  checkpoints  tail positions, written in the same transaction as the rows they produced
+  meta         small key/value state (queue depth counter, embedded-mode log position)
+
+Every public method is thread-safe (one connection behind a lock) and blocking: call it
+from a worker thread (`asyncio.to_thread`), never on the event loop. Several processes
+(the agent, `healert-webhook outbox ...`, `replay --forward`) may open the same file; WAL
+and `busy_timeout` let them take turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from healert_webhook import metrics
+from healert_webhook.detect import Friction
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+DROP_LOG_LINES = 20  # per store call; then one summary line (a flood must not flood the log)
+ANSWER_MAX = 1000  # characters of a backend answer kept with a dead letter
+EXPIRE_EVERY = 60.0  # seconds between sweeps of expired delivered keys
+RECOVERY_HINT = (
+    "stop the agent, then run `healert-webhook outbox purge --corrupt` (moves {path} aside "
+    "to {path}.corrupt-<time>; events still in it can be salvaged with "
+    "`sqlite3 {path}.corrupt-<time> .recover`) and start again with an empty outbox")
+
+
+class OutboxError(Exception):
+    """The transaction failed; nothing of it was stored."""
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class OutboxCorrupt(OutboxError):
+    """The database file is not a usable SQLite outbox; the message says how to recover."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the tail of one followed file stands (see docs/internals.md)."""
+
+    source: str
+    path: str
+    dev: int
+    ino: int
+    offset: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What one `store` call did."""
+
+    stored: int
+    duplicates: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One friction event waiting for delivery."""
+
+    seq: int
+    key: str
+    rule: str
+    event: dict[str, Any]
+    created: float
+    attempts: int
+    last_error: str | None
+    in_flight: float | None  # when a request for it was last started without a known answer
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One friction event parked because it was refused."""
+
+    key: str
+    rule: str
+    event: dict[str, Any]
+    created: float
+    dead_at: float
+    status: int | None  # the backend's HTTP status; None when refused before sending
+    reason: str
+    answer: str | None
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """Counts for metrics, `status()` and `outbox status`."""
+
+    depth: int
+    oldest_created: float | None
+    in_flight: int
+    dead: int
+    delivered_remembered: int
+
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 -> 1
+    (
+        """CREATE TABLE queue (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             key TEXT NOT NULL UNIQUE,
+             rule TEXT NOT NULL,
+             event BLOB NOT NULL,
+             created REAL NOT NULL,
+             attempts INTEGER NOT NULL DEFAULT 0,
+             last_error TEXT,
+             in_flight REAL)""",
+        """CREATE TABLE delivered (key TEXT PRIMARY KEY, delivered REAL NOT NULL)
+             WITHOUT ROWID""",
+        "CREATE INDEX delivered_time ON delivered (delivered)",
+        """CREATE TABLE dead (
+             key TEXT PRIMARY KEY, rule TEXT NOT NULL, event BLOB NOT NULL,
+             created REAL NOT NULL, dead_at REAL NOT NULL, status INTEGER,
+             reason TEXT NOT NULL, answer TEXT)""",
+        """CREATE TABLE checkpoints (
+             source TEXT PRIMARY KEY, path TEXT NOT NULL, dev INTEGER NOT NULL,
+             ino INTEGER NOT NULL, "offset" INTEGER NOT NULL, fingerprint TEXT NOT NULL,
+             updated REAL NOT NULL)""",
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta VALUES ('depth', 0), ('logged_seq', 0)",
+        # an exact queue depth without count(*) over 100k rows, correct across processes
+        """CREATE TRIGGER queue_in AFTER INSERT ON queue BEGIN
+             UPDATE meta SET value = value + 1 WHERE name = 'depth'; END""",
+        """CREATE TRIGGER queue_out AFTER DELETE ON queue BEGIN
+             UPDATE meta SET value = value - 1 WHERE name = 'depth'; END""",
+    ),
+)
+
+
+def error_reason(exc: BaseException) -> str:
+    """A short, bounded label for a SQLite failure (metric label and /readyz text)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return "disk_full"
+    if name.startswith("SQLITE_READONLY"):
+        return "read_only"
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return "corrupt"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return "busy"
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")):
+        return "io"
+    return "other"
+
+
+def _dumps(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def _loads(blob: bytes | str) -> dict[str, Any]:
+    value = orjson.loads(blob)
+    return value if isinstance(value, dict) else {"_invalid": value}
+
+
+class Outbox:
+    """The SQLite outbox (see the module docstring)."""
+
+    def __init__(self, path: Path, *, max_queued: int = 100_000,
+                 dedup_window: float = 86_400.0) -> None:
+        self.path = Path(path)
+        self.max_queued = max_queued
+        self.dedup_window = dedup_window
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._last_expire = 0.0
+        self._last_metrics = 0.0
+        self._failure: str | None = None
+        self._conn = self._open()
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"outbox directory {self.path.parent}: {exc.strerror}",
+                              "io") from exc
+        try:
+            conn = sqlite3.connect(str(self.path), isolation_level=None,
+                                   check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}", error_reason(exc)) from exc
+        try:
+            self._configure(conn)
+            self._check_integrity(conn)
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            reason = error_reason(exc)
+            if reason == "corrupt" or "not a database" in str(exc):
+                raise OutboxCorrupt(
+                    f"outbox database {self.path} is corrupt ({exc}); "
+                    + RECOVERY_HINT.format(path=self.path), "corrupt") from exc
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}", reason) from exc
+        except OutboxError:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _configure(conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"outbox could not switch to WAL mode (got {mode})", "io")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("PRAGMA quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise OutboxCorrupt(
+                f"outbox database {self.path} is corrupt (quick_check: {row and row[0]}); "
+                + RECOVERY_HINT.format(path=self.path), "corrupt")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"outbox {self.path} has schema version {version}, newer than this agent's "
+                f"{SCHEMA_VERSION}: run a newer agent or move the file aside", "version")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[target - 1]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("outbox %s migrated to schema version %d", self.path, target)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: all of it commits, or OutboxError."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
+                reason = error_reason(exc)
+                self._failure = reason
+                metrics.OUTBOX_WRITE_ERRORS.labels(reason).inc()
+                log.error("outbox %s failed (%s), nothing of it was stored: %s",
+                          what, reason, exc)
+                raise OutboxError(f"outbox {what} failed: {exc}", reason) from exc
+            self._failure = None
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox read failed: {exc}", error_reason(exc)) from exc
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the storing thread) after every commit that queued rows."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Stop calling `callback`."""
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:  # a listener's bug must not fail a stored batch
+                log.exception("outbox listener failed")
+
+    # -- sources -------------------------------------------------------------------------
+
+    def store(self, frictions: Sequence[Friction],
+              checkpoint: Checkpoint | None = None) -> StoreResult:
+        """Queue `frictions` and save `checkpoint` in ONE transaction, or raise OutboxError.
+
+        Keys already queued, delivered within the dedup window, or dead-lettered are
+        counted as duplicates and not queued again. Blocking; thread-safe.
+        """
+        if not frictions and checkpoint is None:
+            return StoreResult(0, 0, 0)
+        now = time.time()
+        horizon = now - self.dedup_window
+        rows = [(f.key, f.rule, _dumps(f.event), now, f.key, horizon, f.key)
+                for f in frictions]
+        with self._transaction("store") as conn:
+            stored = 0
+            if rows:
+                cur = conn.executemany(
+                    "INSERT OR IGNORE INTO queue (key, rule, event, created) "
+                    "SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM delivered WHERE key = ? AND delivered >= ?) "
+                    "AND NOT EXISTS (SELECT 1 FROM dead WHERE key = ?)", rows)
+                stored = max(cur.rowcount, 0)
+            dropped = self._enforce_bound(conn) if stored else 0
+            if checkpoint is not None:
+                self._save_checkpoint(conn, checkpoint, now)
+        if stored:
+            self._notify()
+        self.refresh_metrics()
+        return StoreResult(stored, len(frictions) - stored, dropped)
+
+    def _enforce_bound(self, conn: sqlite3.Connection) -> int:
+        depth = conn.execute("SELECT value FROM meta WHERE name = 'depth'").fetchone()[0]
+        excess = depth - self.max_queued
+        if excess <= 0:
+            return 0
+        victims = conn.execute(
+            "SELECT seq, key, rule, event FROM queue ORDER BY seq LIMIT ?", (excess,)).fetchall()
+        conn.execute("DELETE FROM queue WHERE seq <= ?", (victims[-1][0],))
+        for seq, key, rule, blob in victims[:DROP_LOG_LINES]:
+            entity = _loads(blob).get("entity_ref")
+            log.warning("outbox full (%d queued): dropped the oldest friction event "
+                        "seq=%d key=%s rule=%s entity=%s", self.max_queued, seq, key, rule,
+                        entity)
+        if len(victims) > DROP_LOG_LINES:
+            log.warning("outbox full: dropped %d more of the oldest friction events",
+                        len(victims) - DROP_LOG_LINES)
+        metrics.OUTBOX_DROPPED.labels("queue_full").inc(len(victims))
+        return len(victims)
+
+    @staticmethod
+    def _save_checkpoint(conn: sqlite3.Connection, cp: Checkpoint, now: float) -> None:
+        conn.execute(
+            'INSERT INTO checkpoints (source, path, dev, ino, "offset", fingerprint, updated) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source) DO UPDATE SET "
+            'path = excluded.path, dev = excluded.dev, ino = excluded.ino, '
+            '"offset" = excluded."offset", fingerprint = excluded.fingerprint, '
+            "updated = excluded.updated",
+            (cp.source, cp.path, cp.dev, cp.ino, cp.offset, cp.fingerprint, now))
+
+    def load_checkpoint(self, source: str) -> Checkpoint | None:
+        """The last checkpoint stored for `source`, or None."""
+        rows = self._read('SELECT source, path, dev, ino, "offset", fingerprint '
+                          "FROM checkpoints WHERE source = ?", (source,))
+        return Checkpoint(*rows[0]) if rows else None
+
+    def writable(self) -> str | None:
+        """None when the outbox can take writes, else why not (for /readyz)."""
+        if self._failure is not None:
+            return f"outbox writes failing: {self._failure}"
+        if not os.access(self.path.parent, os.W_OK):
+            return f"outbox directory {self.path.parent} is not writable"
+        return None
+
+    # -- forwarder -----------------------------------------------------------------------
+
+    def head(self, limit: int = 1, after: int = 0) -> list[Queued]:
+        """The oldest queued events (seq > `after`), oldest first."""
+        rows = self._read(
+            "SELECT seq, key, rule, event, created, attempts, last_error, in_flight "
+            "FROM queue WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+        return [Queued(seq, key, rule, _loads(blob), created, attempts, err, flight)
+                for seq, key, rule, blob, created, attempts, err, flight in rows]
+
+    def in_flight(self) -> list[Queued]:
+        """Queued events whose last request started but never got an answer."""
+        rows = self._read(
+            "SELECT seq, key, rule, event, created, attempts, last_error, in_flight "
+            "FROM queue WHERE in_flight IS NOT NULL ORDER BY seq")
+        return [Queued(seq, key, rule, _loads(blob), created, attempts, err, flight)
+                for seq, key, rule, blob, created, attempts, err, flight in rows]
+
+    def mark_in_flight(self, seq: int) -> None:
+        """Record, durably, that a request for `seq` is about to start."""
+        with self._transaction("mark in flight") as conn:
+            conn.execute("UPDATE queue SET in_flight = ?, attempts = attempts + 1 "
+                         "WHERE seq = ?", (time.time(), seq))
+
+    def mark_delivered(self, seq: int, key: str) -> None:
+        """The backend accepted `seq`: remember its key and unqueue it, in one transaction."""
+        now = time.time()
+        with self._transaction("mark delivered") as conn:
+            conn.execute("INSERT OR REPLACE INTO delivered (key, delivered) VALUES (?, ?)",
+                         (key, now))
+            conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
+            if now - self._last_expire >= EXPIRE_EVERY:
+                conn.execute("DELETE FROM delivered WHERE delivered < ?",
+                             (now - self.dedup_window,))
+                self._last_expire = now
+
+    def mark_failed(self, seq: int, error: str, *, answered: bool) -> None:
+        """A request for `seq` failed; it stays queued. `answered`: the backend answered,
+        so it did not take the event (the in-flight mark is cleared)."""
+        with self._transaction("mark failed") as conn:
+            if answered:
+                conn.execute("UPDATE queue SET last_error = ?, in_flight = NULL WHERE seq = ?",
+                             (error[:ANSWER_MAX], seq))
+            else:
+                conn.execute("UPDATE queue SET last_error = ? WHERE seq = ?",
+                             (error[:ANSWER_MAX], seq))
+
+    def dead_letter(self, seq: int, *, status: int | None, reason: str,
+                    answer: str | None = None) -> bool:
+        """Move `seq` from the queue to the dead letters; False if it was no longer queued."""
+        now = time.time()
+        with self._transaction("dead letter") as conn:
+            row = conn.execute("SELECT key, rule, event, created FROM queue WHERE seq = ?",
+                               (seq,)).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO dead (key, rule, event, created, dead_at, status, "
+                "reason, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, now, status, reason[:ANSWER_MAX],
+                 None if answer is None else answer[:ANSWER_MAX]))
+            conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
+        return True
+
+    # -- operators -----------------------------------------------------------------------
+
+    def stats(self) -> OutboxStats:
+        """Depth, oldest event, in-flight, dead letters and remembered delivered keys."""
+        with self._lock:
+            try:
+                conn = self._conn
+                depth = conn.execute("SELECT value FROM meta WHERE name = 'depth'").fetchone()[0]
+                oldest = conn.execute(
+                    "SELECT created FROM queue ORDER BY seq LIMIT 1").fetchone()
+                flight = conn.execute(
+                    "SELECT count(*) FROM queue WHERE in_flight IS NOT NULL").fetchone()[0]
+                dead = conn.execute("SELECT count(*) FROM dead").fetchone()[0]
+                seen = conn.execute("SELECT count(*) FROM delivered").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise OutboxError(f"outbox read failed: {exc}", error_reason(exc)) from exc
+        return OutboxStats(depth, oldest[0] if oldest else None, flight, dead, seen)
+
+    def refresh_metrics(self, *, force: bool = False) -> OutboxStats | None:
+        """Update the outbox gauges, at most once a second unless `force`; never raises."""
+        now = time.monotonic()
+        if not force and now - self._last_metrics < 1.0:
+            return None
+        self._last_metrics = now
+        try:
+            stats = self.stats()
+        except OutboxError as exc:
+            log.warning("outbox metrics not updated: %s", exc)
+            return None
+        metrics.OUTBOX_DEPTH.set(stats.depth)
+        age = 0.0 if stats.oldest_created is None else max(0.0, time.time() - stats.oldest_created)
+        metrics.OUTBOX_OLDEST_AGE.set(age)
+        metrics.DEAD_LETTERS.set(stats.dead)
+        return stats
+
+    def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        rows = self._read("SELECT key, rule, event, created, dead_at, status, reason, answer "
+                          "FROM dead ORDER BY dead_at, key LIMIT ?", (limit,))
+        return [DeadLetter(key, rule, _loads(blob), created, dead_at, status, reason, answer)
+                for key, rule, blob, created, dead_at, status, reason, answer in rows]
+
+    def retry_dead(self, keys: Sequence[str] | None = None) -> int:
+        """Move dead letters (all, or those with `keys`) back to the end of the queue."""
+        chosen = [(k,) for k in keys] if keys is not None else None
+        with self._transaction("retry dead letters") as conn:
+            if chosen is None:
+                chosen = conn.execute("SELECT key FROM dead ORDER BY dead_at, key").fetchall()
+            moved = 0
+            for (key,) in chosen:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO queue (key, rule, event, created) "
+                    "SELECT key, rule, event, created FROM dead WHERE key = ?", (key,))
+                moved += max(cur.rowcount, 0)
+                conn.execute("DELETE FROM dead WHERE key = ?", (key,))
+        if moved:
+            self._notify()
+        return moved
+
+    def purge(self, *, dead: bool = False) -> int:
+        """Delete every queued event (or, with `dead`, every dead letter); return how many."""
+        statement = "DELETE FROM dead" if dead else "DELETE FROM queue"
+        with self._transaction(statement.lower()) as conn:
+            count = max(conn.execute(statement).rowcount, 0)
+        self.refresh_metrics(force=True)
+        return count
+
+    def get_meta(self, name: str) -> int:
+        """A small integer of state kept in the outbox (0 when unset)."""
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return int(rows[0][0]) if rows else 0
+
+    def set_meta(self, name: str, value: int) -> None:
+        """Save a small integer of state."""
+        with self._transaction("meta") as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                         (name, value))
+
+    def close(self) -> None:
+        """Close the database (a checkpoint of the WAL happens on the last close)."""
+        with self._lock:
+            self._conn.close()
+
+
+def move_aside(path: Path) -> list[Path]:
+    """Rename a (corrupt) outbox and its WAL files to `<name>.corrupt-<time>`; return them."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            target = Path(f"{path}.corrupt-{stamp}{suffix}")
+            source.rename(target)
+            moved.append(target)
+    return moved
