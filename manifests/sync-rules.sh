@@ -6,7 +6,7 @@
 #   manifests/sync-rules.sh --check    exit 1 if the ConfigMap is out of date
 #   manifests/sync-rules.sh --rules PATH [--out PATH]
 #
-# Validate the rules first: healert-webhook validate --rules rules.yaml
+# Validate the rules first: healert-webhook validate rules.yaml
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
