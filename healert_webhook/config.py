@@ -143,6 +143,9 @@ OPTIONS: tuple[Option, ...] = (
            group="webhook"),
     Option("webhook_token_file", "--webhook-token-file", ("HEALERT_WEBHOOK_TOKEN_FILE",),
            parse_path, None, "file of accepted bearer tokens, one per line", group="webhook"),
+    Option("webhook_token", None, ("HEALERT_WEBHOOK_TOKEN",), str, None,
+           "an accepted bearer token (environment only; the token file allows rotation)",
+           secret=True, group="webhook"),
     Option("insecure_http", "--insecure-http", ("HEALERT_INSECURE_HTTP",), parse_bool, False,
            "allow plain HTTP on a non-loopback address", group="webhook"),
     Option("max_body_bytes", "--max-body-bytes", ("HEALERT_MAX_BODY_BYTES",),
@@ -194,6 +197,7 @@ class Settings:
     tls_client_ca: Path | None = None
     tls_client_names: tuple[str, ...] = ()
     webhook_token_file: Path | None = None
+    webhook_token: str | None = field(default=None, repr=False)
     insecure_http: bool = False
     max_body_bytes: int = 64 * 1024 * 1024
     ops_listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104
