@@ -1,0 +1,104 @@
+"""Settings: flags over environment over defaults, validated once, secrets never shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from healert_webhook.cli import build_parser, settings_from_args
+from healert_webhook.config import ConfigError, Settings, build_settings
+
+
+def test_defaults_match_the_design_table() -> None:
+    settings = build_settings(environ={})
+    assert settings.listen == ("0.0.0.0", 8443)
+    assert settings.ops_listen == ("0.0.0.0", 9090)
+    assert settings.webhook_path == "/audit"
+    assert settings.max_body_bytes == 64 * 1024 * 1024
+    assert settings.forward_rate == 60.0
+    assert settings.audit_log_path == Path("/var/log/kubernetes/audit/audit.log")
+    assert settings.entity_namespace == "default"
+    assert settings.backend_url is None
+    assert settings.state_dir == Path("state")
+    assert settings.log_format == "text"
+
+
+def test_old_agent_variables_still_work() -> None:
+    env = {"HEALERT_BACKEND_URL": "http://10.0.0.5:8000", "HEALERT_API_KEY": "k-123",
+           "RULES_PATH": "/etc/healert/rules.yaml", "AUDIT_LOG_PATH": "/var/log/k3s-audit.log",
+           "ENTITY_NAMESPACE": "platform", "K8S_NAMESPACE": "healert-system"}
+    settings = build_settings(environ=env)
+    assert settings.backend_url == "http://10.0.0.5:8000"
+    assert settings.read_api_key() == "k-123"
+    assert settings.rules_path == Path("/etc/healert/rules.yaml")
+    assert settings.audit_log_path == Path("/var/log/k3s-audit.log")
+    assert settings.entity_namespace == "platform"
+    assert settings.k8s_namespace == "healert-system"
+
+
+def test_flags_win_over_environment() -> None:
+    args = build_parser().parse_args(["serve", "--listen", "[::1]:9443", "--forward-rate",
+                                      "30"])
+    import os
+    old = dict(os.environ)
+    os.environ["HEALERT_LISTEN"] = "127.0.0.1:1"
+    try:
+        settings = settings_from_args(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert settings.listen == ("::1", 9443)
+    assert settings.forward_rate == 30.0
+
+
+def test_every_bad_value_is_reported_together_and_secrets_are_hidden() -> None:
+    env = {"HEALERT_LISTEN": "nowhere", "HEALERT_FORWARD_RATE": "-1",
+           "HEALERT_LOG_FORMAT": "xml", "HEALERT_INSECURE_HTTP": "maybe"}
+    with pytest.raises(ConfigError) as caught:
+        build_settings(environ=env)
+    message = str(caught.value)
+    for name in env:
+        assert name in message
+
+
+def test_inconsistent_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match="must be given together"):
+        build_settings(environ={"HEALERT_TLS_CERT": "/x.pem"})
+    with pytest.raises(ConfigError, match="must start with http"):
+        build_settings(environ={"HEALERT_BACKEND_URL": "backend:8000"})
+    with pytest.raises(ConfigError, match="must start with '/'"):
+        build_settings(environ={"HEALERT_WEBHOOK_PATH": "audit"})
+
+
+def test_key_file_wins_and_is_read_fresh(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("from-file\n")
+    settings = build_settings(environ={"HEALERT_API_KEY": "from-env",
+                                       "HEALERT_API_KEY_FILE": str(key)})
+    assert settings.read_api_key() == "from-file"
+    key.write_text("rotated\n")
+    assert settings.read_api_key() == "rotated"
+    key.unlink()
+    with pytest.raises(ConfigError, match="HEALERT_API_KEY_FILE"):
+        settings.read_api_key()
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    settings = Settings(api_key="s3cr3t-key", webhook_token="t0ken")
+    assert "s3cr3t-key" not in repr(settings)
+    assert "t0ken" not in repr(settings)
+
+
+def test_help_lists_env_names_and_takes_no_secret_flags() -> None:
+    done = subprocess.run([sys.executable, "-m", "healert_webhook", "serve", "--help"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert "HEALERT_TLS_CLIENT_CA" in done.stdout
+    assert "--api-key " not in done.stdout and "--api-key=" not in done.stdout
+    assert "--webhook-token " not in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "healert_webhook", "serve", "--listen", "x"],
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert bad.returncode == 2
+    assert "expected HOST:PORT" in bad.stderr
