@@ -1,0 +1,132 @@
+"""The ops listener: /metrics for Prometheus, /healthz (alive), /readyz (can take work).
+
+Ready means: rules loaded, outbox writable, webhook listener up (when serving) and the
+tailer following (when tailing). The forwarder's state is shown in /readyz's body but
+never makes the agent unready: a backend outage must not take the webhook out of the
+apiserver's reach, the outbox exists to ride it out. No endpoint shows configuration,
+paths of secrets, URLs or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from healert_webhook import metrics
+
+# Forwarder status keys that may be shown; anything else (the backend URL, an error text
+# that may quote it) stays hidden.
+SHOWN_STATUS = ("state", "reason", "delivered")
+PAUSED_STATES = ("paused", "locked")
+
+
+class Writable(Protocol):
+    """The outbox's readiness check (blocking)."""
+
+    def writable(self) -> str | None:
+        """None when writes work, else the reason."""
+        ...
+
+
+class StatusSource(Protocol):
+    """The forwarder's status (for the /readyz body only)."""
+
+    def status(self) -> dict[str, object]:
+        """A small dict describing delivery (paused, reason, ...)."""
+        ...
+
+
+class ReadySource(Protocol):
+    """The tailer's readiness check."""
+
+    def ready(self) -> str | None:
+        """None when following the file, else the reason."""
+        ...
+
+
+@dataclass
+class Health:
+    """What /readyz looks at; server.py fills it in as parts start and stop."""
+
+    outbox: Writable | None = None
+    forwarder: StatusSource | None = None
+    tailer: ReadySource | None = None
+    rules_loaded: Callable[[], bool] = lambda: False
+    webhook_expected: bool = False
+    webhook_up: bool = False
+    stopping: bool = False
+    extra: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        """Why the agent is not ready (empty when it is). Blocking: run in a thread."""
+        out: list[str] = []
+        if self.stopping:
+            out.append("shutting down")
+        if not self.rules_loaded():
+            out.append("rules not loaded")
+        if self.outbox is None:
+            out.append("outbox not open")
+        else:
+            reason = self.outbox.writable()
+            if reason:
+                out.append(reason)
+        if self.webhook_expected and not self.webhook_up:
+            out.append("webhook listener not up")
+        if self.tailer is not None:
+            reason = self.tailer.ready()
+            if reason:
+                out.append(f"tail: {reason}")
+        return out
+
+    def delivery(self) -> str:
+        """One line about deliveries, without configuration or secrets."""
+        if self.forwarder is None:
+            return "deliveries: not running"
+        try:
+            status = self.forwarder.status()
+        except Exception as exc:  # status is informative only; never fail /readyz on it
+            return f"deliveries: status unavailable ({type(exc).__name__})"
+        return format_status(status)
+
+
+def format_status(status: dict[str, object]) -> str:
+    """Render the forwarder's status as one line, showing only known harmless keys."""
+    if status.get("state") in PAUSED_STATES or status.get("paused"):
+        reason = status.get("reason")
+        return f"deliveries paused: {reason if isinstance(reason, str) else 'see the logs'}"
+    parts = [f"{key}={status[key]}" for key in SHOWN_STATUS
+             if key in status and isinstance(status[key], str | int | float | bool | None)]
+    return "deliveries: " + (" ".join(parts) if parts else "running")
+
+
+def make_ops_app(health: Health) -> Starlette:
+    """The ops ASGI app serving /metrics, /healthz and /readyz."""
+
+    async def metrics_endpoint(_: Request) -> Response:
+        # Rendering walks every metric: keep it off the loop that answers the webhook.
+        data = await asyncio.to_thread(generate_latest, REGISTRY)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(_: Request) -> Response:
+        problems = await asyncio.to_thread(health.problems)
+        lines = [f"not ready: {p}" for p in problems] if problems else ["ready"]
+        lines.append(health.delivery())
+        return PlainTextResponse("\n".join(lines) + "\n", status_code=503 if problems else 200)
+
+    _ = metrics  # every metric is registered by importing the module
+    return Starlette(routes=[
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ])

@@ -1,0 +1,388 @@
+"""Wiring: listeners, lifecycle, signals and reloads for `serve` and `tail`.
+
+One process, one event loop (uvloop), two uvicorn servers: the webhook (HTTPS, or plain
+HTTP on loopback) and the ops listener. Their own signal handling is switched off; the
+agent installs one set of handlers:
+
+* SIGTERM / SIGINT: stop accepting, let in-flight batches finish (their stores complete),
+  stop the tailer and the forwarder, close the outbox, exit 0.
+* SIGHUP: reload rules, server certificate and token file now.
+
+The rules file, the certificate pair and the token file are also polled once a second
+(stat, then a content hash) and reloaded when they change on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from healert_webhook import logs, tls
+from healert_webhook.config import Settings
+from healert_webhook.forward import Forwarder
+from healert_webhook.ops import Health, make_ops_app
+from healert_webhook.outbox import Outbox, OutboxError
+from healert_webhook.pipeline import Pipeline
+from healert_webhook.rules import RulesError, resolve_rules_path
+from healert_webhook.sources.tail import Tailer
+from healert_webhook.sources.webhook import TokenAuth, TokenError, WebhookApp
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+KEEP_ALIVE = 90.0  # above the apiserver's 75 s idle timeout: we never close first
+GRACE = 20.0  # in-flight batches get this long after SIGTERM (Kubernetes gives 30 s)
+PART_STOP = 4.0  # tailer and forwarder each get this long to stop
+WATCH_INTERVAL = 1.0
+STORE_THREADS = 2  # SQLite serialises writers; a second thread overlaps one fsync
+
+
+class StartupError(Exception):
+    """The agent cannot start; the message says why (exit code 2)."""
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the agent (two servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Install nothing: `Agent` owns SIGTERM, SIGINT and SIGHUP."""
+        yield
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for `host:port` (port 0: the kernel picks one)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _url(scheme: str, sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _check_plain_http(settings: Settings) -> None:
+    host = settings.listen[0]
+    if settings.tls_cert is None and not is_loopback(host) and not settings.insecure_http:
+        raise StartupError(
+            f"refusing to serve the webhook over plain HTTP on {host}, which is not a "
+            "loopback address: set HEALERT_TLS_CERT and HEALERT_TLS_KEY, or "
+            "HEALERT_INSECURE_HTTP=true to accept it")
+
+
+def _uvicorn_config(app: Any, *, http: Any, ctx: ssl.SSLContext | None) -> uvicorn.Config:
+    extra: dict[str, Any] = {}
+    if ctx is not None:
+        # The SAME context object serves every handshake, so a reload reaches new ones.
+        extra["ssl_context_factory"] = lambda _config, _default: ctx
+    return uvicorn.Config(
+        app, loop="uvloop", http=http, ws="none", lifespan="off", log_config=None,
+        access_log=False, server_header=False, timeout_keep_alive=int(KEEP_ALIVE),
+        timeout_graceful_shutdown=int(GRACE), backlog=2048, **extra)
+
+
+@dataclasses.dataclass
+class Webhook:
+    """The webhook listener's parts, built before the loop starts."""
+
+    sock: socket.socket
+    app: WebhookApp
+    ctx: ssl.SSLContext | None
+    certs: tls.CertReloader | None
+    tokens: TokenAuth | None
+
+
+class Agent:
+    """Everything `serve` or `tail` runs; `run()` returns the exit code."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, outbox: Outbox, *,
+                 ops_sock: socket.socket, webhook: Webhook | None,
+                 tailer: Tailer | None, executor: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.outbox = outbox
+        self.ops_sock = ops_sock
+        self.webhook = webhook
+        self.tailer = tailer
+        self.executor = executor
+        self.forwarder = Forwarder(settings, outbox)
+        path = resolve_rules_path(settings.rules_path)
+        self.rules_watch = tls.FileWatch(path) if path is not None else None
+        self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
+                             rules_loaded=lambda: self.pipeline.detector is not None,
+                             webhook_expected=webhook is not None)
+        self.stop = asyncio.Event()
+        self.hup = asyncio.Event()
+        self.exit_code = EXIT_OK
+
+    async def run(self) -> int:
+        """Start every part, wait for a stop signal, shut down in order."""
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        fwd_stop = asyncio.Event()
+        fwd_task = asyncio.create_task(self.forwarder.run(fwd_stop), name="forwarder")
+        fwd_task.add_done_callback(self._part_ended)
+        tail_stop = threading.Event()
+        tail_thread = self._start_tailer(loop, tail_stop)
+        ops = _Server(_uvicorn_config(make_ops_app(self.health), http="httptools", ctx=None))
+        ops_task = asyncio.create_task(ops.serve(sockets=[self.ops_sock]), name="ops")
+        web, web_task = self._start_webhook()
+        watcher = asyncio.create_task(self._watch(), name="reloads")
+        await self._await_started(ops, web)
+        await self.stop.wait()
+
+        log.info("stopping: finishing in-flight batches")
+        self.health.stopping = True
+        if web is not None and web_task is not None:
+            await self._stop_server(web, web_task)
+        tail_stop.set()
+        if tail_thread is not None:
+            await asyncio.to_thread(tail_thread.join, PART_STOP)
+        fwd_stop.set()
+        await self._stop_task(fwd_task)
+        await self._stop_server(ops, ops_task)
+        watcher.cancel()
+        await asyncio.to_thread(self.executor.shutdown, True)
+        await asyncio.to_thread(self.outbox.close)
+        log.info("stopped")
+        return self.exit_code
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.hup.set)
+
+    def _on_stop_signal(self, name: str) -> None:
+        log.info("%s received: shutting down", name)
+        self.stop.set()
+
+    def _fail(self, message: str) -> None:
+        """A part died: log it and stop the agent with a failure exit code."""
+        if not self.stop.is_set():
+            log.error("%s; stopping", message)
+            self.exit_code = EXIT_FAILURE
+            self.stop.set()
+
+    def _part_ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stop.is_set():
+            return
+        exc = task.exception()
+        self._fail(f"{task.get_name()} ended unexpectedly"
+                   + (f": {type(exc).__name__}: {exc}" if exc else ""))
+
+    def _start_tailer(self, loop: asyncio.AbstractEventLoop,
+                      tail_stop: threading.Event) -> threading.Thread | None:
+        tailer = self.tailer
+        if tailer is None:
+            return None
+
+        def follow() -> None:
+            try:
+                tailer.run(tail_stop)
+            except Exception as exc:
+                log.exception("tailer failed")
+                loop.call_soon_threadsafe(self._fail, f"tailer failed: {exc}")
+                return
+            if not tail_stop.is_set():
+                loop.call_soon_threadsafe(self._fail, "tailer ended unexpectedly")
+
+        thread = threading.Thread(target=follow, name="tailer", daemon=True)
+        thread.start()
+        return thread
+
+    def _start_webhook(self) -> tuple[_Server | None, asyncio.Task[None] | None]:
+        if self.webhook is None:
+            return None, None
+        http = tls.PeerInfoProtocol if self.webhook.ctx is not None else "httptools"
+        server = _Server(_uvicorn_config(self.webhook.app, http=http, ctx=self.webhook.ctx))
+        task = asyncio.create_task(server.serve(sockets=[self.webhook.sock]), name="webhook")
+        return server, task
+
+    async def _await_started(self, ops: _Server, web: _Server | None) -> None:
+        servers = [ops] + ([web] if web is not None else [])
+        while not all(s.started for s in servers) and not self.stop.is_set():
+            await asyncio.sleep(0.02)
+        if self.stop.is_set():
+            return
+        log.info("ops listener on %s", _url("http", self.ops_sock))
+        if self.webhook is not None:
+            scheme = "https" if self.webhook.ctx is not None else "http"
+            log.info("webhook listener on %s%s", _url(scheme, self.webhook.sock),
+                     self.settings.webhook_path)
+            self.health.webhook_up = True
+
+    async def _stop_server(self, server: _Server, task: asyncio.Task[None]) -> None:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), GRACE + 2)
+        except TimeoutError:
+            server.force_exit = True
+            await self._stop_task(task)
+        except (Exception, SystemExit) as exc:
+            log.error("listener failed while stopping: %s", exc)
+
+    @staticmethod
+    async def _stop_task(task: asyncio.Task[Any]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), PART_STOP)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        except Exception as exc:
+            log.error("%s failed: %s", task.get_name(), exc)
+
+    async def _watch(self) -> None:
+        """Poll the watched files once a second; SIGHUP reloads at once."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hup.wait(), WATCH_INTERVAL)
+            force = self.hup.is_set()
+            self.hup.clear()
+            if force:
+                log.info("SIGHUP received: reloading rules, certificate and tokens")
+            try:
+                await self.reload(force)
+            except Exception:  # the watcher must survive anything a file can do
+                log.exception("reload failed")
+
+    async def reload(self, force: bool = False) -> None:
+        """Reload what changed on disk (everything when `force`)."""
+        watch = self.rules_watch
+        if force or (watch is not None and await asyncio.to_thread(watch.changed)):
+            await asyncio.to_thread(self.pipeline.reload)
+        if self.webhook is None:
+            return
+        certs = self.webhook.certs
+        if certs is not None and await asyncio.to_thread(certs.pending, force):
+            certs.apply()  # on the loop thread: no handshake runs while the context changes
+        if self.webhook.tokens is not None:
+            await asyncio.to_thread(self.webhook.tokens.reload, force)
+
+
+def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
+                   executor: ThreadPoolExecutor) -> Webhook:
+    _check_plain_http(settings)
+    ctx = certs = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            ctx = tls.build_server_context(settings.tls_cert, settings.tls_key,
+                                           settings.tls_client_ca)
+        except tls.TLSConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        certs = tls.CertReloader(ctx, settings.tls_cert, settings.tls_key)
+    try:
+        tokens = TokenAuth.from_settings(settings.webhook_token_file)
+    except TokenError as exc:
+        raise StartupError(str(exc)) from exc
+    names = tls.allow_list(settings.tls_client_names)
+    if names and settings.tls_client_ca is None:
+        raise StartupError("HEALERT_TLS_CLIENT_NAMES needs HEALERT_TLS_CLIENT_CA")
+    if tokens is None and settings.tls_client_ca is None:
+        log.warning("the webhook accepts requests without authentication: set "
+                    "HEALERT_TLS_CLIENT_CA or HEALERT_WEBHOOK_TOKEN_FILE")
+    app = WebhookApp(pipeline=pipeline, outbox=outbox, executor=executor,
+                     path=settings.webhook_path, max_body_bytes=settings.max_body_bytes,
+                     tokens=tokens, client_names=names)
+    sock = bind(*settings.listen)
+    return Webhook(sock=sock, app=app, ctx=ctx, certs=certs, tokens=tokens)
+
+
+def _open_outbox(settings: Settings) -> Outbox:
+    try:
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return Outbox(settings.outbox_path, max_queued=settings.outbox_max_events,
+                      dedup_window=settings.dedup_window)
+    except OSError as exc:
+        raise StartupError(f"state directory {settings.state_dir}: "
+                           f"{exc.strerror or exc}") from exc
+    except OutboxError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def build_agent(settings: Settings, tail_path: Path | None, *, webhook: bool) -> Agent:
+    """Build every part (raises StartupError or RulesError); nothing runs yet."""
+    pipeline = Pipeline.from_settings(settings)
+    executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="outbox-store")
+    outbox = _open_outbox(settings)
+    opened: list[socket.socket] = []
+    try:
+        hook = _build_webhook(settings, pipeline, outbox, executor) if webhook else None
+        if hook is not None:
+            opened.append(hook.sock)
+        ops_sock = bind(*settings.ops_listen)
+        tailer = None
+        if tail_path is not None:
+            tail_settings = dataclasses.replace(settings, audit_log_path=tail_path)
+            tailer = Tailer(tail_settings, pipeline, outbox)
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        outbox.close()
+        executor.shutdown()
+        raise
+    return Agent(settings, pipeline, outbox, ops_sock=ops_sock, webhook=hook, tailer=tailer,
+                 executor=executor)
+
+
+def _main(settings: Settings, tail_path: Path | None, *, webhook: bool) -> int:
+    logs.setup(settings.log_format, settings.log_level)
+    try:
+        agent = build_agent(settings, tail_path, webhook=webhook)
+    except RulesError as exc:
+        print(f"healert-webhook: rules file {exc.source} is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"healert-webhook: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    # uvicorn's loop setup, done once for both servers.
+    loop_factory = _uvicorn_config(None, http="httptools", ctx=None).get_loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(agent.run())
+
+
+def run_serve(settings: Settings, tail_path: Path | None) -> int:
+    """`serve`: the webhook, the ops listener, the forwarder, and a tailer with `--tail`."""
+    return _main(settings, tail_path, webhook=True)
+
+
+def run_tail(settings: Settings) -> int:
+    """`tail`: follow settings.audit_log_path, with the ops listener and the forwarder."""
+    return _main(settings, settings.audit_log_path, webhook=False)

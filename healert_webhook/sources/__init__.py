@@ -1,0 +1,1 @@
+"""Sources of audit events: the apiserver webhook, the log file tail, and replay."""
