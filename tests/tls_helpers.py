@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,10 @@ def client_context(pki: PKI, client_pem: Path | None = None, *,
     if client_pem is not None:
         ctx.load_cert_chain(str(client_pem))
     if maximum is not None:
-        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-        ctx.maximum_version = maximum
+        with warnings.catch_warnings():  # old versions are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.maximum_version = maximum
         ctx.set_ciphers("ALL:@SECLEVEL=0")  # let an old-version client even try
     return ctx
 

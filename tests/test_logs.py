@@ -1,0 +1,79 @@
+"""Log lines: one per record, control characters escaped, JSON when asked, no duplicates."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+import pytest
+
+from healert_webhook import logs
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> object:
+    """logs.setup rewires the root logger; give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield None
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def capture(fmt: str) -> io.StringIO:
+    stream = io.StringIO()
+    logs.setup(fmt, "debug", stream=stream)
+    return stream
+
+
+def test_text_escapes_injected_lines_and_folds_tracebacks() -> None:
+    stream = capture("text")
+    log = logging.getLogger("healert_webhook.test")
+    log.warning("refused user %s", "mallory\n2026-01-01T00:00:00.000Z INFO forged: ok\x1b[2J")
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        log.exception("failed for %s", "uri")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "WARNING healert_webhook.test: refused user mallory\\n2026" in lines[0]
+    assert "\\x1b[2J" in lines[0]
+    assert " ERROR healert_webhook.test: failed for uri | Traceback" in lines[1]
+    assert "ValueError: bad\\nthing" in lines[1]
+    assert all(line.isascii() and line.isprintable() for line in lines)
+
+
+def test_json_is_one_object_per_line_with_extra_fields() -> None:
+    stream = capture("json")
+    logging.getLogger("healert_webhook.test").info(
+        "stored %d", 3, extra={"source": "webhook", "path": object()})
+    (line,) = stream.getvalue().splitlines()
+    doc = orjson.loads(line)
+    assert doc["level"] == "INFO" and doc["logger"] == "healert_webhook.test"
+    assert doc["msg"] == "stored 3" and doc["source"] == "webhook"
+    assert doc["ts"].endswith("Z") and "T" in doc["ts"]
+    assert isinstance(doc["path"], str)
+
+
+def test_json_escapes_newlines_inside_values() -> None:
+    stream = capture("json")
+    logging.getLogger("x").error("user %s", "a\nb")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and orjson.loads(lines[0])["msg"] == "user a\nb"
+
+
+def test_uvicorn_logs_once_through_our_handler_and_levels_apply() -> None:
+    stream = io.StringIO()
+    logs.setup("text", "warning", stream=stream)
+    logging.getLogger("uvicorn.error").warning("from uvicorn")
+    logging.getLogger("healert_webhook.x").info("hidden at warning level")
+    logging.getLogger("uvicorn.access").info("GET /audit 200")  # access lines are off
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "from uvicorn" in lines[0]
+
+
+def test_bad_format_arguments_do_not_lose_the_record() -> None:
+    stream = capture("text")
+    logging.getLogger("x").warning("%d items", "not a number")
+    assert "items" in stream.getvalue()
