@@ -23,8 +23,10 @@ MAX_FIELD = 200
 _ANY = object()  # index key for "a value no rule names"
 _EMPTY: dict[str, Any] = {}
 
-# resource -> (subresource -> (verb -> rules, rules for other verbs), other subresources)
-VerbMap = tuple[dict[Any, tuple[Rule, ...]], tuple[Rule, ...]]
+# A leaf: the candidate rules and whether all of them ignore system actors; None if empty.
+Leaf = tuple[tuple[Rule, ...], bool] | None
+# resource -> (subresource -> (verb -> leaf, leaf for other verbs), other subresources)
+VerbMap = tuple[dict[Any, Leaf], Leaf]
 SubMap = tuple[dict[Any, VerbMap], VerbMap]
 
 
@@ -53,11 +55,17 @@ class Stats:
         self.matched.update(other.matched)
 
 
+def _leaf(rules: Sequence[Rule]) -> Leaf:
+    if not rules:
+        return None
+    return tuple(rules), all(rule.ignore_system for rule in rules)
+
+
 def _verb_map(rules: Sequence[Rule]) -> VerbMap:
     verbs = {verb for rule in rules for verb in (rule.verbs or ())}
-    by_verb = {verb: tuple(r for r in rules if r.verbs is None or verb in r.verbs)
+    by_verb = {verb: _leaf([r for r in rules if r.verbs is None or verb in r.verbs])
                for verb in verbs}
-    return by_verb, tuple(r for r in rules if r.verbs is None)
+    return by_verb, _leaf([r for r in rules if r.verbs is None])
 
 
 def _sub_map(rules: Sequence[Rule]) -> SubMap:
@@ -109,9 +117,11 @@ class Detector:
         """
         by_resource = self._by_resource
         any_resource = self._any_resource
-        out: list[Friction] = []
-        n = no_rule = quiet = 0
+        excluded = self.excluded_namespaces
+        human = audit.HUMAN_SYSTEM_USERS
         firing = audit.FIRING_STAGES
+        out: list[Friction] = []
+        n = no_rule = quiet = other_ns = internal = 0
         for event in events:
             n += 1
             try:
@@ -127,19 +137,33 @@ class Detector:
                     ref = _EMPTY
                 subs, other_sub = by_resource.get(ref.get("resource"), any_resource)
                 verbs, other_verb = subs.get(ref.get("subresource"), other_sub)
-                candidates = verbs.get(event.get("verb"), other_verb)
-                if not candidates:
+                verb = event.get("verb")
+                leaf = verbs.get(verb, other_verb)
+                if leaf is None:
                     no_rule += 1
                     continue
+                if verb.__class__ is not str:
+                    raise TypeError("verb")
+                # Cheap filters that settle most candidates before the slow path.
+                namespace = ref.get("namespace")
+                if namespace and namespace in excluded:
+                    other_ns += 1
+                    continue
+                if leaf[1]:
+                    user = event.get("user")
+                    username = user.get("username") if user else None
+                    if not username or (username[:7] == "system:" and username not in human):
+                        internal += 1
+                        continue
             except (KeyError, TypeError, AttributeError):
                 self._invalid(event, stats)
                 continue
-            self._evaluate(event, ref, candidates, stats, out)
+            self._evaluate(event, ref, leaf[0], stats, out)
         stats.events += n
-        if no_rule:
-            stats.skipped["no_rule"] += no_rule
-        if quiet:
-            stats.skipped["stage"] += quiet
+        for reason, count in (("no_rule", no_rule), ("stage", quiet),
+                              ("namespace", other_ns), ("system_actor", internal)):
+            if count:
+                stats.skipped[reason] += count
         return out
 
     @staticmethod

@@ -289,14 +289,17 @@ def test_malformed_events_are_skipped_and_counted(detector: Detector, bad: Any,
 def test_index_leaves_only_candidate_rules(shipped_rules: RuleSet) -> None:
     detector = Detector(shipped_rules)
     by_resource, any_resource = detector._by_resource, detector._any_resource
-    subs, _ = by_resource["pods"]
-    exec_rules = subs["exec"][0].get("get", subs["exec"][1])
-    assert [r.name for r in exec_rules] == ["kubectl-exec"]
-    create_exec = subs["exec"][0].get("create", subs["exec"][1])
+
+    def leaf(resource: str, sub: str | None, verb: str) -> tuple[list[str], bool] | None:
+        subs, other_sub = by_resource.get(resource, any_resource)
+        verbs, other_verb = subs.get(sub, other_sub)
+        found = verbs.get(verb, other_verb)
+        return None if found is None else ([r.name for r in found[0]], found[1])
+
+    assert leaf("pods", "exec", "get") == (["kubectl-exec"], True)
     # config-drift ignores the exec subresource; pipeline-skip still needs its annotation.
-    assert [r.name for r in create_exec] == ["kubectl-exec", "pipeline-skip"]
-    lease_update = by_resource.get("leases", any_resource)
-    leaf = lease_update[1][0].get("update", lease_update[1][1])
-    assert [r.name for r in leaf] == ["pipeline-skip"]
-    watch = lease_update[1][0].get("watch", lease_update[1][1])
-    assert watch == ()
+    assert leaf("pods", "exec", "create") == (["kubectl-exec", "pipeline-skip"], True)
+    assert leaf("deployments", "scale", "patch") == (["pipeline-skip", "config-drift"], True)
+    assert leaf("leases", None, "update") == (["pipeline-skip"], True)
+    assert leaf("leases", None, "watch") is None
+    assert leaf("pods", None, "list") is None
