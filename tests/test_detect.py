@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from events import (
     audit_event,
     bypass_patch,
@@ -15,6 +14,7 @@ from events import (
     port_forward,
     secret_get,
 )
+
 from healert_webhook.detect import Detector, Friction, Stats
 from healert_webhook.rules import RuleSet, parse_rules
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from conftest import ROOT
 from prometheus_client.metrics import MetricWrapperBase
 
-from conftest import ROOT
 from healert_webhook import metrics
 from healert_webhook.config import OPTIONS
 

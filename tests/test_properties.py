@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.rules import parse_rules
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import pytest
-
 from conftest import ROOT
 from events import exec_ws, port_forward, secret_get
 
