@@ -307,7 +307,7 @@ def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
             raise StartupError(str(exc)) from exc
         certs = tls.CertReloader(ctx, settings.tls_cert, settings.tls_key)
     try:
-        tokens = TokenAuth.from_settings(settings.webhook_token_file)
+        tokens = TokenAuth.from_settings(settings)
     except TokenError as exc:
         raise StartupError(str(exc)) from exc
     names = tls.allow_list(settings.tls_client_names)

@@ -40,7 +40,7 @@ from tls_helpers import (
 )
 
 from healert_webhook import tls
-from healert_webhook.config import Settings
+from healert_webhook.config import Settings, build_settings
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.outbox import Outbox, OutboxError
 from healert_webhook.pipeline import Pipeline
@@ -238,8 +238,8 @@ def test_token_file_problems() -> None:
         TokenAuth(Path("/dev/null"), None)
     with pytest.raises(TokenError, match="No such file"):
         TokenAuth(Path("/nonexistent/tokens"), None)
-    assert TokenAuth.from_settings(None, {}) is None
-    auth = TokenAuth.from_settings(None, {"HEALERT_WEBHOOK_TOKEN": "t"})
+    assert TokenAuth.from_settings(build_settings(environ={})) is None
+    auth = TokenAuth.from_settings(build_settings(environ={"HEALERT_WEBHOOK_TOKEN": "t"}))
     assert auth is not None and auth.check(b"Bearer t") is None
     assert auth.check(b"Basic t") == "missing_token"
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 
 from healert_webhook import audit, metrics
+from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
 from healert_webhook.outbox import OutboxError
 from healert_webhook.pipeline import Pipeline
@@ -34,7 +34,6 @@ from healert_webhook.tls import PEER_EXTENSION, FileWatch, names_allowed
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "HEALERT_WEBHOOK_TOKEN"  # noqa: S105 - the variable's name, not a token
 RETRY_AFTER = b"5"
 SOURCE = "webhook"
 
@@ -92,13 +91,12 @@ class TokenAuth:
             raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {path}: holds no token")
 
     @classmethod
-    def from_settings(cls, path: Path | None,
-                      environ: Mapping[str, str] | None = None) -> TokenAuth | None:
-        """Tokens from the configured file and the environment; None when neither is set."""
-        env_token = (os.environ if environ is None else environ).get(TOKEN_ENV)
-        if path is None and not (env_token and env_token.strip()):
+    def from_settings(cls, settings: Settings) -> TokenAuth | None:
+        """Tokens from the token file and HEALERT_WEBHOOK_TOKEN; None when neither is set."""
+        env_token = settings.webhook_token
+        if settings.webhook_token_file is None and not (env_token and env_token.strip()):
             return None
-        return cls(path, env_token)
+        return cls(settings.webhook_token_file, env_token)
 
     @property
     def tokens(self) -> list[bytes]:
