@@ -79,3 +79,9 @@ TAIL_SKIPPED = Counter(
     "healert_tail_lines_skipped_total", "Audit log lines skipped, by reason", ["reason"])
 TAIL_CHECKPOINT_AGE = Gauge(
     "healert_tail_checkpoint_age_seconds", "Seconds since the tail checkpoint last advanced")
+
+# Delivery (outbox/forwarder, issue 4): requests whose answer was lost (agent killed, timeout)
+# and that are sent again; the only way a friction event can reach the backend twice.
+FORWARD_UNCERTAIN_RESENDS = Counter(
+    "healert_forward_uncertain_resends_total",
+    "Friction events sent again after a request whose answer was lost (possible duplicates)")

@@ -1,0 +1,310 @@
+"""The `check-backend` and `outbox` commands: what an operator runs when delivery is stuck.
+
+Both print plain text (or one JSON object with `--json`) and return the exit code.
+cli.py owns argparse and calls these two functions.
+
+check-backend exit codes:
+  0  the backend is healthy, the key is accepted (and the test event, if sent, delivered)
+  1  configuration problem (no backend URL, key file unreadable)
+  2  the backend is unreachable or unhealthy
+  3  the backend refused the key (401/403)
+  4  the test event was refused (422 or another error status)
+
+outbox exit codes: 0 done, 1 refused (purge without --yes) or failed (message on stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from healert_webhook import __version__
+from healert_webhook.config import ConfigError, Settings
+from healert_webhook.forward import (
+    REQUEST_TIMEOUT,
+    HealthReport,
+    check_backend_health,
+    describe_error,
+    join_url,
+    make_client,
+)
+from healert_webhook.outbox import Outbox, OutboxError, move_aside
+
+EXIT_OK, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_REJECTED = 0, 1, 2, 3, 4
+TEST_EVENT: dict[str, Any] = {
+    "entity_ref": "component:default/healert-webhook",
+    "type": "healert-webhook-test",
+    "severity": "low",
+    "points": 1,
+    "description": "connectivity test sent by `healert-webhook check-backend --send-test`",
+    "workflow": "check-backend",
+}
+
+
+# -- check-backend ------------------------------------------------------------------------
+
+class _Report:
+    """Collects the steps of a check for text or JSON output."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.steps: list[dict[str, Any]] = []
+
+    def step(self, name: str, ok: bool | None, message: str) -> None:
+        self.steps.append({"step": name, "ok": ok, "message": message})
+        if not self.as_json:
+            mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
+            print(f"{mark} {name:<8} {message}")
+
+    def finish(self, code: int) -> int:
+        if self.as_json:
+            print(json.dumps({"exit_code": code, "steps": self.steps}))
+        return code
+
+
+def check_backend(settings: Settings, send_test: bool, *, as_json: bool = False) -> int:
+    """Check health, the key and optionally a real test event; see the module docstring."""
+    return asyncio.run(_check_backend(settings, send_test, _Report(as_json)))
+
+
+async def _check_backend(settings: Settings, send_test: bool, report: _Report) -> int:
+    if settings.backend_url is None:
+        report.step("config", False, "no backend URL: set HEALERT_BACKEND_URL or --backend-url")
+        return report.finish(EXIT_CONFIG)
+    try:
+        key = await asyncio.to_thread(settings.read_api_key)
+    except ConfigError as exc:
+        report.step("key", False, str(exc))
+        return report.finish(EXIT_CONFIG)
+    async with make_client() as client:
+        health = await check_backend_health(settings, client)
+        code = _report_health(health, report)
+        if code != EXIT_OK:
+            return report.finish(code)
+        _report_key(settings, key, health, report)
+        if health.auth_enabled:
+            code = await _check_auth(client, settings, key, report)
+            if code != EXIT_OK:
+                return report.finish(code)
+        if send_test:
+            code = await _send_test(client, settings, key, report)
+    return report.finish(code)
+
+
+def _report_health(health: HealthReport, report: _Report) -> int:
+    if not health.reachable:
+        report.step("health", False, f"{health.url} unreachable: {health.error}")
+        return EXIT_UNREACHABLE
+    ok = health.status == "ok"
+    report.step("health", ok, f"{health.url}: status {health.status}, version "
+                f"{health.version}, auth {health.auth}")
+    return EXIT_OK if ok else EXIT_UNREACHABLE
+
+
+def _report_key(settings: Settings, key: str | None, health: HealthReport,
+                report: _Report) -> None:
+    source = (f"from HEALERT_API_KEY_FILE {settings.api_key_file}"
+              if settings.api_key_file else "from HEALERT_API_KEY")
+    if key:
+        report.step("key", True, f"set ({len(key)} characters, {source})")
+    elif health.auth_enabled:
+        report.step("key", False, "the backend requires a key and none is set: set "
+                    "HEALERT_API_KEY or HEALERT_API_KEY_FILE")
+    else:
+        report.step("key", True, "none set; the backend does not require one")
+
+
+def _headers(key: str | None) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+async def _post(client: httpx.AsyncClient, settings: Settings, key: str | None,
+                body: dict[str, Any]) -> httpx.Response:
+    async with asyncio.timeout(REQUEST_TIMEOUT):
+        return await client.post(join_url(settings.backend_url or "", "/events"),
+                                 content=orjson.dumps(body), headers=_headers(key))
+
+
+async def _check_auth(client: httpx.AsyncClient, settings: Settings, key: str | None,
+                      report: _Report) -> int:
+    """POST an empty object: the key is checked before the body (as a FastAPI dependency
+    is), so 401/403 means a refused key and 422 an accepted one; nothing is recorded."""
+    try:
+        response = await _post(client, settings, key, {})
+    except (httpx.HTTPError, TimeoutError) as exc:
+        report.step("auth", False, f"POST /events failed: {describe_error(exc)}")
+        return EXIT_UNREACHABLE
+    code = response.status_code
+    if code in (401, 403):
+        report.step("auth", False, f"the backend refused the key (HTTP {code}): check "
+                    "HEALERT_API_KEY / HEALERT_API_KEY_FILE")
+        return EXIT_AUTH
+    if code == 429:
+        report.step("auth", None, "rate-limited (HTTP 429): the key could not be checked; "
+                    "try again in a minute")
+    else:
+        report.step("auth", True, f"key accepted (an empty event was answered HTTP {code})")
+    return EXIT_OK
+
+
+async def _send_test(client: httpx.AsyncClient, settings: Settings, key: str | None,
+                     report: _Report) -> int:
+    event = {**TEST_EVENT, "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+             "actor": f"healert-webhook/{__version__}"}
+    try:
+        response = await _post(client, settings, key, event)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        report.step("test", False, f"POST /events failed: {describe_error(exc)}")
+        return EXIT_UNREACHABLE
+    code = response.status_code
+    if 200 <= code < 300:
+        report.step("test", True, f"test event delivered to {event['entity_ref']} "
+                    f"(HTTP {code}; it adds {event['points']} point to that entity)")
+        return EXIT_OK
+    if code in (401, 403):
+        report.step("test", False, f"the backend refused the key (HTTP {code})")
+        return EXIT_AUTH
+    report.step("test", False, f"test event refused (HTTP {code}): {response.text[:500]}")
+    return EXIT_REJECTED
+
+
+# -- outbox ----------------------------------------------------------------------------------
+
+def _age(created: float | None) -> str:
+    if created is None:
+        return "-"
+    seconds = max(0.0, time.time() - created)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _emit(as_json: bool, data: Any, lines: list[str]) -> None:
+    if as_json:
+        print(json.dumps(data, default=str))
+    else:
+        for line in lines:
+            print(line)
+
+
+def outbox_command(settings: Settings, action: str, args: Any) -> int:
+    """`outbox status|list|dead|retry-dead|purge`; `args` may carry `json`, `limit`,
+    `keys`, `yes`, `dead` and `corrupt` (missing attributes take their defaults)."""
+    path = settings.outbox_path
+    if action == "purge" and getattr(args, "corrupt", False):
+        return _purge_corrupt(settings, args)
+    if not path.exists() and action in ("status", "list", "dead"):
+        print(f"no outbox at {path} yet: nothing queued")
+        return 0
+    try:
+        box = Outbox(path, max_queued=settings.outbox_max_events,
+                     dedup_window=settings.dedup_window)
+    except OutboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        handler = _ACTIONS.get(action)
+        if handler is None:
+            print(f"error: unknown outbox action {action!r}", file=sys.stderr)
+            return 1
+        return handler(box, args)
+    except OutboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        box.close()
+
+
+def _status(box: Outbox, args: Any) -> int:
+    stats = box.stats()
+    data = {"path": str(box.path), "depth": stats.depth, "oldest_created": stats.oldest_created,
+            "in_flight": stats.in_flight, "dead_letters": stats.dead,
+            "delivered_remembered": stats.delivered_remembered}
+    _emit(getattr(args, "json", False), data, [
+        f"outbox            {box.path}",
+        f"queued            {stats.depth}",
+        f"oldest            {_age(stats.oldest_created)}",
+        f"in flight         {stats.in_flight}",
+        f"dead letters      {stats.dead}",
+        f"delivered (dedup) {stats.delivered_remembered}",
+    ])
+    return 0
+
+
+def _list(box: Outbox, args: Any) -> int:
+    rows = box.head(int(getattr(args, "limit", None) or 20))
+    data = [{"seq": r.seq, "key": r.key, "rule": r.rule, "created": r.created,
+             "attempts": r.attempts, "last_error": r.last_error, "event": r.event}
+            for r in rows]
+    lines = [f"{r.seq:>8} {r.key} {r.rule:<24} {r.event.get('entity_ref', '?')} "
+             f"age {_age(r.created)} attempts {r.attempts}"
+             + (f" last error: {r.last_error}" if r.last_error else "") for r in rows]
+    _emit(getattr(args, "json", False), data, lines or ["queue empty"])
+    return 0
+
+
+def _dead(box: Outbox, args: Any) -> int:
+    letters = box.dead_letters(int(getattr(args, "limit", None) or 1000))
+    data = [{"key": d.key, "rule": d.rule, "status": d.status, "reason": d.reason,
+             "answer": d.answer, "dead_at": d.dead_at, "event": d.event} for d in letters]
+    lines = []
+    for d in letters:
+        status = f"HTTP {d.status}" if d.status is not None else "not sent"
+        lines.append(f"{d.key} {d.rule} {d.event.get('entity_ref', '?')} ({status}, "
+                     f"{_age(d.dead_at)} ago): {d.reason}")
+        if d.answer:
+            lines.append(f"    backend said: {d.answer[:300]}")
+    _emit(getattr(args, "json", False), data, lines or ["no dead letters"])
+    return 0
+
+
+def _retry_dead(box: Outbox, args: Any) -> int:
+    keys = getattr(args, "keys", None) or None
+    moved = box.retry_dead(keys)
+    _emit(getattr(args, "json", False), {"requeued": moved},
+          [f"requeued {moved} dead letter(s) at the end of the queue"])
+    return 0
+
+
+def _purge(box: Outbox, args: Any) -> int:
+    dead = bool(getattr(args, "dead", False))
+    stats = box.stats()
+    what = f"{stats.dead} dead letter(s)" if dead else f"{stats.depth} queued event(s)"
+    if not getattr(args, "yes", False):
+        print(f"would delete {what} from {box.path}; run again with --yes to do it",
+              file=sys.stderr)
+        return 1
+    count = box.purge(dead=dead)
+    _emit(getattr(args, "json", False), {"purged": count, "dead": dead},
+          [f"deleted {count} {'dead letter(s)' if dead else 'queued event(s)'}"])
+    return 0
+
+
+def _purge_corrupt(settings: Settings, args: Any) -> int:
+    path = settings.outbox_path
+    if not getattr(args, "yes", False):
+        print(f"would move {path} (and its -wal/-shm files) aside; stop the agent first, "
+              "then run again with --yes", file=sys.stderr)
+        return 1
+    moved = move_aside(path)
+    _emit(getattr(args, "json", False), {"moved": [str(p) for p in moved]},
+          [f"moved {p}" for p in moved] or [f"nothing at {path}"])
+    return 0
+
+
+_ACTIONS: dict[str, Callable[[Outbox, Any], int]] = {
+    "status": _status, "list": _list, "dead": _dead, "retry-dead": _retry_dead,
+    "purge": _purge,
+}

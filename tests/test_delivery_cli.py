@@ -1,0 +1,138 @@
+"""`check-backend` and `outbox` commands against a real backend process and real files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backend_server import Backend, run_backend
+
+from healert_webhook.config import Settings
+from healert_webhook.delivery_cli import check_backend, outbox_command
+from healert_webhook.detect import Friction
+from healert_webhook.outbox import Outbox
+
+KEY = "cli-key"
+
+
+class Args:
+    """What cli.py's argparse would hand over."""
+
+    def __init__(self, **values: Any) -> None:
+        self.json = False
+        self.limit = None
+        self.keys: list[str] = []
+        self.yes = False
+        self.dead = False
+        self.corrupt = False
+        self.__dict__.update(values)
+
+
+def friction(n: int) -> Friction:
+    return Friction(f"{n:032x}", "exec-into-pod", {
+        "entity_ref": f"component:default/svc-{n}", "type": "exec-into-pod",
+        "severity": "high", "description": f"event-{n}"})
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    with run_backend(tmp_path_factory.mktemp("cli"), api_key=KEY) as server:
+        yield server
+
+
+def settings_for(tmp_path: Path, url: str | None, key: str = KEY) -> Settings:
+    key_file = tmp_path / "key"
+    key_file.write_text(key)
+    return Settings(backend_url=url, api_key_file=key_file, state_dir=tmp_path / "state")
+
+
+def test_check_backend_ok_with_a_test_event(tmp_path: Path, backend: Backend,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    backend.control(mode="reset")
+    assert check_backend(settings_for(tmp_path, backend.url), send_test=True) == 0
+    out = capsys.readouterr().out
+    assert "ok   health" in out and "key accepted" in out and "test event delivered" in out
+    assert KEY not in out  # never print the secret
+    accepted = backend.view()["events"]
+    assert [e["type"] for e in accepted] == ["healert-webhook-test"]
+
+
+def test_check_backend_without_test_sends_no_event(tmp_path: Path, backend: Backend) -> None:
+    backend.control(mode="reset")
+    assert check_backend(settings_for(tmp_path, backend.url), send_test=False) == 0
+    assert backend.view()["events"] == []
+
+
+def test_check_backend_wrong_key(tmp_path: Path, backend: Backend,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_backend(settings_for(tmp_path, backend.url, "nope"), send_test=True) == 3
+    assert "HEALERT_API_KEY_FILE" in capsys.readouterr().out
+
+
+def test_check_backend_test_event_rejected(tmp_path: Path, backend: Backend,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    backend.control(mode="reset")
+    backend.control(reject_types=["healert-webhook-test"])
+    try:
+        code = check_backend(settings_for(tmp_path, backend.url), send_test=True, as_json=True)
+    finally:
+        backend.control(mode="reset")
+    assert code == 4
+    report = json.loads(capsys.readouterr().out)
+    assert report["exit_code"] == 4
+    assert report["steps"][-1]["step"] == "test" and "422" in report["steps"][-1]["message"]
+
+
+def test_check_backend_unreachable_and_unconfigured(tmp_path: Path) -> None:
+    assert check_backend(settings_for(tmp_path, "http://127.0.0.1:9"), send_test=False) == 2
+    assert check_backend(settings_for(tmp_path, None), send_test=False) == 1
+
+
+def test_outbox_status_list_dead_retry_purge(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    settings = settings_for(tmp_path, None)
+    assert outbox_command(settings, "status", Args()) == 0
+    assert "nothing queued" in capsys.readouterr().out
+    box = Outbox(settings.outbox_path)
+    box.store([friction(n) for n in range(3)])
+    box.dead_letter(box.head()[0].seq, status=422, reason="backend refused the event (HTTP 422)",
+                    answer='{"detail":[{"msg":"type not accepted"}]}')
+    box.close()
+
+    assert outbox_command(settings, "status", Args(json=True)) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["depth"], status["dead_letters"]) == (2, 1)
+
+    assert outbox_command(settings, "list", Args()) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and "component:default/svc-1" in listed[0]
+
+    assert outbox_command(settings, "dead", Args()) == 0
+    dead = capsys.readouterr().out
+    assert "HTTP 422" in dead and "type not accepted" in dead
+
+    assert outbox_command(settings, "retry-dead", Args()) == 0
+    assert "requeued 1" in capsys.readouterr().out
+
+    assert outbox_command(settings, "purge", Args()) == 1  # no --yes: nothing happens
+    assert "would delete 3 queued" in capsys.readouterr().err
+    assert outbox_command(settings, "purge", Args(yes=True, json=True)) == 0
+    assert json.loads(capsys.readouterr().out) == {"purged": 3, "dead": False}
+    assert outbox_command(settings, "unknown", Args()) == 1
+
+
+def test_a_corrupt_outbox_is_explained_and_moved_aside(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = settings_for(tmp_path, None)
+    settings.state_dir.mkdir()
+    settings.outbox_path.write_bytes(b"garbage " * 1000)
+    assert outbox_command(settings, "status", Args()) == 1
+    err = capsys.readouterr().err
+    assert str(settings.outbox_path) in err and "outbox purge --corrupt" in err
+    assert outbox_command(settings, "purge", Args(corrupt=True)) == 1  # needs --yes
+    assert outbox_command(settings, "purge", Args(corrupt=True, yes=True)) == 0
+    assert not settings.outbox_path.exists()
+    assert list(settings.state_dir.glob("outbox.db.corrupt-*"))

@@ -1,0 +1,419 @@
+"""The forwarder against a real backend process (tests/backend_server.py) over loopback.
+
+Every scenario asserts the exact sequence of events the backend ended up with. Rates,
+windows and backoffs are shrunk so each runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backend_server import Backend, run_backend
+from prometheus_client import REGISTRY
+
+from healert_webhook.config import Settings
+from healert_webhook.detect import Friction
+from healert_webhook.forward import (
+    Forwarder,
+    Pacer,
+    backoff_delay,
+    check_backend_health,
+    parse_retry_after,
+)
+from healert_webhook.outbox import Outbox
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "test-key"
+
+
+def friction(n: int, rule: str = "exec-into-pod", **extra: Any) -> Friction:
+    event = {"entity_ref": f"component:default/svc-{n % 7}", "type": rule, "severity": "high",
+             "description": f"event-{n}", **extra}
+    return Friction(f"{n:032x}", rule, event)
+
+
+def numbers(events: list[dict[str, Any]]) -> list[int]:
+    return [int(e["description"].split("-")[1]) for e in events]
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def make_settings(tmp_path: Path, backend: Backend | None, *, rate: float = 6000.0,
+                  key: str = KEY, **more: Any) -> Settings:
+    key_file = tmp_path / "api-key"
+    if not key_file.exists():
+        key_file.write_text(key + "\n")
+    return Settings(backend_url=backend.url if backend else None, api_key_file=key_file,
+                    state_dir=tmp_path / "state", forward_rate=rate, backoff_base=0.05,
+                    backoff_max=0.3, **more)
+
+
+@contextlib.contextmanager
+def forwarding(settings: Settings, outbox: Outbox, *, probe: float = 60.0,
+               poll: float = 0.2) -> Iterator[Forwarder]:
+    """Run a Forwarder on its own event loop in a thread (as server.py runs it)."""
+    fwd = Forwarder(settings, outbox)
+    fwd.probe_interval = probe
+    fwd.poll_interval = poll
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            loop.run_until_complete(fwd.run(stop))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    try:
+        yield fwd
+    finally:
+        wait_for(lambda: loop.is_running() or not thread.is_alive(), 5, "loop start")
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        assert not thread.is_alive(), "forwarder did not stop"
+        assert errors == []
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    with run_backend(tmp_path, api_key=KEY, limit=10_000, window=60.0) as server:
+        yield server
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "state" / "outbox.db")
+    yield box
+    box.close()
+
+
+# -- pure parts ---------------------------------------------------------------------------
+
+def test_pacer_never_exceeds_a_fixed_window() -> None:
+    """Whatever pauses happen between requests, no fixed 60 s window sees more than the
+    limit: evenly spaced at 95% and never catching up leaves two spare slots for jitter."""
+    rng = random.Random(7)
+    for rate in (1, 2, 10, 60, 61, 120, 1800):
+        pacer = Pacer(rate)
+        now, starts = 0.0, []
+        for _ in range(3000):
+            now += pacer.delay(now) + rng.choice([0.0, 0.0, rng.random() * 3])
+            pacer.take(now)
+            starts.append(now)
+        per_window = Counter(int(t // 60) for t in starts)
+        assert max(per_window.values()) <= rate, rate
+        # and with 5 ms of network jitter on every arrival, still within the limit
+        jittered = Counter(int((t + rng.uniform(-0.005, 0.005)) // 60) for t in starts)
+        assert max(jittered.values()) <= max(rate, 1), rate
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    assert backoff_delay(1, 1.0, 300.0, rand=0.0) == 0.5
+    assert backoff_delay(1, 1.0, 300.0, rand=1.0) == 1.0
+    assert backoff_delay(4, 1.0, 300.0, rand=1.0) == 8.0
+    assert backoff_delay(50, 1.0, 300.0, rand=1.0) == 300.0
+    assert 150.0 <= backoff_delay(10_000, 1.0, 300.0) <= 300.0
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("999999") == 3600.0
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28.0 <= (parse_retry_after(date, now) or 0) <= 31.0
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
+
+
+# -- health --------------------------------------------------------------------------------
+
+def test_health_check(tmp_path: Path, backend: Backend) -> None:
+    settings = make_settings(tmp_path, backend)
+    report = asyncio.run(check_backend_health(settings))
+    assert report.reachable and report.status == "ok" and report.version == "test-1.0"
+    assert report.auth_enabled is True and report.key_set and report.warnings() == []
+    no_key = Settings(backend_url=backend.url)
+    warnings = asyncio.run(check_backend_health(no_key)).warnings()
+    assert len(warnings) == 1 and "HEALERT_API_KEY" in warnings[0]
+    backend.stop()
+    down = asyncio.run(check_backend_health(settings))
+    assert not down.reachable and "unreachable" in down.warnings()[0]
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+def test_steady_load_above_the_rate_limit_gets_no_429(tmp_path: Path) -> None:
+    """The backend allows 20 requests per 1 s window (the real one: 60 per minute); the
+    agent is configured for the same rate and gets twice that load."""
+    with run_backend(tmp_path, api_key=KEY, limit=20, window=1.0) as server:
+        settings = make_settings(tmp_path, server, rate=20 * 60)
+        box = Outbox(settings.outbox_path)
+        box.store([friction(n) for n in range(30)])
+        with forwarding(settings, box):
+            time.sleep(0.5)
+            box.store([friction(n) for n in range(30, 60)])  # more arrives while sending
+            wait_for(lambda: len(server.accepted()) >= 60, 30, "60 deliveries")
+        view = server.view()
+        box.close()
+    assert numbers(server.accepted()) == list(range(60))
+    assert view["statuses"] == {"200": 60}  # not a single 429
+    assert view["max_in_window"] <= 20
+
+
+def test_backend_outage_then_recovery(tmp_path: Path, backend: Backend,
+                                      outbox: Outbox) -> None:
+    settings = make_settings(tmp_path, backend)
+    outbox.store([friction(n) for n in range(3)])
+    with forwarding(settings, outbox) as fwd:
+        wait_for(lambda: len(backend.accepted()) == 3, what="first deliveries")
+        backend.stop()
+        outbox.store([friction(n) for n in range(3, 8)])
+        wait_for(lambda: fwd.status()["state"] == "backoff", what="backoff")
+        time.sleep(0.5)  # several failed attempts
+        assert outbox.stats().depth == 5
+        backend.start()
+        wait_for(lambda: len(backend.accepted()) >= 8, what="recovery")
+        wait_for(lambda: outbox.stats().depth == 0, what="empty outbox")
+    assert numbers(backend.accepted()) == list(range(8))
+
+
+def test_server_errors_and_429_are_retried_in_order(tmp_path: Path, backend: Backend,
+                                                    outbox: Outbox) -> None:
+    settings = make_settings(tmp_path, backend)
+    backend.control(mode="500")
+    outbox.store([friction(n) for n in range(4)])
+    before = sample("healert_forward_attempts_total", {"outcome": "server_error"})
+    with forwarding(settings, outbox):
+        wait_for(lambda: backend.statuses().get(500, 0) >= 3, what="500s")
+        backend.control(mode="429")  # with Retry-After: 1
+        wait_for(lambda: backend.statuses().get(429, 0) >= 1, what="429")
+        backend.control(mode="ok")
+        wait_for(lambda: len(backend.accepted()) >= 4, what="deliveries")
+    assert numbers(backend.accepted()) == [0, 1, 2, 3]
+    assert sample("healert_forward_attempts_total", {"outcome": "server_error"}) >= before + 3
+    assert backend.statuses().get(429) == 1  # Retry-After honoured: no hammering
+
+
+def test_the_same_batch_stored_twice_is_sent_once(tmp_path: Path, backend: Backend,
+                                                  outbox: Outbox) -> None:
+    settings = make_settings(tmp_path, backend)
+    batch = [friction(n) for n in range(5)]
+    outbox.store(batch)
+    outbox.store(batch)
+    with forwarding(settings, outbox):
+        wait_for(lambda: outbox.stats().depth == 0, what="delivery")
+        assert outbox.store(batch).duplicates == 5  # a late resend after delivery
+        outbox.store([friction(5)])
+        wait_for(lambda: len(backend.accepted()) >= 6, what="the new event")
+        time.sleep(0.3)
+    assert numbers(backend.accepted()) == list(range(6))
+
+
+def test_rejections_are_dead_lettered_and_retried_after_a_fix(
+        tmp_path: Path, backend: Backend, outbox: Outbox) -> None:
+    from healert_webhook.delivery_cli import outbox_command
+
+    settings = make_settings(tmp_path, backend)
+    backend.control(reject_types=["port-forward"])  # a stricter backend version
+    outbox.store([friction(0), friction(1, "port-forward"), friction(2),
+                  # would be refused by any backend: a colon in the name
+                  Friction(f"{3:032x}", "read-secret",
+                           {"entity_ref": "component:default/system:edit", "type": "read-secret",
+                            "severity": "low", "description": "event-3"}),
+                  friction(4, description=" event-4 ", extra="dropped")])
+    with forwarding(settings, outbox):
+        wait_for(lambda: outbox.stats().depth == 0, what="queue drained")
+        dead = {d.key[-1]: d for d in outbox.dead_letters()}
+        assert set(dead) == {"1", "3"}
+        assert dead["1"].status == 422 and "not accepted" in (dead["1"].answer or "")
+        assert dead["3"].status is None and dead["3"].reason.startswith("contract: entity_ref")
+        assert backend.statuses() == {200: 3, 422: 1}  # no request for the invalid one
+        backend.control(reject_types=[])
+        args = _Args(keys=[f"{1:032x}"])
+        assert outbox_command(settings, "retry-dead", args) == 0
+        wait_for(lambda: len(backend.accepted()) >= 4, what="requeued delivery")
+    accepted = backend.accepted()
+    assert numbers(accepted) == [0, 2, 4, 1]
+    assert accepted[2] == {"entity_ref": "component:default/svc-4", "type": "exec-into-pod",
+                           "severity": "high", "description": "event-4"}
+    assert [d.key for d in outbox.dead_letters()] == [f"{3:032x}"]
+
+
+class _Args:
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+def test_wrong_key_pauses_and_the_key_file_fix_resumes(tmp_path: Path, backend: Backend,
+                                                       outbox: Outbox) -> None:
+    settings = make_settings(tmp_path, backend, key="wrong-key")
+    outbox.store([friction(n) for n in range(3)])
+    with forwarding(settings, outbox, probe=60.0) as fwd:
+        wait_for(lambda: fwd.status()["state"] == "paused", what="pause")
+        status = fwd.status()
+        assert status["ready"] is False and "HEALERT_API_KEY_FILE" in str(status["reason"])
+        assert sample("healert_forward_paused") == 1
+        time.sleep(1.2)
+        assert backend.statuses() == {401: 1}  # paused: no more requests
+        assert outbox.stats().depth == 3
+        (tmp_path / "api-key").write_text(KEY + "\n")
+        wait_for(lambda: len(backend.accepted()) >= 3, what="resume after the key fix")
+        assert sample("healert_forward_paused") == 0
+    assert numbers(backend.accepted()) == [0, 1, 2]
+
+
+def test_a_paused_forwarder_probes_and_resumes(tmp_path: Path, backend: Backend,
+                                               outbox: Outbox) -> None:
+    settings = make_settings(tmp_path, backend)
+    backend.control(mode="401")  # the backend's key was rotated...
+    outbox.store([friction(n) for n in range(2)])
+    with forwarding(settings, outbox, probe=0.3) as fwd:
+        wait_for(lambda: backend.statuses().get(401, 0) >= 2, what="probes")
+        assert fwd.status()["state"] == "paused" or backend.statuses().get(401, 0) >= 2
+        backend.control(mode="ok")  # ...and rotated back
+        wait_for(lambda: len(backend.accepted()) >= 2, what="resume by probe")
+    assert numbers(backend.accepted()) == [0, 1]
+
+
+def test_without_a_backend_events_are_logged_once_and_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings(tmp_path, None)
+    box = Outbox(settings.outbox_path)
+    box.store([friction(0), friction(1)])
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "healert_webhook.events"]
+
+    with caplog.at_level(logging.INFO, logger="healert_webhook.events"):
+        with forwarding(settings, box) as fwd:
+            wait_for(lambda: len(lines()) == 2, what="two log lines")
+            assert fwd.status()["state"] == "embedded"
+        with forwarding(settings, box):  # a restart does not log them again
+            box.store([friction(2)])
+            wait_for(lambda: len(lines()) == 3, what="the new event")
+            time.sleep(0.3)
+    assert len(lines()) == 3 and '"description":"event-2"' in lines()[2]
+    assert box.stats().depth == 3
+    with run_backend(tmp_path, api_key=KEY) as server, \
+            forwarding(make_settings(tmp_path, server), box):
+        wait_for(lambda: len(server.accepted()) >= 3, what="delivery once configured")
+    box.close()
+    assert numbers(server.accepted()) == [0, 1, 2]
+
+
+def test_two_forwarders_on_one_outbox_send_each_event_once(tmp_path: Path,
+                                                           backend: Backend) -> None:
+    settings = make_settings(tmp_path, backend, rate=1200)
+    first, second = Outbox(settings.outbox_path), Outbox(settings.outbox_path)
+    first.store([friction(n) for n in range(10)])
+    with forwarding(settings, first) as a, forwarding(settings, second) as b:
+        wait_for(lambda: len(backend.accepted()) >= 10, what="deliveries")
+        states = {a.status()["state"], b.status()["state"]}
+        time.sleep(0.3)
+    assert "locked" in states
+    assert numbers(backend.accepted()) == list(range(10))
+    first.close()
+    second.close()
+
+
+# -- kill -9 ------------------------------------------------------------------------------
+
+UNCERTAIN = re.compile(r"friction event key=([0-9a-f]{32}) seq=\d+ was being sent")
+
+
+def test_kill_9_during_delivery_loses_nothing(tmp_path: Path, long_run: bool) -> None:
+    """The forwarder process is SIGKILLed at random points, 20 times (100 with --long),
+    then runs to the end. Every event arrives; an event arrives twice only when the
+    restarted agent said it had been in flight (its request reached the backend but the
+    answer was lost), and this test counts how often that happened."""
+    kills = 100 if long_run else 20
+    total = 40 * kills // 8
+    seed = int(time.time())
+    rng = random.Random(seed)
+    with run_backend(tmp_path, api_key=KEY, limit=100_000) as server:
+        # 20 ms of backend work before it records the event: kills land inside requests
+        # often, but only those after the backend recorded it can cause a duplicate
+        server.control(latency=0.02)
+        settings = make_settings(tmp_path, server)
+        box = Outbox(settings.outbox_path)
+        box.store([friction(n) for n in range(total)])
+        box.close()
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HEALERT_BACKEND_URL": server.url,
+               "HEALERT_STATE_DIR": str(settings.state_dir),
+               "HEALERT_API_KEY_FILE": str(settings.api_key_file),
+               "HEALERT_FORWARD_RATE": "6000", "HEALERT_BACKOFF_BASE": "0.05",
+               "HEALERT_BACKOFF_MAX": "0.2"}
+        env.pop("HEALERT_API_KEY", None)
+        logs = []
+        for run in range(kills + 1):
+            log_path = tmp_path / f"run-{run}.log"
+            logs.append(log_path)
+            with log_path.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "healert_webhook.forward", "--settings-from-env"],
+                    env=env, stderr=out, stdout=out)
+            wait_for(lambda p=log_path: "forwarder started" in p.read_text(), 20, "start")
+            if run < kills:
+                time.sleep(rng.uniform(0.0, 0.3))
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(10) == -signal.SIGKILL
+            else:
+                wait_for(lambda: set(numbers(server.accepted())) == set(range(total)), 60,
+                         "all delivered")
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(15) == 0
+        accepted = numbers(server.accepted())
+    box = Outbox(settings.outbox_path)
+    assert box.stats().depth == 0
+    box.close()
+    counts = Counter(accepted)
+    # how many times a restart found each event in flight (its answer lost)
+    uncertain = Counter(m.group(1) for p in logs for m in UNCERTAIN.finditer(p.read_text()))
+    extra = {f"{n:032x}": c - 1 for n, c in counts.items() if c > 1}
+    summary = (f"seed {seed}: {kills} kills, {total} events, {sum(uncertain.values())} "
+               f"restarts found a request in flight, {sum(extra.values())} duplicates "
+               f"{dict(extra)}, uncertain {dict(uncertain)}")
+    print(summary)
+    assert set(counts) == set(range(total)), summary  # nothing lost
+    # nothing twice, except an event whose request was cut off by the kill: each such
+    # restart may add one copy
+    assert all(c <= uncertain[key] for key, c in extra.items()), summary
+    # order: the first deliveries are in queue order
+    firsts = list(dict.fromkeys(accepted))
+    assert firsts == sorted(firsts), summary
