@@ -204,7 +204,7 @@ class Outcome:
     label: str  # FORWARD_ATTEMPTS outcome label (bounded)
     detail: str
     status: int | None = None
-    answered: bool = True
+    not_taken: bool = True  # certain the backend did not take it (it answered, or never got it)
     retry_after: float | None = None
     answer: str | None = None
 
@@ -406,7 +406,8 @@ class Forwarder:
         rows = await self._outbox_call(self.outbox.head, 1)
         await asyncio.to_thread(self.outbox.refresh_metrics)
         if not rows:
-            self._state, self._reason = "idle", None
+            if self._state != "paused":  # paused stays paused until a probe or a new key
+                self._state, self._reason = "idle", None
             await self._wait_for_work(stop)
             return
         row = rows[0]
@@ -451,8 +452,12 @@ class Forwarder:
                 response = await client.post(url, content=orjson.dumps(body), headers=headers)
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             timeout = isinstance(exc, TimeoutError | httpx.TimeoutException)
+            # A failed connect means the request never left; anything later (a read
+            # timeout, a dropped connection) may have reached the backend.
+            not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
+                                  | httpx.PoolTimeout)
             return Outcome("retry", "timeout" if timeout else "transport_error",
-                           describe_error(exc), answered=False)
+                           describe_error(exc), not_taken=not_sent)
         finally:
             metrics.FORWARD_DURATION.observe(time.perf_counter() - started)
         return classify(response)
@@ -488,8 +493,13 @@ class Forwarder:
 
     async def _mark_failed(self, row: Queued, outcome: Outcome) -> None:
         self._last_error = outcome.detail
+        if not outcome.not_taken:
+            metrics.FORWARD_UNCERTAIN_RESENDS.inc()
+            log.warning("request for friction event key=%s failed after it may have reached "
+                        "the backend (%s); it will be sent again (a possible duplicate)",
+                        row.key, outcome.detail)
         await self._outbox_call(self.outbox.mark_failed, row.seq, outcome.detail,
-                                answered=outcome.answered)
+                                not_taken=outcome.not_taken)
 
     async def _backoff(self, outcome: Outcome, stop: asyncio.Event) -> None:
         self._failures += 1
@@ -508,6 +518,8 @@ class Forwarder:
     def _pause(self, reason: str) -> None:
         if self._state != "paused":
             self._last_loud = -1e9
+        if self.keys.error:
+            reason = f"{reason} ({self.keys.error})"
         self._state, self._reason = "paused", reason
         metrics.FORWARD_PAUSED.set(1)
         self._loud(f"deliveries paused: {reason}; events stay queued")

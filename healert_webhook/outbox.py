@@ -337,8 +337,7 @@ class Outbox:
             if checkpoint is not None:
                 self._save_checkpoint(conn, checkpoint, now)
         if stored:
-            self._notify()
-        self.refresh_metrics()
+            self._notify()  # the forwarder wakes and refreshes the gauges (off this path)
         return StoreResult(stored, len(frictions) - stored, dropped)
 
     def _enforce_bound(self, conn: sqlite3.Connection) -> int:
@@ -420,11 +419,12 @@ class Outbox:
                              (now - self.dedup_window,))
                 self._last_expire = now
 
-    def mark_failed(self, seq: int, error: str, *, answered: bool) -> None:
-        """A request for `seq` failed; it stays queued. `answered`: the backend answered,
-        so it did not take the event (the in-flight mark is cleared)."""
+    def mark_failed(self, seq: int, error: str, *, not_taken: bool) -> None:
+        """A request for `seq` failed; it stays queued. `not_taken`: certain the backend
+        did not take it (it answered, or the connection failed), so the in-flight mark is
+        cleared; otherwise it stays, and the next send may be a duplicate."""
         with self._transaction("mark failed") as conn:
-            if answered:
+            if not_taken:
                 conn.execute("UPDATE queue SET last_error = ?, in_flight = NULL WHERE seq = ?",
                              (error[:ANSWER_MAX], seq))
             else:
@@ -467,21 +467,29 @@ class Outbox:
         return OutboxStats(depth, oldest[0] if oldest else None, flight, dead, seen)
 
     def refresh_metrics(self, *, force: bool = False) -> OutboxStats | None:
-        """Update the outbox gauges, at most once a second unless `force`; never raises."""
+        """Update the outbox gauges, at most once a second unless `force`; never raises.
+
+        Three indexed lookups (the depth counter, the head row, the dead letters); the
+        returned stats leave the costlier counts (in flight, delivered) at -1."""
         now = time.monotonic()
         if not force and now - self._last_metrics < 1.0:
             return None
         self._last_metrics = now
         try:
-            stats = self.stats()
-        except OutboxError as exc:
+            with self._lock:
+                conn = self._conn
+                depth = conn.execute("SELECT value FROM meta WHERE name = 'depth'").fetchone()[0]
+                oldest = conn.execute(
+                    "SELECT created FROM queue ORDER BY seq LIMIT 1").fetchone()
+                dead = conn.execute("SELECT count(*) FROM dead").fetchone()[0]
+        except sqlite3.Error as exc:
             log.warning("outbox metrics not updated: %s", exc)
             return None
-        metrics.OUTBOX_DEPTH.set(stats.depth)
-        age = 0.0 if stats.oldest_created is None else max(0.0, time.time() - stats.oldest_created)
+        metrics.OUTBOX_DEPTH.set(depth)
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest[0])
         metrics.OUTBOX_OLDEST_AGE.set(age)
-        metrics.DEAD_LETTERS.set(stats.dead)
-        return stats
+        metrics.DEAD_LETTERS.set(dead)
+        return OutboxStats(depth, oldest[0] if oldest else None, -1, dead, -1)
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         """Dead letters, oldest first."""

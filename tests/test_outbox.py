@@ -161,9 +161,9 @@ def test_in_flight_marks_survive_and_clear(outbox: Outbox) -> None:
     row = outbox.head()[0]
     outbox.mark_in_flight(row.seq)
     assert [r.key for r in outbox.in_flight()] == [row.key]
-    outbox.mark_failed(row.seq, "timed out", answered=False)
+    outbox.mark_failed(row.seq, "timed out", not_taken=False)
     assert outbox.head()[0].in_flight is not None  # no answer: still uncertain
-    outbox.mark_failed(row.seq, "HTTP 503", answered=True)
+    outbox.mark_failed(row.seq, "HTTP 503", not_taken=True)
     head = outbox.head()[0]
     assert head.in_flight is None and head.last_error == "HTTP 503" and head.attempts == 1
 
