@@ -1,0 +1,885 @@
+"""Follow the apiserver's audit log file: rotation, truncation, checkpoints.
+
+The tailer reads the file in large chunks, splits complete lines, parses each line once
+and hands the chunk's events to `Pipeline.detect` in one call. The friction events of a
+chunk and the checkpoint just after its last line are stored in ONE outbox transaction, so
+after a crash the tail resumes exactly after the last line whose frictions are stored.
+Chunks without frictions advance the checkpoint only every CHECKPOINT_INTERVAL seconds or
+CHECKPOINT_BYTES bytes: after a crash those lines are read again, which is harmless
+because their frictions (if any were stored) are deduplicated by key in the outbox.
+
+Identity of a file: (device, inode) plus a fingerprint of its first bytes, so a deleted
+file whose inode number is reused by an unrelated file is not mistaken for the old one.
+
+Rotation (DESIGN §3):
+  rename + create (lumberjack)  the open descriptor is kept and read to its end, even after
+                                the renamed file was gzipped and deleted; then the newer
+                                rotated files, by their timestamp, then the new file.
+  copy-truncate                 the file shrank below our position (or its first bytes
+                                changed): start again at 0 of the same inode.
+After a restart the checkpoint may point into a rotated file `<base>-<timestamp><ext>` or
+its `.gz` (found by dev+ino+fingerprint, or by the fingerprint of the decompressed start).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import re
+import signal
+import stat
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from healert_webhook import metrics
+from healert_webhook.config import Settings
+from healert_webhook.detect import Friction
+from healert_webhook.outbox import Checkpoint, Outbox, OutboxError
+from healert_webhook.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SOURCE = "tail"
+READ_SIZE = 1024 * 1024  # one os.read per chunk while catching up
+FINGERPRINT_BYTES = 4096
+CHECKPOINT_INTERVAL = 1.0  # seconds: most time an idle checkpoint lags behind
+CHECKPOINT_BYTES = 8 * 1024 * 1024  # bytes read without frictions before a checkpoint anyway
+SHOWN_BAD_LINES = 5  # bad lines logged one by one per chunk, then one summary line
+BACKWARD_BLOCK = 64 * 1024
+RETRY_MAX = 10.0  # seconds between outbox retries, at most
+_STAMP = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}"
+_GZ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+class _Stopped(Exception):
+    """The stop event was set while waiting for the outbox."""
+
+
+# -- fingerprints ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A digest of a file's first `length` bytes (fewer than FINGERPRINT_BYTES while the
+    file is shorter). Encoded as `<length>:<hex>` so a file that grew still matches."""
+
+    length: int
+    digest: str
+
+    def encode(self) -> str:
+        """The text stored in `Checkpoint.fingerprint`."""
+        return f"{self.length}:{self.digest}"
+
+    @classmethod
+    def decode(cls, text: str) -> Fingerprint | None:
+        """Parse `encode`'s output; None for anything else."""
+        length, sep, digest = text.partition(":")
+        if not sep or not length.isdigit():
+            return None
+        return cls(int(length), digest)
+
+    def matches(self, head: bytes) -> bool:
+        """True when `head` (a file's first bytes) starts with the fingerprinted bytes."""
+        return len(head) >= self.length and _digest(head[: self.length]) == self.digest
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def fingerprint(head: bytes) -> Fingerprint:
+    """The fingerprint of a file whose first bytes are `head`."""
+    head = head[:FINGERPRINT_BYTES]
+    return Fingerprint(len(head), _digest(head))
+
+
+def read_head(path: Path, compressed: bool = False) -> bytes | None:
+    """The first FINGERPRINT_BYTES of a file (decompressed for .gz); None if unreadable."""
+    try:
+        if compressed:
+            with gzip.open(path, "rb") as gz:
+                return gz.read(FINGERPRINT_BYTES)
+        with open(path, "rb") as f:
+            return f.read(FINGERPRINT_BYTES)
+    except (*_GZ_ERRORS, gzip.BadGzipFile):
+        return None
+
+
+# -- rotated files -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """One rotated generation `<base>-<stamp><ext>`: the plain file and/or its `.gz`."""
+
+    stamp: str
+    plain: Path | None
+    gz: Path | None
+
+
+def _rotated_pattern(base: Path) -> re.Pattern[str]:
+    stem, ext = os.path.splitext(base.name)  # lumberjack: audit.log -> audit-<stamp>.log
+    return re.compile(re.escape(stem) + "-(" + _STAMP + ")" + re.escape(ext) + r"(\.gz)?")
+
+
+def stamp_of(base: Path, name: str) -> str | None:
+    """The rotation timestamp in a rotated file's name, or None if it is not one."""
+    found = _rotated_pattern(base).fullmatch(os.path.basename(name))
+    return found.group(1) if found else None
+
+
+def rotated_files(base: Path) -> list[Rotated]:
+    """The rotated generations beside `base`, oldest first (the stamps sort as text)."""
+    pattern = _rotated_pattern(base)
+    plain: dict[str, Path] = {}
+    packed: dict[str, Path] = {}
+    try:
+        names = os.listdir(base.parent)
+    except OSError:
+        return []
+    for name in names:
+        found = pattern.fullmatch(name)
+        if found:
+            (packed if found.group(2) else plain)[found.group(1)] = base.parent / name
+    return [Rotated(s, plain.get(s), packed.get(s)) for s in sorted(plain.keys() | packed)]
+
+
+# -- where to resume ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where to continue after a restart: a file, an offset in it, and why."""
+
+    path: Path
+    offset: int
+    compressed: bool = False
+    stamp: str | None = None  # the rotation timestamp; None for the followed file itself
+    ident: tuple[int, int] | None = None  # (dev, ino) the path had when it was chosen
+    reason: str = "checkpoint"
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def locate(cp: Checkpoint, base: Path) -> Resume:
+    """Find the file a checkpoint points into: the followed file, a rotated file, a .gz.
+
+    A file matches when its (dev, ino) AND its first bytes match; a `.gz` matches by the
+    decompressed first bytes and the offset counts in the decompressed stream. When the
+    followed file has the right (dev, ino) but other first bytes, the inode was reused by
+    a new file: read that from 0 (unless the old content turns up among the rotated files).
+    """
+    fp = Fingerprint.decode(cp.fingerprint)
+    ident = (cp.dev, cp.ino)
+    st = _stat(base)
+    reused = False
+    if st is not None and (st.st_dev, st.st_ino) == ident:
+        head = read_head(base)
+        if fp is not None and head is not None and fp.matches(head):
+            if st.st_size < cp.offset:
+                return Resume(base, 0, ident=ident, reason="truncated")
+            return Resume(base, cp.offset, ident=ident)
+        reused = True
+    found = _locate_rotated(cp, base, fp)
+    if found is not None:
+        return found
+    if reused:
+        return Resume(base, 0, ident=ident, reason="fingerprint_mismatch")
+    # The checkpointed file is gone. If its name told its rotation time, newer
+    # generations are still known; otherwise the followed file is all we can trust.
+    stamp = stamp_of(base, cp.path)
+    if stamp is not None:
+        for gen in rotated_files(base):
+            if gen.stamp > stamp:
+                return _generation_start(gen, "lost")
+    return Resume(base, 0, reason="lost")
+
+
+def _locate_rotated(cp: Checkpoint, base: Path, fp: Fingerprint | None) -> Resume | None:
+    if fp is None:
+        return None
+    generations = rotated_files(base)
+    for gen in generations:
+        if gen.plain is None:
+            continue
+        st = _stat(gen.plain)
+        if st is not None and (st.st_dev, st.st_ino) == (cp.dev, cp.ino):
+            head = read_head(gen.plain)
+            if head is not None and fp.matches(head):
+                return Resume(gen.plain, cp.offset, stamp=gen.stamp,
+                              ident=(st.st_dev, st.st_ino), reason="rotated")
+    if fp.length == 0:
+        return None  # an empty fingerprint would match any .gz
+    for gen in generations:
+        if gen.gz is None:
+            continue
+        head = read_head(gen.gz, compressed=True)
+        if head is not None and fp.matches(head):
+            return Resume(gen.gz, cp.offset, compressed=True, stamp=gen.stamp,
+                          reason="compressed")
+    return None
+
+
+def _generation_start(gen: Rotated, reason: str) -> Resume:
+    if gen.plain is not None:
+        return Resume(gen.plain, 0, stamp=gen.stamp, reason=reason)
+    assert gen.gz is not None  # a generation has at least one of the two
+    return Resume(gen.gz, 0, compressed=True, stamp=gen.stamp, reason=reason)
+
+
+# -- one open file -----------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One opened file (or decompressed .gz) and the line state within it."""
+
+    path: Path
+    fd: int
+    dev: int
+    ino: int
+    live: bool  # opened as the followed path and not seen rotated away yet
+    stamp: str | None = None
+    gz: gzip.GzipFile | None = None
+    pos: int = 0  # bytes consumed from the stream
+    line_start: int = 0  # offset of the first byte not yet processed
+    pending: list[bytes] = field(default_factory=list)  # the incomplete last line
+    pending_len: int = 0
+    skipping: bool = False  # inside a line longer than the limit: discard to its end
+    fp: Fingerprint = field(default_factory=lambda: fingerprint(b""))
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` more bytes; b"" at the end for now."""
+        if self.gz is not None:
+            return self.gz.read(size)
+        return os.read(self.fd, size)
+
+    def head(self) -> bytes:
+        """The first bytes of the file, read without moving the position."""
+        return os.pread(self.fd, FINGERPRINT_BYTES, 0)
+
+    def seek(self, offset: int) -> None:
+        """Position the stream (for .gz: decompress up to the offset)."""
+        if self.gz is not None:
+            self.gz.seek(offset)
+        else:
+            os.lseek(self.fd, offset, os.SEEK_SET)
+        self.pos = self.line_start = offset
+        self.pending.clear()
+        self.pending_len = 0
+        self.skipping = False
+
+    def close(self) -> None:
+        """Release the descriptor."""
+        if self.gz is not None:
+            self.gz.close()
+        os.close(self.fd)
+
+
+def open_stream(path: Path, *, live: bool, compressed: bool = False,
+                stamp: str | None = None) -> Stream:
+    """Open a file for reading; raises OSError (FileNotFoundError, PermissionError...)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        gz: gzip.GzipFile | None = None
+        if compressed:
+            # Decompress from our own descriptor: the .gz may be deleted meanwhile.
+            gz = gzip.GzipFile(fileobj=os.fdopen(fd, "rb", closefd=False), mode="rb")
+            head = gz.read(FINGERPRINT_BYTES)
+            gz.seek(0)
+        else:
+            head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    except (*_GZ_ERRORS, gzip.BadGzipFile) as exc:
+        os.close(fd)
+        if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):
+            raise
+        raise OSError(f"{path}: not a readable gzip file: {exc}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return Stream(path, fd, st.st_dev, st.st_ino, live, stamp, gz, fp=fingerprint(head))
+
+
+def explain_open_error(path: Path, exc: OSError) -> str:
+    """A sentence that says why `path` cannot be followed, naming owners and our uid."""
+    if isinstance(exc, FileNotFoundError):
+        if not path.parent.is_dir():
+            return f"waiting for {path}: directory {path.parent} does not exist"
+        return f"waiting for {path}: no such file"
+    if isinstance(exc, PermissionError):
+        return _explain_denied(path)
+    return f"cannot open {path}: {exc.strerror or exc}"
+
+
+def _explain_denied(path: Path) -> str:
+    me = f"uid {os.geteuid()} gid {os.getegid()} groups {sorted(os.getgroups())}"
+    blocking = _unsearchable_ancestor(path)
+    if blocking is not None:
+        st = _stat(blocking)
+        if st is None:
+            return f"permission denied: cannot reach {path} (running as {me})"
+        return (f"permission denied: directory {blocking} has mode "
+                f"{stat.S_IMODE(st.st_mode):04o} and owner uid {st.st_uid} gid {st.st_gid}; "
+                f"running as {me}: run with a uid/gid that may read it")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"permission denied on {path}: {exc.strerror} (running as {me})"
+    return (f"permission denied: {path} has mode {stat.S_IMODE(st.st_mode):04o} and owner "
+            f"uid {st.st_uid} gid {st.st_gid}; running as {me}: run with that uid "
+            "(or a group that may read it)")
+
+
+def _unsearchable_ancestor(path: Path) -> Path | None:
+    """The outermost directory above `path` that we may not enter, if any."""
+    for directory in reversed(path.parents):
+        if not os.access(directory, os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            return directory
+    return None
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+def parse_lines(lines: list[bytes], max_line: int) -> tuple[list[Any], list[tuple[int, str]]]:
+    """Parse each line once: the events, and (index, reason) for every line skipped."""
+    if sum(map(len, lines)) <= max_line:
+        # Fast path, the common case: no line can be too long, try the whole chunk in
+        # one comprehension and fall back to the careful loop only if something is wrong.
+        loads = orjson.loads
+        try:
+            events = [loads(line) for line in lines]
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            dict_ = dict
+            if all(type(event) is dict_ for event in events):
+                return events, []
+    return _parse_carefully(lines, max_line)
+
+
+def _parse_carefully(lines: list[bytes],
+                     max_line: int) -> tuple[list[Any], list[tuple[int, str]]]:
+    events: list[Any] = []
+    bad: list[tuple[int, str]] = []
+    append = events.append
+    loads = orjson.loads
+    for i, line in enumerate(lines):
+        if len(line) > max_line:
+            bad.append((i, "too_long"))
+            continue
+        try:
+            event = loads(line)
+        except orjson.JSONDecodeError:
+            bad.append((i, "blank" if not line.strip() else "bad_json"))
+            continue
+        if type(event) is dict:
+            append(event)
+        else:
+            bad.append((i, "not_an_object"))
+    return events, bad
+
+
+def _line_offsets(lines: list[bytes], indexes: list[int], start: int) -> list[int]:
+    """Byte offsets of the lines at `indexes` (ascending), in one pass."""
+    out: list[int] = []
+    offset, at = start, 0
+    for i in indexes:
+        offset += sum(len(line) + 1 for line in lines[at:i])
+        at = i
+        out.append(offset)
+    return out
+
+
+# -- the tailer --------------------------------------------------------------------------
+
+
+class Tailer:
+    """Follows `settings.audit_log_path` into the pipeline and the outbox."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, outbox: Outbox) -> None:
+        self.path = Path(os.path.abspath(settings.audit_log_path))
+        self.source = f"tail:{self.path}"
+        self._pipeline = pipeline
+        self._outbox = outbox
+        self._max_line = settings.tail_max_line_bytes
+        self._poll = settings.tail_poll_interval
+        self._from = settings.tail_from
+        self._stream: Stream | None = None
+        self._started = False  # the first position (checkpoint or tail_from) was decided
+        self._missing = False  # the last open failed because the file does not exist
+        self._has_checkpoint = False  # one is stored (or was loaded) for our source
+        self._problem: str | None = "starting"
+        self._logged: str | None = None
+        self._unstored = 0  # bytes processed since the last stored checkpoint
+        self._last_store = time.monotonic()
+        self._stop = threading.Event()
+
+    # -- public ------------------------------------------------------------------------
+
+    def ready(self) -> str | None:
+        """None while following the file, else why not (for /readyz)."""
+        return self._problem
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow the file until `stop` is set. Blocking: run it in a thread."""
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                try:
+                    busy = self._step()
+                except _Stopped:
+                    return
+                except Exception as exc:  # a bug or an odd file must not end the tail
+                    log.exception("tail of %s failed; resuming from the last checkpoint",
+                                  self.path)
+                    self._set_problem(f"tail failed: {exc}")
+                    self._reset()
+                    stop.wait(1.0)  # a persistent failure must not spin
+                    busy = False
+                if not busy:
+                    stop.wait(self._poll)
+            self._flush()
+        except _Stopped:
+            return
+        finally:
+            self._close_stream()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Do one unit of work; False when there was nothing to do (time to sleep)."""
+        s = self._stream
+        if s is None:
+            self._stream = self._open_first() if not self._started else self._open_live(0)
+            return self._stream is not None
+        try:
+            data = s.read(READ_SIZE)
+        except (*_GZ_ERRORS, gzip.BadGzipFile) as exc:
+            if s.gz is None:
+                raise
+            log.error("%s: cannot decompress past offset %d (%s); going on with the next "
+                      "file", s.path, s.pos, exc)
+            metrics.TAIL_SKIPPED.labels("bad_gzip").inc()
+            data = b""
+            s.live = False
+        if data:
+            self._consume(s, data)
+            return True
+        return self._at_eof(s)
+
+    def _reset(self) -> None:
+        """Forget the open file; the next step resumes from the stored checkpoint."""
+        self._close_stream()
+        self._started = False
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _open_first(self) -> Stream | None:
+        """The first file: where the checkpoint points, else the followed file."""
+        try:
+            cp = self._outbox.load_checkpoint(self.source)
+        except OutboxError as exc:
+            self._set_problem(f"cannot read the tail checkpoint: {exc}")
+            return None
+        if cp is not None:
+            self._has_checkpoint = True
+            return self._open_resume(cp)
+        stream = self._open_path(live=True)
+        if stream is None:
+            # Nothing to follow yet: the file that appears later is new, read it whole.
+            self._started = self._missing
+            return None
+        self._started = True
+        if self._from == "end":
+            self._seek_end(stream)
+        log.info("tail of %s starts at offset %d (no checkpoint, from %s)", self.path,
+                 stream.line_start, self._from)
+        self._checkpoint(stream, [])
+        return stream
+
+    def _open_resume(self, cp: Checkpoint) -> Stream | None:
+        for _ in range(3):  # the followed file may rotate between locate and open
+            where = locate(cp, self.path)
+            live = where.stamp is None and where.path == self.path
+            try:
+                stream = open_stream(where.path, live=live, compressed=where.compressed,
+                                     stamp=where.stamp)
+            except OSError as exc:
+                if where.path == self.path:
+                    self._set_problem(explain_open_error(self.path, exc))
+                    return None
+                continue
+            if where.ident is not None and (stream.dev, stream.ino) != where.ident:
+                stream.close()
+                continue
+            self._started = True
+            self._clear_problem()
+            stream.seek(where.offset)
+            log.info("tail of %s resumes in %s at offset %d (%s)", self.path, where.path,
+                     where.offset, where.reason)
+            if where.reason not in {"checkpoint", "rotated", "compressed"}:
+                self._warn_resume(cp, where)
+            return stream
+        return None
+
+    def _warn_resume(self, cp: Checkpoint, where: Resume) -> None:
+        if where.reason == "lost":
+            log.warning("the checkpointed file %s (dev %d ino %d) is gone; lines written "
+                        "after offset %d in it and before %s were not read", cp.path,
+                        cp.dev, cp.ino, cp.offset, where.path)
+        elif where.reason == "truncated":
+            metrics.TAIL_ROTATIONS.labels("truncate").inc()
+        else:
+            metrics.TAIL_ROTATIONS.labels("replaced").inc()
+
+    def _open_path(self, *, live: bool) -> Stream | None:
+        try:
+            stream = open_stream(self.path, live=live)
+        except OSError as exc:
+            self._missing = isinstance(exc, FileNotFoundError)
+            self._set_problem(explain_open_error(self.path, exc))
+            return None
+        self._missing = False
+        self._clear_problem()
+        return stream
+
+    def _open_live(self, offset: int) -> Stream | None:
+        stream = self._open_path(live=True)
+        if stream is not None:
+            stream.seek(offset)
+            log.info("following %s from offset %d", self.path, offset)
+            if not self._has_checkpoint:
+                # The file appeared after a start without checkpoint: record it at once,
+                # so a restart resumes in it even after it was rotated.
+                self._checkpoint(stream, [])
+        return stream
+
+    def _seek_end(self, s: Stream) -> None:
+        """Start after the last complete line (a line being written is read whole)."""
+        size = os.fstat(s.fd).st_size
+        at = size
+        while at > 0 and size - at <= self._max_line:
+            start = max(0, at - BACKWARD_BLOCK)
+            block = os.pread(s.fd, at - start, start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                s.seek(start + nl + 1)
+                return
+            at = start
+        if at == 0:
+            s.seek(0)
+            return
+        s.seek(size)  # the last line is longer than the limit: skip the rest of it
+        s.skipping = True
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _consume(self, s: Stream, data: bytes) -> None:
+        """Take a chunk: complete lines go to the pipeline, the rest waits."""
+        s.pos += len(data)
+        metrics.TAIL_BYTES.inc(len(data))
+        if s.skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return
+            self._skipped_long(s)
+            s.skipping = False
+            end = s.pos - len(data) + nl + 1
+            self._unstored += end - s.line_start
+            s.line_start = end
+            data = data[nl + 1:]
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._hold(s, data)
+            return
+        if s.pending:
+            block = b"".join([*s.pending, data[: last + 1]])
+            s.pending.clear()
+            s.pending_len = 0
+        else:
+            block = data[: last + 1]
+        if last + 1 < len(data):
+            self._hold(s, data[last + 1:])
+        self._process(s, block)
+
+    def _hold(self, s: Stream, data: bytes) -> None:
+        """Keep an incomplete line; past the limit, drop it and skip to its end."""
+        if not data:
+            return
+        if s.pending_len + len(data) > self._max_line:
+            s.pending.clear()
+            s.pending_len = 0
+            s.skipping = True
+            return
+        s.pending.append(data)
+        s.pending_len += len(data)
+
+    def _skipped_long(self, s: Stream) -> None:
+        metrics.TAIL_SKIPPED.labels("too_long").inc()
+        log.warning("%s: line at offset %d is longer than %d bytes (HEALERT_TAIL_MAX_LINE_"
+                    "BYTES): skipped", s.path, s.line_start, self._max_line)
+
+    def _process(self, s: Stream, block: bytes) -> None:
+        """Parse, detect and store the complete lines in `block` (one pipeline call)."""
+        start = s.line_start
+        lines = block.split(b"\n")
+        lines.pop()  # the block ends with a newline: the last piece is empty
+        events, bad = parse_lines(lines, self._max_line)
+        metrics.TAIL_LINES.inc(len(lines))
+        if bad:
+            self._report_bad(s, lines, bad, start, start + len(block))
+        frictions: list[Friction] = []
+        if events:
+            frictions, _stats = self._pipeline.detect(events, SOURCE)
+        s.line_start = start + len(block)
+        self._unstored += len(block)
+        if s.gz is None:
+            metrics.TAIL_LAG.set(max(0, os.fstat(s.fd).st_size - s.line_start))
+        if frictions or self._due():
+            self._checkpoint(s, frictions)
+
+    def _report_bad(self, s: Stream, lines: list[bytes], bad: list[tuple[int, str]],
+                    start: int, end: int) -> None:
+        offsets = _line_offsets(lines, [i for i, _ in bad[:SHOWN_BAD_LINES]], start)
+        for (_i, reason), offset in zip(bad, offsets, strict=False):
+            if reason != "blank":
+                log.warning("%s: line at offset %d skipped: %s", s.path, offset,
+                            _describe(reason, self._max_line))
+        counts: dict[str, int] = {}
+        for _i, reason in bad:
+            counts[reason] = counts.get(reason, 0) + 1
+        for reason, count in counts.items():
+            if reason in ("too_long", "blank"):
+                metrics.TAIL_SKIPPED.labels(reason).inc(count)
+            else:
+                metrics.INVALID_EVENTS.labels(SOURCE, reason).inc(count)
+        if len(bad) > SHOWN_BAD_LINES:
+            log.warning("%s: %d more bad lines between offsets %d and %d", s.path,
+                        len(bad) - SHOWN_BAD_LINES, start, end)
+
+    # -- end of the data for now -------------------------------------------------------
+
+    def _at_eof(self, s: Stream) -> bool:
+        """At the end of what was written: look for rotation, or finish a rotated file."""
+        if s.live:
+            return self._check_live(s)
+        self._finish(s)
+        self._stream = self._next_after(s)
+        return True
+
+    def _check_live(self, s: Stream) -> bool:
+        st = _stat(self.path)
+        if st is None or (st.st_dev, st.st_ino) != (s.dev, s.ino):
+            # Renamed (or removed): new writes go elsewhere. Drain our descriptor first.
+            metrics.TAIL_ROTATIONS.labels("rename").inc()
+            s.live = False
+            self._learn_rotated_name(s)
+            log.info("%s was rotated (now %s); reading it to its end", self.path, s.path)
+            return True
+        size = os.fstat(s.fd).st_size
+        head = s.head()
+        if size < s.pos or not s.fp.matches(head):
+            self._truncated(s, size)
+            return True
+        if s.fp.length < FINGERPRINT_BYTES and len(head) > s.fp.length:
+            s.fp = fingerprint(head)  # the file grew: fingerprint more of it
+        metrics.TAIL_LAG.set(max(0, size - s.line_start))
+        self._flush_if_due()
+        return False
+
+    def _truncated(self, s: Stream, size: int) -> None:
+        metrics.TAIL_ROTATIONS.labels("truncate").inc()
+        log.warning("%s was truncated (size %d, we were at %d): reading it again from 0; "
+                    "lines written between our last read and the truncation are only in "
+                    "the copy", self.path, size, s.pos)
+        s.seek(0)
+        s.fp = fingerprint(s.head())
+        self._checkpoint(s, [])
+
+    def _learn_rotated_name(self, s: Stream) -> None:
+        """Find the name our file was rotated to, so newer generations follow in order."""
+        for gen in rotated_files(self.path):
+            if gen.plain is not None:
+                st = _stat(gen.plain)
+                if st is not None and (st.st_dev, st.st_ino) == (s.dev, s.ino):
+                    s.path, s.stamp = gen.plain, gen.stamp
+                    return
+        if s.fp.length == 0:
+            return
+        for gen in reversed(rotated_files(self.path)):
+            if gen.gz is not None and gen.plain is None:
+                head = read_head(gen.gz, compressed=True)
+                if head is not None and s.fp.matches(head):
+                    s.path, s.stamp = gen.gz, gen.stamp
+                    return
+
+    def _finish(self, s: Stream) -> None:
+        """The end of a rotated file: an unterminated last line is a truncated write."""
+        if s.skipping:
+            self._skipped_long(s)
+        elif s.pending:
+            metrics.INVALID_EVENTS.labels(SOURCE, "truncated_line").inc()
+            log.warning("%s: the last line (offset %d, %d bytes) has no newline and the file "
+                        "was rotated: a truncated write, skipped", s.path, s.line_start,
+                        s.pending_len)
+        s.pending.clear()
+        s.pending_len = 0
+        s.skipping = False
+        self._unstored += s.pos - s.line_start
+        s.line_start = s.pos
+        self._checkpoint(s, [])
+        s.close()
+        self._stream = None
+
+    def _next_after(self, s: Stream) -> Stream | None:
+        """The generation after a finished file: a newer rotated file, else the live one."""
+        if s.stamp is not None:
+            for gen in rotated_files(self.path):
+                if gen.stamp > s.stamp:
+                    stream = self._open_generation(gen)
+                    if stream is not None:
+                        return stream
+        return self._open_live(0)
+
+    def _open_generation(self, gen: Rotated) -> Stream | None:
+        # Prefer the plain file: its .gz may still be being written. Once the plain file
+        # is gone, the .gz is complete (lumberjack removes the original after compressing).
+        for path, compressed in ((gen.plain, False), (gen.gz, True)):
+            if path is None:
+                continue
+            try:
+                stream = open_stream(path, live=False, compressed=compressed,
+                                     stamp=gen.stamp)
+            except OSError:
+                continue
+            log.info("tail of %s continues with the rotated file %s", self.path, path)
+            return stream
+        return None
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def _due(self) -> bool:
+        return self._unstored >= CHECKPOINT_BYTES or (
+            self._unstored > 0 and time.monotonic() - self._last_store >= CHECKPOINT_INTERVAL)
+
+    def _flush_if_due(self) -> None:
+        s = self._stream
+        if s is not None and self._due():
+            self._checkpoint(s, [])
+        age = time.monotonic() - self._last_store if self._unstored else 0.0
+        metrics.TAIL_CHECKPOINT_AGE.set(age)
+
+    def _flush(self) -> None:
+        """On a clean stop: record how far we got."""
+        s = self._stream
+        if s is not None and self._unstored:
+            try:
+                self._outbox.store([], self._make_checkpoint(s))
+            except OutboxError as exc:
+                log.warning("tail checkpoint not saved at stop: %s", exc)
+
+    def _make_checkpoint(self, s: Stream) -> Checkpoint:
+        if s.gz is None and s.fp.length < FINGERPRINT_BYTES:
+            head = s.head()
+            if s.fp.matches(head):
+                s.fp = fingerprint(head)
+        return Checkpoint(self.source, str(s.path), s.dev, s.ino, s.line_start,
+                          s.fp.encode())
+
+    def _checkpoint(self, s: Stream, frictions: list[Friction]) -> None:
+        """Store `frictions` and the position after them in one transaction; retry
+        until it works (reading stops meanwhile: nothing is read that cannot be stored)."""
+        cp = self._make_checkpoint(s)
+        delay = 0.5
+        while True:
+            try:
+                self._outbox.store(frictions, cp)
+                break
+            except OutboxError as exc:
+                self._set_problem(f"outbox write failed, tail paused: {exc}")
+                if self._stop.wait(delay):
+                    raise _Stopped from exc
+                delay = min(delay * 2, RETRY_MAX)
+        if self._problem is not None and self._problem.startswith("outbox"):
+            self._clear_problem()
+        self._unstored = 0
+        self._has_checkpoint = True
+        self._last_store = time.monotonic()
+        metrics.TAIL_CHECKPOINT_AGE.set(0)
+
+    # -- readiness and its log lines ---------------------------------------------------
+
+    def _set_problem(self, problem: str) -> None:
+        if problem != self._logged:
+            log.warning("%s", problem)
+            self._logged = problem
+        self._problem = problem
+
+    def _clear_problem(self) -> None:
+        if self._logged is not None:
+            log.info("following %s", self.path)
+        self._logged = None
+        self._problem = None
+
+
+def _describe(reason: str, max_line: int) -> str:
+    return {
+        "bad_json": "not JSON",
+        "not_an_object": "JSON but not an object",
+        "too_long": f"longer than {max_line} bytes (HEALERT_TAIL_MAX_LINE_BYTES)",
+    }.get(reason, reason)
+
+
+# -- `python -m healert_webhook.sources.tail` --------------------------------------------
+
+
+def main() -> int:
+    """Run the tailer alone with settings from the environment (tests and debugging)."""
+    from healert_webhook import logs  # only the runner needs logging setup
+    from healert_webhook.config import build_settings
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping the tail", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    settings = build_settings()
+    logs.setup(settings.log_format, settings.log_level)
+    pipeline = Pipeline.from_settings(settings)
+    outbox = Outbox(settings.outbox_path, max_queued=settings.outbox_max_events,
+                    dedup_window=settings.dedup_window)
+    try:
+        Tailer(settings, pipeline, outbox).run(stop)
+    finally:
+        outbox.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
