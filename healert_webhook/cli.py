@@ -102,16 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rules file (default: RULES_PATH, ./rules.yaml, or packaged)")
     _add_options(validate, GROUPS["validate"])
 
-    check = sub.add_parser("check-backend", help="check the backend's health and the API key")
+    check = sub.add_parser(
+        "check-backend", help="check the backend's health and the API key; exit 0 ok, 1 "
+        "configuration, 2 unreachable, 3 key refused, 4 test event refused")
     check.add_argument("--send-test", action="store_true",
-                       help="also send one test friction event")
+                       help="also send one real test event (type healert-webhook-test, "
+                            "1 point on component:default/healert-webhook)")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
     _add_options(check, GROUPS["check-backend"])
 
-    outbox = sub.add_parser("outbox", help="inspect and manage the delivery queue")
+    outbox = sub.add_parser("outbox", help="inspect and repair the delivery queue")
     outbox.add_argument("action", choices=("status", "list", "dead", "retry-dead", "purge"))
-    outbox.add_argument("--limit", type=int, default=20, help="rows to show (list, dead)")
+    outbox.add_argument("keys", nargs="*", help="retry-dead: only these dedup keys (default: all)")
+    outbox.add_argument("--limit", type=int, default=None,
+                        help="list/dead: most rows shown (default 20 / 1000)")
+    outbox.add_argument("--dead", action="store_true",
+                        help="purge: the dead letters instead of the queue")
+    outbox.add_argument("--corrupt", action="store_true",
+                        help="purge: move a corrupt outbox file aside (stop the agent first)")
+    outbox.add_argument("--yes", action="store_true", help="purge: really do it")
     outbox.add_argument("--json", action="store_true", help="print JSON")
-    outbox.add_argument("--yes", action="store_true", help="confirm purge")
     _add_options(outbox, GROUPS["outbox"])
     return parser
 
@@ -149,7 +159,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return run_tail(settings)
     if command == "check-backend":
         from healert_webhook.delivery_cli import check_backend
-        return check_backend(settings, args.send_test)
+        return check_backend(settings, args.send_test, as_json=args.json)
     from healert_webhook.delivery_cli import outbox_command
     return outbox_command(settings, args.action, args)
 

@@ -126,6 +126,12 @@ OPTIONS: tuple[Option, ...] = (
            1.0, "first retry delay in seconds", group="delivery"),
     Option("backoff_max", "--backoff-max", ("HEALERT_BACKOFF_MAX",), parse_positive_float,
            300.0, "longest retry delay in seconds", group="delivery"),
+    Option("forward_probe_interval", "--forward-probe-interval",
+           ("HEALERT_FORWARD_PROBE_INTERVAL",), parse_positive_float, 60.0,
+           "seconds between probes while deliveries are paused", group="delivery"),
+    Option("forward_poll_interval", "--forward-poll-interval",
+           ("HEALERT_FORWARD_POLL_INTERVAL",), parse_positive_float, 1.0,
+           "seconds between checks for events queued by other processes", group="delivery"),
     # webhook
     Option("listen", "--listen", ("HEALERT_LISTEN",), parse_hostport,
            ("0.0.0.0", 8443),  # noqa: S104 - the apiserver connects from outside the pod
@@ -190,6 +196,8 @@ class Settings:
     dedup_window: float = 86_400.0
     backoff_base: float = 1.0
     backoff_max: float = 300.0
+    forward_probe_interval: float = 60.0
+    forward_poll_interval: float = 1.0
     listen: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104
     webhook_path: str = "/audit"
     tls_cert: Path | None = None

@@ -285,8 +285,8 @@ class Forwarder:
         self.outbox = outbox
         self.pacer = Pacer(settings.forward_rate)
         self.keys = KeySource(settings)
-        self.probe_interval = float(getattr(settings, "forward_probe_interval", 60.0))
-        self.poll_interval = float(getattr(settings, "forward_poll_interval", 1.0))
+        self.probe_interval = settings.forward_probe_interval
+        self.poll_interval = settings.forward_poll_interval
         self._wake: asyncio.Event | None = None
         self._state = "starting"
         self._reason: str | None = None
