@@ -156,6 +156,9 @@ OPTIONS: tuple[Option, ...] = (
            "allow plain HTTP on a non-loopback address", group="webhook"),
     Option("max_body_bytes", "--max-body-bytes", ("HEALERT_MAX_BODY_BYTES",),
            parse_positive_int, 64 * 1024 * 1024, "webhook body limit in bytes", group="webhook"),
+    Option("max_inflight_bytes", "--max-inflight-bytes", ("HEALERT_MAX_INFLIGHT_BYTES",),
+           parse_positive_int, None,
+           "request bodies held in memory at once (default: the body limit)", group="webhook"),
     Option("ops_listen", "--ops-listen", ("HEALERT_OPS_LISTEN",), parse_hostport,
            ("0.0.0.0", 9090),  # noqa: S104 - Prometheus and kubelet probes connect from outside
            "ops listener HOST:PORT for /metrics, /healthz, /readyz",
@@ -208,6 +211,7 @@ class Settings:
     webhook_token: str | None = field(default=None, repr=False)
     insecure_http: bool = False
     max_body_bytes: int = 64 * 1024 * 1024
+    max_inflight_bytes: int | None = None
     ops_listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104
     audit_log_path: Path = Path("/var/log/kubernetes/audit/audit.log")
     tail_from: str = "end"

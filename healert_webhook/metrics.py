@@ -42,6 +42,9 @@ WEBHOOK_DURATION = Histogram(
 WEBHOOK_BODY_BYTES = Histogram(
     "healert_webhook_body_bytes", "Size of webhook request bodies",
     buckets=(1024, 16384, 131072, 1048576, 4194304, 16777216, 67108864))
+WEBHOOK_BUSY = Counter(
+    "healert_webhook_busy_total",
+    "Webhook requests answered 503 because too many bodies were in memory at once")
 WEBHOOK_AUTH_FAILURES = Counter(
     "healert_webhook_auth_failures_total", "Webhook requests refused by authentication",
     ["reason"])

@@ -39,7 +39,7 @@ from healert_webhook.outbox import Outbox, OutboxError
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.rules import RulesError, resolve_rules_path
 from healert_webhook.sources.tail import Tailer
-from healert_webhook.sources.webhook import TokenAuth, TokenError, WebhookApp
+from healert_webhook.sources.webhook import BodyBudget, TokenAuth, TokenError, WebhookApp
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,8 @@ def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
                     "HEALERT_TLS_CLIENT_CA or HEALERT_WEBHOOK_TOKEN_FILE")
     app = WebhookApp(pipeline=pipeline, outbox=outbox, executor=executor,
                      path=settings.webhook_path, max_body_bytes=settings.max_body_bytes,
-                     tokens=tokens, client_names=names)
+                     tokens=tokens, client_names=names,
+                     budget=BodyBudget(settings.max_inflight_bytes or settings.max_body_bytes))
     sock = bind(*settings.listen)
     return Webhook(sock=sock, app=app, ctx=ctx, certs=certs, tokens=tokens)
 

@@ -465,3 +465,34 @@ def test_bad_tls_files_give_a_clear_error(tmp_path: Path, pki: PKI) -> None:
         tls.build_server_context(pki.server_cert, pki.ca_file, None)
     with pytest.raises(tls.TLSConfigError, match="HEALERT_TLS_CLIENT_CA"):
         tls.build_server_context(pki.server_cert, pki.server_key, tmp_path / "missing")
+
+
+# -- memory budget across requests -----------------------------------------------------
+
+
+def test_bodies_beyond_the_memory_budget_wait_then_get_503(tmp_path: Path,
+                                                           outbox: Outbox) -> None:
+    import socket
+
+    from healert_webhook.sources.webhook import BodyBudget
+
+    body = event_list([noise_event(i) for i in range(3)])
+    busy_before = sample("healert_webhook_busy_total")
+    with webhook(tmp_path, outbox, None, tokens=None) as hook:
+        hook.app.budget = BodyBudget(len(body) + len(body) // 2, wait=0.3)
+        head = (b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n" % len(body))
+        with socket.create_connection(("127.0.0.1", hook.port), timeout=10) as slow:
+            slow.sendall(head + body[:10])  # holds its reservation while it trickles
+            wait_for(lambda: hook.app.budget.used == len(body))
+            with httpx.Client(timeout=10) as c:
+                refused = c.post(hook.url, content=body, headers=JSON)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            slow.sendall(body[10:])
+            answer = slow.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200")
+        wait_for(lambda: hook.app.budget.used == 0)
+        with httpx.Client(timeout=10) as c:  # the budget is free again
+            assert c.post(hook.url, content=body, headers=JSON).status_code == 200
+    assert sample("healert_webhook_busy_total") == busy_before + 1

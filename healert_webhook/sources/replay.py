@@ -21,7 +21,7 @@ import orjson
 from healert_webhook import audit
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction, Stats
-from healert_webhook.pipeline import Pipeline
+from healert_webhook.pipeline import Pipeline, gc_paused
 from healert_webhook.rules import RulesError
 
 BATCH_LINES = 1000
@@ -172,7 +172,9 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
             continue
         try:
             for batch in iter_batches(stream, path, result.report, max_line):
-                found, stats = pipeline.detect(batch, "replay")
+                with gc_paused():
+                    found, stats = pipeline.detect(batch, "replay")
+                    del batch
                 result.stats.merge(stats)
                 fresh = []
                 for friction in found:

@@ -29,7 +29,7 @@ from healert_webhook import audit, metrics
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
 from healert_webhook.outbox import OutboxError
-from healert_webhook.pipeline import Pipeline
+from healert_webhook.pipeline import Pipeline, gc_paused
 from healert_webhook.tls import PEER_EXTENSION, FileWatch, names_allowed
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,43 @@ class FrictionStore(Protocol):
     def store(self, frictions: Sequence[Friction]) -> StoreResultLike:
         """Store `frictions` in one transaction or raise OutboxError."""
         ...
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once across all requests (read, parsed, evaluated).
+
+    A parsed body takes about ten times its size in Python objects, so without a shared
+    budget fifteen concurrent 60 MiB batches would need gigabytes. A request that cannot
+    get its share within `wait` seconds is answered 503 with Retry-After before anything
+    of it is stored, which client-go retries within the same attempt.
+    """
+
+    def __init__(self, limit: int, wait: float = 5.0) -> None:
+        self.limit = limit
+        self.wait = wait
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    async def take(self, size: int) -> bool:
+        """Reserve `size` bytes; False when they did not become free in time."""
+        if self.used + size <= self.limit or self.used == 0:
+            self.used += size
+            return True
+        async with self._freed:
+            try:
+                await asyncio.wait_for(self._freed.wait_for(
+                    lambda: self.used + size <= self.limit or self.used == 0), self.wait)
+            except TimeoutError:
+                return False
+            self.used += size
+            return True
+
+    async def give(self, size: int) -> None:
+        """Return `size` reserved bytes and wake the requests waiting for them."""
+        self.used -= size
+        if size:
+            async with self._freed:
+                self._freed.notify_all()
 
 
 class TokenError(ValueError):
@@ -196,7 +233,8 @@ class WebhookApp:
     def __init__(self, *, pipeline: Pipeline, outbox: FrictionStore, executor: Executor,
                  path: str = "/audit", max_body_bytes: int = 64 * 1024 * 1024,
                  tokens: TokenAuth | None = None,
-                 client_names: frozenset[str] = frozenset()) -> None:
+                 client_names: frozenset[str] = frozenset(),
+                 budget: BodyBudget | None = None) -> None:
         self.pipeline = pipeline
         self.outbox = outbox
         self.executor = executor
@@ -204,6 +242,7 @@ class WebhookApp:
         self.max_body_bytes = max_body_bytes
         self.tokens = tokens
         self.client_names = client_names
+        self.budget = budget or BodyBudget(max_body_bytes)
         self._codes: dict[int, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -253,12 +292,20 @@ class WebhookApp:
             raise _Reject(405, "only POST is accepted", [(b"allow", b"POST")], close=True)
         if not is_json(req.content_type):
             raise _Reject(415, "Content-Type must be application/json", close=True)
-        self._check_length(req.content_length)
-        body = await self._read(receive)
-        metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-        items = self._parse(body)
-        del body  # the parsed events are all that is needed from here on
-        frictions, _stats = self.pipeline.detect(items, SOURCE)
+        declared = self._check_length(req.content_length)
+        held = [0]
+        try:
+            if declared is not None:
+                await self._reserve(declared, held)
+            body = await self._read(receive, held)
+            metrics.WEBHOOK_BODY_BYTES.observe(len(body))
+            with gc_paused():
+                items = self._parse(body)
+                del body  # the parsed events are all that is needed from here on
+                frictions, _stats = self.pipeline.detect(items, SOURCE)
+                del items  # freed by reference counting before the collector runs again
+        finally:
+            await self.budget.give(held[0])
         if frictions:
             await self._store(frictions)
         return 200, b"{}", []
@@ -279,9 +326,9 @@ class WebhookApp:
                 raise _Reject(401, f"unauthorized: {reason.replace('_', ' ')}",
                               [(b"www-authenticate", b"Bearer")], close=True)
 
-    def _check_length(self, declared: bytes | None) -> None:
+    def _check_length(self, declared: bytes | None) -> int | None:
         if declared is None:
-            return
+            return None
         try:
             length = int(declared)
         except ValueError:
@@ -289,9 +336,20 @@ class WebhookApp:
         if length > self.max_body_bytes:
             raise _Reject(413, f"body of {length} bytes is over the limit of "
                           f"{self.max_body_bytes}", close=True)
+        return length
 
-    async def _read(self, receive: Receive) -> bytes:
-        """The whole body, or 413 as soon as it passes the limit (chunked bodies too)."""
+    async def _reserve(self, size: int, held: list[int]) -> None:
+        if not await self.budget.take(size):
+            metrics.WEBHOOK_BUSY.inc()
+            raise _Reject(503, "too many request bodies in memory, retry later",
+                          [(b"retry-after", b"1")], close=True)
+        held[0] += size
+
+    async def _read(self, receive: Receive, held: list[int]) -> bytes:
+        """The whole body, or 413 as soon as it passes the limit (chunked bodies too).
+
+        Without a declared length the memory budget is reserved chunk by chunk.
+        """
         chunks: list[bytes] = []
         total = 0
         limit = self.max_body_bytes
@@ -305,6 +363,8 @@ class WebhookApp:
                 total += len(chunk)
                 if total > limit:
                     raise _Reject(413, f"body is over the limit of {limit} bytes", close=True)
+                if total > held[0]:
+                    await self._reserve(total - held[0], held)
                 chunks.append(chunk)
             more = message.get("more_body", False)
         # One join at the end: appending to one growing bytes object would copy quadratically.
