@@ -691,7 +691,16 @@ class Tailer:
         return True
 
     def _check_live(self, s: Stream) -> bool:
-        st = _stat(self.path)
+        try:
+            st: os.stat_result | None = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            # Not proof of a rotation (EACCES after a remount, EIO): keep reading what we
+            # hold rather than start some file again from 0.
+            log.warning("cannot stat %s: %s; still reading the open file", self.path,
+                        exc.strerror)
+            return False
         if st is None or (st.st_dev, st.st_ino) != (s.dev, s.ino):
             # Renamed (or removed): new writes go elsewhere. Drain our descriptor first.
             metrics.TAIL_ROTATIONS.labels("rename").inc()
@@ -762,7 +771,11 @@ class Tailer:
                     stream = self._open_generation(gen)
                     if stream is not None:
                         return stream
-        return self._open_live(0)
+        stream = self._open_live(0)
+        if stream is not None and (stream.dev, stream.ino) == (s.dev, s.ino) \
+                and stream.fp == s.fp:
+            stream.seek(s.pos)  # the very file we finished is back at the path: go on
+        return stream
 
     def _open_generation(self, gen: Rotated) -> Stream | None:
         # Prefer the plain file: its .gz may still be being written. Once the plain file
