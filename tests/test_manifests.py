@@ -303,8 +303,14 @@ def test_webhook_deployment_shape() -> None:
     terms = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert terms[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     container = spec["containers"][0]
-    assert container["resources"]["limits"]["memory"] == "256Mi"
     env = env_of(container)
+    # A parsed body takes about ten times its size: the limit must hold the whole
+    # in-flight body budget parsed, plus the process itself.
+    budget = int(env.get("HEALERT_MAX_INFLIGHT_BYTES", env.get(
+        "HEALERT_MAX_BODY_BYTES", {"value": str(64 * 1024 * 1024)}))["value"])
+    units = {"Mi": 1024 ** 2, "Gi": 1024 ** 3}
+    limit = container["resources"]["limits"]["memory"]
+    assert int(limit[:-2]) * units[limit[-2:]] >= 10 * budget + 64 * 1024 ** 2
     assert env["HEALERT_LISTEN"]["value"] == f"0.0.0.0:{WEBHOOK_PORT}"
     assert env["HEALERT_WEBHOOK_PATH"]["value"] == "/audit"
     # Replicas share the backend's 60/min per-IP limit when they leave through one IP.
