@@ -186,7 +186,7 @@ class Detector:
             stats.skipped["namespace"] += 1
             return
         internal = audit.is_internal_actor(username)
-        before = len(out)
+        matched: list[Rule] = []
         last_skip = "filtered"
         for rule in candidates:
             if rule.ignore_system and internal:
@@ -202,66 +202,80 @@ class Detector:
             if rule.annotation is not None and not _has_annotation(event, *rule.annotation):
                 last_skip = "annotation"
                 continue
-            out.append(self._friction(event, ref, rule, username))
-            stats.matched[(rule.name, rule.severity)] += 1
-        if len(out) == before:
+            matched.append(rule)
+        if not matched:
             stats.skipped[last_skip] += 1
+            return
+        common = self._common(event, ref, username)
+        for rule in matched:
+            out.append(self._friction(event, common, rule))
+            stats.matched[(rule.name, rule.severity)] += 1
 
-    def _friction(self, event: dict[str, Any], ref: dict[str, Any], rule: Rule,
-                  username: str) -> Friction:
-        verb: str = event["verb"]
+    def _common(self, event: dict[str, Any], ref: dict[str, Any],
+                username: str) -> _Common:
+        """What every rule's friction event for this audit event shares, computed once."""
         resource: str = ref.get("resource") or ""
         name: str = ref.get("name") or ""
         namespace: str = ref.get("namespace") or ""
         cluster_scoped = not namespace or resource == "namespaces"
-        meta = object_metadata(event)
-        workload = workload_name(resource, name, meta) or resource or "unknown"
-        entity_ns = self.entity_namespace if cluster_scoped else namespace
-        payload: dict[str, Any] = {
-            "entity_ref": entity_ref(entity_ns, workload),
-            "type": rule.name,
-            "severity": rule.severity,
+        workload = workload_name(resource, name, object_metadata(event)) or resource or "unknown"
+        shared: dict[str, Any] = {
+            "entity_ref": entity_ref(self.entity_namespace if cluster_scoped else namespace,
+                                     workload),
             "service": audit.clean_text(workload, MAX_FIELD),
-            "description": self._describe(event, ref, rule, username, workload),
         }
         if username:
-            payload["actor"] = audit.clean_text(username, MAX_FIELD)
+            shared["actor"] = audit.clean_text(username, MAX_FIELD)
         if not cluster_scoped:
-            payload["namespace"] = audit.clean_text(namespace, MAX_FIELD)
-        if rule.workflow:
-            payload["workflow"] = audit.clean_text(rule.workflow, MAX_FIELD)
-        if rule.points is not None:
-            payload["points"] = rule.points
+            shared["namespace"] = audit.clean_text(namespace, MAX_FIELD)
         timestamp = audit.event_timestamp(event)
         if timestamp is not None:
-            payload["timestamp"] = timestamp
-        return Friction(audit.dedup_key(event, username, verb, rule.name), rule.name, payload)
-
-    @staticmethod
-    def _describe(event: dict[str, Any], ref: dict[str, Any], rule: Rule, username: str,
-                  workload: str) -> str:
+            shared["timestamp"] = timestamp
         status = event.get("responseStatus")
         code = status.get("code") if isinstance(status, dict) else None
-        values = {
+        tokens = {
             "actor": username or "unknown",
-            "resource": ref.get("resource") or "",
-            "name": ref.get("name") or "",
-            "namespace": ref.get("namespace") or "-",
+            "resource": resource,
+            "name": name,
+            "namespace": namespace or "-",
             "verb": event["verb"],
             "subresource": ref.get("subresource") or "",
             "code": str(code) if isinstance(code, int) else "",
             "workload": workload,
         }
-        parts = []
-        for literal, token in rule.template:
-            parts.append(literal)
-            if token is not None:
-                parts.append(audit.clean_text(values[token], MAX_FIELD))
-        text = "".join(parts)
         impersonated = audit.impersonated_name(event)
-        if impersonated is not None:
-            text += f" (as {audit.clean_text(impersonated, MAX_FIELD)})"
-        return audit.clean_text(text, MAX_DESCRIPTION)
+        suffix = f" (as {audit.clean_text(impersonated, MAX_FIELD)})" if impersonated else ""
+        return _Common(shared, tokens, suffix, username)
+
+    @staticmethod
+    def _friction(event: dict[str, Any], common: _Common, rule: Rule) -> Friction:
+        payload: dict[str, Any] = {"entity_ref": common.shared["entity_ref"],
+                                   "type": rule.name, "severity": rule.severity}
+        payload.update(common.shared)
+        payload["description"] = _describe(rule, common)
+        if rule.workflow:
+            payload["workflow"] = audit.clean_text(rule.workflow, MAX_FIELD)
+        if rule.points is not None:
+            payload["points"] = rule.points
+        key = audit.dedup_key(event, common.username, common.tokens["verb"], rule.name)
+        return Friction(key, rule.name, payload)
+
+
+class _Common(NamedTuple):
+    shared: dict[str, Any]   # payload fields that do not depend on the rule
+    tokens: dict[str, str]   # raw values of the description tokens
+    suffix: str              # " (as <user>)" when the actor impersonated someone
+    username: str
+
+
+def _describe(rule: Rule, common: _Common) -> str:
+    """The rule's template filled in, escaped and cut to the backend's limit."""
+    parts = []
+    for literal, token in rule.template:
+        parts.append(literal)
+        if token is not None:
+            parts.append(audit.clean_text(common.tokens[token], MAX_FIELD))
+    return audit.clean_text("".join(parts) + common.suffix, MAX_DESCRIPTION)
 
 
 def _has_annotation(event: dict[str, Any], key: str, value: str) -> bool:
