@@ -39,7 +39,13 @@ from healert_webhook.outbox import Outbox, OutboxError
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.rules import RulesError, resolve_rules_path
 from healert_webhook.sources.tail import Tailer
-from healert_webhook.sources.webhook import BodyBudget, TokenAuth, TokenError, WebhookApp
+from healert_webhook.sources.webhook import (
+    BODY_TIMEOUT,
+    BodyBudget,
+    TokenAuth,
+    TokenError,
+    WebhookApp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +165,8 @@ class Agent:
         fwd_task.add_done_callback(self._part_ended)
         tail_stop = threading.Event()
         tail_thread = self._start_tailer(loop, tail_stop)
-        ops = _Server(_uvicorn_config(make_ops_app(self.health), http="httptools", ctx=None))
+        ops = _Server(_uvicorn_config(make_ops_app(self.health), http=tls.OpsHttpProtocol,
+                                     ctx=None))
         ops_task = asyncio.create_task(ops.serve(sockets=[self.ops_sock]), name="ops")
         web, web_task = self._start_webhook()
         watcher = asyncio.create_task(self._watch(), name="reloads")
@@ -228,7 +235,8 @@ class Agent:
     def _start_webhook(self) -> tuple[_Server | None, asyncio.Task[None] | None]:
         if self.webhook is None:
             return None, None
-        http = tls.PeerInfoProtocol if self.webhook.ctx is not None else "httptools"
+        http = tls.PeerInfoProtocol if self.webhook.ctx is not None else \
+            tls.GuardedHttpProtocol
         server = _Server(_uvicorn_config(self.webhook.app, http=http, ctx=self.webhook.ctx))
         task = asyncio.create_task(server.serve(sockets=[self.webhook.sock]), name="webhook")
         return server, task
@@ -319,7 +327,8 @@ def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
     app = WebhookApp(pipeline=pipeline, outbox=outbox, executor=executor,
                      path=settings.webhook_path, max_body_bytes=settings.max_body_bytes,
                      tokens=tokens, client_names=names,
-                     budget=BodyBudget(settings.max_inflight_bytes or settings.max_body_bytes))
+                     budget=BodyBudget(settings.max_inflight_bytes or settings.max_body_bytes),
+                     body_timeout=getattr(settings, "webhook_body_timeout", BODY_TIMEOUT))
     sock = bind(*settings.listen)
     return Webhook(sock=sock, app=app, ctx=ctx, certs=certs, tokens=tokens)
 

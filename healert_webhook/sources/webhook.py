@@ -35,6 +35,9 @@ from healert_webhook.tls import PEER_EXTENSION, FileWatch, names_allowed
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = b"5"
+# The apiserver gives a webhook request 30 s, then gives up: a body still arriving after
+# that comes from a client that is gone or hostile, and it holds a share of the body budget.
+BODY_TIMEOUT = 30.0
 SOURCE = "webhook"
 
 Scope = MutableMapping[str, Any]
@@ -234,7 +237,8 @@ class WebhookApp:
                  path: str = "/audit", max_body_bytes: int = 64 * 1024 * 1024,
                  tokens: TokenAuth | None = None,
                  client_names: frozenset[str] = frozenset(),
-                 budget: BodyBudget | None = None) -> None:
+                 budget: BodyBudget | None = None,
+                 body_timeout: float = BODY_TIMEOUT) -> None:
         self.pipeline = pipeline
         self.outbox = outbox
         self.executor = executor
@@ -243,6 +247,7 @@ class WebhookApp:
         self.tokens = tokens
         self.client_names = client_names
         self.budget = budget or BodyBudget(max_body_bytes)
+        self.body_timeout = body_timeout
         self._codes: dict[int, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -295,9 +300,7 @@ class WebhookApp:
         declared = self._check_length(req.content_length)
         held = [0]
         try:
-            if declared is not None:
-                await self._reserve(declared, held)
-            body = await self._read(receive, held)
+            body = await self._receive_body(receive, declared, held)
             metrics.WEBHOOK_BODY_BYTES.observe(len(body))
             with gc_paused():
                 items = self._parse(body)
@@ -337,6 +340,18 @@ class WebhookApp:
             raise _Reject(413, f"body of {length} bytes is over the limit of "
                           f"{self.max_body_bytes}", close=True)
         return length
+
+    async def _receive_body(self, receive: Receive, declared: int | None,
+                            held: list[int]) -> bytes:
+        """Reserve the budget and read the body, all within `body_timeout` (else 408)."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                if declared is not None:
+                    await self._reserve(declared, held)
+                return await self._read(receive, held)
+        except TimeoutError:
+            raise _Reject(408, f"body not received within {self.body_timeout:g} s",
+                          close=True) from None
 
     async def _reserve(self, size: int, held: list[int]) -> None:
         if not await self.budget.take(size):

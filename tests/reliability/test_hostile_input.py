@@ -1,0 +1,415 @@
+"""Hostile input to the webhook: the real `serve` process with its default limits (64 MiB
+body, 64 MiB of bodies in memory), a steady good client alongside, memory read from /proc.
+
+Stated bounds (docs/reliability.md): the agent's peak RSS (VmHWM) stays under
+PEAK_BOUND_MIB through every case of this module, including a 50 MiB string field and
+several large bodies at once, and falls back under SETTLED_BOUND_MIB afterwards; garbage,
+idle and slow connections add less than SMALL_GROWTH_MIB. Every batch of the steady client
+is answered 200 and stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from conftest import (
+    JSON,
+    Agent,
+    MiB,
+    Steady,
+    metric,
+    serve_args,
+    serve_local,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tls_helpers import PKI, client_context, exec_event, make_pki, wait_for
+
+from healert_webhook import tls
+from healert_webhook.outbox import Outbox
+from healert_webhook.pipeline import Pipeline
+from healert_webhook.sources.webhook import BodyBudget, WebhookApp
+from healert_webhook.workload import Generator
+
+PEAK_BOUND_MIB = 450  # the default budget is 64 MiB; parsing takes up to ~5x a body
+SETTLED_BOUND_MIB = 200
+SMALL_GROWTH_MIB = 60
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, str, int]]:
+    """One plain-HTTP agent on loopback shared by the module (the peak is module-wide)."""
+    cwd = tmp_path_factory.mktemp("hostile")
+    agent = Agent(serve_args(), cwd)
+    try:
+        port, ops = agent.ports()
+        yield agent, f"http://127.0.0.1:{port}/audit", ops
+        assert agent.alive(), agent.output()[-3000:]
+        peak = agent.memory()["VmHWM"]
+        assert peak < PEAK_BOUND_MIB, f"peak RSS {peak} MiB"
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+
+
+def stored_keys(cwd: Path) -> int:
+    box = Outbox(cwd / "state" / "outbox.db")
+    try:
+        return box.stats().depth
+    finally:
+        box.close()
+
+
+def post_raw(port: int, head: bytes, body: bytes, timeout: float = 30) -> bytes:
+    """Send one request over a fresh socket and return the status line ('' if closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return data.split(b"\r\n", 1)[0]
+
+
+def head_for(length: int | None, extra: bytes = b"") -> bytes:
+    size = b"content-length: %d\r\n" % length if length is not None else b""
+    return (b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + size + extra + b"\r\n")
+
+
+def real_batch(events: int) -> bytes:
+    """A real EventList from the workload generator (system traffic and some bypasses)."""
+    work = Generator(seed=11, match_ratio=0.2, object_kib=(0.5, 2.0)).take(events)
+    return next(work.batches(events))
+
+
+# -- garbage -----------------------------------------------------------------------------
+
+def test_garbage_truncations_nesting_and_bad_utf8(hostile: tuple[Agent, str, int],
+                                                  long_run: bool) -> None:
+    agent, url, ops = hostile
+    port = int(url.split(":")[2].split("/")[0])
+    rng = random.Random(7)
+    batch = real_batch(12)
+    offsets = list(range(len(batch))) if long_run else sorted(rng.sample(range(len(batch)), 300))
+    before = agent.memory()["VmRSS"]
+    codes: Counter[int] = Counter()
+    with Steady(url) as steady, httpx.Client(timeout=60) as client:
+        def post(body: bytes) -> int:
+            code = client.post(url, content=body, headers=JSON).status_code
+            codes[code] += 1
+            return code
+
+        for _ in range(2000 if long_run else 60):
+            assert post(os.urandom(rng.randint(0, 65536))) == 400
+        for cut in offsets:  # a real batch cut at every (or a sample of) offset(s)
+            assert post(batch[:cut]) == 400, cut
+        assert post(batch) == 200
+        assert post(b"[" * 100_000 + b"]" * 100_000) == 400  # depth limit, not recursion
+        assert post(b'{"items": ' * 100_000) == 400
+        bad_utf8 = orjson.dumps([exec_event(1, tag="utf")]).replace(b"alice", b"al\xff\xfece")
+        assert post(bad_utf8) == 400
+        assert post(b"\xef\xbb\xbf" + orjson.dumps([exec_event(1, tag="bom")])) == 400
+        dup = (b'[{"auditID":"d-1","auditID":"d-2","stage":"ResponseComplete",'
+               b'"verb":"get","verb":"create","user":{"username":"eve"},'
+               b'"objectRef":{"resource":"pods","subresource":"exec","namespace":"a",'
+               b'"name":"p"},"requestReceivedTimestamp":"2026-11-26T10:00:00Z"}]')
+        assert post(dup) == 200  # orjson keeps the last value: detected once, as a create
+        for cut in (1, len(batch) // 2, len(batch) - 1):  # the client leaves mid-body
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(head_for(len(batch)) + batch[:cut])
+    steady.check()
+    wait_for(lambda: metric(ops, "healert_webhook_requests_total", code="499") >= 3,
+             what="three requests counted as abandoned")
+    assert metric(ops, "healert_invalid_events_total", source="webhook", reason="bad_json") \
+        >= codes[400]
+    assert agent.memory()["VmRSS"] - before < SMALL_GROWTH_MIB
+    print(f"garbage: {sum(codes.values())} requests {dict(codes)}, "
+          f"{len(offsets)} truncation offsets of a {len(batch)}-byte batch, "
+          f"steady {len(steady.codes)} x 200, memory {agent.memory()}")
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_wrong_types_in_every_field_never_fail_the_batch(
+        wrong_type_server: tuple[str, Outbox], data: st.DataObject) -> None:
+    """Any field of a real exec event replaced by a number, null, bool, list or object: the
+    batch is answered 200 and the good event next to it is stored."""
+    url, outbox = wrong_type_server
+    event = exec_event(data.draw(st.integers(0, 10**6)), tag="h")
+    paths = list(_paths(event))
+    path = data.draw(st.sampled_from(paths))
+    value = data.draw(st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+        st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3),
+                                                             st.integers(), max_size=2),
+        st.text(max_size=20)))
+    target: Any = event
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    marker = exec_event(next(_MARKERS), tag="good", user="bob@example.com")
+    before = outbox.stats().depth
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(url, content=json.dumps([event, marker]), headers=JSON)
+    assert answer.status_code == 200, (path, value, answer.text)
+    assert outbox.stats().depth >= before + 1  # the good event beside it was stored
+
+
+_MARKERS = itertools.count()
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield (*prefix, key)
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            yield (*prefix, i)
+            yield from _paths(value, (*prefix, i))
+
+
+@pytest.fixture(scope="module")
+def wrong_type_server(tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[tuple[str, Outbox]]:
+    """The webhook app in process (uvloop, httptools) with a real outbox; hypothesis
+    needs hundreds of requests, a subprocess per example would be the slow part."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from healert_webhook.config import Settings
+
+    tmp = tmp_path_factory.mktemp("types")
+    outbox = Outbox(tmp / "outbox.db")
+    pool = ThreadPoolExecutor(2)
+    app = WebhookApp(pipeline=Pipeline.from_settings(Settings()), outbox=outbox,
+                     executor=pool)
+    with serve_local(app, tls.GuardedHttpProtocol) as local:
+        yield f"http://127.0.0.1:{local.port}/audit", outbox
+    pool.shutdown()
+    outbox.close()
+
+
+# -- size --------------------------------------------------------------------------------
+
+def test_huge_bodies_are_refused_or_bounded(hostile: tuple[Agent, str, int]) -> None:
+    agent, url, ops = hostile
+    port = int(url.split(":")[2].split("/")[0])
+    with Steady(url) as steady, httpx.Client(timeout=120) as client:
+        big = exec_event(5, tag="big")
+        big["userAgent"] = "k" * (50 * MiB)  # a 50 MiB string field in a real event
+        assert client.post(url, content=orjson.dumps([big]), headers=JSON).status_code == 200
+        assert agent.memory()["VmHWM"] < PEAK_BOUND_MIB
+        # 100 MiB declared: refused before a byte of the body is read, connection closed
+        status = post_raw(port, head_for(100 * MiB), b"x" * MiB)
+        assert status.startswith(b"HTTP/1.1 413"), status
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(100):
+                yield b" " * MiB
+
+        try:  # 100 MiB without Content-Length: refused once past 64 MiB
+            code = client.post(url, content=chunks(), headers=JSON).status_code
+        except httpx.HTTPError:  # the server may close while the client still sends
+            code = 413
+        assert code == 413
+        # four 40 MiB bodies at once (160 MiB) against the 64 MiB budget: the budget
+        # decides who waits; refused ones get 503 + Retry-After, none is lost half-stored
+        body = orjson.dumps([exec_event(9, tag="many", pad=40 * MiB)])
+        answers: list[int] = []
+
+        def send() -> None:
+            with httpx.Client(timeout=120) as c:
+                answers.append(c.post(url, content=body, headers=JSON).status_code)
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(set(answers)) in ([200], [200, 503]), answers
+        assert answers.count(200) >= 1
+    steady.check()
+    peak = agent.memory()["VmHWM"]
+    assert peak < PEAK_BOUND_MIB, peak
+    wait_for(lambda: agent.memory()["VmRSS"] < SETTLED_BOUND_MIB, timeout=30,
+             what="memory given back")
+    assert metric(ops, "healert_webhook_requests_total", code="413") >= 2
+    print(f"huge: 4 x 40 MiB at once answered {sorted(answers)}, peak {peak} MiB, "
+          f"settled {agent.memory()['VmRSS']} MiB")
+
+
+# -- slow and idle clients ---------------------------------------------------------------
+
+def test_slow_idle_and_oversized_heads_do_not_starve_others(
+        hostile: tuple[Agent, str, int]) -> None:
+    agent, url, ops = hostile
+    port = int(url.split(":")[2].split("/")[0])
+    before = agent.memory()["VmRSS"]
+    body = orjson.dumps([exec_event(3, tag="slow")])
+    socks: list[socket.socket] = []
+    try:
+        with Steady(url) as steady:
+            for _ in range(500):  # connect and never send a byte
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            slow = []
+            for _ in range(20):  # a body at one byte per 0.2 s
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sock.sendall(head_for(len(body)))
+                slow.append(sock)
+            for _ in range(10):  # half a request head, then nothing
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                sock.sendall(b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-")
+                socks.append(sock)
+            for i in range(15):
+                for sock in slow:
+                    sock.sendall(body[i:i + 1])
+                time.sleep(0.2)
+            # one header of 2 MiB: refused at 64 KiB, nothing buffered past that
+            status = post_raw(port, b"POST /audit HTTP/1.1\r\nx-pad: " + b"a" * 2 * MiB, b"")
+            assert status.startswith(b"HTTP/1.1 431"), status
+            for sock in slow:  # the slow clients finish and are answered normally
+                sock.sendall(body[15:])
+            for sock in slow:
+                assert sock.recv(64).startswith(b"HTTP/1.1 200")
+                sock.close()
+            growth = agent.memory()["VmRSS"] - before
+        steady.check(minimum=10)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert growth < SMALL_GROWTH_MIB, growth
+    assert metric(ops, "healert_webhook_requests_total", code="431") >= 1
+    print(f"slow/idle: 500 idle + 20 slow + 10 half-head connections, RSS growth {growth} "
+          f"MiB, steady {len(steady.codes)} x 200")
+
+
+def test_stalled_tls_handshakes_do_not_block_others(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    agent = Agent(serve_args("state", "--tls-cert", str(pki.server_cert),
+                             "--tls-key", str(pki.server_key)), tmp_path)
+    socks: list[socket.socket] = []
+    try:
+        port, _ops = agent.ports()
+        url = f"https://127.0.0.1:{port}/audit"
+        hello = _client_hello(pki)
+        with Steady(url, client_kwargs={"verify": client_context(pki)}) as steady:
+            for i in range(200):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                if i % 2:
+                    sock.sendall(hello[: len(hello) // 2])  # half a ClientHello
+                socks.append(sock)
+            time.sleep(1.0)  # the steady client keeps posting meanwhile
+            with httpx.Client(verify=client_context(pki), timeout=30) as fresh:
+                # new handshakes complete while 200 others are stalled
+                for _ in range(5):
+                    assert fresh.post(url, content=b"[]", headers=JSON).status_code == 200
+        steady.check(minimum=10)
+        assert agent.memory()["VmRSS"] < SETTLED_BOUND_MIB
+        assert agent.stop() == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        agent.kill()
+
+
+def _client_hello(pki: PKI) -> bytes:
+    """The first flight of a real TLS client, captured through memory BIOs."""
+    ctx = client_context(pki)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+# -- the protocol's deadlines, with the timeouts scaled down -------------------------------
+
+class _QuickProtocol(tls.GuardedHttpProtocol):
+    head_timeout = 1.0
+
+
+def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: Path) -> None:
+    """Scaled: keep-alive 1 s (90 s in the agent), head deadline 1 s (30 s), body deadline
+    1 s (30 s, the apiserver's own request timeout)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from healert_webhook.config import Settings
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    pool = ThreadPoolExecutor(2)
+    budget = BodyBudget(10_000, wait=5.0)
+    app = WebhookApp(pipeline=Pipeline.from_settings(Settings()), outbox=outbox,
+                     executor=pool, budget=budget, body_timeout=1.0)
+    body = orjson.dumps([exec_event(1, tag="dl")])
+    try:
+        with serve_local(app, _QuickProtocol, keep_alive=1.0) as local:
+            port = local.port
+            idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+            assert idle.recv(10) == b""  # closed by the server after the idle timeout
+            idle.close()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as slow_head:
+                slow_head.sendall(b"POST /audit HTTP/1.1\r\nhost: x\r\n")
+                assert slow_head.recv(64).startswith(b"HTTP/1.1 408")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as slow_body:
+                slow_body.sendall(head_for(9000) + body[:10])  # holds 9000 of the budget
+                wait_for(lambda: budget.used == 9000, what="reservation")
+                assert slow_body.recv(64).startswith(b"HTTP/1.1 408")
+            wait_for(lambda: budget.used == 0, what="the budget is free again")
+            with httpx.Client(timeout=10) as client:
+                url = f"http://127.0.0.1:{port}/audit"
+                assert client.post(url, content=body, headers=JSON).status_code == 200
+    finally:
+        pool.shutdown()
+        outbox.close()
+
+
+def test_slow_body_gets_408_from_the_real_agent(tmp_path: Path, long_run: bool) -> None:
+    """Unscaled: one byte a second for 35 s against the agent's 30 s body deadline."""
+    if not long_run:
+        pytest.skip("takes 35 s: run with --long")
+    agent = Agent(serve_args(), tmp_path)
+    try:
+        port, _ = agent.ports()
+        body = orjson.dumps([exec_event(1, tag="trickle")])
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(head_for(len(body)))
+            answer = b""
+            for i in range(len(body)):
+                try:
+                    sock.sendall(body[i:i + 1])
+                except OSError:
+                    break
+                sock.settimeout(1.0)
+                try:
+                    answer = sock.recv(64)
+                except TimeoutError:
+                    continue
+                if answer:
+                    break
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+
