@@ -44,7 +44,7 @@ from healert_webhook import metrics
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
 from healert_webhook.outbox import Checkpoint, Outbox, OutboxError
-from healert_webhook.pipeline import Pipeline
+from healert_webhook.pipeline import Pipeline, gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ BACKWARD_BLOCK = 64 * 1024
 RETRY_MAX = 10.0  # seconds between outbox retries, at most
 _STAMP = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}"
 _GZ_ERRORS = (OSError, EOFError, zlib.error)
+_ONLY_DICT = {dict}
 
 
 class _Stopped(Exception):
@@ -369,8 +370,8 @@ def parse_lines(lines: list[bytes], max_line: int) -> tuple[list[Any], list[tupl
         except orjson.JSONDecodeError:
             pass
         else:
-            dict_ = dict
-            if all(type(event) is dict_ for event in events):
+            # One C-level pass over the types instead of a generator step per event.
+            if not events or set(map(type, events)) == _ONLY_DICT:
                 return events, []
     return _parse_carefully(lines, max_line)
 
@@ -645,15 +646,20 @@ class Tailer:
     def _process(self, s: Stream, block: bytes) -> None:
         """Parse, detect and store the complete lines in `block` (one pipeline call)."""
         start = s.line_start
-        lines = block.split(b"\n")
-        lines.pop()  # the block ends with a newline: the last piece is empty
-        events, bad = parse_lines(lines, self._max_line)
-        metrics.TAIL_LINES.inc(len(lines))
-        if bad:
-            self._report_bad(s, lines, bad, start, start + len(block))
         frictions: list[Friction] = []
-        if events:
-            frictions, _stats = self._pipeline.detect(events, SOURCE)
+        # The chunk's parsed events (tens of thousands of dicts) die by reference
+        # counting when `events` is dropped; pausing the cyclic GC meanwhile saves the
+        # collections their allocation would trigger (half the catch-up CPU otherwise).
+        with gc_paused():
+            lines = block.split(b"\n")
+            lines.pop()  # the block ends with a newline: the last piece is empty
+            events, bad = parse_lines(lines, self._max_line)
+            metrics.TAIL_LINES.inc(len(lines))
+            if bad:
+                self._report_bad(s, lines, bad, start, start + len(block))
+            if events:
+                frictions, _stats = self._pipeline.detect(events, SOURCE)
+            del events, lines  # before the collector is back on
         s.line_start = start + len(block)
         self._unstored += len(block)
         if s.gz is None:
