@@ -14,7 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
 FIGURE_KEYS = {"label", "unit", "median", "min", "max", "values"}
-IN_PROCESS = {"floor", "floor_bodies", "detect_inprocess", "detect_only"}
+IN_PROCESS = {"floor", "floor_bodies", "floor_bodies_paused", "detect_inprocess",
+              "detect_only"}
 SECTION_FIGURES = {
     "(c)/(d)/(f) webhook HTTP": {"webhook_http", "ack_p50", "ack_p99", "ack_max",
                                  "rss_webhook"},
