@@ -18,7 +18,7 @@ IN_PROCESS = {"floor", "floor_bodies", "floor_bodies_paused", "detect_inprocess"
               "detect_only"}
 SECTION_FIGURES = {
     "(c)/(d)/(f) webhook HTTP": {"webhook_http", "ack_p50", "ack_p99", "ack_max",
-                                 "rss_webhook"},
+                                 "ack_p99_metadata", "rss_webhook"},
     "(c) webhook HTTPS": {"webhook_https"},
     "(e) tail catch-up": {"tail_floor", "tail_catchup", "tail_mib_cpu", "tail_mib_wall"},
     "(f) large batch RSS": {"rss_idle", "rss_big_batch"},
