@@ -43,14 +43,17 @@ MiB = 1024 * 1024
 class Agent:
     """A `healert-webhook serve` subprocess; its output goes to a file read line by line."""
 
+    started = 0
+
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                 log_name: str = "agent.log") -> None:
+                 log_name: str | None = None) -> None:
         clean = {k: v for k, v in os.environ.items()
                  if not k.startswith(("HEALERT_", "SSL_CERT"))
                  and k not in {"RULES_PATH", "AUDIT_LOG_PATH"}}
         clean["PYTHONPATH"] = str(ROOT)
         clean.update(env or {})
-        self.log_path = cwd / log_name
+        Agent.started += 1
+        self.log_path = cwd / (log_name or f"agent-{Agent.started}.log")  # one per process
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "healert_webhook", *args], cwd=cwd, env=clean,
