@@ -1,12 +1,14 @@
 """Follow the apiserver's audit log file: rotation, truncation, checkpoints.
 
 The tailer reads the file in large chunks, splits complete lines, parses each line once
-and hands the chunk's events to `Pipeline.detect` in one call. The friction events of a
-chunk and the checkpoint just after its last line are stored in ONE outbox transaction, so
-after a crash the tail resumes exactly after the last line whose frictions are stored.
-Chunks without frictions advance the checkpoint only every CHECKPOINT_INTERVAL seconds or
-CHECKPOINT_BYTES bytes: after a crash those lines are read again, which is harmless
-because their frictions (if any were stored) are deduplicated by key in the outbox.
+and hands the chunk's events to `Pipeline.detect` in one call. The friction events found
+since the last checkpoint and the checkpoint just after the last line read are stored in
+ONE outbox transaction, so after a crash the tail resumes exactly after the last line whose
+frictions are stored. While catching up, that transaction runs every CHECKPOINT_INTERVAL
+seconds or CHECKPOINT_BYTES bytes (or HELD_MAX frictions), not once per chunk: each is a
+synced SQLite commit. Once the tail has read all there is, it stores at once. After a
+crash the lines after the checkpoint are read again, which is harmless because their
+frictions (if any were stored) are deduplicated by key in the outbox.
 
 Identity of a file: (device, inode) plus a fingerprint of its first bytes, so a deleted
 file whose inode number is reused by an unrelated file is not mistaken for the old one.
@@ -52,7 +54,8 @@ SOURCE = "tail"
 READ_SIZE = 1024 * 1024  # one os.read per chunk while catching up
 FINGERPRINT_BYTES = 4096
 CHECKPOINT_INTERVAL = 1.0  # seconds: most time an idle checkpoint lags behind
-CHECKPOINT_BYTES = 8 * 1024 * 1024  # bytes read without frictions before a checkpoint anyway
+CHECKPOINT_BYTES = 8 * 1024 * 1024  # bytes read before a checkpoint while catching up
+HELD_MAX = 1000  # frictions held for the next checkpoint, at most
 SHOWN_BAD_LINES = 5  # bad lines logged one by one per chunk, then one summary line
 BACKWARD_BLOCK = 64 * 1024
 RETRY_MAX = 10.0  # seconds between outbox retries, at most
@@ -430,6 +433,7 @@ class Tailer:
         self._problem: str | None = "starting"
         self._logged: str | None = None
         self._unstored = 0  # bytes processed since the last stored checkpoint
+        self._held: list[Friction] = []  # found since the last checkpoint, stored with it
         self._last_store = time.monotonic()
         self._stop = threading.Event()
 
@@ -487,8 +491,10 @@ class Tailer:
         return self._at_eof(s)
 
     def _reset(self) -> None:
-        """Forget the open file; the next step resumes from the stored checkpoint."""
+        """Forget the open file; the next step resumes from the stored checkpoint (and
+        detects again what was held for it)."""
         self._close_stream()
+        self._held = []
         self._started = False
 
     def _close_stream(self) -> None:
@@ -624,7 +630,7 @@ class Tailer:
             block = data[: last + 1]
         if last + 1 < len(data):
             self._hold(s, data[last + 1:])
-        self._process(s, block)
+        self._process(s, block, caught_up=len(data) < READ_SIZE)
 
     def _hold(self, s: Stream, data: bytes) -> None:
         """Keep an incomplete line; past the limit, drop it and skip to its end."""
@@ -643,7 +649,7 @@ class Tailer:
         log.warning("%s: line at offset %d is longer than %d bytes (HEALERT_TAIL_MAX_LINE_"
                     "BYTES): skipped", s.path, s.line_start, self._max_line)
 
-    def _process(self, s: Stream, block: bytes) -> None:
+    def _process(self, s: Stream, block: bytes, caught_up: bool = True) -> None:
         """Parse, detect and store the complete lines in `block` (one pipeline call)."""
         start = s.line_start
         frictions: list[Friction] = []
@@ -664,8 +670,9 @@ class Tailer:
         self._unstored += len(block)
         if s.gz is None:
             metrics.TAIL_LAG.set(max(0, os.fstat(s.fd).st_size - s.line_start))
-        if frictions or self._due():
-            self._checkpoint(s, frictions)
+        self._held += frictions
+        if self._due() or (self._held and (caught_up or len(self._held) >= HELD_MAX)):
+            self._checkpoint(s, [])
 
     def _report_bad(self, s: Stream, lines: list[bytes], bad: list[tuple[int, str]],
                     start: int, end: int) -> None:
@@ -806,7 +813,7 @@ class Tailer:
 
     def _flush_if_due(self) -> None:
         s = self._stream
-        if s is not None and self._due():
+        if s is not None and (self._held or self._due()):  # at the end: store what we hold
             self._checkpoint(s, [])
         age = time.monotonic() - self._last_store if self._unstored else 0.0
         metrics.TAIL_CHECKPOINT_AGE.set(age)
@@ -816,7 +823,7 @@ class Tailer:
         s = self._stream
         if s is not None and self._unstored:
             try:
-                self._outbox.store([], self._make_checkpoint(s))
+                self._outbox.store(self._held, self._make_checkpoint(s))
             except OutboxError as exc:
                 log.warning("tail checkpoint not saved at stop: %s", exc)
 
@@ -829,9 +836,11 @@ class Tailer:
                           s.fp.encode())
 
     def _checkpoint(self, s: Stream, frictions: list[Friction]) -> None:
-        """Store `frictions` and the position after them in one transaction; retry
-        until it works (reading stops meanwhile: nothing is read that cannot be stored)."""
+        """Store the held frictions, `frictions` and the position after them in one
+        transaction; retry until it works (reading stops meanwhile: nothing is read that
+        cannot be stored)."""
         cp = self._make_checkpoint(s)
+        frictions = [*self._held, *frictions]
         delay = 0.5
         while True:
             try:
@@ -845,6 +854,7 @@ class Tailer:
         if self._problem is not None and self._problem.startswith("outbox"):
             self._clear_problem()
         self._unstored = 0
+        self._held = []
         self._has_checkpoint = True
         self._last_store = time.monotonic()
         metrics.TAIL_CHECKPOINT_AGE.set(0)
