@@ -99,16 +99,19 @@ def test_full_then_freed(tmp_path: Path) -> None:
 
 def test_read_only_then_writable(tmp_path: Path) -> None:
     """`chattr +i` (root ignores chmod; a busy tmpfs cannot be remounted read-only) on the
-    outbox files and directory of a running agent, then `chattr -i`."""
+    outbox file, its WAL and its directory under a running agent, then `chattr -i`."""
     agent = Agent(serve_args(), tmp_path)
     state = tmp_path / "state"
-    files = [state, *state.glob("outbox.db*")]
+    files: list[Path] = []
     try:
         port, ops = agent.ports()
         url = f"http://127.0.0.1:{port}/audit"
         client = httpx.Client(timeout=30)
         assert client.post(url, content=batch("rw"), headers=JSON).status_code == 200
-        files = [state, *state.glob("outbox.db*")]
+        # Not the -shm file: SQLite memory-maps it, and a write fault on a mapping of an
+        # immutable file is SIGBUS, which kills any process using WAL (seen: exit 135).
+        files = [state, state / "outbox.db", state / "outbox.db-wal"]
+        os.sync()  # written-back pages fault again on the next write, as in a long run
         done = subprocess.run(["chattr", "+i", *map(str, files)], capture_output=True,
                               check=False)
         if done.returncode != 0:
