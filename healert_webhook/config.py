@@ -132,6 +132,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("forward_poll_interval", "--forward-poll-interval",
            ("HEALERT_FORWARD_POLL_INTERVAL",), parse_positive_float, 1.0,
            "seconds between checks for events queued by other processes", group="delivery"),
+    Option("forward_timeout", "--forward-timeout", ("HEALERT_FORWARD_TIMEOUT",),
+           parse_positive_float, 10.0, "seconds one delivery request may take in all",
+           group="delivery"),
     # webhook
     Option("listen", "--listen", ("HEALERT_LISTEN",), parse_hostport,
            ("0.0.0.0", 8443),  # noqa: S104 - the apiserver connects from outside the pod
@@ -159,6 +162,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_inflight_bytes", "--max-inflight-bytes", ("HEALERT_MAX_INFLIGHT_BYTES",),
            parse_positive_int, None,
            "request bodies held in memory at once (default: the body limit)", group="webhook"),
+    Option("webhook_body_timeout", "--body-timeout", ("HEALERT_WEBHOOK_BODY_TIMEOUT",),
+           parse_positive_float, 30.0,
+           "seconds a request body may take to arrive (408 after)", group="webhook"),
     Option("ops_listen", "--ops-listen", ("HEALERT_OPS_LISTEN",), parse_hostport,
            ("0.0.0.0", 9090),  # noqa: S104 - Prometheus and kubelet probes connect from outside
            "ops listener HOST:PORT for /metrics, /healthz, /readyz",
@@ -201,6 +207,7 @@ class Settings:
     backoff_max: float = 300.0
     forward_probe_interval: float = 60.0
     forward_poll_interval: float = 1.0
+    forward_timeout: float = 10.0
     listen: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104
     webhook_path: str = "/audit"
     tls_cert: Path | None = None
@@ -212,6 +219,7 @@ class Settings:
     insecure_http: bool = False
     max_body_bytes: int = 64 * 1024 * 1024
     max_inflight_bytes: int | None = None
+    webhook_body_timeout: float = 30.0
     ops_listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104
     audit_log_path: Path = Path("/var/log/kubernetes/audit/audit.log")
     tail_from: str = "end"

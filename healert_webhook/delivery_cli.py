@@ -29,7 +29,6 @@ import orjson
 from healert_webhook import __version__
 from healert_webhook.config import ConfigError, Settings
 from healert_webhook.forward import (
-    REQUEST_TIMEOUT,
     HealthReport,
     check_backend_health,
     describe_error,
@@ -84,7 +83,7 @@ async def _check_backend(settings: Settings, send_test: bool, report: _Report) -
     except ConfigError as exc:
         report.step("key", False, str(exc))
         return report.finish(EXIT_CONFIG)
-    async with make_client() as client:
+    async with make_client(settings.forward_timeout) as client:
         health = await check_backend_health(settings, client)
         code = _report_health(health, report)
         if code != EXIT_OK:
@@ -131,7 +130,7 @@ def _headers(key: str | None) -> dict[str, str]:
 
 async def _post(client: httpx.AsyncClient, settings: Settings, key: str | None,
                 body: dict[str, Any]) -> httpx.Response:
-    async with asyncio.timeout(REQUEST_TIMEOUT):
+    async with asyncio.timeout(settings.forward_timeout):
         return await client.post(join_url(settings.backend_url or "", "/events"),
                                  content=orjson.dumps(body), headers=_headers(key))
 

@@ -51,7 +51,6 @@ events_log = logging.getLogger("healert_webhook.events")
 
 RATE_MARGIN = 0.95
 CONNECT_TIMEOUT = 5.0
-REQUEST_TIMEOUT = 10.0
 RETRY_AFTER_MAX = 3600.0
 ANSWER_MAX = 1000
 LOG_EVERY = 60.0  # seconds between repeats of a loud error while it lasts
@@ -111,9 +110,9 @@ async def check_backend_health(settings: Settings,
         return HealthReport(None, False, key_set=key_set)
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
-            client = await stack.enter_async_context(make_client())
+            client = await stack.enter_async_context(make_client(settings.forward_timeout))
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
+            async with asyncio.timeout(settings.forward_timeout):
                 response = await client.get(join_url(url, "/health"))
             body = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, TimeoutError, ValueError) as exc:
@@ -141,11 +140,11 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def make_client() -> httpx.AsyncClient:
-    """The one keep-alive client: connect 5 s; the 10 s whole-request bound is applied
-    around each request (httpx's own timeouts are per read/write, not per request)."""
+def make_client(request_timeout: float) -> httpx.AsyncClient:
+    """The one keep-alive client: connect 5 s; the whole-request bound (10 s by default)
+    is applied around each request (httpx's own timeouts are per read/write)."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+        timeout=httpx.Timeout(request_timeout, connect=min(CONNECT_TIMEOUT, request_timeout)),
         limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
         headers={"User-Agent": f"healert-webhook/{__version__}"},
         follow_redirects=False)
@@ -362,7 +361,7 @@ class Forwarder:
             return
         try:
             await asyncio.to_thread(self.keys.load)
-            async with make_client() as client:
+            async with make_client(self.settings.forward_timeout) as client:
                 report = await check_backend_health(self.settings, client)
                 for warning in report.warnings():
                     log.warning("%s", warning)
@@ -448,7 +447,7 @@ class Forwarder:
         url = join_url(self.settings.backend_url or "", "/events")
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
+            async with asyncio.timeout(self.settings.forward_timeout):
                 response = await client.post(url, content=orjson.dumps(body), headers=headers)
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             timeout = isinstance(exc, TimeoutError | httpx.TimeoutException)

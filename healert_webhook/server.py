@@ -40,7 +40,6 @@ from healert_webhook.pipeline import Pipeline
 from healert_webhook.rules import RulesError, resolve_rules_path
 from healert_webhook.sources.tail import Tailer
 from healert_webhook.sources.webhook import (
-    BODY_TIMEOUT,
     BodyBudget,
     TokenAuth,
     TokenError,
@@ -328,7 +327,7 @@ def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
                      path=settings.webhook_path, max_body_bytes=settings.max_body_bytes,
                      tokens=tokens, client_names=names,
                      budget=BodyBudget(settings.max_inflight_bytes or settings.max_body_bytes),
-                     body_timeout=getattr(settings, "webhook_body_timeout", BODY_TIMEOUT))
+                     body_timeout=settings.webhook_body_timeout)
     sock = bind(*settings.listen)
     return Webhook(sock=sock, app=app, ctx=ctx, certs=certs, tokens=tokens)
 

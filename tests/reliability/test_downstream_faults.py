@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 from backend_server import Backend, run_backend
 from conftest import (
     JSON,
@@ -200,23 +199,21 @@ def forwarder_thread(settings: Settings, outbox: Outbox) -> Iterator[forward.For
         assert not thread.is_alive()
 
 
-def test_backend_slower_than_the_request_timeout(tmp_path: Path, long_run: bool,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """The backend takes longer than the forwarder waits. REQUEST_TIMEOUT is a module
-    constant (no setting), so it is lowered here to 1 s with the backend at 1.5 s; the
-    long variant runs the real 10 s against 11 s. The backend records the event after
-    its delay, so every timed-out attempt is a possible duplicate, and is counted."""
+def test_backend_slower_than_the_request_timeout(tmp_path: Path, long_run: bool) -> None:
+    """The backend takes longer than the forwarder waits: HEALERT_FORWARD_TIMEOUT is 1 s
+    here with the backend at 1.5 s; the long variant runs the default 10 s against 11 s.
+    The backend records the event after its delay, so every timed-out attempt is a
+    possible duplicate, and is counted."""
     from healert_webhook import metrics
     from healert_webhook.detect import Friction
 
-    timeout = forward.REQUEST_TIMEOUT if long_run else 1.0
-    monkeypatch.setattr(forward, "REQUEST_TIMEOUT", timeout)
+    timeout = Settings().forward_timeout if long_run else 1.0
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
     with run_backend(tmp_path, api_key=KEY, limit=100_000) as backend:
         settings = Settings(backend_url=backend.url, api_key_file=key_file,
                             state_dir=tmp_path / "state", forward_rate=6000,
-                            backoff_base=0.05, backoff_max=0.2)
+                            backoff_base=0.05, backoff_max=0.2, forward_timeout=timeout)
         outbox = Outbox(settings.outbox_path)
         events = [Friction(f"{n:032x}", "kubectl-exec",
                            {"entity_ref": f"component:default/svc-{n}", "type": "kubectl-exec",

@@ -1,7 +1,7 @@
 """Hostile input to the webhook: the real `serve` process with its default limits (64 MiB
 body, 64 MiB of bodies in memory), a steady good client alongside, memory read from /proc.
 
-Stated bounds (docs/reliability.md): the agent's peak RSS (VmHWM) stays under
+Stated bounds (README, "Reliability"): the agent's peak RSS (VmHWM) stays under
 PEAK_BOUND_MIB through every case of this module, including a 50 MiB string field and
 several large bodies at once, and falls back under SETTLED_BOUND_MIB afterwards; garbage,
 idle and slow connections add less than SMALL_GROWTH_MIB. Every batch of the steady client
