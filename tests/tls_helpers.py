@@ -236,15 +236,23 @@ class Running:
 
 
 @contextlib.contextmanager
-def serve_app(app: Any, ctx: ssl.SSLContext | None = None) -> Iterator[Running]:
-    """Serve `app` with the agent's own uvicorn setup (uvloop, httptools, its protocol)."""
+def serve_app(app: Any, ctx: ssl.SSLContext | None = None, *, protocol: Any = None,
+              keep_alive: float | None = None) -> Iterator[Running]:
+    """Serve `app` with the agent's own uvicorn setup (uvloop, httptools, its protocol).
+
+    `protocol` and `keep_alive` replace the agent's protocol class and idle timeout, so
+    timeouts of tens of seconds can be tested in one or two.
+    """
     from healert_webhook import server as srv
     from healert_webhook import tls
 
     sock = srv.bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    http = tls.PeerInfoProtocol if ctx is not None else "httptools"
-    config = srv._uvicorn_config(app, http=http, ctx=ctx)
+    if protocol is None:
+        protocol = tls.PeerInfoProtocol if ctx is not None else tls.GuardedHttpProtocol
+    config = srv._uvicorn_config(app, http=protocol, ctx=ctx)
+    if keep_alive is not None:
+        config.timeout_keep_alive = keep_alive  # type: ignore[assignment]
     server = srv._Server(config)
 
     def run() -> None:

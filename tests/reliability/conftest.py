@@ -8,8 +8,6 @@ serve`, the backend as tests/backend_server.py. Long variants (`pytest --long`) 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -222,43 +220,6 @@ class Steady:
         assert len(self.codes) >= minimum, len(self.codes)
 
 
-# -- in-process server with short protocol timeouts --------------------------------------
-
-@dataclass
-class Local:
-    """A uvicorn server in a thread (see `serve_local`)."""
-
-    port: int
-    server: Any
-
-
-@contextlib.contextmanager
-def serve_local(app: Any, protocol: Any, keep_alive: float = 90.0,
-                ctx: Any = None) -> Iterator[Local]:
-    """Serve `app` with the agent's uvicorn setup but a chosen protocol class and idle
-    timeout, so timeouts of tens of seconds can be tested in one or two."""
-    import uvicorn
-
-    from healert_webhook import server as srv
-
-    sock = srv.bind("127.0.0.1", 0)
-    config = srv._uvicorn_config(app, http=protocol, ctx=ctx)
-    config.timeout_keep_alive = keep_alive  # type: ignore[assignment]
-    server = srv._Server(config)
-    assert isinstance(server, uvicorn.Server)
-
-    def run() -> None:
-        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(server.serve(sockets=[sock]))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, what="server start")
-    try:
-        yield Local(sock.getsockname()[1], server)
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def settle(seconds: float) -> None:

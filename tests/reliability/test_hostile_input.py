@@ -35,11 +35,10 @@ from conftest import (
     Steady,
     metric,
     serve_args,
-    serve_local,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tls_helpers import PKI, client_context, exec_event, make_pki, wait_for
+from tls_helpers import PKI, client_context, exec_event, make_pki, serve_app, wait_for
 
 from healert_webhook import tls
 from healert_webhook.outbox import Outbox
@@ -211,7 +210,7 @@ def wrong_type_server(tmp_path_factory: pytest.TempPathFactory
     pool = ThreadPoolExecutor(2)
     app = WebhookApp(pipeline=Pipeline.from_settings(Settings()), outbox=outbox,
                      executor=pool)
-    with serve_local(app, tls.GuardedHttpProtocol) as local:
+    with serve_app(app, protocol=tls.GuardedHttpProtocol) as local:
         yield f"http://127.0.0.1:{local.port}/audit", outbox
     pool.shutdown()
     outbox.close()
@@ -370,7 +369,7 @@ def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: P
                      executor=pool, budget=budget, body_timeout=1.0)
     body = orjson.dumps([exec_event(1, tag="dl")])
     try:
-        with serve_local(app, _QuickProtocol, keep_alive=1.0) as local:
+        with serve_app(app, protocol=_QuickProtocol, keep_alive=1.0) as local:
             port = local.port
             idle = socket.create_connection(("127.0.0.1", port), timeout=10)
             assert idle.recv(10) == b""  # closed by the server after the idle timeout
