@@ -33,8 +33,9 @@ from healert_webhook.detect import Friction
 from healert_webhook.outbox import Checkpoint, Outbox, OutboxError, StoreResult
 from healert_webhook.pipeline import Pipeline, make_detector
 from healert_webhook.rules import load_rules
-from healert_webhook.sources import tail
-from healert_webhook.sources.tail import Fingerprint, Tailer, fingerprint, locate
+from healert_webhook.sources import tail, tailfiles
+from healert_webhook.sources.tail import Tailer
+from healert_webhook.sources.tailfiles import Fingerprint, fingerprint, locate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audit_writer  # a script beside this file, importable for its generator
@@ -156,7 +157,7 @@ def test_fingerprint_of_short_file_still_matches_after_it_grows() -> None:
     assert not short.matches(b'{"b":1}\n' + b"x" * 10)
     assert Fingerprint.decode(short.encode()) == short
     assert Fingerprint.decode("garbage") is None
-    assert fingerprint(grown).length == tail.FINGERPRINT_BYTES
+    assert fingerprint(grown).length == tailfiles.FINGERPRINT_BYTES
 
 
 def test_locate_same_inode_other_content_starts_new_file_at_zero(log_path: Path) -> None:
@@ -491,18 +492,19 @@ def _check_permission_message(directory: Path, log_path: Path) -> None:
     if os.geteuid() != 0:
         log_path.chmod(0o000)
         with pytest.raises(PermissionError) as info:
-            tail.open_stream(log_path, live=True)
-        message = tail.explain_open_error(log_path, info.value)
+            tailfiles.open_stream(log_path, live=True)
+        message = tailfiles.explain_open_error(log_path, info.value)
         assert f"owner uid {os.geteuid()}" in message
         assert "mode 0000" in message
         return
     # As root, the reader runs as another uid in a real subprocess: it imports as root
     # (the interpreter lives under /root), then drops to uid/gid 65534 before opening.
-    code = ("import os, sys; from pathlib import Path; from healert_webhook.sources import tail\n"
+    code = ("import os, sys; from pathlib import Path\n"
+            "from healert_webhook.sources import tailfiles\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "p = Path(sys.argv[1])\n"
-            "try:\n    tail.open_stream(p, live=True)\nexcept OSError as e:\n"
-            "    print(tail.explain_open_error(p, e))\n")
+            "try:\n    tailfiles.open_stream(p, live=True)\nexcept OSError as e:\n"
+            "    print(tailfiles.explain_open_error(p, e))\n")
     out = subprocess.run([sys.executable, "-c", code, str(log_path)], check=False,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                          text=True, timeout=60, cwd="/")
