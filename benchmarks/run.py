@@ -343,9 +343,8 @@ def write_with_rotation(path: Path, chunks: list[bytes]) -> None:
         out.close()
 
 
-def tail_once(tmp: Path, index: int, chunks: list[bytes], lines: int) -> tuple[float, float]:
-    """One catch-up: (CPU seconds of the tailer, wall seconds) for all the lines."""
-    workdir = tmp / f"tail{index}"
+def start_tail_agent(workdir: Path) -> tuple[procs.Agent, Path]:
+    """`tail --from start` on a new, empty audit log under `workdir`, once it is ready."""
     logdir = workdir / "log"
     logdir.mkdir(parents=True)
     path = logdir / "audit.log"
@@ -354,22 +353,35 @@ def tail_once(tmp: Path, index: int, chunks: list[bytes], lines: int) -> tuple[f
                                                 "--poll-interval", "0.05"])
     try:
         agent.wait_ready()
+    except BaseException:
+        agent.stop()
+        raise
+    return agent, path
+
+
+def wait_tail_lines(agent: procs.Agent, lines: int, timeout: float) -> None:
+    """Wait until the tailer counted `lines` audit events; Unavailable if it cannot."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = agent.metric("healert_audit_events_total", 'source="tail"')
+        if seen is not None and seen >= lines:
+            return
+        if agent.proc.poll() is not None:
+            raise Unavailable(f"tail exited with {agent.proc.returncode}: {agent.log_tail()}")
+        time.sleep(0.25)  # each poll renders /metrics: the tailer's CPU
+    raise Unavailable(f"tail saw {seen} of {lines} lines before the deadline: "
+                      f"{agent.log_tail()}")
+
+
+def tail_once(tmp: Path, index: int, chunks: list[bytes], lines: int) -> tuple[float, float]:
+    """One catch-up: (CPU seconds of the tailer, wall seconds) for all the lines."""
+    agent, path = start_tail_agent(tmp / f"tail{index}")
+    try:
         before = procs.cpu_seconds(agent.pid)
         start = time.perf_counter()
         write_with_rotation(path, chunks)
-        deadline = time.monotonic() + max(120.0, sum(map(len, chunks)) / MIB * 3)
-        seen = None
-        while time.monotonic() < deadline:
-            seen = agent.metric("healert_audit_events_total", 'source="tail"')
-            if seen is not None and seen >= lines:
-                break
-            if agent.proc.poll() is not None:
-                raise Unavailable(f"tail exited with {agent.proc.returncode}: "
-                                  f"{agent.log_tail()}")
-            time.sleep(0.25)  # each poll renders /metrics: the tailer's CPU
-        else:
-            raise Unavailable(f"tail saw {seen} of {lines} lines before the deadline: "
-                              f"{agent.log_tail()}")
+        wait_tail_lines(agent, lines, max(120.0, sum(map(len, chunks)) / MIB * 3))
         return procs.cpu_seconds(agent.pid) - before, time.perf_counter() - start
     finally:
         agent.stop()

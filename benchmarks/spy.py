@@ -164,23 +164,12 @@ def profile_tail(args: argparse.Namespace, cfg: run.Config, tmp: Path, raw: Path
     """Sample `tail --from start` catching up the benchmark's rotated log."""
     chunks = run.log_chunks(cfg)
     lines = sum(chunk.count(b"\n") for chunk in chunks)
-    logdir = tmp / "log"
-    logdir.mkdir()
-    path = logdir / "audit.log"
-    path.touch(mode=0o600)
-    agent = procs.start_agent("tail", tmp, ["--audit-log", str(path), "--from", "start",
-                                            "--poll-interval", "0.05"])
+    agent, path = run.start_tail_agent(tmp)
     try:
-        agent.wait_ready()
         spy = record(agent.pid, raw, args.rate, args.native)
         before = procs.cpu_seconds(agent.pid)
         run.write_with_rotation(path, chunks)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            seen = agent.metric("healert_audit_events_total", 'source="tail"')
-            if seen is not None and seen >= lines:
-                break
-            time.sleep(0.25)  # each poll renders /metrics: the tailer's CPU
+        run.wait_tail_lines(agent, lines, 600)
         spent = procs.cpu_seconds(agent.pid) - before
         finish(spy)
         print(f"tail CPU {spent:.2f} s for {lines} lines: {lines / spent:,.0f} lines/cpu-s")
