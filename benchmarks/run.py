@@ -34,16 +34,18 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import procs
 from procs import REPO, Unavailable
 
-from healert_webhook import workload
 from healert_webhook.audit import batch_items
 from healert_webhook.config import Settings
 from healert_webhook.detect import Stats
 from healert_webhook.pipeline import Pipeline, gc_paused, make_detector
 from healert_webhook.rules import RuleSet, load_rules
+
+from support import workload
 
 MIB = 1024 * 1024
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "latest.json"

@@ -28,12 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import procs
 import run
 from procs import Unavailable
 
-from healert_webhook import workload
+from support import workload
 
 # (category, substrings of a frame); a sample goes to the first category any of whose
 # substrings appears in one of its frames, looking from the innermost frame outwards.

@@ -9,8 +9,9 @@ import pytest
 from healert_webhook.detect import Detector
 from healert_webhook.rules import RuleSet, load_rules
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+from support.paths import ROOT, SHARED_FIXTURES
+
+__all__ = ["ROOT"]  # other test modules import ROOT from here
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,9 +29,9 @@ def long_run(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """The directory of real audit events written by real clusters."""
-    if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
-    return FIXTURES
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES}")
+    return SHARED_FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_server import Backend, run_backend
 
 from healert_webhook.config import Settings
 from healert_webhook.delivery_cli import check_backend, outbox_command
 from healert_webhook.detect import Friction
 from healert_webhook.outbox import Outbox
+
+from support.backend import Backend, run_backend
 
 KEY = "cli-key"
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from events import (
+
+from healert_webhook.detect import Detector, Friction, Stats
+from healert_webhook.rules import RuleSet, parse_rules
+
+from support.events import (
     audit_event,
     bypass_patch,
     deployment,
@@ -14,9 +18,6 @@ from events import (
     port_forward,
     secret_get,
 )
-
-from healert_webhook.detect import Detector, Friction, Stats
-from healert_webhook.rules import RuleSet, parse_rules
 
 
 def run(detector: Detector, *events: Any) -> tuple[list[Friction], Stats]:

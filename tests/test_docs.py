@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT
 from prometheus_client.metrics import MetricWrapperBase
 
 from healert_webhook import metrics
 from healert_webhook.config import OPTIONS
+
+from support.paths import ROOT
 
 README = (ROOT / "README.md").read_text()
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()

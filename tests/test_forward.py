@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_server import Backend, run_backend
 from prometheus_client import REGISTRY
 
 from healert_webhook.config import Settings
@@ -37,6 +36,8 @@ from healert_webhook.forward import (
     parse_retry_after,
 )
 from healert_webhook.outbox import Outbox
+
+from support.backend import Backend, run_backend
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "test-key"

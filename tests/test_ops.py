@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from tls_helpers import serve_app
 
 from healert_webhook import metrics
 from healert_webhook.config import Settings
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, format_status, make_ops_app
 from healert_webhook.outbox import Outbox
+
+from support.servers import serve_app
 
 
 class NotFollowing:

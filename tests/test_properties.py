@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.rules import parse_rules
+
+from support.paths import ROOT
 
 # Every shipped rule enabled, plus catch-alls, so that most generated events produce output.
 RULES = parse_rules(

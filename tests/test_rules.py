@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from events import audit_event, bypass_patch, exec_spdy, exec_ws, port_forward, secret_get
 
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.rules import RulesError, default_rules_text, load_rules, parse_rules
+
+from support.events import audit_event, bypass_patch, exec_spdy, exec_ws, port_forward, secret_get
+from support.paths import ROOT
 
 SEED_RULES = ROOT.parent / "shared" / "seed" / "rules.yaml"
 

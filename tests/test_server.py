@@ -24,26 +24,23 @@ import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tls_helpers import (
-    CLIENT_NAME,
-    PKI,
-    RULES,
-    batch_of_400,
-    client_context,
-    event_list,
-    exec_event,
-    handshake_error,
-    make_pki,
-    server_common_name,
-    two_rules,
-    wait_for,
-)
 
 from healert_webhook.config import Settings
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.outbox import Outbox
 from healert_webhook.rules import parse_rules
 from healert_webhook.server import StartupError, _check_plain_http, is_loopback
+
+from support.events import RULES, batch_of_400, event_list, exec_event, two_rules
+from support.pki import (
+    CLIENT_NAME,
+    PKI,
+    client_context,
+    handshake_error,
+    make_pki,
+    server_common_name,
+)
+from support.servers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-" + "9" * 20

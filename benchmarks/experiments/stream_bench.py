@@ -17,16 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent.parent))
+sys.path.insert(2, str(Path(__file__).resolve().parent.parent.parent / "tests"))
 
 import orjson
 from stream_items import stream_items
 
-from healert_webhook import workload
 from healert_webhook.audit import batch_items
 from healert_webhook.config import build_settings
 from healert_webhook.detect import Stats
 from healert_webhook.pipeline import Pipeline, gc_paused, make_detector
 from healert_webhook.rules import load_rules
+
+from support import workload
 
 HERE = Path(__file__).resolve().parent
 

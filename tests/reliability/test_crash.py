@@ -20,11 +20,11 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from backend_server import run_backend
-from conftest import JSON, Agent, compare, expected_bodies, serve_args
-from tls_helpers import wait_for
 
-from healert_webhook.workload import Generator
+from support.agent import JSON, Agent, compare, expected_bodies, serve_args
+from support.backend import run_backend
+from support.servers import wait_for
+from support.workload import Generator
 
 KEY = "crash-test-key-0123456789"
 UNCERTAIN = re.compile(r"friction event key=([0-9a-f]{32}) (?:seq=\d+ was being sent|"

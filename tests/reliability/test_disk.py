@@ -20,10 +20,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import JSON, ROOT, Agent, metric, readyz, serve_args
-from tls_helpers import exec_event, wait_for
 
 from healert_webhook.outbox import Outbox
+
+from support.agent import JSON, Agent, metric, readyz, serve_args
+from support.events import exec_event
+from support.paths import ROOT
+from support.servers import wait_for
 
 
 @contextlib.contextmanager

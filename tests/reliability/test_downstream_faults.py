@@ -21,22 +21,17 @@ from typing import Any
 
 import httpx
 import orjson
-from backend_server import Backend, run_backend
-from conftest import (
-    JSON,
-    Agent,
-    compare,
-    expected_bodies,
-    metric,
-    readyz,
-    serve_args,
-)
-from faultproxy import fault_proxy
-from tls_helpers import exec_event, make_pki, wait_for
 
 from healert_webhook import forward
 from healert_webhook.config import Settings
 from healert_webhook.outbox import Outbox
+
+from support.agent import JSON, Agent, compare, expected_bodies, metric, readyz, serve_args
+from support.backend import Backend, run_backend
+from support.events import exec_event
+from support.faultproxy import fault_proxy
+from support.pki import make_pki
+from support.servers import wait_for
 
 KEY = "downstream-test-key-0123456789"
 

@@ -28,23 +28,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import (
-    JSON,
-    Agent,
-    MiB,
-    Steady,
-    metric,
-    serve_args,
-)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tls_helpers import PKI, client_context, exec_event, make_pki, serve_app, wait_for
 
 from healert_webhook import tls
 from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.sources.webhook import BodyBudget, WebhookApp
-from healert_webhook.workload import Generator
+
+from support.agent import JSON, Agent, MiB, Steady, metric, serve_args
+from support.events import exec_event
+from support.pki import PKI, client_context, make_pki
+from support.servers import serve_app, wait_for
+from support.workload import Generator
 
 PEAK_BOUND_MIB = 450  # the default budget is 64 MiB; parsing takes up to ~5x a body
 SETTLED_BOUND_MIB = 200

@@ -18,9 +18,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from backend_server import run_backend
-from conftest import JSON, ROOT, Agent, metric, serve_args
-from tls_helpers import CLIENT_NAME, client_context, exec_event, handshake_error, make_pki, wait_for
+
+from support.agent import JSON, Agent, metric, serve_args
+from support.backend import run_backend
+from support.events import exec_event
+from support.paths import ROOT
+from support.pki import CLIENT_NAME, client_context, handshake_error, make_pki
+from support.servers import wait_for
 
 API_KEY = "sk-live-APIKEY-5f1d9c0e7b3a4"
 TOKEN = "wh-TOKEN-8c2e4a6b0d1f3"

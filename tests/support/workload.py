@@ -11,7 +11,7 @@ Events are serialized once, in the apiserver's field order, as EventList items (
 Speed comes from shared, pre-built object bodies (spec, status, managedFields) that only
 get a fresh metadata head per event: 200 MiB take a few seconds.
 
-CLI: `python -m healert_webhook.workload --events N --match-ratio 0.01 --seed 1
+CLI: `python tests/support/workload.py --events N --match-ratio 0.01 --seed 1
 --format lines|eventlist --batch 400 > out`.
 """
 
@@ -27,7 +27,7 @@ import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -360,7 +360,7 @@ class Generator:
                  object_kib: tuple[float, float] = (2.0, 50.0), pool_size: int = 12) -> None:
         if not 0.0 <= match_ratio <= 1.0:
             raise ValueError(f"match_ratio must be within 0..1, got {match_ratio}")
-        self.rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
+        self.rng = random.Random(seed)
         self.clock = _Clock()
         self.match_ratio = match_ratio
         self.nodes = [f"ip-10-0-{i % 4}-{17 + i * 7}.eu-west-1.compute.internal"
@@ -938,25 +938,11 @@ def large_batch(target_bytes: int, items: int = 400, *, seed: int = 1) -> bytes:
     return event_list(out)
 
 
-def write_log(out: BinaryIO, size_bytes: int, *, match_ratio: float = 0.01, seed: int = 1,
-              chunk: int = 2000) -> tuple[int, int]:
-    """Write audit log lines until at least `size_bytes`; return (lines, bytes written)."""
-    gen = Generator(seed, match_ratio)
-    lines = written = 0
-    while written < size_bytes:
-        work = gen.take(chunk)
-        data = work.line_bytes()
-        out.write(data)
-        lines += len(work.items)
-        written += len(data)
-    return lines, written
-
-
 # --- CLI -------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m healert_webhook.workload",
+        prog="python tests/support/workload.py",
         description="Write a realistic, seeded audit event workload to stdout.")
     parser.add_argument("--events", type=int, default=10_000, help="number of events")
     parser.add_argument("--match-ratio", type=float, default=0.01,
@@ -971,7 +957,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m healert_webhook.workload`."""
+    """Entry point of `python tests/support/workload.py`."""
     args = _parser().parse_args(argv)
     if args.events < 0 or args.batch < 1 or not 0 <= args.match_ratio <= 1:
         print("error: --events >= 0, --batch >= 1 and 0 <= --match-ratio <= 1",

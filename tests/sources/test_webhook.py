@@ -20,24 +20,6 @@ import httpx
 import orjson
 import pytest
 import trustme
-from tls_helpers import (
-    CLIENT_NAME,
-    PKI,
-    RULES,
-    Running,
-    batch_of_400,
-    client_context,
-    event_list,
-    exec_event,
-    handshake_error,
-    make_pki,
-    noise_event,
-    sample,
-    serve_app,
-    server_common_name,
-    two_rules,
-    wait_for,
-)
 
 from healert_webhook import tls
 from healert_webhook.config import Settings, build_settings
@@ -46,6 +28,17 @@ from healert_webhook.outbox import Outbox, OutboxError
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.rules import parse_rules
 from healert_webhook.sources.webhook import TokenAuth, TokenError, WebhookApp, parse_tokens
+
+from support.events import RULES, batch_of_400, event_list, exec_event, noise_event, two_rules
+from support.pki import (
+    CLIENT_NAME,
+    PKI,
+    client_context,
+    handshake_error,
+    make_pki,
+    server_common_name,
+)
+from support.servers import Running, sample, serve_app, wait_for
 
 JSON = {"content-type": "application/json"}
 TOKEN = "s3cret-token-1"

@@ -11,11 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from healert_webhook import workload
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.rules import RulesError, RuleSet, load_rules
 
+from support import workload
+
 REPO = Path(__file__).resolve().parent.parent
+WORKLOAD = REPO / "tests" / "support" / "workload.py"
 KIB = 1024
 
 
@@ -174,7 +176,7 @@ def test_large_batch_is_about_the_requested_size() -> None:
 def test_cli_writes_lines_eventlists_and_expected(tmp_path: Path) -> None:
     expected_path = tmp_path / "expected.json"
     run = subprocess.run(
-        [sys.executable, "-m", "healert_webhook.workload", "--events", "900",
+        [sys.executable, str(WORKLOAD), "--events", "900",
          "--match-ratio", "0.1", "--seed", "1", "--format", "eventlist", "--batch", "400",
          "--expected", str(expected_path)],
         cwd=REPO, capture_output=True, check=True, timeout=120)
@@ -183,10 +185,10 @@ def test_cli_writes_lines_eventlists_and_expected(tmp_path: Path) -> None:
     expected = orjson.loads(expected_path.read_bytes())
     assert expected and {"index", "audit_id", "scenario", "rule", "stage"} <= set(expected[0])
     lines = subprocess.run(
-        [sys.executable, "-m", "healert_webhook.workload", "--events", "50", "--format",
+        [sys.executable, str(WORKLOAD), "--events", "50", "--format",
          "lines"], cwd=REPO, capture_output=True, check=True, timeout=120).stdout
     assert len(lines.splitlines()) == 50
     bad = subprocess.run(
-        [sys.executable, "-m", "healert_webhook.workload", "--match-ratio", "2"],
+        [sys.executable, str(WORKLOAD), "--match-ratio", "2"],
         check=False, cwd=REPO, capture_output=True, timeout=120)
     assert bad.returncode == 2 and b"match-ratio" in bad.stderr

@@ -1,6 +1,6 @@
 """The file-tail source: real files, real rotations, a real SQLite outbox, real processes.
 
-Every scenario writes a real audit log (lines from tests/audit_writer.py), runs the real
+Every scenario writes a real audit log (lines from tests/support/auditlog.py), runs the real
 Tailer with the real Pipeline (packaged rules) and the real Outbox, and compares the
 friction events in the outbox with those the Pipeline finds in-process over the lines that
 were written: each expected event must be there, once, and nothing else.
@@ -35,13 +35,13 @@ from healert_webhook.pipeline import Pipeline, make_detector
 from healert_webhook.rules import load_rules
 from healert_webhook.sources import tail, tailfiles
 from healert_webhook.sources.tail import Tailer
-from healert_webhook.sources.tailfiles import Fingerprint, fingerprint, locate
+
+from support import auditlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import audit_writer  # a script beside this file, importable for its generator
 
 ROOT = Path(__file__).resolve().parent.parent
-WRITER = Path(audit_writer.__file__)
+WRITER = Path(auditlog.__file__)
 SEED = 11
 
 
@@ -88,14 +88,14 @@ def append(path: Path, data: bytes) -> None:
 
 
 def lines_of(start: int, count: int) -> list[bytes]:
-    return [audit_writer.make_line(SEED, i) for i in range(start, start + count)]
+    return [auditlog.make_line(SEED, i) for i in range(start, start + count)]
 
 
 def friction_lines(start: int, count: int) -> list[bytes]:
     """`count` lines that each yield a friction event (secret gets by a human)."""
     out = []
     for i in range(start, start + count):
-        event = orjson.loads(audit_writer.make_line(SEED, i))
+        event = orjson.loads(auditlog.make_line(SEED, i))
         event.update(verb="get", stage="ResponseComplete",
                      user={"username": "alice@example.com"},
                      objectRef={"resource": "secrets", "namespace": "payments",
@@ -144,71 +144,6 @@ def running(settings: Settings, outbox: Outbox | None = None) -> Iterator[Runnin
 def log_path(tmp_path: Path) -> Path:
     (tmp_path / "audit").mkdir()
     return tmp_path / "audit" / "audit.log"
-
-
-# -- fingerprints and the resume decision --------------------------------------------
-
-
-def test_fingerprint_of_short_file_still_matches_after_it_grows() -> None:
-    short = fingerprint(b'{"a":1}\n')
-    assert short.length == 8
-    grown = b'{"a":1}\n' + b"x" * 10_000
-    assert short.matches(grown[:4096])
-    assert not short.matches(b'{"b":1}\n' + b"x" * 10)
-    assert Fingerprint.decode(short.encode()) == short
-    assert Fingerprint.decode("garbage") is None
-    assert fingerprint(grown).length == tailfiles.FINGERPRINT_BYTES
-
-
-def test_locate_same_inode_other_content_starts_new_file_at_zero(log_path: Path) -> None:
-    # A real inode cannot be reused on demand, so the checkpoint is made to carry the
-    # current file's dev/ino with the fingerprint of different (older) content.
-    log_path.write_bytes(b"".join(lines_of(0, 20)))
-    st = os.stat(log_path)
-    old = fingerprint(b"".join(lines_of(100, 20)))
-    cp = Checkpoint("tail:x", str(log_path), st.st_dev, st.st_ino, 5000, old.encode())
-    where = locate(cp, log_path)
-    assert (where.path, where.offset, where.reason) == (log_path, 0, "fingerprint_mismatch")
-    same = fingerprint(log_path.read_bytes()[:4096])
-    cp = Checkpoint("tail:x", str(log_path), st.st_dev, st.st_ino, 1234, same.encode())
-    where = locate(cp, log_path)
-    assert (where.path, where.offset, where.reason) == (log_path, 1234, "checkpoint")
-    cp = Checkpoint("tail:x", str(log_path), st.st_dev, st.st_ino, 10**9, same.encode())
-    assert locate(cp, log_path).reason == "truncated"
-
-
-def test_locate_finds_rotated_and_gzipped_generations(log_path: Path) -> None:
-    first = b"".join(lines_of(0, 30))
-    second = b"".join(lines_of(30, 30))
-    log_path.write_bytes(first)
-    st1 = os.stat(log_path)
-    rotated1 = log_path.with_name("audit-2026-11-26T10-00-00.000.log")
-    os.rename(log_path, rotated1)
-    log_path.write_bytes(second)
-    st2 = os.stat(log_path)
-    rotated2 = log_path.with_name("audit-2026-11-26T10-00-05.000.log")
-    os.rename(log_path, rotated2)
-    with gzip.open(f"{rotated2}.gz", "wb") as gz:
-        gz.write(second)
-    rotated2.unlink()
-    log_path.write_bytes(b"".join(lines_of(60, 5)))
-
-    cp = Checkpoint("tail:x", str(log_path), st1.st_dev, st1.st_ino, 700,
-                    fingerprint(first).encode())
-    where = locate(cp, log_path)
-    assert (where.path, where.offset, where.compressed) == (rotated1, 700, False)
-    assert where.stamp == "2026-11-26T10-00-00.000"
-
-    cp = Checkpoint("tail:x", str(log_path), st2.st_dev, st2.st_ino, 900,
-                    fingerprint(second).encode())
-    where = locate(cp, log_path)
-    assert (where.path, where.offset, where.compressed) == (Path(f"{rotated2}.gz"), 900, True)
-
-    # The checkpointed generation was deleted: go on with the next newer one, from 0.
-    cp = Checkpoint("tail:x", str(log_path.with_name("audit-2026-11-26T09-00-00.000.log")),
-                    1, 2, 100, fingerprint(b"gone").encode())
-    where = locate(cp, log_path)
-    assert (where.path, where.offset, where.reason) == (rotated1, 0, "lost")
 
 
 # -- following a file ------------------------------------------------------------------
@@ -547,7 +482,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     # The first line is there before the first tailer starts (tail from the start), and
     # that tailer records its first checkpoint before the writer goes on: from then on,
     # every restart has a checkpoint to resume from.
-    log_path.write_bytes(audit_writer.make_line(SEED, 0))
+    log_path.write_bytes(auditlog.make_line(SEED, 0))
     first = start_tailer(tmp_path, env, -1)
     try:
         wait_for(lambda: outbox.load_checkpoint(source) is not None, "a first checkpoint")
@@ -572,7 +507,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
     finally:
         if writer.poll() is None:
             writer.kill()
-    written = audit_writer.generate(SEED, lines)
+    written = auditlog.generate(SEED, lines)
     expected = expected_keys(settings, written)
     assert len(expected) > 300
     final = start_tailer(tmp_path, {**env, "HEALERT_LOG_LEVEL": "info"}, killed)

@@ -11,8 +11,9 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import ROOT
-from events import exec_ws, port_forward, secret_get
+
+from support.events import exec_ws, port_forward, secret_get
+from support.paths import ROOT
 
 EXPECTED = ROOT / "tests" / "expected" / "fixtures-replay.jsonl"
 

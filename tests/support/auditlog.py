@@ -4,7 +4,7 @@ Run as a script (the tail tests start it as a subprocess) or import `make_line` 
 `generate` to recompute exactly what a run wrote: line `i` of seed `s` is always the same
 bytes, and every line has its own auditID.
 
-    python tests/audit_writer.py --path DIR/audit.log --seed 7 --lines 5000 \
+    python tests/support/auditlog.py --path DIR/audit.log --seed 7 --lines 5000 \
         --rate 1000 --rotate-bytes 65536 --rotate rename,gzip
 
 Rotations, like the apiserver's lumberjack logger and logrotate:
