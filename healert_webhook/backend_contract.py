@@ -16,6 +16,7 @@ from typing import Any
 
 ENTITY_REF = re.compile(r"^[a-zA-Z0-9_-]+:[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+$")
 TYPE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+TYPE_LENGTH = (3, 50)
 SEVERITIES = ("high", "medium", "low")
 REQUIRED = ("entity_ref", "type", "severity")
 # optional text fields and their longest length
@@ -101,7 +102,7 @@ def validate(event: Any) -> list[Problem]:
     if "entity_ref" in event:
         checks.append(_check_pattern("entity_ref", event["entity_ref"], 3, 200, ENTITY_REF))
     if "type" in event:
-        checks.append(_check_pattern("type", event["type"], 3, 50, TYPE))
+        checks.append(_check_pattern("type", event["type"], *TYPE_LENGTH, TYPE))
     if "severity" in event and event["severity"] not in SEVERITIES:
         checks.append(Problem("severity", "Input should be 'high', 'medium' or 'low'", "enum"))
     for name, limit in OPTIONAL_TEXT.items():

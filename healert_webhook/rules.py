@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
-SEVERITIES = ("high", "medium", "low")
+from healert_webhook.backend_contract import SEVERITIES, TYPE_LENGTH
+from healert_webhook.backend_contract import TYPE as NAME_RE
+
 TOKENS = ("actor", "resource", "name", "namespace", "verb", "subresource", "code", "workload")
 TOKEN_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 KNOWN_VERBS = frozenset({
@@ -281,7 +282,8 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
     name = got.get("name")
     if "name" not in got:
         ctx.error(node, where, "missing 'name'")
-    elif name is not None and not (3 <= len(name) <= 50 and NAME_RE.match(name)):
+    elif name is not None and not (TYPE_LENGTH[0] <= len(name) <= TYPE_LENGTH[1]
+                                   and NAME_RE.match(name)):
         ctx.error(got["_name_node"], f"{where}.name",
                   f"{name!r} is not a name the backend accepts: 3-50 characters of a-z, 0-9 "
                   "and '-', starting and ending with a letter or digit")
