@@ -768,6 +768,94 @@ def test_evaluator_follows_first_match() -> None:
     assert audit_level(rules, Request("al", (), "get", path="/healthz")) == "None"
 
 
+# --------------------------------------------------------------------------- gitops-drift
+
+# The workload kinds a person's update or patch of which gitops-drift judges by the
+# object's GitOps ownership (Argo CD's tracking annotation, Flux's labels, or the
+# argocd-controller / kustomize-controller / helm-controller field managers).
+GITOPS_WORKLOADS = [
+    ("", "pods"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+]
+
+
+def matching_rule(policy: Doc, req: Request) -> Doc | None:
+    """The first rule that matches, as the apiserver picks it."""
+    return next((rule for rule in policy["rules"] if rule_matches(rule, req)), None)
+
+
+def keeps_managed_fields(policy: Doc, req: Request) -> bool:
+    """Whether the event of `req` carries metadata.managedFields: the matching rule's
+    omitManagedFields wins over the policy's; neither set means they are kept."""
+    rule = matching_rule(policy, req)
+    assert rule is not None
+    omit = rule.get("omitManagedFields", policy.get("omitManagedFields", False))
+    return not omit
+
+
+@pytest.mark.parametrize("who", [ALICE, ADMIN], ids=lambda w: w[0])
+@pytest.mark.parametrize("verb", ["update", "patch"])
+@pytest.mark.parametrize(("group", "resource"), GITOPS_WORKLOADS,
+                         ids=lambda v: v or "core")
+def test_gitops_drift_sees_the_whole_owned_object(
+    policy: Doc, who: tuple[str, tuple[str, ...]], verb: str, group: str, resource: str
+) -> None:
+    """A patch's requestObject is only the patch: the owned object is in responseObject,
+    with its managedFields (the GitOps field managers) kept."""
+    req = Request(who[0], who[1], verb, resource, group=group, namespace="payments")
+    assert audit_level(policy, req) == "RequestResponse", req
+    assert keeps_managed_fields(policy, req), f"{req}: managedFields omitted"
+
+
+def test_managed_fields_are_kept_only_where_gitops_drift_needs_them(policy: Doc) -> None:
+    assert policy["omitManagedFields"] is True, "the policy-wide default stays lean"
+    lean = [
+        Request(*ALICE, "create", "deployments", group="apps"),
+        Request(*ALICE, "patch", "deployments", "scale", "apps"),
+        Request(*ALICE, "patch", "pods", "ephemeralcontainers"),
+        Request(*ALICE, "patch", "services"),
+        Request(*ALICE, "patch", "ingresses", group="networking.k8s.io"),
+    ]
+    for req in lean:
+        assert audit_level(policy, req) == "RequestResponse", req
+        assert not keeps_managed_fields(policy, req), req
+    # Automation (Argo CD and Flux themselves, controllers) stays without bodies.
+    for who in (ARGO_SA, KUBE_SYSTEM_SA, NODE):
+        for group, resource in GITOPS_WORKLOADS:
+            req = Request(*who, "patch", resource, group=group)
+            assert audit_level(policy, req) == "Metadata", req
+
+
+def test_secrets_never_gain_bodies_or_managed_fields(policy: Doc) -> None:
+    for who in EVERYONE:
+        for verb in ("update", "patch"):
+            req = Request(who[0], who[1], verb, "secrets")
+            assert audit_level(policy, req) in ("None", "Metadata"), req
+
+
+def test_evaluator_resolves_managed_fields_per_rule() -> None:
+    rules = {
+        "omitManagedFields": True,
+        "rules": [
+            {"level": "RequestResponse", "omitManagedFields": False, "verbs": ["patch"],
+             "resources": [{"group": "apps", "resources": ["deployments"]}]},
+            {"level": "RequestResponse", "resources": [{"group": "apps"}]},
+            {"level": "Metadata", "omitManagedFields": False},
+        ],
+    }
+    assert keeps_managed_fields(rules, Request("al", (), "patch", "deployments", group="apps"))
+    assert not keeps_managed_fields(rules, Request("al", (), "update", "deployments",
+                                                   group="apps"))
+    assert keeps_managed_fields(rules, Request("al", (), "get", "pods"))
+    assert keeps_managed_fields({"rules": [{"level": "Metadata"}]}, Request("al", (), "get",
+                                                                            "pods"))
+
+
 # --------------------------------------------------------------------------- apiserver files
 
 
