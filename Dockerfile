@@ -8,7 +8,10 @@
 # image carries no compiler, no pip and no package sources.
 #
 # Both stages must use the same base image: the virtualenv's interpreter is a
-# symlink to the base image's /usr/local/bin/python3.11. Production builds can
+# symlink to the base image's /usr/local/bin/python3.11. The runtime base must also
+# keep /bin/sh and coreutils (stat, chmod, chown): the node-local DaemonSet's
+# init container runs them from this image to hand its hostPath state directory to
+# uid 65532, so a distroless base would need another image for that step. Production builds can
 # pin a digest as well, e.g.
 #   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-trixie@sha256:<digest> .
 
@@ -70,6 +73,8 @@ WORKDIR /var/lib/healert
 USER 65532:65532
 
 # 8443: audit webhook (HTTPS). 9090: /metrics, /healthz, /readyz (plain HTTP).
+# The node-local DaemonSet moves them to 18443/19090 on the host network
+# (HEALERT_LISTEN, HEALERT_OPS_LISTEN); see docs/operations.md.
 EXPOSE 8443 9090
 VOLUME ["/var/lib/healert"]
 

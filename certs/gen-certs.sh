@@ -3,7 +3,7 @@
 # certificate and the client certificate the kube-apiserver presents (mTLS).
 #
 #   certs/gen-certs.sh --out ./healert-pki \
-#       --san DNS:healert-webhook.healert-system.svc --san IP:10.96.0.50
+#       --san DNS:healert-webhook.healert-system.svc --san IP:127.0.0.1 --san IP:10.96.0.50
 #
 # See certs/README.md. Requires openssl (1.1.1 or newer).
 set -euo pipefail

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Regenerate manifests/common/20-configmap-rules.yaml from the top-level rules.yaml,
-# so the ConfigMap the pods mount carries exactly the rules that live in git.
+# so the ConfigMap the pods mount carries exactly the rules that live in git, and copy
+# the same file to the chart (charts/healert-webhook/files/rules.yaml).
 #
-#   manifests/sync-rules.sh            rewrite the ConfigMap
-#   manifests/sync-rules.sh --check    exit 1 if the ConfigMap is out of date
-#   manifests/sync-rules.sh --rules PATH [--out PATH]
+#   manifests/sync-rules.sh            rewrite the ConfigMap and the chart's copy
+#   manifests/sync-rules.sh --check    exit 1 if either is out of date
+#   manifests/sync-rules.sh --rules PATH [--out PATH] [--chart-copy PATH]
 #
 # Validate the rules first: healert-webhook validate rules.yaml
 set -euo pipefail
@@ -12,17 +13,26 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 rules="$here/../rules.yaml"
 out="$here/common/20-configmap-rules.yaml"
+chart_copy=""
+custom=false
 check=false
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --rules) rules="$2"; shift 2 ;;
-    --out) out="$2"; shift 2 ;;
+    --rules) rules="$2"; custom=true; shift 2 ;;
+    --out) out="$2"; custom=true; shift 2 ;;
+    --chart-copy) chart_copy="$2"; shift 2 ;;
     --check) check=true; shift ;;
-    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "sync-rules.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+
+# The chart's copy is kept by default; with --rules or --out only when --chart-copy says
+# where (so trying the script on other files never touches the chart).
+if [[ -z "$chart_copy" && "$custom" == false ]]; then
+  chart_copy="$here/../charts/healert-webhook/files/rules.yaml"
+fi
 
 [[ -f "$rules" ]] || { echo "sync-rules.sh: no rules file at $rules" >&2; exit 2; }
 
@@ -63,11 +73,16 @@ HEADER
 }
 
 if [[ "$check" == true ]]; then
+  status=0
   if ! diff -q <(render) "$out" >/dev/null 2>&1; then
     echo "sync-rules.sh: $out is out of date; run manifests/sync-rules.sh" >&2
-    exit 1
+    status=1
   fi
-  exit 0
+  if [[ -n "$chart_copy" ]] && ! cmp -s "$rules" "$chart_copy"; then
+    echo "sync-rules.sh: $chart_copy is out of date; run manifests/sync-rules.sh" >&2
+    status=1
+  fi
+  exit "$status"
 fi
 
 tmp="$(mktemp "${out}.XXXXXX")"
@@ -77,3 +92,12 @@ chmod 0644 "$tmp"
 mv "$tmp" "$out"
 trap - EXIT
 echo "wrote $out from $rules"
+[[ -n "$chart_copy" ]] || exit 0
+mkdir -p "$(dirname "$chart_copy")"
+tmp="$(mktemp "${chart_copy}.XXXXXX")"
+trap 'rm -f "$tmp"' EXIT
+cp "$rules" "$tmp"
+chmod 0644 "$tmp"
+mv "$tmp" "$chart_copy"
+trap - EXIT
+echo "wrote $chart_copy from $rules"

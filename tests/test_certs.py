@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "certs" / "gen-certs.sh"
-SANS = ("DNS:healert-webhook.healert-system.svc", "DNS:healert-webhook", "IP:10.96.0.50")
+SANS = ("DNS:healert-webhook.healert-system.svc", "DNS:healert-webhook", "IP:127.0.0.1",
+        "IP:10.96.0.50")
+KUBECONFIGS = sorted((REPO / "manifests" / "apiserver").glob("audit-webhook-kubeconfig-*.yaml"))
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None or shutil.which("bash") is None,
@@ -78,6 +83,27 @@ def test_server_carries_every_san(pki: Path) -> None:
     assert "DNS:healert-webhook.healert-system.svc" in text
     assert "DNS:healert-webhook" in text
     assert "IP Address:10.96.0.50" in text
+    assert "IP Address:127.0.0.1" in text
+
+
+def test_the_documented_certificate_fits_every_shipped_kubeconfig(tmp_path: Path) -> None:
+    """A certificate made as certs/README.md shows is valid for the name or address
+    every shipped webhook kubeconfig checks (node-local loopback and Service alike)."""
+    readme = (REPO / "certs" / "README.md").read_text(encoding="utf-8")
+    example = next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "--san" in b)
+    sans = re.findall(r"--san (\S+)", example)
+    assert len(sans) >= 3, example
+    args: list[str] = ["--out", str(tmp_path / "pki")]
+    for san in sans:
+        args += ["--san", san]
+    run("bash", SCRIPT, *args)
+    text = x509_ext(tmp_path / "pki" / "server.crt", "subjectAltName")
+    assert len(KUBECONFIGS) == 3
+    for path in KUBECONFIGS:
+        cluster = yaml.safe_load(path.read_text(encoding="utf-8"))["clusters"][0]["cluster"]
+        assert f"DNS:{cluster['tls-server-name']}" in text, path.name
+        host = urlsplit(cluster["server"]).hostname
+        assert f"IP Address:{host}" in text, f"{path.name}: {host} for tools without SNI"
 
 
 def test_client_names_the_apiserver(pki: Path) -> None:

@@ -189,3 +189,16 @@ def test_dockerignore_admits_what_the_build_needs() -> None:
         readme = project.get("readme")
         if isinstance(readme, str):
             assert readme in admitted, f"pyproject's readme {readme} must reach the build"
+
+
+def test_runtime_base_keeps_the_tools_the_node_local_init_container_runs(
+    instructions: list[Instruction],
+) -> None:
+    """manifests/node-local runs `/bin/sh -ec` with stat, chmod and chown from this image
+    to prepare its hostPath state directory; a distroless base has none of them."""
+    manifest = (REPO / "manifests" / "node-local" / "daemonset.yaml").read_text(encoding="utf-8")
+    assert '["/bin/sh", "-ec"]' in manifest and "chown 65532:65532" in manifest
+    stages = split_stages(instructions)
+    image = resolve_image(stages[-1][0].args, global_args(instructions))
+    assert "distroless" not in image and "scratch" not in image, image
+    assert image.split("@")[0].rsplit(":", 1)[1].split("-")[1] == "slim", image

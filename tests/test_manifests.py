@@ -6,6 +6,9 @@ kubeconfigs, kubeadm and k3s snippets) are not cluster objects and are checked h
 audit policy through a small evaluator that follows the apiserver's own matching (first
 matching rule wins), so the levels each detection rule depends on are asserted for the
 requests that trigger it.
+
+The workload checks (hardening, durable outbox, secrets as files) are plain functions so
+that tests/test_chart.py applies the same ones to every rendering of the Helm chart.
 """
 
 from __future__ import annotations
@@ -31,13 +34,29 @@ REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "manifests"
 APISERVER = MANIFESTS / "apiserver"
 KUBE_VERSION = "1.30.0"
-KUSTOMIZE_FOLDERS = ("common", "webhook", "daemonset", "monitoring")
+MODES = ("node-local", "service", "tail")
+KUSTOMIZE_FOLDERS = ("common", *MODES, "monitoring")
 KUSTOMIZATION = "Kustomization"
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob", "Pod"}
 CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
-OPS_PORT = 9090
-WEBHOOK_PORT = 8443
 NONROOT_UID = 65532
+STATE_DIR = "/var/lib/healert"
+# Each mode's workload, by its app.kubernetes.io/component label.
+MODE_OF_COMPONENT = {"webhook-node-local": "node-local", "webhook": "service",
+                     "audit-log-tail": "tail"}
+KIND_OF_MODE = {"node-local": "DaemonSet", "service": "StatefulSet", "tail": "DaemonSet"}
+# (webhook port, ops port) of each mode's container; tail has no webhook.
+PORTS = {"node-local": (18443, 19090), "service": (8443, 9090), "tail": (None, 9090)}
+# Host ports control-plane nodes commonly use already (apiserver, etcd, kubelet and
+# control-plane components, k3s, CNI agents, ingress controllers, node-exporter,
+# Cockpit, the image's own defaults), which a host-network listener must avoid.
+BUSY_HOST_PORTS = {
+    80, 443, 179, 2379, 2380, 2381, 4240, 4244, 5473, 6443, 6444, 7472, 7946, 8080, 8443,
+    8472, 9090, 9091, 9099, 9100, 9345, 9443, 9879, 9890, 9962, 9963, 9964, 10010, 10254,
+    *range(10248, 10261),
+}
+NODEPORT_RANGE = range(30000, 32768)
+EPHEMERAL_RANGE = range(32768, 61000)
 
 Doc = dict[str, Any]
 
@@ -83,6 +102,15 @@ def workloads() -> list[tuple[Path, Doc]]:
     return [(p, d) for p, d in cluster_objects() if d.get("kind") in WORKLOAD_KINDS]
 
 
+def workload_of(mode: str) -> Doc:
+    return find(mode, KIND_OF_MODE[mode])
+
+
+def mode_of(workload: Doc) -> str:
+    """The deployment mode a workload belongs to, from its component label."""
+    return MODE_OF_COMPONENT[workload["metadata"]["labels"]["app.kubernetes.io/component"]]
+
+
 def pod_spec(workload: Doc) -> Doc:
     """The pod spec of a workload object."""
     spec = workload["spec"]
@@ -99,6 +127,244 @@ def env_of(container: Doc) -> dict[str, Doc]:
 
 def env_value(container: Doc, name: str) -> str:
     return str(env_of(container)[name]["value"])
+
+
+def spec_labels(workload: Doc) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def template_secret_keys() -> dict[str, set[str]]:
+    """Keys of the Secrets the manifests expect, from manifests/common/templates."""
+    keys = {}
+    for path in (MANIFESTS / "common" / "templates").glob("*.yaml"):
+        secret = load_docs(path)[0]
+        keys[secret["metadata"]["name"]] = set(secret["stringData"])
+    return keys
+
+
+def memory_bytes(quantity: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+# --------------------------------------------------------------------------- shared checks
+# Used for the plain manifests here and for every chart rendering in test_chart.py.
+
+
+def check_hardened(workload: Doc) -> None:
+    """Least privilege: no API token, read-only root, no capabilities, seccomp, limits."""
+    mode = mode_of(workload)
+    spec = pod_spec(workload)
+    assert spec.get("automountServiceAccountToken") is False
+    assert spec["serviceAccountName"]
+    for flag in ("hostPID", "hostIPC"):
+        assert not spec.get(flag), flag
+    # Only the node-local receiver joins the host network: it listens on the node's
+    # loopback, where its own apiserver sends.
+    assert bool(spec.get("hostNetwork")) == (mode == "node-local")
+    if spec.get("hostNetwork"):
+        assert spec["dnsPolicy"] == "ClusterFirstWithHostNet", "resolve the backend's name"
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    init = spec.get("initContainers", [])
+    for container in spec["containers"] + init:
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx.get("privileged", False) is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert ctx["seccompProfile"]["type"] == "RuntimeDefault"
+        assert "memory" in container["resources"]["limits"]
+        assert "memory" in container["resources"]["requests"]
+    for container in spec["containers"]:
+        ctx = container["securityContext"]
+        assert not ctx["capabilities"].get("add"), "no capability is added back"
+        if mode == "tail":
+            # Root by necessity (0600 root-owned audit log), but without capabilities.
+            assert ctx["runAsUser"] == 0 and ctx["runAsNonRoot"] is False
+        else:
+            assert ctx["runAsNonRoot"] is True
+            assert ctx["runAsUser"] == NONROOT_UID
+            assert ctx["runAsGroup"] == NONROOT_UID
+    if mode == "node-local":
+        # One short-lived helper hands the hostPath state directory to the agent's uid:
+        # root with CAP_CHOWN and nothing else, mounting nothing but that directory.
+        assert [c["name"] for c in init] == ["state-dir-owner"]
+        ctx = init[0]["securityContext"]
+        assert ctx["runAsUser"] == 0 and ctx["capabilities"]["add"] == ["CHOWN"]
+        assert [m["mountPath"] for m in init[0]["volumeMounts"]] == [STATE_DIR]
+        script = " ".join(init[0]["command"] + init[0]["args"])
+        assert f"chown {NONROOT_UID}:{NONROOT_UID}" in script and "chmod 0700" in script
+        assert spec["securityContext"]["fsGroup"] == NONROOT_UID, "Secrets readable by gid"
+    else:
+        assert not init
+
+
+def check_state_is_durable(workload: Doc) -> str:
+    """The outbox lives on the node or on a PVC of its own, never on an emptyDir.
+
+    Returns "hostPath:<path>" or "pvc:<claim template>".
+    """
+    spec = pod_spec(workload)
+    container = spec["containers"][0]
+    state = env_value(container, "HEALERT_STATE_DIR")
+    assert state == STATE_DIR
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == state)
+    assert not mount.get("readOnly", False) and "subPath" not in mount
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    if workload["kind"] == "StatefulSet":
+        assert mount["name"] not in volumes, "the claim template, not a pod volume"
+        claims = {c["metadata"]["name"]: c for c in workload["spec"]["volumeClaimTemplates"]}
+        claim = claims[mount["name"]]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], "one replica per volume"
+        assert claim["spec"]["resources"]["requests"]["storage"]
+        retention = workload["spec"]["persistentVolumeClaimRetentionPolicy"]
+        assert retention == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+        return f"pvc:{mount['name']}"
+    assert workload["kind"] == "DaemonSet", "only DaemonSets and StatefulSets keep an outbox"
+    volume = volumes[mount["name"]]
+    assert set(volume) == {"name", "hostPath"}, f"outbox on {volume}"
+    assert volume["hostPath"]["type"] == "DirectoryOrCreate"
+    return f"hostPath:{volume['hostPath']['path']}"
+
+
+def check_secrets_from_mounts(workload: Doc, secret_keys: dict[str, set[str]]) -> None:
+    """Secrets reach the agent as mounted files, never as environment values."""
+    spec = pod_spec(workload)
+    container = spec["containers"][0]
+    env = env_of(container)
+    assert "HEALERT_API_KEY" not in env, "use HEALERT_API_KEY_FILE with a mounted Secret"
+    assert "HEALERT_WEBHOOK_TOKEN" not in env, "use HEALERT_WEBHOOK_TOKEN_FILE"
+    for item in env.values():
+        assert "secretKeyRef" not in item.get("valueFrom", {}), item["name"]
+    assert not container.get("envFrom"), "no bulk environment from Secrets or ConfigMaps"
+    assert not any("secret" in str(a).lower() for a in container.get("args", []))
+    claims = {c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mounted = {m["name"] for m in mounts.values()}
+    assert set(volumes) | claims == mounted, "unused or missing volumes"
+    for mount in mounts.values():
+        assert "subPath" not in mount, "subPath mounts never see ConfigMap/Secret updates"
+
+    def mount_for(file: str) -> Doc:
+        owners = [m for p, m in mounts.items() if PurePosixPath(file).is_relative_to(p)]
+        assert owners, f"{file} is not on a mounted volume"
+        return volumes[max(owners, key=lambda m: len(m["mountPath"]))["name"]]
+
+    for name in (
+        "HEALERT_API_KEY_FILE",
+        "HEALERT_TLS_CERT",
+        "HEALERT_TLS_KEY",
+        "HEALERT_TLS_CLIENT_CA",
+        "HEALERT_WEBHOOK_TOKEN_FILE",
+    ):
+        if name in env:
+            volume = mount_for(env[name]["value"])
+            assert "secret" in volume, f"{name} must come from a Secret volume"
+            secret = volume["secret"]["secretName"]
+            if secret in secret_keys:
+                assert PurePosixPath(env[name]["value"]).name in secret_keys[secret], name
+            mode = volume["secret"]["defaultMode"]
+            assert mode & 0o007 == 0, f"{name}: the Secret's files are not world-readable"
+    rules = mount_for(env["RULES_PATH"]["value"])
+    assert "configMap" in rules
+    assert "/tmp" in mounts, "a writable /tmp for a read-only root filesystem"
+
+
+def check_probes_and_ports(workload: Doc) -> None:
+    """Named ports that the listeners, the probes and the monitors agree on."""
+    mode = mode_of(workload)
+    container = pod_spec(workload)["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert set(ports) == ({"metrics"} if mode == "tail" else {"metrics", "webhook"})
+    for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path_
+        assert get["port"] == "metrics"
+        assert get.get("scheme", "HTTP") == "HTTP"
+    env = env_of(container)
+    assert env["HEALERT_OPS_LISTEN"]["value"].endswith(f":{ports['metrics']}")
+    assert env["K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert container["args"] == (["tail"] if mode == "tail" else ["serve"])
+    if "webhook" in ports:
+        assert env["HEALERT_LISTEN"]["value"].endswith(f":{ports['webhook']}")
+        assert env["HEALERT_WEBHOOK_PATH"]["value"] == "/audit"
+
+
+def container_ports(workload: Doc) -> tuple[int | None, int]:
+    """(webhook port, ops port) of a workload's agent container."""
+    ports = {p["name"]: p["containerPort"] for p in pod_spec(workload)["containers"][0]["ports"]}
+    return ports.get("webhook"), ports["metrics"]
+
+
+def check_control_plane_only(workload: Doc) -> None:
+    spec = pod_spec(workload)
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}
+            ]
+        }
+    ]
+    tolerated = {(t["key"], t.get("effect")) for t in spec["tolerations"]}
+    assert ("node-role.kubernetes.io/control-plane", "NoSchedule") in tolerated
+    assert ("node-role.kubernetes.io/master", "NoSchedule") in tolerated
+
+
+def check_node_local(workload: Doc) -> None:
+    """Loopback webhook, client certificates required, ports that fit a control plane."""
+    spec = pod_spec(workload)
+    container = spec["containers"][0]
+    env = env_of(container)
+    host, _, port = env["HEALERT_LISTEN"]["value"].rpartition(":")
+    assert host == "127.0.0.1", "only the node's own apiserver may reach the webhook"
+    assert env["HEALERT_TLS_CLIENT_CA"]["value"], "mTLS is required on a shared host network"
+    assert env["HEALERT_TLS_CLIENT_NAMES"]["value"]
+    assert "HEALERT_WEBHOOK_TOKEN_FILE" not in env
+    assert "HEALERT_INSECURE_HTTP" not in env
+    # The ops listener binds the node's IP, taken from the Downward API before its use.
+    names = [item["name"] for item in container["env"]]
+    assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert env["HEALERT_OPS_LISTEN"]["value"].startswith("$(HOST_IP):")
+    assert names.index("HOST_IP") < names.index("HEALERT_OPS_LISTEN")
+    for port_ in (int(port), *(p["containerPort"] for p in container["ports"])):
+        assert port_ not in BUSY_HOST_PORTS, port_
+        assert port_ not in NODEPORT_RANGE and port_ not in EPHEMERAL_RANGE, port_
+        assert port_ >= 1024, "no privileged port (no CAP_NET_BIND_SERVICE)"
+    # Two pods of the DaemonSet can never share a node's ports.
+    assert workload["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
+    check_control_plane_only(workload)
+
+
+def check_webhook_memory(workload: Doc) -> None:
+    """A parsed body takes about ten times its size: the limit holds the whole in-flight
+    budget parsed, plus the process itself."""
+    container = pod_spec(workload)["containers"][0]
+    env = env_of(container)
+    budget = int(env.get("HEALERT_MAX_INFLIGHT_BYTES", env.get(
+        "HEALERT_MAX_BODY_BYTES", {"value": str(64 * 1024 * 1024)}))["value"])
+    limit = memory_bytes(container["resources"]["limits"]["memory"])
+    assert limit >= 10 * budget + 64 * 1024**2
+
+
+def check_workload(workload: Doc, secret_keys: dict[str, set[str]]) -> str:
+    """Every check that applies to one mode's workload; returns where the outbox lives."""
+    mode = mode_of(workload)
+    assert workload["kind"] == KIND_OF_MODE[mode]
+    check_hardened(workload)
+    check_probes_and_ports(workload)
+    check_secrets_from_mounts(workload, secret_keys)
+    where = check_state_is_durable(workload)
+    if mode == "node-local":
+        check_node_local(workload)
+    if mode == "tail":
+        check_control_plane_only(workload)
+    if mode != "tail":
+        check_webhook_memory(workload)
+    return where
 
 
 # --------------------------------------------------------------------------- schemas
@@ -123,18 +389,24 @@ def test_cluster_objects_validate_offline(path: Path) -> None:
 
 def test_validator_rejects_a_broken_object() -> None:
     """Guard against a validator that accepts anything (e.g. a missing schema)."""
-    deployment = find("webhook", "Deployment")
-    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    statefulset = workload_of("service")
+    broken = yaml.safe_load(yaml.safe_dump(statefulset))
     broken["spec"]["replicas"] = "two"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
-    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken = yaml.safe_load(yaml.safe_dump(statefulset))
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBE_VERSION, strict=True)
 
 
 # --------------------------------------------------------------------------- kustomize
+
+
+def test_the_layout_is_the_documented_one() -> None:
+    folders = {p.name for p in MANIFESTS.iterdir() if p.is_dir()}
+    assert folders == {"apiserver", *KUSTOMIZE_FOLDERS}
+    assert not (MANIFESTS / "webhook").exists() and not (MANIFESTS / "daemonset").exists()
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZE_FOLDERS)
@@ -150,7 +422,7 @@ def test_kustomization_lists_exactly_the_folder(folder: str) -> None:
     files = {p.name for p in directory.glob("*.yaml")}
     assert {r for r in listed if not r.startswith("..")} == files
     bases = [r for r in listed if r.startswith("..")]
-    assert bases == (["../common"] if folder in {"webhook", "daemonset"} else [])
+    assert bases == (["../common"] if folder in MODES else [])
 
 
 def test_apiserver_folder_is_not_applied_to_the_cluster() -> None:
@@ -160,7 +432,8 @@ def test_apiserver_folder_is_not_applied_to_the_cluster() -> None:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for kustomize) absent")
 @pytest.mark.parametrize(
-    ("folder", "enforce"), [("webhook", "restricted"), ("daemonset", "privileged")]
+    ("folder", "enforce"),
+    [("node-local", "privileged"), ("service", "restricted"), ("tail", "privileged")],
 )
 def test_kustomize_builds_and_sets_pod_security(folder: str, enforce: str) -> None:
     result = subprocess.run(
@@ -176,7 +449,9 @@ def test_kustomize_builds_and_sets_pod_security(folder: str, enforce: str) -> No
     labels = namespace["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == enforce
     kinds = {d["kind"] for d in docs}
-    assert {"ServiceAccount", "ConfigMap", "NetworkPolicy"} <= kinds
+    assert {"ServiceAccount", "ConfigMap", KIND_OF_MODE[folder]} <= kinds
+    # Host-network pods are outside every NetworkPolicy: none is shipped for them.
+    assert ("NetworkPolicy" in kinds) == (folder != "node-local")
 
 
 def test_secret_templates_are_placeholders_outside_kustomizations() -> None:
@@ -195,161 +470,106 @@ def test_secret_templates_are_placeholders_outside_kustomizations() -> None:
 
 
 def test_workloads_exist() -> None:
-    kinds = sorted((p.parent.name, d["kind"]) for p, d in workloads())
-    assert kinds == [("daemonset", "DaemonSet"), ("webhook", "Deployment")]
+    found = sorted((p.parent.name, d["kind"], mode_of(d)) for p, d in workloads())
+    assert found == [(m, KIND_OF_MODE[m], m) for m in MODES]
 
 
 @pytest.mark.parametrize(("path", "workload"), workloads(), ids=lambda v: getattr(v, "name", ""))
-def test_every_container_is_hardened(path: Path, workload: Doc) -> None:
+def test_every_workload_passes_the_shared_checks(path: Path, workload: Doc) -> None:
+    check_workload(workload, template_secret_keys())
+    assert container_ports(workload) == PORTS[mode_of(workload)]
     spec = pod_spec(workload)
-    assert spec.get("automountServiceAccountToken") is False
     assert spec["serviceAccountName"] == "healert-webhook"
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        assert not spec.get(flag), flag
-    containers = spec["containers"] + spec.get("initContainers", [])
-    for container in containers:
-        ctx = container["securityContext"]
-        assert ctx["readOnlyRootFilesystem"] is True
-        assert ctx["allowPrivilegeEscalation"] is False
-        assert ctx.get("privileged", False) is False
-        assert ctx["capabilities"]["drop"] == ["ALL"]
-        assert not ctx["capabilities"].get("add"), "no capability is added back"
-        assert ctx["seccompProfile"]["type"] == "RuntimeDefault"
-        assert "memory" in container["resources"]["limits"]
-        assert "memory" in container["resources"]["requests"]
-        if workload["kind"] == "DaemonSet":
-            # Root by necessity (0600 root-owned audit log), but without capabilities.
-            assert ctx["runAsUser"] == 0 and ctx["runAsNonRoot"] is False
-        else:
-            assert ctx["runAsNonRoot"] is True
-            assert ctx["runAsUser"] == NONROOT_UID
-            assert ctx["runAsGroup"] == NONROOT_UID
-
-
-@pytest.mark.parametrize(("path", "workload"), workloads(), ids=lambda v: getattr(v, "name", ""))
-def test_probes_and_ports(path: Path, workload: Doc) -> None:
-    container = pod_spec(workload)["containers"][0]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["metrics"] == OPS_PORT
-    expected = {"metrics"} | ({"webhook"} if workload["kind"] == "Deployment" else set())
-    assert set(ports) == expected
-    if "webhook" in ports:
-        assert ports["webhook"] == WEBHOOK_PORT
-    for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        get = container[probe]["httpGet"]
-        assert get["path"] == path_
-        assert (ports[get["port"]] if isinstance(get["port"], str) else get["port"]) == OPS_PORT
-        assert get.get("scheme", "HTTP") == "HTTP"
-    env = env_of(container)
-    assert env["HEALERT_OPS_LISTEN"]["value"].endswith(f":{OPS_PORT}")
-    assert env["K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
-    expected_args = ["serve"] if workload["kind"] == "Deployment" else ["tail"]
-    assert container["args"] == expected_args
-
-
-@pytest.mark.parametrize(("path", "workload"), workloads(), ids=lambda v: getattr(v, "name", ""))
-def test_secrets_and_files_come_from_mounts(path: Path, workload: Doc) -> None:
-    spec = pod_spec(workload)
-    container = spec["containers"][0]
-    env = env_of(container)
-    assert "HEALERT_API_KEY" not in env, "use HEALERT_API_KEY_FILE with a mounted Secret"
-    for item in env.values():
-        assert "secretKeyRef" not in item.get("valueFrom", {}), item["name"]
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert set(volumes) == {m["name"] for m in mounts.values()}, "unused or missing volumes"
-    for mount in mounts.values():
-        assert "subPath" not in mount, "subPath mounts never see ConfigMap/Secret updates"
-
-    def mount_for(file: str) -> Doc:
-        owners = [m for p, m in mounts.items() if PurePosixPath(file).is_relative_to(p)]
-        assert owners, f"{file} is not on a mounted volume"
-        return volumes[max(owners, key=lambda m: len(m["mountPath"]))["name"]]
-
-    for name in (
-        "HEALERT_API_KEY_FILE",
-        "HEALERT_TLS_CERT",
-        "HEALERT_TLS_KEY",
-        "HEALERT_TLS_CLIENT_CA",
-        "HEALERT_WEBHOOK_TOKEN_FILE",
-    ):
-        if name in env:
-            volume = mount_for(env[name]["value"])
-            assert "secret" in volume, f"{name} must come from a Secret volume"
-            assert PurePosixPath(env[name]["value"]).name in _secret_keys(
-                volume["secret"]["secretName"]
-            ), name
-    rules = mount_for(env["RULES_PATH"]["value"])
-    assert rules["configMap"]["name"] == "healert-rules"
+    rules = next(v for v in spec["volumes"] if v["name"] == "rules")
     cm = find("common", "ConfigMap", "healert-rules")
-    assert PurePosixPath(env["RULES_PATH"]["value"]).name in cm["data"]
-    state = env["HEALERT_STATE_DIR"]["value"]
-    assert state == "/var/lib/healert" and not mounts[state].get("readOnly", False)
-    assert "/tmp" in mounts, "a writable /tmp for a read-only root filesystem"
+    assert rules["configMap"]["name"] == "healert-rules"
+    assert PurePosixPath(env_value(spec["containers"][0], "RULES_PATH")).name in cm["data"]
 
 
-def _secret_keys(secret_name: str) -> set[str]:
-    for path in (MANIFESTS / "common" / "templates").glob("*.yaml"):
-        secret = load_docs(path)[0]
-        if secret["metadata"]["name"] == secret_name:
-            return set(secret["stringData"])
-    raise AssertionError(f"no template for Secret {secret_name}")
+def test_every_outbox_is_durable_and_its_own() -> None:
+    """No emptyDir, no Deployment, and no two modes sharing one outbox on a node."""
+    places = [check_state_is_durable(w) for _, w in workloads()]
+    assert len(places) == len(set(places)) == len(MODES)
+    assert "hostPath:/var/lib/healert" in places, "the tail keeps its existing state dir"
+    for _, doc in cluster_objects():
+        assert doc["kind"] != "Deployment"
 
 
-def test_webhook_deployment_shape() -> None:
-    deployment = find("webhook", "Deployment")
-    assert deployment["spec"]["replicas"] == 2
-    spec = pod_spec(deployment)
+def test_the_checks_catch_an_emptydir_outbox() -> None:
+    """The durable-outbox check fails on what the old Deployment did."""
+    daemonset = yaml.safe_load(yaml.safe_dump(workload_of("node-local")))
+    spec = pod_spec(daemonset)
+    state = next(v for v in spec["volumes"] if v["name"] == "state")
+    state.pop("hostPath")
+    state["emptyDir"] = {"sizeLimit": "1Gi"}
+    with pytest.raises(AssertionError):
+        check_state_is_durable(daemonset)
+    with pytest.raises(AssertionError):
+        check_hardened(_with_init_capability(workload_of("node-local"), "DAC_OVERRIDE"))
+
+
+def _with_init_capability(workload: Doc, capability: str) -> Doc:
+    copy = yaml.safe_load(yaml.safe_dump(workload))
+    pod_spec(copy)["initContainers"][0]["securityContext"]["capabilities"]["add"].append(
+        capability)
+    return copy
+
+
+def test_service_statefulset_shape() -> None:
+    statefulset = workload_of("service")
+    assert statefulset["spec"]["replicas"] == 2
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    service = find("service", "Service")
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    spec = pod_spec(statefulset)
     terms = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert terms[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
-    container = spec["containers"][0]
-    env = env_of(container)
-    # A parsed body takes about ten times its size: the limit must hold the whole
-    # in-flight body budget parsed, plus the process itself.
-    budget = int(env.get("HEALERT_MAX_INFLIGHT_BYTES", env.get(
-        "HEALERT_MAX_BODY_BYTES", {"value": str(64 * 1024 * 1024)}))["value"])
-    units = {"Mi": 1024 ** 2, "Gi": 1024 ** 3}
-    limit = container["resources"]["limits"]["memory"]
-    assert int(limit[:-2]) * units[limit[-2:]] >= 10 * budget + 64 * 1024 ** 2
-    assert env["HEALERT_LISTEN"]["value"] == f"0.0.0.0:{WEBHOOK_PORT}"
-    assert env["HEALERT_WEBHOOK_PATH"]["value"] == "/audit"
+    assert spec["securityContext"]["fsGroup"] == NONROOT_UID, "the volume writable by 65532"
+    env = env_of(spec["containers"][0])
+    assert env["HEALERT_LISTEN"]["value"] == "0.0.0.0:8443"
     # Replicas share the backend's 60/min per-IP limit when they leave through one IP.
     rate = float(env["HEALERT_FORWARD_RATE"]["value"])
-    assert rate * deployment["spec"]["replicas"] <= 60
-    pdb = find("webhook", "PodDisruptionBudget")
-    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= spec_labels(deployment).items()
+    assert rate * statefulset["spec"]["replicas"] <= 60
+    pdb = find("service", "PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == statefulset["spec"]["selector"]
+    assert statefulset["spec"]["selector"]["matchLabels"].items() <= spec_labels(
+        statefulset).items()
 
 
-def spec_labels(workload: Doc) -> dict[str, str]:
-    return dict(workload["spec"]["template"]["metadata"]["labels"])
+def test_node_local_daemonset_shape() -> None:
+    daemonset = workload_of("node-local")
+    env = env_of(pod_spec(daemonset)["containers"][0])
+    # Every node sends from its own IP: the whole budget per node.
+    assert float(env["HEALERT_FORWARD_RATE"]["value"]) == 60
+    places = {check_state_is_durable(w) for w in (daemonset, workload_of("tail"))}
+    assert places == {"hostPath:/var/lib/healert-webhook", "hostPath:/var/lib/healert"}
 
 
 def test_service_has_fixed_cluster_ip_and_selects_the_pods() -> None:
-    service = find("webhook", "Service")
-    deployment = find("webhook", "Deployment")
+    service = find("service", "Service")
+    statefulset = workload_of("service")
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", service["spec"]["clusterIP"])
-    assert service["spec"]["selector"].items() <= spec_labels(deployment).items()
+    assert service["spec"]["selector"].items() <= spec_labels(statefulset).items()
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
-    assert ports == {"webhook": (WEBHOOK_PORT, "webhook"), "metrics": (OPS_PORT, "metrics")}
+    assert ports == {"webhook": (8443, "webhook"), "metrics": (9090, "metrics")}
 
 
-@pytest.mark.parametrize("folder", ["webhook", "daemonset"])
+@pytest.mark.parametrize("folder", ["service", "tail"])
 def test_network_policy_admits_the_listeners(folder: str) -> None:
     policy = find(folder, "NetworkPolicy")
-    workload = next(d for d in objects_in(folder) if d["kind"] in WORKLOAD_KINDS)
+    workload = workload_of(folder)
     selector = policy["spec"]["podSelector"]["matchLabels"]
     assert selector.items() <= spec_labels(workload).items()
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     admitted = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    expected = {OPS_PORT, WEBHOOK_PORT} if folder == "webhook" else {OPS_PORT}
-    assert admitted == expected
+    webhook_port, ops_port = PORTS[folder]
+    assert admitted == ({ops_port} if webhook_port is None else {ops_port, webhook_port})
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert 53 in egress_ports and len(policy["spec"]["egress"]) == 2, "DNS and backend only"
 
 
-def test_daemonset_reads_the_log_directory_read_only() -> None:
-    daemonset = find("daemonset", "DaemonSet")
+def test_tail_reads_the_log_directory_read_only() -> None:
+    daemonset = workload_of("tail")
     spec = pod_spec(daemonset)
     container = spec["containers"][0]
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -363,34 +583,12 @@ def test_daemonset_reads_the_log_directory_read_only() -> None:
     for volume in volumes.values():
         if "hostPath" in volume:
             assert volume["hostPath"].get("type") != "File"
-    state = next(m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/healert")
-    assert volumes[state["name"]]["hostPath"] == {
-        "path": "/var/lib/healert",
-        "type": "DirectoryOrCreate",
-    }
     writable_host = [
         m["mountPath"]
         for m in container["volumeMounts"]
         if "hostPath" in volumes[m["name"]] and not m.get("readOnly")
     ]
-    assert writable_host == ["/var/lib/healert"]
-
-
-def test_daemonset_runs_only_on_control_planes() -> None:
-    spec = pod_spec(find("daemonset", "DaemonSet"))
-    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"
-    ]
-    assert terms == [
-        {
-            "matchExpressions": [
-                {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}
-            ]
-        }
-    ]
-    tolerated = {(t["key"], t.get("effect")) for t in spec["tolerations"]}
-    assert ("node-role.kubernetes.io/control-plane", "NoSchedule") in tolerated
-    assert ("node-role.kubernetes.io/master", "NoSchedule") in tolerated
+    assert writable_host == [STATE_DIR]
 
 
 def test_image_tag_matches_the_package_version() -> None:
@@ -399,8 +597,36 @@ def test_image_tag_matches_the_package_version() -> None:
         pytest.skip("pyproject.toml absent")
     version = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
     for _, workload in workloads():
-        image = pod_spec(workload)["containers"][0]["image"]
-        assert image.rsplit(":", 1)[1] == version, image
+        spec = pod_spec(workload)
+        for container in spec["containers"] + spec.get("initContainers", []):
+            assert container["image"].rsplit(":", 1)[1] == version, container["image"]
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def test_monitors_select_each_mode_and_name_the_alerts_job() -> None:
+    monitors = [d for d in objects_in("monitoring") if d["kind"] in {"ServiceMonitor",
+                                                                     "PodMonitor"}]
+    selected = {}
+    for monitor in monitors:
+        # The job name comes from the app.kubernetes.io/name label: "healert-webhook",
+        # which the alerts select on.
+        assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        if monitor["kind"] == "ServiceMonitor":
+            target = find("service", "Service")["metadata"]["labels"]
+            endpoint = monitor["spec"]["endpoints"][0]
+        else:
+            mode = MODE_OF_COMPONENT[selector["app.kubernetes.io/component"]]
+            target = spec_labels(workload_of(mode))
+            endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+        assert selector.items() <= target.items()
+        assert target["app.kubernetes.io/name"] == "healert-webhook"
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        selected[monitor["kind"], selector["app.kubernetes.io/component"]] = True
+    assert set(selected) == {("ServiceMonitor", "webhook"), ("PodMonitor", "webhook-node-local"),
+                             ("PodMonitor", "audit-log-tail")}
 
 
 # --------------------------------------------------------------------------- rules ConfigMap
@@ -411,9 +637,10 @@ def test_rules_configmap_matches_top_level_rules() -> None:
     if not rules.exists():
         pytest.skip("top-level rules.yaml does not exist yet; ConfigMap holds a placeholder")
     cm = find("common", "ConfigMap", "healert-rules")
-    assert cm["data"]["rules.yaml"] == rules.read_text(encoding="utf-8"), (
-        "run manifests/sync-rules.sh"
-    )
+    text = rules.read_text(encoding="utf-8")
+    assert cm["data"]["rules.yaml"] == text, "run manifests/sync-rules.sh"
+    chart_copy = REPO / "charts" / "healert-webhook" / "files" / "rules.yaml"
+    assert chart_copy.read_text(encoding="utf-8") == text, "run manifests/sync-rules.sh"
 
 
 def test_sync_rules_round_trips_exactly(tmp_path: Path) -> None:
@@ -424,32 +651,33 @@ def test_sync_rules_round_trips_exactly(tmp_path: Path) -> None:
         "many\n\n\n",
         "# c\n\ttab\n  trailing  \n",
     ]
+    script = MANIFESTS / "sync-rules.sh"
     for index, text in enumerate(samples):
         source, out = tmp_path / f"r{index}.yaml", tmp_path / f"cm{index}.yaml"
+        copy = tmp_path / f"chart{index}" / "rules.yaml"
         source.write_text(text, encoding="utf-8")
-        script = MANIFESTS / "sync-rules.sh"
-        subprocess.run(
-            ["bash", str(script), "--rules", str(source), "--out", str(out)],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        args = ["bash", str(script), "--rules", str(source), "--out", str(out),
+                "--chart-copy", str(copy)]
+        subprocess.run(args, check=True, capture_output=True, timeout=30)
         assert load_docs(out)[0]["data"]["rules.yaml"] == text
-        check = subprocess.run(
-            ["bash", str(script), "--rules", str(source), "--out", str(out), "--check"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        assert copy.read_text(encoding="utf-8") == text
+        check = subprocess.run([*args, "--check"], capture_output=True, timeout=30,
+                               check=False)
         assert check.returncode == 0
         source.write_text(text + "changed\n", encoding="utf-8")
-        check = subprocess.run(
-            ["bash", str(script), "--rules", str(source), "--out", str(out), "--check"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        check = subprocess.run([*args, "--check"], capture_output=True, timeout=30,
+                               check=False)
         assert check.returncode == 1
+
+
+def test_sync_rules_on_other_files_leaves_the_chart_alone(tmp_path: Path) -> None:
+    source, out = tmp_path / "r.yaml", tmp_path / "cm.yaml"
+    source.write_text("rules: []\n", encoding="utf-8")
+    chart_copy = REPO / "charts" / "healert-webhook" / "files" / "rules.yaml"
+    before = chart_copy.read_bytes()
+    subprocess.run(["bash", str(MANIFESTS / "sync-rules.sh"), "--rules", str(source),
+                    "--out", str(out)], check=True, capture_output=True, timeout=30)
+    assert chart_copy.read_bytes() == before
 
 
 # --------------------------------------------------------------------------- audit policy
@@ -859,25 +1087,51 @@ def test_evaluator_resolves_managed_fields_per_rule() -> None:
 # --------------------------------------------------------------------------- apiserver files
 
 
-@pytest.mark.parametrize("form", ["mtls", "token"])
-def test_webhook_kubeconfigs_reach_the_service(form: str) -> None:
-    config = load_docs(APISERVER / f"audit-webhook-kubeconfig-{form}.yaml")[0]
+def _kubeconfig(name: str) -> tuple[Doc, Doc]:
+    """(cluster, user) of the current context of a webhook kubeconfig."""
+    config = load_docs(APISERVER / f"audit-webhook-kubeconfig-{name}.yaml")[0]
     assert (config["apiVersion"], config["kind"]) == ("v1", "Config")
     contexts = {c["name"]: c["context"] for c in config["contexts"]}
     context = contexts[config["current-context"]]
     cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
     user = next(u["user"] for u in config["users"] if u["name"] == context["user"])
+    return cluster, user
+
+
+def test_the_kubeconfigs_are_the_documented_ones() -> None:
+    names = {p.name for p in APISERVER.glob("audit-webhook-kubeconfig-*.yaml")}
+    assert names == {f"audit-webhook-kubeconfig-{n}.yaml"
+                     for n in ("node-local", "service-mtls", "service-token")}
+
+
+def test_node_local_kubeconfig_reaches_the_agent_on_its_own_node() -> None:
+    cluster, user = _kubeconfig("node-local")
+    container = pod_spec(workload_of("node-local"))["containers"][0]
     url = urlsplit(cluster["server"])
-    service = find("webhook", "Service")
+    assert url.scheme == "https"
+    assert f"{url.hostname}:{url.port}" == env_value(container, "HEALERT_LISTEN")
+    assert url.path == env_value(container, "HEALERT_WEBHOOK_PATH")
+    assert cluster["tls-server-name"] == "healert-webhook.healert-system.svc"
+    assert cluster["certificate-authority"].startswith("/etc/kubernetes/healert/")
+    # mTLS only: the agent requires the certificate, a token alone would be refused.
+    assert set(user) == {"client-certificate", "client-key"}
+    assert env_value(container, "HEALERT_TLS_CLIENT_NAMES") == "kube-apiserver-audit"
+
+
+@pytest.mark.parametrize("form", ["mtls", "token"])
+def test_service_kubeconfigs_reach_the_service(form: str) -> None:
+    cluster, user = _kubeconfig(f"service-{form}")
+    url = urlsplit(cluster["server"])
+    service = find("service", "Service")
     assert url.scheme == "https"
     assert url.hostname == service["spec"]["clusterIP"], "the apiserver cannot resolve DNS"
-    assert url.port == WEBHOOK_PORT and url.path == "/audit"
+    assert url.port == 8443 and url.path == "/audit"
     assert cluster["tls-server-name"] == "healert-webhook.healert-system.svc"
     assert cluster["certificate-authority"].startswith("/etc/kubernetes/healert/")
     if form == "mtls":
         assert set(user) == {"client-certificate", "client-key"}
-        deployment_env = env_of(pod_spec(find("webhook", "Deployment"))["containers"][0])
-        assert "HEALERT_TLS_CLIENT_CA" in deployment_env
+        env = env_of(pod_spec(workload_of("service"))["containers"][0])
+        assert "HEALERT_TLS_CLIENT_CA" in env
     else:
         assert set(user) == {"tokenFile"}, "the token stays in a file, not in the kubeconfig"
 
@@ -893,8 +1147,11 @@ def test_kubeadm_and_k3s_flags_agree() -> None:
     k3s = load_docs(APISERVER / "k3s-config.yaml")[0]
     assert _flags(static["command"]) == kubeadm == _flags(k3s["kube-apiserver-arg"])
     assert kubeadm["audit-policy-file"].endswith("/audit-policy.yaml")
-    daemonset = pod_spec(find("daemonset", "DaemonSet"))["containers"][0]
-    assert kubeadm["audit-log-path"] == env_value(daemonset, "AUDIT_LOG_PATH")
+    assert kubeadm["audit-webhook-mode"] == "batch", "blocking mode would stall the apiserver"
+    tail = pod_spec(workload_of("tail"))["containers"][0]
+    assert kubeadm["audit-log-path"] == env_value(tail, "AUDIT_LOG_PATH")
     mounted = {v["hostPath"] for v in cluster_config["apiServer"]["extraVolumes"]}
     for flag in ("audit-policy-file", "audit-webhook-config-file", "audit-log-path"):
         assert str(PurePosixPath(kubeadm[flag]).parent) in mounted, flag
+    static_mounts = {m["mountPath"] for m in static["volumeMounts"]}
+    assert mounted == static_mounts
