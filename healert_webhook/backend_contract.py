@@ -1,10 +1,10 @@
-"""What the Healert backend accepts on `POST /events` (DESIGN §6), as pure functions.
+"""What the Healert backend accepts on `POST /events`, as pure functions.
 
 The backend is a FastAPI app: an event outside these rules gets a 422 and is lost unless
 it is made valid first. The forwarder calls `prepare` before every request, so an event the
 backend would refuse is either fixed losslessly or dead-lettered with the reason, without
 spending a request (and a slot of the backend's 60/min rate limit) on it. The test backend
-(`tests/backend_server.py`) calls `validate` to answer exactly as the real one would.
+(`tests/support/backend.py`) calls `validate` to answer exactly as the real one would.
 """
 
 from __future__ import annotations

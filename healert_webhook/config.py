@@ -8,6 +8,7 @@ program cannot disagree about names or defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STATE_DIR = "./state"
+LOCAL_RULES = Path("rules.yaml")
 
 
 class ConfigError(ValueError):
@@ -93,35 +95,45 @@ class Option:
     default: Any
     help: str
     secret: bool = False
-    group: str = "common"
+    group: str = "detect"  # which commands take it: see cli.COMMAND_GROUPS
+    shown_default: str | None = None  # how --help and the docs describe a computed default
+    # Computed when neither a flag nor the environment gave a value (None: use `default`).
+    fallback: Callable[[], Any] | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
     # detection
     Option("rules_path", "--rules", ("RULES_PATH",), parse_path, None,
-           "detection rules file (default: ./rules.yaml if present, else the packaged rules)"),
+           "detection rules file", group="rules",
+           fallback=lambda: LOCAL_RULES if LOCAL_RULES.is_file() else None,
+           shown_default="./rules.yaml if present, else the packaged rules"),
     Option("entity_namespace", "--entity-namespace", ("ENTITY_NAMESPACE",), str, "default",
            "catalog namespace for cluster-scoped objects"),
     Option("k8s_namespace", "--k8s-namespace", ("K8S_NAMESPACE",), str, None,
            "the agent's own namespace, never reported"),
-    # delivery
+    # the backend
     Option("backend_url", "--backend-url", ("HEALERT_BACKEND_URL",), str, None,
            "Healert backend base URL (unset: keep events in the outbox and log them)",
-           group="delivery"),
+           group="backend"),
     Option("api_key", None, ("HEALERT_API_KEY",), str, None,
            "bearer key for the backend (environment only; prefer the key file)",
-           secret=True, group="delivery"),
+           secret=True, group="backend"),
     Option("api_key_file", "--api-key-file", ("HEALERT_API_KEY_FILE",), parse_path, None,
-           "file holding the backend bearer key", group="delivery"),
+           "file holding the backend bearer key", group="backend"),
+    Option("forward_timeout", "--forward-timeout", ("HEALERT_FORWARD_TIMEOUT",),
+           parse_positive_float, 10.0, "seconds one request to the backend may take in all",
+           group="backend"),
+    # the outbox
     Option("state_dir", "--state-dir", ("HEALERT_STATE_DIR",), parse_path,
-           Path(DEFAULT_STATE_DIR), "outbox database and checkpoints", group="delivery"),
-    Option("forward_rate", "--forward-rate", ("HEALERT_FORWARD_RATE",), parse_positive_float,
-           60.0, "most events per minute sent to the backend", group="delivery"),
+           Path(DEFAULT_STATE_DIR), "outbox database and checkpoints", group="outbox"),
     Option("outbox_max_events", "--outbox-max-events", ("HEALERT_OUTBOX_MAX_EVENTS",),
            parse_positive_int, 100_000, "most queued events; the oldest are dropped above it",
-           group="delivery"),
+           group="outbox"),
     Option("dedup_window", "--dedup-window", ("HEALERT_DEDUP_WINDOW",), parse_positive_float,
-           86_400.0, "seconds a delivered event's key is remembered", group="delivery"),
+           86_400.0, "seconds a delivered event's key is remembered", group="outbox"),
+    # delivery
+    Option("forward_rate", "--forward-rate", ("HEALERT_FORWARD_RATE",), parse_positive_float,
+           60.0, "most events per minute sent to the backend", group="delivery"),
     Option("backoff_base", "--backoff-base", ("HEALERT_BACKOFF_BASE",), parse_positive_float,
            1.0, "first retry delay in seconds", group="delivery"),
     Option("backoff_max", "--backoff-max", ("HEALERT_BACKOFF_MAX",), parse_positive_float,
@@ -132,9 +144,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("forward_poll_interval", "--forward-poll-interval",
            ("HEALERT_FORWARD_POLL_INTERVAL",), parse_positive_float, 1.0,
            "seconds between checks for events queued by other processes", group="delivery"),
-    Option("forward_timeout", "--forward-timeout", ("HEALERT_FORWARD_TIMEOUT",),
-           parse_positive_float, 10.0, "seconds one delivery request may take in all",
-           group="delivery"),
     # webhook
     Option("listen", "--listen", ("HEALERT_LISTEN",), parse_hostport,
            ("0.0.0.0", 8443),  # noqa: S104 - the apiserver connects from outside the pod
@@ -160,15 +169,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_bytes", "--max-body-bytes", ("HEALERT_MAX_BODY_BYTES",),
            parse_positive_int, 64 * 1024 * 1024, "webhook body limit in bytes", group="webhook"),
     Option("max_inflight_bytes", "--max-inflight-bytes", ("HEALERT_MAX_INFLIGHT_BYTES",),
-           parse_positive_int, None,
-           "request bodies held in memory at once (default: the body limit)", group="webhook"),
+           parse_positive_int, None, "request bodies held in memory at once",
+           group="webhook", shown_default="the body limit"),
     Option("webhook_body_timeout", "--body-timeout", ("HEALERT_WEBHOOK_BODY_TIMEOUT",),
            parse_positive_float, 30.0,
            "seconds a request body may take to arrive (408 after)", group="webhook"),
-    Option("ops_listen", "--ops-listen", ("HEALERT_OPS_LISTEN",), parse_hostport,
-           ("0.0.0.0", 9090),  # noqa: S104 - Prometheus and kubelet probes connect from outside
-           "ops listener HOST:PORT for /metrics, /healthz, /readyz",
-           group="ops"),
     # tail
     Option("audit_log_path", "--audit-log", ("AUDIT_LOG_PATH",), parse_path,
            Path("/var/log/kubernetes/audit/audit.log"), "audit log file to follow",
@@ -176,10 +181,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("tail_from", "--from", ("HEALERT_TAIL_FROM",), parse_choice("end", "start"), "end",
            "where to start when no checkpoint exists", group="tail"),
     Option("tail_max_line_bytes", "--max-line-bytes", ("HEALERT_TAIL_MAX_LINE_BYTES",),
-           parse_positive_int, 16 * 1024 * 1024, "longest audit log line read", group="tail"),
+           parse_positive_int, 16 * 1024 * 1024, "longest audit log line read",
+           group="lines"),
     Option("tail_poll_interval", "--poll-interval", ("HEALERT_TAIL_POLL_INTERVAL",),
            parse_positive_float, 0.1, "seconds between checks for new lines", group="tail"),
-    # logging
+    # the ops listener and logging
+    Option("ops_listen", "--ops-listen", ("HEALERT_OPS_LISTEN",), parse_hostport,
+           ("0.0.0.0", 9090),  # noqa: S104 - Prometheus and kubelet probes connect from outside
+           "ops listener HOST:PORT for /metrics, /healthz, /readyz", group="ops"),
     Option("log_format", "--log-format", ("HEALERT_LOG_FORMAT",), parse_choice("text", "json"),
            "text", "log line format", group="ops"),
     Option("log_level", "--log-level", ("HEALERT_LOG_LEVEL",),
@@ -189,44 +198,52 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME: Mapping[str, Option] = {opt.name: opt for opt in OPTIONS}
 
 
+def _default(name: str) -> Any:
+    """The default of option `name`, from its row of OPTIONS."""
+    return OPTIONS_BY_NAME[name].default
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The validated settings of one run. Secrets are kept out of `repr`."""
+    """The validated settings of one run. Secrets are kept out of `repr`.
 
-    rules_path: Path | None = None
-    entity_namespace: str = "default"
-    k8s_namespace: str | None = None
-    backend_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    api_key_file: Path | None = None
-    state_dir: Path = Path(DEFAULT_STATE_DIR)
-    forward_rate: float = 60.0
-    outbox_max_events: int = 100_000
-    dedup_window: float = 86_400.0
-    backoff_base: float = 1.0
-    backoff_max: float = 300.0
-    forward_probe_interval: float = 60.0
-    forward_poll_interval: float = 1.0
-    forward_timeout: float = 10.0
-    listen: tuple[str, int] = ("0.0.0.0", 8443)  # noqa: S104
-    webhook_path: str = "/audit"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    tls_client_names: tuple[str, ...] = ()
-    webhook_token_file: Path | None = None
-    webhook_token: str | None = field(default=None, repr=False)
-    insecure_http: bool = False
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_inflight_bytes: int | None = None
-    webhook_body_timeout: float = 30.0
-    ops_listen: tuple[str, int] = ("0.0.0.0", 9090)  # noqa: S104
-    audit_log_path: Path = Path("/var/log/kubernetes/audit/audit.log")
-    tail_from: str = "end"
-    tail_max_line_bytes: int = 16 * 1024 * 1024
-    tail_poll_interval: float = 0.1
-    log_format: str = "text"
-    log_level: str = "info"
+    Every field has its row in OPTIONS, where its default is written (once).
+    """
+
+    rules_path: Path | None = _default("rules_path")
+    entity_namespace: str = _default("entity_namespace")
+    k8s_namespace: str | None = _default("k8s_namespace")
+    backend_url: str | None = _default("backend_url")
+    api_key: str | None = field(default=_default("api_key"), repr=False)
+    api_key_file: Path | None = _default("api_key_file")
+    state_dir: Path = _default("state_dir")
+    forward_rate: float = _default("forward_rate")
+    outbox_max_events: int = _default("outbox_max_events")
+    dedup_window: float = _default("dedup_window")
+    backoff_base: float = _default("backoff_base")
+    backoff_max: float = _default("backoff_max")
+    forward_probe_interval: float = _default("forward_probe_interval")
+    forward_poll_interval: float = _default("forward_poll_interval")
+    forward_timeout: float = _default("forward_timeout")
+    listen: tuple[str, int] = _default("listen")
+    webhook_path: str = _default("webhook_path")
+    tls_cert: Path | None = _default("tls_cert")
+    tls_key: Path | None = _default("tls_key")
+    tls_client_ca: Path | None = _default("tls_client_ca")
+    tls_client_names: tuple[str, ...] = _default("tls_client_names")
+    webhook_token_file: Path | None = _default("webhook_token_file")
+    webhook_token: str | None = field(default=_default("webhook_token"), repr=False)
+    insecure_http: bool = _default("insecure_http")
+    max_body_bytes: int = _default("max_body_bytes")
+    max_inflight_bytes: int | None = _default("max_inflight_bytes")
+    webhook_body_timeout: float = _default("webhook_body_timeout")
+    ops_listen: tuple[str, int] = _default("ops_listen")
+    audit_log_path: Path = _default("audit_log_path")
+    tail_from: str = _default("tail_from")
+    tail_max_line_bytes: int = _default("tail_max_line_bytes")
+    tail_poll_interval: float = _default("tail_poll_interval")
+    log_format: str = _default("log_format")
+    log_level: str = _default("log_level")
 
     @property
     def outbox_path(self) -> Path:
@@ -278,6 +295,8 @@ def build_settings(
             continue
         found = _from_env(option, environ)
         if found is None:
+            if option.fallback is not None:
+                values[option.name] = option.fallback()
             continue
         env_name, raw = found
         try:
@@ -308,5 +327,38 @@ def _check(settings: Settings) -> None:
             f"HEALERT_BACKEND_URL must start with http:// or https://: {settings.backend_url!r}")
     if settings.backoff_max < settings.backoff_base:
         problems.append("HEALERT_BACKOFF_MAX must not be below HEALERT_BACKOFF_BASE")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_webhook(settings: Settings) -> None:
+    """The policies that apply when the webhook listens; raise ConfigError naming the fix.
+
+    Plain HTTP is refused off loopback (audit events carry who did what, and anyone on the
+    network could post forged ones), and a client-name allow-list needs client
+    certificates to check names against.
+    """
+    problems: list[str] = []
+    host = settings.listen[0]
+    if settings.tls_cert is None and not is_loopback(host) and not settings.insecure_http:
+        problems.append(
+            f"refusing to serve the webhook over plain HTTP on {host}, which is not a "
+            "loopback address: set HEALERT_TLS_CERT and HEALERT_TLS_KEY, or "
+            "HEALERT_INSECURE_HTTP=true to accept it")
+    if settings.tls_client_names and settings.tls_client_ca is None:
+        problems.append("HEALERT_TLS_CLIENT_NAMES needs HEALERT_TLS_CLIENT_CA")
+    if settings.listen == settings.ops_listen and settings.listen[1] != 0:
+        problems.append(f"HEALERT_LISTEN and HEALERT_OPS_LISTEN are both "
+                        f"{settings.listen[0]}:{settings.listen[1]}: give each its own port")
     if problems:
         raise ConfigError("; ".join(problems))

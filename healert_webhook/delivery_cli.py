@@ -3,14 +3,9 @@
 Both print plain text (or one JSON object with `--json`) and return the exit code.
 cli.py owns argparse and calls these two functions.
 
-check-backend exit codes:
-  0  the backend is healthy, the key is accepted (and the test event, if sent, delivered)
-  1  configuration problem (no backend URL, key file unreadable)
-  2  the backend is unreachable or unhealthy
-  3  the backend refused the key (401/403)
-  4  the test event was refused (422 or another error status)
-
-outbox exit codes: 0 done, 1 refused (purge without --yes) or failed (message on stderr).
+Exit codes come from exits.py: check-backend answers OK, CONFIG (no backend URL, key
+file unreadable), UNREACHABLE, KEY_REFUSED or EVENT_REFUSED; outbox answers OK, or FAILED
+when it refused (purge without --yes) or failed (the message is on stderr).
 """
 
 from __future__ import annotations
@@ -24,20 +19,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import orjson
 
-from healert_webhook import __version__
+from healert_webhook import __version__, backend, exits
+from healert_webhook.backend import HealthReport, describe_error
 from healert_webhook.config import ConfigError, Settings
-from healert_webhook.forward import (
-    HealthReport,
-    check_backend_health,
-    describe_error,
-    join_url,
-    make_client,
-)
 from healert_webhook.outbox import Outbox, OutboxError, move_aside
 
-EXIT_OK, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_REJECTED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_CONFIG = exits.OK, exits.CONFIG
+EXIT_UNREACHABLE, EXIT_AUTH, EXIT_REJECTED = (exits.UNREACHABLE, exits.KEY_REFUSED,
+                                              exits.EVENT_REFUSED)
 TEST_EVENT: dict[str, Any] = {
     "entity_ref": "component:default/healert-webhook",
     "type": "healert-webhook-test",
@@ -83,8 +73,8 @@ async def _check_backend(settings: Settings, send_test: bool, report: _Report) -
     except ConfigError as exc:
         report.step("key", False, str(exc))
         return report.finish(EXIT_CONFIG)
-    async with make_client(settings.forward_timeout) as client:
-        health = await check_backend_health(settings, client)
+    async with backend.make_client(settings.forward_timeout) as client:
+        health = await backend.check_health(settings, client)
         code = _report_health(health, report)
         if code != EXIT_OK:
             return report.finish(code)
@@ -121,18 +111,10 @@ def _report_key(settings: Settings, key: str | None, health: HealthReport,
         report.step("key", True, "none set; the backend does not require one")
 
 
-def _headers(key: str | None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
-
-
 async def _post(client: httpx.AsyncClient, settings: Settings, key: str | None,
                 body: dict[str, Any]) -> httpx.Response:
-    async with asyncio.timeout(settings.forward_timeout):
-        return await client.post(join_url(settings.backend_url or "", "/events"),
-                                 content=orjson.dumps(body), headers=_headers(key))
+    return await backend.post_event(client, settings.backend_url or "", key, body,
+                                    settings.forward_timeout)
 
 
 async def _check_auth(client: httpx.AsyncClient, settings: Settings, key: str | None,
@@ -206,22 +188,21 @@ def outbox_command(settings: Settings, action: str, args: Any) -> int:
         return _purge_corrupt(settings, args)
     if not path.exists() and action in ("status", "list", "dead"):
         print(f"no outbox at {path} yet: nothing queued")
-        return 0
+        return exits.OK
     try:
-        box = Outbox(path, max_queued=settings.outbox_max_events,
-                     dedup_window=settings.dedup_window)
+        box = Outbox.from_settings(settings)
     except OutboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exits.FAILED
     try:
         handler = _ACTIONS.get(action)
         if handler is None:
             print(f"error: unknown outbox action {action!r}", file=sys.stderr)
-            return 1
+            return exits.FAILED
         return handler(box, args)
     except OutboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exits.FAILED
     finally:
         box.close()
 
@@ -239,7 +220,7 @@ def _status(box: Outbox, args: Any) -> int:
         f"dead letters      {stats.dead}",
         f"delivered (dedup) {stats.delivered_remembered}",
     ])
-    return 0
+    return exits.OK
 
 
 def _list(box: Outbox, args: Any) -> int:
@@ -251,7 +232,7 @@ def _list(box: Outbox, args: Any) -> int:
              f"age {_age(r.created)} attempts {r.attempts}"
              + (f" last error: {r.last_error}" if r.last_error else "") for r in rows]
     _emit(getattr(args, "json", False), data, lines or ["queue empty"])
-    return 0
+    return exits.OK
 
 
 def _dead(box: Outbox, args: Any) -> int:
@@ -266,15 +247,19 @@ def _dead(box: Outbox, args: Any) -> int:
         if d.answer:
             lines.append(f"    backend said: {d.answer[:300]}")
     _emit(getattr(args, "json", False), data, lines or ["no dead letters"])
-    return 0
+    return exits.OK
 
 
 def _retry_dead(box: Outbox, args: Any) -> int:
     keys = getattr(args, "keys", None) or None
-    moved = box.retry_dead(keys)
-    _emit(getattr(args, "json", False), {"requeued": moved},
-          [f"requeued {moved} dead letter(s) at the end of the queue"])
-    return 0
+    unknown = box.not_dead(keys) if keys is not None else []
+    if keys is not None:
+        keys = [key for key in keys if key not in unknown]
+    moved = box.retry_dead(keys) if keys is None or keys else 0
+    _emit(getattr(args, "json", False), {"requeued": moved, "unknown": unknown},
+          [f"requeued {moved} dead letter(s) at the end of the queue"]
+          + [f"error: no dead letter with key {key}" for key in unknown])
+    return exits.FAILED if unknown else exits.OK
 
 
 def _purge(box: Outbox, args: Any) -> int:
@@ -284,11 +269,11 @@ def _purge(box: Outbox, args: Any) -> int:
     if not getattr(args, "yes", False):
         print(f"would delete {what} from {box.path}; run again with --yes to do it",
               file=sys.stderr)
-        return 1
+        return exits.FAILED
     count = box.purge(dead=dead)
     _emit(getattr(args, "json", False), {"purged": count, "dead": dead},
           [f"deleted {count} {'dead letter(s)' if dead else 'queued event(s)'}"])
-    return 0
+    return exits.OK
 
 
 def _purge_corrupt(settings: Settings, args: Any) -> int:
@@ -296,11 +281,11 @@ def _purge_corrupt(settings: Settings, args: Any) -> int:
     if not getattr(args, "yes", False):
         print(f"would move {path} (and its -wal/-shm files) aside; stop the agent first, "
               "then run again with --yes", file=sys.stderr)
-        return 1
+        return exits.FAILED
     moved = move_aside(path)
     _emit(getattr(args, "json", False), {"moved": [str(p) for p in moved]},
           [f"moved {p}" for p in moved] or [f"nothing at {path}"])
-    return 0
+    return exits.OK
 
 
 _ACTIONS: dict[str, Callable[[Outbox, Any], int]] = {

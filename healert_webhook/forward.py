@@ -9,7 +9,7 @@ milliseconds, which the two spare slots absorb, so the limiter does not answer 4
 steady state (a sender that spaces requests at exactly 60/min can fit 2x the limit
 around a window boundary if it ever catches up after a pause; the pacer never catches up).
 
-Duplicates (DESIGN §7 "sends none twice"): a row is marked in flight, durably, right
+Duplicates: a row is marked in flight, durably, right
 before its request starts, and removed together with the remembering of its key right
 after the 2xx arrives. A kill between the two leaves a row marked in flight: the agent
 cannot know whether the backend got it, and losing it is worse than a duplicate, so it is
@@ -24,130 +24,29 @@ one process drain it at a time.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import email.utils
 import fcntl
 import logging
-import os
 import random
-import signal
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import orjson
 
-from healert_webhook import __version__, backend_contract, metrics
-from healert_webhook.config import ConfigError, Settings, build_settings
+from healert_webhook import backend, backend_contract, metrics
+from healert_webhook.config import ConfigError, Settings
+from healert_webhook.filewatch import FileWatch
 from healert_webhook.outbox import Outbox, OutboxError, Queued
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("healert_webhook.events")
 
 RATE_MARGIN = 0.95
-CONNECT_TIMEOUT = 5.0
-RETRY_AFTER_MAX = 3600.0
-ANSWER_MAX = 1000
 LOG_EVERY = 60.0  # seconds between repeats of a loud error while it lasts
 KEY_CHECK_EVERY = 1.0
-KEY_HINT = "check HEALERT_API_KEY / HEALERT_API_KEY_FILE"
-# Statuses that mean the URL or the key is wrong, not the event: pause instead of dead-
-# lettering the whole queue one event at a time.
-AUTH_STATUSES = frozenset({401, 403})
-URL_STATUSES = frozenset({404, 405})
-
-
-# -- health ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class HealthReport:
-    """What `GET /health` said, and what is wrong with it for this agent."""
-
-    url: str | None
-    reachable: bool
-    status: str | None = None
-    version: str | None = None
-    auth: str | None = None
-    key_set: bool = False
-    error: str | None = None
-
-    @property
-    def auth_enabled(self) -> bool | None:
-        """True/False as the backend reported, None when unknown."""
-        return None if self.auth is None else self.auth.startswith("enabled")
-
-    def warnings(self) -> list[str]:
-        """Human-readable problems; empty when delivery should work."""
-        if self.url is None:
-            return ["no backend URL configured (HEALERT_BACKEND_URL): events stay in the "
-                    "outbox and are written to the log"]
-        if not self.reachable:
-            return [f"backend {self.url} unreachable ({self.error}): the agent still starts "
-                    "and queues friction events"]
-        found = []
-        if self.status != "ok":
-            found.append(f"backend {self.url} reports status {self.status!r}")
-        if self.auth_enabled and not self.key_set:
-            found.append(f"backend {self.url} requires an API key and none is set: "
-                         "set HEALERT_API_KEY or HEALERT_API_KEY_FILE")
-        return found
-
-
-async def check_backend_health(settings: Settings,
-                               client: httpx.AsyncClient | None = None) -> HealthReport:
-    """`GET {backend}/health`; never raises (an unreachable backend is a report)."""
-    url = settings.backend_url
-    try:
-        key_set = await asyncio.to_thread(settings.read_api_key) is not None
-    except ConfigError:
-        key_set = False
-    if url is None:
-        return HealthReport(None, False, key_set=key_set)
-    async with contextlib.AsyncExitStack() as stack:
-        if client is None:
-            client = await stack.enter_async_context(make_client(settings.forward_timeout))
-        try:
-            async with asyncio.timeout(settings.forward_timeout):
-                response = await client.get(join_url(url, "/health"))
-            body = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, TimeoutError, ValueError) as exc:
-            return HealthReport(url, False, key_set=key_set, error=describe_error(exc))
-    if not isinstance(body, dict):
-        return HealthReport(url, False, key_set=key_set,
-                            error=f"/health answered HTTP {response.status_code}")
-    return HealthReport(url, True, _opt_str(body.get("status")), _opt_str(body.get("version")),
-                        _opt_str(body.get("auth")), key_set)
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def join_url(base: str, path: str) -> str:
-    """`base` (with or without a trailing slash) followed by `path`."""
-    return base.rstrip("/") + path
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short description of a transport failure (never the request's headers)."""
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def make_client(request_timeout: float) -> httpx.AsyncClient:
-    """The one keep-alive client: connect 5 s; the whole-request bound (10 s by default)
-    is applied around each request (httpx's own timeouts are per read/write)."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(request_timeout, connect=min(CONNECT_TIMEOUT, request_timeout)),
-        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-        headers={"User-Agent": f"healert-webhook/{__version__}"},
-        follow_redirects=False)
 
 
 # -- pacing and backoff ------------------------------------------------------------------
@@ -178,82 +77,21 @@ def backoff_delay(failures: int, base: float, cap: float,
     return ceiling / 2 + jitter * ceiling / 2
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta seconds or an HTTP date), capped."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return min(float(text), RETRY_AFTER_MAX)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    now = time.time() if now is None else now
-    return min(max(0.0, when.timestamp() - now), RETRY_AFTER_MAX)
-
-
-# -- outcomes ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one request ended."""
-
-    kind: str  # delivered | retry | pause | rejected
-    label: str  # FORWARD_ATTEMPTS outcome label (bounded)
-    detail: str
-    status: int | None = None
-    not_taken: bool = True  # certain the backend did not take it (it answered, or never got it)
-    retry_after: float | None = None
-    answer: str | None = None
-
-
-def classify(response: httpx.Response) -> Outcome:
-    """Map the backend's answer to what the forwarder does next."""
-    code = response.status_code
-    answer = response.text[:ANSWER_MAX]
-    if 200 <= code < 300:
-        return Outcome("delivered", "delivered", "ok", code)
-    if code in AUTH_STATUSES:
-        return Outcome("pause", "auth", f"backend refused the API key (HTTP {code}): "
-                       f"{KEY_HINT}", code, answer=answer)
-    if code in URL_STATUSES or 300 <= code < 400:
-        return Outcome("pause", "bad_url", f"backend answered HTTP {code} for POST /events: "
-                       "check HEALERT_BACKEND_URL", code, answer=answer)
-    if code == 429 or code >= 500 or code in (408, 425):
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        label = "rate_limited" if code == 429 else "server_error"
-        return Outcome("retry", label, f"HTTP {code}", code, retry_after=retry_after,
-                       answer=answer)
-    return Outcome("rejected", "rejected", f"backend refused the event (HTTP {code})", code,
-                   answer=answer)
-
-
 # -- the key -------------------------------------------------------------------------------
 
-@dataclass
 class KeySource:
     """The bearer key, re-read when the key file changes (checked at most once a second)."""
 
-    settings: Settings
-    key: str | None = None
-    error: str | None = None
-    _signature: tuple[int, int, int] | None = None
-    _checked: float = field(default=-1e9)
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        path = self.settings.api_key_file
-        if path is None:
-            return None
-        try:
-            st = os.stat(path)
-        except OSError:
-            return (0, 0, 0)
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.key: str | None = None
+        self.error: str | None = None
+        path = settings.api_key_file
+        self._watch = FileWatch(path) if path is not None else None
+        self._checked = -1e9
 
     def load(self) -> None:
         """Read the key now (blocking)."""
-        self._signature = self._stat()
         self._checked = time.monotonic()
         try:
             self.key = self.settings.read_api_key()
@@ -264,10 +102,10 @@ class KeySource:
     def refresh(self) -> bool:
         """Re-read the key if the file changed; True when it did (blocking, cheap)."""
         now = time.monotonic()
-        if now - self._checked < KEY_CHECK_EVERY:
+        if self._watch is None or now - self._checked < KEY_CHECK_EVERY:
             return False
         self._checked = now
-        if self.settings.api_key_file is None or self._stat() == self._signature:
+        if not self._watch.changed():
             return False
         self.load()
         log.info("API key file %s changed: key re-read", self.settings.api_key_file)
@@ -300,10 +138,9 @@ class Forwarder:
     # -- public ----------------------------------------------------------------------
 
     def status(self) -> dict[str, object]:
-        """State for /readyz: ready is False while deliveries are paused."""
+        """State for /readyz's body (deliveries never make the agent unready)."""
         return {
             "state": self._state,
-            "ready": self._state not in ("paused", "locked"),
             "reason": self._reason,
             "backend": self.settings.backend_url,
             "delivered": self._delivered,
@@ -361,8 +198,8 @@ class Forwarder:
             return
         try:
             await asyncio.to_thread(self.keys.load)
-            async with make_client(self.settings.forward_timeout) as client:
-                report = await check_backend_health(self.settings, client)
+            async with backend.make_client(self.settings.forward_timeout) as client:
+                report = await backend.check_health(self.settings, client)
                 for warning in report.warnings():
                     log.warning("%s", warning)
                 if report.reachable:
@@ -440,26 +277,14 @@ class Forwarder:
             await self._mark_failed(row, outcome)
             await self._backoff(outcome, stop)
 
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
-        headers = {"Content-Type": "application/json"}
-        if self.keys.key:
-            headers["Authorization"] = f"Bearer {self.keys.key}"
-        url = join_url(self.settings.backend_url or "", "/events")
+    async def _post(self, client: httpx.AsyncClient,
+                    body: dict[str, Any]) -> backend.Outcome:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.settings.forward_timeout):
-                response = await client.post(url, content=orjson.dumps(body), headers=headers)
-        except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            timeout = isinstance(exc, TimeoutError | httpx.TimeoutException)
-            # A failed connect means the request never left; anything later (a read
-            # timeout, a dropped connection) may have reached the backend.
-            not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
-                                  | httpx.PoolTimeout)
-            return Outcome("retry", "timeout" if timeout else "transport_error",
-                           describe_error(exc), not_taken=not_sent)
+            return await backend.send(client, self.settings.backend_url or "", self.keys.key,
+                                      body, self.settings.forward_timeout)
         finally:
             metrics.FORWARD_DURATION.observe(time.perf_counter() - started)
-        return classify(response)
 
     async def _delivered_ok(self, row: Queued, stop: asyncio.Event) -> None:
         # The backend has the event: the commit must happen, or a restart sends it again.
@@ -490,7 +315,7 @@ class Forwarder:
                   f" — backend said: {answer[:300]}" if answer else "")
         await asyncio.to_thread(self.outbox.refresh_metrics, force=True)
 
-    async def _mark_failed(self, row: Queued, outcome: Outcome) -> None:
+    async def _mark_failed(self, row: Queued, outcome: backend.Outcome) -> None:
         self._last_error = outcome.detail
         if not outcome.not_taken:
             metrics.FORWARD_UNCERTAIN_RESENDS.inc()
@@ -500,7 +325,7 @@ class Forwarder:
         await self._outbox_call(self.outbox.mark_failed, row.seq, outcome.detail,
                                 not_taken=outcome.not_taken)
 
-    async def _backoff(self, outcome: Outcome, stop: asyncio.Event) -> None:
+    async def _backoff(self, outcome: backend.Outcome, stop: asyncio.Event) -> None:
         self._failures += 1
         delay = backoff_delay(self._failures, self.settings.backoff_base,
                               self.settings.backoff_max)
@@ -585,45 +410,3 @@ class Forwarder:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
-# -- a standalone runner (tests and debugging) -------------------------------------------
-
-def open_outbox(settings: Settings) -> Outbox:
-    """The outbox the settings point at."""
-    return Outbox(settings.outbox_path, max_queued=settings.outbox_max_events,
-                  dedup_window=settings.dedup_window)
-
-
-async def _serve(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    outbox = await asyncio.to_thread(open_outbox, settings)
-    try:
-        log.info("forwarder started (pid %d) on %s", os.getpid(), outbox.path)
-        await Forwarder(settings, outbox).run(stop)
-    finally:
-        outbox.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m healert_webhook.forward --settings-from-env`: run only the forwarder."""
-    parser = argparse.ArgumentParser(prog="python -m healert_webhook.forward")
-    parser.add_argument("--settings-from-env", action="store_true", required=True,
-                        help="read every setting from the environment (HEALERT_*)")
-    parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = build_settings()
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    asyncio.run(_serve(settings))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

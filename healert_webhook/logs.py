@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
-from typing import Any, TextIO
+import weakref
+from typing import Any, ClassVar, TextIO
 
 import orjson
 
@@ -86,3 +88,88 @@ def setup(fmt: str = "text", level: str = "info", stream: TextIO | None = None) 
         logger.propagate = True
     # One line per request would cost more than the request; the metrics count them.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+class Limiter:
+    """At most `per_interval` lines per `interval` seconds for each key; the rest counted.
+
+    Where an outsider or a flood decides how often something happens (handshakes without a
+    certificate, a replayed month of detections), every occurrence still counts in a
+    metric, but the log gets the first few of each kind per interval and then one summary
+    line: "N more <what> (<key>) in the last <interval> s". The summary is written at the
+    next occurrence after the interval or by `flush_all()`, which the agent calls once a
+    second. Thread-safe.
+    """
+
+    _all: ClassVar[weakref.WeakSet[Limiter]] = weakref.WeakSet()
+
+    def __init__(self, logger: logging.Logger, *, per_interval: int, interval: float,
+                 what: str) -> None:
+        self.logger = logger
+        self.per_interval = per_interval
+        self.interval = interval
+        self.what = what
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+        self._shown: dict[str, int] = {}
+        self._held: dict[str, tuple[int, int]] = {}  # key -> (suppressed, level)
+        Limiter._all.add(self)
+
+    def info(self, msg: str, *args: Any, key: str = "") -> None:
+        """Log at INFO within the budget of `key`."""
+        self.log(logging.INFO, msg, *args, key=key)
+
+    def warning(self, msg: str, *args: Any, key: str = "") -> None:
+        """Log at WARNING within the budget of `key`."""
+        self.log(logging.WARNING, msg, *args, key=key)
+
+    def log(self, level: int, msg: str, *args: Any, key: str = "") -> None:
+        """Log `msg % args` if `key` has budget left in this interval, else count it."""
+        now = time.monotonic()
+        with self._lock:
+            summary = self._roll(key, now)
+            shown = self._shown.get(key, 0)
+            if shown < self.per_interval:
+                self._shown[key] = shown + 1
+                emit = True
+            else:
+                suppressed, _ = self._held.get(key, (0, level))
+                self._held[key] = (suppressed + 1, level)
+                emit = False
+        if summary is not None:
+            self._summarise(key, *summary)
+        if emit:
+            self.logger.log(level, msg, *args)
+
+    def _roll(self, key: str, now: float) -> tuple[int, int, float] | None:
+        """Start a new interval for `key` when the last one is over; its summary, if any."""
+        started = self._started.get(key)
+        if started is not None and now - started < self.interval:
+            return None
+        self._started[key] = now
+        self._shown[key] = 0
+        held = self._held.pop(key, None)
+        if held is None or started is None:
+            return None
+        return held[0], held[1], now - started
+
+    def _summarise(self, key: str, count: int, level: int, seconds: float) -> None:
+        label = f" ({key})" if key else ""
+        self.logger.log(level, "%d more %s%s in the last %.0f s (log lines limited to %d "
+                        "per %.0f s; metrics count every one)", count, self.what, label,
+                        seconds, self.per_interval, self.interval)
+
+    def flush(self) -> None:
+        """Write the summaries of intervals that are over."""
+        now = time.monotonic()
+        with self._lock:
+            due = [(key, self._roll(key, now)) for key in list(self._held)]
+        for key, summary in due:
+            if summary is not None:
+                self._summarise(key, *summary)
+
+    @classmethod
+    def flush_all(cls) -> None:
+        """`flush` every limiter of the process."""
+        for limiter in list(cls._all):
+            limiter.flush()

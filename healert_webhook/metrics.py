@@ -83,8 +83,7 @@ TAIL_SKIPPED = Counter(
 TAIL_CHECKPOINT_AGE = Gauge(
     "healert_tail_checkpoint_age_seconds", "Seconds since the tail checkpoint last advanced")
 
-# Delivery (outbox/forwarder, issue 4): requests whose answer was lost (agent killed, timeout)
-# and that are sent again; the only way a friction event can reach the backend twice.
+# Requests whose answer was lost (agent killed, timeout) and that are sent again.
 FORWARD_UNCERTAIN_RESENDS = Counter(
     "healert_forward_uncertain_resends_total",
     "Friction events sent again after a request whose answer was lost (possible duplicates)")

@@ -1,17 +1,17 @@
 """The ops listener: /metrics for Prometheus, /healthz (alive), /readyz (can take work).
 
-Ready means: rules loaded, outbox writable, webhook listener up (when serving) and the
-tailer following (when tailing). The forwarder's state is shown in /readyz's body but
-never makes the agent unready: a backend outage must not take the webhook out of the
-apiserver's reach, the outbox exists to ride it out. No endpoint shows configuration,
+Ready means: outbox writable, webhook listener up (when serving) and the tailer following
+(when tailing); rules are always loaded, an agent without them does not start. The
+forwarder's state is shown in /readyz's body but never makes the agent unready: a backend
+outage must not take the webhook out of the apiserver's reach, the outbox exists to ride
+it out. No endpoint shows configuration,
 paths of secrets, URLs or keys.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -59,19 +59,15 @@ class Health:
     outbox: Writable | None = None
     forwarder: StatusSource | None = None
     tailer: ReadySource | None = None
-    rules_loaded: Callable[[], bool] = lambda: False
     webhook_expected: bool = False
     webhook_up: bool = False
     stopping: bool = False
-    extra: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         """Why the agent is not ready (empty when it is). Blocking: run in a thread."""
         out: list[str] = []
         if self.stopping:
             out.append("shutting down")
-        if not self.rules_loaded():
-            out.append("rules not loaded")
         if self.outbox is None:
             out.append("outbox not open")
         else:

@@ -2,8 +2,8 @@
 
 Durability: `synchronous=FULL` makes every commit fsync the WAL, so a webhook batch answered
 2xx (after `store` returned) survives a power loss, not only a process crash (NORMAL would
-survive `kill -9` but could lose the last commits on power loss, and DESIGN §7 promises
-"durably stored").
+survive `kill -9` but could lose the last commits on power loss, and an answered batch is
+promised to be durably stored).
 
 Tables:
   queue        friction events waiting, oldest first (seq); key UNIQUE, so a resent batch
@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from healert_webhook import metrics
+from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class StoreResult:
     stored: int
     duplicates: int
     dropped: int
+    stored_keys: frozenset[str] = frozenset()  # the keys queued by this call
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,17 @@ class Outbox:
         self._last_metrics = 0.0
         self._failure: str | None = None
         self._conn = self._open()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Outbox:
+        """The outbox in the settings' state directory (created 0700 if missing)."""
+        try:
+            settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"state directory {settings.state_dir}: "
+                              f"{exc.strerror or exc}", "io") from exc
+        return cls(settings.outbox_path, max_queued=settings.outbox_max_events,
+                   dedup_window=settings.dedup_window)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -325,20 +338,21 @@ class Outbox:
         rows = [(f.key, f.rule, _dumps(f.event), now, f.key, horizon, f.key)
                 for f in frictions]
         with self._transaction("store") as conn:
-            stored = 0
-            if rows:
-                cur = conn.executemany(
+            keys: set[str] = set()
+            for row in rows:
+                cur = conn.execute(
                     "INSERT OR IGNORE INTO queue (key, rule, event, created) "
                     "SELECT ?, ?, ?, ? WHERE NOT EXISTS "
                     "(SELECT 1 FROM delivered WHERE key = ? AND delivered >= ?) "
-                    "AND NOT EXISTS (SELECT 1 FROM dead WHERE key = ?)", rows)
-                stored = max(cur.rowcount, 0)
-            dropped = self._enforce_bound(conn) if stored else 0
+                    "AND NOT EXISTS (SELECT 1 FROM dead WHERE key = ?)", row)
+                if cur.rowcount > 0:
+                    keys.add(row[0])
+            dropped = self._enforce_bound(conn) if keys else 0
             if checkpoint is not None:
                 self._save_checkpoint(conn, checkpoint, now)
-        if stored:
+        if keys:
             self._notify()  # the forwarder wakes and refreshes the gauges (off this path)
-        return StoreResult(stored, len(frictions) - stored, dropped)
+        return StoreResult(len(keys), len(frictions) - len(keys), dropped, frozenset(keys))
 
     def _enforce_bound(self, conn: sqlite3.Connection) -> int:
         depth = conn.execute("SELECT value FROM meta WHERE name = 'depth'").fetchone()[0]
@@ -497,6 +511,16 @@ class Outbox:
                           "FROM dead ORDER BY dead_at, key LIMIT ?", (limit,))
         return [DeadLetter(key, rule, _loads(blob), created, dead_at, status, reason, answer)
                 for key, rule, blob, created, dead_at, status, reason, answer in rows]
+
+    def not_dead(self, keys: Sequence[str]) -> list[str]:
+        """Those of `keys` that name no dead letter, in the given order."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):  # SQLite caps the parameters per statement
+            chunk = list(keys[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(key for (key,) in self._read(
+                f"SELECT key FROM dead WHERE key IN ({marks})", chunk))  # noqa: S608
+        return [key for key in keys if key not in found]
 
     def retry_dead(self, keys: Sequence[str] | None = None) -> int:
         """Move dead letters (all, or those with `keys`) back to the end of the queue."""

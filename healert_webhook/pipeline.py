@@ -1,89 +1,218 @@
-"""The one detection pipeline every source feeds: detect, count, hand to the outbox.
+"""The one detection pipeline every source feeds: parse, detect, store, count.
 
-Sources (webhook, tail, replay) parse their input and call `Pipeline.detect`; what it
-returns goes to the outbox. The active Detector is swapped in one assignment on reload,
-so a batch is always evaluated by one complete rule set, never half of one.
+Sources hand over what they read — the raw JSON of single events (log lines) or events
+already parsed (the items of an EventList body or of a replayed document) — and the
+pipeline does the rest the same way for all three: parse each raw event once, run the
+active rules, record the counts, store the friction events in the outbox (with a tail
+checkpoint in the same transaction), count the duplicates the outbox suppressed, and log
+one line per friction event stored.
+
+`evaluate` and `store` are the two halves; `process` does both. The tail evaluates chunks
+as it reads them and stores at checkpoints; replay stores only with `--forward`.
+Everything here is blocking (the outbox fsyncs): the webhook calls it from a worker thread.
+The active Detector is swapped in one assignment on reload, so a batch is always evaluated
+by one complete rule set, never half of one.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from healert_webhook import metrics
+import orjson
+
+from healert_webhook import audit, metrics
 from healert_webhook.config import Settings
 from healert_webhook.detect import Detector, Friction, Stats
-from healert_webhook.rules import RulesError, RuleSet, load_rules, resolve_rules_path
+from healert_webhook.logs import Limiter
+from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
+from healert_webhook.rules import RulesError, load_rules
 
 log = logging.getLogger(__name__)
+# One INFO line per friction event stored; a flood (a replayed month) is summarised.
+_stored_lines = Limiter(log, per_interval=50, interval=10.0, what="friction events stored")
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
+
+class _GcPause:
+    """The collector's pause, shared by every thread that evaluates a batch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._was_enabled = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0 and self._was_enabled:
+                    gc.enable()
+
+
+_pause = _GcPause()
+
+
+def gc_paused() -> AbstractContextManager[None]:
     """Pause the cyclic garbage collector while a batch is parsed and evaluated.
 
     Parsing 400 events creates tens of thousands of dicts and lists, which triggers many
     generation-0 collections and promotes the whole tree to older generations, only for
     it to be freed by reference counting a moment later (parsed JSON holds no cycles).
-    Callers drop the parsed batch before leaving the block, so the collector's counters
-    fall back and no collection runs over it. Re-enables only what it disabled.
+    Callers drop the parsed batch before leaving the block. Several threads may hold the
+    pause at once: the collector comes back when the last one leaves, and only if it was
+    on when the first one came.
     """
-    was_enabled = gc.isenabled()
-    if was_enabled:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    return _pause()
 
 
-def record(stats: Stats, source: str) -> None:
+class BadBody(ValueError):
+    """A webhook body that is not an audit EventList, Event or array; `reason` is a label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Evaluation:
+    """What evaluating one batch of items found."""
+
+    frictions: list[Friction]
+    stats: Stats
+    # (index into the items, reason) of every item that was not an audit event
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def parse_items(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
+    """Parse the raw (bytes) items once; parsed items pass through. Also name the bad ones.
+
+    An item that is not JSON, or JSON but not an object, is left out of the events and
+    listed with its reason; an empty or blank one (a log line) is listed as "blank" and
+    counted nowhere: it is no event.
+    """
+    loads = orjson.loads
+    try:  # the common case: every item is one well-formed event
+        events = [loads(item) if item.__class__ is bytes else item for item in items]
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not events or set(map(type, events)) == {dict}:  # one C-level type pass
+            return events, []
+    events = []
+    bad: list[tuple[int, str]] = []
+    for index, raw in enumerate(items):
+        item = raw
+        if raw.__class__ is bytes:
+            try:
+                item = loads(raw)
+            except orjson.JSONDecodeError:
+                bad.append((index, "bad_json" if raw.strip() else "blank"))
+                continue
+        if item.__class__ is dict:
+            events.append(item)
+        else:
+            bad.append((index, "not_an_object"))
+    return events, bad
+
+
+def record(stats: Stats, bad: Sequence[tuple[int, str]], source: str) -> None:
     """Add one batch's counts to the Prometheus metrics (once per batch, not per event)."""
-    metrics.AUDIT_EVENTS.labels(source).inc(stats.events)
+    not_events = [reason for _index, reason in bad if reason != "blank"]
+    metrics.AUDIT_EVENTS.labels(source).inc(stats.events + len(not_events))
     for reason, count in stats.invalid.items():
         metrics.INVALID_EVENTS.labels(source, reason).inc(count)
+    for reason in not_events:
+        metrics.INVALID_EVENTS.labels(source, reason).inc()
     for reason, count in stats.skipped.items():
         metrics.SKIPPED_EVENTS.labels(source, reason).inc(count)
     for (rule, severity), count in stats.matched.items():
         metrics.FRICTION_EVENTS.labels(rule, severity).inc(count)
 
 
-def make_detector(ruleset: RuleSet, settings: Settings) -> Detector:
+def make_detector(ruleset: Any, settings: Settings) -> Detector:
     """A Detector for `ruleset` with the settings' entity and own namespaces."""
     return Detector(ruleset, entity_namespace=settings.entity_namespace,
                     own_namespace=settings.k8s_namespace)
 
 
 class Pipeline:
-    """Holds the active rules; sources call `detect` for every parsed batch or chunk."""
+    """The active rules and the outbox; every source calls into it (see the docstring)."""
 
-    def __init__(self, settings: Settings, detector: Detector) -> None:
+    def __init__(self, settings: Settings, detector: Detector,
+                 outbox: Outbox | None = None) -> None:
         self.settings = settings
         self.detector = detector
+        self.outbox = outbox
         metrics.RULES_LOADED.set(len(detector.rules))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
+    def from_settings(cls, settings: Settings, outbox: Outbox | None = None) -> Pipeline:
         """Load the configured rules (raises RulesError) and build the pipeline."""
-        ruleset = load_rules(resolve_rules_path(settings.rules_path))
-        return cls(settings, make_detector(ruleset, settings))
+        return cls(settings, make_detector(load_rules(settings.rules_path), settings), outbox)
 
-    def detect(self, events: Iterable[Any], source: str) -> tuple[list[Friction], Stats]:
-        """Run the active rules over parsed events and record the counts."""
+    def evaluate(self, items: Sequence[Any], source: str) -> Evaluation:
+        """Parse and detect; record the counts. Never raises on any input."""
+        detector = self.detector  # one rule set for the whole batch, even across a reload
         stats = Stats()
-        found = self.detector.detect(events, stats)
-        record(stats, source)
-        return found, stats
+        with gc_paused():
+            events, bad = parse_items(items)
+            frictions = detector.detect(events, stats)
+            del events  # freed by reference counting before the collector runs again
+        record(stats, bad, source)
+        return Evaluation(frictions, stats, bad)
+
+    def store(self, frictions: Sequence[Friction], source: str,
+              checkpoint: Checkpoint | None = None) -> StoreResult:
+        """Store `frictions` (and `checkpoint`) in one outbox transaction; count and log.
+
+        Raises OutboxError when nothing could be stored. Blocking.
+        """
+        if not frictions and checkpoint is None:
+            return StoreResult(0, 0, 0)
+        if self.outbox is None:
+            raise RuntimeError("this pipeline has no outbox")
+        result = self.outbox.store(frictions, checkpoint)
+        if result.duplicates:
+            metrics.DUPLICATES.labels(source).inc(result.duplicates)
+        if result.stored:
+            self._log_stored(frictions, result, source)
+        return result
+
+    def process(self, items: Sequence[Any], source: str,
+                checkpoint: Checkpoint | None = None) -> tuple[Evaluation, StoreResult]:
+        """Evaluate the items and store what they yield, in one call."""
+        found = self.evaluate(items, source)
+        return found, self.store(found.frictions, source, checkpoint)
+
+    @staticmethod
+    def _log_stored(frictions: Sequence[Friction], result: StoreResult, source: str) -> None:
+        fresh = result.stored_keys
+        for friction in frictions:
+            if friction.key in fresh:
+                event = friction.event
+                _stored_lines.info(
+                    "friction stored: rule=%s actor=%s entity=%s source=%s key=%s",
+                    friction.rule, event.get("actor", "-"), event.get("entity_ref"), source,
+                    friction.key)
 
     def reload(self) -> bool:
         """Reload the rules file; keep the old rules if the new file is invalid."""
-        path = resolve_rules_path(self.settings.rules_path)
         try:
-            ruleset = load_rules(path)
+            ruleset = load_rules(self.settings.rules_path)
         except RulesError as exc:
             metrics.RULES_RELOADS.labels("failure").inc()
             for problem in exc.problems:
@@ -94,3 +223,18 @@ class Pipeline:
         metrics.RULES_LOADED.set(len(self.detector.rules))
         log.info("rules reloaded from %s: %d enabled", ruleset.source, len(self.detector.rules))
         return True
+
+
+def parse_body(body: bytes) -> list[Any]:
+    """The items of a webhook body: an EventList, a single Event or a JSON array.
+
+    Raises BadBody for a body that is not one of those.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadBody(f"body is not valid JSON: {exc}", "bad_json") from None
+    try:
+        return audit.batch_items(doc)
+    except audit.BadDocument as exc:
+        raise BadBody(f"not an audit EventList, Event or array: {exc}", "bad_shape") from None

@@ -17,47 +17,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import signal
 import socket
 import ssl
-import sys
 import threading
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from healert_webhook import logs, tls
-from healert_webhook.config import Settings
+from healert_webhook import __version__, exits, logs, protocol, tls
+from healert_webhook.auth import TokenAuth, TokenError, allow_list
+from healert_webhook.budget import BodyBudget
+from healert_webhook.config import ConfigError, Settings, check_webhook
+from healert_webhook.filewatch import FileWatch
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, make_ops_app
 from healert_webhook.outbox import Outbox, OutboxError
 from healert_webhook.pipeline import Pipeline
-from healert_webhook.rules import RulesError, resolve_rules_path
 from healert_webhook.sources.tail import Tailer
-from healert_webhook.sources.webhook import (
-    BodyBudget,
-    TokenAuth,
-    TokenError,
-    WebhookApp,
-)
+from healert_webhook.sources.webhook import WebhookApp
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 KEEP_ALIVE = 90.0  # above the apiserver's 75 s idle timeout: we never close first
 GRACE = 20.0  # in-flight batches get this long after SIGTERM (Kubernetes gives 30 s)
 PART_STOP = 4.0  # tailer and forwarder each get this long to stop
 WATCH_INTERVAL = 1.0
 STORE_THREADS = 2  # SQLite serialises writers; a second thread overlaps one fsync
+BACKLOG = 2048
 
 
-class StartupError(Exception):
-    """The agent cannot start; the message says why (exit code 2)."""
+class StartupError(ConfigError):
+    """The agent cannot start (a port, the state directory, a certificate); exit code 2."""
 
 
 class _Server(uvicorn.Server):
@@ -67,16 +60,6 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Generator[None, None, None]:
         """Install nothing: `Agent` owns SIGTERM, SIGINT and SIGHUP."""
         yield
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -90,6 +73,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
+        sock.listen(BACKLOG)  # now, so a port in use is a clear error before anything runs
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
@@ -101,15 +85,6 @@ def _url(scheme: str, sock: socket.socket) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _check_plain_http(settings: Settings) -> None:
-    host = settings.listen[0]
-    if settings.tls_cert is None and not is_loopback(host) and not settings.insecure_http:
-        raise StartupError(
-            f"refusing to serve the webhook over plain HTTP on {host}, which is not a "
-            "loopback address: set HEALERT_TLS_CERT and HEALERT_TLS_KEY, or "
-            "HEALERT_INSECURE_HTTP=true to accept it")
-
-
 def _uvicorn_config(app: Any, *, http: Any, ctx: ssl.SSLContext | None) -> uvicorn.Config:
     extra: dict[str, Any] = {}
     if ctx is not None:
@@ -118,7 +93,7 @@ def _uvicorn_config(app: Any, *, http: Any, ctx: ssl.SSLContext | None) -> uvico
     return uvicorn.Config(
         app, loop="uvloop", http=http, ws="none", lifespan="off", log_config=None,
         access_log=False, server_header=False, timeout_keep_alive=int(KEEP_ALIVE),
-        timeout_graceful_shutdown=int(GRACE), backlog=2048, **extra)
+        timeout_graceful_shutdown=int(GRACE), backlog=BACKLOG, **extra)
 
 
 @dataclasses.dataclass
@@ -130,6 +105,16 @@ class Webhook:
     ctx: ssl.SSLContext | None
     certs: tls.CertReloader | None
     tokens: TokenAuth | None
+
+    def auth_mode(self) -> str:
+        """How requests are authenticated, for the start-up summary (no secrets)."""
+        modes = []
+        if self.ctx is not None and self.ctx.verify_mode == ssl.CERT_REQUIRED:
+            modes.append("client certificates" + (" (names allow-listed)"
+                                                  if self.app.client_names else ""))
+        if self.tokens is not None:
+            modes.append(f"bearer tokens ({len(self.tokens.tokens)} accepted)")
+        return " + ".join(modes) or "NONE (any client may post)"
 
 
 class Agent:
@@ -146,14 +131,13 @@ class Agent:
         self.tailer = tailer
         self.executor = executor
         self.forwarder = Forwarder(settings, outbox)
-        path = resolve_rules_path(settings.rules_path)
-        self.rules_watch = tls.FileWatch(path) if path is not None else None
+        path = settings.rules_path
+        self.rules_watch = FileWatch(path) if path is not None else None
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
-                             rules_loaded=lambda: self.pipeline.detector is not None,
                              webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()
-        self.exit_code = EXIT_OK
+        self.exit_code = exits.OK
 
     async def run(self) -> int:
         """Start every part, wait for a stop signal, shut down in order."""
@@ -164,7 +148,7 @@ class Agent:
         fwd_task.add_done_callback(self._part_ended)
         tail_stop = threading.Event()
         tail_thread = self._start_tailer(loop, tail_stop)
-        ops = _Server(_uvicorn_config(make_ops_app(self.health), http=tls.OpsHttpProtocol,
+        ops = _Server(_uvicorn_config(make_ops_app(self.health), http=protocol.OpsHttpProtocol,
                                      ctx=None))
         ops_task = asyncio.create_task(ops.serve(sockets=[self.ops_sock]), name="ops")
         web, web_task = self._start_webhook()
@@ -201,7 +185,7 @@ class Agent:
         """A part died: log it and stop the agent with a failure exit code."""
         if not self.stop.is_set():
             log.error("%s; stopping", message)
-            self.exit_code = EXIT_FAILURE
+            self.exit_code = exits.FAILED
             self.stop.set()
 
     def _part_ended(self, task: asyncio.Task[Any]) -> None:
@@ -234,8 +218,8 @@ class Agent:
     def _start_webhook(self) -> tuple[_Server | None, asyncio.Task[None] | None]:
         if self.webhook is None:
             return None, None
-        http = tls.PeerInfoProtocol if self.webhook.ctx is not None else \
-            tls.GuardedHttpProtocol
+        http = protocol.PeerInfoProtocol if self.webhook.ctx is not None else \
+            protocol.GuardedHttpProtocol
         server = _Server(_uvicorn_config(self.webhook.app, http=http, ctx=self.webhook.ctx))
         task = asyncio.create_task(server.serve(sockets=[self.webhook.sock]), name="webhook")
         return server, task
@@ -249,9 +233,24 @@ class Agent:
         log.info("ops listener on %s", _url("http", self.ops_sock))
         if self.webhook is not None:
             scheme = "https" if self.webhook.ctx is not None else "http"
-            log.info("webhook listener on %s%s", _url(scheme, self.webhook.sock),
-                     self.settings.webhook_path)
+            log.info("webhook listener on %s%s (auth: %s)", _url(scheme, self.webhook.sock),
+                     self.settings.webhook_path, self.webhook.auth_mode())
             self.health.webhook_up = True
+        self._log_summary()
+
+    def _log_summary(self) -> None:
+        """One line that says how this agent runs (what an operator checks first)."""
+        settings = self.settings
+        mode = "+".join(part for part, on in (("webhook", self.webhook is not None),
+                                              ("tail", self.tailer is not None)) if on)
+        rules = self.pipeline.detector.ruleset
+        backend = settings.backend_url or "none (events are kept in the outbox and logged)"
+        key = ("from HEALERT_API_KEY_FILE" if settings.api_key_file is not None else
+               "from HEALERT_API_KEY" if settings.api_key else "none")
+        tail = f"; tail {self.tailer.path}" if self.tailer is not None else ""
+        log.info("healert-webhook %s started: mode %s; rules %s, %d of %d enabled; outbox "
+                 "%s; backend %s, key %s%s", __version__, mode, rules.source,
+                 len(rules.enabled), len(rules.rules), self.outbox.path, backend, key, tail)
 
     async def _stop_server(self, server: _Server, task: asyncio.Task[None]) -> None:
         server.should_exit = True
@@ -287,6 +286,7 @@ class Agent:
                 await self.reload(force)
             except Exception:  # the watcher must survive anything a file can do
                 log.exception("reload failed")
+            logs.Limiter.flush_all()
 
     async def reload(self, force: bool = False) -> None:
         """Reload what changed on disk (everything when `force`)."""
@@ -302,9 +302,9 @@ class Agent:
             await asyncio.to_thread(self.webhook.tokens.reload, force)
 
 
-def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
+def _build_webhook(settings: Settings, pipeline: Pipeline,
                    executor: ThreadPoolExecutor) -> Webhook:
-    _check_plain_http(settings)
+    check_webhook(settings)
     ctx = certs = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         try:
@@ -317,15 +317,12 @@ def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
         tokens = TokenAuth.from_settings(settings)
     except TokenError as exc:
         raise StartupError(str(exc)) from exc
-    names = tls.allow_list(settings.tls_client_names)
-    if names and settings.tls_client_ca is None:
-        raise StartupError("HEALERT_TLS_CLIENT_NAMES needs HEALERT_TLS_CLIENT_CA")
     if tokens is None and settings.tls_client_ca is None:
         log.warning("the webhook accepts requests without authentication: set "
                     "HEALERT_TLS_CLIENT_CA or HEALERT_WEBHOOK_TOKEN_FILE")
-    app = WebhookApp(pipeline=pipeline, outbox=outbox, executor=executor,
+    app = WebhookApp(pipeline=pipeline, executor=executor,
                      path=settings.webhook_path, max_body_bytes=settings.max_body_bytes,
-                     tokens=tokens, client_names=names,
+                     tokens=tokens, client_names=allow_list(settings.tls_client_names),
                      budget=BodyBudget(settings.max_inflight_bytes or settings.max_body_bytes),
                      body_timeout=settings.webhook_body_timeout)
     sock = bind(*settings.listen)
@@ -334,31 +331,23 @@ def _build_webhook(settings: Settings, pipeline: Pipeline, outbox: Outbox,
 
 def _open_outbox(settings: Settings) -> Outbox:
     try:
-        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return Outbox(settings.outbox_path, max_queued=settings.outbox_max_events,
-                      dedup_window=settings.dedup_window)
-    except OSError as exc:
-        raise StartupError(f"state directory {settings.state_dir}: "
-                           f"{exc.strerror or exc}") from exc
+        return Outbox.from_settings(settings)
     except OutboxError as exc:
         raise StartupError(str(exc)) from exc
 
 
-def build_agent(settings: Settings, tail_path: Path | None, *, webhook: bool) -> Agent:
-    """Build every part (raises StartupError or RulesError); nothing runs yet."""
-    pipeline = Pipeline.from_settings(settings)
-    executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="outbox-store")
+def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
+    """Build every part (raises ConfigError or RulesError); nothing runs yet."""
     outbox = _open_outbox(settings)
+    executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pipeline")
     opened: list[socket.socket] = []
     try:
-        hook = _build_webhook(settings, pipeline, outbox, executor) if webhook else None
+        pipeline = Pipeline.from_settings(settings, outbox)
+        hook = _build_webhook(settings, pipeline, executor) if webhook else None
         if hook is not None:
             opened.append(hook.sock)
         ops_sock = bind(*settings.ops_listen)
-        tailer = None
-        if tail_path is not None:
-            tail_settings = dataclasses.replace(settings, audit_log_path=tail_path)
-            tailer = Tailer(tail_settings, pipeline, outbox)
+        tailer = Tailer(settings, pipeline) if tail else None
     except BaseException:
         for sock in opened:
             sock.close()
@@ -369,29 +358,14 @@ def build_agent(settings: Settings, tail_path: Path | None, *, webhook: bool) ->
                  executor=executor)
 
 
-def _main(settings: Settings, tail_path: Path | None, *, webhook: bool) -> int:
+def run_agent(settings: Settings, *, webhook: bool, tail: bool) -> int:
+    """`serve` (the webhook, and the tail with --tail) or `tail`: run until a stop signal.
+
+    Returns the exit code; raises ConfigError or RulesError when it cannot start.
+    """
     logs.setup(settings.log_format, settings.log_level)
-    try:
-        agent = build_agent(settings, tail_path, webhook=webhook)
-    except RulesError as exc:
-        print(f"healert-webhook: rules file {exc.source} is invalid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StartupError as exc:
-        print(f"healert-webhook: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    agent = build_agent(settings, webhook=webhook, tail=tail)
     # uvicorn's loop setup, done once for both servers.
     loop_factory = _uvicorn_config(None, http="httptools", ctx=None).get_loop_factory()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(agent.run())
-
-
-def run_serve(settings: Settings, tail_path: Path | None) -> int:
-    """`serve`: the webhook, the ops listener, the forwarder, and a tailer with `--tail`."""
-    return _main(settings, tail_path, webhook=True)
-
-
-def run_tail(settings: Settings) -> int:
-    """`tail`: follow settings.audit_log_path, with the ops listener and the forwarder."""
-    return _main(settings, settings.audit_log_path, webhook=False)

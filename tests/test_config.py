@@ -102,3 +102,22 @@ def test_help_lists_env_names_and_takes_no_secret_flags() -> None:
                          capture_output=True, text=True, check=False, timeout=60)
     assert bad.returncode == 2
     assert "expected HOST:PORT" in bad.stderr
+
+
+def test_settings_defaults_come_from_the_options_table() -> None:
+    from dataclasses import fields
+
+    from healert_webhook.config import OPTIONS
+    by_name = {f.name: f for f in fields(Settings)}
+    assert set(by_name) == {opt.name for opt in OPTIONS}
+    for option in OPTIONS:
+        assert by_name[option.name].default == option.default, option.name
+
+
+def test_rules_path_falls_back_to_a_local_rules_file(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert build_settings(environ={}).rules_path is None  # the packaged rules
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    assert build_settings(environ={}).rules_path == Path("rules.yaml")
+    assert build_settings(environ={"RULES_PATH": "/etc/r.yaml"}).rules_path == Path("/etc/r.yaml")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from healert_webhook import exits
 from healert_webhook.config import Settings
 from healert_webhook.delivery_cli import check_backend, outbox_command
 from healert_webhook.detect import Friction
@@ -53,7 +54,7 @@ def settings_for(tmp_path: Path, url: str | None, key: str = KEY) -> Settings:
 def test_check_backend_ok_with_a_test_event(tmp_path: Path, backend: Backend,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     backend.control(mode="reset")
-    assert check_backend(settings_for(tmp_path, backend.url), send_test=True) == 0
+    assert check_backend(settings_for(tmp_path, backend.url), send_test=True) == exits.OK
     out = capsys.readouterr().out
     assert "ok   health" in out and "key accepted" in out and "test event delivered" in out
     assert KEY not in out  # never print the secret
@@ -63,13 +64,14 @@ def test_check_backend_ok_with_a_test_event(tmp_path: Path, backend: Backend,
 
 def test_check_backend_without_test_sends_no_event(tmp_path: Path, backend: Backend) -> None:
     backend.control(mode="reset")
-    assert check_backend(settings_for(tmp_path, backend.url), send_test=False) == 0
+    assert check_backend(settings_for(tmp_path, backend.url), send_test=False) == exits.OK
     assert backend.view()["events"] == []
 
 
 def test_check_backend_wrong_key(tmp_path: Path, backend: Backend,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    assert check_backend(settings_for(tmp_path, backend.url, "nope"), send_test=True) == 3
+    code = check_backend(settings_for(tmp_path, backend.url, "nope"), send_test=True)
+    assert code == exits.KEY_REFUSED
     assert "HEALERT_API_KEY_FILE" in capsys.readouterr().out
 
 
@@ -81,21 +83,22 @@ def test_check_backend_test_event_rejected(tmp_path: Path, backend: Backend,
         code = check_backend(settings_for(tmp_path, backend.url), send_test=True, as_json=True)
     finally:
         backend.control(mode="reset")
-    assert code == 4
+    assert code == exits.EVENT_REFUSED
     report = json.loads(capsys.readouterr().out)
-    assert report["exit_code"] == 4
+    assert report["exit_code"] == exits.EVENT_REFUSED
     assert report["steps"][-1]["step"] == "test" and "422" in report["steps"][-1]["message"]
 
 
 def test_check_backend_unreachable_and_unconfigured(tmp_path: Path) -> None:
-    assert check_backend(settings_for(tmp_path, "http://127.0.0.1:9"), send_test=False) == 2
-    assert check_backend(settings_for(tmp_path, None), send_test=False) == 1
+    code = check_backend(settings_for(tmp_path, "http://127.0.0.1:9"), send_test=False)
+    assert code == exits.UNREACHABLE
+    assert check_backend(settings_for(tmp_path, None), send_test=False) == exits.CONFIG
 
 
 def test_outbox_status_list_dead_retry_purge(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     settings = settings_for(tmp_path, None)
-    assert outbox_command(settings, "status", Args()) == 0
+    assert outbox_command(settings, "status", Args()) == exits.OK
     assert "nothing queued" in capsys.readouterr().out
     box = Outbox(settings.outbox_path)
     box.store([friction(n) for n in range(3)])
@@ -103,26 +106,26 @@ def test_outbox_status_list_dead_retry_purge(tmp_path: Path,
                     answer='{"detail":[{"msg":"type not accepted"}]}')
     box.close()
 
-    assert outbox_command(settings, "status", Args(json=True)) == 0
+    assert outbox_command(settings, "status", Args(json=True)) == exits.OK
     status = json.loads(capsys.readouterr().out)
     assert (status["depth"], status["dead_letters"]) == (2, 1)
 
-    assert outbox_command(settings, "list", Args()) == 0
+    assert outbox_command(settings, "list", Args()) == exits.OK
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 2 and "component:default/svc-1" in listed[0]
 
-    assert outbox_command(settings, "dead", Args()) == 0
+    assert outbox_command(settings, "dead", Args()) == exits.OK
     dead = capsys.readouterr().out
     assert "HTTP 422" in dead and "type not accepted" in dead
 
-    assert outbox_command(settings, "retry-dead", Args()) == 0
+    assert outbox_command(settings, "retry-dead", Args()) == exits.OK
     assert "requeued 1" in capsys.readouterr().out
 
-    assert outbox_command(settings, "purge", Args()) == 1  # no --yes: nothing happens
+    assert outbox_command(settings, "purge", Args()) == exits.FAILED  # no --yes: nothing happens
     assert "would delete 3 queued" in capsys.readouterr().err
-    assert outbox_command(settings, "purge", Args(yes=True, json=True)) == 0
+    assert outbox_command(settings, "purge", Args(yes=True, json=True)) == exits.OK
     assert json.loads(capsys.readouterr().out) == {"purged": 3, "dead": False}
-    assert outbox_command(settings, "unknown", Args()) == 1
+    assert outbox_command(settings, "unknown", Args()) == exits.FAILED
 
 
 def test_a_corrupt_outbox_is_explained_and_moved_aside(
@@ -130,10 +133,10 @@ def test_a_corrupt_outbox_is_explained_and_moved_aside(
     settings = settings_for(tmp_path, None)
     settings.state_dir.mkdir()
     settings.outbox_path.write_bytes(b"garbage " * 1000)
-    assert outbox_command(settings, "status", Args()) == 1
+    assert outbox_command(settings, "status", Args()) == exits.FAILED
     err = capsys.readouterr().err
     assert str(settings.outbox_path) in err and "outbox purge --corrupt" in err
-    assert outbox_command(settings, "purge", Args(corrupt=True)) == 1  # needs --yes
-    assert outbox_command(settings, "purge", Args(corrupt=True, yes=True)) == 0
+    assert outbox_command(settings, "purge", Args(corrupt=True)) == exits.FAILED  # needs --yes
+    assert outbox_command(settings, "purge", Args(corrupt=True, yes=True)) == exits.OK
     assert not settings.outbox_path.exists()
     assert list(settings.state_dir.glob("outbox.db.corrupt-*"))

@@ -26,15 +26,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from healert_webhook.backend import check_health, parse_retry_after
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
-from healert_webhook.forward import (
-    Forwarder,
-    Pacer,
-    backoff_delay,
-    check_backend_health,
-    parse_retry_after,
-)
+from healert_webhook.forward import Forwarder, Pacer, backoff_delay
 from healert_webhook.outbox import Outbox
 
 from support.backend import Backend, run_backend
@@ -165,14 +160,14 @@ def test_retry_after_seconds_and_http_date() -> None:
 
 def test_health_check(tmp_path: Path, backend: Backend) -> None:
     settings = make_settings(tmp_path, backend)
-    report = asyncio.run(check_backend_health(settings))
+    report = asyncio.run(check_health(settings))
     assert report.reachable and report.status == "ok" and report.version == "test-1.0"
     assert report.auth_enabled is True and report.key_set and report.warnings() == []
     no_key = Settings(backend_url=backend.url)
-    warnings = asyncio.run(check_backend_health(no_key)).warnings()
+    warnings = asyncio.run(check_health(no_key)).warnings()
     assert len(warnings) == 1 and "HEALERT_API_KEY" in warnings[0]
     backend.stop()
-    down = asyncio.run(check_backend_health(settings))
+    down = asyncio.run(check_health(settings))
     assert not down.reachable and "unreachable" in down.warnings()[0]
 
 
@@ -287,7 +282,7 @@ def test_wrong_key_pauses_and_the_key_file_fix_resumes(tmp_path: Path, backend: 
     with forwarding(settings, outbox, probe=60.0) as fwd:
         wait_for(lambda: fwd.status()["state"] == "paused", what="pause")
         status = fwd.status()
-        assert status["ready"] is False and "HEALERT_API_KEY_FILE" in str(status["reason"])
+        assert status["state"] == "paused" and "HEALERT_API_KEY_FILE" in str(status["reason"])
         assert sample("healert_forward_paused") == 1
         time.sleep(1.2)
         assert backend.statuses() == {401: 1}  # paused: no more requests
@@ -378,7 +373,7 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path, long_run: bool) ->
                "HEALERT_STATE_DIR": str(settings.state_dir),
                "HEALERT_API_KEY_FILE": str(settings.api_key_file),
                "HEALERT_FORWARD_RATE": "6000", "HEALERT_BACKOFF_BASE": "0.05",
-               "HEALERT_BACKOFF_MAX": "0.2"}
+               "HEALERT_BACKOFF_MAX": "0.2", "HEALERT_OPS_LISTEN": "127.0.0.1:0"}
         env.pop("HEALERT_API_KEY", None)
         logs = []
         for run in range(kills + 1):
@@ -386,9 +381,9 @@ def test_kill_9_during_delivery_loses_nothing(tmp_path: Path, long_run: bool) ->
             logs.append(log_path)
             with log_path.open("wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "healert_webhook.forward", "--settings-from-env"],
-                    env=env, stderr=out, stdout=out)
-            wait_for(lambda p=log_path: "forwarder started" in p.read_text(), 20, "start")
+                    [sys.executable, "-m", "healert_webhook", "tail", "--audit-log",
+                     str(tmp_path / "no-such.log")], env=env, stderr=out, stdout=out)
+            wait_for(lambda p=log_path: "started: mode tail" in p.read_text(), 20, "start")
             if run < kills:
                 time.sleep(rng.uniform(0.0, 0.3))
                 proc.send_signal(signal.SIGKILL)

@@ -34,7 +34,7 @@ class PausedForwarder:
 def test_ready_with_real_outbox_and_forwarder(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "outbox.db")
     settings = Settings(state_dir=tmp_path, backend_url="https://healert.internal:8443")
-    health = Health(outbox=box, forwarder=Forwarder(settings, box), rules_loaded=lambda: True,
+    health = Health(outbox=box, forwarder=Forwarder(settings, box),
                     webhook_expected=True, webhook_up=True)
     try:
         with serve_app(make_ops_app(health)) as running:
@@ -55,13 +55,11 @@ def test_ready_with_real_outbox_and_forwarder(tmp_path: Path) -> None:
 
 
 def test_not_ready_reasons_and_paused_deliveries(tmp_path: Path) -> None:
-    health = Health(outbox=None, forwarder=PausedForwarder(), tailer=NotFollowing(),
-                    rules_loaded=lambda: False)
+    health = Health(outbox=None, forwarder=PausedForwarder(), tailer=NotFollowing())
     with serve_app(make_ops_app(health)) as running:
         answer = httpx.get(f"http://127.0.0.1:{running.port}/readyz")
     assert answer.status_code == 503
     lines = answer.text.splitlines()
-    assert "not ready: rules not loaded" in lines
     assert "not ready: outbox not open" in lines
     assert "not ready: tail: audit log /var/log/audit.log does not exist" in lines
     assert "deliveries paused: backend refused the key (401)" in lines
@@ -70,7 +68,7 @@ def test_not_ready_reasons_and_paused_deliveries(tmp_path: Path) -> None:
 
 def test_paused_deliveries_alone_do_not_make_it_unready(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "outbox.db")
-    health = Health(outbox=box, forwarder=PausedForwarder(), rules_loaded=lambda: True)
+    health = Health(outbox=box, forwarder=PausedForwarder())
     try:
         with serve_app(make_ops_app(health)) as running:
             answer = httpx.get(f"http://127.0.0.1:{running.port}/readyz")

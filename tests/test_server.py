@@ -25,11 +25,10 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from healert_webhook.config import Settings
+from healert_webhook.config import ConfigError, Settings, check_webhook, is_loopback
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.outbox import Outbox
 from healert_webhook.rules import parse_rules
-from healert_webhook.server import StartupError, _check_plain_http, is_loopback
 
 from support.events import RULES, batch_of_400, event_list, exec_event, two_rules
 from support.pki import (
@@ -325,10 +324,10 @@ def test_plain_http_on_a_non_loopback_address_is_refused(tmp_path: Path) -> None
                    "--state-dir", "state"], tmp_path)
     assert agent.wait() == 2
     assert "HEALERT_INSECURE_HTTP" in agent.output()
-    with pytest.raises(StartupError):
-        _check_plain_http(Settings(listen=("10.1.2.3", 8443)))
-    _check_plain_http(Settings(listen=("10.1.2.3", 8443), insecure_http=True))
-    _check_plain_http(Settings(listen=("127.0.0.1", 8443)))
+    with pytest.raises(ConfigError, match="HEALERT_INSECURE_HTTP"):
+        check_webhook(Settings(listen=("10.1.2.3", 8443)))
+    check_webhook(Settings(listen=("10.1.2.3", 8443), insecure_http=True))
+    check_webhook(Settings(listen=("127.0.0.1", 8443)))
     assert is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
 
 

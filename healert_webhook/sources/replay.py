@@ -18,12 +18,12 @@ from typing import IO, Any
 
 import orjson
 
-from healert_webhook import audit
+from healert_webhook import audit, exits
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction, Stats
-from healert_webhook.pipeline import Pipeline, gc_paused
-from healert_webhook.rules import RulesError
+from healert_webhook.pipeline import Pipeline
 
+SOURCE = "replay"
 BATCH_LINES = 1000
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
 SHOWN_PROBLEMS = 20
@@ -172,12 +172,11 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
             continue
         try:
             for batch in iter_batches(stream, path, result.report, max_line):
-                with gc_paused():
-                    found, stats = pipeline.detect(batch, "replay")
-                    del batch
-                result.stats.merge(stats)
+                evaluation = pipeline.evaluate(batch, SOURCE)
+                del batch
+                result.stats.merge(evaluation.stats)
                 fresh = []
-                for friction in found:
+                for friction in evaluation.frictions:
                     if friction.key in seen:
                         result.duplicates += 1
                         continue
@@ -217,36 +216,34 @@ def summary_lines(result: ReplayResult) -> list[str]:
 
 
 def run_replay(settings: Settings, paths: Sequence[str], *, forward: bool) -> int:
-    """The `replay` command: 0 on success, 1 when a file could not be read, 2 on bad rules."""
-    try:
-        pipeline = Pipeline.from_settings(settings)
-    except RulesError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    out = sys.stdout.buffer
+    """The `replay` command: OK, or FAILED when a file could not be read.
 
-    def emit(friction: Friction) -> None:
-        out.write(orjson.dumps(friction.event) + b"\n")
-
-    store = None
+    Raises RulesError for an unusable rules file, OutboxError when `--forward` cannot
+    open the outbox.
+    """
     outbox = None
     if forward:
         from healert_webhook.outbox import Outbox  # only --forward needs the database
 
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        outbox = Outbox(settings.outbox_path, max_queued=settings.outbox_max_events,
-                        dedup_window=settings.dedup_window)
+        outbox = Outbox.from_settings(settings)
+    try:
+        pipeline = Pipeline.from_settings(settings, outbox)
+        out = sys.stdout.buffer
+
+        def emit(friction: Friction) -> None:
+            out.write(orjson.dumps(friction.event) + b"\n")
 
         def store(found: list[Friction]) -> None:
-            outbox.store(found)
+            pipeline.store(found, SOURCE)
 
-    try:
-        result = replay_paths(pipeline, paths, emit, settings.tail_max_line_bytes, store)
+        try:
+            result = replay_paths(pipeline, paths, emit, settings.tail_max_line_bytes,
+                                  store if outbox is not None else None)
+        finally:
+            out.flush()
     finally:
-        out.flush()
         if outbox is not None:
             outbox.close()
     for line in summary_lines(result):
         print(line, file=sys.stderr)
-    return 1 if result.failed_files else 0
+    return exits.FAILED if result.failed_files else exits.OK

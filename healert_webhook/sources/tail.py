@@ -1,7 +1,7 @@
 """Follow the apiserver's audit log file: rotation, truncation, checkpoints.
 
-The tailer reads the file in large chunks, splits complete lines, parses each line once
-and hands the chunk's events to `Pipeline.detect` in one call. The friction events found
+The tailer reads the file in large chunks, splits complete lines and hands each chunk's
+lines to `Pipeline.evaluate` in one call (which parses each line once). The friction events found
 since the last checkpoint and the checkpoint just after the last line read are stored in
 ONE outbox transaction, so after a crash the tail resumes exactly after the last line whose
 frictions are stored. While catching up, that transaction runs every CHECKPOINT_INTERVAL
@@ -13,7 +13,7 @@ frictions (if any were stored) are deduplicated by key in the outbox.
 Identity of a file: (device, inode) plus a fingerprint of its first bytes, so a deleted
 file whose inode number is reused by an unrelated file is not mistaken for the old one.
 
-Rotation (DESIGN §3):
+Rotation, as the apiserver (lumberjack) and logrotate do it:
   rename + create (lumberjack)  the open descriptor is kept and read to its end, even after
                                 the renamed file was gzipped and deleted; then the newer
                                 rotated files, by their timestamp, then the new file.
@@ -28,20 +28,15 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import signal
 import threading
 import time
 from pathlib import Path
-from types import FrameType
-from typing import Any
-
-import orjson
 
 from healert_webhook import metrics
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
-from healert_webhook.outbox import Checkpoint, Outbox, OutboxError
-from healert_webhook.pipeline import Pipeline, gc_paused
+from healert_webhook.outbox import Checkpoint, OutboxError
+from healert_webhook.pipeline import Pipeline
 from healert_webhook.sources.tailfiles import (
     FINGERPRINT_BYTES,
     GZ_ERRORS,
@@ -67,53 +62,13 @@ HELD_MAX = 1000  # frictions held for the next checkpoint, at most
 SHOWN_BAD_LINES = 5  # bad lines logged one by one per chunk, then one summary line
 BACKWARD_BLOCK = 64 * 1024
 RETRY_MAX = 10.0  # seconds between outbox retries, at most
-_ONLY_DICT = {dict}
 
 
 class _Stopped(Exception):
     """The stop event was set while waiting for the outbox."""
 
 
-# -- parsing -----------------------------------------------------------------------------
-
-
-def parse_lines(lines: list[bytes], max_line: int) -> tuple[list[Any], list[tuple[int, str]]]:
-    """Parse each line once: the events, and (index, reason) for every line skipped."""
-    if sum(map(len, lines)) <= max_line:
-        # Fast path, the common case: no line can be too long, try the whole chunk in
-        # one comprehension and fall back to the careful loop only if something is wrong.
-        loads = orjson.loads
-        try:
-            events = [loads(line) for line in lines]
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            # One C-level pass over the types instead of a generator step per event.
-            if not events or set(map(type, events)) == _ONLY_DICT:
-                return events, []
-    return _parse_carefully(lines, max_line)
-
-
-def _parse_carefully(lines: list[bytes],
-                     max_line: int) -> tuple[list[Any], list[tuple[int, str]]]:
-    events: list[Any] = []
-    bad: list[tuple[int, str]] = []
-    append = events.append
-    loads = orjson.loads
-    for i, line in enumerate(lines):
-        if len(line) > max_line:
-            bad.append((i, "too_long"))
-            continue
-        try:
-            event = loads(line)
-        except orjson.JSONDecodeError:
-            bad.append((i, "blank" if not line.strip() else "bad_json"))
-            continue
-        if type(event) is dict:
-            append(event)
-        else:
-            bad.append((i, "not_an_object"))
-    return events, bad
+# -- line bookkeeping --------------------------------------------------------------------
 
 
 def _line_offsets(lines: list[bytes], indexes: list[int], start: int) -> list[int]:
@@ -133,11 +88,13 @@ def _line_offsets(lines: list[bytes], indexes: list[int], start: int) -> list[in
 class Tailer:
     """Follows `settings.audit_log_path` into the pipeline and the outbox."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, outbox: Outbox) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        if pipeline.outbox is None:
+            raise ValueError("the tail needs a pipeline with an outbox")
         self.path = Path(os.path.abspath(settings.audit_log_path))
         self.source = f"tail:{self.path}"
         self._pipeline = pipeline
-        self._outbox = outbox
+        self._outbox = pipeline.outbox
         self._max_line = settings.tail_max_line_bytes
         self._poll = settings.tail_poll_interval
         self._from = settings.tail_from
@@ -239,7 +196,7 @@ class Tailer:
             self._seek_end(stream)
         log.info("tail of %s starts at offset %d (no checkpoint, from %s)", self.path,
                  stream.line_start, self._from)
-        self._checkpoint(stream, [])
+        self._checkpoint(stream)
         return stream
 
     def _open_resume(self, cp: Checkpoint) -> Stream | None:
@@ -296,7 +253,7 @@ class Tailer:
             if not self._has_checkpoint:
                 # The file appeared after a start without checkpoint: record it at once,
                 # so a restart resumes in it even after it was rotated.
-                self._checkpoint(stream, [])
+                self._checkpoint(stream)
         return stream
 
     def _seek_end(self, s: Stream) -> None:
@@ -365,45 +322,46 @@ class Tailer:
                     "BYTES): skipped", s.path, s.line_start, self._max_line)
 
     def _process(self, s: Stream, block: bytes, caught_up: bool = True) -> None:
-        """Parse, detect and store the complete lines in `block` (one pipeline call)."""
+        """Parse and detect the complete lines in `block` (one pipeline call); store the
+        frictions with the next checkpoint."""
         start = s.line_start
-        frictions: list[Friction] = []
-        # The chunk's parsed events (tens of thousands of dicts) die by reference
-        # counting when `events` is dropped; pausing the cyclic GC meanwhile saves the
-        # collections their allocation would trigger (half the catch-up CPU otherwise).
-        with gc_paused():
-            lines = block.split(b"\n")
-            lines.pop()  # the block ends with a newline: the last piece is empty
-            events, bad = parse_lines(lines, self._max_line)
-            metrics.TAIL_LINES.inc(len(lines))
-            if bad:
-                self._report_bad(s, lines, bad, start, start + len(block))
-            if events:
-                frictions, _stats = self._pipeline.detect(events, SOURCE)
-            del events, lines  # before the collector is back on
+        lines = block.split(b"\n")
+        lines.pop()  # the block ends with a newline: the last piece is empty
+        metrics.TAIL_LINES.inc(len(lines))
+        kept: list[int] | None = None
+        if len(block) > self._max_line:  # only then can a line be over the limit
+            kept = [i for i, line in enumerate(lines) if len(line) <= self._max_line]
+            items = [lines[i] for i in kept]
+        else:
+            items = lines
+        found = self._pipeline.evaluate(items, SOURCE)
+        bad = [(kept[i] if kept is not None else i, reason) for i, reason in found.bad]
+        if kept is not None and len(kept) < len(lines):
+            bad += [(i, "too_long") for i in sorted(set(range(len(lines))) - set(kept))]
+            bad.sort()
+        if bad:
+            self._report_bad(s, lines, bad, start, start + len(block))
+        del items, lines
         s.line_start = start + len(block)
         self._unstored += len(block)
         if s.gz is None:
             metrics.TAIL_LAG.set(max(0, os.fstat(s.fd).st_size - s.line_start))
-        self._held += frictions
+        self._held += found.frictions
         if self._due() or (self._held and (caught_up or len(self._held) >= HELD_MAX)):
-            self._checkpoint(s, [])
+            self._checkpoint(s)
 
     def _report_bad(self, s: Stream, lines: list[bytes], bad: list[tuple[int, str]],
                     start: int, end: int) -> None:
+        """Log the first bad lines with their offsets; count what the pipeline did not."""
         offsets = _line_offsets(lines, [i for i, _ in bad[:SHOWN_BAD_LINES]], start)
         for (_i, reason), offset in zip(bad, offsets, strict=False):
             if reason != "blank":
                 log.warning("%s: line at offset %d skipped: %s", s.path, offset,
                             _describe(reason, self._max_line))
-        counts: dict[str, int] = {}
-        for _i, reason in bad:
-            counts[reason] = counts.get(reason, 0) + 1
-        for reason, count in counts.items():
-            if reason in ("too_long", "blank"):
+        for reason in ("too_long", "blank"):  # not events: the pipeline counted them nowhere
+            count = sum(1 for _i, r in bad if r == reason)
+            if count:
                 metrics.TAIL_SKIPPED.labels(reason).inc(count)
-            else:
-                metrics.INVALID_EVENTS.labels(SOURCE, reason).inc(count)
         if len(bad) > SHOWN_BAD_LINES:
             log.warning("%s: %d more bad lines between offsets %d and %d", s.path,
                         len(bad) - SHOWN_BAD_LINES, start, end)
@@ -454,7 +412,7 @@ class Tailer:
                     "the copy", self.path, size, s.pos)
         s.seek(0)
         s.fp = fingerprint(s.head())
-        self._checkpoint(s, [])
+        self._checkpoint(s)
 
     def _learn_rotated_name(self, s: Stream) -> None:
         """Find the name our file was rotated to, so newer generations follow in order."""
@@ -487,7 +445,7 @@ class Tailer:
         s.skipping = False
         self._unstored += s.pos - s.line_start
         s.line_start = s.pos
-        self._checkpoint(s, [])
+        self._checkpoint(s)
         s.close()
         self._stream = None
 
@@ -529,7 +487,7 @@ class Tailer:
     def _flush_if_due(self) -> None:
         s = self._stream
         if s is not None and (self._held or self._due()):  # at the end: store what we hold
-            self._checkpoint(s, [])
+            self._checkpoint(s)
         age = time.monotonic() - self._last_store if self._unstored else 0.0
         metrics.TAIL_CHECKPOINT_AGE.set(age)
 
@@ -538,7 +496,7 @@ class Tailer:
         s = self._stream
         if s is not None and self._unstored:
             try:
-                self._outbox.store(self._held, self._make_checkpoint(s))
+                self._pipeline.store(self._held, SOURCE, self._make_checkpoint(s))
             except OutboxError as exc:
                 log.warning("tail checkpoint not saved at stop: %s", exc)
 
@@ -550,16 +508,15 @@ class Tailer:
         return Checkpoint(self.source, str(s.path), s.dev, s.ino, s.line_start,
                           s.fp.encode())
 
-    def _checkpoint(self, s: Stream, frictions: list[Friction]) -> None:
-        """Store the held frictions, `frictions` and the position after them in one
-        transaction; retry until it works (reading stops meanwhile: nothing is read that
-        cannot be stored)."""
+    def _checkpoint(self, s: Stream) -> None:
+        """Store the held frictions and the position after them in one transaction; retry
+        until it works (reading stops meanwhile: nothing is read that cannot be stored)."""
         cp = self._make_checkpoint(s)
-        frictions = [*self._held, *frictions]
+        frictions = self._held
         delay = 0.5
         while True:
             try:
-                self._outbox.store(frictions, cp)
+                self._pipeline.store(frictions, SOURCE, cp)
                 break
             except OutboxError as exc:
                 self._set_problem(f"outbox write failed, tail paused: {exc}")
@@ -595,35 +552,3 @@ def _describe(reason: str, max_line: int) -> str:
         "not_an_object": "JSON but not an object",
         "too_long": f"longer than {max_line} bytes (HEALERT_TAIL_MAX_LINE_BYTES)",
     }.get(reason, reason)
-
-
-# -- `python -m healert_webhook.sources.tail` --------------------------------------------
-
-
-def main() -> int:
-    """Run the tailer alone with settings from the environment (tests and debugging)."""
-    from healert_webhook import logs  # only the runner needs logging setup
-    from healert_webhook.config import build_settings
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping the tail", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    settings = build_settings()
-    logs.setup(settings.log_format, settings.log_level)
-    pipeline = Pipeline.from_settings(settings)
-    outbox = Outbox(settings.outbox_path, max_queued=settings.outbox_max_events,
-                    dedup_window=settings.dedup_window)
-    try:
-        Tailer(settings, pipeline, outbox).run(stop)
-    finally:
-        outbox.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

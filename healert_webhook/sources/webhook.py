@@ -2,186 +2,43 @@
 
 Per request: route on the path (the query, `?timeout=30s`, is ignored), authenticate
 (client certificate names, bearer token), check method, content type and size, read the
-body under the limit, ONE `orjson.loads`, detect, store the friction events in the outbox
-on a dedicated thread, and answer `200 {}` only once the store returned (DESIGN §7).
+body under the limit and the memory budget, then hand it to the pipeline on a worker
+thread (parse, detect, store), and answer `200 {}` only once the outbox transaction that
+holds the batch's friction events has committed.
 
-A store failure answers 503 with `Retry-After`: the outbox transaction stored nothing, so
-the apiserver's retry is safe. Bad items inside a good batch are counted by the pipeline
-and never fail the batch. Detection runs on the event loop: it is the cheap part (most
-events end after three dict lookups) and a thread hop per batch would cost more.
+A store failure answers 503 with `Retry-After`: the transaction stored nothing, so the
+apiserver's retry is safe. Bad items inside a good batch are counted by the pipeline and
+never fail the batch. Parsing and detection run off the event loop, so no body, however
+large or oddly shaped, keeps the loop from answering other requests and probes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from healert_webhook import audit, metrics
-from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
-from healert_webhook.outbox import OutboxError
-from healert_webhook.pipeline import Pipeline, gc_paused
-from healert_webhook.tls import PEER_EXTENSION, FileWatch, names_allowed
+from healert_webhook import metrics
+from healert_webhook.auth import TokenAuth, names_allowed, request_names
+from healert_webhook.budget import BodyBudget
+from healert_webhook.outbox import OutboxError, StoreResult
+from healert_webhook.pipeline import BadBody, Pipeline, parse_body
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = b"5"
-# The apiserver gives a webhook request 30 s, then gives up: a body still arriving after
-# that comes from a client that is gone or hostile, and it holds a share of the body budget.
-BODY_TIMEOUT = 30.0
 SOURCE = "webhook"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-class StoreResultLike(Protocol):
-    """What the webhook reads of `Outbox.store`'s answer."""
-
-    @property
-    def duplicates(self) -> int:
-        """Friction events not stored because they were already seen."""
-        ...
-
-
-class FrictionStore(Protocol):
-    """The part of `outbox.Outbox` the webhook uses (blocking, thread-safe)."""
-
-    def store(self, frictions: Sequence[Friction]) -> StoreResultLike:
-        """Store `frictions` in one transaction or raise OutboxError."""
-        ...
-
-
-class BodyBudget:
-    """Bytes of request bodies held at once across all requests (read, parsed, evaluated).
-
-    A parsed body takes about ten times its size in Python objects, so without a shared
-    budget fifteen concurrent 60 MiB batches would need gigabytes. A request that cannot
-    get its share within `wait` seconds is answered 503 with Retry-After before anything
-    of it is stored, which client-go retries within the same attempt.
-    """
-
-    def __init__(self, limit: int, wait: float = 5.0) -> None:
-        self.limit = limit
-        self.wait = wait
-        self.used = 0
-        self._freed = asyncio.Condition()
-
-    async def take(self, size: int) -> bool:
-        """Reserve `size` bytes; False when they did not become free in time."""
-        if self.used + size <= self.limit or self.used == 0:
-            self.used += size
-            return True
-        async with self._freed:
-            try:
-                await asyncio.wait_for(self._freed.wait_for(
-                    lambda: self.used + size <= self.limit or self.used == 0), self.wait)
-            except TimeoutError:
-                return False
-            self.used += size
-            return True
-
-    async def give(self, size: int) -> None:
-        """Return `size` reserved bytes and wake the requests waiting for them."""
-        self.used -= size
-        if size:
-            async with self._freed:
-                self._freed.notify_all()
-
-
-class TokenError(ValueError):
-    """The token file cannot be used; the message says why (never the tokens)."""
-
-
-def parse_tokens(text: str) -> list[bytes]:
-    """Tokens of a token file: one per line, blank lines and `#` comments ignored."""
-    tokens = []
-    for line in text.splitlines():
-        token = line.strip()
-        if token and not token.startswith("#"):
-            tokens.append(token.encode("utf-8"))
-    return tokens
-
-
-class TokenAuth:
-    """The accepted bearer tokens: the token file's lines plus HEALERT_WEBHOOK_TOKEN.
-
-    Several tokens are accepted at once, so a rotation can add the new token, roll the
-    apiserver over, then drop the old one. The file is re-read when it changes.
-    """
-
-    def __init__(self, path: Path | None, env_token: str | None) -> None:
-        self.path = path
-        self._env = [env_token.strip().encode("utf-8")] if env_token and env_token.strip() \
-            else []
-        self._watch = FileWatch(path) if path is not None else None
-        self._file: list[bytes] = self._read() if path is not None else []
-        if not self.tokens:
-            raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {path}: holds no token")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TokenAuth | None:
-        """Tokens from the token file and HEALERT_WEBHOOK_TOKEN; None when neither is set."""
-        env_token = settings.webhook_token
-        if settings.webhook_token_file is None and not (env_token and env_token.strip()):
-            return None
-        return cls(settings.webhook_token_file, env_token)
-
-    @property
-    def tokens(self) -> list[bytes]:
-        """Every token accepted right now."""
-        return self._file + self._env
-
-    def _read(self) -> list[bytes]:
-        assert self.path is not None
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {self.path}: {why}") from exc
-        return parse_tokens(text)
-
-    def reload(self, force: bool = False) -> bool:
-        """Re-read the token file if it changed (blocking); keep the old tokens if unusable."""
-        if self._watch is None or not self._watch.changed(force):
-            return False
-        try:
-            tokens = self._read()
-        except TokenError as exc:
-            log.error("token file reload failed, keeping the previous tokens: %s", exc)
-            self._watch.forget()
-            return False
-        if not tokens and not self._env:
-            log.error("token file %s now holds no token, keeping the previous tokens",
-                      self.path)
-            return False
-        self._file = tokens  # one assignment: a request sees the old list or the new one
-        log.info("webhook tokens reloaded from %s: %d accepted", self.path, len(tokens))
-        return True
-
-    def check(self, authorization: bytes | None) -> str | None:
-        """None when the Authorization header carries an accepted token, else the reason."""
-        if not authorization:
-            return "missing_token"
-        scheme, _, token = authorization.partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            return "missing_token"
-        token = token.strip()
-        ok = False
-        for accepted in self.tokens:  # compare against all: timing says nothing of which
-            ok |= hmac.compare_digest(token, accepted)
-        return None if ok else "bad_token"
 
 
 @dataclass
@@ -233,14 +90,13 @@ class _Disconnected(Exception):
 class WebhookApp:
     """The ASGI app for the apiserver's audit webhook (see the module docstring)."""
 
-    def __init__(self, *, pipeline: Pipeline, outbox: FrictionStore, executor: Executor,
+    def __init__(self, *, pipeline: Pipeline, executor: Executor,
                  path: str = "/audit", max_body_bytes: int = 64 * 1024 * 1024,
                  tokens: TokenAuth | None = None,
                  client_names: frozenset[str] = frozenset(),
                  budget: BodyBudget | None = None,
-                 body_timeout: float = BODY_TIMEOUT) -> None:
+                 body_timeout: float = 30.0) -> None:
         self.pipeline = pipeline
-        self.outbox = outbox
         self.executor = executor
         self.path = path
         self.max_body_bytes = max_body_bytes
@@ -302,21 +158,14 @@ class WebhookApp:
         try:
             body = await self._receive_body(receive, declared, held)
             metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-            with gc_paused():
-                items = self._parse(body)
-                del body  # the parsed events are all that is needed from here on
-                frictions, _stats = self.pipeline.detect(items, SOURCE)
-                del items  # freed by reference counting before the collector runs again
+            await self._ingest(body)
         finally:
             await self.budget.give(held[0])
-        if frictions:
-            await self._store(frictions)
         return 200, b"{}", []
 
     def _authenticate(self, scope: Scope, req: Request) -> None:
         if self.client_names:
-            peer = (scope.get("extensions") or {}).get(PEER_EXTENSION)
-            names: tuple[str, ...] = peer["names"] if peer else ()
+            names = request_names(scope)
             if not names_allowed(names, self.client_names):
                 metrics.WEBHOOK_AUTH_FAILURES.labels("client_name").inc()
                 shown = ", ".join(names) or "no client certificate"
@@ -385,32 +234,21 @@ class WebhookApp:
         # One join at the end: appending to one growing bytes object would copy quadratically.
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    @staticmethod
-    def _parse(body: bytes) -> list[Any]:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            metrics.INVALID_EVENTS.labels(SOURCE, "bad_json").inc()
-            raise _Reject(400, f"body is not valid JSON: {exc}") from None
-        try:
-            return audit.batch_items(doc)
-        except audit.BadDocument as exc:
-            metrics.INVALID_EVENTS.labels(SOURCE, "bad_shape").inc()
-            raise _Reject(400, f"not an audit EventList, Event or array: {exc}") from None
-
-    async def _store(self, frictions: list[Friction]) -> None:
+    async def _ingest(self, body: bytes) -> StoreResult:
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, self.outbox.store, frictions)
+            return await loop.run_in_executor(self.executor, self._process, body)
+        except BadBody as exc:
+            metrics.INVALID_EVENTS.labels(SOURCE, exc.reason).inc()
+            raise _Reject(400, str(exc)) from None
         except OutboxError as exc:
             log.error("webhook batch not stored, answering 503 so the apiserver retries: %s",
                       exc)
             raise _Reject(503, "outbox unavailable, retry later",
                           [(b"retry-after", RETRY_AFTER)]) from None
-        if result.duplicates:
-            metrics.DUPLICATES.labels(SOURCE).inc(result.duplicates)
 
-
-def make_webhook_app(**kwargs: Any) -> WebhookApp:
-    """Build the webhook ASGI app (keyword arguments of `WebhookApp`)."""
-    return WebhookApp(**kwargs)
+    def _process(self, body: bytes) -> StoreResult:
+        """Parse, detect and store one body (blocking: runs on a worker thread)."""
+        items = parse_body(body)
+        del body  # the parsed items are all that is needed from here on
+        return self.pipeline.process(items, SOURCE)[1]

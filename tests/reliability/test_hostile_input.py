@@ -31,10 +31,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from healert_webhook import tls
+from healert_webhook import protocol
+from healert_webhook.budget import BodyBudget
 from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline
-from healert_webhook.sources.webhook import BodyBudget, WebhookApp
+from healert_webhook.sources.webhook import WebhookApp
 
 from support.agent import JSON, Agent, MiB, Steady, metric, serve_args
 from support.events import exec_event
@@ -204,9 +205,9 @@ def wrong_type_server(tmp_path_factory: pytest.TempPathFactory
     tmp = tmp_path_factory.mktemp("types")
     outbox = Outbox(tmp / "outbox.db")
     pool = ThreadPoolExecutor(2)
-    app = WebhookApp(pipeline=Pipeline.from_settings(Settings()), outbox=outbox,
+    app = WebhookApp(pipeline=Pipeline.from_settings(Settings(), outbox),
                      executor=pool)
-    with serve_app(app, protocol=tls.GuardedHttpProtocol) as local:
+    with serve_app(app, protocol=protocol.GuardedHttpProtocol) as local:
         yield f"http://127.0.0.1:{local.port}/audit", outbox
     pool.shutdown()
     outbox.close()
@@ -347,7 +348,7 @@ def _client_hello(pki: PKI) -> bytes:
 
 # -- the protocol's deadlines, with the timeouts scaled down -------------------------------
 
-class _QuickProtocol(tls.GuardedHttpProtocol):
+class _QuickProtocol(protocol.GuardedHttpProtocol):
     head_timeout = 1.0
 
 
@@ -361,7 +362,7 @@ def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: P
     outbox = Outbox(tmp_path / "outbox.db")
     pool = ThreadPoolExecutor(2)
     budget = BodyBudget(10_000, wait=5.0)
-    app = WebhookApp(pipeline=Pipeline.from_settings(Settings()), outbox=outbox,
+    app = WebhookApp(pipeline=Pipeline.from_settings(Settings(), outbox),
                      executor=pool, budget=budget, body_timeout=1.0)
     body = orjson.dumps([exec_event(1, tag="dl")])
     try:

@@ -33,7 +33,7 @@ from healert_webhook.detect import Friction
 from healert_webhook.outbox import Checkpoint, Outbox, OutboxError, StoreResult
 from healert_webhook.pipeline import Pipeline, make_detector
 from healert_webhook.rules import load_rules
-from healert_webhook.sources import tail, tailfiles
+from healert_webhook.sources import tailfiles
 from healert_webhook.sources.tail import Tailer
 
 from support import auditlog
@@ -55,14 +55,14 @@ def make_settings(tmp_path: Path, log: Path, **kw: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def make_pipeline(settings: Settings) -> Pipeline:
-    return Pipeline(settings, make_detector(load_rules(None), settings))
+def make_pipeline(settings: Settings, outbox: Outbox | None = None) -> Pipeline:
+    return Pipeline(settings, make_detector(load_rules(None), settings), outbox)
 
 
 def expected_keys(settings: Settings, lines: list[bytes]) -> list[str]:
     """The friction keys the Pipeline finds in `lines`, first occurrence of each."""
     events = [orjson.loads(line) for line in lines]
-    found, _ = make_pipeline(settings).detect(events, "test")
+    found = make_pipeline(settings).evaluate(events, "test").frictions
     return list(dict.fromkeys(f.key for f in found))
 
 
@@ -110,7 +110,7 @@ class Running:
     def __init__(self, settings: Settings, outbox: Outbox | None = None) -> None:
         self.settings = settings
         self.outbox = outbox or Outbox(settings.outbox_path)
-        self.tailer = Tailer(settings, make_pipeline(settings), self.outbox)
+        self.tailer = Tailer(settings, make_pipeline(settings, self.outbox))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.tailer.run, args=(self.stop,), daemon=True)
 
@@ -455,14 +455,15 @@ def tailer_env(tmp_path: Path, log_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEALERT_", "RULES_"))}
     env.update(PYTHONPATH=str(ROOT), AUDIT_LOG_PATH=str(log_path),
                HEALERT_STATE_DIR=str(tmp_path / "state"), HEALERT_TAIL_FROM="start",
-               HEALERT_TAIL_POLL_INTERVAL="0.02", HEALERT_LOG_LEVEL="warning")
+               HEALERT_TAIL_POLL_INTERVAL="0.02", HEALERT_LOG_LEVEL="warning",
+               HEALERT_OPS_LISTEN="127.0.0.1:0")
     return env
 
 
 def start_tailer(tmp_path: Path, env: dict[str, str], n: int) -> subprocess.Popen[bytes]:
     # cwd without a rules.yaml: the packaged rules are used
     with open(tmp_path / f"tailer-{n}.log", "wb") as stderr:
-        return subprocess.Popen([sys.executable, "-m", "healert_webhook.sources.tail"],
+        return subprocess.Popen([sys.executable, "-m", "healert_webhook", "tail"],
                                 env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=stderr)
 
@@ -533,15 +534,3 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         if final.poll() is None:
             final.kill()
         outbox.close()
-
-
-# -- unit: line parsing ------------------------------------------------------------------
-
-
-def test_parse_lines_parses_each_line_and_names_the_bad_ones() -> None:
-    lines = [b'{"a":1}', b"", b"[1]", b"{nope", b'{"b":2}', b"x" * 50]
-    events, bad = tail.parse_lines(lines, max_line=40)
-    assert events == [{"a": 1}, {"b": 2}]
-    assert bad == [(1, "blank"), (2, "not_an_object"), (3, "bad_json"), (5, "too_long")]
-    assert tail._line_offsets(lines, [2, 3, 5], 100) == [100 + 8 + 1, 100 + 8 + 1 + 4,
-                                                          100 + 8 + 1 + 4 + 6 + 8]

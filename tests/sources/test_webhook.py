@@ -22,12 +22,13 @@ import pytest
 import trustme
 
 from healert_webhook import tls
+from healert_webhook.auth import TokenAuth, TokenError, allow_list, parse_tokens
 from healert_webhook.config import Settings, build_settings
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.outbox import Outbox, OutboxError
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.rules import parse_rules
-from healert_webhook.sources.webhook import TokenAuth, TokenError, WebhookApp, parse_tokens
+from healert_webhook.sources.webhook import WebhookApp
 
 from support.events import RULES, batch_of_400, event_list, exec_event, noise_event, two_rules
 from support.pki import (
@@ -44,10 +45,12 @@ JSON = {"content-type": "application/json"}
 TOKEN = "s3cret-token-1"
 
 
-def make_pipeline(tmp_path: Path, text: str = RULES) -> Pipeline:
+def make_pipeline(tmp_path: Path, text: str = RULES, outbox: Outbox | None = None
+                  ) -> Pipeline:
     rules = tmp_path / "rules.yaml"
     rules.write_text(text)
-    return Pipeline.from_settings(Settings(rules_path=rules, state_dir=tmp_path / "state"))
+    return Pipeline.from_settings(Settings(rules_path=rules, state_dir=tmp_path / "state"),
+                                  outbox)
 
 
 @pytest.fixture
@@ -97,10 +100,13 @@ def webhook(tmp_path: Path, outbox: Any, pki: PKI | None, *, names: tuple[str, .
     if pki is not None:
         ctx = tls.build_server_context(pki.server_cert, pki.server_key, pki.ca_file)
     executor = ThreadPoolExecutor(2)
-    app = WebhookApp(pipeline=pipeline or make_pipeline(tmp_path), outbox=outbox,
-                     executor=executor, path="/audit", max_body_bytes=max_body,
+    if pipeline is None:
+        pipeline = make_pipeline(tmp_path, outbox=outbox)
+    else:
+        pipeline.outbox = outbox
+    app = WebhookApp(pipeline=pipeline, executor=executor, path="/audit", max_body_bytes=max_body,
                      tokens=tokens if isinstance(tokens, TokenAuth) else None,
-                     client_names=tls.allow_list(names))
+                     client_names=allow_list(names))
     try:
         with serve_app(app, ctx) as running:
             yield Hook(running, app, ctx, pki)
@@ -467,7 +473,7 @@ def test_bodies_beyond_the_memory_budget_wait_then_get_503(tmp_path: Path,
                                                            outbox: Outbox) -> None:
     import socket
 
-    from healert_webhook.sources.webhook import BodyBudget
+    from healert_webhook.budget import BodyBudget
 
     body = event_list([noise_event(i) for i in range(3)])
     busy_before = sample("healert_webhook_busy_total")

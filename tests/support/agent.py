@@ -28,7 +28,7 @@ from healert_webhook import backend_contract
 from healert_webhook.config import Settings
 from healert_webhook.detect import Stats
 from healert_webhook.pipeline import make_detector
-from healert_webhook.rules import load_rules, resolve_rules_path
+from healert_webhook.rules import load_rules
 
 from support.events import exec_event
 from support.paths import ROOT
@@ -129,7 +129,7 @@ def readyz(ops: int) -> httpx.Response:
 
 def packaged_detector() -> Any:
     """The Detector `serve` builds with no rules flag and default settings."""
-    return make_detector(load_rules(resolve_rules_path(None)), Settings())
+    return make_detector(load_rules(None), Settings())
 
 
 def canonical(event: dict[str, Any]) -> bytes:

@@ -29,13 +29,14 @@ def serve_app(app: Any, ctx: ssl.SSLContext | None = None, *, protocol: Any = No
     `protocol` and `keep_alive` replace the agent's protocol class and idle timeout, so
     timeouts of tens of seconds can be tested in one or two.
     """
+    from healert_webhook import protocol as http_protocol
     from healert_webhook import server as srv
-    from healert_webhook import tls
 
     sock = srv.bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     if protocol is None:
-        protocol = tls.PeerInfoProtocol if ctx is not None else tls.GuardedHttpProtocol
+        protocol = (http_protocol.PeerInfoProtocol if ctx is not None
+                    else http_protocol.GuardedHttpProtocol)
     config = srv._uvicorn_config(app, http=protocol, ctx=ctx)
     if keep_alive is not None:
         config.timeout_keep_alive = keep_alive  # type: ignore[assignment]

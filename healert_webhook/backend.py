@@ -1,0 +1,201 @@
+"""The Healert backend's HTTP API as the agent uses it: health, one event, the answer.
+
+One keep-alive httpx client; each request is bounded as a whole (httpx's own timeouts are
+per read and write). `send` turns whatever happens to one POST into an `Outcome` the
+forwarder acts on; `check-backend` uses the same calls, so both see the backend alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from healert_webhook import __version__
+from healert_webhook.config import ConfigError, Settings
+
+CONNECT_TIMEOUT = 5.0
+RETRY_AFTER_MAX = 3600.0
+ANSWER_MAX = 1000  # characters of a backend answer kept (dead letters, logs)
+KEY_HINT = "check HEALERT_API_KEY / HEALERT_API_KEY_FILE"
+# Statuses that mean the URL or the key is wrong, not the event: pause instead of dead-
+# lettering the whole queue one event at a time.
+AUTH_STATUSES = frozenset({401, 403})
+URL_STATUSES = frozenset({404, 405})
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What `GET /health` said, and what is wrong with it for this agent."""
+
+    url: str | None
+    reachable: bool
+    status: str | None = None
+    version: str | None = None
+    auth: str | None = None
+    key_set: bool = False
+    error: str | None = None
+
+    @property
+    def auth_enabled(self) -> bool | None:
+        """True/False as the backend reported, None when unknown."""
+        return None if self.auth is None else self.auth.startswith("enabled")
+
+    def warnings(self) -> list[str]:
+        """Human-readable problems; empty when delivery should work."""
+        if self.url is None:
+            return ["no backend URL configured (HEALERT_BACKEND_URL): events stay in the "
+                    "outbox and are written to the log"]
+        if not self.reachable:
+            return [f"backend {self.url} unreachable ({self.error}): the agent still starts "
+                    "and queues friction events"]
+        found = []
+        if self.status != "ok":
+            found.append(f"backend {self.url} reports status {self.status!r}")
+        if self.auth_enabled and not self.key_set:
+            found.append(f"backend {self.url} requires an API key and none is set: "
+                         "set HEALERT_API_KEY or HEALERT_API_KEY_FILE")
+        return found
+
+
+async def check_health(settings: Settings,
+                               client: httpx.AsyncClient | None = None) -> HealthReport:
+    """`GET {backend}/health`; never raises (an unreachable backend is a report)."""
+    url = settings.backend_url
+    try:
+        key_set = await asyncio.to_thread(settings.read_api_key) is not None
+    except ConfigError:
+        key_set = False
+    if url is None:
+        return HealthReport(None, False, key_set=key_set)
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(make_client(settings.forward_timeout))
+        try:
+            async with asyncio.timeout(settings.forward_timeout):
+                response = await client.get(join_url(url, "/health"))
+            body = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+            return HealthReport(url, False, key_set=key_set, error=describe_error(exc))
+    if not isinstance(body, dict):
+        return HealthReport(url, False, key_set=key_set,
+                            error=f"/health answered HTTP {response.status_code}")
+    return HealthReport(url, True, _opt_str(body.get("status")), _opt_str(body.get("version")),
+                        _opt_str(body.get("auth")), key_set)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def join_url(base: str, path: str) -> str:
+    """`base` (with or without a trailing slash) followed by `path`."""
+    return base.rstrip("/") + path
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short description of a transport failure (never the request's headers)."""
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def make_client(request_timeout: float) -> httpx.AsyncClient:
+    """The one keep-alive client: connect 5 s; the whole-request bound (10 s by default)
+    is applied around each request (httpx's own timeouts are per read/write)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(request_timeout, connect=min(CONNECT_TIMEOUT, request_timeout)),
+        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
+        headers={"User-Agent": f"healert-webhook/{__version__}"},
+        follow_redirects=False)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` header (delta seconds or an HTTP date), capped."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return min(float(text), RETRY_AFTER_MAX)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    now = time.time() if now is None else now
+    return min(max(0.0, when.timestamp() - now), RETRY_AFTER_MAX)
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one request ended."""
+
+    kind: str  # delivered | retry | pause | rejected
+    label: str  # FORWARD_ATTEMPTS outcome label (bounded)
+    detail: str
+    status: int | None = None
+    not_taken: bool = True  # certain the backend did not take it (it answered, or never got it)
+    retry_after: float | None = None
+    answer: str | None = None
+
+
+def classify(response: httpx.Response) -> Outcome:
+    """Map the backend's answer to what the forwarder does next."""
+    code = response.status_code
+    answer = response.text[:ANSWER_MAX]
+    if 200 <= code < 300:
+        return Outcome("delivered", "delivered", "ok", code)
+    if code in AUTH_STATUSES:
+        return Outcome("pause", "auth", f"backend refused the API key (HTTP {code}): "
+                       f"{KEY_HINT}", code, answer=answer)
+    if code in URL_STATUSES or 300 <= code < 400:
+        return Outcome("pause", "bad_url", f"backend answered HTTP {code} for POST /events: "
+                       "check HEALERT_BACKEND_URL", code, answer=answer)
+    if code == 429 or code >= 500 or code in (408, 425):
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        label = "rate_limited" if code == 429 else "server_error"
+        return Outcome("retry", label, f"HTTP {code}", code, retry_after=retry_after,
+                       answer=answer)
+    return Outcome("rejected", "rejected", f"backend refused the event (HTTP {code})", code,
+                   answer=answer)
+
+
+
+
+def headers(key: str | None) -> dict[str, str]:
+    """Request headers for POST /events: JSON, and the bearer key when there is one."""
+    found = {"Content-Type": "application/json"}
+    if key:
+        found["Authorization"] = f"Bearer {key}"
+    return found
+
+
+async def post_event(client: httpx.AsyncClient, base_url: str, key: str | None,
+                     body: dict[str, Any], timeout: float) -> httpx.Response:
+    """POST one friction event; raises httpx.HTTPError or TimeoutError."""
+    async with asyncio.timeout(timeout):
+        return await client.post(join_url(base_url, "/events"), content=orjson.dumps(body),
+                                 headers=headers(key))
+
+
+async def send(client: httpx.AsyncClient, base_url: str, key: str | None,
+               body: dict[str, Any], timeout: float) -> Outcome:
+    """POST one friction event and say what happened, transport failures included."""
+    try:
+        response = await post_event(client, base_url, key, body, timeout)
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
+        timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
+        # A failed connect means the request never left; anything later (a read
+        # timeout, a dropped connection) may have reached the backend.
+        not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
+                              | httpx.PoolTimeout)
+        return Outcome("retry", "timeout" if timed_out else "transport_error",
+                       describe_error(exc), not_taken=not_sent)
+    return classify(response)

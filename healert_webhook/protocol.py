@@ -1,0 +1,130 @@
+"""The HTTP protocol both listeners run: uvicorn's httptools protocol plus the bounds it lacks.
+
+uvicorn buffers request lines and headers without bound, arms its idle timer only after a
+first response, and has no deadline for headers. `GuardedHttpProtocol` bounds a request
+head's size and time and closes connections that never send a request; `PeerInfoProtocol`
+also puts the verified TLS client certificate's names into every request's scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from healert_webhook import metrics
+from healert_webhook.tls import peer_names
+
+log = logging.getLogger(__name__)
+PEER_EXTENSION = "healert.peer"
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the limits it lacks on a request's head.
+
+    uvicorn (0.3x) buffers request lines and headers without bound, arms its idle timer
+    only after a first response, and has no deadline for headers: one client could hold
+    gigabytes in one endless header, or thousands of connections that never send a
+    request. Here a head (request line and headers) over `max_head_bytes` is answered 431,
+    one not complete within `head_timeout` seconds of its first byte is answered 408, and
+    a new connection that sends nothing is closed after the keep-alive timeout, like an
+    idle one between requests. Headers from the apiserver are a few hundred bytes.
+    """
+
+    max_head_bytes = 64 * 1024
+    head_timeout = 30.0
+    counted = True  # refusals count in healert_webhook_requests_total (False: ops listener)
+    _head_bytes = 0
+    _in_head = True
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        """Start the idle timer at once: a connection that never sends a request ends."""
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the head timer with the connection."""
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser, counting head bytes; refuse a head over the limit."""
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_head_bytes:
+            self._refuse(431, f"request head over {self.max_head_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        """A request starts: its head must be complete within `head_timeout`."""
+        super().on_message_begin()
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_expired)
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: the body is the app's business (it has its own deadline)."""
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The next bytes on this connection start a new head."""
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._in_head:
+            self._refuse(408, f"request head not complete within {self.head_timeout:g} s")
+
+    def _refuse(self, code: int, why: str) -> None:
+        if self.transport.is_closing():
+            return
+        self._stop_head_timer()
+        body = b'{"error":"%s"}' % why.encode("ascii")
+        reason = b"Request Header Fields Too Large" if code == 431 else b"Request Timeout"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (code, reason, len(body), body))
+        self.transport.close()
+        who = self.client[0] if self.client else "?"
+        log.warning("connection from %s refused with %d: %s", who, code, why)
+        if self.counted:
+            metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
+
+
+class OpsHttpProtocol(GuardedHttpProtocol):
+    """The guarded protocol for the ops listener (its refusals are not webhook requests)."""
+
+    counted = False
+
+
+class PeerInfoProtocol(GuardedHttpProtocol):
+    """The guarded protocol that adds the TLS peer's names to every request scope."""
+
+    _peer: dict[object, object] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        """Read the verified client certificate once per connection."""
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            cert = ssl_object.getpeercert()
+            self._peer = {"names": peer_names(cert), "verified": bool(cert)}
+
+    def on_message_begin(self) -> None:
+        """Start a request's scope, then attach the connection's peer information."""
+        super().on_message_begin()
+        if self._peer is not None:
+            self.scope["extensions"] = {PEER_EXTENSION: self._peer}

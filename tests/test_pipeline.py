@@ -1,0 +1,165 @@
+"""The pipeline every source feeds: parse once, detect, store, count and log, alike."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from healert_webhook.config import Settings
+from healert_webhook.outbox import Checkpoint, Outbox
+from healert_webhook.pipeline import BadBody, Pipeline, gc_paused, parse_body, parse_items
+from healert_webhook.sources.tail import _line_offsets
+
+from support.events import exec_event, noise_event, two_rules
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    box = Outbox(tmp_path / "outbox.db")
+    yield box  # type: ignore[misc]
+    box.close()
+
+
+def make_pipeline(tmp_path: Path, outbox: Outbox | None, rules: str | None = None) -> Pipeline:
+    path = None
+    if rules is not None:
+        path = tmp_path / "rules.yaml"
+        path.write_text(rules)
+    return Pipeline.from_settings(Settings(rules_path=path), outbox)
+
+
+def test_parse_items_parses_raw_items_once_and_names_the_bad_ones() -> None:
+    parsed = {"already": "parsed"}
+    items = [b'{"a":1}', b"", b"[1]", b"{nope", parsed, b'{"b":2}', 0, b"  "]
+    events, bad = parse_items(items)
+    assert events == [{"a": 1}, parsed, {"b": 2}]
+    assert events[1] is parsed  # parsed items are not copied
+    assert bad == [(1, "blank"), (2, "not_an_object"), (3, "bad_json"), (6, "not_an_object"),
+                   (7, "blank")]
+    assert parse_items([b'{"a":1}', {"b": 2}]) == ([{"a": 1}, {"b": 2}], [])
+
+
+def test_line_offsets_of_bad_lines() -> None:
+    lines = [b'{"a":1}', b"", b"[1]", b"{nope"]
+    assert _line_offsets(lines, [2, 3], 100) == [100 + 8 + 1, 100 + 8 + 1 + 4]
+
+
+def test_a_bad_item_never_fails_its_batch_and_every_item_is_counted(
+        tmp_path: Path, outbox: Outbox) -> None:
+    pipeline = make_pipeline(tmp_path, outbox)
+    good = orjson.dumps(exec_event(1, tag="pipe"))
+    before = {reason: sample("healert_invalid_events_total", source="unit", reason=reason)
+              for reason in ("bad_json", "not_an_object")}
+    events_before = sample("healert_audit_events_total", source="unit")
+    found, stored = pipeline.process([b"{", good, b"7", b"", noise_event(1)], "unit")
+    assert [f.rule for f in found.frictions] == ["kubectl-exec"]
+    assert stored.stored == 1
+    assert found.bad == [(0, "bad_json"), (2, "not_an_object"), (3, "blank")]
+    assert sample("healert_audit_events_total", source="unit") - events_before == 4
+    for reason, old in before.items():
+        assert sample("healert_invalid_events_total", source="unit", reason=reason) - old == 1
+
+
+def test_store_counts_duplicates_and_logs_each_friction_stored_once(
+        tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    pipeline = make_pipeline(tmp_path, outbox, two_rules("pl"))
+    batch = [exec_event(i, tag="dup") for i in range(3)]
+    before = sample("healert_duplicates_suppressed_total", source="unit")
+    with caplog.at_level(logging.INFO, logger="healert_webhook.pipeline"):
+        first = pipeline.process(batch, "unit")[1]
+        again = pipeline.process(batch, "unit")[1]  # the apiserver resent the batch
+    assert (first.stored, first.duplicates) == (6, 0)
+    assert (again.stored, again.duplicates) == (0, 6)
+    assert sample("healert_duplicates_suppressed_total", source="unit") - before == 6
+    lines = [r.getMessage() for r in caplog.records if "friction stored" in r.getMessage()]
+    assert len(lines) == 6  # one per friction event stored, none for the duplicates
+    assert all("actor=alice@example.com" in line and "entity=component:payments/" in line
+               for line in lines)
+    assert {line.split("rule=")[1].split()[0] for line in lines} == {"pl-one", "pl-two"}
+
+
+def test_the_checkpoint_is_stored_with_the_frictions(tmp_path: Path, outbox: Outbox) -> None:
+    pipeline = make_pipeline(tmp_path, outbox)
+    cp = Checkpoint("tail:/x", "/x", 1, 2, 300, "0:00")
+    pipeline.process([orjson.dumps(exec_event(9, tag="cp"))], "unit", cp)
+    assert outbox.load_checkpoint("tail:/x") == cp
+    assert len(outbox.head(10)) == 1
+    # nothing found and no checkpoint: no transaction at all
+    assert pipeline.store([], "unit").stored == 0
+
+
+def test_a_flood_of_detections_is_logged_with_a_summary(
+        tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
+    pipeline = make_pipeline(tmp_path, outbox)
+    with caplog.at_level(logging.INFO, logger="healert_webhook.pipeline"):
+        pipeline.process([exec_event(i, tag="flood") for i in range(300)], "unit")
+        from healert_webhook.logs import Limiter
+        for limiter in list(Limiter._all):
+            limiter._started = {key: 0.0 for key in limiter._started}  # the interval is over
+        Limiter.flush_all()
+    messages = [r.getMessage() for r in caplog.records]
+    shown = [m for m in messages if m.startswith("friction stored")]
+    assert 0 < len(shown) < 300
+    summary = [m for m in messages if "more friction events stored" in m]
+    assert summary and int(summary[0].split()[0]) == 300 - len(shown)
+
+
+def test_parse_body_accepts_the_three_shapes_and_names_what_is_wrong() -> None:
+    item = exec_event(1)
+    assert parse_body(orjson.dumps({"kind": "EventList", "items": [item]})) == [item]
+    assert parse_body(orjson.dumps(item)) == [item]
+    assert parse_body(orjson.dumps([item, item])) == [item, item]
+    with pytest.raises(BadBody) as bad_json:
+        parse_body(b'{"kind": "EventList", "items": [')
+    assert bad_json.value.reason == "bad_json"
+    with pytest.raises(BadBody) as bad_shape:
+        parse_body(b'"just a string"')
+    assert bad_shape.value.reason == "bad_shape"
+
+
+def test_gc_pause_is_shared_by_threads_and_restores_what_it_found() -> None:
+    assert gc.isenabled()
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def other() -> None:
+        with gc_paused():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=other)
+    with gc_paused():
+        thread.start()
+        inside.wait(10)
+    assert not gc.isenabled()  # the other thread still evaluates its batch
+    leave.set()
+    thread.join(10)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
+
+
+def test_reload_keeps_the_old_rules_when_the_new_file_is_broken(tmp_path: Path) -> None:
+    pipeline = make_pipeline(tmp_path, None, two_rules("old"))
+    before = pipeline.detector
+    (tmp_path / "rules.yaml").write_text("rules: [ {name: X")
+    assert pipeline.reload() is False
+    assert pipeline.detector is before
+    (tmp_path / "rules.yaml").write_text(two_rules("new"))
+    assert pipeline.reload() is True
+    assert {rule.name for rule in pipeline.detector.rules} == {"new-one", "new-two"}
