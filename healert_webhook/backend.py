@@ -18,11 +18,11 @@ import httpx
 import orjson
 
 from healert_webhook import __version__
+from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.config import ConfigError, Settings
 
 CONNECT_TIMEOUT = 5.0
 RETRY_AFTER_MAX = 3600.0
-ANSWER_MAX = 1000  # characters of a backend answer kept (dead letters, logs)
 KEY_HINT = "check HEALERT_API_KEY / HEALERT_API_KEY_FILE"
 # Statuses that mean the URL or the key is wrong, not the event: pause instead of dead-
 # lettering the whole queue one event at a time.

@@ -24,6 +24,7 @@ OPTIONAL_TEXT = {"actor": 200, "service": 200, "namespace": 200, "workflow": 200
                  "description": 500}
 FIELDS = frozenset((*REQUIRED, *OPTIONAL_TEXT, "points", "timestamp"))
 POINTS_MIN, POINTS_MAX = 1, 100
+ANSWER_MAX = 1000  # characters of a backend answer the agent keeps (dead letters, logs)
 TIMESTAMP_MAX = 40
 
 

@@ -198,7 +198,7 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME: Mapping[str, Option] = {opt.name: opt for opt in OPTIONS}
 
 
-def _default(name: str) -> Any:
+def default_of(name: str) -> Any:
     """The default of option `name`, from its row of OPTIONS."""
     return OPTIONS_BY_NAME[name].default
 
@@ -210,40 +210,40 @@ class Settings:
     Every field has its row in OPTIONS, where its default is written (once).
     """
 
-    rules_path: Path | None = _default("rules_path")
-    entity_namespace: str = _default("entity_namespace")
-    k8s_namespace: str | None = _default("k8s_namespace")
-    backend_url: str | None = _default("backend_url")
-    api_key: str | None = field(default=_default("api_key"), repr=False)
-    api_key_file: Path | None = _default("api_key_file")
-    state_dir: Path = _default("state_dir")
-    forward_rate: float = _default("forward_rate")
-    outbox_max_events: int = _default("outbox_max_events")
-    dedup_window: float = _default("dedup_window")
-    backoff_base: float = _default("backoff_base")
-    backoff_max: float = _default("backoff_max")
-    forward_probe_interval: float = _default("forward_probe_interval")
-    forward_poll_interval: float = _default("forward_poll_interval")
-    forward_timeout: float = _default("forward_timeout")
-    listen: tuple[str, int] = _default("listen")
-    webhook_path: str = _default("webhook_path")
-    tls_cert: Path | None = _default("tls_cert")
-    tls_key: Path | None = _default("tls_key")
-    tls_client_ca: Path | None = _default("tls_client_ca")
-    tls_client_names: tuple[str, ...] = _default("tls_client_names")
-    webhook_token_file: Path | None = _default("webhook_token_file")
-    webhook_token: str | None = field(default=_default("webhook_token"), repr=False)
-    insecure_http: bool = _default("insecure_http")
-    max_body_bytes: int = _default("max_body_bytes")
-    max_inflight_bytes: int | None = _default("max_inflight_bytes")
-    webhook_body_timeout: float = _default("webhook_body_timeout")
-    ops_listen: tuple[str, int] = _default("ops_listen")
-    audit_log_path: Path = _default("audit_log_path")
-    tail_from: str = _default("tail_from")
-    tail_max_line_bytes: int = _default("tail_max_line_bytes")
-    tail_poll_interval: float = _default("tail_poll_interval")
-    log_format: str = _default("log_format")
-    log_level: str = _default("log_level")
+    rules_path: Path | None = default_of("rules_path")
+    entity_namespace: str = default_of("entity_namespace")
+    k8s_namespace: str | None = default_of("k8s_namespace")
+    backend_url: str | None = default_of("backend_url")
+    api_key: str | None = field(default=default_of("api_key"), repr=False)
+    api_key_file: Path | None = default_of("api_key_file")
+    state_dir: Path = default_of("state_dir")
+    forward_rate: float = default_of("forward_rate")
+    outbox_max_events: int = default_of("outbox_max_events")
+    dedup_window: float = default_of("dedup_window")
+    backoff_base: float = default_of("backoff_base")
+    backoff_max: float = default_of("backoff_max")
+    forward_probe_interval: float = default_of("forward_probe_interval")
+    forward_poll_interval: float = default_of("forward_poll_interval")
+    forward_timeout: float = default_of("forward_timeout")
+    listen: tuple[str, int] = default_of("listen")
+    webhook_path: str = default_of("webhook_path")
+    tls_cert: Path | None = default_of("tls_cert")
+    tls_key: Path | None = default_of("tls_key")
+    tls_client_ca: Path | None = default_of("tls_client_ca")
+    tls_client_names: tuple[str, ...] = default_of("tls_client_names")
+    webhook_token_file: Path | None = default_of("webhook_token_file")
+    webhook_token: str | None = field(default=default_of("webhook_token"), repr=False)
+    insecure_http: bool = default_of("insecure_http")
+    max_body_bytes: int = default_of("max_body_bytes")
+    max_inflight_bytes: int | None = default_of("max_inflight_bytes")
+    webhook_body_timeout: float = default_of("webhook_body_timeout")
+    ops_listen: tuple[str, int] = default_of("ops_listen")
+    audit_log_path: Path = default_of("audit_log_path")
+    tail_from: str = default_of("tail_from")
+    tail_max_line_bytes: int = default_of("tail_max_line_bytes")
+    tail_poll_interval: float = default_of("tail_poll_interval")
+    log_format: str = default_of("log_format")
+    log_level: str = default_of("log_level")
 
     @property
     def outbox_path(self) -> Path:

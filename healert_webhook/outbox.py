@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from healert_webhook import metrics
+from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
 
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 DROP_LOG_LINES = 20  # per store call; then one summary line (a flood must not flood the log)
-ANSWER_MAX = 1000  # characters of a backend answer kept with a dead letter
 EXPIRE_EVERY = 60.0  # seconds between sweeps of expired delivered keys
 RECOVERY_HINT = (
     "stop the agent, then run `healert-webhook outbox purge --corrupt` (moves {path} aside "

@@ -27,6 +27,7 @@ import orjson
 from healert_webhook import metrics
 from healert_webhook.auth import TokenAuth, names_allowed, request_names
 from healert_webhook.budget import BodyBudget
+from healert_webhook.config import default_of
 from healert_webhook.outbox import OutboxError, StoreResult
 from healert_webhook.pipeline import BadBody, Pipeline, parse_body
 
@@ -95,7 +96,7 @@ class WebhookApp:
                  tokens: TokenAuth | None = None,
                  client_names: frozenset[str] = frozenset(),
                  budget: BodyBudget | None = None,
-                 body_timeout: float = 30.0) -> None:
+                 body_timeout: float = default_of("webhook_body_timeout")) -> None:
         self.pipeline = pipeline
         self.executor = executor
         self.path = path

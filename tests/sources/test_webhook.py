@@ -8,49 +8,27 @@ tests/test_server.py drives the whole `serve` command in a subprocess.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import trustme
 
-from healert_webhook import tls
-from healert_webhook.auth import TokenAuth, TokenError, allow_list, parse_tokens
-from healert_webhook.config import Settings, build_settings
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.auth import TokenAuth
 from healert_webhook.outbox import Outbox, OutboxError
-from healert_webhook.pipeline import Pipeline
-from healert_webhook.rules import parse_rules
-from healert_webhook.sources.webhook import WebhookApp
 
-from support.events import RULES, batch_of_400, event_list, exec_event, noise_event, two_rules
+from support.events import batch_of_400, event_list, exec_event, noise_event, two_rules
 from support.pki import (
     CLIENT_NAME,
     PKI,
     client_context,
-    handshake_error,
     make_pki,
-    server_common_name,
 )
-from support.servers import Running, sample, serve_app, wait_for
-
-JSON = {"content-type": "application/json"}
-TOKEN = "s3cret-token-1"
-
-
-def make_pipeline(tmp_path: Path, text: str = RULES, outbox: Outbox | None = None
-                  ) -> Pipeline:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(text)
-    return Pipeline.from_settings(Settings(rules_path=rules, state_dir=tmp_path / "state"),
-                                  outbox)
+from support.servers import sample, wait_for
+from support.webhooks import JSON, TOKEN, Hook, expected_keys, make_pipeline, queued, webhook
 
 
 @pytest.fixture
@@ -63,65 +41,6 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
     box = Outbox(tmp_path / "state" / "outbox.db")
     yield box
     box.close()
-
-
-class Hook:
-    """A running webhook and what the tests need to talk to it."""
-
-    def __init__(self, running: Running, app: WebhookApp, ctx: ssl.SSLContext | None,
-                 pki: PKI | None) -> None:
-        self.running = running
-        self.app = app
-        self.ctx = ctx
-        self.pki = pki
-        self.port = running.port
-        scheme = "https" if ctx is not None else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.port}/audit"
-
-    def client(self, *, cert: Path | str | None = "default", token: str | None = TOKEN,
-               **kwargs: Any) -> httpx.Client:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        if self.pki is None:
-            return httpx.Client(headers=headers, timeout=60, **kwargs)
-        pem = self.pki.client() if cert == "default" else cert
-        ctx = client_context(self.pki, pem if isinstance(pem, Path) else None)
-        return httpx.Client(verify=ctx, headers=headers, timeout=60, **kwargs)
-
-
-@contextlib.contextmanager
-def webhook(tmp_path: Path, outbox: Any, pki: PKI | None, *, names: tuple[str, ...] = (),
-            tokens: TokenAuth | str | None = "default", pipeline: Pipeline | None = None,
-            max_body: int = 64 * 1024 * 1024) -> Iterator[Hook]:
-    if tokens == "default":
-        token_file = tmp_path / "tokens"
-        token_file.write_text(f"# webhook tokens\n{TOKEN}\n")
-        tokens = TokenAuth(token_file, None)
-    ctx = None
-    if pki is not None:
-        ctx = tls.build_server_context(pki.server_cert, pki.server_key, pki.ca_file)
-    executor = ThreadPoolExecutor(2)
-    if pipeline is None:
-        pipeline = make_pipeline(tmp_path, outbox=outbox)
-    else:
-        pipeline.outbox = outbox
-    app = WebhookApp(pipeline=pipeline, executor=executor, path="/audit", max_body_bytes=max_body,
-                     tokens=tokens if isinstance(tokens, TokenAuth) else None,
-                     client_names=allow_list(names))
-    try:
-        with serve_app(app, ctx) as running:
-            yield Hook(running, app, ctx, pki)
-    finally:
-        executor.shutdown()
-
-
-def queued(outbox: Outbox) -> list[Any]:
-    return outbox.head(1_000_000)
-
-
-def expected_keys(items: list[Any], text: str = RULES) -> set[str]:
-    """The keys an independent Detector finds in `items` (the outbox must hold these)."""
-    found = Detector(parse_rules(text)).detect(items, Stats())
-    return {f.key for f in found}
 
 
 # -- a full batch over mTLS ------------------------------------------------------------
@@ -169,28 +88,6 @@ def test_single_event_and_array_bodies_are_accepted(tmp_path: Path, outbox: Outb
 # -- authentication ------------------------------------------------------------------------
 
 
-def test_no_client_certificate_is_refused_at_handshake_and_counted(
-        tmp_path: Path, pki: PKI, outbox: Outbox) -> None:
-    before = sample("healert_webhook_auth_failures_total", reason="no_client_cert")
-    with webhook(tmp_path, outbox, pki) as hook:
-        assert handshake_error(hook.port, client_context(pki)) is not None
-        wait_for(lambda: sample("healert_webhook_auth_failures_total",
-                                reason="no_client_cert") == before + 1, what="count")
-        with hook.client(cert=None) as c, pytest.raises(httpx.TransportError):
-            c.post(hook.url, content=event_list([exec_event(1)]), headers=JSON)
-    assert queued(outbox) == []
-
-
-def test_certificate_from_another_ca_is_refused_and_counted(
-        tmp_path: Path, pki: PKI, outbox: Outbox) -> None:
-    before = sample("healert_webhook_auth_failures_total", reason="untrusted_client_cert")
-    stranger = pki.client(ca=trustme.CA())
-    with webhook(tmp_path, outbox, pki) as hook:
-        assert handshake_error(hook.port, client_context(pki, stranger)) is not None
-        wait_for(lambda: sample("healert_webhook_auth_failures_total",
-                                reason="untrusted_client_cert") == before + 1, what="count")
-
-
 def test_client_name_outside_the_allow_list_gets_403(
         tmp_path: Path, pki: PKI, outbox: Outbox) -> None:
     before = sample("healert_webhook_auth_failures_total", reason="client_name")
@@ -229,40 +126,6 @@ def test_tokens_wrong_missing_and_rotation(tmp_path: Path, pki: PKI, outbox: Out
             assert c.post(hook.url, content=body, headers=JSON).status_code == 200
     assert sample("healert_webhook_auth_failures_total", reason="bad_token") == bad + 3
     assert sample("healert_webhook_auth_failures_total", reason="missing_token") == missing + 1
-
-
-def test_token_file_problems() -> None:
-    assert parse_tokens(" a \n#c\n\n b\n") == [b"a", b"b"]
-    with pytest.raises(TokenError, match="holds no token"):
-        TokenAuth(Path("/dev/null"), None)
-    with pytest.raises(TokenError, match="No such file"):
-        TokenAuth(Path("/nonexistent/tokens"), None)
-    assert TokenAuth.from_settings(build_settings(environ={})) is None
-    auth = TokenAuth.from_settings(build_settings(environ={"HEALERT_WEBHOOK_TOKEN": "t"}))
-    assert auth is not None and auth.check(b"Bearer t") is None
-    assert auth.check(b"Basic t") == "missing_token"
-
-
-def test_token_file_emptied_keeps_the_previous_tokens(tmp_path: Path) -> None:
-    token_file = tmp_path / "tokens"
-    token_file.write_text("t1\n")
-    auth = TokenAuth(token_file, None)
-    token_file.write_text("")
-    assert auth.reload() is False
-    assert auth.check(b"Bearer t1") is None
-
-
-def test_tls_below_1_2_is_refused(tmp_path: Path, pki: PKI, outbox: Outbox) -> None:
-    before = sample("healert_webhook_auth_failures_total", reason="tls_version")
-    with webhook(tmp_path, outbox, pki) as hook:
-        old = client_context(pki, pki.client(), maximum=ssl.TLSVersion.TLSv1_1)
-        assert handshake_error(hook.port, old) is not None
-        # the server saw the old ClientHello and refused it (not just the client giving up)
-        wait_for(lambda: sample("healert_webhook_auth_failures_total",
-                                reason="tls_version") == before + 1, what="count")
-        modern = client_context(pki, pki.client())
-        modern.maximum_version = ssl.TLSVersion.TLSv1_2
-        assert handshake_error(hook.port, modern) is None  # 1.2 itself is fine
 
 
 # -- every status code -----------------------------------------------------------------------
@@ -429,41 +292,6 @@ def test_rules_reload_mid_stream_never_half_applied(tmp_path: Path, outbox: Outb
     assert all(s in ({"aa-one", "aa-two"}, {"bb-one", "bb-two"})
                for s in sets_per_batch.values())
     assert {"aa-one", "bb-one"} <= {row.rule for row in rows}  # both sets were used
-
-
-def test_certificate_rotation_reaches_new_connections(
-        tmp_path: Path, pki: PKI, outbox: Outbox) -> None:
-    with webhook(tmp_path, outbox, pki) as hook:
-        assert hook.ctx is not None
-        ctx = client_context(pki, pki.client())
-        assert server_common_name(hook.port, ctx) == "healert-webhook-1"
-        reloader = tls.CertReloader(hook.ctx, pki.server_cert, pki.server_key)
-        assert reloader.pending() is False  # nothing changed yet
-        with hook.client() as kept:  # a connection opened before the rotation
-            assert kept.post(hook.url, content=b"[]", headers=JSON).status_code == 200
-            pki.reissue_server("healert-webhook-2")
-            assert reloader.pending() is True
-            assert reloader.apply() is True
-            assert server_common_name(hook.port, ctx) == "healert-webhook-2"
-            assert kept.post(hook.url, content=b"[]", headers=JSON).status_code == 200
-
-
-def test_half_written_certificate_pair_is_not_loaded(tmp_path: Path, pki: PKI) -> None:
-    ctx = tls.build_server_context(pki.server_cert, pki.server_key, None)
-    reloader = tls.CertReloader(ctx, pki.server_cert, pki.server_key)
-    old_key = pki.server_key.read_bytes()
-    pki.reissue_server("healert-webhook-2")
-    pki.server_key.write_bytes(old_key)  # the new certificate arrived, its key not yet
-    assert reloader.pending() is False
-    pki.reissue_server("healert-webhook-3")
-    assert reloader.pending() is True
-
-
-def test_bad_tls_files_give_a_clear_error(tmp_path: Path, pki: PKI) -> None:
-    with pytest.raises(tls.TLSConfigError, match="HEALERT_TLS_CERT"):
-        tls.build_server_context(pki.server_cert, pki.ca_file, None)
-    with pytest.raises(tls.TLSConfigError, match="HEALERT_TLS_CLIENT_CA"):
-        tls.build_server_context(pki.server_cert, pki.server_key, tmp_path / "missing")
 
 
 # -- memory budget across requests -----------------------------------------------------
