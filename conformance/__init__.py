@@ -1,0 +1,1 @@
+"""Conformance suite: the agent against a real kube-apiserver (see README.md)."""

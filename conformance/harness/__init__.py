@@ -1,0 +1,1 @@
+"""Harness for the conformance suite: a real etcd, kube-apiserver and kubectl on loopback."""

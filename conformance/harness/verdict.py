@@ -1,0 +1,73 @@
+"""Judging a scenario's friction events against its expectations.
+
+KNOWN_DISAGREEMENTS lists the scenarios where today's agent disagrees with DESIGN §5; their
+check is an expected failure that is not strict, so it passes again once the agent is fixed
+(and the entry should then be removed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from conformance.harness.scenarios import Scenario, expected_for
+
+_ACTOR = ("DESIGN §5 'the actor is the person': an access proxy's service account "
+          "impersonating bob must give actor bob (the description naming the proxy); today's "
+          "agent takes the service account as the actor and skips the event as a system actor")
+KNOWN_DISAGREEMENTS: dict[str, str] = {
+    "cp": "DESIGN §5 'a Deployment's pod hash is 6 to 10 characters, so nvidia-dcgm-x7k2p is "
+          "the DaemonSet nvidia-dcgm': today's agent takes dcgm for a 4-character pod hash "
+          "and charges component:payments/nvidia",
+    "debug-node": "DESIGN §5 'an entity never depends on the audit level': the create carries "
+                  "the pod without labels or owner, so the name rules apply as for an exec "
+                  "into it (node-debugger-conformance-node); today's agent keeps the whole "
+                  "generated name",
+    "generate-name": "DESIGN §5 'metadata.generateName, when present, is the name with its "
+                     "suffix already known' (web-shell); today's agent charges "
+                     "web-shell-<5 chars> and renders an empty {name}",
+    "proxy-exec": _ACTOR,
+    "proxy-patch": _ACTOR,
+}
+
+
+def triples(rows: dict[str, dict[str, Any]]) -> Counter[tuple[str, str, str]]:
+    """(rule, entity_ref, actor) of each friction event, counted."""
+    return Counter((r["rule"], r["event"]["entity_ref"], r["event"].get("actor", ""))
+                   for r in rows.values())
+
+
+def show(rows: dict[str, dict[str, Any]]) -> str:
+    """One line per friction event, for assertion messages."""
+    return "\n".join(f"  {r['rule']} {r['event']['entity_ref']} actor={r['event'].get('actor')}"
+                     f" | {r['event'].get('description')}" for r in rows.values()) or "  (none)"
+
+
+def problems(scenario: Scenario, got_rows: dict[str, dict[str, Any]],
+             rule_names: set[str]) -> list[str]:
+    """What differs between the friction events and the scenario's expectations."""
+    expected = expected_for(scenario, rule_names)
+    want = Counter((e.rule, e.entity, e.actor) for e in expected)
+    got = triples(got_rows)
+    found = []
+    if want != got:
+        found.append(f"expected {sorted(want.elements())}, got:\n{show(got_rows)}")
+    for item in expected:
+        for row in got_rows.values():
+            if (row["rule"], row["event"]["entity_ref"]) != (item.rule, item.entity):
+                continue
+            description = row["event"].get("description", "")
+            missing = [m for m in item.mentions if m not in description]
+            if missing:
+                found.append(f"description {description!r} does not name {missing}")
+    return found
+
+
+def judge(scenario: Scenario, rows: dict[str, dict[str, Any]], rule_names: set[str]) -> None:
+    """Fail (or xfail, for a known disagreement) unless `rows` are exactly as expected."""
+    found = problems(scenario, rows, rule_names)
+    if found and scenario.name in KNOWN_DISAGREEMENTS:
+        pytest.xfail(f"{KNOWN_DISAGREEMENTS[scenario.name]}: " + "; ".join(found))
+    assert not found, "\n".join(found)

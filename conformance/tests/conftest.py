@@ -1,0 +1,75 @@
+"""One real control plane and both agents for the whole suite, scenarios run once.
+
+Environment variables:
+  HEALERT_CONFORMANCE_BIN       folder with kube-apiserver, kubectl, etcd (default: build.sh)
+  HEALERT_CONFORMANCE_AGENT     the healert-webhook executable (default: .venv/bin)
+  HEALERT_CONFORMANCE_WORK      working folder (default: pytest's tmp folder); kept afterwards
+  HEALERT_CONFORMANCE_FIXTURES  also write each scenario's audit events there as fixtures
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conformance.harness import fixtures
+from conformance.harness.env import Environment
+from conformance.harness.runner import Outcome, Runner
+from conformance.harness.scenarios import SCENARIOS
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]:
+    """The started environment; stopped at the end of the session."""
+    chosen = os.environ.get("HEALERT_CONFORMANCE_WORK")
+    root = Path(chosen) if chosen else tmp_path_factory.mktemp("conformance")
+    if chosen:
+        _fresh(root)
+    environment = Environment(root).start()
+    try:
+        yield environment
+    finally:
+        environment.stop()
+
+
+def _fresh(root: Path) -> None:
+    """Empty a working folder of an earlier run; refuse any other non-empty folder."""
+    mark = root / ".healert-conformance"
+    if root.exists() and any(root.iterdir()):
+        if not mark.exists():
+            raise RuntimeError(f"{root} is not empty and not a conformance working folder")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+
+
+@pytest.fixture(scope="session")
+def runner(env: Environment) -> Runner:
+    """A runner whose baseline is the state right after bootstrap."""
+    run = Runner(env, env.root / "work")
+    run.baseline()
+    return run
+
+
+@pytest.fixture(scope="session")
+def outcomes(runner: Runner, env: Environment) -> dict[str, Outcome]:
+    """Every scenario run once, in order; fixtures written where asked."""
+    results = {s.name: runner.run(s) for s in SCENARIOS}
+    version = env.cluster.bin.version()
+    fixtures.write(results.values(), env.root / "fixtures", version)
+    target = os.environ.get("HEALERT_CONFORMANCE_FIXTURES")
+    if target:
+        fixtures.write(results.values(), Path(target), version)
+    return results
+
+
+@pytest.fixture(scope="session")
+def rule_names(env: Environment) -> set[str]:
+    """Names of the rules the agents run."""
+    doc = yaml.safe_load(env.rules.read_text())
+    return {rule["name"] for rule in doc.get("rules", [])}
