@@ -627,6 +627,15 @@ def test_monitors_select_each_mode_and_name_the_alerts_job() -> None:
         selected[monitor["kind"], selector["app.kubernetes.io/component"]] = True
     assert set(selected) == {("ServiceMonitor", "webhook"), ("PodMonitor", "webhook-node-local"),
                              ("PodMonitor", "audit-log-tail")}
+    rule = find("monitoring", "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert any('up{job="healert-webhook"}' in e for e in exprs)
+
+
+def test_monitoring_manifests_are_generated_from_the_chart() -> None:
+    result = subprocess.run(["bash", str(MANIFESTS / "sync-monitoring.sh"), "--check"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 # --------------------------------------------------------------------------- rules ConfigMap
