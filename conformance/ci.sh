@@ -21,7 +21,7 @@ echo "conformance: binaries in $bin (after $((SECONDS - started)) s)"
 
 status=0
 HEALERT_CONFORMANCE_BIN="$bin" HEALERT_CONFORMANCE_WORK="$work/run" \
-  .venv/bin/python -m pytest conformance/tests -q -rxXfE -p no:cacheprovider || status=$?
+  .venv/bin/python -m pytest conformance/tests -q -rxXfE --durations=8 -p no:cacheprovider || status=$?
 if [ "$status" -ne 0 ]; then
   echo "conformance: failed ($status); the last lines of each log under $work/run:" >&2
   find "$work/run" -name '*.log' -path '*/logs/*' | sort | while read -r log; do

@@ -24,7 +24,9 @@ from conformance.harness.procs import Proc, free_port, wait_for
 # executable (e.g. a wrapper that runs a snapshot of the package).
 AGENT = Path(os.environ.get("HEALERT_CONFORMANCE_AGENT")
              or REPO / ".venv" / "bin" / "healert-webhook")
-SHIPPED_RULES = REPO / "rules.yaml"
+# The rules the agents run, with every optional rule enabled: the shipped file, unless
+# HEALERT_CONFORMANCE_RULES names another (the one of the agent HEALERT_CONFORMANCE_AGENT runs).
+SHIPPED_RULES = Path(os.environ.get("HEALERT_CONFORMANCE_RULES") or REPO / "rules.yaml")
 
 
 def all_rules_enabled(target: Path, source: Path = SHIPPED_RULES) -> Path:

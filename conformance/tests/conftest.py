@@ -3,6 +3,7 @@
 Environment variables:
   HEALERT_CONFORMANCE_BIN       folder with kube-apiserver, kubectl, etcd (default: build.sh)
   HEALERT_CONFORMANCE_AGENT     the healert-webhook executable (default: .venv/bin)
+  HEALERT_CONFORMANCE_RULES     the rules file to enable every rule of (default: rules.yaml)
   HEALERT_CONFORMANCE_WORK      working folder (default: pytest's tmp folder); kept afterwards
   HEALERT_CONFORMANCE_FIXTURES  also write each scenario's audit events there as fixtures
 """
