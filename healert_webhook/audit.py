@@ -2,21 +2,30 @@
 
 Events stay the plain dicts `orjson.loads` returns: no per-event model objects. These
 helpers run only on the slow path (events that might match a rule, or that broke the fast
-path), so they can afford to check every type.
+path), so they can afford to check every type. None of them recurses into input or
+formats it with `repr`: an event nested a thousand levels deep costs what a flat one does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 FIRING_STAGES = frozenset({"ResponseStarted", "ResponseComplete"})
 QUIET_STAGES = frozenset({"RequestReceived", "Panic"})
 # Usernames under system: that are people (admin kubeconfigs), not controllers.
 HUMAN_SYSTEM_USERS = frozenset({"system:admin", "system:masters"})
+# RFC 3339 as the apiserver writes it (metav1.MicroTime: six fractional digits; v1beta1's
+# `timestamp` none), ASCII digits only: `\d` would also accept full-width and other
+# Unicode digits, which no parser of the backend's accepts. The calendar is checked apart.
 _TIMESTAMP = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2})$")
+    r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:"
+    r"[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])", re.ASCII)
+_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+MAX_TIMESTAMP = 40
+MAX_FAILURE_ID = 64
 
 
 class BadDocument(ValueError):
@@ -46,36 +55,153 @@ def is_internal_actor(username: str) -> bool:
     return username.startswith("system:") and username not in HUMAN_SYSTEM_USERS
 
 
-def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str) -> str:
-    """The key that identifies one request's detection by one rule, across stages and resends.
+# --- who acted --------------------------------------------------------------------------
+
+class Actor(NamedTuple):
+    """Who a request is charged to, and through whom it came.
+
+    `name` is the person when an internal identity (an access proxy's service account)
+    impersonated one; otherwise the authenticated user. `proxy` is that internal identity
+    in the first case, `as_user` the impersonated identity in the second.
+    """
+
+    name: str
+    internal: bool
+    authenticated: str
+    impersonated: str
+    proxy: str
+    as_user: str
+
+
+def _username(user: Any) -> str:
+    if isinstance(user, dict):
+        name = user.get("username")
+        if isinstance(name, str):
+            return name
+    return ""
+
+
+def resolve_actor(event: dict[str, Any]) -> Actor:
+    """The actor of a request (see `Actor`): the person, also behind an access proxy.
+
+    Rancher, Teleport, Pinniped and kube-oidc-proxy authenticate as their own service
+    account and send the person as the impersonated user; `kubectl --as` is a person
+    acting as someone else. Only the first hands the actor over: a person stays the actor
+    whoever they impersonate, and an internal identity impersonating another internal
+    one (a controller acting as a service account) stays itself.
+    """
+    authenticated = _username(event.get("user"))
+    internal = is_internal_actor(authenticated)
+    imp = event.get("impersonatedUser")
+    if not imp:  # nearly every request
+        return Actor(authenticated, internal, authenticated, "", "", "")
+    impersonated = _username(imp)
+    if impersonated and internal and authenticated and not is_internal_actor(impersonated):
+        return Actor(impersonated, False, authenticated, impersonated, authenticated, "")
+    return Actor(authenticated, internal, authenticated, impersonated, "", impersonated)
+
+
+def actor_groups(event: dict[str, Any], actor: Actor) -> tuple[str, ...]:
+    """The groups of the actor: the impersonated user's behind a proxy, else the user's."""
+    user = event.get("impersonatedUser" if actor.proxy else "user")
+    if isinstance(user, dict):
+        groups = user.get("groups")
+        if isinstance(groups, list):
+            return tuple(g for g in groups if isinstance(g, str))
+    return ()
+
+
+# --- the dedup key ----------------------------------------------------------------------
+
+def _key_part(value: Any) -> str:
+    """One key field as unambiguous text; never the input's repr.
+
+    Separators inside a string are escaped so that no two different field lists join to
+    the same text; a value that is not a string stands for its type only. Strings free
+    of the two control characters encode as themselves, so keys of well-formed events
+    are unchanged by the escaping.
+    """
+    if isinstance(value, str):
+        if "\x00" in value or "\x01" in value:
+            return value.replace("\x01", "\x01\x01").replace("\x00", "\x01\x00")
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool | int | float):
+        return f"\x01{type(value).__name__}:{value!s}"
+    return f"\x01{type(value).__name__}"
+
+
+def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str,
+              impersonated: str = "") -> str:
+    """The key of one request's detection by one rule, the same across stages and resends.
 
     auditID alone is client-settable, so the request's time, verb, URI and user are part
-    of the key too.
+    of the key too. `username` is the authenticated user; `impersonated`, when given, is
+    appended so that two people behind one access proxy never share a key.
     """
-    parts = (
-        _text(event.get("auditID")),
-        _text(event.get("requestReceivedTimestamp") or event.get("timestamp")),
-        verb,
-        _text(event.get("requestURI")),
-        username,
-        rule,
-    )
-    raw = "\x00".join(parts).encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+    parts: list[Any] = [event.get("auditID"), event.get("requestReceivedTimestamp")
+             or event.get("timestamp"), verb, event.get("requestURI"), username, rule]
+    if impersonated:
+        parts.append(impersonated)
+    try:
+        raw = "\x00".join(parts)
+    except TypeError:  # a missing or non-string field
+        raw = None
+    # Well-formed events hold no separator: the plain join is already unambiguous.
+    if raw is None or raw.count("\x00") != len(parts) - 1 or "\x01" in raw:
+        raw = "\x00".join(_key_part(part) for part in parts)
+    return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ("" if value is None else repr(value))
+# --- timestamps -------------------------------------------------------------------------
+
+def valid_timestamp(value: Any) -> bool:
+    """True for an ASCII RFC 3339 date and time that exists on the calendar.
+
+    Hours run 00-23, minutes 00-59 and seconds 00-59: Go's time package never writes a
+    leap second (:60), and the backend's ISO 8601 parser refuses one. Offsets are `Z` or
+    `+hh:mm`/`-hh:mm` below 24 hours; years start at 0001.
+    """
+    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP:
+        return False
+    found = _TIMESTAMP.fullmatch(value)
+    if found is None:
+        return False
+    day = found.group(2)
+    if day < "29":  # every month has 28 days
+        return value[:4] != "0000"
+    year, month = int(value[:4]), int(found.group(1))
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return year > 0 and int(day) <= (_DAYS[month - 1] if month != 2 or leap else 28)
 
 
-def event_timestamp(event: dict[str, Any]) -> str | None:
-    """The request's time in ISO 8601, if the event carries a well-formed one."""
-    for key in ("requestReceivedTimestamp", "stageTimestamp", "timestamp"):
+# Where the friction event's time comes from when the request's own receive time is not
+# usable, in order, and the fix-up counted for each.
+_TIME_SOURCES = (("stageTimestamp", "timestamp_from_stage"),
+                 ("timestamp", "timestamp_from_v1beta1"))
+
+
+def event_timestamp(event: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The request's time exactly as the apiserver wrote it, and the fix-up it needed.
+
+    The apiserver's microsecond `requestReceivedTimestamp` is kept verbatim. When it is
+    missing or not a real time, `stageTimestamp` (then v1beta1's `timestamp`) stands in;
+    when none is usable the field is left out and the backend stamps its own time. The
+    second value names the fix-up (`timestamp_from_stage`, `timestamp_missing`, ...), or
+    is None when the receive time was used.
+    """
+    received = event.get("requestReceivedTimestamp")
+    if valid_timestamp(received):
+        return received, None
+    for key, fixup in _TIME_SOURCES:
         value = event.get(key)
-        if isinstance(value, str) and len(value) <= 40 and _TIMESTAMP.match(value):
-            return value
-    return None
+        if valid_timestamp(value):
+            return value, fixup
+    return None, "timestamp_missing"
 
+
+# --- text -------------------------------------------------------------------------------
 
 def clean_text(value: str, limit: int) -> str:
     """Printable ASCII only, at most `limit` characters.
@@ -91,13 +217,113 @@ def clean_text(value: str, limit: int) -> str:
     return value
 
 
+def failure_id(event: Any) -> str:
+    """The auditID of an event for a log line: cleaned and cut, or '' when not a string."""
+    audit_id = event.get("auditID") if isinstance(event, dict) else None
+    return clean_text(audit_id, MAX_FAILURE_ID) if isinstance(audit_id, str) else ""
+
+
 def impersonated_name(event: dict[str, Any]) -> str | None:
-    """The user the request was made as, when the actor impersonated someone."""
-    imp = event.get("impersonatedUser")
-    if isinstance(imp, dict):
-        name = imp.get("username")
-        if isinstance(name, str) and name:
-            return name
+    """The user the request was made as, when the authenticated user impersonated someone."""
+    name = _username(event.get("impersonatedUser"))
+    return name or None
+
+
+def user_agent(event: dict[str, Any]) -> str:
+    """The request's User-Agent, '' when absent or not a string."""
+    agent = event.get("userAgent")
+    return agent if isinstance(agent, str) else ""
+
+
+def response_code(event: dict[str, Any]) -> int | None:
+    """The HTTP status the apiserver answered, when the event carries one."""
+    status = event.get("responseStatus")
+    code = status.get("code") if isinstance(status, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+# The response classes a rule can ask for: 1xx-3xx succeeded; 401 and 403 are refusals
+# (authentication or authorization, RBAC or admission); any other 4xx or 5xx failed.
+RESPONSE_CLASSES = ("success", "denied", "error")
+
+
+def response_class(code: int | None) -> str | None:
+    """`success`, `denied` or `error` for a status code; None when there is none."""
+    if code is None:
+        return None
+    if code < 400:
+        return "success"
+    return "denied" if code in (401, 403) else "error"
+
+
+def carried_objects(event: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(field, metadata) of the objects the event carries, responseObject first.
+
+    A Status (what a refused or deleted request answers) describes no object, and a JSON
+    patch is an array: both are passed over.
+    """
+    for key in ("responseObject", "requestObject"):
+        obj = event.get(key)
+        if isinstance(obj, dict) and obj.get("kind") != "Status":
+            meta = obj.get("metadata")
+            if isinstance(meta, dict):
+                yield key, meta
+
+
+def carried_metadata(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The metadata of the first object `carried_objects` yields, or None."""
+    for key in ("responseObject", "requestObject"):
+        obj = event.get(key)
+        if isinstance(obj, dict) and obj.get("kind") != "Status":
+            meta = obj.get("metadata")
+            if isinstance(meta, dict):
+                return meta
+    return None
+
+
+def has_annotation(event: dict[str, Any], key: str, value: str) -> bool:
+    """The annotation on the audit event itself or on an object it carries."""
+    annotations = event.get("annotations")
+    if isinstance(annotations, dict) and annotations.get(key) == value:
+        return True
+    for _, meta in carried_objects(event):
+        found = meta.get("annotations")
+        if isinstance(found, dict) and found.get(key) == value:
+            return True
+    return False
+
+
+def gitops_evidence(event: dict[str, Any], annotations: tuple[str, ...],
+                    labels: tuple[str, ...], managers: frozenset[str]) -> str | None:
+    """What shows that a GitOps tool manages the object the event carries, or None.
+
+    Any of the given annotation or label keys with a non-empty value, or a field manager
+    of that name in `metadata.managedFields`. The answer names the evidence, e.g.
+    `annotation argocd.argoproj.io/tracking-id on responseObject`.
+    """
+    for where, meta in carried_objects(event):
+        found = _keyed(meta.get("annotations"), annotations)
+        if found:
+            return f"annotation {found} on {where}"
+        found = _keyed(meta.get("labels"), labels)
+        if found:
+            return f"label {found} on {where}"
+        fields = meta.get("managedFields")
+        if isinstance(fields, list) and managers:
+            for entry in fields:
+                manager = entry.get("manager") if isinstance(entry, dict) else None
+                if isinstance(manager, str) and manager in managers:
+                    return f"field manager {manager} on {where}"
+    return None
+
+
+def _keyed(mapping: Any, keys: tuple[str, ...]) -> str | None:
+    if not isinstance(mapping, dict) or not keys:
+        return None
+    for key in keys:
+        value = mapping.get(key)
+        if isinstance(value, str) and value:
+            return key
     return None
 
 

@@ -1,26 +1,41 @@
 """Which Backstage catalog entity a Kubernetes object belongs to.
 
-The workload name comes, in order of preference, from the object's labels
-(`backstage.io/kubernetes-id`, `app.kubernetes.io/name`), its controlling owner reference,
-or its name with the suffixes Kubernetes generates removed — only for the kinds Kubernetes
-generates names for, and only when the suffix uses the generated-name alphabet, so a
-Deployment called `payments-gateway-proxy` keeps its name.
+The workload is, in order:
+
+1. the label `backstage.io/kubernetes-id`, then `app.kubernetes.io/name`, of the object the
+   event carries (responseObject, else requestObject);
+2. that object's controlling owner reference, else its only owner reference (a Node,
+   which owns static pods' mirrors, is not a workload and does not count);
+3. the object's name with the suffixes Kubernetes generates removed, only for the kinds
+   it generates names for (pods, replicasets, jobs) and only when the suffix uses the
+   generated-name alphabet. `metadata.generateName`, when the carried object has it, is
+   that name with its suffix already known.
+
+Step 3 is the same whether or not the event carries the object, so a pod's create and an
+exec into it are charged alike at every audit level. An event that names no object at
+all (a Metadata-level create whose name the apiserver generates) has no workload.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 # k8s.io/apimachinery/pkg/util/rand: consonants and digits that cannot spell words.
 _ALPHA = "[bcdfghjklmnpqrstvwxz2456789]"
-_DEPLOYMENT_POD = re.compile(rf"^(.+)-{_ALPHA}{{1,10}}-{_ALPHA}{{5}}$")
-_OWNED_POD = re.compile(rf"^(.+)-{_ALPHA}{{5}}$")
-_STATEFUL_POD = re.compile(r"^(.+)-\d+$")
-_REPLICASET = re.compile(rf"^(.+)-{_ALPHA}{{1,10}}$")
+# A Deployment's pod: <deployment>-<pod-template-hash>-<5>. The hash is a 32-bit number
+# written in the alphabet above, 6 to 10 characters long, so a shorter middle part
+# (`nvidia-dcgm-x7k2p`, `kube-flannel-ds-4x8kz`) belongs to the name of a DaemonSet or
+# Job, whose pods are <owner>-<5>.
+_DEPLOYMENT_POD = re.compile(rf"(.+)-{_ALPHA}{{6,10}}-{_ALPHA}{{5}}", re.ASCII)
+_OWNED_POD = re.compile(rf"(.+)-{_ALPHA}{{5}}", re.ASCII)
+_STATEFUL_POD = re.compile(r"(.+)-[0-9]+", re.ASCII)
+_REPLICASET = re.compile(rf"(.+)-{_ALPHA}{{6,10}}", re.ASCII)
 # A CronJob's Job is `<cronjob>-<scheduled time in minutes>`: 8+ digits since 1989.
-_CRONJOB_JOB = re.compile(r"^(.+)-\d{8,}$")
+_CRONJOB_JOB = re.compile(r"(.+)-[0-9]{8,}", re.ASCII)
+# The apiserver appends five characters of the alphabet to a generateName.
+_GENERATED_SUFFIX = re.compile(rf"{_ALPHA}{{5}}", re.ASCII)
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_.-]+")
 _NOT_NAMESPACE = re.compile(r"[^a-zA-Z0-9_-]+")
 
@@ -29,89 +44,147 @@ MAX_ENTITY_REF = 200
 KIND = "component"
 
 
+class Workload(NamedTuple):
+    """A workload name ('' when the event names nothing) and how it was found."""
+
+    name: str
+    how: str
+
+
 def _strip(pattern: re.Pattern[str], name: str) -> str | None:
-    found = pattern.match(name)
+    found = pattern.fullmatch(name)
     return found.group(1) if found else None
 
 
-def workload_from_name(resource: str | None, name: str) -> str:
+def _pod_owner(name: str) -> tuple[str, str]:
+    """The owner a pod's name was generated from, and which kind of owner that is."""
+    base = _strip(_DEPLOYMENT_POD, name)
+    if base is not None:
+        return base, "name, as a Deployment's pod"
+    owner = _strip(_OWNED_POD, name)
+    if owner is not None:  # a DaemonSet's or a Job's; a CronJob's Job adds minutes too
+        cronjob = _strip(_CRONJOB_JOB, owner)
+        return (cronjob, "name, as a CronJob's pod") if cronjob \
+            else (owner, "name, as a DaemonSet's or Job's pod")
+    base = _strip(_STATEFUL_POD, name)
+    if base is not None:
+        return base, "name, as a StatefulSet's pod"
+    return name, "name"
+
+
+def _generated_base(resource: str | None, base: str) -> tuple[str, str]:
+    """The workload of an object whose generated name starts with `base`.
+
+    A pod's base is its owner's name (a ReplicaSet's, a DaemonSet's or a Job's), so the
+    owner's own generated part is removed as well.
+    """
+    if resource == "pods":
+        rs = _strip(_REPLICASET, base)
+        if rs is not None:
+            return rs, "generateName, as a Deployment's pod"
+        cronjob = _strip(_CRONJOB_JOB, base)
+        if cronjob is not None:
+            return cronjob, "generateName, as a CronJob's pod"
+    if resource == "jobs":
+        cronjob = _strip(_CRONJOB_JOB, base)
+        if cronjob is not None:
+            return cronjob, "generateName, as a CronJob's Job"
+    return base, "generateName"
+
+
+def name_rules(resource: str | None, name: str) -> Workload:
     """Remove the suffixes Kubernetes generates for objects of `resource` named `name`."""
     if resource == "pods":
-        base = _strip(_DEPLOYMENT_POD, name)
-        if base is not None:
-            return base
-        owner = _strip(_OWNED_POD, name)
-        if owner is not None:  # DaemonSet or Job pod; a CronJob's Job adds minutes too
-            return _strip(_CRONJOB_JOB, owner) or owner
-        return _strip(_STATEFUL_POD, name) or name
+        base, how = _pod_owner(name)
+        return Workload(base, how if base != name else "name")
     if resource == "replicasets":
-        return _strip(_REPLICASET, name) or name
+        deployment = _strip(_REPLICASET, name)
+        if deployment is not None:
+            return Workload(deployment, "name, as a Deployment's ReplicaSet")
     if resource == "jobs":
-        return _strip(_CRONJOB_JOB, name) or name
-    return name
+        cronjob = _strip(_CRONJOB_JOB, name)
+        if cronjob is not None:
+            return Workload(cronjob, "name, as a CronJob's Job")
+    return Workload(name, "name")
+
+
+def workload_from_name(resource: str | None, name: str) -> str:
+    """The workload for an object named `name` (the name rules alone)."""
+    return name_rules(resource, name).name
 
 
 _OWNER_RESOURCE = {"ReplicaSet": "replicasets", "Job": "jobs"}
 
 
-def _owner_workload(owners: Any) -> str | None:
+def owner_reference(owners: Any) -> tuple[str, str] | None:
+    """(kind, name) of the controlling owner, else of the only owner; None otherwise.
+
+    References that are not objects with string `kind` and non-empty string `name` are
+    unusable and ignored, as is a Node (the owner of a static pod's mirror).
+    """
     if not isinstance(owners, list):
         return None
-    chosen = None
+    usable: list[tuple[str, str]] = []
     for owner in owners:
-        if isinstance(owner, dict) and isinstance(owner.get("name"), str) and owner["name"]:
-            if owner.get("kind") == "Node":  # mirror pods: the node is not the workload
-                continue
-            if chosen is None or owner.get("controller") is True:
-                chosen = owner
-            if owner.get("controller") is True:
-                break
-    if chosen is None:
-        return None
-    return workload_from_name(_OWNER_RESOURCE.get(chosen.get("kind", "")), chosen["name"])
+        if not isinstance(owner, dict):
+            continue
+        kind, name = owner.get("kind"), owner.get("name")
+        if not (isinstance(kind, str) and isinstance(name, str) and name) or kind == "Node":
+            continue
+        if owner.get("controller") is True:
+            return kind, name
+        usable.append((kind, name))
+    return usable[0] if len(usable) == 1 else None
 
 
-def object_metadata(event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The kind and metadata of the object the event carries (response first)."""
-    for key in ("responseObject", "requestObject"):
-        obj = event.get(key)
-        if isinstance(obj, dict) and obj.get("kind") != "Status":
-            meta = obj.get("metadata")
-            if isinstance(meta, dict):
-                kind = obj.get("kind")
-                return (kind if isinstance(kind, str) else ""), meta
+def _label(meta: dict[str, Any]) -> tuple[str, str] | None:
+    labels = meta.get("labels")
+    if isinstance(labels, dict):
+        for key in LABEL_KEYS:
+            value = labels.get(key)
+            if isinstance(value, str) and value.strip():
+                return key, value.strip()
     return None
 
 
-# Kinds whose names Kubernetes generates from an owner's name.
-_GENERATED_KIND = {"pods": "Pod", "replicasets": "ReplicaSet", "jobs": "Job"}
+def _text(meta: dict[str, Any], key: str) -> str:
+    value = meta.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def resolve_workload(resource: str | None, name: str,
+                     meta: dict[str, Any] | None) -> Workload:
+    """The workload of the object `name` of `resource` (see the module docstring).
+
+    `meta` is the metadata of the object the event carries, if any. The result's name is
+    '' when the event names no object at all.
+    """
+    if meta is not None:
+        label = _label(meta)
+        if label is not None:
+            return Workload(label[1], f"label {label[0]}")
+        owner = owner_reference(meta.get("ownerReferences"))
+        if owner is not None:
+            kind, owner_name = owner
+            base = name_rules(_OWNER_RESOURCE.get(kind), owner_name).name
+            return Workload(base, f"owner {kind} {owner_name}")
+        name = name or _text(meta, "name")
+        prefix = _text(meta, "generateName")
+        # The apiserver ignores generateName when a name is given; trust it only when
+        # the name is empty or is the prefix plus a generated suffix.
+        if prefix and (not name or (name.startswith(prefix)
+                                    and _GENERATED_SUFFIX.fullmatch(name[len(prefix):]))):
+            base = prefix[:-1] if prefix.endswith("-") and len(prefix) > 1 else prefix
+            return Workload(*_generated_base(resource, base))
+    if not name:
+        return Workload("", "no name")
+    return name_rules(resource, name)
 
 
 def workload_name(resource: str | None, name: str,
-                  carried: tuple[str, dict[str, Any]] | None) -> str:
-    """The workload an object belongs to: labels, then owners, then name rules.
-
-    When the event carries the object itself and it has no owner that generates names,
-    the name is kept whole (a hand-made pod `test-pod-1` stays itself).
-    """
-    if carried is not None:
-        kind, meta = carried
-        labels = meta.get("labels")
-        if isinstance(labels, dict):
-            for key in LABEL_KEYS:
-                value = labels.get(key)
-                if isinstance(value, str) and value.strip():
-                    return value.strip()
-        owner = _owner_workload(meta.get("ownerReferences"))
-        if owner:
-            return owner
-        if not name and isinstance(meta.get("name"), str):
-            name = meta["name"]
-        # No usable owner (a Node owning a mirror pod does not count): nothing generated
-        # the name.
-        if name and kind == _GENERATED_KIND.get(resource or "") and meta.get("name") == name:
-            return name
-    return workload_from_name(resource, name) if name else ""
+                  meta: dict[str, Any] | None = None) -> str:
+    """The workload's name alone ('' when the event names no object)."""
+    return resolve_workload(resource, name, meta).name
 
 
 def entity_ref(namespace: str, workload: str) -> str:

@@ -1,16 +1,21 @@
 """Load, validate and compile rules.yaml.
 
 The file format is the old Go agent's (a `config` block and a `rules` list) with additive
-extensions: `enabled`, `points`, and the match field `ignore_subresources`. Validation is
-strict and reports every problem at once, each with file, line, rule and field, because a
-typo such as `resouce:` would otherwise silently widen a rule to every resource.
+extensions: `enabled`, `points`, `config.gitops`, and the match fields
+`ignore_subresources`, `users`, `ignore_users`, `groups`, `ignore_groups`,
+`user_agent_contains`, `ignore_user_agent_contains`, `response` and `gitops_managed`. A file
+without them behaves as it did. Validation is strict and reports every problem at once,
+each with file, line, rule and field, because a typo such as `resouce:` would otherwise
+silently widen a rule to every resource. Values the apiserver never writes (`pod`,
+`Secrets`, `GET`, `exec` as a verb) are warnings with the fix, since such a rule loads
+but never fires.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,23 +23,63 @@ from typing import Any
 
 import yaml
 
+from healert_webhook.audit import HUMAN_SYSTEM_USERS, RESPONSE_CLASSES
 from healert_webhook.backend_contract import SEVERITIES, TYPE_LENGTH
 from healert_webhook.backend_contract import TYPE as NAME_RE
 
 TOKENS = ("actor", "resource", "name", "namespace", "verb", "subresource", "code", "workload")
 TOKEN_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The verbs the apiserver writes into audit events: the request verbs of resource
+# requests, and the lower-case HTTP methods of non-resource requests (/healthz, /metrics).
 KNOWN_VERBS = frozenset({
     "get", "list", "watch", "create", "update", "patch", "delete", "deletecollection",
-    "proxy", "connect", "post", "put", "head", "options",
+    "proxy", "post", "put", "head", "options",
 })
+# Requests of these verbs name no single object, so they are never charged to an entity.
+NAMELESS_VERBS = frozenset({"list", "watch", "deletecollection"})
 DEFAULT_DESCRIPTION = "{verb} on {resource}/{name} (ns:{namespace}) by {actor}"
 TOP_KEYS = ("config", "rules")
-CONFIG_KEYS = ("ignore_namespaces",)
+CONFIG_KEYS = ("ignore_namespaces", "gitops")
+GITOPS_KEYS = ("annotations", "labels", "field_managers", "controllers")
 RULE_KEYS = ("name", "description", "severity", "workflow", "ignore_system", "enabled",
              "points", "match")
 MATCH_KEYS = ("resource", "resources", "subresource", "ignore_subresources", "verb", "verbs",
-              "annotation", "namespace_contains", "ignore_namespaces")
+              "annotation", "namespace_contains", "ignore_namespaces", "users", "ignore_users",
+              "groups", "ignore_groups", "user_agent_contains", "ignore_user_agent_contains",
+              "response", "gitops_managed")
+_LIST_KEYS = ("resources", "verbs", "ignore_namespaces", "ignore_subresources")
+_NAME_KEYS = ("users", "ignore_users", "groups", "ignore_groups")
+_AGENT_KEYS = ("user_agent_contains", "ignore_user_agent_contains")
 MAX_RULES_BYTES = 4 * 1024 * 1024
+# Subresources older kubectl sends as `create` on pods; a drift rule on pods should not
+# count them (they are exec, attach and port-forward sessions, reported by their own rules).
+SESSION_SUBRESOURCES = ("exec", "attach", "portforward")
+# Names people write for resources and subresources, and what the apiserver writes instead.
+_RESOURCE_FIXES = {
+    "pod": "pods", "po": "pods", "secret": "secrets", "deployment": "deployments",
+    "deploy": "deployments", "statefulset": "statefulsets", "sts": "statefulsets",
+    "daemonset": "daemonsets", "ds": "daemonsets", "replicaset": "replicasets",
+    "rs": "replicasets", "job": "jobs", "cronjob": "cronjobs", "cj": "cronjobs",
+    "configmap": "configmaps", "cm": "configmaps", "namespace": "namespaces",
+    "ns": "namespaces", "node": "nodes", "no": "nodes", "service": "services",
+    "svc": "services", "ingress": "ingresses", "ing": "ingresses", "role": "roles",
+    "rolebinding": "rolebindings", "clusterrole": "clusterroles",
+    "clusterrolebinding": "clusterrolebindings", "serviceaccount": "serviceaccounts",
+    "sa": "serviceaccounts", "persistentvolume": "persistentvolumes",
+    "pv": "persistentvolumes", "persistentvolumeclaim": "persistentvolumeclaims",
+    "pvc": "persistentvolumeclaims", "networkpolicy": "networkpolicies",
+    "netpol": "networkpolicies", "horizontalpodautoscaler": "horizontalpodautoscalers",
+    "hpa": "horizontalpodautoscalers", "endpoint": "endpoints", "event": "events",
+    "ev": "events", "lease": "leases", "customresourcedefinition":
+    "customresourcedefinitions", "crd": "customresourcedefinitions",
+}
+_SUBRESOURCE_FIXES = {
+    "port-forward": "portforward", "port_forward": "portforward", "logs": "log",
+    "ephemeral-containers": "ephemeralcontainers", "ephemeralcontainer":
+    "ephemeralcontainers", "debug": "ephemeralcontainers", "evict": "eviction",
+}
+_SUBRESOURCE_VERBS = frozenset({"exec", "attach", "portforward", "port-forward", "log",
+                                "logs", "scale", "status", "eviction", "ephemeralcontainers"})
 
 
 class RulesError(Exception):
@@ -47,8 +92,62 @@ class RulesError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class NameMatch:
+    """User or group names: exact names, and prefixes (written with a trailing `*`)."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def matches(self, value: str) -> bool:
+        """True when `value` is one of the names or starts with one of the prefixes."""
+        return value in self.exact or (bool(self.prefixes) and value.startswith(self.prefixes))
+
+    def any_of(self, values: Iterable[str]) -> bool:
+        """True when any of `values` matches."""
+        return any(self.matches(value) for value in values)
+
+    def text(self) -> str:
+        """The patterns as written in the file, sorted."""
+        return "|".join(sorted(self.exact) + sorted(p + "*" for p in self.prefixes))
+
+
+@dataclass(frozen=True, slots=True)
+class GitOps:
+    """What marks an object as managed by a GitOps tool, and the tools' own identities.
+
+    An object is GitOps-managed when it carries one of `annotations` or `labels` (with a
+    non-empty value) or lists one of `field_managers` in `metadata.managedFields`. A write
+    by one of `controllers` is the tool applying Git, never drift.
+    """
+
+    annotations: tuple[str, ...]
+    labels: tuple[str, ...]
+    field_managers: frozenset[str]
+    controllers: NameMatch
+
+
+# Argo CD's tracking annotation (its default tracking method since 3.0), Flux's
+# kustomize-controller and helm-controller labels, and the field managers all three
+# apply with. `app.kubernetes.io/instance` is left out: Helm sets it too.
+DEFAULT_GITOPS = GitOps(
+    annotations=("argocd.argoproj.io/tracking-id",),
+    labels=("kustomize.toolkit.fluxcd.io/name", "helm.toolkit.fluxcd.io/name"),
+    field_managers=frozenset({"argocd-controller", "kustomize-controller", "helm-controller"}),
+    controllers=NameMatch(frozenset({
+        "system:serviceaccount:argocd:argocd-application-controller",
+        "system:serviceaccount:flux-system:kustomize-controller",
+        "system:serviceaccount:flux-system:helm-controller",
+    }), ()),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
-    """One compiled rule: match sets are frozensets, the template is pre-split."""
+    """One compiled rule: match sets are frozensets, the template is pre-split.
+
+    `resources`, `subresource`, `ignore_subresources` and `verbs` are settled by the
+    detector's index; the other conditions are checked per candidate event.
+    """
 
     name: str
     description: str
@@ -66,6 +165,17 @@ class Rule:
     ignore_namespaces: frozenset[str]
     template: tuple[tuple[str, str | None], ...]
     line: int
+    users: NameMatch | None = None
+    ignore_users: NameMatch | None = None
+    groups: NameMatch | None = None
+    ignore_groups: NameMatch | None = None
+    user_agents: tuple[str, ...] | None = None        # lower-cased; any of
+    ignore_user_agents: tuple[str, ...] = ()          # lower-cased
+    response: frozenset[str] | None = None            # success, denied, error
+    gitops_managed: bool | None = None
+    # True when any of users, groups, user agents or response is given: rules without
+    # them skip those checks in one test.
+    refined: bool = False
 
     def summary(self) -> str:
         """One line describing what the rule matches, for `validate`."""
@@ -84,6 +194,18 @@ class Rule:
             parts.append(f"namespace~{self.namespace_contains}")
         if self.ignore_namespaces:
             parts.append("not-namespace=" + "|".join(sorted(self.ignore_namespaces)))
+        for label, match in (("user", self.users), ("not-user", self.ignore_users),
+                             ("group", self.groups), ("not-group", self.ignore_groups)):
+            if match is not None:
+                parts.append(f"{label}={match.text()}")
+        if self.user_agents:
+            parts.append("agent~" + "|".join(self.user_agents))
+        if self.ignore_user_agents:
+            parts.append("not-agent~" + "|".join(self.ignore_user_agents))
+        if self.response:
+            parts.append("response=" + "|".join(sorted(self.response)))
+        if self.gitops_managed is not None:
+            parts.append(f"gitops-managed={'yes' if self.gitops_managed else 'no'}")
         actors = "humans" if self.ignore_system else "all actors"
         state = "enabled " if self.enabled else "disabled"
         return (f"{state} {self.name:<26} {self.severity:<6} {self.workflow or '-':<9} "
@@ -92,12 +214,13 @@ class Rule:
 
 @dataclass(frozen=True)
 class RuleSet:
-    """A validated rules file: every rule (enabled or not) and the global exclusions."""
+    """A validated rules file: every rule (enabled or not) and the global settings."""
 
     source: str
     rules: tuple[Rule, ...]
     ignore_namespaces: frozenset[str]
     warnings: tuple[str, ...] = field(default=())
+    gitops: GitOps = DEFAULT_GITOPS
 
     @property
     def enabled(self) -> tuple[Rule, ...]:
@@ -227,6 +350,131 @@ def _int(ctx: _Ctx, node: yaml.Node, where: str) -> int | None:
 
 # --- validation -------------------------------------------------------------------------
 
+def _one_or_more(ctx: _Ctx, node: yaml.Node, where: str) -> list[str] | None:
+    """A string or a list of strings (the match fields added to the old format take both)."""
+    if isinstance(node, yaml.ScalarNode):
+        value = _string(ctx, node, where)
+        if value is not None and not value.strip():
+            ctx.error(node, where, "empty string")
+        return None if value is None else [value]
+    return _string_list(ctx, node, where)
+
+
+def _name_match(ctx: _Ctx, node: yaml.Node, where: str, *, include: bool) -> NameMatch | None:
+    values = _one_or_more(ctx, node, where)
+    if values is None:
+        return None
+    if include and not values:
+        ctx.error(node, where, "an empty list matches nobody; leave the field out instead")
+    exact: set[str] = set()
+    prefixes: set[str] = set()
+    for value in values:
+        star = value.find("*")
+        if star == -1:
+            exact.add(value)
+        elif star != len(value) - 1:
+            ctx.error(node, where, f"{value!r}: '*' may only end a name (a prefix such as "
+                      "'oidc:*')")
+        elif len(value) == 1:
+            ctx.error(node, where, "'*' alone matches everyone; leave the field out instead")
+        else:
+            prefixes.add(value[:-1])
+    return NameMatch(frozenset(exact), tuple(sorted(prefixes)))
+
+
+def _response(ctx: _Ctx, node: yaml.Node, where: str) -> frozenset[str] | None:
+    classes = ", ".join(RESPONSE_CLASSES)
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
+        ctx.error(node, where, f"takes a class of response, not a code: one or more of "
+                  f"{classes} (success is 1xx-3xx, denied is 401 and 403, error any other "
+                  "4xx or 5xx)")
+        return None
+    values = _one_or_more(ctx, node, where)
+    if values is None:
+        return None
+    for value in values:
+        if value not in RESPONSE_CLASSES:
+            ctx.error(node, where, f"{value!r} is not one of {classes}")
+    if not values:
+        ctx.error(node, where, "an empty list matches no response; leave the field out")
+    return frozenset(values)
+
+
+def _match_value(ctx: _Ctx, key: str, node: yaml.Node, where: str) -> Any:
+    if key in _LIST_KEYS:
+        return _string_list(ctx, node, where)
+    if key in _NAME_KEYS:
+        return _name_match(ctx, node, where, include=not key.startswith("ignore_"))
+    if key in _AGENT_KEYS:
+        agents = _one_or_more(ctx, node, where)
+        return None if agents is None else tuple(agent.lower() for agent in agents)
+    if key == "response":
+        return _response(ctx, node, where)
+    if key == "gitops_managed":
+        return _bool(ctx, node, where)
+    text = _string(ctx, node, where)
+    if key == "annotation" and text is not None:
+        akey, sep, aval = text.partition("=")
+        if not sep or not akey.strip():
+            ctx.error(node, where, f"expected \"key=value\", got {text!r}")
+            return None
+        return akey.strip(), aval.strip()
+    return text
+
+
+def _resource_hint(resource: str) -> str | None:
+    """How to write a resource the apiserver would audit, or None when it looks right."""
+    if "/" in resource:
+        base, _, sub = resource.partition("/")
+        return f"write resource: {base} and subresource: {sub}"
+    lower = resource.lower()
+    fix = _RESOURCE_FIXES.get(lower)
+    if fix is not None:
+        return f"the apiserver writes the plural, lower-case name (did you mean {fix!r}?)"
+    if lower != resource:
+        return f"resource names are lower case (did you mean {lower!r}?)"
+    return None
+
+
+def _verb_hint(verb: str) -> str:
+    lower = verb.lower()
+    if lower in KNOWN_VERBS:
+        return f" (verbs are lower case: {lower!r})"
+    if lower in _SUBRESOURCE_VERBS:
+        sub = _SUBRESOURCE_FIXES.get(lower, lower)
+        return (f" ({verb!r} is a subresource: write subresource: {sub} and leave the verb "
+                "out; kubectl sends it as get, or create from older clients)")
+    if lower == "connect":
+        return (" (exec, attach and port-forward are audited as get, or create from older "
+                "kubectl: leave the verb out)")
+    close = difflib.get_close_matches(lower, sorted(KNOWN_VERBS), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _warn_unaudited(ctx: _Ctx, key: str, node: yaml.Node, where: str, got: Any) -> None:
+    """Warn about resources, subresources and verbs the apiserver never writes."""
+    if got is None or key not in ("resource", "resources", "subresource",
+                                  "ignore_subresources", "verb", "verbs"):
+        return
+    for value in [got] if isinstance(got, str) else got:
+        if key in ("resource", "resources"):
+            hint = _resource_hint(value)
+            if hint is not None:
+                ctx.warn(node, where, f"resource {value!r} is never audited: {hint}")
+        elif key in ("verb", "verbs"):
+            if value not in KNOWN_VERBS:
+                ctx.warn(node, where, f"verb {value!r} is not one the apiserver audits"
+                         + _verb_hint(value))
+            elif value in NAMELESS_VERBS:
+                ctx.warn(node, where, f"verb {value!r}: such requests name no object, so "
+                         "they are never charged to an entity (skipped as no_name)")
+        else:
+            fix = _SUBRESOURCE_FIXES.get(value.lower(), value.lower())
+            if fix != value:
+                ctx.warn(node, where, f"subresource {value!r} is never audited: the "
+                         f"apiserver writes {fix!r}")
+
+
 def _parse_match(ctx: _Ctx, node: yaml.Node, where: str) -> dict[str, Any] | None:
     if not isinstance(node, yaml.MappingNode):
         ctx.error(node, where, f"expected a mapping of conditions, got {_kind(node)}")
@@ -234,26 +482,47 @@ def _parse_match(ctx: _Ctx, node: yaml.Node, where: str) -> dict[str, Any] | Non
     out: dict[str, Any] = {}
     for key, value in _items(ctx, node, where, MATCH_KEYS):
         path = f"{where}.{key}"
-        if key in ("resources", "verbs", "ignore_namespaces", "ignore_subresources"):
-            out[key] = _string_list(ctx, value, path)
-        else:
-            out[key] = _string(ctx, value, path)
-        got = out[key]
-        if key == "annotation" and got is not None:
-            akey, sep, aval = got.partition("=")
-            if not sep or not akey.strip():
-                ctx.error(value, path, f"expected \"key=value\", got {got!r}")
-                out[key] = None
-            else:
-                out[key] = (akey.strip(), aval.strip())
-        if key in ("verb", "verbs") and got is not None:
-            for verb in [got] if isinstance(got, str) else got:
-                if verb not in KNOWN_VERBS:
-                    ctx.warn(value, path, f"verb {verb!r} is not one the apiserver audits")
+        out[key] = _match_value(ctx, key, value, path)
+        _warn_unaudited(ctx, key, value, path, out[key])
     if not node.value:
         ctx.error(node, where, "needs at least one condition (an empty match fires on "
                   "every request)")
     return out
+
+
+def _warn_sessions(ctx: _Ctx, node: yaml.Node | None, where: str, rule: Rule) -> None:
+    """Warn when a rule on pod writes also counts exec, attach and port-forward sessions.
+
+    Older kubectl sends them as `create` on pods/exec, pods/attach and pods/portforward,
+    so a rule on `create` of pods without a subresource fires on each of them too. That
+    is what the old agent's config-drift did, and an unchanged file keeps doing it.
+    """
+    if rule.resources is None or "pods" not in rule.resources or rule.subresource \
+            or rule.verbs is None or "create" not in rule.verbs:
+        return
+    missing = [sub for sub in SESSION_SUBRESOURCES if sub not in rule.ignore_subresources]
+    if not missing:
+        return
+    spoken = {"exec": "exec", "attach": "attach", "portforward": "port-forward"}
+    names = [spoken[sub] for sub in missing]
+    sessions = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    fix = ", ".join([*sorted(rule.ignore_subresources), *missing])
+    ctx.warn(node, f"{where}.match", f"also fires on every kubectl {sessions} that older "
+             "kubectl sends as 'create' on pods (as the old agent did; an unchanged file "
+             f"keeps that); to count only changes to pods, add under match: "
+             f"ignore_subresources: [{fix}]")
+
+
+def _warn_unreachable_users(ctx: _Ctx, node: yaml.Node | None, where: str,
+                            rule: Rule) -> None:
+    """Warn when `users` names only internal identities that ignore_system skips."""
+    users = rule.users
+    if not rule.ignore_system or users is None or not (users.exact or users.prefixes):
+        return
+    names = [*users.exact, *users.prefixes]
+    if all(name.startswith("system:") and name not in HUMAN_SYSTEM_USERS for name in names):
+        ctx.warn(node, f"{where}.match.users", "names only internal identities, which "
+                 "ignore_system: true skips: the rule never fires (set ignore_system: false)")
 
 
 def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
@@ -279,6 +548,17 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
         else:
             got[key] = _parse_match(ctx, value, path)
         got[f"_{key}_node"] = value
+    _check_rule_fields(ctx, node, where, got)
+    if len(ctx._problems) > before:
+        return None
+    rule = _build_rule(got, _line(node))
+    _warn_sessions(ctx, got.get("_match_node"), where, rule)
+    _warn_unreachable_users(ctx, got.get("_match_node"), where, rule)
+    return rule
+
+
+def _check_rule_fields(ctx: _Ctx, node: yaml.Node, where: str, got: dict[str, Any]) -> None:
+    """Report missing and out-of-contract rule fields; warn about unknown tokens."""
     name = got.get("name")
     if "name" not in got:
         ctx.error(node, where, "missing 'name'")
@@ -304,8 +584,9 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
             ctx.warn(got.get("_description_node"), f"{where}.description",
                      f"unknown token {{{token}}} is printed as is; known: "
                      + " ".join("{" + t + "}" for t in TOKENS))
-    if len(ctx._problems) > before:
-        return None
+
+
+def _build_rule(got: dict[str, Any], line: int) -> Rule:
     match = got["match"] or {}
     resources = set(match.get("resources") or ())
     if match.get("resource"):
@@ -314,11 +595,12 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
     if match.get("verb"):
         verbs.add(match["verb"])
     contains = match.get("namespace_contains")
+    description = got.get("description") or DEFAULT_DESCRIPTION
     return Rule(
-        name=str(name),
+        name=str(got["name"]),
         description=description,
-        severity=str(severity),
-        workflow=workflow,
+        severity=str(got["severity"]),
+        workflow=got.get("workflow"),
         ignore_system=bool(got.get("ignore_system", False)),
         enabled=got.get("enabled", True) is not False,
         points=got.get("points"),
@@ -330,13 +612,82 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
         namespace_contains=contains.lower() if contains else None,
         ignore_namespaces=frozenset(match.get("ignore_namespaces") or ()),
         template=compile_template(description),
-        line=_line(node),
+        line=line,
+        users=match.get("users"),
+        ignore_users=match.get("ignore_users"),
+        groups=match.get("groups"),
+        ignore_groups=match.get("ignore_groups"),
+        user_agents=match.get("user_agent_contains"),
+        ignore_user_agents=match.get("ignore_user_agent_contains") or (),
+        response=match.get("response"),
+        gitops_managed=match.get("gitops_managed"),
+        refined=any(match.get(key) is not None for key in (*_NAME_KEYS, *_AGENT_KEYS,
+                                                             "response")),
     )
 
 
-def parse_rules(text: str, source: str = "rules.yaml") -> RuleSet:
-    """Validate rules text and compile it; raise RulesError listing every problem."""
-    ctx = _Ctx(source)
+def _parse_gitops(ctx: _Ctx, node: yaml.Node) -> GitOps:
+    if not isinstance(node, yaml.MappingNode):
+        ctx.error(node, "config.gitops", f"expected a mapping with {', '.join(GITOPS_KEYS)}, "
+                  f"got {_kind(node)}")
+        return DEFAULT_GITOPS
+    got: dict[str, Any] = {}
+    for key, value in _items(ctx, node, "config.gitops", GITOPS_KEYS):
+        path = f"config.gitops.{key}"
+        if key == "controllers":
+            got[key] = _name_match(ctx, value, path, include=False)
+            continue
+        got[key] = _string_list(ctx, value, path)
+        if key == "labels" and "app.kubernetes.io/instance" in (got[key] or ()):
+            ctx.warn(value, path, "app.kubernetes.io/instance is set by Helm and others too: "
+                     "it does not show that a GitOps tool manages the object")
+    default = DEFAULT_GITOPS
+    annotations, labels = got.get("annotations"), got.get("labels")
+    managers, controllers = got.get("field_managers"), got.get("controllers")
+    return GitOps(
+        annotations=default.annotations if annotations is None else tuple(annotations),
+        labels=default.labels if labels is None else tuple(labels),
+        field_managers=default.field_managers if managers is None else frozenset(managers),
+        controllers=default.controllers if controllers is None else controllers,
+    )
+
+
+def _parse_config(ctx: _Ctx, node: yaml.Node) -> tuple[list[str], GitOps]:
+    ignore: list[str] = []
+    gitops = DEFAULT_GITOPS
+    if isinstance(node, yaml.MappingNode):
+        for key, value in _items(ctx, node, "config", CONFIG_KEYS):
+            if key == "ignore_namespaces":
+                ignore = _string_list(ctx, value, f"config.{key}") or []
+            else:
+                gitops = _parse_gitops(ctx, value)
+    elif not (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+        ctx.error(node, "config", f"expected a mapping, got {_kind(node)}")
+    return ignore, gitops
+
+
+def _parse_rule_list(ctx: _Ctx, rules_node: yaml.Node) -> list[Rule]:
+    if not isinstance(rules_node, yaml.SequenceNode):
+        ctx.error(rules_node, "rules", f"expected a list of rules, got {_kind(rules_node)}")
+        return []
+    rules: list[Rule] = []
+    names: dict[str, int] = {}
+    for index, rule_node in enumerate(rules_node.value):
+        rule = _parse_rule(ctx, index, rule_node)
+        if rule is None:
+            continue
+        if rule.name in names:
+            ctx.error(rule_node, f"rules[{index}] ({rule.name}).name",
+                      f"duplicate name; first used by rules[{names[rule.name]}]")
+            continue
+        names[rule.name] = index
+        rules.append(rule)
+    if not rules_node.value:
+        ctx.warn(rules_node, "rules", "the list is empty: nothing will be detected")
+    return rules
+
+
+def _compose(text: str, source: str) -> yaml.MappingNode:
     if len(text) > MAX_RULES_BYTES:
         raise RulesError(source, [f"{source}: larger than {MAX_RULES_BYTES} bytes"])
     try:
@@ -352,40 +703,29 @@ def parse_rules(text: str, source: str = "rules.yaml") -> RuleSet:
     if not isinstance(root, yaml.MappingNode):
         raise RulesError(source, [f"{source}:{_line(root)}: expected a mapping with 'config' "
                                   f"and 'rules', got {_kind(root)}"])
+    return root
+
+
+def parse_rules(text: str, source: str = "rules.yaml") -> RuleSet:
+    """Validate rules text and compile it; raise RulesError listing every problem."""
+    ctx = _Ctx(source)
+    root = _compose(text, source)
     ignore: list[str] = []
+    gitops = DEFAULT_GITOPS
     rules: list[Rule] = []
-    rules_node: yaml.Node | None = None
+    seen_rules = False
     for key, value in _items(ctx, root, "top level", TOP_KEYS):
         if key == "config":
-            if isinstance(value, yaml.MappingNode):
-                for ckey, cvalue in _items(ctx, value, "config", CONFIG_KEYS):
-                    ignore = _string_list(ctx, cvalue, f"config.{ckey}") or []
-            elif not (isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null")):
-                ctx.error(value, "config", f"expected a mapping, got {_kind(value)}")
+            ignore, gitops = _parse_config(ctx, value)
         else:
-            rules_node = value
-    if rules_node is None:
+            seen_rules = True
+            rules = _parse_rule_list(ctx, value)
+    if not seen_rules:
         ctx.error(root, "top level", "missing 'rules' (the list of detection rules)")
-    elif not isinstance(rules_node, yaml.SequenceNode):
-        ctx.error(rules_node, "rules", f"expected a list of rules, got {_kind(rules_node)}")
-    else:
-        names: dict[str, int] = {}
-        for index, rule_node in enumerate(rules_node.value):
-            rule = _parse_rule(ctx, index, rule_node)
-            if rule is None:
-                continue
-            if rule.name in names:
-                ctx.error(rule_node, f"rules[{index}] ({rule.name}).name",
-                          f"duplicate name; first used by rules[{names[rule.name]}]")
-                continue
-            names[rule.name] = index
-            rules.append(rule)
-        if not rules_node.value:
-            ctx.warn(rules_node, "rules", "the list is empty: nothing will be detected")
     if ctx.problems:
         raise RulesError(source, ctx.problems)
     return RuleSet(source=source, rules=tuple(rules), ignore_namespaces=frozenset(ignore),
-                   warnings=tuple(ctx.warnings))
+                   warnings=tuple(ctx.warnings), gitops=gitops)
 
 
 def default_rules_text() -> str:

@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from healert_webhook.backend_contract import validate
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.rules import parse_rules
 
@@ -24,6 +25,13 @@ RULES = parse_rules(
     severity: low
     description: "{actor}{verb}{resource}{subresource}{name}{namespace}{workload}{code}"
     match: {resource: pods}
+  - name: refined
+    severity: low
+    match: {users: ["oidc:*", alice], ignore_groups: [blocked], user_agent_contains: kubectl,
+            response: [success, denied], gitops_managed: false}
+  - name: gitops-people
+    severity: medium
+    match: {resources: [deployments, pods], groups: ["dev*"], gitops_managed: true}
 """)
 DETECTOR = Detector(RULES, entity_namespace="cluster", own_namespace="healert-system")
 
@@ -40,14 +48,32 @@ def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 names = st.one_of(st.sampled_from(["payments-api-7d9f8b6c4-xkj2p", "postgres-0",
-                                   "system:aggregate-to-edit", "", "a" * 260]), text)
+                                   "nvidia-dcgm-x7k2p", "system:aggregate-to-edit", "",
+                                   "a" * 260]), text)
+times = st.one_of(st.sampled_from(["2026-11-26T10:00:00.123456Z", "2026-13-45T99:99:99Z",
+                                   "2026-11-26T24:00:00Z", "2026-02-29T00:00:00Z",
+                                   "\uff12\uff10\uff12\uff16-11-26T10:15:30Z",
+                                   "2026-11-26T10:15:60Z", "2024-02-29T23:59:59+05:30"]), text)
+users = st.fixed_dictionaries({}, optional={
+    "username": maybe(st.sampled_from(["alice", "system:admin", "system:node:n1", "",
+                                       "oidc:jane", "system:serviceaccount:argocd:"
+                                       "argocd-application-controller"]) | text),
+    "groups": maybe(st.lists(maybe(st.sampled_from(["dev", "developers", "blocked",
+                                                    "system:authenticated"])), max_size=3)),
+})
 meta = st.fixed_dictionaries({}, optional={
     "name": maybe(names),
+    "generateName": maybe(st.sampled_from(["web-", "web-7d9f8b6c4-", "-", ""]) | text),
+    "managedFields": maybe(st.lists(maybe(st.fixed_dictionaries(
+        {"manager": maybe(st.sampled_from(["argocd-controller", "kubectl-patch"]))})),
+        max_size=3)),
     "labels": maybe(st.dictionaries(st.sampled_from(["app.kubernetes.io/name",
-                                                     "backstage.io/kubernetes-id"]),
+                                                     "backstage.io/kubernetes-id",
+                                                     "kustomize.toolkit.fluxcd.io/name"]),
                                     maybe(names))),
-    "annotations": maybe(st.dictionaries(st.just("policy.admission.k8s.io/bypass"),
-                                         maybe(st.just("true")))),
+    "annotations": maybe(st.dictionaries(st.sampled_from([
+        "policy.admission.k8s.io/bypass", "argocd.argoproj.io/tracking-id"]),
+        maybe(st.just("true")))),
     "ownerReferences": maybe(st.lists(st.fixed_dictionaries(
         {"kind": maybe(st.sampled_from(["ReplicaSet", "Job", "Node", "StatefulSet"])),
          "name": maybe(names)}, optional={"controller": junk}), max_size=3)),
@@ -66,14 +92,14 @@ events = st.fixed_dictionaries({}, optional={
     "stage": maybe(st.sampled_from(["ResponseStarted", "ResponseComplete", "RequestReceived",
                                     "Panic"])),
     "verb": maybe(st.sampled_from(["get", "create", "patch", "update", "delete", "list"])),
-    "user": maybe(st.fixed_dictionaries({}, optional={
-        "username": maybe(st.sampled_from(["alice", "system:admin", "system:node:n1", ""])
-                          | text)})),
-    "impersonatedUser": maybe(st.fixed_dictionaries({"username": maybe(text)})),
+    "user": maybe(users),
+    "impersonatedUser": maybe(users),
+    "userAgent": maybe(st.sampled_from(["kubectl/v1.31.2 (linux/amd64)", "k9s"]) | text),
     "objectRef": maybe(object_ref),
     "auditID": maybe(text),
     "requestURI": maybe(text),
-    "requestReceivedTimestamp": maybe(st.sampled_from(["2026-11-26T10:00:00.123456Z"]) | text),
+    "requestReceivedTimestamp": maybe(times),
+    "stageTimestamp": maybe(times),
     "responseStatus": maybe(st.fixed_dictionaries({"code": maybe(st.integers())})),
     "annotations": maybe(st.dictionaries(st.just("policy.admission.k8s.io/bypass"),
                                          maybe(st.just("true")))),
@@ -83,7 +109,7 @@ events = st.fixed_dictionaries({}, optional={
 
 
 def check(event: dict[str, Any]) -> None:
-    """DESIGN §6 validation, field by field."""
+    """What the backend accepts on `POST /events`, field by field."""
     assert ENTITY.fullmatch(event["entity_ref"]) and 3 <= len(event["entity_ref"]) <= 200
     assert TYPE.fullmatch(event["type"]) and 3 <= len(event["type"]) <= 50
     assert event["severity"] in ("high", "medium", "low")
@@ -96,6 +122,7 @@ def check(event: dict[str, Any]) -> None:
         assert event["actor"].isascii() and event["actor"].isprintable()
     if "timestamp" in event:
         assert len(event["timestamp"]) <= 40
+    assert validate(event) == [], event
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -111,3 +138,4 @@ def test_any_batch_yields_only_valid_friction_events(batch: list[Any]) -> None:
     accounted = sum(stats.invalid.values()) + sum(stats.skipped.values())
     assert accounted <= len(batch)
     assert accounted + len(found) >= len(batch)
+    assert "evaluation_error" not in stats.invalid, stats.failures

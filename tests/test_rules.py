@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from healert_webhook.detect import Detector, Stats
-from healert_webhook.rules import RulesError, default_rules_text, load_rules, parse_rules
+from healert_webhook.rules import (
+    DEFAULT_GITOPS,
+    RulesError,
+    default_rules_text,
+    load_rules,
+    parse_rules,
+)
+from healert_webhook.validate import EXIT_CONFIG, run_validate
 
-from support.events import audit_event, bypass_patch, exec_spdy, exec_ws, port_forward, secret_get
+from support.events import (
+    audit_event,
+    bypass_patch,
+    exec_spdy,
+    exec_ws,
+    port_forward,
+    secret_get,
+    through_proxy,
+)
 from support.paths import ROOT
 
 SEED_RULES = ROOT.parent / "shared" / "seed" / "rules.yaml"
@@ -65,7 +78,9 @@ def test_typo_in_a_match_key_is_caught_with_line_and_hint() -> None:
     assert found == ["r.yaml:5: rules[0] (kubectl-exec).match.resouce: unknown key "
                      "(did you mean 'resource'?); allowed: resource, resources, subresource, "
                      "ignore_subresources, verb, verbs, annotation, namespace_contains, "
-                     "ignore_namespaces"]
+                     "ignore_namespaces, users, ignore_users, groups, ignore_groups, "
+                     "user_agent_contains, ignore_user_agent_contains, response, "
+                     "gitops_managed"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -171,39 +186,217 @@ def test_non_utf8_and_unreadable_files(tmp_path: Path) -> None:
         load_rules(tmp_path / "missing.yaml")
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "healert_webhook", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=60, check=False)
+def validate(path: Path | None, capsys: pytest.CaptureFixture[str],
+             strict: bool = False) -> tuple[int, str, str]:
+    code = run_validate(path, strict)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_validate_command_summarises_valid_file() -> None:
-    done = run_cli("validate", str(ROOT / "rules.yaml"))
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+def test_validate_summarises_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = validate(ROOT / "rules.yaml", capsys)
+    assert code == 0, err
+    assert err == ""
+    lines = out.splitlines()
     assert lines[0].startswith("enabled  kubectl-exec")
     assert any(line.startswith("disabled kubectl-attach") for line in lines)
-    assert lines[-1].endswith("valid, 18 rules (5 enabled); namespaces ignored by every rule: "
+    assert any(line.startswith("disabled gitops-drift") and "gitops-managed=yes" in line
+               for line in lines)
+    assert lines[-1].endswith("valid, 19 rules (5 enabled); namespaces ignored by every rule: "
                               "argocd, cert-manager, istio-system, kube-node-lease, "
                               "kube-public, kube-system, monitoring, vault")
 
 
-def test_validate_command_lists_every_error_and_fails(tmp_path: Path) -> None:
+def test_validate_lists_every_error_and_exits_2(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("rules:\n  - name: x\n    severity: bad\n    match: {resouce: pods}\n")
-    done = run_cli("validate", str(path))
-    assert done.returncode == 1
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    code, out, err = validate(path, capsys, strict=True)
+    assert code == EXIT_CONFIG == 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3
     assert "'x' is not a name the backend accepts" in errors[0]
-    assert done.stdout == ""
+    assert out == ""
 
 
-def test_validate_defaults_to_local_rules_then_packaged(tmp_path: Path) -> None:
-    packaged = run_cli("validate", cwd=tmp_path)
-    assert packaged.returncode == 0
-    assert "<packaged rules.yaml>: valid" in packaged.stdout
+def test_validate_defaults_to_local_rules_then_packaged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = validate(None, capsys)
+    assert code == 0
+    assert "<packaged rules.yaml>: valid" in out
     (tmp_path / "rules.yaml").write_text("rules: []\n")
-    local = run_cli("validate", cwd=tmp_path)
-    assert local.returncode == 0
-    assert "rules.yaml: valid, 0 rules" in local.stdout
-    assert "nothing will be detected" in local.stderr
+    code, out, err = validate(None, capsys)
+    assert code == 0
+    assert "rules.yaml: valid, 0 rules" in out
+    assert "nothing will be detected" in err
+
+
+def test_old_agent_file_warns_with_the_one_line_fix_and_strict_fails(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if not SEED_RULES.is_file():
+        pytest.skip("seed rules not present")
+    code, out, err = validate(SEED_RULES, capsys)
+    assert code == 0
+    assert "valid, 5 rules (5 enabled)" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1
+    assert "rules[2] (config-drift).match: also fires on every kubectl exec, attach and " \
+        "port-forward that older kubectl sends as 'create' on pods" in warnings[0]
+    assert warnings[0].endswith("add under match: ignore_subresources: "
+                                "[exec, attach, portforward]")
+    code, _, err = validate(SEED_RULES, capsys, strict=True)
+    assert code == 1
+    assert "1 warning(s), refused in strict mode" in err
+
+
+def test_applying_the_fix_silences_the_warning_and_stops_the_double_count() -> None:
+    if not SEED_RULES.is_file():
+        pytest.skip("seed rules not present")
+    text = SEED_RULES.read_text()
+    anchor = "      verbs:\n        - create\n        - update\n        - patch\n"
+    assert text.count(anchor) == 1
+    fixed = parse_rules(text.replace(
+        anchor, anchor + "      ignore_subresources: [exec, attach, portforward]\n"))
+    assert fixed.warnings == ()
+    assert [f.rule for f in Detector(fixed).detect([exec_spdy()], Stats())] == ["kubectl-exec"]
+
+
+def test_a_partial_ignore_list_names_only_what_is_missing() -> None:
+    ruleset = parse_rules("""rules:
+  - name: drift
+    severity: high
+    match: {resources: [pods], verbs: [create], ignore_subresources: [exec, eviction]}
+""", "r.yaml")
+    assert len(ruleset.warnings) == 1
+    assert "every kubectl attach and port-forward" in ruleset.warnings[0]
+    assert ruleset.warnings[0].endswith(
+        "ignore_subresources: [eviction, exec, attach, portforward]")
+
+
+@pytest.mark.parametrize("match,expected", [
+    ("resource: pod", "resource 'pod' is never audited: the apiserver writes the plural, "
+                      "lower-case name (did you mean 'pods'?)"),
+    ("resources: [Secrets]", "resource 'Secrets' is never audited: resource names are lower "
+                             "case (did you mean 'secrets'?)"),
+    ("resource: deploy", "did you mean 'deployments'?"),
+    ("resource: pods/exec", "write resource: pods and subresource: exec"),
+    ("verb: GET", "verb 'GET' is not one the apiserver audits (verbs are lower case: 'get')"),
+    ("verbs: [exec]", "verb 'exec' is not one the apiserver audits ('exec' is a subresource: "
+                      "write subresource: exec and leave the verb out"),
+    ("verb: port-forward", "write subresource: portforward"),
+    ("verb: connect", "audited as get, or create from older kubectl"),
+    ("verb: gte", "verb 'gte' is not one the apiserver audits (did you mean 'get'?)"),
+    ("resource: pods, subresource: port-forward",
+     "subresource 'port-forward' is never audited: the apiserver writes 'portforward'"),
+    ("resource: pods, subresource: logs", "the apiserver writes 'log'"),
+    ("verbs: [list]", "verb 'list': such requests name no object, so they are never charged "
+                      "to an entity (skipped as no_name)"),
+])
+def test_values_the_apiserver_never_writes_are_warnings_with_a_fix(match: str,
+                                                                   expected: str) -> None:
+    ruleset = parse_rules("rules:\n  - name: rule-one\n    severity: low\n"
+                          f"    match: {{{match}}}\n", "r.yaml")
+    assert any(expected in w for w in ruleset.warnings), ruleset.warnings
+
+
+def test_the_new_match_fields_compile() -> None:
+    ruleset = parse_rules("""rules:
+  - name: rule-one
+    severity: low
+    match:
+      resource: secrets
+      users: ["oidc:*", kate]
+      ignore_users: oidc:bot
+      groups: [sre]
+      ignore_groups: ["oidc:interns*"]
+      user_agent_contains: KubeCtl
+      ignore_user_agent_contains: [Terraform, helm]
+      response: [denied, error]
+      gitops_managed: false
+""")
+    rule = ruleset.rules[0]
+    assert rule.users is not None and rule.users.exact == {"kate"}
+    assert rule.users.prefixes == ("oidc:",)
+    assert rule.ignore_users is not None and rule.ignore_users.matches("oidc:bot")
+    assert rule.ignore_groups is not None and rule.ignore_groups.matches("oidc:interns-2026")
+    assert rule.user_agents == ("kubectl",)
+    assert rule.ignore_user_agents == ("terraform", "helm")
+    assert rule.response == {"denied", "error"}
+    assert rule.gitops_managed is False
+    assert rule.refined
+    assert "user=kate|oidc:*" in rule.summary()
+    assert not parse_rules("rules:\n  - {name: rule-two, severity: low, match: {verb: get}}\n"
+                           ).rules[0].refined
+
+
+def test_mistakes_in_the_new_fields_are_errors() -> None:
+    found = problems("""rules:
+  - name: rule-one
+    severity: low
+    match:
+      users: ["*@example.com"]
+      groups: "*"
+      response: 403
+  - name: rule-two
+    severity: low
+    match: {users: [], response: [allowed], gitops_managed: "yes",
+            user_agent_contains: [""]}
+""")
+    text = "\n".join(found)
+    for item in [
+        "r.yaml:5: rules[0] (rule-one).match.users: '*@example.com': '*' may only end a name",
+        "r.yaml:6: rules[0] (rule-one).match.groups: '*' alone matches everyone",
+        "r.yaml:7: rules[0] (rule-one).match.response: takes a class of response, not a code",
+        "r.yaml:10: rules[1] (rule-two).match.users: an empty list matches nobody",
+        "r.yaml:10: rules[1] (rule-two).match.response: 'allowed' is not one of success, denied, "
+        "error",
+        "r.yaml:10: rules[1] (rule-two).match.gitops_managed: expected true or false, got a string",
+        "r.yaml:11: rules[1] (rule-two).match.user_agent_contains[0]: empty string",
+    ]:
+        assert item in text, f"missing {item!r} in:\n{text}"
+    assert len(found) == 7
+
+
+def test_users_that_ignore_system_always_skips_are_a_warning() -> None:
+    ruleset = parse_rules("""rules:
+  - name: ci-bots
+    severity: low
+    ignore_system: true
+    match: {resource: secrets, users: ["system:serviceaccount:ci:*"]}
+""", "r.yaml")
+    assert any("ignore_system: true skips: the rule never fires" in w
+               for w in ruleset.warnings)
+
+
+def test_gitops_config_defaults_overrides_and_checks() -> None:
+    assert parse_rules("rules: []\n").gitops == DEFAULT_GITOPS
+    ruleset = parse_rules("""config:
+  gitops:
+    labels: [app.kubernetes.io/instance, example.com/git]
+    field_managers: []
+    controllers: [system:serviceaccount:ops:deployer, "system:serviceaccount:flux-*"]
+rules: []
+""", "r.yaml")
+    gitops = ruleset.gitops
+    assert gitops.annotations == DEFAULT_GITOPS.annotations
+    assert gitops.labels == ("app.kubernetes.io/instance", "example.com/git")
+    assert gitops.field_managers == frozenset()
+    assert gitops.controllers.matches("system:serviceaccount:flux-system:helm-controller")
+    assert not gitops.controllers.matches("system:serviceaccount:argocd:"
+                                          "argocd-application-controller")
+    assert any("app.kubernetes.io/instance is set by Helm" in w for w in ruleset.warnings)
+    assert problems("config:\n  gitops: [x]\nrules: []\n") == [
+        "r.yaml:2: config.gitops: expected a mapping with annotations, labels, "
+        "field_managers, controllers, got a list"]
+    assert "config.gitops.owners: unknown key" in problems(
+        "config:\n  gitops: {owners: [x]}\nrules: []\n")[0]
+
+
+def test_old_agent_rules_see_people_behind_proxies_too() -> None:
+    if not SEED_RULES.is_file():
+        pytest.skip("seed rules not present")
+    old = Detector(load_rules(SEED_RULES))
+    found = old.detect([through_proxy(exec_ws(), "teleport")], Stats())
+    assert [f.event["actor"] for f in found] == ["alice@example.com"]

@@ -221,3 +221,151 @@ def batch_of_400(tag: str = "a") -> tuple[list[Any], int]:
     items += [noise_event(i) for i in range(400 - len(items))]
     assert len(items) == 400
     return items, len(mine)
+
+
+# -- identities, objects and requests for the detection tests -------------------------
+
+def service_account(ns: str, name: str) -> dict[str, Any]:
+    """`user` of a request authenticated with a service account token."""
+    return {"username": f"system:serviceaccount:{ns}:{name}",
+            "uid": "0d9c6f1e-3b7a-4c52-9e41-7f2a6b8c1d05",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                       "system:authenticated"]}
+
+
+# Access proxies as they appear in `user`, each with the person it impersonates.
+PROXIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "rancher": (
+        service_account("cattle-impersonation-system", "cattle-impersonation-u-7gkmh"),
+        {"username": "u-7gkmh", "groups": ["system:authenticated",
+                                           "system:cattle:authenticated"]}),
+    "teleport": (
+        service_account("teleport-agent", "teleport-kube-agent"),
+        {"username": "alice@example.com", "groups": ["developers", "system:authenticated"],
+         "extra": {"teleport.dev/user": ["alice@example.com"]}}),
+    "pinniped": (
+        service_account("pinniped-concierge", "pinniped-concierge-impersonation-proxy"),
+        {"username": "pinny@example.com", "groups": ["sre", "system:authenticated"],
+         "extra": {"original-user-info.impersonation-proxy.concierge.pinniped.dev": ["{}"]}}),
+    "kube-oidc-proxy": (
+        service_account("kube-oidc-proxy", "kube-oidc-proxy"),
+        {"username": "oidc:jane@example.com", "groups": ["oidc:platform",
+                                                         "system:authenticated"],
+         "extra": {"remote-client-ip": ["203.0.113.7"]}}),
+}
+
+
+def through_proxy(event: dict[str, Any], proxy: str) -> dict[str, Any]:
+    """The same request sent through an access proxy: its account impersonates the person."""
+    user, person = PROXIES[proxy]
+    return {**event, "user": user, "impersonatedUser": person}
+
+
+def managed_field(manager: str, operation: str = "Apply", *, api_version: str = "apps/v1",
+                  subresource: str | None = None) -> dict[str, Any]:
+    """One `metadata.managedFields` entry as the apiserver writes it."""
+    entry: dict[str, Any] = {"manager": manager, "operation": operation,
+                             "apiVersion": api_version, "time": "2026-11-20T08:14:03Z",
+                             "fieldsType": "FieldsV1",
+                             "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}}
+    if subresource:
+        entry["subresource"] = subresource
+    return entry
+
+
+def gitops_deployment(name: str, ns: str, tool: str) -> dict[str, Any]:
+    """A Deployment as Argo CD (`argocd`) or Flux (`kustomize`, `helm`) leave it."""
+    obj = deployment(name, ns, labels={"app.kubernetes.io/instance": name})
+    meta = obj["metadata"]
+    if tool == "argocd":
+        meta["annotations"]["argocd.argoproj.io/tracking-id"] = \
+            f"{name}:apps/Deployment:{ns}/{name}"
+        meta["managedFields"] = [managed_field("argocd-controller")]
+    elif tool == "kustomize":
+        meta["labels"].update({"kustomize.toolkit.fluxcd.io/name": "apps",
+                               "kustomize.toolkit.fluxcd.io/namespace": "flux-system"})
+        meta["managedFields"] = [managed_field("kustomize-controller")]
+    elif tool == "helm":
+        meta["labels"].update({"helm.toolkit.fluxcd.io/name": name,
+                               "helm.toolkit.fluxcd.io/namespace": ns,
+                               "app.kubernetes.io/managed-by": "Helm"})
+        meta["managedFields"] = [managed_field("helm-controller", "Update")]
+    else:
+        raise ValueError(tool)
+    meta["managedFields"].append(managed_field("kube-controller-manager", "Update",
+                                               subresource="status"))
+    return obj
+
+
+GITOPS_CONTROLLERS = {
+    "argocd": (service_account("argocd", "argocd-application-controller"),
+               "argocd-controller", "argocd-application-controller/v2.13.1 (linux/amd64)"),
+    "kustomize": (service_account("flux-system", "kustomize-controller"),
+                  "kustomize-controller", "kustomize-controller/v1.4.0"),
+    "helm": (service_account("flux-system", "helm-controller"), "helm-controller",
+             "helm-controller/v1.1.0"),
+}
+
+
+def workload_patch(obj: dict[str, Any], *, level: str = "RequestResponse",
+                   patch: Any = None, field_manager: str = "kubectl-patch",
+                   **kw: Any) -> dict[str, Any]:
+    """`kubectl patch` (or a controller's apply) of a workload; the object travels back in
+    responseObject at RequestResponse, the patch alone in requestObject."""
+    meta = obj["metadata"]
+    resource = obj["kind"].lower() + "s"
+    event = audit_event("patch", resource, meta["name"], meta["namespace"], level=level, **kw)
+    event["requestURI"] = (f"/apis/apps/v1/namespaces/{meta['namespace']}/{resource}/"
+                           f"{meta['name']}?fieldManager={field_manager}")
+    event["objectRef"]["apiGroup"] = "apps"
+    if level in ("Request", "RequestResponse"):
+        event["requestObject"] = patch if patch is not None else \
+            {"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": "registry.example.com/app:hotfix-3"}]}}}}
+    if level == "RequestResponse":
+        event["responseObject"] = obj
+    return event
+
+
+def pod_object(name: str, ns: str, *, generate_name: str | None = None,
+               owners: list[dict[str, Any]] | None = None,
+               labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Pod as it appears in requestObject (name may be '') or responseObject."""
+    meta: dict[str, Any] = {"namespace": ns}
+    if name:
+        meta["name"] = name
+    if generate_name:
+        meta["generateName"] = generate_name
+    if labels:
+        meta["labels"] = labels
+    if owners:
+        meta["ownerReferences"] = owners
+    return {"kind": "Pod", "apiVersion": "v1", "metadata": meta,
+            "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}}
+
+
+def pod_create(obj: dict[str, Any], *, level: str = "RequestResponse",
+               generated: str = "", **kw: Any) -> dict[str, Any]:
+    """`create pods` at `level`. With generateName the name exists only once the apiserver
+    made it: objectRef and requestObject lack it, responseObject has `generated`."""
+    meta = obj["metadata"]
+    name = meta.get("name", "")
+    event = audit_event("create", "pods", name, meta["namespace"], level=level, code=201, **kw)
+    if level in ("Request", "RequestResponse"):
+        event["requestObject"] = obj
+    if level == "RequestResponse":
+        made = {**obj, "metadata": {**meta, "name": name or generated,
+                                    "uid": "a1b2c3d4-0000-4000-8000-00000000beef"}}
+        event["responseObject"] = made
+    return event
+
+
+def owner(kind: str, name: str, *, controller: bool | None = True,
+          api_version: str = "apps/v1") -> dict[str, Any]:
+    """An ownerReferences entry."""
+    ref: dict[str, Any] = {"apiVersion": api_version, "kind": kind, "name": name,
+                           "uid": "7e1d2c3b-0000-4000-8000-0000000000aa"}
+    if controller is not None:
+        ref["controller"] = controller
+        ref["blockOwnerDeletion"] = True
+    return ref
