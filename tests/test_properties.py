@@ -1,4 +1,5 @@
-"""Property tests: any input yields only friction events the backend accepts, never a crash."""
+"""Property tests: any input yields only friction events the backend accepts, never a crash,
+and `explain` reports exactly what `detect` decided."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from healert_webhook.backend_contract import validate
 from healert_webhook.detect import Detector, Stats
+from healert_webhook.explain import explain_event
 from healert_webhook.rules import parse_rules
 
 from support.paths import ROOT
@@ -139,3 +141,21 @@ def test_any_batch_yields_only_valid_friction_events(batch: list[Any]) -> None:
     assert accounted <= len(batch)
     assert accounted + len(found) >= len(batch)
     assert "evaluation_error" not in stats.invalid, stats.failures
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(events, junk))
+def test_explain_reports_exactly_what_detect_decided(event: Any) -> None:
+    stats = Stats()
+    found = DETECTOR.detect([event], stats)
+    decision = explain_event(DETECTOR, event)
+    assert list(decision.frictions) == found
+    if found:
+        assert decision.outcome == "friction"
+    elif decision.outcome == "skipped":
+        assert stats.skipped == {decision.reason: 1}
+    else:
+        assert decision.outcome == "invalid"
+        assert stats.invalid == {decision.reason: 1}
+    fired = {r.rule for r in decision.rules if r.fired}
+    assert fired == {f.rule for f in found}
