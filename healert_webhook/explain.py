@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
-from healert_webhook import audit
+from healert_webhook import audit, exits
 from healert_webhook.detect import (
     CONDITION_ORDER,
     Candidate,
@@ -27,9 +27,9 @@ from healert_webhook.detect import (
 )
 from healert_webhook.rules import Rule
 
-EXIT_OK = 0
-EXIT_UNREADABLE = 1
-EXIT_CONFIG = 2
+EXIT_OK = exits.OK
+EXIT_UNREADABLE = exits.FAILED
+EXIT_CONFIG = exits.CONFIG
 _SHOWN = 200  # longest value quoted in a sentence
 
 

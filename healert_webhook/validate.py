@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from healert_webhook import exits
 from healert_webhook.rules import RulesError, RuleSet, load_rules, resolve_rules_path
 
-EXIT_OK = 0
-EXIT_WARNINGS = 1  # strict mode only
-EXIT_CONFIG = 2
+EXIT_OK = exits.OK
+EXIT_WARNINGS = exits.FAILED  # strict mode only: valid, but a check failed
+EXIT_CONFIG = exits.CONFIG
 
 
 def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None = None,
