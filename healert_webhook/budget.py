@@ -1,4 +1,4 @@
-"""The memory budget for webhook request bodies held at once across all requests."""
+"""The memory budget for webhook request bodies being read, parsed and evaluated at once."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import asyncio
 
 
 class BodyBudget:
-    """Bytes of request bodies held at once across all requests (read, parsed, evaluated).
+    """Bytes of memory that request bodies may take at once across all requests.
 
-    A parsed body takes about ten times its size in Python objects, so without a shared
-    budget fifteen concurrent 60 MiB batches would need gigabytes. A request that cannot
-    get its share within `wait` seconds is answered 503 with Retry-After before anything
-    of it is stored, which client-go retries within the same attempt.
+    A request reserves what its body takes: its size while it arrives, then what parsing
+    it costs (batches.py). Without a shared budget fifteen concurrent large batches
+    would need gigabytes. A request that cannot get its share within `wait` seconds is
+    answered 503 with Retry-After before anything of it is stored, which client-go
+    retries within the same attempt; one that could never fit is answered 413.
     """
 
     def __init__(self, limit: int, wait: float = 5.0) -> None:
@@ -22,13 +23,13 @@ class BodyBudget:
 
     async def take(self, size: int) -> bool:
         """Reserve `size` bytes; False when they did not become free in time."""
-        if self.used + size <= self.limit or self.used == 0:
+        if self.used + size <= self.limit:
             self.used += size
             return True
         async with self._freed:
             try:
                 await asyncio.wait_for(self._freed.wait_for(
-                    lambda: self.used + size <= self.limit or self.used == 0), self.wait)
+                    lambda: self.used + size <= self.limit), self.wait)
             except TimeoutError:
                 return False
             self.used += size

@@ -127,7 +127,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("state_dir", "--state-dir", ("HEALERT_STATE_DIR",), parse_path,
            Path(DEFAULT_STATE_DIR), "outbox database and checkpoints", group="outbox"),
     Option("outbox_max_events", "--outbox-max-events", ("HEALERT_OUTBOX_MAX_EVENTS",),
-           parse_positive_int, 100_000, "most queued events; the oldest are dropped above it",
+           parse_positive_int, 100_000,
+           "most queued events; a batch that would exceed it is refused (503), none evicted",
            group="outbox"),
     Option("dedup_window", "--dedup-window", ("HEALERT_DEDUP_WINDOW",), parse_positive_float,
            86_400.0, "seconds a delivered event's key is remembered", group="outbox"),
@@ -169,11 +170,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_body_bytes", "--max-body-bytes", ("HEALERT_MAX_BODY_BYTES",),
            parse_positive_int, 64 * 1024 * 1024, "webhook body limit in bytes", group="webhook"),
     Option("max_inflight_bytes", "--max-inflight-bytes", ("HEALERT_MAX_INFLIGHT_BYTES",),
-           parse_positive_int, None, "request bodies held in memory at once",
-           group="webhook", shown_default="the body limit"),
+           parse_positive_int, 256 * 1024 * 1024,
+           "memory that request bodies being read, parsed and evaluated may take at once",
+           group="webhook"),
+    Option("max_batch_items", "--max-batch-items", ("HEALERT_MAX_BATCH_ITEMS",),
+           parse_positive_int, 10_000, "most events in one webhook batch (413 above it)",
+           group="webhook"),
     Option("webhook_body_timeout", "--body-timeout", ("HEALERT_WEBHOOK_BODY_TIMEOUT",),
            parse_positive_float, 30.0,
-           "seconds a request body may take to arrive (408 after)", group="webhook"),
+           "seconds a request head or body may take to arrive (408 after)", group="webhook"),
+    Option("handshake_timeout", "--handshake-timeout", ("HEALERT_TLS_HANDSHAKE_TIMEOUT",),
+           parse_positive_float, 5.0,
+           "seconds a client may take to finish the TLS handshake", group="webhook"),
+    Option("max_handshakes", "--max-handshakes", ("HEALERT_MAX_HANDSHAKES",),
+           parse_positive_int, 128,
+           "TLS handshakes in progress at once; connections over it are closed at once",
+           group="webhook"),
+    Option("max_connections", "--max-connections", ("HEALERT_MAX_CONNECTIONS",),
+           parse_positive_int, 512,
+           "open webhook connections at once; connections over it are closed at once",
+           group="webhook"),
     # tail
     Option("audit_log_path", "--audit-log", ("AUDIT_LOG_PATH",), parse_path,
            Path("/var/log/kubernetes/audit/audit.log"), "audit log file to follow",
@@ -235,8 +251,12 @@ class Settings:
     webhook_token: str | None = field(default=default_of("webhook_token"), repr=False)
     insecure_http: bool = default_of("insecure_http")
     max_body_bytes: int = default_of("max_body_bytes")
-    max_inflight_bytes: int | None = default_of("max_inflight_bytes")
+    max_inflight_bytes: int = default_of("max_inflight_bytes")
+    max_batch_items: int = default_of("max_batch_items")
     webhook_body_timeout: float = default_of("webhook_body_timeout")
+    handshake_timeout: float = default_of("handshake_timeout")
+    max_handshakes: int = default_of("max_handshakes")
+    max_connections: int = default_of("max_connections")
     ops_listen: tuple[str, int] = default_of("ops_listen")
     audit_log_path: Path = default_of("audit_log_path")
     tail_from: str = default_of("tail_from")
@@ -325,6 +345,9 @@ def _check(settings: Settings) -> None:
     ):
         problems.append(
             f"HEALERT_BACKEND_URL must start with http:// or https://: {settings.backend_url!r}")
+    if settings.max_inflight_bytes < settings.max_body_bytes:
+        problems.append("HEALERT_MAX_INFLIGHT_BYTES must not be below HEALERT_MAX_BODY_BYTES: "
+                        "a body of the largest size accepted could never be taken")
     if settings.backoff_max < settings.backoff_base:
         problems.append("HEALERT_BACKOFF_MAX must not be below HEALERT_BACKOFF_BASE")
     if problems:

@@ -23,7 +23,7 @@ import httpx
 from healert_webhook import __version__, backend, exits
 from healert_webhook.backend import HealthReport, describe_error
 from healert_webhook.config import ConfigError, Settings
-from healert_webhook.outbox import Outbox, OutboxError, move_aside
+from healert_webhook.outbox import Outbox, OutboxError, exclusive, move_aside, quick_check
 
 EXIT_OK, EXIT_CONFIG = exits.OK, exits.CONFIG
 EXIT_UNREACHABLE, EXIT_AUTH, EXIT_REJECTED = (exits.UNREACHABLE, exits.KEY_REFUSED,
@@ -277,14 +277,32 @@ def _purge(box: Outbox, args: Any) -> int:
 
 
 def _purge_corrupt(settings: Settings, args: Any) -> int:
+    """Move a corrupt outbox aside, but never one in use or one that is healthy."""
     path = settings.outbox_path
-    if not getattr(args, "yes", False):
-        print(f"would move {path} (and its -wal/-shm files) aside; stop the agent first, "
-              "then run again with --yes", file=sys.stderr)
+    if not path.exists():
+        _emit(getattr(args, "json", False), {"moved": []}, [f"nothing at {path}"])
+        return exits.OK
+    lock = exclusive(path)
+    if lock is None:
+        print(f"error: {path} is open in another process (an agent, `replay --forward` or "
+              "an `outbox` command): stop it first; nothing was moved", file=sys.stderr)
         return exits.FAILED
-    moved = move_aside(path)
+    try:
+        check = quick_check(path)
+        if check == "ok":
+            print(f"error: {path} is not corrupt (quick_check: ok); nothing was moved. To "
+                  "delete the queued events instead, run `outbox purge --yes`",
+                  file=sys.stderr)
+            return exits.FAILED
+        if not getattr(args, "yes", False):
+            print(f"would move {path} (quick_check: {check[:200]}) and its -wal/-shm files "
+                  "aside; run again with --yes", file=sys.stderr)
+            return exits.FAILED
+        moved = move_aside(path)
+    finally:
+        lock.close()
     _emit(getattr(args, "json", False), {"moved": [str(p) for p in moved]},
-          [f"moved {p}" for p in moved] or [f"nothing at {path}"])
+          [f"moved {p}" for p in moved])
     return exits.OK
 
 

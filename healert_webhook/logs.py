@@ -123,6 +123,10 @@ class Limiter:
         """Log at WARNING within the budget of `key`."""
         self.log(logging.WARNING, msg, *args, key=key)
 
+    def error(self, msg: str, *args: Any, key: str = "") -> None:
+        """Log at ERROR within the budget of `key`."""
+        self.log(logging.ERROR, msg, *args, key=key)
+
     def log(self, level: int, msg: str, *args: Any, key: str = "") -> None:
         """Log `msg % args` if `key` has budget left in this interval, else count it."""
         now = time.monotonic()

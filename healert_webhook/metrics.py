@@ -42,6 +42,10 @@ WEBHOOK_DURATION = Histogram(
 WEBHOOK_BODY_BYTES = Histogram(
     "healert_webhook_body_bytes", "Size of webhook request bodies",
     buckets=(1024, 16384, 131072, 1048576, 4194304, 16777216, 67108864))
+WEBHOOK_PARSES = Counter(
+    "healert_webhook_parses_total",
+    "Webhook bodies by how they were parsed: item by item, or whole (another shape)",
+    ["path"])
 WEBHOOK_BUSY = Counter(
     "healert_webhook_busy_total",
     "Webhook requests answered 503 because too many bodies were in memory at once")
@@ -49,13 +53,26 @@ WEBHOOK_AUTH_FAILURES = Counter(
     "healert_webhook_auth_failures_total", "Webhook requests refused by authentication",
     ["reason"])
 
+# Connections (both listeners): what the gate in front of each listener admits and refuses
+CONNECTIONS_OPEN = Gauge(
+    "healert_connections_open", "Open connections, by listener", ["listener"])
+CONNECTIONS_REFUSED = Counter(
+    "healert_connections_refused_total",
+    "Connections closed at once because a cap was reached, by listener and cap",
+    ["listener", "reason"])
+HANDSHAKES_IN_PROGRESS = Gauge(
+    "healert_tls_handshakes_in_progress", "TLS handshakes under way on the webhook listener")
+HANDSHAKE_TIMEOUTS = Counter(
+    "healert_tls_handshake_timeouts_total",
+    "TLS handshakes abandoned because the peer did not finish within the deadline")
+
 # Outbox
 OUTBOX_DEPTH = Gauge("healert_outbox_depth", "Friction events waiting to be delivered")
 OUTBOX_OLDEST_AGE = Gauge(
     "healert_outbox_oldest_age_seconds", "Age of the oldest friction event waiting")
-OUTBOX_DROPPED = Counter(
-    "healert_outbox_dropped_total", "Friction events dropped from the outbox, by reason",
-    ["reason"])
+OUTBOX_FULL = Gauge(
+    "healert_outbox_full",
+    "1 while stores are refused because the queue is at HEALERT_OUTBOX_MAX_EVENTS")
 OUTBOX_WRITE_ERRORS = Counter(
     "healert_outbox_write_errors_total", "Failed outbox transactions, by reason", ["reason"])
 DEAD_LETTERS = Gauge("healert_dead_letters", "Friction events parked as dead letters")

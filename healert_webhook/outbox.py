@@ -22,6 +22,7 @@ and `busy_timeout` let them take turns.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -39,12 +40,13 @@ from healert_webhook import metrics
 from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
+from healert_webhook.logs import Limiter
 
 log = logging.getLogger(__name__)
+_replaced_log = Limiter(log, per_interval=1, interval=60.0, what="refused outbox writes")
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
-DROP_LOG_LINES = 20  # per store call; then one summary line (a flood must not flood the log)
 EXPIRE_EVERY = 60.0  # seconds between sweeps of expired delivered keys
 RECOVERY_HINT = (
     "stop the agent, then run `healert-webhook outbox purge --corrupt` (moves {path} aside "
@@ -58,6 +60,10 @@ class OutboxError(Exception):
     def __init__(self, message: str, reason: str = "other") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class OutboxFull(OutboxError):
+    """Storing would take the queue over its bound; nothing was stored."""
 
 
 class OutboxCorrupt(OutboxError):
@@ -82,7 +88,6 @@ class StoreResult:
 
     stored: int
     duplicates: int
-    dropped: int
     stored_keys: frozenset[str] = frozenset()  # the keys queued by this call
 
 
@@ -197,7 +202,15 @@ class Outbox:
         self._last_expire = 0.0
         self._last_metrics = 0.0
         self._failure: str | None = None
-        self._conn = self._open()
+        self._full = False  # the last store was refused for want of room
+        self._full_depth = 0  # the queue's depth when it was refused
+        self._holder = _hold(self.path)
+        try:
+            self._conn = self._open()
+        except BaseException:
+            self._holder.close()
+            raise
+        self._identity = _identity(self.path)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Outbox:
@@ -276,10 +289,27 @@ class Outbox:
 
     # -- plumbing ------------------------------------------------------------------------
 
+    def _check_identity(self) -> None:
+        """Refuse to write when the file at our path is no longer the one we opened.
+
+        Moved aside or deleted while the agent runs (a purge, an `rm -rf` of the state
+        directory), the open database would take writes that nobody will ever read:
+        every batch answered 200 from then on would be lost at the next restart.
+        """
+        if _identity(self.path) != self._identity:
+            self._failure = "replaced"
+            _replaced_log.error(
+                "outbox file %s is no longer the one this process opened (moved, deleted or "
+                "replaced while running): refusing to store anything; restart the agent to "
+                "open the file now at that path", self.path)
+            raise OutboxError(f"outbox file {self.path} was moved, deleted or replaced while "
+                              "the agent ran", "replaced")
+
     @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock: all of it commits, or OutboxError."""
         with self._lock:
+            self._check_identity()
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -332,7 +362,7 @@ class Outbox:
         counted as duplicates and not queued again. Blocking; thread-safe.
         """
         if not frictions and checkpoint is None:
-            return StoreResult(0, 0, 0)
+            return StoreResult(0, 0)
         now = time.time()
         horizon = now - self.dedup_window
         rows = [(f.key, f.rule, _dumps(f.event), now, f.key, horizon, f.key)
@@ -347,31 +377,32 @@ class Outbox:
                     "AND NOT EXISTS (SELECT 1 FROM dead WHERE key = ?)", row)
                 if cur.rowcount > 0:
                     keys.add(row[0])
-            dropped = self._enforce_bound(conn) if keys else 0
+            if keys:
+                self._check_room(conn, len(keys))
             if checkpoint is not None:
                 self._save_checkpoint(conn, checkpoint, now)
         if keys:
+            self._room_made()  # it fitted: whatever was refused before may fit now too
             self._notify()  # the forwarder wakes and refreshes the gauges (off this path)
-        return StoreResult(len(keys), len(frictions) - len(keys), dropped, frozenset(keys))
+        return StoreResult(len(keys), len(frictions) - len(keys), frozenset(keys))
 
-    def _enforce_bound(self, conn: sqlite3.Connection) -> int:
+    def _room_made(self) -> None:
+        if self._full:
+            self._full = False
+            metrics.OUTBOX_FULL.set(0)
+
+    def _check_room(self, conn: sqlite3.Connection, added: int) -> None:
+        """Refuse (and so roll back) a store that would take the queue over its bound."""
         depth = conn.execute("SELECT value FROM meta WHERE name = 'depth'").fetchone()[0]
-        excess = depth - self.max_queued
-        if excess <= 0:
-            return 0
-        victims = conn.execute(
-            "SELECT seq, key, rule, event FROM queue ORDER BY seq LIMIT ?", (excess,)).fetchall()
-        conn.execute("DELETE FROM queue WHERE seq <= ?", (victims[-1][0],))
-        for seq, key, rule, blob in victims[:DROP_LOG_LINES]:
-            entity = _loads(blob).get("entity_ref")
-            log.warning("outbox full (%d queued): dropped the oldest friction event "
-                        "seq=%d key=%s rule=%s entity=%s", self.max_queued, seq, key, rule,
-                        entity)
-        if len(victims) > DROP_LOG_LINES:
-            log.warning("outbox full: dropped %d more of the oldest friction events",
-                        len(victims) - DROP_LOG_LINES)
-        metrics.OUTBOX_DROPPED.labels("queue_full").inc(len(victims))
-        return len(victims)
+        if depth > self.max_queued:
+            self._full = True
+            self._full_depth = depth - added
+            metrics.OUTBOX_FULL.set(1)
+            raise OutboxFull(
+                f"outbox full: {depth - added} queued and this store would add {added}, over "
+                f"HEALERT_OUTBOX_MAX_EVENTS={self.max_queued}; nothing of it was stored "
+                "(deliveries make room; raise the bound if the backend is down for long)",
+                "full")
 
     @staticmethod
     def _save_checkpoint(conn: sqlite3.Connection, cp: Checkpoint, now: float) -> None:
@@ -391,10 +422,18 @@ class Outbox:
 
     def writable(self) -> str | None:
         """None when the outbox can take writes, else why not (for /readyz)."""
+        if _identity(self.path) != self._identity:
+            return f"outbox file {self.path} was moved, deleted or replaced: restart the agent"
         if self._failure is not None:
             return f"outbox writes failing: {self._failure}"
         if not os.access(self.path.parent, os.W_OK):
             return f"outbox directory {self.path.parent} is not writable"
+        depth = self.get_meta("depth")
+        if self._full and depth < self._full_depth:  # room was made (by any process)
+            self._room_made()
+        if self._full or depth >= self.max_queued:
+            return (f"outbox full ({depth} queued, HEALERT_OUTBOX_MAX_EVENTS="
+                    f"{self.max_queued}): batches are refused until deliveries make room")
         return None
 
     # -- forwarder -----------------------------------------------------------------------
@@ -428,6 +467,7 @@ class Outbox:
             conn.execute("INSERT OR REPLACE INTO delivered (key, delivered) VALUES (?, ?)",
                          (key, now))
             conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
+            self._room_made()
             if now - self._last_expire >= EXPIRE_EVERY:
                 conn.execute("DELETE FROM delivered WHERE delivered < ?",
                              (now - self.dedup_window,))
@@ -500,6 +540,8 @@ class Outbox:
             log.warning("outbox metrics not updated: %s", exc)
             return None
         metrics.OUTBOX_DEPTH.set(depth)
+        if self._full and depth < self._full_depth:  # room was made (by any process)
+            self._room_made()
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest[0])
         metrics.OUTBOX_OLDEST_AGE.set(age)
         metrics.DEAD_LETTERS.set(dead)
@@ -562,6 +604,63 @@ class Outbox:
         """Close the database (a checkpoint of the WAL happens on the last close)."""
         with self._lock:
             self._conn.close()
+            self._holder.close()
+
+
+def _lock_path(path: Path) -> Path:
+    return Path(f"{path}.lock")
+
+
+def _hold(path: Path) -> IO[bytes]:
+    """A shared lock on the outbox for as long as this process has it open.
+
+    Any number of processes may share it (the agent, `replay --forward`, `outbox`
+    commands); `purge --corrupt` needs it exclusively, so it cannot move the file away
+    from under a process that is writing to it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = open(_lock_path(path), "ab")  # noqa: SIM115 - held until close()
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+    except OSError as exc:
+        raise OutboxError(f"cannot lock the outbox {path}: {exc.strerror or exc}",
+                          "io") from exc
+    return handle
+
+
+def exclusive(path: Path) -> IO[bytes] | None:
+    """The outbox's lock held exclusively, or None while any process has the outbox open."""
+    handle = open(_lock_path(path), "ab")  # noqa: SIM115 - the caller closes it
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def quick_check(path: Path) -> str:
+    """SQLite's quick_check of the file, read-only: "ok", or what is wrong with it."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        row = conn.execute("PRAGMA quick_check").fetchone()
+        return str(row[0]) if row else "no answer"
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    finally:
+        conn.close()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def move_aside(path: Path) -> list[Path]:

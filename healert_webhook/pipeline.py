@@ -19,7 +19,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,36 +97,44 @@ class Evaluation:
     bad: list[tuple[int, str]] = field(default_factory=list)
 
 
-def parse_items(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
-    """Parse the raw (bytes) items once; parsed items pass through. Also name the bad ones.
+def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
+               broken: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Parse the raw items (bytes, or views into a body) one at a time; parsed ones pass.
 
-    An item that is not JSON, or JSON but not an object, is left out of the events and
-    listed with its reason; an empty or blank one (a log line) is listed as "blank" and
-    counted nowhere: it is no event.
+    Each event is parsed as it is needed and dropped once evaluated, so a batch never has
+    to be in memory parsed as a whole. An item that is not JSON, or JSON but not an
+    object, is skipped and listed in `bad` with its reason; an empty or blank one (a log
+    line) as "blank", which no metric counts: it is no event. With `broken`, a raw item
+    that is not exactly one JSON object ends the iteration instead, its index in `broken`
+    (the pieces of a split body: a bad piece means a bad split, not a bad event).
     """
     loads = orjson.loads
-    try:  # the common case: every item is one well-formed event
-        events = [loads(item) if item.__class__ is bytes else item for item in items]
-    except orjson.JSONDecodeError:
-        pass
-    else:
-        if not events or set(map(type, events)) == {dict}:  # one C-level type pass
-            return events, []
-    events = []
-    bad: list[tuple[int, str]] = []
     for index, raw in enumerate(items):
-        item = raw
-        if raw.__class__ is bytes:
+        cls = raw.__class__
+        if cls is bytes or cls is memoryview:
             try:
                 item = loads(raw)
             except orjson.JSONDecodeError:
-                bad.append((index, "bad_json" if raw.strip() else "blank"))
+                if broken is not None:
+                    broken.append(index)
+                    return
+                bad.append((index, "bad_json" if bytes(raw).strip() else "blank"))
                 continue
+        else:
+            item = raw
         if item.__class__ is dict:
-            events.append(item)
+            yield item
+        elif broken is not None and cls is not dict:
+            broken.append(index)
+            return
         else:
             bad.append((index, "not_an_object"))
-    return events, bad
+
+
+def parse_items(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
+    """All events of `items` parsed at once, and the bad ones (see `parse_each`)."""
+    bad: list[tuple[int, str]] = []
+    return list(parse_each(items, bad)), bad
 
 
 def record(stats: Stats, bad: Sequence[tuple[int, str]], source: str) -> None:
@@ -164,14 +172,26 @@ class Pipeline:
         """Load the configured rules (raises RulesError) and build the pipeline."""
         return cls(settings, make_detector(load_rules(settings.rules_path), settings), outbox)
 
-    def evaluate(self, items: Sequence[Any], source: str) -> Evaluation:
+    def evaluate(self, items: Iterable[Any], source: str) -> Evaluation:
         """Parse and detect; record the counts. Never raises on any input."""
+        found = self._evaluate(items, source, None)
+        assert found is not None  # without `broken`, every item gets its verdict
+        return found
+
+    def evaluate_pieces(self, pieces: Sequence[memoryview], source: str) -> Evaluation | None:
+        """Like `evaluate` for the pieces of a split body; None (and nothing counted) if a
+        piece is not one whole event: then the body must be parsed whole."""
+        return self._evaluate(pieces, source, [])
+
+    def _evaluate(self, items: Iterable[Any], source: str,
+                  broken: list[int] | None) -> Evaluation | None:
         detector = self.detector  # one rule set for the whole batch, even across a reload
         stats = Stats()
+        bad: list[tuple[int, str]] = []
         with gc_paused():
-            events, bad = parse_items(items)
-            frictions = detector.detect(events, stats)
-            del events  # freed by reference counting before the collector runs again
+            frictions = detector.detect(parse_each(items, bad, broken), stats)
+        if broken:
+            return None
         record(stats, bad, source)
         return Evaluation(frictions, stats, bad)
 
@@ -182,7 +202,7 @@ class Pipeline:
         Raises OutboxError when nothing could be stored. Blocking.
         """
         if not frictions and checkpoint is None:
-            return StoreResult(0, 0, 0)
+            return StoreResult(0, 0)
         if self.outbox is None:
             raise RuntimeError("this pipeline has no outbox")
         result = self.outbox.store(frictions, checkpoint)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from healert_webhook import metrics
+from healert_webhook.logs import Limiter
 from healert_webhook.tls import peer_names
 
 log = logging.getLogger(__name__)
+_refused_log = Limiter(log, per_interval=5, interval=60.0, what="request heads refused")
 PEER_EXTENSION = "healert.peer"
 
 
@@ -36,6 +39,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024
     head_timeout = 30.0
     counted = True  # refusals count in healert_webhook_requests_total (False: ops listener)
+    on_close: Callable[[], None] | None = None  # the gate's count of open connections
+    on_request: Callable[[], object] | None = None  # the gate: this one sent a request
     _head_bytes = 0
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
@@ -47,9 +52,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Drop the head timer with the connection."""
+        """Drop the head timer with the connection; tell the gate."""
         self._stop_head_timer()
-        super().connection_lost(exc)
+        if self.transport is not None:  # else a TLS handshake failed: it never began
+            super().connection_lost(exc)
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, counting head bytes; refuse a head over the limit."""
@@ -61,6 +70,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         """A request starts: its head must be complete within `head_timeout`."""
+        if self.on_request is not None:
+            self.on_request()
+            self.on_request = None
         super().on_message_begin()
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_expired)
@@ -98,8 +110,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
             % (code, reason, len(body), body))
         self.transport.close()
-        who = self.client[0] if self.client else "?"
-        log.warning("connection from %s refused with %d: %s", who, code, why)
+        who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
+        _refused_log.warning("connection from %s refused with %d: %s", who, code, why,
+                             key=str(code))
         if self.counted:
             metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
 

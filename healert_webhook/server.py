@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -28,7 +29,7 @@ from typing import Any
 
 import uvicorn
 
-from healert_webhook import __version__, exits, logs, protocol, tls
+from healert_webhook import __version__, connections, exits, logs, protocol, tls
 from healert_webhook.auth import TokenAuth, TokenError, allow_list
 from healert_webhook.budget import BodyBudget
 from healert_webhook.config import ConfigError, Settings, check_webhook
@@ -46,6 +47,12 @@ GRACE = 20.0  # in-flight batches get this long after SIGTERM (Kubernetes gives 
 PART_STOP = 4.0  # tailer and forwarder each get this long to stop
 WATCH_INTERVAL = 1.0
 STORE_THREADS = 2  # SQLite serialises writers; a second thread overlaps one fsync
+# Prometheus, probes and an operator's curl: a few at a time. Capped on its own, so a
+# flood on the webhook port cannot take the ops listener's descriptors, nor the reverse.
+OPS_MAX_CONNECTIONS = 64
+# Descriptors kept for everything but connections: the outbox and its WAL, the audit log,
+# rotated files, certificate reloads, the backend client, threads' pipes.
+FD_RESERVE = 64
 BACKLOG = 2048
 
 
@@ -85,15 +92,18 @@ def _url(scheme: str, sock: socket.socket) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def _uvicorn_config(app: Any, *, http: Any, ctx: ssl.SSLContext | None) -> uvicorn.Config:
-    extra: dict[str, Any] = {}
-    if ctx is not None:
-        # The SAME context object serves every handshake, so a reload reaches new ones.
-        extra["ssl_context_factory"] = lambda _config, _default: ctx
+def uvicorn_config(app: Any, *, http: Any) -> uvicorn.Config:
+    """The uvicorn setup both listeners share; TLS is the gate's (connections.py)."""
     return uvicorn.Config(
         app, loop="uvloop", http=http, ws="none", lifespan="off", log_config=None,
         access_log=False, server_header=False, timeout_keep_alive=int(KEEP_ALIVE),
-        timeout_graceful_shutdown=int(GRACE), backlog=BACKLOG, **extra)
+        timeout_graceful_shutdown=int(GRACE), backlog=BACKLOG)
+
+
+def make_server(app: Any, http: type[protocol.GuardedHttpProtocol],
+                gate: connections.Gate) -> _Server:
+    """A uvicorn server for `app` whose connections pass `gate` first."""
+    return _Server(uvicorn_config(app, http=gate.factory(http)))
 
 
 @dataclasses.dataclass
@@ -105,6 +115,7 @@ class Webhook:
     ctx: ssl.SSLContext | None
     certs: tls.CertReloader | None
     tokens: TokenAuth | None
+    gate: connections.Gate
 
     def auth_mode(self) -> str:
         """How requests are authenticated, for the start-up summary (no secrets)."""
@@ -127,6 +138,7 @@ class Agent:
         self.pipeline = pipeline
         self.outbox = outbox
         self.ops_sock = ops_sock
+        self.ops_gate = connections.Gate("ops", connections.Limits(OPS_MAX_CONNECTIONS), None)
         self.webhook = webhook
         self.tailer = tailer
         self.executor = executor
@@ -148,8 +160,7 @@ class Agent:
         fwd_task.add_done_callback(self._part_ended)
         tail_stop = threading.Event()
         tail_thread = self._start_tailer(loop, tail_stop)
-        ops = _Server(_uvicorn_config(make_ops_app(self.health), http=protocol.OpsHttpProtocol,
-                                     ctx=None))
+        ops = make_server(make_ops_app(self.health), protocol.OpsHttpProtocol, self.ops_gate)
         ops_task = asyncio.create_task(ops.serve(sockets=[self.ops_sock]), name="ops")
         web, web_task = self._start_webhook()
         watcher = asyncio.create_task(self._watch(), name="reloads")
@@ -158,7 +169,8 @@ class Agent:
 
         log.info("stopping: finishing in-flight batches")
         self.health.stopping = True
-        if web is not None and web_task is not None:
+        if web is not None and web_task is not None and self.webhook is not None:
+            self.webhook.gate.abort_handshakes()
             await self._stop_server(web, web_task)
         tail_stop.set()
         if tail_thread is not None:
@@ -220,7 +232,7 @@ class Agent:
             return None, None
         http = protocol.PeerInfoProtocol if self.webhook.ctx is not None else \
             protocol.GuardedHttpProtocol
-        server = _Server(_uvicorn_config(self.webhook.app, http=http, ctx=self.webhook.ctx))
+        server = make_server(self.webhook.app, http, self.webhook.gate)
         task = asyncio.create_task(server.serve(sockets=[self.webhook.sock]), name="webhook")
         return server, task
 
@@ -323,10 +335,35 @@ def _build_webhook(settings: Settings, pipeline: Pipeline,
     app = WebhookApp(pipeline=pipeline, executor=executor,
                      path=settings.webhook_path, max_body_bytes=settings.max_body_bytes,
                      tokens=tokens, client_names=allow_list(settings.tls_client_names),
-                     budget=BodyBudget(settings.max_inflight_bytes or settings.max_body_bytes),
+                     budget=BodyBudget(settings.max_inflight_bytes),
+                     max_items=settings.max_batch_items,
                      body_timeout=settings.webhook_body_timeout)
+    limits = connections.Limits(connection_cap(settings.max_connections),
+                                settings.max_handshakes, settings.handshake_timeout)
     sock = bind(*settings.listen)
-    return Webhook(sock=sock, app=app, ctx=ctx, certs=certs, tokens=tokens)
+    return Webhook(sock=sock, app=app, ctx=ctx, certs=certs, tokens=tokens,
+                   gate=connections.Gate("webhook", limits, ctx))
+
+
+def connection_cap(wanted: int) -> int:
+    """The webhook's connection cap, kept below the descriptor limit.
+
+    The soft limit is raised to the hard one first (the usual 1024 is a default, not a
+    decision); what is left after the ops listener's share and a reserve bounds the
+    webhook, so a connection flood can never make accept() fail on either listener.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    room = soft - OPS_MAX_CONNECTIONS - FD_RESERVE
+    if wanted > room:
+        log.warning("HEALERT_MAX_CONNECTIONS=%d is more than the %d descriptors this process "
+                    "may spare for connections (limit %d): using %d", wanted, room, soft,
+                    max(room, 1))
+        return max(room, 1)
+    return wanted
 
 
 def _open_outbox(settings: Settings) -> Outbox:
@@ -366,6 +403,6 @@ def run_agent(settings: Settings, *, webhook: bool, tail: bool) -> int:
     logs.setup(settings.log_format, settings.log_level)
     agent = build_agent(settings, webhook=webhook, tail=tail)
     # uvicorn's loop setup, done once for both servers.
-    loop_factory = _uvicorn_config(None, http="httptools", ctx=None).get_loop_factory()
+    loop_factory = uvicorn_config(None, http="httptools").get_loop_factory()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(agent.run())

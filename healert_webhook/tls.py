@@ -1,11 +1,10 @@
-"""TLS for the webhook listener: the server context, handshake failures, reloads.
+"""TLS for the webhook listener: the server context, why handshakes fail, reloads.
 
 * `build_server_context` makes the one SSLContext uvicorn serves with (TLS 1.2 or newer;
   client certificates required when a client CA is configured).
-* Handshake failures (no client certificate, one from another CA, an old TLS version)
-  never reach the HTTP layer, so they are counted here: the context's `sslobject_class`
-  is a subclass whose `do_handshake` records why a handshake failed. Both asyncio's and
-  uvloop's TLS transports create their SSL objects through `SSLContext.wrap_bio`.
+* `handshake_failure_reason` names why a handshake failed (no client certificate, one
+  from another CA, an old TLS version) as a bounded label; the gate in front of the
+  listener (connections.py) runs the handshakes and counts their failures.
 * The stdlib has no certificate-verify callback, so an allow-list of client names is
   checked per request (auth.py), from the names `peer_names` reads off the verified
   peer certificate once per connection (protocol.py).
@@ -20,7 +19,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from healert_webhook import metrics
 from healert_webhook.filewatch import FileWatch
 
 log = logging.getLogger(__name__)
@@ -44,29 +42,11 @@ def handshake_failure_reason(exc: ssl.SSLError) -> str:
     return "tls_handshake"
 
 
-class CountingSSLObject(ssl.SSLObject):
-    """An SSLObject that counts and logs failed server-side handshakes."""
-
-    def do_handshake(self) -> None:
-        """Run the handshake step; on a real failure, count its reason and re-raise."""
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise  # not a failure: the handshake needs more bytes
-        except ssl.SSLError as exc:
-            reason = handshake_failure_reason(exc)
-            metrics.WEBHOOK_AUTH_FAILURES.labels(reason).inc()
-            log.warning("webhook TLS handshake refused: %s (%s)", reason,
-                        getattr(exc, "reason", None) or type(exc).__name__)
-            raise
-
-
 def build_server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
     """The webhook's server context: TLS >= 1.2, and client certificates when `client_ca`."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
-    ctx.sslobject_class = CountingSSLObject
     ctx.set_alpn_protocols(["http/1.1"])
     _load_chain(ctx, cert, key)
     if client_ca is not None:

@@ -228,7 +228,7 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "healert_webhook_request_duration_seconds_bucket",  # webhook latency
         "healert_webhook_requests_total",  # status codes
         "healert_webhook_auth_failures_total",  # handshake and auth refusals
-        "healert_dead_letters", "healert_outbox_dropped_total",
+        "healert_dead_letters", "healert_outbox_full",
         "healert_tail_lag_bytes", "up",
     }
     assert wanted <= used, wanted - used
@@ -285,7 +285,7 @@ def test_alerts_cover_silence_and_delivery() -> None:
     for name in ("HealertTargetDown", "HealertTargetAbsent", "HealertNoAuditEvents",
                  "HealertWebhookAuthFailures", "HealertApiserverAuditWebhookErrors",
                  "HealertWebhookErrors", "HealertOutboxGrowing", "HealertForwardPaused",
-                 "HealertOutboxDropping", "HealertDeadLetters", "HealertRulesReloadFailed"):
+                 "HealertOutboxFull", "HealertDeadLetters", "HealertRulesReloadFailed"):
         assert name in rules, name
     assert rules["HealertTargetAbsent"]["expr"].startswith("absent(up{")
     # Silence must be seen even when the counter never got a sample (nothing arrived

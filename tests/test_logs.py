@@ -77,3 +77,25 @@ def test_bad_format_arguments_do_not_lose_the_record() -> None:
     stream = capture("text")
     logging.getLogger("x").warning("%d items", "not a number")
     assert "items" in stream.getvalue()
+
+
+def test_limiter_shows_the_first_lines_of_each_kind_then_says_how_many_more(
+        caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("healert_webhook.limiter_test")
+    limiter = logs.Limiter(logger, per_interval=3, interval=0.2, what="refusals")
+    with caplog.at_level(logging.WARNING, logger="healert_webhook.limiter_test"):
+        for n in range(10):
+            limiter.warning("refused peer %d", n, key="no_client_cert")
+        limiter.warning("refused peer x", key="tls_version")  # another kind: its own budget
+        assert [r.getMessage() for r in caplog.records] == [
+            "refused peer 0", "refused peer 1", "refused peer 2", "refused peer x"]
+        limiter.flush()  # the interval is not over: nothing yet
+        assert len(caplog.records) == 4
+        import time
+        time.sleep(0.25)
+        logs.Limiter.flush_all()
+        summary = caplog.records[-1].getMessage()
+        assert summary.startswith("7 more refusals (no_client_cert) in the last 0 s")
+        assert caplog.records[-1].levelno == logging.WARNING
+        limiter.warning("refused peer again", key="no_client_cert")  # a new interval
+        assert caplog.records[-1].getMessage() == "refused peer again"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from healert_webhook.outbox import (
     Outbox,
     OutboxCorrupt,
     OutboxError,
+    OutboxFull,
     StoreResult,
     move_aside,
 )
@@ -34,9 +34,9 @@ def friction(n: int, rule: str = "exec-into-pod") -> Friction:
 
 
 
-def counts(result: StoreResult) -> tuple[int, int, int]:
-    """(stored, duplicates, dropped) of one store call."""
-    return result.stored, result.duplicates, result.dropped
+def counts(result: StoreResult) -> tuple[int, int]:
+    """(stored, duplicates) of one store call."""
+    return result.stored, result.duplicates
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -56,8 +56,8 @@ def cp(offset: int) -> Checkpoint:
 
 def test_store_queues_in_order_and_dedups(outbox: Outbox) -> None:
     batch = [friction(1), friction(2), friction(1), friction(3)]
-    assert counts(outbox.store(batch)) == (3, 1, 0)
-    assert counts(outbox.store(batch[:2])) == (0, 2, 0)  # the apiserver resent the batch
+    assert counts(outbox.store(batch)) == (3, 1)
+    assert counts(outbox.store(batch[:2])) == (0, 2)  # the apiserver resent the batch
     rows = outbox.head(10)
     assert [r.key for r in rows] == [friction(n).key for n in (1, 2, 3)]
     assert rows[0].event == friction(1).event
@@ -115,7 +115,7 @@ def test_delivered_keys_are_remembered_for_the_window(tmp_path: Path) -> None:
     row = box.head()[0]
     box.mark_delivered(row.seq, row.key)
     assert box.stats().depth == 0
-    assert counts(box.store([friction(1)])) == (0, 1, 0)  # a late duplicate is not sent again
+    assert counts(box.store([friction(1)])) == (0, 1)  # a late duplicate is not sent again
     time.sleep(0.4)
     assert box.store([friction(1)]).stored == 1  # past the window it is new again
     box.close()
@@ -145,22 +145,47 @@ def test_retry_dead_by_key(outbox: Outbox) -> None:
     assert outbox.retry_dead([]) == 0
 
 
-def test_bounded_queue_drops_the_oldest_with_log_and_counter(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_full_queue_refuses_the_whole_store_and_evicts_nothing(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db", max_queued=5)
-    before = sample("healert_outbox_dropped_total", {"reason": "queue_full"})
+    cp = Checkpoint("tail:/x", "/x", 1, 2, 100, "0:00")
     box.store([friction(n) for n in range(4)])
-    with caplog.at_level(logging.WARNING, logger="healert_webhook.outbox"):
-        result = box.store([friction(n) for n in range(4, 8)])
-    assert counts(result) == (4, 0, 3)
-    assert result.stored_keys == {f"{n:032d}" for n in range(4, 8)}
-    assert [r.key for r in box.head(10)] == [friction(n).key for n in range(3, 8)]
-    assert box.stats().depth == 5
-    assert sample("healert_outbox_dropped_total", {"reason": "queue_full"}) == before + 3
-    dropped_lines = [r for r in caplog.records if "dropped the oldest" in r.getMessage()]
-    assert len(dropped_lines) == 3
-    assert friction(0).key in dropped_lines[0].getMessage()
+    assert box.writable() is None
+    with pytest.raises(OutboxFull, match="HEALERT_OUTBOX_MAX_EVENTS=5"):
+        box.store([friction(n) for n in range(4, 8)], cp)
+    # nothing of the refused store is there, its checkpoint neither; nothing was evicted
+    assert [r.key for r in box.head(10)] == [friction(n).key for n in range(4)]
+    assert box.load_checkpoint("tail:/x") is None
+    assert "outbox full" in (box.writable() or "")
+    assert sample("healert_outbox_full") == 1
+    # duplicates take no room: the same events again are still taken
+    assert counts(box.store([friction(n) for n in range(4)])) == (0, 4)
+    assert counts(box.store([friction(4)], cp)) == (1, 0)  # exactly up to the bound
+    assert box.load_checkpoint("tail:/x") == cp
+    assert sample("healert_outbox_full") == 0
+    assert "outbox full" in (box.writable() or "")  # at the bound: not ready
+    row = box.head(1)[0]
+    box.mark_delivered(row.seq, row.key)
+    assert box.writable() is None
     box.close()
+
+
+def test_a_moved_or_deleted_file_is_never_written_again(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "outbox.db"
+    box = Outbox(path)
+    box.store([friction(1)])
+    moved = move_aside(path)
+    assert moved
+    with pytest.raises(OutboxError, match="moved, deleted or replaced"):
+        box.store([friction(2)])
+    assert "moved, deleted or replaced" in (box.writable() or "")
+    Outbox(path).close()  # a new, empty file at the path is still not ours
+    with pytest.raises(OutboxError, match="moved, deleted or replaced"):
+        box.store([friction(3)])
+    box.close()
+    # what was acknowledged before the move is in the moved file, and only there
+    kept = Outbox(moved[0])
+    assert [r.key for r in kept.head(10)] == [friction(1).key]
+    kept.close()
 
 
 def test_in_flight_marks_survive_and_clear(outbox: Outbox) -> None:

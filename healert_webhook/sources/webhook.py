@@ -24,14 +24,17 @@ from typing import Any
 
 import orjson
 
-from healert_webhook import metrics
+from healert_webhook import batches, metrics
 from healert_webhook.auth import TokenAuth, names_allowed, request_names
 from healert_webhook.budget import BodyBudget
 from healert_webhook.config import default_of
-from healert_webhook.outbox import OutboxError, StoreResult
+from healert_webhook.logs import Limiter
+from healert_webhook.outbox import OutboxError, OutboxFull, StoreResult
 from healert_webhook.pipeline import BadBody, Pipeline, parse_body
 
 log = logging.getLogger(__name__)
+_full_log = Limiter(log, per_interval=1, interval=60.0, what="batches refused (outbox full)")
+_refused_log = Limiter(log, per_interval=5, interval=60.0, what="webhook requests refused")
 
 RETRY_AFTER = b"5"
 SOURCE = "webhook"
@@ -96,6 +99,7 @@ class WebhookApp:
                  tokens: TokenAuth | None = None,
                  client_names: frozenset[str] = frozenset(),
                  budget: BodyBudget | None = None,
+                 max_items: int = default_of("max_batch_items"),
                  body_timeout: float = default_of("webhook_body_timeout")) -> None:
         self.pipeline = pipeline
         self.executor = executor
@@ -103,7 +107,8 @@ class WebhookApp:
         self.max_body_bytes = max_body_bytes
         self.tokens = tokens
         self.client_names = client_names
-        self.budget = budget or BodyBudget(max_body_bytes)
+        self.budget = budget or BodyBudget(default_of("max_inflight_bytes"))
+        self.max_items = max_items
         self.body_timeout = body_timeout
         self._codes: dict[int, Any] = {}
 
@@ -141,8 +146,9 @@ class WebhookApp:
     @staticmethod
     def _log_reject(scope: Scope, rej: _Reject) -> None:
         client = scope.get("client")
-        who = client[0] if client else "?"
-        log.warning("webhook request from %s refused with %d: %s", who, rej.code, rej.message)
+        who = f"{client[0]}:{client[1]}" if client else "unknown peer"
+        _refused_log.warning("webhook request from %s refused with %d: %s", who, rej.code,
+                             rej.message, key=str(rej.code))
 
     async def _serve(self, scope: Scope, receive: Receive
                      ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -159,10 +165,30 @@ class WebhookApp:
         try:
             body = await self._receive_body(receive, declared, held)
             metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-            await self._ingest(body)
+            pieces = batches.split(body)
+            await self._reserve_parsing(body, pieces, held)
+            await self._ingest(body, pieces)
         finally:
             await self.budget.give(held[0])
         return 200, b"{}", []
+
+    async def _reserve_parsing(self, body: bytes, pieces: list[memoryview] | None,
+                               held: list[int]) -> None:
+        """Reserve what parsing the body will take, or refuse the batch before parsing.
+
+        Split into items, a body costs its size plus its largest item parsed (items are
+        parsed one at a time); a body that must be parsed whole costs what it expands to.
+        """
+        if pieces is not None and len(pieces) > self.max_items:
+            raise _Reject(413, f"batch of {len(pieces)} events is over "
+                          f"HEALERT_MAX_BATCH_ITEMS={self.max_items}")
+        cost = batches.cost(body, pieces)
+        if cost > self.budget.limit:
+            raise _Reject(413, f"parsing this body would take about {cost >> 20} MiB of "
+                          f"memory, more than HEALERT_MAX_INFLIGHT_BYTES allows "
+                          f"({self.budget.limit >> 20} MiB)")
+        if cost > held[0]:
+            await self._reserve(cost - held[0], held)
 
     def _authenticate(self, scope: Scope, req: Request) -> None:
         if self.client_names:
@@ -235,21 +261,41 @@ class WebhookApp:
         # One join at the end: appending to one growing bytes object would copy quadratically.
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _ingest(self, body: bytes) -> StoreResult:
+    async def _ingest(self, body: bytes, pieces: list[memoryview] | None) -> StoreResult:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.executor, self._process, body)
+            return await loop.run_in_executor(self.executor, self._process, body, pieces)
         except BadBody as exc:
             metrics.INVALID_EVENTS.labels(SOURCE, exc.reason).inc()
             raise _Reject(400, str(exc)) from None
+        except _Reject:
+            raise
+        except OutboxFull as exc:
+            _full_log.warning("webhook batch refused, answering 503 so the apiserver keeps "
+                              "it and retries: %s", exc)
+            raise _Reject(503, "outbox full, retry later",
+                          [(b"retry-after", RETRY_AFTER)]) from None
         except OutboxError as exc:
             log.error("webhook batch not stored, answering 503 so the apiserver retries: %s",
                       exc)
             raise _Reject(503, "outbox unavailable, retry later",
                           [(b"retry-after", RETRY_AFTER)]) from None
 
-    def _process(self, body: bytes) -> StoreResult:
-        """Parse, detect and store one body (blocking: runs on a worker thread)."""
+    def _process(self, body: bytes, pieces: list[memoryview] | None) -> StoreResult:
+        """Parse, detect and store one body (blocking: runs on a worker thread).
+
+        Split bodies are parsed item by item; if a piece turns out not to be one event
+        (the split was fooled by the bytes of an embedded object), the body is parsed
+        whole instead, and nothing of the first attempt counts.
+        """
+        if pieces is not None:
+            found = self.pipeline.evaluate_pieces(pieces, SOURCE)
+            if found is not None:
+                metrics.WEBHOOK_PARSES.labels("items").inc()
+                return self.pipeline.store(found.frictions, SOURCE)
+        metrics.WEBHOOK_PARSES.labels("whole").inc()
         items = parse_body(body)
-        del body  # the parsed items are all that is needed from here on
+        if len(items) > self.max_items:
+            raise _Reject(413, f"batch of {len(items)} events is over "
+                          f"HEALERT_MAX_BATCH_ITEMS={self.max_items}")
         return self.pipeline.process(items, SOURCE)[1]

@@ -273,8 +273,6 @@ def test_slow_idle_and_oversized_heads_do_not_starve_others(
     socks: list[socket.socket] = []
     try:
         with Steady(url) as steady:
-            for _ in range(500):  # connect and never send a byte
-                socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
             slow = []
             for _ in range(20):  # a body at one byte per 0.2 s
                 sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -284,6 +282,9 @@ def test_slow_idle_and_oversized_heads_do_not_starve_others(
                 sock = socket.create_connection(("127.0.0.1", port), timeout=10)
                 sock.sendall(b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-")
                 socks.append(sock)
+            refused = metric(ops, "healert_connections_refused_total", listener="webhook")
+            for _ in range(500):  # connect and never send a byte: past the cap, closed
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
             for i in range(15):
                 for sock in slow:
                     sock.sendall(body[i:i + 1])
@@ -297,6 +298,10 @@ def test_slow_idle_and_oversized_heads_do_not_starve_others(
                 assert sock.recv(64).startswith(b"HTTP/1.1 200")
                 sock.close()
             growth = agent.memory()["VmRSS"] - before
+            # 1 steady + 30 slow or half + 500 silent against a cap of 512 open connections
+            wait_for(lambda: metric(ops, "healert_connections_refused_total",
+                                    listener="webhook") - refused >= 500 + 31 - 512,
+                     what="connections over the cap refused")
         steady.check(minimum=10)
     finally:
         for sock in socks:
@@ -415,3 +420,80 @@ def test_slow_body_gets_408_from_the_real_agent(tmp_path: Path, long_run: bool) 
     finally:
         agent.kill()
 
+
+
+# -- bodies of absurd shape ----------------------------------------------------------------
+
+class HealthProbe:
+    """Times /healthz every 50 ms in a thread, while the agent takes one body."""
+
+    def __init__(self, ops: int) -> None:
+        self.ops = ops
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                httpx.get(f"http://127.0.0.1:{self.ops}/healthz", timeout=5).raise_for_status()
+                self.times.append(time.monotonic() - started)
+            except httpx.HTTPError:
+                self.times.append(float("inf"))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_bodies_of_absurd_shape_are_refused_or_taken_without_stalling(
+        hostile: tuple[Agent, str, int]) -> None:
+    agent, url, ops = hostile
+    head = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
+    empties = head + b",".join([b"{}"] * (21 * MiB)) + b"]}"  # 63 MiB of {} items
+    zeros = head + b",".join([b"0"] * (31 * MiB)) + b"]}"  # 62 MiB of 0 items
+    many = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
+                         "metadata": {}, "items": [exec_event(i, tag="many")
+                                                   for i in range(12_000)]})
+    odd = orjson.dumps([1, "x", None, [], exec_event(1, tag="odd"), {"stage": 7}])
+    results: dict[str, tuple[int, str, float]] = {}
+    with httpx.Client(timeout=120) as client, HealthProbe(ops) as probe:
+        for name, body in (("empties", empties), ("zeros", zeros), ("many", many),
+                           ("odd", odd)):
+            started = time.monotonic()
+            answer = client.post(url, content=body, headers=JSON)
+            results[name] = (answer.status_code, answer.text, time.monotonic() - started)
+        peak = agent.memory()["VmHWM"]
+    assert results["empties"][0] == 413 and "HEALERT_MAX_INFLIGHT_BYTES" in results["empties"][1]
+    assert results["zeros"][0] == 413 and "HEALERT_MAX_INFLIGHT_BYTES" in results["zeros"][1]
+    assert results["many"][0] == 413 and "HEALERT_MAX_BATCH_ITEMS=10000" in results["many"][1]
+    assert results["odd"][0] == 200  # the non-objects are counted, the event is taken
+    assert metric(ops, "healert_invalid_events_total", source="webhook",
+                  reason="not_an_object") >= 4
+    assert max(probe.times) < 1.0, sorted(probe.times)[-3:]
+    assert peak < PEAK_BOUND_MIB, peak
+    print("absurd shapes:", {k: (v[0], f"{v[2]:.2f}s") for k, v in results.items()},
+          f"healthz max {max(probe.times) * 1000:.0f} ms, peak {peak} MiB")
+
+
+def test_a_split_fooled_by_an_embedded_object_still_finds_every_event(
+        hostile: tuple[Agent, str, int]) -> None:
+    _agent, url, ops = hostile
+    sneaky = exec_event(1, tag="sneaky")
+    # a user's patch holds, inside, exactly what separates two events in an EventList
+    sneaky["requestObject"] = {"spec": {"rules": [{"x": 1}, {"level": "Metadata"}]}}
+    honest = [exec_event(i, tag="honest") for i in range(2, 5)]
+    body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
+                         "metadata": {}, "items": [sneaky, *honest]})
+    assert b'},{"level":"Metadata"}' in body
+    whole = metric(ops, "healert_webhook_parses_total", path="whole")
+    friction = metric(ops, "healert_friction_events_total", rule="kubectl-exec")
+    assert httpx.post(url, content=body, headers=JSON, timeout=30).status_code == 200
+    assert metric(ops, "healert_webhook_parses_total", path="whole") == whole + 1
+    assert metric(ops, "healert_friction_events_total", rule="kubectl-exec") == friction + 4

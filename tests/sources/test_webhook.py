@@ -301,12 +301,15 @@ def test_bodies_beyond_the_memory_budget_wait_then_get_503(tmp_path: Path,
                                                            outbox: Outbox) -> None:
     import socket
 
+    from healert_webhook import batches
     from healert_webhook.budget import BodyBudget
 
     body = event_list([noise_event(i) for i in range(3)])
+    cost = batches.cost(body, batches.split(body))
     busy_before = sample("healert_webhook_busy_total")
     with webhook(tmp_path, outbox, None, tokens=None) as hook:
-        hook.app.budget = BodyBudget(len(body) + len(body) // 2, wait=0.3)
+        # room for one body being evaluated, not for a second one arriving meanwhile
+        hook.app.budget = BodyBudget(cost + len(body) // 2, wait=0.3)
         head = (b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n" % len(body))
         with socket.create_connection(("127.0.0.1", hook.port), timeout=10) as slow:

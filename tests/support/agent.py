@@ -44,7 +44,7 @@ class Agent:
     started = 0
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                 log_name: str | None = None) -> None:
+                 log_name: str | None = None, fd_limit: int | None = None) -> None:
         clean = {k: v for k, v in os.environ.items()
                  if not k.startswith(("HEALERT_", "SSL_CERT"))
                  and k not in {"RULES_PATH", "AUDIT_LOG_PATH"}}
@@ -52,10 +52,11 @@ class Agent:
         clean.update(env or {})
         Agent.started += 1
         self.log_path = cwd / (log_name or f"agent-{Agent.started}.log")  # one per process
+        argv = [sys.executable, "-m", "healert_webhook", *args]
+        if fd_limit is not None:  # the shell sets the limit, then becomes the agent
+            argv = ["sh", "-c", f'ulimit -n {int(fd_limit)} && exec "$@"', "sh", *argv]
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "healert_webhook", *args], cwd=cwd, env=clean,
-                stdout=out, stderr=out)
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=clean, stdout=out, stderr=out)
         self.pid = self.proc.pid
 
     def output(self) -> str:

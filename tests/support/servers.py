@@ -23,12 +23,14 @@ class Running:
 
 @contextlib.contextmanager
 def serve_app(app: Any, ctx: ssl.SSLContext | None = None, *, protocol: Any = None,
-              keep_alive: float | None = None) -> Iterator[Running]:
-    """Serve `app` with the agent's own uvicorn setup (uvloop, httptools, its protocol).
+              keep_alive: float | None = None, limits: Any = None) -> Iterator[Running]:
+    """Serve `app` with the agent's own uvicorn setup (uvloop, httptools, its protocol,
+    its connection gate).
 
-    `protocol` and `keep_alive` replace the agent's protocol class and idle timeout, so
-    timeouts of tens of seconds can be tested in one or two.
+    `protocol`, `keep_alive` and `limits` replace the agent's protocol class, idle timeout
+    and connection limits, so timeouts of tens of seconds can be tested in one or two.
     """
+    from healert_webhook import connections
     from healert_webhook import protocol as http_protocol
     from healert_webhook import server as srv
 
@@ -37,10 +39,11 @@ def serve_app(app: Any, ctx: ssl.SSLContext | None = None, *, protocol: Any = No
     if protocol is None:
         protocol = (http_protocol.PeerInfoProtocol if ctx is not None
                     else http_protocol.GuardedHttpProtocol)
-    config = srv._uvicorn_config(app, http=protocol, ctx=ctx)
+    gate = connections.Gate("test", limits or connections.Limits(1000, 1000, 10.0), ctx)
+    server = srv.make_server(app, protocol, gate)
+    config = server.config
     if keep_alive is not None:
         config.timeout_keep_alive = keep_alive  # type: ignore[assignment]
-    server = srv._Server(config)
 
     def run() -> None:
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
