@@ -13,7 +13,6 @@ import os
 import re
 import ssl
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,7 +338,3 @@ def metric_sum(samples: dict[str, float], name: str, **labels: str) -> float:
             total += value
     return total
 
-
-def now_ms() -> int:
-    """Milliseconds since the epoch (for marker names)."""
-    return int(time.time() * 1000)

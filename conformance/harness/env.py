@@ -14,12 +14,10 @@ BUILD = REPO / "conformance" / "build.sh"
 
 
 def binaries() -> Binaries:
-    """The built binaries: `$HEALERT_CONFORMANCE_BIN` if set, else what build.sh prints
-    (building them first if they are not cached)."""
+    """The built binaries: `$HEALERT_CONFORMANCE_BIN`, else build.sh's (built if not cached)."""
     folder = os.environ.get("HEALERT_CONFORMANCE_BIN")
     if not folder:
-        result = subprocess.run([str(BUILD)], capture_output=False, stdout=subprocess.PIPE,
-                                text=True, check=True)
+        result = subprocess.run([str(BUILD)], stdout=subprocess.PIPE, text=True, check=True)
         folder = result.stdout.strip().splitlines()[-1]
     return Binaries.from_dir(Path(folder))
 

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,4 @@ def _within(event: dict[str, Any], start: float, end: float) -> bool:
 
 def _epoch(stamp: str) -> float:
     """Seconds since the epoch of an apiserver timestamp (RFC 3339, microseconds, Z)."""
-    from datetime import datetime
-
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

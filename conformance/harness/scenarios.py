@@ -90,6 +90,7 @@ class Scenario:
 
 
 def _pod_json(namespace: str, generate_name: str) -> str:
+    """A one-container pod whose name the apiserver generates from `generate_name`."""
     return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {
         "generateName": generate_name, "namespace": namespace}, "spec": {"containers": [
             {"name": "shell", "image": "registry.invalid/conformance/shell:1"}]}})
@@ -109,8 +110,9 @@ def _cp_source(work: Path) -> str:
     return str(source)
 
 
-def _k(who: str, *args: str, env: dict[str, str] | None = None,
-       check: bool = True, timeout: float = 60) -> Callable[[ControlPlane, Path], None]:
+def _kubectl(who: str, *args: str, env: dict[str, str] | None = None,
+             check: bool = True, timeout: float = 60) -> Callable[[ControlPlane, Path], None]:
+    """A step that runs kubectl as `who`."""
     def run(cp: ControlPlane, _work: Path) -> None:
         cp.kubectl(who, *args, env=env, check=check, timeout=timeout)
     return run
@@ -165,26 +167,26 @@ def _exec_and_stream() -> tuple[Scenario, ...]:
     started, complete = "ResponseStarted", "ResponseComplete"
     return (
         Scenario("exec-websocket", "alice runs `kubectl exec` (WebSocket, kubectl's default)",
-                 _k("alice", *pay_exec, check=False),
+                 _kubectl("alice", *pay_exec, check=False),
                  (Expect("kubectl-exec", _pay("payments-api"), "alice"),),
                  audited=(Fact("get", "pods", "exec", stage=started, code=101, count=1),
                           Fact("get", "pods", "exec", stage=complete, count=1))),
         Scenario("exec-spdy", "alice runs `kubectl exec` over SPDY "
                  "(KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false), sent as verb create",
-                 _k("alice", *pay_exec, env=NO_WEBSOCKETS, check=False),
+                 _kubectl("alice", *pay_exec, env=NO_WEBSOCKETS, check=False),
                  (Expect("kubectl-exec", _pay("payments-api"), "alice"),),
                  audited=(Fact("create", "pods", "exec", stage=started, count=1),)),
         Scenario("exec-denied", "eve, bound to no role, tries `kubectl exec`: kubectl stops "
                  "at reading the pod (403), no exec request is made",
-                 _k("eve", *pay_exec, check=False),
+                 _kubectl("eve", *pay_exec, check=False),
                  audited=(Fact("get", "pods", code=403, user="eve"),)),
         Scenario("attach", "bob runs `kubectl attach` to a StatefulSet's pod",
-                 _k("bob", "-n", "payments", "attach", DB_POD, "-c", "main", check=False),
+                 _kubectl("bob", "-n", "payments", "attach", DB_POD, "-c", "main", check=False),
                  (Expect("kubectl-attach", _pay("postgres"), "bob"),),
                  audited=(Fact("get", "pods", "attach", stage=started, count=1),)),
         Scenario("port-forward", "bob runs `kubectl port-forward`: WebSocket first, then "
                  "kubectl falls back to SPDY when the upgrade fails (two requests)",
-                 _k("bob", "-n", "payments", "port-forward", f"pod/{DB_POD}", ":5432",
+                 _kubectl("bob", "-n", "payments", "port-forward", f"pod/{DB_POD}", ":5432",
                     check=False, timeout=30),
                  (Expect("port-forward", _pay("postgres"), "bob"),
                   Expect("port-forward", _pay("postgres"), "bob")),
@@ -192,7 +194,7 @@ def _exec_and_stream() -> tuple[Scenario, ...]:
                           Fact("create", "pods", "portforward", stage=started, count=1))),
         Scenario("port-forward-spdy", "bob runs `kubectl port-forward` over SPDY "
                  "(KUBECTL_PORT_FORWARD_WEBSOCKETS=false)",
-                 _k("bob", "-n", "payments", "port-forward", f"pod/{DB_POD}", ":5432",
+                 _kubectl("bob", "-n", "payments", "port-forward", f"pod/{DB_POD}", ":5432",
                     env=NO_WEBSOCKETS, check=False, timeout=30),
                  (Expect("port-forward", _pay("postgres"), "bob"),),
                  audited=(Fact("create", "pods", "portforward", stage=started, count=1),)),
@@ -203,17 +205,17 @@ def _exec_and_stream() -> tuple[Scenario, ...]:
                  design="a DaemonSet's pod is <owner>-<5 chars>",
                  audited=(Fact("get", "pods", "exec", stage=started, count=2),)),
         Scenario("logs", "alice reads a pod's logs with `kubectl logs`",
-                 _k("alice", "-n", "payments", "logs", API_POD, "-c", "main", check=False),
+                 _kubectl("alice", "-n", "payments", "logs", API_POD, "-c", "main", check=False),
                  (Expect("pod-log-access", _pay("payments-api"), "alice"),),
                  audited=(Fact("get", "pods", "log", stage=started, count=1),)),
         Scenario("debug-ephemeral", "alice adds an ephemeral container with `kubectl debug`",
-                 _k("alice", "-n", "payments", "debug", API_POD, "--image=busybox:1.36",
+                 _kubectl("alice", "-n", "payments", "debug", API_POD, "--image=busybox:1.36",
                     "--container=debugger"),
                  (Expect("ephemeral-debug", _pay("payments-api"), "alice"),),
                  audited=(Fact("patch", "pods", "ephemeralcontainers",
                                level="RequestResponse", code=200),)),
         Scenario("debug-node", "the admin runs `kubectl debug node/...` (a node-debugger pod)",
-                 _k("conformance-admin", "-n", "payments", "debug",
+                 _kubectl("conformance-admin", "-n", "payments", "debug",
                     f"node/{objects.NODE}", "--image=busybox:1.36"),
                  (Expect("config-drift", _pay(f"node-debugger-{objects.NODE}"),
                          "conformance-admin"),),
@@ -226,23 +228,23 @@ def _exec_and_stream() -> tuple[Scenario, ...]:
 def _secrets_and_writes() -> tuple[Scenario, ...]:
     return (
         Scenario("secret-get", "alice reads a Secret with `kubectl get secret`",
-                 _k("alice", "-n", "payments", "get", "secret", "payments-db", "-o", "name"),
+                 _kubectl("alice", "-n", "payments", "get", "secret", "payments-db", "-o", "name"),
                  (Expect("emergency-access", _pay("payments-db"), "alice"),),
                  audited=(Fact("get", "secrets", level="Metadata", code=200),)),
         Scenario("secret-get-denied", "eve tries to read a Secret (403)",
-                 _k("eve", "-n", "payments", "get", "secret", "payments-db", check=False),
+                 _kubectl("eve", "-n", "payments", "get", "secret", "payments-db", check=False),
                  (Expect("emergency-access", _pay("payments-db"), "eve"),),
                  audited=(Fact("get", "secrets", code=403, user="eve"),)),
         Scenario("secret-list", "alice lists Secrets, eve tries to (403): lists are not reads "
                  "of one Secret", _seq(
-                     _k("alice", "-n", "payments", "get", "secrets"),
-                     _k("eve", "-n", "payments", "get", "secrets", check=False)),
+                     _kubectl("alice", "-n", "payments", "get", "secrets"),
+                     _kubectl("eve", "-n", "payments", "get", "secrets", check=False)),
                  audited=(Fact("list", "secrets", code=200), Fact("list", "secrets", code=403))),
         Scenario("bypass-annotation", "bob annotates a Deployment with "
                  "policy.admission.k8s.io/bypass=true, then removes the annotation",
-                 _seq(_k("bob", "-n", "payments", "annotate", "deployment", "payments-api",
+                 _seq(_kubectl("bob", "-n", "payments", "annotate", "deployment", "payments-api",
                          BYPASS),
-                      _k("bob", "-n", "payments", "annotate", "deployment", "payments-api",
+                      _kubectl("bob", "-n", "payments", "annotate", "deployment", "payments-api",
                          BYPASS.split("=", maxsplit=1)[0] + "-")),
                  # The removal is a write too, but its objects no longer carry the annotation.
                  (Expect("pipeline-skip", _pay("payments-api"), "bob"),
@@ -251,12 +253,12 @@ def _secrets_and_writes() -> tuple[Scenario, ...]:
                  audited=(Fact("patch", "deployments", level="RequestResponse", code=200,
                                count=2),)),
         Scenario("scale", "alice runs `kubectl scale` (the scale subresource)",
-                 _k("alice", "-n", "payments", "scale", "deployment", "payments-api",
+                 _kubectl("alice", "-n", "payments", "scale", "deployment", "payments-api",
                     "--replicas=3"),
                  (Expect("config-drift", _pay("payments-api"), "alice"),),
                  audited=(Fact("patch", "deployments", "scale", level="RequestResponse"),)),
         Scenario("rollout-restart", "bob runs `kubectl rollout restart`",
-                 _k("bob", "-n", "payments", "rollout", "restart", "deployment/payments-api"),
+                 _kubectl("bob", "-n", "payments", "rollout", "restart", "deployment/payments-api"),
                  (Expect("config-drift", _pay("payments-api"), "bob"),),
                  audited=(Fact("patch", "deployments", level="RequestResponse"),)),
         Scenario("edit", "alice runs `kubectl edit` (an editor changes replicas)", _edit,
@@ -264,20 +266,20 @@ def _secrets_and_writes() -> tuple[Scenario, ...]:
                  audited=(Fact("patch", "deployments", level="RequestResponse", code=200),)),
         Scenario("gitops-patch", "bob patches a Deployment that Argo CD tracks "
                  "(argocd.argoproj.io/tracking-id)",
-                 _k("bob", "-n", "shop", "patch", "deployment", "checkout", "--type=merge",
+                 _kubectl("bob", "-n", "shop", "patch", "deployment", "checkout", "--type=merge",
                     "-p", '{"spec":{"replicas":2}}'),
                  (Expect("config-drift", _shop("checkout"), "bob"),
                   Expect("gitops-drift", _shop("checkout"), "bob", only_if_rule=True)),
                  audited=(Fact("patch", "deployments", level="RequestResponse"),)),
         Scenario("gitops-managed-patch", "bob patches a Deployment whose fields Argo CD's "
                  "controller manages (managedFields only, no annotation)",
-                 _k("bob", "-n", "payments", "patch", "deployment", "ledger", "--type=merge",
+                 _kubectl("bob", "-n", "payments", "patch", "deployment", "ledger", "--type=merge",
                     "-p", '{"spec":{"replicas":3}}'),
                  (Expect("config-drift", _pay("ledger"), "bob"),
                   Expect("gitops-drift", _pay("ledger"), "bob", only_if_rule=True)),
                  audited=(Fact("patch", "deployments", level="RequestResponse", code=200),)),
         Scenario("pod-label-patch", "bob labels a pod that carries backstage.io/kubernetes-id",
-                 _k("bob", "-n", "shop", "label", "pod", SHOP_POD, "touched=yes"),
+                 _kubectl("bob", "-n", "shop", "label", "pod", SHOP_POD, "touched=yes"),
                  (Expect("config-drift", _shop("shop-checkout"), "bob"),),
                  audited=(Fact("patch", "pods", level="RequestResponse"),)),
         Scenario("generate-name", "bob creates a pod with metadata.generateName",
@@ -293,14 +295,14 @@ def _identities_and_cluster() -> tuple[Scenario, ...]:
     pay_exec = ("-n", "payments", "exec", API_POD, "-c", "main", "--", "ls", "/")
     return (
         Scenario("impersonate-as", "alice reads a Secret `--as=bob`",
-                 _k("alice", "--as=bob", "-n", "payments", "get", "secret", "payments-db",
+                 _kubectl("alice", "--as=bob", "-n", "payments", "get", "secret", "payments-db",
                     "-o", "name"),
                  (Expect("emergency-access", _pay("payments-db"), "alice"),),
                  design="when a person impersonates anyone, the person is the actor",
                  audited=(Fact("get", "secrets", user="alice", impersonated="bob"),)),
         Scenario("impersonate-service-account", "alice scales a Deployment "
                  "`--as=system:serviceaccount:payments:deployer`",
-                 _k("alice", f"--as=system:serviceaccount:payments:{objects.DEPLOYER_SA}",
+                 _kubectl("alice", f"--as=system:serviceaccount:payments:{objects.DEPLOYER_SA}",
                     "-n", "payments", "scale", "deployment", "payments-api", "--replicas=2"),
                  (Expect("config-drift", _pay("payments-api"), "alice"),),
                  design="when a person impersonates anyone, the person is the actor",
@@ -308,7 +310,7 @@ def _identities_and_cluster() -> tuple[Scenario, ...]:
                                impersonated=f"system:serviceaccount:payments:"
                                             f"{objects.DEPLOYER_SA}"),)),
         Scenario("proxy-exec", "an access proxy's service account execs `--as=bob`",
-                 _k("access-proxy", "--as=bob", *pay_exec, check=False),
+                 _kubectl("access-proxy", "--as=bob", *pay_exec, check=False),
                  (Expect("kubectl-exec", _pay("payments-api"), "bob",
                          mentions=(objects.PROXY_SA,)),),
                  design="The actor is the person: an internal identity impersonating a "
@@ -318,7 +320,7 @@ def _identities_and_cluster() -> tuple[Scenario, ...]:
                                stage="ResponseStarted"),)),
         Scenario("proxy-patch", "an access proxy's service account annotates a Deployment "
                  "`--as=bob` (audited at Metadata: the policy sees the service account)",
-                 _k("access-proxy", "--as=bob", "-n", "payments", "annotate", "deployment",
+                 _kubectl("access-proxy", "--as=bob", "-n", "payments", "annotate", "deployment",
                     "payments-api", "reviewed-by=bob", "--overwrite"),
                  (Expect("config-drift", _pay("payments-api"), "bob",
                          mentions=(objects.PROXY_SA,)),),
@@ -337,16 +339,16 @@ def _identities_and_cluster() -> tuple[Scenario, ...]:
                  _create_named("access-proxy", "payments", "proxy-self-shell"),
                  audited=(Fact("create", "pods", level="Metadata", user=PROXY, code=403),)),
         Scenario("bad-token", "a request with a token the apiserver does not know (401)",
-                 _k("bad-token", "-n", "payments", "get", "secret", "payments-db",
+                 _kubectl("bad-token", "-n", "payments", "get", "secret", "payments-db",
                     check=False),
                  design="An empty username (failed authentication) counts as internal",
                  audited=(Fact("get", "secrets", stage="ResponseStarted", code=401, user="",
                                count=1),)),
         Scenario("clusterrole-colon", "the admin creates a ClusterRole and a "
                  "ClusterRoleBinding whose names hold colons",
-                 _seq(_k("conformance-admin", "create", "clusterrole", COLON_ROLE,
+                 _seq(_kubectl("conformance-admin", "create", "clusterrole", COLON_ROLE,
                          "--verb=get", "--resource=pods"),
-                      _k("conformance-admin", "create", "clusterrolebinding", COLON_BINDING,
+                      _kubectl("conformance-admin", "create", "clusterrolebinding", COLON_BINDING,
                          f"--clusterrole={COLON_ROLE}", "--user=bob")),
                  (Expect("rbac-change", "component:default/"
                          "system-healert-conformance-aggregate", "conformance-admin"),
@@ -355,7 +357,7 @@ def _identities_and_cluster() -> tuple[Scenario, ...]:
                  audited=(Fact("create", "clusterroles", code=201),
                           Fact("create", "clusterrolebindings", code=201))),
         Scenario("namespace-create", "the admin creates a namespace (cluster-scoped)",
-                 _k("conformance-admin", "create", "namespace", "scratch-team"),
+                 _kubectl("conformance-admin", "create", "namespace", "scratch-team"),
                  (Expect("namespace-creation", "component:default/scratch-team",
                          "conformance-admin"),),
                  audited=(Fact("create", "namespaces", level="RequestResponse", code=201),)),

@@ -40,6 +40,7 @@ def _replay(path: Path, rules: Path, state: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_every_fixture_is_listed_and_well_formed() -> None:
+    """One file per kept scenario, named in the README, each line a v1 audit Event."""
     files = {p.stem for p in FIXTURES.glob("*.jsonl")}
     assert files == {s.name for s in KEPT}
     readme = (FIXTURES / "README.md").read_text()
@@ -53,6 +54,7 @@ def test_every_fixture_is_listed_and_well_formed() -> None:
 @pytest.mark.parametrize("name", [s.name for s in KEPT])
 def test_fixture_replays_to_the_expected_friction(name: str, rules: Path,
                                                   tmp_path: Path) -> None:
+    """Replaying a fixture gives exactly the scenario's expected friction events."""
     path = FIXTURES / f"{name}.jsonl"
     assert path.exists(), f"{path} is missing: run conformance/record-fixtures.sh"
     scenario = next(s for s in SCENARIOS if s.name == name)

@@ -43,6 +43,7 @@ def _counts(env: Environment) -> dict[str, float]:
 
 
 def test_burst_every_event_accounted_for(env: Environment, runner: Runner) -> None:
+    """The agents count exactly the events the apiserver says it audited."""
     runner.sync()
     before = _counts(env)
     files_before = len(audit_log_files(env.cluster.layout.audit_log))

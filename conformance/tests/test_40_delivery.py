@@ -57,6 +57,7 @@ def _identity(event: dict[str, Any]) -> tuple[Any, ...]:
 
 def test_webhook_agent_delivers_its_outbox_once(env: Environment, runner: Runner,
                                                 backend: str) -> None:
+    """Restarted with a backend, serve drains its outbox; each event is accepted once."""
     runner.sync()
     queued = [row["event"] for row in runner.serve.outbox()]
     assert queued, "nothing to deliver"
