@@ -318,6 +318,13 @@ def _identities_and_cluster() -> tuple[Scenario, ...]:
                         "the proxy",
                  audited=(Fact("get", "pods", "exec", user=PROXY, impersonated="bob",
                                stage="ResponseStarted"),)),
+        Scenario("proxy-secret-get", "an access proxy's service account reads a Secret "
+                 "`--as=bob`", _kubectl("access-proxy", "--as=bob", "-n", "payments", "get",
+                                        "secret", "payments-db", "-o", "name"),
+                 (Expect("emergency-access", _pay("payments-db"), "bob",
+                         mentions=(objects.PROXY_SA,)),),
+                 fixture=False,
+                 design="The actor is the person (the read must be audited to be seen)"),
         Scenario("proxy-patch", "an access proxy's service account annotates a Deployment "
                  "`--as=bob` (audited at Metadata: the policy sees the service account)",
                  _kubectl("access-proxy", "--as=bob", "-n", "payments", "annotate", "deployment",

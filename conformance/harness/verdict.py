@@ -28,6 +28,11 @@ KNOWN_DISAGREEMENTS: dict[str, str] = {
     "generate-name": "DESIGN §5 'metadata.generateName, when present, is the name with its "
                      "suffix already known' (web-shell); today's agent charges "
                      "web-shell-<5 chars> and renders an empty {name}",
+    "proxy-secret-get": "manifests/apiserver/audit-policy.yaml records reads by service "
+                        "accounts at level None (rule 3) before its Secrets rule (rule 4), so "
+                        "a person's Secret read through an access proxy is never audited and "
+                        "no agent can see it; DESIGN §5 'the actor is the person' wants "
+                        "emergency-access for bob",
     "proxy-exec": _ACTOR,
     "proxy-patch": _ACTOR,
 }
