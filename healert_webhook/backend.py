@@ -13,12 +13,13 @@ import email.utils
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
 
 from healert_webhook import __version__
-from healert_webhook.backend_contract import ANSWER_MAX
+from healert_webhook.backend_contract import ANSWER_MAX, window_start
 from healert_webhook.config import ConfigError, Settings
 
 CONNECT_TIMEOUT = 5.0
@@ -167,6 +168,56 @@ def classify(response: httpx.Response) -> Outcome:
                    answer=answer)
 
 
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What reading the backend said about one event whose POST may have reached it."""
+
+    verdict: str  # found | missing | unverifiable | no_endpoint | error
+    detail: str
+
+
+RECENT_MAX = 500  # the backend shows an entity's 500 newest events, no more
+MATCH = ("type", "actor", "timestamp", "description")
+
+
+async def find_event(client: httpx.AsyncClient, base_url: str, body: dict[str, Any],
+                     timeout: float, window_days: float) -> Finding:
+    """Look for `body` (as it was POSTed) among its entity's recent events at the backend.
+
+    It matches on (type, actor, timestamp, description): with the apiserver's microsecond
+    request times, two different requests share all four only when the same person did
+    the same thing to the same object in the same microsecond. An event the read cannot
+    show — no timestamp (the backend stamped its own), older than the backend's window,
+    or older than the 500 newest of a busy entity — is unverifiable.
+    """
+    stamp = body.get("timestamp")
+    if not isinstance(stamp, str) or not stamp:
+        return Finding("unverifiable", "no timestamp: the backend stamped its own")
+    if stamp < window_start(window_days):
+        return Finding("unverifiable", f"older than the backend's {window_days:g}-day window")
+    url = join_url(base_url, "/friction/" + quote(str(body["entity_ref"]), safe=":/"))
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.get(url)
+        doc = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, TimeoutError, OSError, ValueError) as exc:
+        return Finding("error", describe_error(exc))
+    if response.status_code in (404, 405):
+        return Finding("no_endpoint", f"GET /friction answered HTTP {response.status_code}")
+    recent = doc.get("recentEvents") if isinstance(doc, dict) else None
+    if not isinstance(recent, list):
+        return Finding("error", f"GET /friction answered HTTP {response.status_code} "
+                       "without a list of recentEvents")
+    wanted = tuple(body.get(name) for name in MATCH)
+    shown = [r for r in recent if isinstance(r, dict)]
+    if any(tuple(r.get(name) for name in MATCH) == wanted for r in shown):
+        return Finding("found", "the backend has it")
+    stamps = [r["timestamp"] for r in shown if isinstance(r.get("timestamp"), str)]
+    if len(shown) >= RECENT_MAX and stamps and stamp < min(stamps):
+        return Finding("unverifiable", f"older than the entity's {RECENT_MAX} newest events")
+    return Finding("missing", "the backend does not have it")
 
 
 def headers(key: str | None) -> dict[str, str]:

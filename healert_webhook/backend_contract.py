@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 ENTITY_REF = re.compile(r"^[a-zA-Z0-9_-]+:[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+$")
@@ -86,6 +86,25 @@ def _check_timestamp(value: Any) -> Problem | None:
         return Problem("timestamp", "Input should be an ISO 8601 date and time",
                        "datetime_from_date_parsing")
     return None
+
+
+def window_start(days: float, now: datetime | None = None) -> str:
+    """The oldest timestamp inside a backend window of `days`, as the backend compares it.
+
+    The backend keeps and shows events whose `timestamp`, compared as a string, is at or
+    after this one; ISO 8601 times of the same zone order like their strings.
+    """
+    moment = (now or datetime.now(UTC)) - timedelta(days=days)
+    return moment.isoformat()
+
+
+def older_than(event: dict[str, Any], days: float, now: datetime | None = None) -> bool:
+    """True when the event's timestamp falls before a window of `days` ending now.
+
+    An event without a timestamp is stamped by the backend when it arrives: never old.
+    """
+    stamp = event.get("timestamp")
+    return isinstance(stamp, str) and bool(stamp) and stamp < window_start(days, now)
 
 
 def validate(event: Any) -> list[Problem]:

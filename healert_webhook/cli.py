@@ -168,11 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
                            "(deduplicated against what was already sent)")
     mode.add_argument("--dry-run", action="store_true",
                       help="only print friction events (the default)")
+    mode.add_argument("--explain", action="store_true",
+                      help="print, for each event, every candidate rule and why it fired or "
+                           "not, the entity and where its name came from")
+    replay.add_argument("--audit-id", default=None, metavar="ID",
+                        help="--explain: only the event(s) with this auditID")
+    replay.add_argument("--user", default=None, metavar="NAME",
+                        help="--explain: only events made by (or as) this user")
     _add_options(replay, "replay")
 
     validate = _command(sub, "validate", "check a rules file and summarise its rules")
     validate.add_argument("path", nargs="?", type=Path, default=None,
                           help="rules file (default: RULES_PATH, ./rules.yaml, or packaged)")
+    validate.add_argument("--strict", action="store_true",
+                          help="fail (exit 1) on warnings too, for CI")
     _add_options(validate, "validate")
 
     check = _command(sub, "check-backend", "check the backend's health and the API key")
@@ -212,8 +221,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "validate":
         from healert_webhook.validate import run_validate
-        return run_validate(args.path if args.path is not None else settings.rules_path)
+        return run_validate(args.path if args.path is not None else settings.rules_path,
+                            strict=args.strict)
+    if command == "replay" and args.explain:
+        from healert_webhook.explain import run_explain
+        return run_explain(settings, args.paths, audit_id=args.audit_id, user=args.user,
+                           out=sys.stdout)
     if command == "replay":
+        if args.audit_id is not None or args.user is not None:
+            raise ConfigError("--audit-id and --user go with --explain")
         from healert_webhook.sources.replay import run_replay
         return run_replay(settings, args.paths, forward=args.forward)
     if command in ("serve", "tail"):

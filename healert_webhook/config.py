@@ -132,6 +132,10 @@ OPTIONS: tuple[Option, ...] = (
            group="outbox"),
     Option("dedup_window", "--dedup-window", ("HEALERT_DEDUP_WINDOW",), parse_positive_float,
            86_400.0, "seconds a delivered event's key is remembered", group="outbox"),
+    Option("backend_retention_days", "--backend-retention-days",
+           ("HEALERT_BACKEND_RETENTION_DAYS",), parse_positive_float, 30.0,
+           "days the backend keeps events; older ones are set aside, never sent",
+           group="outbox"),
     # delivery
     Option("forward_rate", "--forward-rate", ("HEALERT_FORWARD_RATE",), parse_positive_float,
            60.0, "most events per minute sent to the backend", group="delivery"),
@@ -236,6 +240,7 @@ class Settings:
     forward_rate: float = default_of("forward_rate")
     outbox_max_events: int = default_of("outbox_max_events")
     dedup_window: float = default_of("dedup_window")
+    backend_retention_days: float = default_of("backend_retention_days")
     backoff_base: float = default_of("backoff_base")
     backoff_max: float = default_of("backoff_max")
     forward_probe_interval: float = default_of("forward_probe_interval")

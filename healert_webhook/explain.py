@@ -29,7 +29,6 @@ from healert_webhook.rules import Rule
 
 EXIT_OK = exits.OK
 EXIT_UNREADABLE = exits.FAILED
-EXIT_CONFIG = exits.CONFIG
 _SHOWN = 200  # longest value quoted in a sentence
 
 
@@ -349,18 +348,13 @@ def run_explain(settings: Any, paths: Sequence[str], *, audit_id: str | None,
     """`replay --explain`: print every decision for the events in `paths`.
 
     Only events with auditID `audit_id` and/or made by (or as) `user` are shown when
-    given. Exit 0, 1 when a file could not be read, 2 when the rules are invalid.
+    given. Exit 0, or 1 when a file could not be read; raises RulesError when the rules
+    cannot be used.
     """
     from healert_webhook.pipeline import Pipeline
-    from healert_webhook.rules import RulesError
     from healert_webhook.sources import replay
 
-    try:
-        detector = Pipeline.from_settings(settings).detector
-    except RulesError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+    detector = Pipeline.from_settings(settings).detector
     report = replay.ReadReport()
     seen: set[str] = set()
     shown = frictions = 0

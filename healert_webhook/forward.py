@@ -5,21 +5,22 @@ allows 60 requests per minute per IP (fixed window). Requests are paced evenly a
 `forward_rate` and every request (retries and probes included) takes a slot, so any
 window of W seconds holds at most floor(W / interval) + 1 of them: 58 in the backend's
 60-second window at the default rate. Network jitter can bunch arrivals by a few
-milliseconds, which the two spare slots absorb, so the limiter does not answer 429 in
-steady state (a sender that spaces requests at exactly 60/min can fit 2x the limit
-around a window boundary if it ever catches up after a pause; the pacer never catches up).
+milliseconds, which the two spare slots absorb. The start of the last request is stored
+in the outbox with the request's in-flight mark, so the spacing holds across restarts
+too: a crash loop cannot fill the backend's window.
 
-Duplicates: a row is marked in flight, durably, right
-before its request starts, and removed together with the remembering of its key right
-after the 2xx arrives. A kill between the two leaves a row marked in flight: the agent
-cannot know whether the backend got it, and losing it is worse than a duplicate, so it is
-sent again and counted (`healert_forward_uncertain_resends_total`, a warning naming the
-key). That window, from the request reaching the backend to the commit of its answer (one
-round trip plus one fsync), and a request that timed out after the backend took it, are
-the only ways an event reaches the backend twice. Marking in flight alone would not
-prevent more: a second forwarder on the same outbox (a rolling restart, a replay with
---forward) would send the same head; an exclusive lock file next to the database lets only
-one process drain it at a time.
+Effectively once: a row is marked in flight, durably, right before its request starts,
+and removed together with the remembering of its key right after the 2xx arrives. A row
+still marked in flight (the agent was killed, the request timed out, the connection was
+reset after the request went out) may have reached the backend. Once the request can no
+longer be running, the entity's recent events are read from the backend
+(`GET /friction/{entity_ref}`): if the event is there, the row is marked delivered and
+never sent again; if not, it is sent again. Only an event the read cannot show (no
+timestamp, older than the backend's window or its 500 newest, a backend without the read
+endpoint, reads that keep failing) is sent again unchecked, and counted
+(`healert_forward_uncertain_resends_total`). A second forwarder on the same outbox (a
+rolling restart, a replay with --forward) would send the same head; an exclusive lock
+file next to the database lets only one process drain it at a time.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import orjson
 from healert_webhook import backend, backend_contract, metrics
 from healert_webhook.config import ConfigError, Settings
 from healert_webhook.filewatch import FileWatch
-from healert_webhook.outbox import Outbox, OutboxError, Queued
+from healert_webhook.outbox import EXPIRED, Outbox, OutboxError, Queued
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("healert_webhook.events")
@@ -47,6 +48,11 @@ events_log = logging.getLogger("healert_webhook.events")
 RATE_MARGIN = 0.95
 LOG_EVERY = 60.0  # seconds between repeats of a loud error while it lasts
 KEY_CHECK_EVERY = 1.0
+LAST_SEND = "last_send_us"  # outbox meta: when the last POST started, microseconds
+RECONCILE_READS = 3  # reads of one uncertain row before it is resent unverified
+READ_INTERVAL = 0.2  # seconds between reads: they are not rate limited, but not free
+RECENT_WINDOW_DAYS = 30.0  # what GET /friction shows: the backend's last 30 days
+
 
 
 # -- pacing and backoff ------------------------------------------------------------------
@@ -65,6 +71,14 @@ class Pacer:
     def take(self, now: float) -> None:
         """A request starts now: the next one waits a full interval."""
         self._next = max(now, self._next) + self.interval
+
+    def resume(self, since_last: float, now: float) -> None:
+        """The last request (of any earlier process) started `since_last` seconds ago.
+
+        A clock set back makes that negative: then wait one interval, not forever.
+        """
+        wait = self.interval - since_last if since_last >= 0 else self.interval
+        self._next = max(self._next, now + min(max(wait, 0.0), self.interval))
 
 
 def backoff_delay(failures: int, base: float, cap: float,
@@ -134,6 +148,8 @@ class Forwarder:
         self._last_loud = -1e9
         self._probe_at = 0.0
         self._stop: asyncio.Event | None = None
+        self._reads_missing = False  # the backend has no read endpoint: resend blindly
+        self._next_read = 0.0
 
     # -- public ----------------------------------------------------------------------
 
@@ -206,6 +222,7 @@ class Forwarder:
                     log.info("backend %s: status %s, version %s, auth %s", report.url,
                              report.status, report.version, report.auth)
                 await self._recover()
+                await self._restore_pacer()
                 self._state = "idle"
                 while not stop.is_set():
                     await self._step(client, stop)
@@ -233,10 +250,18 @@ class Forwarder:
 
     async def _recover(self) -> None:
         for row in await self._outbox_call(self.outbox.in_flight):
-            metrics.FORWARD_UNCERTAIN_RESENDS.inc()
-            log.warning("friction event key=%s seq=%d was being sent when the agent stopped; "
-                        "the backend may already have it. Sending it again (the only case a "
-                        "duplicate is possible)", row.key, row.seq)
+            log.info("friction event key=%s seq=%d was being sent when the agent stopped; "
+                     "the backend is asked whether it has it before anything is sent again",
+                     row.key, row.seq)
+
+    async def _restore_pacer(self) -> None:
+        """Start no sooner than a full interval after the last request of any process.
+
+        The backend's window does not restart with us: a crash loop that sent at once on
+        every start would fill it.
+        """
+        last = await self._outbox_call(self.outbox.get_meta, LAST_SEND) / 1e6
+        self.pacer.resume(time.time() - last, time.monotonic())
 
     async def _step(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         rows = await self._outbox_call(self.outbox.head, 1)
@@ -251,6 +276,12 @@ class Forwarder:
         if body is None:
             await self._dead_letter(row, None, f"contract: {problem}", None, "contract")
             return
+        if backend_contract.older_than(body, self.settings.backend_retention_days):
+            await self._dead_letter(row, None, EXPIRED.format(
+                self.settings.backend_retention_days), None, "expired")
+            return
+        if row.in_flight is not None and not await self._reconcile(client, row, body, stop):
+            return
         if self._state == "paused" and not await self._wait_paused(stop):
             return
         await self._sleep(stop, self.pacer.delay(time.monotonic()))
@@ -261,7 +292,7 @@ class Forwarder:
     async def _send_row(self, client: httpx.AsyncClient, row: Queued, body: dict[str, Any],
                         stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.keys.refresh)
-        await self._outbox_call(self.outbox.mark_in_flight, row.seq)
+        await self._outbox_call(self.outbox.mark_in_flight, row.seq, LAST_SEND)
         self.pacer.take(time.monotonic())
         outcome = await self._post(client, body)
         metrics.FORWARD_ATTEMPTS.labels(outcome.label).inc()
@@ -318,10 +349,9 @@ class Forwarder:
     async def _mark_failed(self, row: Queued, outcome: backend.Outcome) -> None:
         self._last_error = outcome.detail
         if not outcome.not_taken:
-            metrics.FORWARD_UNCERTAIN_RESENDS.inc()
             log.warning("request for friction event key=%s failed after it may have reached "
-                        "the backend (%s); it will be sent again (a possible duplicate)",
-                        row.key, outcome.detail)
+                        "the backend (%s); the backend will be asked whether it has it "
+                        "before it is sent again", row.key, outcome.detail)
         await self._outbox_call(self.outbox.mark_failed, row.seq, outcome.detail,
                                 not_taken=outcome.not_taken)
 
@@ -336,6 +366,67 @@ class Forwarder:
         log.warning("delivery failed (%s), attempt %d; retrying the oldest event in %.1fs",
                     outcome.detail, self._failures, delay)
         await self._sleep(stop, delay)
+
+    # -- reconciling a send whose answer was lost ---------------------------------------
+
+    async def _reconcile(self, client: httpx.AsyncClient, row: Queued,
+                         body: dict[str, Any], stop: asyncio.Event) -> bool:
+        """Settle a row whose last request may have reached the backend unanswered.
+
+        Once the request can no longer be running (the forward timeout has passed since
+        it started), read the entity's recent events at the backend: found, it is marked
+        delivered and not sent again; not found, it is sent again. When the read cannot
+        tell, or keeps failing, the row is sent again and counted as unverifiable (the
+        queue must not wait on the read for long). True when the row is still to send.
+        """
+        assert row.in_flight is not None
+        if self._reads_missing:
+            return self._resend_blind(row, "the backend has no GET /friction")
+        self._state, self._reason = "reconciling", f"checking whether the backend has {row.key}"
+        await self._sleep(stop, row.in_flight + self.settings.forward_timeout - time.time())
+        finding = backend.Finding("error", "not read")
+        for attempt in range(1, RECONCILE_READS + 1):
+            if stop.is_set():
+                return False
+            await self._sleep(stop, self._next_read - time.monotonic())
+            self._next_read = time.monotonic() + READ_INTERVAL
+            finding = await backend.find_event(
+                client, self.settings.backend_url or "", body, self.settings.forward_timeout,
+                RECENT_WINDOW_DAYS)
+            if finding.verdict != "error":
+                break
+            await self._sleep(stop, backoff_delay(attempt, 1.0, 8.0))
+        return await self._settle(row, finding, stop)
+
+    async def _settle(self, row: Queued, finding: backend.Finding,
+                      stop: asyncio.Event) -> bool:
+        if finding.verdict == "found":
+            metrics.FORWARD_RECONCILED.labels("delivered").inc()
+            log.info("friction event key=%s: the backend already has it (its answer was "
+                     "lost); marked delivered, not sent again", row.key)
+            await self._delivered_ok(row, stop)
+            return False
+        if finding.verdict == "missing":
+            metrics.FORWARD_RECONCILED.labels("resent").inc()
+            log.info("friction event key=%s: the backend does not have it; sending it again",
+                     row.key)
+            return True
+        if finding.verdict == "no_endpoint":
+            self._reads_missing = True
+            log.warning("the backend answers no GET /friction/{entity_ref} (%s): events whose "
+                        "answer was lost are sent again without checking, and may arrive "
+                        "twice; upgrade the backend to get effectively-once delivery",
+                        finding.detail)
+            return self._resend_blind(row, finding.detail)
+        metrics.FORWARD_RECONCILED.labels("unverifiable").inc()
+        return self._resend_blind(row, finding.detail)
+
+    @staticmethod
+    def _resend_blind(row: Queued, why: str) -> bool:
+        metrics.FORWARD_UNCERTAIN_RESENDS.inc()
+        log.warning("friction event key=%s may have reached the backend, and it cannot be "
+                    "checked (%s): sending it again, a possible duplicate", row.key, why)
+        return True
 
     # -- pause on a refused key ---------------------------------------------------------
 

@@ -24,6 +24,10 @@ SKIPPED_EVENTS = Counter(
     "Well-formed audit events that produced no friction event, by reason", ["source", "reason"])
 FRICTION_EVENTS = Counter(
     "healert_friction_events_total", "Friction events detected", ["rule", "severity"])
+EVENT_FIXUPS = Counter(
+    "healert_event_fixups_total",
+    "Friction events repaired so that they could still be delivered (a timestamp taken "
+    "from stageTimestamp, or left to the backend), by source and repair", ["source", "fixup"])
 DUPLICATES = Counter(
     "healert_duplicates_suppressed_total",
     "Friction events not stored because the same request was already seen", ["source"])
@@ -101,6 +105,10 @@ TAIL_CHECKPOINT_AGE = Gauge(
     "healert_tail_checkpoint_age_seconds", "Seconds since the tail checkpoint last advanced")
 
 # Requests whose answer was lost (agent killed, timeout) and that are sent again.
+FORWARD_RECONCILED = Counter(
+    "healert_forward_reconciled_total",
+    "Events whose answer was lost, settled by reading the backend: delivered (it had it), "
+    "resent (it had not), unverifiable (the read could not tell; resent)", ["result"])
 FORWARD_UNCERTAIN_RESENDS = Counter(
     "healert_forward_uncertain_resends_total",
     "Friction events sent again after a request whose answer was lost (possible duplicates)")

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import orjson
 
-from healert_webhook import metrics
+from healert_webhook import backend_contract, metrics
 from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _replaced_log = Limiter(log, per_interval=1, interval=60.0, what="refused outbox writes")
 
 SCHEMA_VERSION = 1
+EXPIRED = "expired: older than the backend's retention ({:g} days), so it would never count"
 BUSY_TIMEOUT_MS = 10_000
 EXPIRE_EVERY = 60.0  # seconds between sweeps of expired delivered keys
 RECOVERY_HINT = (
@@ -89,6 +90,7 @@ class StoreResult:
     stored: int
     duplicates: int
     stored_keys: frozenset[str] = frozenset()  # the keys queued by this call
+    expired: int = 0  # set aside as dead letters: older than the backend's retention
 
 
 @dataclass(frozen=True)
@@ -193,10 +195,11 @@ class Outbox:
     """The SQLite outbox (see the module docstring)."""
 
     def __init__(self, path: Path, *, max_queued: int = 100_000,
-                 dedup_window: float = 86_400.0) -> None:
+                 dedup_window: float = 86_400.0, retention_days: float = 30.0) -> None:
         self.path = Path(path)
         self.max_queued = max_queued
         self.dedup_window = dedup_window
+        self.retention_days = retention_days
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._last_expire = 0.0
@@ -221,7 +224,8 @@ class Outbox:
             raise OutboxError(f"state directory {settings.state_dir}: "
                               f"{exc.strerror or exc}", "io") from exc
         return cls(settings.outbox_path, max_queued=settings.outbox_max_events,
-                   dedup_window=settings.dedup_window)
+                   dedup_window=settings.dedup_window,
+                   retention_days=settings.backend_retention_days)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -365,11 +369,17 @@ class Outbox:
             return StoreResult(0, 0)
         now = time.time()
         horizon = now - self.dedup_window
+        expired = {f.key for f in frictions
+                   if backend_contract.older_than(f.event, self.retention_days)}
         rows = [(f.key, f.rule, _dumps(f.event), now, f.key, horizon, f.key)
                 for f in frictions]
         with self._transaction("store") as conn:
             keys: set[str] = set()
+            aside = 0
             for row in rows:
+                if row[0] in expired:
+                    aside += self._set_aside(conn, row, now)
+                    continue
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO queue (key, rule, event, created) "
                     "SELECT ?, ?, ?, ? WHERE NOT EXISTS "
@@ -381,10 +391,26 @@ class Outbox:
                 self._check_room(conn, len(keys))
             if checkpoint is not None:
                 self._save_checkpoint(conn, checkpoint, now)
+        if aside:
+            metrics.DEAD_LETTERED.labels("expired").inc(aside)
         if keys:
             self._room_made()  # it fitted: whatever was refused before may fit now too
             self._notify()  # the forwarder wakes and refreshes the gauges (off this path)
-        return StoreResult(len(keys), len(frictions) - len(keys), frozenset(keys))
+        return StoreResult(len(keys), len(frictions) - len(keys) - aside, frozenset(keys),
+                           aside)
+
+    def _set_aside(self, conn: sqlite3.Connection, row: tuple[Any, ...], now: float) -> int:
+        """Park an event the backend would delete unseen (older than its retention): it
+        would spend a request of the rate limit and never count. 1 if parked now."""
+        key, rule, blob, created, _key, horizon, _key2 = row
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO dead (key, rule, event, created, dead_at, status, reason) "
+            "SELECT ?, ?, ?, ?, ?, NULL, ? WHERE NOT EXISTS "
+            "(SELECT 1 FROM queue WHERE key = ?) AND NOT EXISTS "
+            "(SELECT 1 FROM delivered WHERE key = ? AND delivered >= ?)",
+            (key, rule, blob, created, now, EXPIRED.format(self.retention_days), key, key,
+             horizon))
+        return max(cur.rowcount, 0)
 
     def _room_made(self) -> None:
         if self._full:
@@ -454,11 +480,16 @@ class Outbox:
         return [Queued(seq, key, rule, _loads(blob), created, attempts, err, flight)
                 for seq, key, rule, blob, created, attempts, err, flight in rows]
 
-    def mark_in_flight(self, seq: int) -> None:
-        """Record, durably, that a request for `seq` is about to start."""
+    def mark_in_flight(self, seq: int, started_meta: str | None = None) -> None:
+        """Record, durably, that a request for `seq` is about to start (and, with
+        `started_meta`, when: in microseconds under that name, in the same commit)."""
+        now = time.time()
         with self._transaction("mark in flight") as conn:
             conn.execute("UPDATE queue SET in_flight = ?, attempts = attempts + 1 "
-                         "WHERE seq = ?", (time.time(), seq))
+                         "WHERE seq = ?", (now, seq))
+            if started_meta is not None:
+                conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                             (started_meta, int(now * 1e6)))
 
     def mark_delivered(self, seq: int, key: str) -> None:
         """The backend accepted `seq`: remember its key and unqueue it, in one transaction."""

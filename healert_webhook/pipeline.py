@@ -31,11 +31,13 @@ from healert_webhook.config import Settings
 from healert_webhook.detect import Detector, Friction, Stats
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
-from healert_webhook.rules import RulesError, load_rules
+from healert_webhook.rules import RulesError, RuleSet, load_rules
 
 log = logging.getLogger(__name__)
 # One INFO line per friction event stored; a flood (a replayed month) is summarised.
 _stored_lines = Limiter(log, per_interval=50, interval=10.0, what="friction events stored")
+_failure_lines = Limiter(log, per_interval=5, interval=60.0,
+                         what="audit events that could not be evaluated")
 
 
 
@@ -149,6 +151,12 @@ def record(stats: Stats, bad: Sequence[tuple[int, str]], source: str) -> None:
         metrics.SKIPPED_EVENTS.labels(source, reason).inc(count)
     for (rule, severity), count in stats.matched.items():
         metrics.FRICTION_EVENTS.labels(rule, severity).inc(count)
+    for fixup, count in stats.fixups.items():
+        metrics.EVENT_FIXUPS.labels(source, fixup).inc(count)
+    for audit_id, error in stats.failures:
+        _failure_lines.error("an audit event from %s could not be evaluated and was skipped "
+                             "(counted as invalid, reason evaluation_error): auditID=%s: %s",
+                             source, audit_id or "-", error)
 
 
 def make_detector(ruleset: Any, settings: Settings) -> Detector:
@@ -239,10 +247,17 @@ class Pipeline:
                 log.error("rules reload failed, keeping the previous rules: %s", problem)
             return False
         self.detector = make_detector(ruleset, self.settings)
+        log_warnings(ruleset)
         metrics.RULES_RELOADS.labels("success").inc()
         metrics.RULES_LOADED.set(len(self.detector.rules))
         log.info("rules reloaded from %s: %d enabled", ruleset.source, len(self.detector.rules))
         return True
+
+
+def log_warnings(ruleset: RuleSet) -> None:
+    """The rules file's warnings (a rule that can never fire...), as `validate` says them."""
+    for warning in ruleset.warnings:
+        log.warning("rules: %s (healert-webhook validate explains)", warning)
 
 
 def parse_body(body: bytes) -> list[Any]:

@@ -733,14 +733,6 @@ def default_rules_text() -> str:
     return resources.files("healert_webhook").joinpath("default_rules.yaml").read_text("utf-8")
 
 
-def resolve_rules_path(configured: Path | None) -> Path | None:
-    """The file to load: the configured path, else ./rules.yaml, else None (packaged)."""
-    if configured is not None:
-        return configured
-    local = Path("rules.yaml")
-    return local if local.is_file() else None
-
-
 def load_rules(path: Path | None) -> RuleSet:
     """Read and compile a rules file (None: the packaged default rules)."""
     if path is None:

@@ -37,7 +37,7 @@ from healert_webhook.filewatch import FileWatch
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, make_ops_app
 from healert_webhook.outbox import Outbox, OutboxError
-from healert_webhook.pipeline import Pipeline
+from healert_webhook.pipeline import Pipeline, log_warnings
 from healert_webhook.sources.tail import Tailer
 from healert_webhook.sources.webhook import WebhookApp
 
@@ -380,6 +380,7 @@ def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
     opened: list[socket.socket] = []
     try:
         pipeline = Pipeline.from_settings(settings, outbox)
+        log_warnings(pipeline.detector.ruleset)
         hook = _build_webhook(settings, pipeline, executor) if webhook else None
         if hook is not None:
             opened.append(hook.sock)

@@ -1,8 +1,9 @@
 """`healert-webhook validate`: check a rules file and print what each rule matches.
 
-Exit codes: 0 when the file is valid, `EXIT_CONFIG` (2) when it cannot be used, and 1 in
-strict mode when it is valid but has warnings (a rule that can never fire, an old-format
-rule that also counts exec sessions), so CI can refuse those too.
+Exit codes: 0 when the file is valid, and 1 in strict mode when it is valid but has
+warnings (a rule that can never fire, an old-format rule that also counts exec sessions),
+so CI can refuse those too. A file that cannot be used raises RulesError, which the
+command line reports like every command does (exit 2).
 """
 
 from __future__ import annotations
@@ -12,27 +13,20 @@ from pathlib import Path
 from typing import TextIO
 
 from healert_webhook import exits
-from healert_webhook.rules import RulesError, RuleSet, load_rules, resolve_rules_path
+from healert_webhook.rules import RuleSet, load_rules
 
 EXIT_OK = exits.OK
 EXIT_WARNINGS = exits.FAILED  # strict mode only: valid, but a check failed
-EXIT_CONFIG = exits.CONFIG
 
 
 def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None = None,
                  err: TextIO | None = None) -> int:
-    """Print one line per rule and the warnings; exit 0, 2 when invalid, 1 when strict
-    and there are warnings. `out` and `err` default to stdout and stderr."""
+    """Print one line per rule and the warnings; exit 0, or 1 when strict and there are
+    warnings; raise RulesError when the file (None: the packaged rules) cannot be used.
+    `out` and `err` default to stdout and stderr."""
     out = out or sys.stdout
     err = err or sys.stderr
-    resolved = resolve_rules_path(path)
-    try:
-        ruleset = load_rules(resolved)
-    except RulesError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=err)
-        print(f"{exc.source}: invalid, {len(exc.problems)} problem(s)", file=err)
-        return EXIT_CONFIG
+    ruleset = load_rules(path)
     for warning in ruleset.warnings:
         print(f"warning: {warning}", file=err)
     for rule in ruleset.rules:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from healert_webhook.cli import main
 from healert_webhook.config import Settings
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.explain import EventDecision, explain_event, render, run_explain
@@ -224,8 +225,7 @@ def test_run_explain_exit_codes(logs: tuple[Settings, list[str]], tmp_path: Path
     assert f"cannot read {tmp_path / 'gone.log'}" in out.getvalue()
     broken = tmp_path / "broken.yaml"
     broken.write_text("rules:\n  - name: x\n")
-    bad = Settings(rules_path=broken)
-    assert run_explain(bad, paths, audit_id=None, user=None, out=io.StringIO()) == 2
+    assert main(["replay", "--explain", "--rules", str(broken), *paths]) == 2
     assert "missing 'severity'" in capsys.readouterr().err
 
 

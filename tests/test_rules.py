@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from healert_webhook.cli import main
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.rules import (
     DEFAULT_GITOPS,
@@ -14,7 +15,7 @@ from healert_webhook.rules import (
     load_rules,
     parse_rules,
 )
-from healert_webhook.validate import EXIT_CONFIG, run_validate
+from healert_webhook.validate import run_validate
 
 from support.events import (
     audit_event,
@@ -211,24 +212,27 @@ def test_validate_lists_every_error_and_exits_2(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text("rules:\n  - name: x\n    severity: bad\n    match: {resouce: pods}\n")
-    code, out, err = validate(path, capsys, strict=True)
-    assert code == EXIT_CONFIG == 2
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    code = main(["validate", str(path), "--strict"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"rules file {path} is invalid (3 problem(s)):" in captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("  ")]
     assert len(errors) == 3
     assert "'x' is not a name the backend accepts" in errors[0]
-    assert out == ""
+    assert captured.out == ""
 
 
 def test_validate_defaults_to_local_rules_then_packaged(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, _ = validate(None, capsys)
-    assert code == 0
-    assert "<packaged rules.yaml>: valid" in out
+    monkeypatch.delenv("RULES_PATH", raising=False)
+    assert main(["validate"]) == 0
+    assert "<packaged rules.yaml>: valid" in capsys.readouterr().out
     (tmp_path / "rules.yaml").write_text("rules: []\n")
-    code, out, err = validate(None, capsys)
-    assert code == 0
+    assert main(["validate"]) == 0
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
     assert "rules.yaml: valid, 0 rules" in out
     assert "nothing will be detected" in err
 

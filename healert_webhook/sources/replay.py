@@ -21,6 +21,7 @@ import orjson
 from healert_webhook import audit, exits
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction, Stats
+from healert_webhook.outbox import StoreResult
 from healert_webhook.pipeline import Pipeline
 
 SOURCE = "replay"
@@ -155,11 +156,14 @@ class ReplayResult:
     report: ReadReport = field(default_factory=ReadReport)
     printed: int = 0
     duplicates: int = 0
+    queued: int = 0  # --forward: newly queued for delivery
+    already_known: int = 0  # --forward: queued or delivered before
+    set_aside: int = 0  # --forward: older than the backend's retention, never sent
     failed_files: list[str] = field(default_factory=list)
 
 
 def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Friction], None],
-                 max_line: int, store: Callable[[list[Friction]], None] | None = None,
+                 max_line: int, store: Callable[[list[Friction]], StoreResult] | None = None,
                  ) -> ReplayResult:
     """Replay files through the pipeline; call `emit` once per distinct friction event."""
     result = ReplayResult()
@@ -185,7 +189,10 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
                     emit(friction)
                 result.printed += len(fresh)
                 if store is not None and fresh:
-                    store(fresh)
+                    stored = store(fresh)
+                    result.queued += stored.stored
+                    result.already_known += stored.duplicates
+                    result.set_aside += stored.expired
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             result.failed_files.append(f"{path}: {exc}")
         finally:
@@ -215,6 +222,13 @@ def summary_lines(result: ReplayResult) -> list[str]:
     return lines
 
 
+def forward_lines(result: ReplayResult, retention_days: float) -> list[str]:
+    """What `--forward` did with the friction events it found."""
+    return [f"  forwarded: {result.queued} queued for delivery, {result.already_known} "
+            f"already queued or delivered, {result.set_aside} set aside as older than the "
+            f"backend's retention ({retention_days:g} days; `outbox dead` lists them)"]
+
+
 def run_replay(settings: Settings, paths: Sequence[str], *, forward: bool) -> int:
     """The `replay` command: OK, or FAILED when a file could not be read.
 
@@ -233,8 +247,8 @@ def run_replay(settings: Settings, paths: Sequence[str], *, forward: bool) -> in
         def emit(friction: Friction) -> None:
             out.write(orjson.dumps(friction.event) + b"\n")
 
-        def store(found: list[Friction]) -> None:
-            pipeline.store(found, SOURCE)
+        def store(found: list[Friction]) -> StoreResult:
+            return pipeline.store(found, SOURCE)
 
         try:
             result = replay_paths(pipeline, paths, emit, settings.tail_max_line_bytes,
@@ -244,6 +258,9 @@ def run_replay(settings: Settings, paths: Sequence[str], *, forward: bool) -> in
     finally:
         if outbox is not None:
             outbox.close()
-    for line in summary_lines(result):
+    lines = summary_lines(result)
+    if outbox is not None:
+        lines += forward_lines(result, settings.backend_retention_days)
+    for line in lines:
         print(line, file=sys.stderr)
     return exits.FAILED if result.failed_files else exits.OK

@@ -1,17 +1,33 @@
-"""A stand-in for the Healert backend (DESIGN §6), run by uvicorn in its own process.
+"""A stand-in for the Healert backend, run by uvicorn in its own process.
 
-It answers like the real FastAPI backend: `GET /health`; `POST /events` with a fixed-window
-rate limit per client IP (429 with Retry-After), then the bearer key (401), then field
-validation (422 with a FastAPI-shaped `{"detail": [...]}`), then 200. The window length and
-limit come from argv so tests run in seconds. Accepted events are appended to a record file,
-so they survive the process being stopped and started again ("backend down").
+It answers as the real FastAPI backend's contract says:
+- `GET /health`.
+- `POST /events`: the bearer key (401), then field validation (422 with a FastAPI-shaped
+  `{"detail": [...]}`), then a fixed-window rate limit per client IP that counts only
+  requests that got this far (429 without Retry-After, body `{"error": "Rate limit
+  exceeded: N per W"}`), then 200 `{"status": "ok"}`. The timestamp is stored verbatim
+  (the backend's own "now" when absent), points are filled from the severity.
+- `GET /events?limit=N` (1..500, default 100): the rows with the newest timestamp first,
+  each with the backend's own `id`.
+- `GET /friction/{entity_ref}`: `{entityRef, frictionScore, recentEvents, sources,
+  fetchedAt}`, `recentEvents` being `{timestamp, actor, type, description, workflow}` of
+  the entity whose timestamp, compared as a string, lies within the retention window,
+  newest first, at most 500; 400 for an invalid entity_ref.
+- Events older than the retention are deleted at start.
+The window length and limit come from argv so tests run in seconds. Accepted events are
+appended to a record file, so they survive the process being stopped and started again.
 
 Control API on the same server (tests only):
-  POST /_control {"mode": "ok|500|429|401|slow|reset", "latency": s, "latency_after": s,
-                  "reject_types": [...]}
+  POST /_control {"mode": "ok|500|429|401|slow|hold_stored|hold_unstored|reset",
+                  "latency": s, "latency_after": s, "reject_types": [...], "reads": bool}
      slow: sleep `latency` before recording and `latency_after` after (before answering);
+     hold_stored: store the event, then hold the answer until released;
+     hold_unstored: hold the request until released, then drop the connection, unstored;
      reject_types: answer 422 for these types (a stricter backend, for dead-letter tests)
-  GET /_accepted -> {"events": [...], "statuses": {code: n}, "max_in_window": n}
+     reads: false makes GET /friction answer 404, as a backend without it would
+  POST /_release   answer (or drop) every held request now
+  GET /_accepted -> {"events": [...], "statuses": {code: n}, "max_in_window": n,
+                     "held": n, "read_requests": n}
 
 `run_backend(tmp_path, ...)` starts it as a subprocess and yields a `Backend` handle.
 """
@@ -21,8 +37,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,36 +46,73 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
+POINTS = {"high": 10, "medium": 6, "low": 3}
+HALF_LIFE_DAYS = 7.0
+RECENT_MAX = 500
+ENTITY_REF = re.compile(r"^[a-zA-Z0-9_-]+:[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+$")
 
 
 # -- the server (runs in the subprocess) --------------------------------------------------
 
-def make_app(api_key: str | None, limit: int, window: float, record: Path) -> Any:
+def cutoff(retention_days: float) -> str:
+    """The oldest timestamp still inside the window, as the string the backend compares."""
+    return (datetime.now(UTC) - timedelta(days=retention_days)).isoformat()
+
+
+def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The backend's Friction Score of an entity's rows (points halving every 7 days)."""
+    now = datetime.now(UTC)
+    total = 0.0
+    for row in rows:
+        try:
+            when = datetime.fromisoformat(row["timestamp"])
+        except ValueError:
+            when = now
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        age = max(0.0, (now - when).total_seconds() / 86400)
+        total += row["points"] * 0.5 ** (age / HALF_LIFE_DAYS)
+    value = min(100, round(total / 50 * 100))
+    severity = "high" if value >= 70 else "medium" if value >= 40 else "low"
+    return {"score": value, "severity": severity, "bypassCount": len(rows)}
+
+
+def make_app(api_key: str | None, limit: int, window: float, record: Path,
+             retention_days: float = 30.0) -> Any:
     """The Starlette app; state lives in this closure."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     from healert_webhook import backend_contract
 
-    accepted: list[dict[str, Any]] = []
-    if record.exists():
-        accepted.extend(json.loads(line) for line in record.read_text().splitlines() if line)
+    def load(path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    stored = record.with_name(record.stem + "-rows.jsonl")  # as stored: id, stamps, points
+    accepted = load(record)  # as sent
+    oldest = cutoff(retention_days)
+    rows = [row for row in load(stored) if row["timestamp"] >= oldest]  # retention at start
     out = record.open("a", encoding="utf-8")
+    out_rows = stored.open("a", encoding="utf-8")
     state: dict[str, Any] = {}
     windows: Counter[tuple[str, int]] = Counter()
     statuses: Counter[int] = Counter()
+    release = asyncio.Event()
 
     def reset() -> None:
         state.update(mode="ok", latency=0.0, latency_after=0.0, reject_types=[],
-                     max_in_window=0)
+                     max_in_window=0, held=0, read_requests=0, reads=True)
         windows.clear()
         statuses.clear()
 
@@ -81,20 +134,36 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path) -> An
         count = windows[(ip, index)]
         state["max_in_window"] = max(state["max_in_window"], min(count, limit + 1))
         if count > limit:
-            retry = max(1, math.ceil((index + 1) * window - now))
-            return answer(429, {"detail": f"Rate limit exceeded: {limit} per {window}s"},
-                          {"Retry-After": str(retry)})
+            period = "1 minute" if window == 60 else f"{window:g} seconds"
+            return answer(429, {"error": f"Rate limit exceeded: {limit} per {period}"})
         return None
 
-    async def events(request: Request) -> JSONResponse:
+    def keep(event: dict[str, Any]) -> dict[str, Any]:
+        """Store an accepted event as the backend does; the record file keeps it."""
+        accepted.append(event)
+        row = {**event, "id": (rows[-1]["id"] + 1) if rows else 1}
+        row.setdefault("timestamp", datetime.now(UTC).isoformat())
+        row.setdefault("points", POINTS[event["severity"]])
+        rows.append(row)
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+        out_rows.write(json.dumps(row) + "\n")
+        out_rows.flush()
+        return row
+
+    async def hold(request: Request) -> None:
+        state["held"] += 1
+        try:
+            await release.wait()
+        finally:
+            state["held"] -= 1
+
+    async def events(request: Request) -> Response:
         mode = state["mode"]
         if mode == "500":
             return answer(500, {"detail": "Internal Server Error"})
         if mode == "429":
             return answer(429, {"detail": "Rate limit exceeded"}, {"Retry-After": "1"})
-        limited = rate_limited(request)
-        if limited is not None:
-            return limited
         given = request.headers.get("authorization", "")
         if (api_key and given != f"Bearer {api_key}") or mode == "401":
             return answer(401, {"detail": "Invalid or missing API key"})
@@ -109,36 +178,97 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path) -> An
         if event.get("type") in state["reject_types"]:
             return answer(422, {"detail": [{"loc": ["body", "type"], "type": "value_error",
                                             "msg": f"type {event['type']} not accepted"}]})
+        limited = rate_limited(request)
+        if limited is not None:
+            return limited
+        if mode == "hold_unstored":
+            await hold(request)
+            request.scope["extensions"]["healert.transport"].abort()  # no answer at all
+            return Response(status_code=500)  # never reaches the client
         if state["latency"]:
             await asyncio.sleep(state["latency"])
-        accepted.append(event)
-        out.write(json.dumps(event) + "\n")
-        out.flush()
+        keep(event)
+        if mode == "hold_stored":
+            await hold(request)
         if state["latency_after"]:
             await asyncio.sleep(state["latency_after"])
         return answer(200, {"status": "ok", "entity_ref": event["entity_ref"]})
+
+    async def list_events(request: Request) -> JSONResponse:
+        state["read_requests"] += 1
+        try:
+            count = int(request.query_params.get("limit", "100"))
+        except ValueError:
+            count = 0
+        if not 1 <= count <= RECENT_MAX:
+            return JSONResponse({"detail": "limit must be 1..500"}, status_code=422)
+        newest = sorted(rows, key=lambda r: r["timestamp"], reverse=True)[:count]
+        fields = ("id", "entity_ref", "type", "severity", "actor", "service", "namespace",
+                  "workflow", "description", "timestamp", "points")
+        return JSONResponse([{f: row.get(f) for f in fields} for row in newest])
+
+    async def friction(request: Request) -> JSONResponse:
+        state["read_requests"] += 1
+        if not state["reads"]:  # an older backend, without the read endpoints
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        ref = request.path_params["entity_ref"]
+        if not ENTITY_REF.match(ref) or len(ref) > 200:
+            return JSONResponse({"detail": "invalid entity_ref"}, status_code=400)
+        oldest = cutoff(retention_days)
+        mine = [row for row in rows if row["entity_ref"] == ref and row["timestamp"] >= oldest]
+        mine.sort(key=lambda r: r["timestamp"], reverse=True)
+        recent = [{f: row.get(f) for f in ("timestamp", "actor", "type", "description",
+                                            "workflow")} for row in mine[:RECENT_MAX]]
+        return JSONResponse({"entityRef": ref, "frictionScore": score(mine),
+                             "recentEvents": recent, "sources": ["healert-webhook"],
+                             "fetchedAt": datetime.now(UTC).isoformat()})
 
     async def control(request: Request) -> JSONResponse:
         body = await request.json()
         if body.get("mode") == "reset":
             reset()
             accepted.clear()
+            rows.clear()
             out.truncate(0)
+            out_rows.truncate(0)
         elif "mode" in body:
             state["mode"] = body["mode"]
-        for name in ("latency", "latency_after", "reject_types"):
+        for name in ("latency", "latency_after", "reject_types", "reads"):
             if name in body:
                 state[name] = body[name]
         return JSONResponse({"ok": True})
 
+    async def release_held(request: Request) -> JSONResponse:
+        release.set()
+        await asyncio.sleep(0.05)
+        release.clear()
+        return JSONResponse({"ok": True})
+
     async def accepted_view(request: Request) -> JSONResponse:
         return JSONResponse({"events": accepted, "statuses": dict(statuses),
-                             "max_in_window": state["max_in_window"]})
+                             "max_in_window": state["max_in_window"], "held": state["held"],
+                             "read_requests": state["read_requests"]})
 
     return Starlette(routes=[
         Route("/health", health), Route("/events", events, methods=["POST"]),
-        Route("/_control", control, methods=["POST"]), Route("/_accepted", accepted_view),
+        Route("/events", list_events, methods=["GET"]),
+        Route("/friction/{entity_ref:path}", friction, methods=["GET"]),
+        Route("/_control", control, methods=["POST"]),
+        Route("/_release", release_held, methods=["POST"]),
+        Route("/_accepted", accepted_view),
     ])
+
+
+def _transport_protocol() -> Any:
+    """uvicorn's protocol, telling the app its connection (so a test can drop it)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class WithTransport(HttpToolsProtocol):  # type: ignore[misc]
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope["extensions"] = {"healert.transport": self.transport}
+
+    return WithTransport
 
 
 def serve(argv: list[str]) -> None:
@@ -152,6 +282,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("--key", default=None)
     parser.add_argument("--limit", type=int, default=60)
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument("--retention-days", type=float, default=30.0)
     args = parser.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -160,8 +291,9 @@ def serve(argv: list[str]) -> None:
     tmp = args.port_file.with_suffix(".tmp")
     tmp.write_text(str(sock.getsockname()[1]))
     tmp.replace(args.port_file)
-    app = make_app(args.key, args.limit, args.window, args.record)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    app = make_app(args.key, args.limit, args.window, args.record, args.retention_days)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                            http=_transport_protocol())
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -225,6 +357,14 @@ class Backend:
     def control(self, **settings: Any) -> None:
         """POST /_control."""
         httpx.post(self.url + "/_control", json=settings, timeout=5.0).raise_for_status()
+
+    def release(self) -> None:
+        """POST /_release: answer (or drop) the held requests."""
+        httpx.post(self.url + "/_release", timeout=5.0).raise_for_status()
+
+    def friction(self, entity_ref: str) -> httpx.Response:
+        """GET /friction/{entity_ref}, as the agent reads it."""
+        return httpx.get(f"{self.url}/friction/{entity_ref}", timeout=5.0)
 
     def view(self) -> dict[str, Any]:
         """GET /_accepted."""
