@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import http
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,7 @@ import httpx
 import orjson
 
 from healert_webhook import __version__
+from healert_webhook.audit import clean_text
 from healert_webhook.backend_contract import ANSWER_MAX, window_start
 from healert_webhook.config import ConfigError, Settings
 
@@ -31,9 +34,21 @@ AUTH_STATUSES = frozenset({401, 403})
 URL_STATUSES = frozenset({404, 405})
 
 
+HEALTHY = 'HTTP 200 with {"status": "ok", ...}'  # what a healthy backend answers
+HEALTH_BODY_MAX = 64 * 1024  # bytes of a /health answer read; the real one is ~100 bytes
+EXCERPT_MAX = 200  # characters of an unexpected answer shown to the operator
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+
+
 @dataclass(frozen=True)
 class HealthReport:
-    """What `GET /health` said, and what is wrong with it for this agent."""
+    """What `GET /health` said, and what is wrong with it for this agent.
+
+    `reachable` is True when /health answered a JSON object (then `status`, `version`
+    and `auth` are what it said); `http_status` and `body` (a cleaned, bounded excerpt)
+    are set whenever it answered at all, so an answer that is not a healthy backend's
+    can be shown; `error` is the transport failure when it did not answer.
+    """
 
     url: str | None
     reachable: bool
@@ -42,37 +57,124 @@ class HealthReport:
     auth: str | None = None
     key_set: bool = False
     error: str | None = None
+    http_status: int | None = None
+    body: str | None = None
 
     @property
     def auth_enabled(self) -> bool | None:
         """True/False as the backend reported, None when unknown."""
         return None if self.auth is None else self.auth.startswith("enabled")
 
+    @property
+    def health_url(self) -> str:
+        """The URL that was asked."""
+        return join_url(self.url or "", "/health")
+
+    def problem(self) -> str | None:
+        """Why the answer is not a healthy backend's and what that means for delivery;
+        None when the backend answered `{"status": "ok", ...}`."""
+        if self.url is None:
+            return None
+        if self.http_status is None:
+            return (f"GET {self.health_url} failed: {self.error}; friction events stay "
+                    "queued in the outbox until the backend can be reached")
+        if self.http_status != 200:
+            return (f"GET {self.health_url} answered HTTP {self.http_status}"
+                    f"{_phrase(self.http_status)} with {_shown(self.body)}; a Healert "
+                    f"backend answers {HEALTHY}. {_status_meaning(self.http_status)}")
+        if not self.reachable:
+            return (f"GET {self.health_url} answered HTTP 200 with {_shown(self.body)}, "
+                    f"not a JSON object; a Healert backend answers {HEALTHY}. "
+                    "HEALERT_BACKEND_URL may name another service (a proxy's or a UI's "
+                    "page) rather than the backend's API: deliveries there would not reach "
+                    "Healert, and events stay queued in the outbox")
+        if self.status is None:
+            return (f"GET {self.health_url} answered a JSON object without \"status\" "
+                    f"({_shown(self.body)}); a Healert backend answers {HEALTHY}. "
+                    "Deliveries are still attempted; whatever is not taken stays queued")
+        if self.status != "ok":
+            return (f"GET {self.health_url} answered status {self.status!r} (version "
+                    f"{self.version}, auth {self.auth}), not \"ok\": a healthy backend "
+                    f"answers {HEALTHY}. The backend says it is not healthy; deliveries are "
+                    "still attempted, and events it fails to take stay queued in the outbox "
+                    "and are retried with backoff")
+        return None
+
     def warnings(self) -> list[str]:
         """Human-readable problems; empty when delivery should work."""
         if self.url is None:
             return ["no backend URL configured (HEALERT_BACKEND_URL): events stay in the "
                     "outbox and are written to the log"]
-        if not self.reachable:
+        if self.http_status is None:
             return [f"backend {self.url} unreachable ({self.error}): the agent still starts "
                     "and queues friction events"]
         found = []
-        if self.status != "ok":
-            found.append(f"backend {self.url} reports status {self.status!r}")
+        problem = self.problem()
+        if problem is not None:
+            found.append(problem)
         if self.auth_enabled and not self.key_set:
             found.append(f"backend {self.url} requires an API key and none is set: "
                          "set HEALERT_API_KEY or HEALERT_API_KEY_FILE")
         return found
 
 
+def _phrase(code: int) -> str:
+    try:
+        return f" {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        return ""
+
+
+def _shown(body: str | None) -> str:
+    # not repr(): the excerpt is escaped already, and repr would double its backslashes
+    return f"body '{body}'" if body else "an empty body"
+
+
+def _status_meaning(code: int) -> str:
+    """What an unhealthy /health answer means for POST /events (see `classify`)."""
+    if code in URL_STATUSES or 300 <= code < 400:
+        return ("HEALERT_BACKEND_URL is likely not the backend's base URL (the agent adds "
+                "/health and /events to it, and follows no redirects); POST /events "
+                "answered alike pauses deliveries, and events stay queued in the outbox")
+    if code in AUTH_STATUSES:
+        return ("The backend's /health takes no key, so something in front of it (a proxy) "
+                "refuses the agent; POST /events answered alike pauses deliveries, and "
+                "events stay queued in the outbox")
+    return ("Deliveries are still attempted and retried with backoff; events stay queued "
+            "in the outbox until the backend takes them")
+
+
+def excerpt(raw: bytes, secret: str | None = None, limit: int = EXCERPT_MAX) -> str:
+    """The start of an answer's body, safe to print: decoded, whitespace folded, control
+    characters escaped, bearer tokens and `secret` (the agent's key) masked, bounded."""
+    text = raw.decode("utf-8", "replace")
+    if secret:  # masked before anything is cut, so no part of it can show
+        text = text.replace(secret, "***")
+    text = _BEARER.sub(r"\1***", " ".join(text.split()))
+    return clean_text(text, limit)
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """At most `limit` bytes of the body (a huge answer is not read to its end)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
 async def check_health(settings: Settings,
-                               client: httpx.AsyncClient | None = None) -> HealthReport:
+                       client: httpx.AsyncClient | None = None) -> HealthReport:
     """`GET {backend}/health`; never raises (an unreachable backend is a report)."""
     url = settings.backend_url
     try:
-        key_set = await asyncio.to_thread(settings.read_api_key) is not None
+        key = await asyncio.to_thread(settings.read_api_key)
     except ConfigError:
-        key_set = False
+        key = None
+    key_set = key is not None
     if url is None:
         return HealthReport(None, False, key_set=key_set)
     async with contextlib.AsyncExitStack() as stack:
@@ -80,19 +182,26 @@ async def check_health(settings: Settings,
             client = await stack.enter_async_context(make_client(settings.forward_timeout))
         try:
             async with asyncio.timeout(settings.forward_timeout):
-                response = await client.get(join_url(url, "/health"))
-            body = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+                async with client.stream("GET", join_url(url, "/health")) as response:
+                    raw = await _read_bounded(response, HEALTH_BODY_MAX)
+        except (httpx.HTTPError, TimeoutError, OSError) as exc:
             return HealthReport(url, False, key_set=key_set, error=describe_error(exc))
+    code = response.status_code
+    shown = excerpt(raw, key)
+    try:
+        body = orjson.loads(raw) if code == 200 else None
+    except orjson.JSONDecodeError:
+        body = None
     if not isinstance(body, dict):
-        return HealthReport(url, False, key_set=key_set,
-                            error=f"/health answered HTTP {response.status_code}")
+        return HealthReport(url, False, key_set=key_set, http_status=code, body=shown,
+                            error=f"/health answered HTTP {code}")
     return HealthReport(url, True, _opt_str(body.get("status")), _opt_str(body.get("version")),
-                        _opt_str(body.get("auth")), key_set)
+                        _opt_str(body.get("auth")), key_set, http_status=code, body=shown)
 
 
 def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+    """A field of the answer as text safe to print (a backend's string is not trusted)."""
+    return None if value is None else clean_text(str(value), EXCERPT_MAX)
 
 
 def join_url(base: str, path: str) -> str:

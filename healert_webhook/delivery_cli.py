@@ -89,13 +89,18 @@ async def _check_backend(settings: Settings, send_test: bool, report: _Report) -
 
 
 def _report_health(health: HealthReport, report: _Report) -> int:
-    if not health.reachable:
-        report.step("health", False, f"{health.url} unreachable: {health.error}")
+    """One step: the backend is healthy, or what it answered instead and what that means."""
+    if health.http_status is None:
+        report.step("health", False, f"{health.url} unreachable: {health.error}; friction "
+                    "events stay queued in the outbox until it can be reached")
         return EXIT_UNREACHABLE
-    ok = health.status == "ok"
-    report.step("health", ok, f"{health.url}: status {health.status}, version "
-                f"{health.version}, auth {health.auth}")
-    return EXIT_OK if ok else EXIT_UNREACHABLE
+    problem = health.problem()
+    if problem is not None:
+        report.step("health", False, problem)
+        return EXIT_UNREACHABLE
+    report.step("health", True, f"{health.url}: status ok, version {health.version}, "
+                f"auth {health.auth}")
+    return EXIT_OK
 
 
 def _report_key(settings: Settings, key: str | None, health: HealthReport,

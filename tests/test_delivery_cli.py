@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,96 @@ def test_a_corrupt_outbox_is_explained_and_moved_aside(
     assert outbox_command(settings, "purge", Args(corrupt=True, yes=True)) == exits.OK
     assert not settings.outbox_path.exists()
     assert list(settings.state_dir.glob("outbox.db.corrupt-*"))
+
+
+# -- what /health answered instead of {"status": "ok"} ---------------------------------------
+
+class Health:
+    """A real HTTP server on loopback whose `GET /health` answer the test sets."""
+
+    def __init__(self) -> None:
+        self.code = 200
+        self.body = b'{"status": "ok"}'
+        self.content_type = "application/json"
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(owner.code)
+                self.send_header("Content-Type", owner.content_type)
+                self.send_header("Content-Length", str(len(owner.body)))
+                self.end_headers()
+                self.wfile.write(owner.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(self, code: int, body: bytes, content_type: str = "application/json") -> None:
+        self.code, self.body, self.content_type = code, body, content_type
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def health() -> Iterator[Health]:
+    server = Health()
+    yield server
+    server.close()
+
+
+def health_step(tmp_path: Path, health: Health,
+                capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = check_backend(settings_for(tmp_path, health.url), send_test=False, as_json=True)
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert steps[0]["step"] == "health"
+    return code, steps[0]["message"]
+
+
+def test_a_degraded_backend_is_told_against_what_it_should_answer(
+        tmp_path: Path, health: Health, capsys: pytest.CaptureFixture[str]) -> None:
+    health.answer(200, b'{"status": "degraded", "version": "2.1", "auth": "enabled"}')
+    code, message = health_step(tmp_path, health, capsys)
+    assert code == exits.UNREACHABLE
+    assert "'degraded'" in message and "version 2.1" in message
+    assert '{"status": "ok", ...}' in message  # what it should have said
+    assert "stay queued in the outbox" in message  # what it means for delivery
+
+
+@pytest.mark.parametrize(("code", "body", "content_type", "shown", "meaning"), [
+    (503, b"upstream connect error\n\tor disconnect", "text/plain",
+     "HTTP 503 Service Unavailable with body 'upstream connect error or disconnect'",
+     "retried with backoff"),
+    (404, b'{"detail": "Not Found"}', "application/json",
+     "HTTP 404 Not Found", "not the backend's base URL"),
+    (200, b"<html><body>Sign in</body></html>\x1b[31m", "text/html",
+     "HTTP 200 with body '<html><body>Sign in</body></html>\\x1b[31m', not a JSON object",
+     "another service"),
+    (200, b"[1, 2]", "application/json", "HTTP 200 with body '[1, 2]'", "another service"),
+    (502, b"", "text/plain", "HTTP 502 Bad Gateway with an empty body", "backoff"),
+])
+def test_an_answer_that_is_not_health_names_code_and_body(
+        tmp_path: Path, health: Health, capsys: pytest.CaptureFixture[str], code: int,
+        body: bytes, content_type: str, shown: str, meaning: str) -> None:
+    health.answer(code, body, content_type)
+    exit_code, message = health_step(tmp_path, health, capsys)
+    assert exit_code == exits.UNREACHABLE
+    assert shown in message and meaning in message
+    assert f"{health.url}/health" in message and '{"status": "ok", ...}' in message
+
+
+def test_a_long_answer_is_cut_and_never_shows_the_key(
+        tmp_path: Path, health: Health, capsys: pytest.CaptureFixture[str]) -> None:
+    # A proxy echoing the request back would print the agent's own key.
+    echoed = f"GET /health\nAuthorization: Bearer {KEY}\nX-Token: {KEY}\n".encode()
+    health.answer(500, echoed + b"x" * 100_000, "text/plain")
+    code, message = health_step(tmp_path, health, capsys)
+    assert code == exits.UNREACHABLE
+    assert KEY not in message and "Bearer ***" in message
+    assert "xxx..." in message and len(message) < 1000
