@@ -52,6 +52,7 @@ LAST_SEND = "last_send_us"  # outbox meta: when the last POST started, microseco
 RECONCILE_READS = 3  # reads of one uncertain row before it is resent unverified
 READ_INTERVAL = 0.2  # seconds between reads: they are not rate limited, but not free
 RECENT_WINDOW_DAYS = 30.0  # what GET /friction shows: the backend's last 30 days
+GAUGE_EVERY = 1.0  # seconds between refreshes of the outbox gauges
 
 
 
@@ -176,15 +177,31 @@ class Forwarder:
                 loop.call_soon_threadsafe(wake.set)
 
         self.outbox.add_listener(notify)
+        gauges_stop = asyncio.Event()
+        gauges = asyncio.create_task(self._keep_gauges(gauges_stop), name="outbox-gauges")
         try:
             if self.settings.backend_url is None:
                 await self._run_embedded(stop)
             else:
                 await self._run_backend(stop)
         finally:
+            gauges_stop.set()
+            await asyncio.wait({gauges}, timeout=GAUGE_EVERY * 5)
             self.outbox.remove_listener(notify)
             metrics.FORWARD_PAUSED.set(0)
             self._state = "stopped"
+
+    async def _keep_gauges(self, stop: asyncio.Event) -> None:
+        """Refresh the outbox gauges at once and every second until `stop`.
+
+        On their own clock, not the delivery loop's: that loop may wait for a long time
+        (a health check the backend does not answer, the lock another process holds, a
+        backoff, a pause until the next probe), and the queue's depth and age are what
+        monitoring needs most exactly then. Events stored by other processes show too.
+        """
+        while not stop.is_set():
+            await asyncio.to_thread(self.outbox.refresh_metrics, force=True)
+            await self._sleep(stop, GAUGE_EVERY)
 
     # -- embedded mode -----------------------------------------------------------------
 
@@ -203,7 +220,6 @@ class Forwarder:
                 logged = rows[-1].seq
                 await self._outbox_call(self.outbox.set_meta, "logged_seq", logged)
                 continue
-            await asyncio.to_thread(self.outbox.refresh_metrics)
             await self._wait_for_work(stop)
 
     # -- delivery ----------------------------------------------------------------------
@@ -265,7 +281,6 @@ class Forwarder:
 
     async def _step(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         rows = await self._outbox_call(self.outbox.head, 1)
-        await asyncio.to_thread(self.outbox.refresh_metrics)
         if not rows:
             if self._state != "paused":  # paused stays paused until a probe or a new key
                 self._state, self._reason = "idle", None

@@ -395,7 +395,7 @@ class Outbox:
             metrics.DEAD_LETTERED.labels("expired").inc(aside)
         if keys:
             self._room_made()  # it fitted: whatever was refused before may fit now too
-            self._notify()  # the forwarder wakes and refreshes the gauges (off this path)
+            self._notify()  # the forwarder wakes; its gauge task refreshes once a second
         return StoreResult(len(keys), len(frictions) - len(keys) - aside, frozenset(keys),
                            aside)
 
