@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import ssl
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +44,24 @@ def handshake_failure_reason(exc: ssl.SSLError) -> str:
     return "tls_handshake"
 
 
+PEM_MAX = 1024 * 1024  # a certificate bundle is kilobytes; a bigger file is something else
+_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
 def build_server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """The webhook's server context: TLS >= 1.2, and client certificates when `client_ca`."""
+    """The webhook's server context: TLS >= 1.2, and client certificates when `client_ca`.
+
+    Raises TLSConfigError naming the setting and the path of the file that cannot be used.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.set_alpn_protocols(["http/1.1"])
     _load_chain(ctx, cert, key)
     if client_ca is not None:
+        _certificates("HEALERT_TLS_CLIENT_CA", client_ca, "the CA certificates that signed "
+                      "the apiserver's client certificate")
         try:
             ctx.load_verify_locations(cafile=str(client_ca))
         except (OSError, ssl.SSLError) as exc:
@@ -66,12 +78,94 @@ def _why(exc: BaseException) -> str:
     return str(exc)
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+def _read(setting: str, path: Path) -> bytes:
+    """The file's bytes, or TLSConfigError saying why it is not a readable PEM file.
+
+    It is checked to be a regular file first: opening a FIFO or a device would block or
+    read without end.
+    """
     try:
-        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise TLSConfigError(f"{setting} {path}: is a directory, not a PEM file")
+        if not stat.S_ISREG(mode):
+            raise TLSConfigError(f"{setting} {path}: is not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(PEM_MAX + 1)
+    except FileNotFoundError as exc:
+        raise TLSConfigError(f"{setting} {path}: no such file") from exc
+    except OSError as exc:
+        raise TLSConfigError(f"{setting} {path}: cannot be read: {_why(exc)}") from exc
+    if len(data) > PEM_MAX:
+        raise TLSConfigError(f"{setting} {path}: larger than {PEM_MAX // 1024} KiB, not a "
+                             "PEM file")
+    if not data.strip():
+        raise TLSConfigError(f"{setting} {path}: is empty")
+    return data
+
+
+def _not_pem(data: bytes, wanted: str) -> str:
+    """Why `data` holds none of the PEM blocks wanted (its content is never shown)."""
+    labels = {label.decode() for label in _LABEL.findall(data)}
+    if any("PRIVATE KEY" in label for label in labels):
+        return f"holds a private key, not {wanted}"
+    if "CERTIFICATE" in labels:
+        return f"holds a certificate, not {wanted}"
+    if labels:
+        return f"holds {', '.join(sorted(labels))} PEM data, not {wanted}"
+    if data[:1] == b"\x30":  # an ASN.1 SEQUENCE: DER, the binary form of PEM's content
+        return f"is binary (DER); expected {wanted} in PEM form (-----BEGIN ...)"
+    return f"is not PEM (no -----BEGIN line); expected {wanted} in PEM form"
+
+
+def _certificates(setting: str, path: Path, wanted: str) -> None:
+    """Check that `path` holds parseable PEM certificates."""
+    data = _read(setting, path)
+    blocks = _CERT.findall(data)
+    if not blocks:
+        raise TLSConfigError(f"{setting} {path}: {_not_pem(data, wanted)}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=b"\n".join(blocks).decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+        raise TLSConfigError(f"{setting} {path}: a certificate in it cannot be parsed "
+                             f"({_why(exc)})") from exc
+
+
+def _private_key(path: Path, cert: Path) -> None:
+    """Check that `path` holds an unencrypted PEM private key (never showing any of it)."""
+    data = _read("HEALERT_TLS_KEY", path)
+    labels = [label.decode() for label in _LABEL.findall(data)]
+    keys = [label for label in labels if "PRIVATE KEY" in label]
+    if not keys:
+        wanted = f"the private key of the certificate in HEALERT_TLS_CERT {cert}"
+        raise TLSConfigError(f"HEALERT_TLS_KEY {path}: {_not_pem(data, wanted)}")
+    if "ENCRYPTED PRIVATE KEY" in keys or b"Proc-Type: 4,ENCRYPTED" in data:
+        raise TLSConfigError(f"HEALERT_TLS_KEY {path}: the private key is encrypted with a "
+                             "passphrase, which the agent has no way to take; store it "
+                             "unencrypted (openssl pkey -in KEY -out KEY.plain)")
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal and hang a start.
+    return b""
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+    """Load the server certificate chain and key, naming the file that is wrong."""
+    _certificates("HEALERT_TLS_CERT", cert, "the server certificate chain")
+    _private_key(key, cert)
+    try:
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key), password=_no_passphrase)
     except (OSError, ssl.SSLError) as exc:
+        why = _why(exc)
+        if "KEY_VALUES_MISMATCH" in why.upper():
+            raise TLSConfigError(
+                f"HEALERT_TLS_KEY {key} is not the key of the certificate in HEALERT_TLS_CERT "
+                f"{cert} (the first certificate there must be the server's own, followed by "
+                "its intermediates)") from exc
         raise TLSConfigError(
-            f"HEALERT_TLS_CERT {cert} / HEALERT_TLS_KEY {key}: {_why(exc)}") from exc
+            f"HEALERT_TLS_CERT {cert} / HEALERT_TLS_KEY {key}: {why}") from exc
 
 
 def peer_names(peercert: dict[str, Any] | None) -> tuple[str, ...]:

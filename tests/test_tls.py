@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from healert_webhook import tls
 from healert_webhook.outbox import Outbox
 
+from support.agent import Agent, serve_args
 from support.events import event_list, exec_event
 from support.pki import (
     PKI,
@@ -105,7 +107,82 @@ def test_half_written_certificate_pair_is_not_loaded(tmp_path: Path, pki: PKI) -
 
 
 def test_bad_tls_files_give_a_clear_error(tmp_path: Path, pki: PKI) -> None:
-    with pytest.raises(tls.TLSConfigError, match="HEALERT_TLS_CERT"):
+    with pytest.raises(tls.TLSConfigError, match=r"^HEALERT_TLS_KEY .*ca\.crt: holds a cert"):
         tls.build_server_context(pki.server_cert, pki.ca_file, None)
     with pytest.raises(tls.TLSConfigError, match="HEALERT_TLS_CLIENT_CA"):
         tls.build_server_context(pki.server_cert, pki.server_key, tmp_path / "missing")
+
+
+# -- unusable certificate files: `serve` names the setting and the path, exits 2 -----------
+
+def unusable_files(tmp_path: Path, pki: PKI) -> dict[str, Path]:
+    """Files of every wrong kind a mounted Secret or a typo can give."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "garbage.pem").write_bytes(b"this is not a certificate\n\x00\xff")
+    (bad / "empty.pem").write_bytes(b"")
+    (bad / "a-directory").mkdir()
+    chain = pki.server_cert.read_text()
+    (bad / "server.der").write_bytes(ssl.PEM_cert_to_DER_cert(chain))
+    key = serialization.load_pem_private_key(pki.server_key.read_bytes(), password=None)
+    (bad / "encrypted.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
+    other = trustme.CA().issue_cert("127.0.0.1")
+    (bad / "other.key").write_bytes(other.private_key_pem.bytes())
+    return {"garbage": bad / "garbage.pem", "empty": bad / "empty.pem",
+            "missing": bad / "missing.pem", "directory": bad / "a-directory",
+            "der": bad / "server.der", "encrypted": bad / "encrypted.key",
+            "other_key": bad / "other.key", "key": pki.server_key, "cert": pki.server_cert}
+
+
+# (setting, file put there, what the message must say besides the setting and the path)
+UNUSABLE = [
+    ("HEALERT_TLS_CERT", "garbage", "not PEM"),
+    ("HEALERT_TLS_CERT", "empty", "is empty"),
+    ("HEALERT_TLS_CERT", "missing", "no such file"),
+    ("HEALERT_TLS_CERT", "directory", "is a directory"),
+    ("HEALERT_TLS_CERT", "key", "holds a private key, not the server certificate"),
+    ("HEALERT_TLS_CERT", "der", "binary (DER)"),
+    ("HEALERT_TLS_KEY", "garbage", "not PEM"),
+    ("HEALERT_TLS_KEY", "missing", "no such file"),
+    ("HEALERT_TLS_KEY", "directory", "is a directory"),
+    ("HEALERT_TLS_KEY", "cert", "holds a certificate, not the private key"),
+    ("HEALERT_TLS_KEY", "encrypted", "encrypted with a passphrase"),
+    ("HEALERT_TLS_KEY", "other_key", "is not the key of the certificate in HEALERT_TLS_CERT"),
+    ("HEALERT_TLS_CLIENT_CA", "garbage", "not PEM"),
+    ("HEALERT_TLS_CLIENT_CA", "missing", "no such file"),
+    ("HEALERT_TLS_CLIENT_CA", "directory", "is a directory"),
+    ("HEALERT_TLS_CLIENT_CA", "key", "holds a private key, not the CA certificates"),
+]
+
+
+def test_serve_names_the_setting_and_the_file_it_cannot_use(tmp_path: Path, pki: PKI) -> None:
+    files = unusable_files(tmp_path, pki)
+    good = {"HEALERT_TLS_CERT": pki.server_cert, "HEALERT_TLS_KEY": pki.server_key,
+            "HEALERT_TLS_CLIENT_CA": pki.ca_file}
+    runs = []
+    for n, (setting, kind, said) in enumerate(UNUSABLE):
+        env = {name: str(path) for name, path in {**good, setting: files[kind]}.items()}
+        agent = Agent(serve_args(f"state-{n}"), tmp_path, env, log_name=f"{setting}-{kind}.log")
+        runs.append((setting, kind, said, agent))  # all at once: each start takes a second
+    wrong = []
+    for setting, kind, said, agent in runs:
+        code = agent.proc.wait(60)
+        out = agent.output()
+        named = f"{setting} {files[kind]}"
+        if code != 2 or named not in out or said not in out or "Traceback" in out:
+            wrong.append(f"{setting}={kind}: exit {code}, expected 2 naming {named!r} and "
+                         f"saying {said!r}:\n{out}")
+    assert wrong == [], "\n".join(wrong)
+    key_text = pki.server_key.read_text().splitlines()[1]
+    assert all(key_text not in agent.output() for *_, agent in runs)  # never the key itself
+
+
+def test_a_renewed_certificate_that_is_garbage_is_named_and_not_loaded(
+        tmp_path: Path, pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+    ctx = tls.build_server_context(pki.server_cert, pki.server_key, None)
+    reloader = tls.CertReloader(ctx, pki.server_cert, pki.server_key)
+    pki.server_cert.write_text("garbage\n")
+    assert reloader.pending() is False
+    assert f"HEALERT_TLS_CERT {pki.server_cert}: is not PEM" in caplog.text
