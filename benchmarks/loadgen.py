@@ -30,8 +30,10 @@ from urllib.parse import urlsplit
 TIMEOUT = 60.0  # generous: a 60 MiB body on a busy 2-core machine
 
 
-def connect(url: str, cafile: str | None) -> http.client.HTTPConnection:
-    """One keep-alive connection to the webhook (TLS when the URL is https)."""
+def connect(url: str, cafile: str | None,
+            client: tuple[str, str] | None = None) -> http.client.HTTPConnection:
+    """One keep-alive connection to the webhook (TLS when the URL is https, presenting
+    `client`'s certificate and key when given)."""
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     if not ipaddress.ip_address(host).is_loopback:
@@ -39,6 +41,8 @@ def connect(url: str, cafile: str | None) -> http.client.HTTPConnection:
     if parts.scheme == "https":
         ctx = ssl.create_default_context(cafile=cafile)
         ctx.check_hostname = False  # the benchmark certificate names 127.0.0.1 only
+        if client is not None:
+            ctx.load_cert_chain(*client)
         return http.client.HTTPSConnection(host, parts.port, timeout=TIMEOUT, context=ctx)
     return http.client.HTTPConnection(host, parts.port, timeout=TIMEOUT)
 
@@ -51,13 +55,14 @@ def target(url: str) -> str:
 class Client:
     """A connection that reconnects once after a dropped keep-alive connection."""
 
-    def __init__(self, url: str, cafile: str | None, token: str | None) -> None:
-        self.url, self.cafile = url, cafile
+    def __init__(self, url: str, cafile: str | None, token: str | None,
+                 client: tuple[str, str] | None = None) -> None:
+        self.url, self.cafile, self.client = url, cafile, client
         self.path = target(url)
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
-        self.conn = connect(url, cafile)
+        self.conn = connect(url, cafile, client)
 
     def post(self, body: bytes) -> int:
         """POST one body; return the status code (0 for a transport error)."""
@@ -69,7 +74,7 @@ class Client:
                 return resp.status
             except (OSError, http.client.HTTPException):
                 self.conn.close()
-                self.conn = connect(self.url, self.cafile)
+                self.conn = connect(self.url, self.cafile, self.client)
                 if attempt == 2:
                     return 0
         return 0
@@ -83,7 +88,7 @@ def run_throughput(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, A
     next_job = [0]
 
     def worker() -> None:
-        client = Client(args.url, args.cafile, args.token)
+        client = Client(args.url, args.cafile, args.token, _client(args))
         local: Counter[int] = Counter()
         while True:
             with lock:
@@ -109,7 +114,7 @@ def run_throughput(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, A
 
 def run_rate(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, Any]:
     """Post `count` bodies at a fixed rate on one connection; record each ack latency."""
-    client = Client(args.url, args.cafile, args.token)
+    client = Client(args.url, args.cafile, args.token, _client(args))
     interval = 1.0 / args.per_second
     latencies: list[float] = []
     status: Counter[int] = Counter()
@@ -128,6 +133,11 @@ def run_rate(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, Any]:
             "wall_s": wall, "latencies_ms": latencies}
 
 
+def _client(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The client certificate and key to present, if given."""
+    return (args.client_cert, args.client_key) if args.client_cert else None
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -135,6 +145,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bodies", required=True, type=Path, help="file of bodies, one per line")
     p.add_argument("--cafile", help="CA certificate for https")
     p.add_argument("--token", help="bearer token to send")
+    p.add_argument("--client-cert", help="client certificate to present (PEM)")
+    p.add_argument("--client-key", help="its private key (PEM)")
     sub = p.add_subparsers(dest="mode", required=True)
     t = sub.add_parser("throughput")
     t.add_argument("--connections", type=int, default=4)

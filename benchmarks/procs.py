@@ -171,12 +171,16 @@ def start_agent(command: str, workdir: Path, args: list[str]) -> Agent:
     return Agent(proc, ops_port, log_path)
 
 
-def start_server(workdir: Path, tls: tuple[Path, Path] | None = None) -> Agent:
-    """The webhook server (`serve`) on a free loopback port, ready to take batches."""
+def start_server(workdir: Path, pki: PKI | None = None) -> Agent:
+    """The webhook server (`serve`) on a free loopback port, ready to take batches: plain
+    HTTP, or with `pki` over TLS requiring the apiserver's client certificate."""
     port = free_port()
-    args = ["--listen", f"127.0.0.1:{port}", "--insecure-http"]
-    if tls is not None:
-        args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    if pki is None:
+        args = ["--listen", f"127.0.0.1:{port}", "--insecure-http"]
+    else:
+        args = ["--listen", f"127.0.0.1:{port}", "--tls-cert", str(pki.server_cert),
+                "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
+                "--tls-client-names", CLIENT_NAME]
     agent = start_agent("serve", workdir, args)
     agent.port = port
     try:
@@ -187,16 +191,31 @@ def start_server(workdir: Path, tls: tuple[Path, Path] | None = None) -> Agent:
     return agent
 
 
-def self_signed(workdir: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 made with the openssl CLI."""
+CLIENT_NAME = "kube-apiserver-audit"
+
+
+@dataclass(frozen=True)
+class PKI:
+    """The files `certs/gen-certs.sh` writes: what both ends of the mTLS link use."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def mtls_pki(workdir: Path) -> PKI:
+    """A CA, the server's certificate for 127.0.0.1 and the apiserver's client
+    certificate, made by the project's own `certs/gen-certs.sh` (openssl)."""
     if shutil.which("openssl") is None:
         raise Unavailable("the openssl command is not installed")
-    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    out = workdir / "pki"
     run = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        capture_output=True, check=False, timeout=60)
+        ["bash", str(REPO / "certs" / "gen-certs.sh"), "--out", str(out), "--san", "IP:127.0.0.1",
+         "--client-cn", CLIENT_NAME, "--days", "2"],
+        capture_output=True, check=False, timeout=120)
     if run.returncode != 0:
-        raise Unavailable(f"openssl failed: {run.stderr.decode(errors='replace')[-300:]}")
-    return cert, key
+        raise Unavailable(f"gen-certs.sh failed: {run.stderr.decode(errors='replace')[-300:]}")
+    return PKI(out / "ca.crt", out / "server.crt", out / "server.key",
+               out / "apiserver-client.crt", out / "apiserver-client.key")

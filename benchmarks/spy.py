@@ -2,7 +2,7 @@
 
     .venv/bin/pip install py-spy                               # a benchmark-only tool
     .venv/bin/python benchmarks/spy.py webhook             # (c): serve under loadgen
-    .venv/bin/python benchmarks/spy.py webhook --tls       # (c) over TLS
+    .venv/bin/python benchmarks/spy.py webhook --tls       # (c) over mTLS
     .venv/bin/python benchmarks/spy.py latency             # (d): 400/batch at 10/s
     .venv/bin/python benchmarks/spy.py tail                # (e): tail catch-up
 
@@ -121,10 +121,10 @@ def summarise(raw: Path, top: int) -> None:
             print(f"  {100.0 * count / total:5.1f}%  {name}")
 
 
-def load_webhook(agent: procs.Agent, bodies: Path, tls_cert: Path | None, mode: str,
+def load_webhook(agent: procs.Agent, bodies: Path, pki: procs.PKI | None, mode: str,
                  cfg: run.Config) -> None:
     """The benchmark's (c) or (d) load against a started server."""
-    url = run.server_url(agent, tls_cert is not None)
+    url = run.server_url(agent, pki is not None)
     if mode == "latency":
         result = run.loadgen(url, bodies, ["rate", "--per-second", "10", "--count",
                                            str(cfg.latency_batches)])
@@ -133,7 +133,7 @@ def load_webhook(agent: procs.Agent, bodies: Path, tls_cert: Path | None, mode: 
               f"{lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]:.1f}  max {lat[-1]:.1f}")
     else:
         run.loadgen(url, bodies, ["throughput", "--connections", str(cfg.connections),
-                                  "--passes", str(cfg.passes)], tls_cert)
+                                  "--passes", str(cfg.passes)], pki)
 
 
 def profile_webhook(args: argparse.Namespace, cfg: run.Config, tmp: Path, raw: Path) -> None:
@@ -141,19 +141,15 @@ def profile_webhook(args: argparse.Namespace, cfg: run.Config, tmp: Path, raw: P
     work = workload.generate(cfg.events, match_ratio=cfg.match_ratio, seed=cfg.seed)
     bodies = tmp / "bodies.json"
     bodies.write_bytes(b"\n".join(work.batches(cfg.batch)) + b"\n")
-    cert = None
-    if args.tls:
-        cert, key = procs.self_signed(tmp)
-        agent = procs.start_server(tmp / "srv", tls=(cert, key))
-    else:
-        agent = procs.start_server(tmp / "srv")
+    pki = procs.mtls_pki(tmp) if args.tls else None
+    agent = procs.start_server(tmp / "srv", pki)
     try:
-        run.loadgen(run.server_url(agent, cert is not None), bodies,
-                    ["throughput", "--connections", "1", "--passes", "1"], cert)
+        run.loadgen(run.server_url(agent, pki is not None), bodies,
+                    ["throughput", "--connections", "1", "--passes", "1"], pki)
         spy = record(agent.pid, raw, args.rate, args.native)
         before = procs.cpu_seconds(agent.pid)
         start = time.perf_counter()
-        load_webhook(agent, bodies, cert, args.what, cfg)
+        load_webhook(agent, bodies, pki, args.what, cfg)
         spent = procs.cpu_seconds(agent.pid) - before
         finish(spy)
         print(f"server CPU {spent:.2f} s over {time.perf_counter() - start:.1f} s wall")
@@ -182,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     """Profile one of the benchmark's loads and print where the CPU went."""
     parser = argparse.ArgumentParser(description="py-spy profile of a benchmark load.")
     parser.add_argument("what", choices=["webhook", "latency", "tail"])
-    parser.add_argument("--tls", action="store_true", help="webhook over TLS")
+    parser.add_argument("--tls", action="store_true",
+                        help="webhook over TLS with a client certificate")
     parser.add_argument("--quick", action="store_true", help="the quick mode's sizes")
     parser.add_argument("--native", action="store_true",
                         help="include C frames (orjson, sqlite, ssl, the kernel side)")

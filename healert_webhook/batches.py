@@ -6,10 +6,13 @@ The apiserver serializes an EventList with Go's encoder, always the same way:
 
 with no whitespace, and every item an audit Event whose first field is `level`. Between two
 items there is therefore exactly `},{"level":"`. Those bytes can also occur inside an
-object an event carries (`requestObject` holds whatever a client sent), so a split is only
-a proposal: the pipeline parses every piece it evaluates, and a piece that is not one
-complete JSON object sends the whole body down the careful path (one parse of the whole
-document). The same holds for a JSON array of events and for a single event.
+object an event carries (a patch, a custom resource: whatever a client sent), and there a
+cut yields pieces that each look like an event while the one holding them is lost. So a
+split is only a proposal: nothing of a piece counts before it was read as exactly one JSON
+object (prefilter.py, or a parse). A cut inside an object leaves the piece before it
+unclosed, which no reader takes, and the body goes the careful path: one parse of the
+whole document. The same holds for a JSON array of events; a single event is its own
+piece.
 
 Split, a body costs about its own size in memory, however large: items are parsed one
 at a time. A body that cannot be split is parsed whole, which costs what `estimate`
@@ -22,14 +25,28 @@ EVENTLIST_HEAD = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata"
 ITEM = b'{"level":"'
 SEPARATOR = b'},{"level":"'
 _WHITESPACE = b" \t\r\n"
+SMALL_EVENT = 1024 * 1024  # events up to this size are charged the worst case, uncounted
+WORST_PER_BYTE = 36  # the most memory per byte of JSON any shape took (`{}` items: 30)
 PER_BYTE = 3  # memory of parsed JSON: per byte of the text...
 PER_VALUE = 100  # ...and per object, array or value, which small values make count
 
 
-def split(body: bytes) -> list[memoryview] | None:
+Span = tuple[int, int]  # where one event's JSON starts and ends in the body
+
+
+class TooManyItems(Exception):
+    """A body holds more events than a batch may (nothing of it was split)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
+
+
+def split(body: bytes, most: int) -> list[Span] | None:
     """The items of an EventList, an array of events or one event; None if not that shape.
 
-    No item is parsed or copied: the pieces are views into `body`.
+    No item is parsed or copied: each is a (start, end) span of `body`. Raises
+    TooManyItems, before building anything, when there would be more than `most`.
     """
     end = len(body)
     while end and body[end - 1] in _WHITESPACE:  # Go's encoder ends with a newline
@@ -39,7 +56,7 @@ def split(body: bytes) -> list[memoryview] | None:
     elif body.startswith(b"[" + ITEM):
         start, close = 1, b"]"
     elif body.startswith(ITEM):
-        return [memoryview(body)[:end]]
+        return [(0, end)]
     else:
         return None
     if body[end - len(close):end] != close:
@@ -49,16 +66,17 @@ def split(body: bytes) -> list[memoryview] | None:
         return []
     if not body.startswith(ITEM, start):
         return None
-    view = memoryview(body)
-    pieces: list[memoryview] = []
+    spans: list[Span] = []
     find = body.find
     at = start
     while True:
+        if len(spans) == most:  # one item more: counting the rest is for the message only
+            raise TooManyItems(most + 1 + body.count(SEPARATOR, at + len(ITEM), stop))
         cut = find(SEPARATOR, at + len(ITEM), stop)
         if cut < 0:
-            pieces.append(view[at:stop])
-            return pieces
-        pieces.append(view[at:cut + 1])
+            spans.append((at, stop))
+            return spans
+        spans.append((at, cut + 1))
         at = cut + 2
 
 
@@ -74,10 +92,14 @@ def estimate(body: bytes) -> int:
         body.count(b"{") + body.count(b"[") + body.count(b","))
 
 
-def cost(body: bytes, pieces: list[memoryview] | None) -> int:
+def cost(body: bytes, spans: list[Span] | None) -> int:
     """Memory evaluating `body` takes: split, its size plus its largest event parsed
-    (events are parsed one at a time); whole, what it expands to."""
-    if pieces is None:
+    (events are parsed one at a time, if at all); whole, what it expands to."""
+    if spans is None:
         return estimate(body)
-    largest = max(pieces, key=len, default=None)
-    return len(body) + (estimate(bytes(largest)) if largest is not None else 0)
+    if not spans:
+        return len(body)
+    start, end = max(spans, key=lambda span: span[1] - span[0])
+    if end - start <= SMALL_EVENT:  # the worst shape measured, without counting anything
+        return len(body) + WORST_PER_BYTE * (end - start)
+    return len(body) + estimate(body[start:end])

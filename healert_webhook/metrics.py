@@ -22,6 +22,10 @@ INVALID_EVENTS = Counter(
 SKIPPED_EVENTS = Counter(
     "healert_skipped_events_total",
     "Well-formed audit events that produced no friction event, by reason", ["source", "reason"])
+RULED_OUT_EVENTS = Counter(
+    "healert_events_ruled_out_total",
+    "Audit events ruled out from the few fields the rules decide on, never parsed whole "
+    "(also counted in healert_skipped_events_total)", ["source"])
 FRICTION_EVENTS = Counter(
     "healert_friction_events_total", "Friction events detected", ["rule", "severity"])
 EVENT_FIXUPS = Counter(

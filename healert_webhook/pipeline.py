@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from typing import Any
 import orjson
 
 from healert_webhook import audit, metrics
+from healert_webhook.batches import Span
 from healert_webhook.config import Settings
 from healert_webhook.detect import Detector, Friction, Stats
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
+from healert_webhook.prefilter import Prefilter
 from healert_webhook.rules import RulesError, RuleSet, load_rules
 
 log = logging.getLogger(__name__)
@@ -100,43 +103,80 @@ class Evaluation:
 
 
 def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
-               broken: list[int] | None = None) -> Iterator[dict[str, Any]]:
-    """Parse the raw items (bytes, or views into a body) one at a time; parsed ones pass.
+               prefilter: Prefilter | None = None,
+               ruled_out: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Parse the raw items (bytes) one at a time, those the pre-filter cannot rule out;
+    parsed items pass.
 
     Each event is parsed as it is needed and dropped once evaluated, so a batch never has
-    to be in memory parsed as a whole. An item that is not JSON, or JSON but not an
-    object, is skipped and listed in `bad` with its reason; an empty or blank one (a log
-    line) as "blank", which no metric counts: it is no event. With `broken`, a raw item
-    that is not exactly one JSON object ends the iteration instead, its index in `broken`
-    (the pieces of a split body: a bad piece means a bad split, not a bad event).
+    to be in memory parsed as a whole. An item ruled out from its bytes is counted in
+    `ruled_out` under its skip reason and never parsed. An item that is not JSON, or JSON
+    but not an object, is skipped and listed in `bad` with its reason; an empty or blank
+    one (a log line) as "blank", which no metric counts: it is no event.
     """
     loads = orjson.loads
+    skip = prefilter.skip if prefilter is not None else None
     for index, raw in enumerate(items):
-        cls = raw.__class__
-        if cls is bytes or cls is memoryview:
+        if raw.__class__ is bytes:
+            if skip is not None and ruled_out is not None:
+                reason = skip(raw)
+                if reason is not None:
+                    ruled_out[reason] += 1
+                    continue
             try:
                 item = loads(raw)
             except orjson.JSONDecodeError:
-                if broken is not None:
-                    broken.append(index)
-                    return
-                bad.append((index, "bad_json" if bytes(raw).strip() else "blank"))
+                bad.append((index, "bad_json" if raw.strip() else "blank"))
                 continue
         else:
             item = raw
         if item.__class__ is dict:
             yield item
-        elif broken is not None and cls is not dict:
-            broken.append(index)
-            return
         else:
             bad.append((index, "not_an_object"))
+
+
+def parse_spans(body: bytes, spans: Sequence[Span], prefilter: Prefilter,
+                ruled_out: Counter[str], broken: list[int]) -> Iterator[dict[str, Any]]:
+    """The events of a split body, parsed one at a time unless ruled out from their bytes.
+
+    A span that is not one JSON object ends the iteration, its index in `broken`: the
+    split was fooled by bytes inside an object a client sent, or the body is not JSON;
+    either way it must be parsed whole (batches.py).
+    """
+    loads = orjson.loads
+    skip = prefilter.skip
+    view = memoryview(body)
+    for index, (start, end) in enumerate(spans):
+        item = view[start:end]
+        reason = skip(item)
+        if reason is not None:
+            ruled_out[reason] += 1
+            continue
+        try:
+            event = loads(item)
+        except orjson.JSONDecodeError:
+            broken.append(index)
+            return
+        if event.__class__ is not dict:
+            broken.append(index)
+            return
+        yield event
 
 
 def parse_items(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
     """All events of `items` parsed at once, and the bad ones (see `parse_each`)."""
     bad: list[tuple[int, str]] = []
     return list(parse_each(items, bad)), bad
+
+
+def _add(stats: Stats, ruled_out: Counter[str], source: str) -> None:
+    """Count the events the pre-filter ruled out as detection would have."""
+    total = sum(ruled_out.values())
+    stats.events += total
+    stats.skipped.update(ruled_out)
+    if total:
+        metrics.RULED_OUT_EVENTS.labels(source).inc(total)
 
 
 def record(stats: Stats, bad: Sequence[tuple[int, str]], source: str) -> None:
@@ -171,7 +211,8 @@ class Pipeline:
     def __init__(self, settings: Settings, detector: Detector,
                  outbox: Outbox | None = None) -> None:
         self.settings = settings
-        self.detector = detector
+        # swapped in one assignment on reload: a batch sees one rule set, never half
+        self._rules = (detector, Prefilter(detector))
         self.outbox = outbox
         metrics.RULES_LOADED.set(len(detector.rules))
 
@@ -180,28 +221,44 @@ class Pipeline:
         """Load the configured rules (raises RulesError) and build the pipeline."""
         return cls(settings, make_detector(load_rules(settings.rules_path), settings), outbox)
 
+    @property
+    def detector(self) -> Detector:
+        """The active rules."""
+        return self._rules[0]
+
+    @property
+    def prefilter(self) -> Prefilter:
+        """The pre-filter of the active rules."""
+        return self._rules[1]
+
     def evaluate(self, items: Iterable[Any], source: str) -> Evaluation:
         """Parse and detect; record the counts. Never raises on any input."""
-        found = self._evaluate(items, source, None)
-        assert found is not None  # without `broken`, every item gets its verdict
-        return found
-
-    def evaluate_pieces(self, pieces: Sequence[memoryview], source: str) -> Evaluation | None:
-        """Like `evaluate` for the pieces of a split body; None (and nothing counted) if a
-        piece is not one whole event: then the body must be parsed whole."""
-        return self._evaluate(pieces, source, [])
-
-    def _evaluate(self, items: Iterable[Any], source: str,
-                  broken: list[int] | None) -> Evaluation | None:
-        detector = self.detector  # one rule set for the whole batch, even across a reload
+        detector, prefilter = self._rules  # one rule set for the whole batch
         stats = Stats()
         bad: list[tuple[int, str]] = []
+        ruled_out: Counter[str] = Counter()
         with gc_paused():
-            frictions = detector.detect(parse_each(items, bad, broken), stats)
-        if broken:
-            return None
+            frictions = detector.detect(parse_each(items, bad, prefilter, ruled_out), stats)
+        _add(stats, ruled_out, source)
         record(stats, bad, source)
         return Evaluation(frictions, stats, bad)
+
+    def evaluate_spans(self, body: bytes, spans: Sequence[Span],
+                       source: str) -> Evaluation | None:
+        """Like `evaluate` for the events of a split body; None (and nothing counted) if a
+        span is not one whole event: then the body must be parsed whole."""
+        detector, prefilter = self._rules
+        stats = Stats()
+        ruled_out: Counter[str] = Counter()
+        broken: list[int] = []
+        with gc_paused():
+            frictions = detector.detect(
+                parse_spans(body, spans, prefilter, ruled_out, broken), stats)
+        if broken:
+            return None
+        _add(stats, ruled_out, source)
+        record(stats, [], source)
+        return Evaluation(frictions, stats)
 
     def store(self, frictions: Sequence[Friction], source: str,
               checkpoint: Checkpoint | None = None) -> StoreResult:
@@ -246,7 +303,8 @@ class Pipeline:
             for problem in exc.problems:
                 log.error("rules reload failed, keeping the previous rules: %s", problem)
             return False
-        self.detector = make_detector(ruleset, self.settings)
+        detector = make_detector(ruleset, self.settings)
+        self._rules = (detector, Prefilter(detector))
         log_warnings(ruleset)
         metrics.RULES_RELOADS.labels("success").inc()
         metrics.RULES_LOADED.set(len(self.detector.rules))

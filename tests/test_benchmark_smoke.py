@@ -15,11 +15,11 @@ REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
 FIGURE_KEYS = {"label", "unit", "median", "min", "max", "values"}
 IN_PROCESS = {"floor", "floor_bodies", "floor_bodies_paused", "detect_inprocess",
-              "detect_only"}
+              "prefilter_inprocess", "ruled_out", "detect_only"}
 SECTION_FIGURES = {
     "(c)/(d)/(f) webhook HTTP": {"webhook_http", "ack_p50", "ack_p99", "ack_max",
                                  "ack_p99_metadata", "rss_webhook"},
-    "(c) webhook HTTPS": {"webhook_https"},
+    "(c) webhook HTTPS": {"webhook_mtls"},
     "(e) tail catch-up": {"tail_floor", "tail_catchup", "tail_mib_cpu", "tail_mib_wall"},
     "(f) large batch RSS": {"rss_idle", "rss_big_batch"},
 }
@@ -46,6 +46,7 @@ def test_tiny_benchmark_writes_table_and_results(tmp_path: Path) -> None:
         assert fig["median"] > 0, key
     assert figures["detect_inprocess"]["ratio"] > 0
     assert figures["detect_inprocess"]["ratio_to"] == "floor"
+    assert 50 < figures["ruled_out"]["median"] <= 100  # the workload is mostly noise
     for section, keys in SECTION_FIGURES.items():
         # Each section either measured all its rows or says why it could not.
         assert keys <= set(figures) or unavailable.get(section), section

@@ -25,6 +25,8 @@ from healert_webhook.outbox import StoreResult
 from healert_webhook.pipeline import Pipeline
 
 SOURCE = "replay"
+# How the apiserver starts a log line, or an event of an EventList
+EVENT_LINES = (b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",', b'{"level":"')
 BATCH_LINES = 1000
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
 SHOWN_PROBLEMS = 20
@@ -76,10 +78,20 @@ def _read_line(stream: IO[bytes], max_line: int) -> tuple[bytes, bool]:
     return b"", True
 
 
+class Batch(list[Any]):
+    """Events of a file; with `raw`, a line holding one audit Event stays its bytes (the
+    pipeline parses it, if it must), and `places` says where each item came from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.places: list[str] = []
+
+
 def iter_batches(stream: IO[bytes], name: str, report: ReadReport,
-                 max_line: int) -> Iterator[list[Any]]:
-    """Parsed events of one file, in batches; invalid lines go to `report`."""
-    batch: list[Any] = []
+                 max_line: int, raw: bool = False) -> Iterator[Batch]:
+    """Events of one file, in batches (parsed, or with `raw` lines of one Event as
+    bytes); invalid lines go to `report`."""
+    batch = Batch()
     first, too_long = _read_line(stream, max_line)
     lineno = 1
     if not too_long and first.strip()[:1] in (b"{", b"[") and not _parses(first):
@@ -89,18 +101,18 @@ def iter_batches(stream: IO[bytes], name: str, report: ReadReport,
         if second_too_long or not second.strip() or not _parses(second):
             yield from _whole_document(first + second, stream, name, report)
             return
-        _account(first, False, f"{name}:1", report, batch)
+        _account(first, False, f"{name}:1", report, batch, raw=raw)
         first, lineno = second, 2
-    _account(first, too_long, f"{name}:{lineno}", report, batch)
+    _account(first, too_long, f"{name}:{lineno}", report, batch, raw=raw)
     while True:
         line, too_long = _read_line(stream, max_line)
         if not line and not too_long:
             break
         lineno += 1
-        _account(line, too_long, f"{name}:{lineno}", report, batch)
+        _account(line, too_long, f"{name}:{lineno}", report, batch, raw=raw)
         if len(batch) >= BATCH_LINES:
             yield batch
-            batch = []
+            batch = Batch()
     if batch:
         yield batch
 
@@ -114,7 +126,7 @@ def _parses(line: bytes) -> bool:
 
 
 def _account(line: bytes, too_long: bool, place: str, report: ReadReport,
-             batch: list[Any]) -> None:
+             batch: Batch, *, raw: bool) -> None:
     if too_long:
         report.lines += 1
         report.bad(place, "line_too_long")
@@ -122,16 +134,22 @@ def _account(line: bytes, too_long: bool, place: str, report: ReadReport,
     if not line.strip():
         return
     report.lines += 1
+    if raw and line.startswith(EVENT_LINES):  # one Event: the pipeline reads it
+        batch.append(line.rstrip(b"\r\n"))
+        batch.places.append(place)
+        return
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         report.bad(place, f"bad_json ({str(exc).split(':')[0]})")
         return
-    batch.extend(_items(doc, place, report))
+    items = _items(doc, place, report)
+    batch.extend(items)
+    batch.places.extend([place] * len(items))
 
 
 def _whole_document(head: bytes, stream: IO[bytes], name: str,
-                    report: ReadReport) -> Iterator[list[Any]]:
+                    report: ReadReport) -> Iterator[Batch]:
     """A document spread over several lines (a pretty-printed Event or EventList)."""
     data = head + stream.read(MAX_DOCUMENT_BYTES + 1 - len(head))
     report.lines += 1
@@ -145,7 +163,10 @@ def _whole_document(head: bytes, stream: IO[bytes], name: str,
         return
     items = _items(doc, f"{name}:1", report)
     for start in range(0, len(items), BATCH_LINES):
-        yield items[start:start + BATCH_LINES]
+        batch = Batch()
+        batch.extend(items[start:start + BATCH_LINES])
+        batch.places.extend([f"{name}:1"] * len(batch))
+        yield batch
 
 
 @dataclass
@@ -175,8 +196,10 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
             result.failed_files.append(f"{path}: {exc.strerror}")
             continue
         try:
-            for batch in iter_batches(stream, path, result.report, max_line):
+            for batch in iter_batches(stream, path, result.report, max_line, raw=True):
                 evaluation = pipeline.evaluate(batch, SOURCE)
+                for index, reason in evaluation.bad:  # a line the pipeline could not read
+                    result.report.bad(batch.places[index], reason)
                 del batch
                 result.stats.merge(evaluation.stats)
                 fresh = []

@@ -30,7 +30,7 @@ from healert_webhook.budget import BodyBudget
 from healert_webhook.config import default_of
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import OutboxError, OutboxFull, StoreResult
-from healert_webhook.pipeline import BadBody, Pipeline, parse_body
+from healert_webhook.pipeline import BadBody, Evaluation, Pipeline, parse_body
 
 log = logging.getLogger(__name__)
 _full_log = Limiter(log, per_interval=1, interval=60.0, what="batches refused (outbox full)")
@@ -38,6 +38,10 @@ _refused_log = Limiter(log, per_interval=5, interval=60.0, what="webhook request
 
 RETRY_AFTER = b"5"
 SOURCE = "webhook"
+# Split bodies up to this size are evaluated on the event loop: at the measured few
+# microseconds per ruled-out event, 4 MiB take about 10 ms, well under what would delay
+# the other connections' answers.
+ON_LOOP_BYTES = 4 * 1024 * 1024
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -165,24 +169,25 @@ class WebhookApp:
         try:
             body = await self._receive_body(receive, declared, held)
             metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-            pieces = batches.split(body)
-            await self._reserve_parsing(body, pieces, held)
-            await self._ingest(body, pieces)
+            try:
+                spans = batches.split(body, self.max_items)
+            except batches.TooManyItems as exc:
+                raise _Reject(413, f"batch of {exc.count} events is over "
+                              f"HEALERT_MAX_BATCH_ITEMS={self.max_items}") from None
+            await self._reserve_parsing(body, spans, held)
+            await self._ingest(body, spans)
         finally:
             await self.budget.give(held[0])
         return 200, b"{}", []
 
-    async def _reserve_parsing(self, body: bytes, pieces: list[memoryview] | None,
+    async def _reserve_parsing(self, body: bytes, spans: list[batches.Span] | None,
                                held: list[int]) -> None:
         """Reserve what parsing the body will take, or refuse the batch before parsing.
 
         Split into items, a body costs its size plus its largest item parsed (items are
         parsed one at a time); a body that must be parsed whole costs what it expands to.
         """
-        if pieces is not None and len(pieces) > self.max_items:
-            raise _Reject(413, f"batch of {len(pieces)} events is over "
-                          f"HEALERT_MAX_BATCH_ITEMS={self.max_items}")
-        cost = batches.cost(body, pieces)
+        cost = batches.cost(body, spans)
         if cost > self.budget.limit:
             raise _Reject(413, f"parsing this body would take about {cost >> 20} MiB of "
                           f"memory, more than HEALERT_MAX_INFLIGHT_BYTES allows "
@@ -261,10 +266,24 @@ class WebhookApp:
         # One join at the end: appending to one growing bytes object would copy quadratically.
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _ingest(self, body: bytes, pieces: list[memoryview] | None) -> StoreResult:
+    async def _ingest(self, body: bytes, spans: list[batches.Span] | None) -> StoreResult:
+        """Evaluate the body and store what it yields; map failures to answers.
+
+        An apiserver EventList of a few MiB is evaluated right here: most of its events
+        are ruled out from their bytes, which takes milliseconds, less than the hop to a
+        thread would cost. Larger bodies, and any body that must be parsed whole, are
+        evaluated on a worker thread, so the loop keeps answering meanwhile. Stores always
+        run there: they wait for the disk.
+        """
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.executor, self._process, body, pieces)
+            if spans is not None and len(body) <= ON_LOOP_BYTES:
+                found = self._evaluate_split(body, spans)
+                if found is not None and not found.frictions:
+                    return self._store(found)  # nothing to write: no thread hop
+                if found is not None:
+                    return await loop.run_in_executor(self.executor, self._store, found)
+            return await loop.run_in_executor(self.executor, self._process, body, spans)
         except BadBody as exc:
             metrics.INVALID_EVENTS.labels(SOURCE, exc.reason).inc()
             raise _Reject(400, str(exc)) from None
@@ -281,18 +300,28 @@ class WebhookApp:
             raise _Reject(503, "outbox unavailable, retry later",
                           [(b"retry-after", RETRY_AFTER)]) from None
 
-    def _process(self, body: bytes, pieces: list[memoryview] | None) -> StoreResult:
+    def _evaluate_split(self, body: bytes, spans: list[batches.Span]) -> Evaluation | None:
+        """Evaluate a split body event by event; None if the split was fooled (see
+        `_process`)."""
+        found = self.pipeline.evaluate_spans(body, spans, SOURCE)
+        if found is not None:
+            metrics.WEBHOOK_PARSES.labels("items").inc()
+        return found
+
+    def _store(self, found: Evaluation) -> StoreResult:
+        return self.pipeline.store(found.frictions, SOURCE)
+
+    def _process(self, body: bytes, spans: list[batches.Span] | None) -> StoreResult:
         """Parse, detect and store one body (blocking: runs on a worker thread).
 
         Split bodies are parsed item by item; if a piece turns out not to be one event
         (the split was fooled by the bytes of an embedded object), the body is parsed
         whole instead, and nothing of the first attempt counts.
         """
-        if pieces is not None:
-            found = self.pipeline.evaluate_pieces(pieces, SOURCE)
+        if spans is not None:
+            found = self._evaluate_split(body, spans)
             if found is not None:
-                metrics.WEBHOOK_PARSES.labels("items").inc()
-                return self.pipeline.store(found.frictions, SOURCE)
+                return self._store(found)
         metrics.WEBHOOK_PARSES.labels("whole").inc()
         items = parse_body(body)
         if len(items) > self.max_items:

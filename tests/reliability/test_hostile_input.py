@@ -38,7 +38,7 @@ from healert_webhook.pipeline import Pipeline
 from healert_webhook.sources.webhook import WebhookApp
 
 from support.agent import JSON, Agent, MiB, Steady, metric, serve_args
-from support.events import exec_event
+from support.events import event_list, exec_event, smuggling_event
 from support.pki import PKI, client_context, make_pki
 from support.servers import serve_app, wait_for
 from support.workload import Generator
@@ -366,7 +366,7 @@ def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: P
 
     outbox = Outbox(tmp_path / "outbox.db")
     pool = ThreadPoolExecutor(2)
-    budget = BodyBudget(10_000, wait=5.0)
+    budget = BodyBudget(100_000, wait=5.0)  # room for one small event parsed
     app = WebhookApp(pipeline=Pipeline.from_settings(Settings(), outbox),
                      executor=pool, budget=budget, body_timeout=1.0)
     body = orjson.dumps([exec_event(1, tag="dl")])
@@ -380,8 +380,8 @@ def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: P
                 slow_head.sendall(b"POST /audit HTTP/1.1\r\nhost: x\r\n")
                 assert slow_head.recv(64).startswith(b"HTTP/1.1 408")
             with socket.create_connection(("127.0.0.1", port), timeout=10) as slow_body:
-                slow_body.sendall(head_for(9000) + body[:10])  # holds 9000 of the budget
-                wait_for(lambda: budget.used == 9000, what="reservation")
+                slow_body.sendall(head_for(90_000) + body[:10])  # holds most of the budget
+                wait_for(lambda: budget.used == 90_000, what="reservation")
                 assert slow_body.recv(64).startswith(b"HTTP/1.1 408")
             wait_for(lambda: budget.used == 0, what="the budget is free again")
             with httpx.Client(timeout=10) as client:
@@ -482,16 +482,16 @@ def test_bodies_of_absurd_shape_are_refused_or_taken_without_stalling(
           f"healthz max {max(probe.times) * 1000:.0f} ms, peak {peak} MiB")
 
 
-def test_a_split_fooled_by_an_embedded_object_still_finds_every_event(
+def test_objects_shaped_like_event_boundaries_neither_hide_nor_add_events(
         hostile: tuple[Agent, str, int]) -> None:
     _agent, url, ops = hostile
     sneaky = exec_event(1, tag="sneaky")
     # a user's patch holds, inside, exactly what separates two events in an EventList
     sneaky["requestObject"] = {"spec": {"rules": [{"x": 1}, {"level": "Metadata"}]}}
     honest = [exec_event(i, tag="honest") for i in range(2, 5)]
-    body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
-                         "metadata": {}, "items": [sneaky, *honest]})
-    assert b'},{"level":"Metadata"}' in body
+    # ...and another holds a whole exec by bob between two such boundaries
+    body = event_list([sneaky, smuggling_event(), *honest])
+    assert body.count(b'},{"level":"') == 4 + 1 + 2
     whole = metric(ops, "healert_webhook_parses_total", path="whole")
     friction = metric(ops, "healert_friction_events_total", rule="kubectl-exec")
     assert httpx.post(url, content=body, headers=JSON, timeout=30).status_code == 200

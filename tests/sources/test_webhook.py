@@ -308,7 +308,7 @@ def test_bodies_beyond_the_memory_budget_wait_then_get_503(tmp_path: Path,
     from healert_webhook.budget import BodyBudget
 
     body = event_list([noise_event(i) for i in range(3)])
-    cost = batches.cost(body, batches.split(body))
+    cost = batches.cost(body, batches.split(body, 10_000))
     busy_before = sample("healert_webhook_busy_total")
     with webhook(tmp_path, outbox, None, tokens=None) as hook:
         # room for one body being evaluated, not for a second one arriving meanwhile

@@ -53,16 +53,30 @@ def audit_event(
                         "authorization.k8s.io/reason": ""},
     }
     if resource is not None:
-        ref: dict[str, Any] = {"resource": resource, "apiVersion": "v1"}
+        ref: dict[str, Any] = {"resource": resource}
         if namespace:
             ref["namespace"] = namespace
         if name:
             ref["name"] = name
+        ref["apiVersion"] = "v1"
         if subresource:
             ref["subresource"] = subresource
         event["objectRef"] = ref
     event.update(extra)
-    return event
+    return go_ordered(event)
+
+
+# The order Go writes an Event's fields in (its struct's declaration order).
+GO_ORDER = ("kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user",
+            "impersonatedUser", "sourceIPs", "userAgent", "objectRef", "responseStatus",
+            "requestObject", "responseObject", "requestReceivedTimestamp", "stageTimestamp",
+            "annotations")
+
+
+def go_ordered(event: dict[str, Any]) -> dict[str, Any]:
+    """The event's fields in the order the apiserver writes them (others last)."""
+    rank = {key: n for n, key in enumerate(GO_ORDER)}
+    return {key: event[key] for key in sorted(event, key=lambda k: rank.get(k, len(rank)))}
 
 
 def exec_ws(pod: str = "payments-api-7d9f8b6c4-xkj2p", ns: str = "payments",
@@ -162,7 +176,7 @@ def exec_event(i: int, *, sub: str = "exec", verb: str = "get", tag: str = "a",
     if pad:  # RequestResponse-sized events: the object travels along
         event["level"] = "RequestResponse"
         event["responseObject"] = {"kind": "Status", "blob": "x" * pad}
-    return event
+    return go_ordered(event)
 
 
 def noise_event(i: int) -> dict[str, Any]:
@@ -258,7 +272,7 @@ PROXIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 def through_proxy(event: dict[str, Any], proxy: str) -> dict[str, Any]:
     """The same request sent through an access proxy: its account impersonates the person."""
     user, person = PROXIES[proxy]
-    return {**event, "user": user, "impersonatedUser": person}
+    return go_ordered({**event, "user": user, "impersonatedUser": person})
 
 
 def managed_field(manager: str, operation: str = "Apply", *, api_version: str = "apps/v1",
@@ -324,7 +338,7 @@ def workload_patch(obj: dict[str, Any], *, level: str = "RequestResponse",
                 {"name": "app", "image": "registry.example.com/app:hotfix-3"}]}}}}
     if level == "RequestResponse":
         event["responseObject"] = obj
-    return event
+    return go_ordered(event)
 
 
 def pod_object(name: str, ns: str, *, generate_name: str | None = None,
@@ -369,3 +383,26 @@ def owner(kind: str, name: str, *, controller: bool | None = True,
         ref["controller"] = controller
         ref["blockOwnerDeletion"] = True
     return ref
+
+
+def smuggling_event() -> dict[str, Any]:
+    """A request no rule matches whose object holds, as structure, what ends one EventList
+    item and starts the next, then a whole kubectl exec by someone, then the start of an
+    event that ends where this one does.
+
+    Split at `},{"level":"`, the body would yield pieces that each look like an event the
+    apiserver wrote: the request's own head with a fake end, a person's exec that never
+    happened, and a tail. Nothing here may come out as a friction event.
+    """
+    stamp = "2026-11-26T10:00:00.000000Z"
+    fake_end = {"a": {}, "requestReceivedTimestamp": stamp, "stageTimestamp": stamp}
+    fake_exec = exec_event(9, tag="smuggled", user="bob@example.com")
+    fake_start = {"level": "Metadata", "auditID": "smuggled-tail", "stage": "ResponseComplete",
+                  "requestURI": "/api/v1/nodes", "verb": "list",
+                  "user": {"username": "system:node:node-1"},
+                  "responseStatus": {"metadata": {}, "code": 200}, "requestObject": {"y": 1}}
+    event = audit_event("patch", "configmaps", "settings", "payments",
+                        user="system:serviceaccount:payments:settings-writer",
+                        level="Request")
+    event["requestObject"] = {"data": {"x": [fake_end, fake_exec, fake_start]}}
+    return go_ordered(event)

@@ -561,9 +561,10 @@ class Generator:
 
     def _human(self) -> tuple[dict[str, Any], list[str], str]:
         name, groups = self.rng.choice(HUMANS)
-        user: dict[str, Any] = {"username": name, "groups": list(groups)}
+        user: dict[str, Any] = {"username": name}
         if name.startswith("oidc:"):
             user["uid"] = f"{self.rng.getrandbits(64):016x}"
+        user["groups"] = list(groups)  # after uid, as the apiserver writes them
         ip = f"203.0.113.{self.rng.randint(2, 250)}"
         return user, [ip, "10.0.0.5"], self.rng.choice(KUBECTL_AGENTS)
 

@@ -1,0 +1,231 @@
+"""The pre-filter changes nothing: every input gives the same friction events and the same
+counts with it as with a full parse of every event.
+
+Compared over every real fixture, generated workloads (as log lines and as EventList
+bodies), and hostile but valid JSON: strings holding the very patterns the pre-filter
+looks for, nested objects with the same keys, reordered and repeated fields, escapes,
+missing and mistyped fields, lines cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from healert_webhook import batches
+from healert_webhook.config import Settings
+from healert_webhook.detect import Stats
+from healert_webhook.pipeline import Evaluation, Pipeline
+
+from support import workload
+from support.events import event_list, exec_event, noise_event, smuggling_event
+from support.paths import ROOT, SHARED_FIXTURES
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """The shipped rules with every rule enabled: the most candidates, the least to rule
+    out by mistake."""
+    text = (ROOT / "rules.yaml").read_text().replace("enabled: false", "enabled: true")
+    path = tmp_path_factory.mktemp("prefilter") / "rules.yaml"
+    path.write_text(text)
+    return Pipeline.from_settings(Settings(rules_path=path, k8s_namespace="healert-system"))
+
+
+def full(pipeline: Pipeline, raws: Iterable[bytes]) -> tuple[list[Any], Stats]:
+    """What a full parse of every item gives: (frictions, stats)."""
+    stats = Stats()
+    events = []
+    bad = 0
+    for raw in raws:
+        try:
+            item = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(item, dict):
+            events.append(item)
+        else:
+            bad += 1
+    found = pipeline.detector.detect(events, stats)
+    stats.events += bad  # the pipeline counts non-events as audit events too
+    return found, stats
+
+
+def same(found: Evaluation, expected: tuple[list[Any], Stats]) -> None:
+    frictions, stats = expected
+    assert [(f.key, f.event) for f in found.frictions] == \
+        [(f.key, f.event) for f in frictions]
+    got = found.stats
+    assert got.events + len([b for b in found.bad if b[1] != "blank"]) == stats.events
+    assert (dict(got.skipped), dict(got.matched)) == (dict(stats.skipped),
+                                                      dict(stats.matched))
+    bad_reasons = {reason for _i, reason in found.bad}
+    invalid = dict(got.invalid)
+    for reason in bad_reasons:
+        invalid.pop(reason, None)
+    assert invalid == {k: v for k, v in stats.invalid.items() if k not in bad_reasons}
+
+
+def as_lines(pipeline: Pipeline, raws: list[bytes]) -> None:
+    same(pipeline.evaluate(raws, "prefilter-test"), full(pipeline, raws))
+
+
+def as_body(pipeline: Pipeline, items: list[bytes]) -> None:
+    body = (b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
+            + b",".join(items) + b"]}\n")
+    spans = batches.split(body, 10_000)
+    found = pipeline.evaluate_spans(body, spans, "prefilter-test") if spans else None
+    if found is None:  # not split, or split at bytes inside an item: the careful way
+        found = pipeline.evaluate(orjson.loads(body)["items"], "prefilter-test")
+    same(found, full(pipeline, items))
+
+
+def fixture_lines() -> list[bytes]:
+    lines = []
+    for folder in (SHARED_FIXTURES, ROOT / "tests" / "fixtures" / "apiserver-1.37"):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix not in {".json", ".log", ".ndjson", ".jsonl"}:
+                continue
+            text = path.read_bytes()
+            try:
+                lines.append(orjson.dumps(orjson.loads(text)))  # a pretty-printed event
+            except orjson.JSONDecodeError:
+                lines.extend(line for line in text.splitlines() if line.strip())
+    return lines
+
+
+def test_every_fixture_decides_alike(pipeline: Pipeline) -> None:
+    lines = fixture_lines()
+    assert len(lines) > 100
+    as_lines(pipeline, lines)
+    real = [line for line in lines if line.startswith(b'{"kind":"Event"')]
+    items = [line.replace(b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",', b"{", 1)
+             for line in real]
+    as_body(pipeline, items)
+
+
+@pytest.mark.parametrize("seed,ratio", [(1, 0.01), (7, 0.2), (13, 0.5)])
+def test_generated_workloads_decide_alike(pipeline: Pipeline, seed: int, ratio: float) -> None:
+    work = workload.generate(3000, match_ratio=ratio, seed=seed)
+    lines = [line.rstrip(b"\n") for line in work.lines()]
+    as_lines(pipeline, lines)
+    for body in work.batches(400):
+        spans = batches.split(body, 10_000)
+        assert spans is not None  # the generator writes what the apiserver writes
+        found = pipeline.evaluate_spans(body, spans, "prefilter-test")
+        assert found is not None
+        same(found, full(pipeline, [body[a:b] for a, b in spans]))
+
+
+def test_most_of_a_realistic_stream_is_ruled_out_from_its_bytes(pipeline: Pipeline) -> None:
+    work = workload.generate(4000, match_ratio=0.01, seed=5)
+    lines = [line.rstrip(b"\n") for line in work.lines()]
+    prefilter = pipeline.prefilter
+    ruled = sum(1 for line in lines if prefilter.skip(line) is not None)
+    assert ruled / len(lines) > 0.95
+
+
+def test_an_object_shaped_like_events_adds_and_hides_none(pipeline: Pipeline) -> None:
+    body = event_list([smuggling_event(), exec_event(1, tag="real")])
+    assert body.count(b'},{"level":"') == 3  # one real boundary, two inside the object
+    spans = batches.split(body, 10_000)
+    assert spans is not None and len(spans) == 4
+    head, smuggled, tail, real = (body[a:b] for a, b in spans)
+    assert orjson.loads(smuggled)["user"]["username"] == "bob@example.com"
+    assert pipeline.prefilter.skip(smuggled) is None  # a person's exec: a candidate
+    # ...but the pieces around it are no whole objects, so the split is not taken
+    assert pipeline.prefilter.skip(head) is None and pipeline.prefilter.skip(tail) is None
+    assert pipeline.prefilter.skip(real) is None
+    assert pipeline.evaluate_spans(body, spans, "prefilter-test") is None
+    found = pipeline.evaluate(orjson.loads(body)["items"], "prefilter-test")
+    assert [f.event["actor"] for f in found.frictions] == ["alice@example.com"]
+
+
+# -- hostile but valid JSON ------------------------------------------------------------
+
+PATTERNS = ['","stage":"ResponseComplete', '","verb":"get', '"user":{"username":"alice"',
+            '},{"level":"Metadata"', ',"objectRef":{"resource":"pods"', 'Object":',
+            '"subresource":"exec"', '\\"', "\\", '"}', ",\"impersonatedUser\":{",
+            ',"stageTimestamp":"2026-11-26T10:00:00.000000Z"}', "é", "\u2028", "\x00"]
+KEYS = ["level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser",
+        "objectRef", "responseStatus", "requestObject", "responseObject", "annotations",
+        "stageTimestamp", "resource", "subresource", "namespace", "username"]
+
+texts = st.one_of(st.sampled_from(PATTERNS), st.text(max_size=12),
+                  st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3).map("".join))
+scalars = st.one_of(texts, st.integers(-3, 3), st.booleans(), st.none())
+nested = st.recursive(
+    scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(KEYS) | texts, inner, max_size=4)), max_leaves=12)
+
+
+def base_event(rng: random.Random) -> dict[str, Any]:
+    pick = rng.random()
+    if pick < 0.4:
+        return noise_event(rng.randrange(1000))
+    event = exec_event(rng.randrange(1000), user=rng.choice(
+        ["alice@example.com", "system:serviceaccount:ns:sa", "system:node:n1", "system:admin"]))
+    if rng.random() < 0.3:
+        event["impersonatedUser"] = {"username": rng.choice(["bob", "system:x"])}
+    return event
+
+
+@st.composite
+def hostile_events(draw: st.DrawFn) -> bytes:
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    event = base_event(rng)
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.sampled_from(["top", "user", "objectRef", "requestObject",
+                                      "responseObject", "annotations"]))
+        key = draw(st.sampled_from(KEYS) | texts)
+        value = draw(nested)
+        if where == "top":
+            event[key] = value
+        elif where in ("user", "objectRef", "annotations") and isinstance(
+                event.get(where), dict):
+            event[where][key] = value if where != "annotations" else str(value)
+        else:
+            event[where] = {key: value, "spec": draw(nested)}
+    keys = list(event)
+    if draw(st.booleans()):
+        rng.shuffle(keys)  # another producer's field order
+    ordered = {k: event[k] for k in keys}
+    if draw(st.booleans()):
+        raw = json.dumps(ordered, separators=(",", ":"), ensure_ascii=True).encode()
+    else:
+        raw = orjson.dumps(ordered)
+    if draw(st.booleans()):  # a field written again later (JSON keeps the last)
+        again = draw(st.sampled_from(["stage", "verb", "user", "impersonatedUser",
+                                      "objectRef"]))
+        raw = raw[:-1] + b',"' + again.encode() + b'":' + orjson.dumps(draw(nested)) + b"}"
+    if draw(st.integers(0, 9)) == 0:
+        raw = raw[:draw(st.integers(1, max(1, len(raw) - 1)))]  # a line cut short
+    return raw
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(hostile_events(), min_size=1, max_size=8))
+def test_hostile_but_valid_json_decides_alike(pipeline: Pipeline, raws: list[bytes]) -> None:
+    as_lines(pipeline, raws)
+    whole = [raw for raw in raws if _is_json(raw)]
+    if whole:
+        as_body(pipeline, whole)
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
