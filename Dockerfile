@@ -24,7 +24,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /src
-# .dockerignore admits only pyproject.toml, README.md, LICENSE and the package.
+# .dockerignore admits only pyproject.toml, README.md, LICENSE, rules.yaml (the
+# package's default rules link to it) and the package.
 COPY . .
 
 # pip compiles the .pyc files at install time, so the runtime never needs to

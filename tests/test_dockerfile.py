@@ -189,6 +189,11 @@ def test_dockerignore_admits_what_the_build_needs() -> None:
         readme = project.get("readme")
         if isinstance(readme, str):
             assert readme in admitted, f"pyproject's readme {readme} must reach the build"
+    # A file the package links to must reach the build too, or the wheel misses it.
+    for path in (REPO / "healert_webhook").rglob("*"):
+        if path.is_symlink():
+            target = path.resolve().relative_to(REPO)
+            assert target.parts[0] in admitted, f"{path.name} links to {target}, not admitted"
 
 
 def test_runtime_base_keeps_the_tools_the_node_local_init_container_runs(
