@@ -975,6 +975,13 @@ def test_noise_is_not_audited(policy: Doc, req: Request, why: str) -> None:
     assert audit_level(policy, req) == "None", why
 
 
+def test_a_secret_read_through_an_access_proxy_is_audited(policy: Doc) -> None:
+    """The proxy authenticates as a service account; only the event names the person."""
+    assert audit_level(policy, Request(*ARGO_SA, "get", "secrets")) == "Metadata"
+    assert audit_level(policy, Request(*ARGO_SA, "list", "secrets")) == "None"
+    assert audit_level(policy, Request(*ARGO_SA, "get", "configmaps")) == "None"
+
+
 def test_automation_writes_carry_no_bodies(policy: Doc) -> None:
     req = Request(*ARGO_SA, "patch", "deployments", group="apps")
     assert audit_level(policy, req) == "Metadata"

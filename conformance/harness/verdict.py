@@ -18,13 +18,10 @@ from conformance.harness.scenarios import Scenario, expected_for
 # person behind an access proxy, entities the same at every audit level): cp (nvidia-dcgm
 # taken for a Deployment's pod), debug-node and generate-name (generated names kept whole),
 # proxy-exec and proxy-patch (the proxy's service account taken for the actor).
-KNOWN_DISAGREEMENTS: dict[str, str] = {
-    "proxy-secret-get": "manifests/apiserver/audit-policy.yaml records reads by service "
-                        "accounts at level None (rule 3) before its Secrets rule (rule 4), so "
-                        "a person's Secret read through an access proxy is never audited and "
-                        "no agent can see it; DESIGN §5 'the actor is the person' wants "
-                        "emergency-access for bob",
-}
+# proxy-secret-get: the audit policy dropped every read by a service account before its
+# Secrets rule, so a person's Secret read through an access proxy was never audited; the
+# policy now records service accounts' Secret gets first.
+KNOWN_DISAGREEMENTS: dict[str, str] = {}
 
 
 def triples(rows: dict[str, dict[str, Any]]) -> Counter[tuple[str, str, str]]:
