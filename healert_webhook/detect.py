@@ -64,11 +64,13 @@ _RANK = {reason: rank for rank, reason in enumerate(CONDITION_ORDER)}
 
 
 class Friction(NamedTuple):
-    """One detection: its dedup key, the rule, and the JSON body to POST to `/events`."""
+    """One detection: its dedup key, the rule, the JSON body to POST to `/events`, and
+    the audit ID of the request it came from (for the log; not stored or sent)."""
 
     key: str
     rule: str
     event: dict[str, Any]
+    audit_id: str = ""
 
 
 @dataclass
@@ -484,7 +486,9 @@ class Detector:
         actor = common.actor
         key = audit.dedup_key(event, actor.authenticated, common.tokens["verb"], rule.name,
                               actor.impersonated)
-        return Friction(key, rule.name, payload)
+        audit_id = event.get("auditID")
+        return Friction(key, rule.name, payload,
+                        audit.clean_text(audit_id, MAX_FIELD) if isinstance(audit_id, str) else "")
 
 
 def _carried_name(event: dict[str, Any]) -> str:

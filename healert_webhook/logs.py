@@ -88,6 +88,13 @@ def setup(fmt: str = "text", level: str = "info", stream: TextIO | None = None) 
         logger.propagate = True
     # One line per request would cost more than the request; the metrics count them.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Each of the agent's two servers would say it started; the agent's own line does.
+    logging.getLogger("uvicorn.error").addFilter(_not_started_server)
+
+
+def _not_started_server(record: logging.LogRecord) -> bool:
+    """False for uvicorn's "Started server process" line."""
+    return not str(record.msg).startswith("Started server process")
 
 
 class Limiter:

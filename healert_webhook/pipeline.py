@@ -290,9 +290,9 @@ class Pipeline:
             if friction.key in fresh:
                 event = friction.event
                 _stored_lines.info(
-                    "friction stored: rule=%s actor=%s entity=%s source=%s key=%s",
-                    friction.rule, event.get("actor", "-"), event.get("entity_ref"), source,
-                    friction.key)
+                    "friction stored: rule=%s actor=%s entity=%s auditID=%s source=%s key=%s",
+                    friction.rule, event.get("actor", "-"), event.get("entity_ref"),
+                    friction.audit_id or "-", source, friction.key)
 
     def reload(self) -> bool:
         """Reload the rules file; keep the old rules if the new file is invalid."""

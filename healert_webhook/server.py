@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import resource
 import signal
 import socket
@@ -260,8 +261,8 @@ class Agent:
         key = ("from HEALERT_API_KEY_FILE" if settings.api_key_file is not None else
                "from HEALERT_API_KEY" if settings.api_key else "none")
         tail = f"; tail {self.tailer.path}" if self.tailer is not None else ""
-        log.info("healert-webhook %s started: mode %s; rules %s, %d of %d enabled; outbox "
-                 "%s; backend %s, key %s%s", __version__, mode, rules.source,
+        log.info("healert-webhook %s started (pid %d): mode %s; rules %s, %d of %d enabled; "
+                 "outbox %s; backend %s, key %s%s", __version__, os.getpid(), mode, rules.source,
                  len(rules.enabled), len(rules.rules), self.outbox.path, backend, key, tail)
 
     async def _stop_server(self, server: _Server, task: asyncio.Task[None]) -> None:

@@ -377,7 +377,7 @@ def start_forwarding_agent(tmp_path: Path, env: dict[str, str], name: str
     with log_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "healert_webhook", "tail", "--audit-log",
                                  str(tmp_path / "no-such.log")], env=env, stderr=out, stdout=out)
-    wait_for(lambda: "started: mode tail" in log_path.read_text(), 20, "start")
+    wait_for(lambda: "): mode tail" in log_path.read_text(), 20, "start")
     return proc, log_path
 
 

@@ -85,6 +85,8 @@ def test_store_counts_duplicates_and_logs_each_friction_stored_once(
     assert len(lines) == 6  # one per friction event stored, none for the duplicates
     assert all("actor=alice@example.com" in line and "entity=component:payments/" in line
                for line in lines)
+    ids = {event["auditID"] for event in batch}
+    assert {line.split("auditID=")[1].split()[0] for line in lines} == ids  # which request
     assert {line.split("rule=")[1].split()[0] for line in lines} == {"pl-one", "pl-two"}
 
 
