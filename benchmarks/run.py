@@ -79,7 +79,7 @@ MODES = {
     "tiny": Config("tiny", 2_000, 2, 1, 2, 10, 1, 2 * MIB, 1, 6 * MIB),
 }
 TARGETS = {"webhook_mtls": 1.5, "webhook_http": 2.0, "tail_catchup": 1.5}
-# Figures with an upper bound (DESIGN §8): ack p99 of Metadata-level batches in ms,
+# Figures with an upper bound: ack p99 of Metadata-level batches in ms,
 # steady-load RSS in MiB.
 LIMITS = {"ack_p99_metadata": 10.0, "rss_webhook": 100.0}
 
@@ -294,7 +294,7 @@ def section_webhook(rep: Report, cfg: Config, tmp: Path, bodies_file: Path,
         rep.add("ack_p50", "(d) ack latency p50, 400/batch @10/s", "ms", p50)
         rep.add("ack_p99", "(d) ack latency p99", "ms", p99)
         rep.add("ack_max", "(d) ack latency max", "ms", worst)
-        # DESIGN §8's premise: ~1 KiB Metadata-level events (the workload averages 3.4 KiB).
+        # The targets assume ~1 KiB Metadata-level events (the workload averages 3.4 KiB).
         meta_file = bodies_file.with_name("bodies-metadata.json")
         meta_file.write_bytes(metadata_bodies(bodies_file.read_bytes()))
         meta99 = []

@@ -1,4 +1,4 @@
-"""The DESIGN §6 field rules, checked one by one, and the lossless fixes of `prepare`."""
+"""The backend's field rules, checked one by one, and the lossless fixes of `prepare`."""
 
 from __future__ import annotations
 

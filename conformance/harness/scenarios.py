@@ -1,9 +1,10 @@
-"""What people do with the real kubectl, and the friction events DESIGN §5 says follow.
+"""What people do with the real kubectl, and the friction events that must follow.
 
 Each scenario runs kubectl as one identity against the pods, Deployments and Secrets of
-`objects.py`. Expectations are written against DESIGN §5 and the shipped rules.yaml (with
-every optional rule enabled, see agents.all_rules_enabled), never against what today's
-agent happens to do: one `Expect` per friction event, by rule, entity and actor.
+`objects.py`. Expectations are written against the product's detection semantics and
+the shipped rules.yaml (with every optional rule enabled, see agents.all_rules_enabled),
+never against what today's agent happens to do: one `Expect` per friction event, by
+rule, entity and actor.
 
 kubectl commands that reach a kubelet (exec, attach, port-forward, cp, logs) fail after
 admission, because no kubelet runs; they are audited all the same, which is all that
@@ -47,7 +48,7 @@ class Expect:
 
 @dataclass(frozen=True)
 class Fact:
-    """Audit events the real apiserver must have written for a scenario (DESIGN §4 facts).
+    """Audit events the real apiserver must have written for a scenario (how it audits).
 
     Every given field must match; `count`, when given, is the exact number of such events.
     """
@@ -85,7 +86,7 @@ class Scenario:
     run: Callable[[ControlPlane, Path], None]
     expect: tuple[Expect, ...] = ()
     fixture: bool = True                         # keep its audit events as a fixture
-    design: str = ""                             # the DESIGN §5 sentence that decides it
+    design: str = ""                             # the detection rule that decides it
     audited: tuple[Fact, ...] = ()               # what the apiserver must have audited
 
 

@@ -1,8 +1,8 @@
 """Judging a scenario's friction events against its expectations.
 
-KNOWN_DISAGREEMENTS lists the scenarios where today's agent disagrees with DESIGN §5; their
-check is an expected failure that is not strict, so it passes again once the agent is fixed
-(and the entry should then be removed).
+KNOWN_DISAGREEMENTS lists the scenarios where today's agent disagrees with the detection
+semantics; their check is an expected failure that is not strict, so it passes again once
+the agent is fixed (and the entry should then be removed).
 """
 
 from __future__ import annotations

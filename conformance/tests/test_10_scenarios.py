@@ -1,12 +1,12 @@
 """The real kubectl against the real apiserver: what is audited, and what the agent makes of it.
 
 For every scenario:
-- the apiserver audited what DESIGN §4 says it does (the scenario's `audited` facts);
+- the apiserver audited what it is known to audit (the scenario's `audited` facts);
 - the webhook agent and the tail agent stored the same friction events (same keys, same
   payloads): the two ways in see the same requests;
-- those friction events are exactly the ones DESIGN §5 and rules.yaml call for.
+- those friction events are exactly the ones the detection semantics and rules.yaml call for.
 
-Where today's agent disagrees with DESIGN §5, the scenario is listed in
+Where today's agent disagrees with the detection semantics, the scenario is listed in
 verdict.KNOWN_DISAGREEMENTS and its last check is an expected failure (not strict: it passes
 once the agent is fixed, and then the entry should go). The first two checks never are.
 """
@@ -26,7 +26,7 @@ NAMES = [s.name for s in SCENARIOS]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_apiserver_audited_what_design_says(outcomes: dict[str, Outcome], name: str) -> None:
-    """The scenario ran and the apiserver wrote the audit events DESIGN §4 describes."""
+    """The scenario ran and the apiserver wrote the audit events it is known to write."""
     outcome = outcomes[name]
     assert outcome.error is None, outcome.error
     events = outcome.audit_events
@@ -51,6 +51,7 @@ def test_webhook_and_tail_agree(outcomes: dict[str, Outcome], name: str) -> None
 @pytest.mark.parametrize("name", NAMES)
 def test_friction_events_are_the_expected_ones(outcomes: dict[str, Outcome], name: str,
                                                rule_names: set[str]) -> None:
-    """Exactly the friction events DESIGN §5 calls for: rule, entity, actor, description."""
+    """Exactly the friction events the detection semantics call for: rule, entity, actor,
+    description."""
     outcome = outcomes[name]
     judge(outcome.scenario, outcome.serve, rule_names)

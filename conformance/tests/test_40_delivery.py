@@ -75,7 +75,7 @@ def test_webhook_agent_delivers_its_outbox_once(env: Environment, runner: Runner
 
 
 def _check_read_endpoint(backend: str, accepted: list[dict[str, Any]]) -> None:
-    """Where the backend has DESIGN §6's read endpoint, it shows what was accepted."""
+    """Where the backend has the contract's read endpoint, it shows what was accepted."""
     ref = Counter(e["entity_ref"] for e in accepted).most_common(1)[0][0]
     answer = httpx.get(f"{backend}/friction/{ref}", timeout=10)
     if answer.status_code == 404 and "recentEvents" not in answer.text:

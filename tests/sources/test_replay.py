@@ -73,7 +73,7 @@ def test_fixtures_with_every_rule_enabled_give_backend_valid_events(
 
 
 def assert_backend_valid(event: dict[str, Any]) -> None:
-    """The field rules of DESIGN §6."""
+    """The backend's field rules (backend_contract.py)."""
     import re
 
     assert 3 <= len(event["entity_ref"]) <= 200
