@@ -178,7 +178,8 @@ if [ -n "${FLOORS_TESTS-x}" ]; then
     pytest pytest-timeout hypothesis trustme || fail "test tools do not install beside the floors"
   cd "$repo"
   read -r -a tests <<<"${FLOORS_TESTS:-tests/reliability/test_connections.py \
-    tests/reliability/test_hostile_input.py tests/test_tls.py tests/test_ops.py}"
+    tests/reliability/test_hostile_input.py tests/test_tls.py tests/test_ops.py \
+    tests/test_prefilter.py tests/test_batches.py}"
   "$venv/python" -m pytest -q -p no:cacheprovider "${tests[@]}" || fail "tests at the floors"
 fi
 

@@ -7,11 +7,12 @@
     .venv/bin/python benchmarks/spy.py tail                # (e): tail catch-up
 
 py-spy samples the running process from outside (no code change in the agent, no
-slowdown of it with --nonblocking). The samples are summarised twice: by category (what
-part of the agent: parse, detect, uvicorn's protocol, the outbox thread...) and by the
-innermost Python function. The raw collapsed stacks are kept (`--keep FILE`) for a
-flame graph (e.g. speedscope.app or inferno-flamegraph). Idle samples (threads waiting
-in epoll, on a lock or a queue) are left out, so the shares are shares of CPU.
+slowdown of it with --nonblocking; --native, which adds C frames, pauses it per sample).
+The samples are summarised twice: by category (what part of the agent: parse, detect,
+uvicorn's protocol, the outbox thread...) and by the innermost Python function. The
+raw collapsed stacks are kept (`--keep FILE`) for a flame graph (e.g. speedscope.app or
+inferno-flamegraph). Idle samples (threads waiting in epoll, on a lock or a queue) are
+left out, so the shares are shares of CPU.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def py_spy() -> str:
 def record(pid: int, out: Path, rate: int, native: bool) -> subprocess.Popen[bytes]:
     """Start sampling `pid` (and its threads) into collapsed stacks at `out`."""
     argv = [py_spy(), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-            "--output", str(out), "--nonblocking", "--threads"]
-    if native:
-        argv.append("--native")
+            "--output", str(out), "--threads"]
+    # C frames need the process paused while its stack is read; Python frames do not
+    argv.append("--native" if native else "--nonblocking")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # py-spy attaches before the load starts
     if proc.poll() is not None:
@@ -81,6 +82,11 @@ def finish(proc: subprocess.Popen[bytes]) -> None:
     """Stop sampling; py-spy writes its output on SIGINT."""
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
+
+
+# With --native py-spy cannot tell an idle thread from a busy one: the frames where
+# threads wait (the loop in epoll, a worker on its queue) mark those samples idle.
+IDLE_FRAMES = ("epoll_pwait", "epoll_wait", "SimpleQueue_get", "PyThread_acquire_lock_timed")
 
 
 def categorise(frames: list[str]) -> str:
@@ -104,6 +110,8 @@ def summarise(raw: Path, top: int) -> None:
             continue
         count = int(count_text)
         frames = stack.split(";")
+        if any(idle in frame for frame in frames[-4:] for idle in IDLE_FRAMES):
+            continue
         total += count
         # --threads makes the outermost frame "thread (<tid>): <name>"
         by_thread[frames[0].rpartition(": ")[2]] += count

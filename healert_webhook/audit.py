@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, cast
 
 FIRING_STAGES = frozenset({"ResponseStarted", "ResponseComplete"})
 QUIET_STAGES = frozenset({"RequestReceived", "Panic"})
@@ -32,18 +32,22 @@ class BadDocument(ValueError):
     """A request body or file is JSON but not an audit Event, EventList or list of events."""
 
 
-def batch_items(doc: Any) -> list[Any]:
-    """The events of a parsed document: an EventList, a single Event, or a JSON array."""
-    if isinstance(doc, list):
-        return doc
-    if isinstance(doc, dict):
+def batch_items(doc: Any, mapping: Any = dict, sequence: Any = list) -> Sequence[Any]:
+    """The events of a parsed document: an EventList, a single Event, or a JSON array.
+
+    `mapping` and `sequence` are the types objects and arrays were parsed into (orjson's
+    dict and list, or simdjson's proxies); the result is a sequence of the items.
+    """
+    if isinstance(doc, sequence):
+        return cast(Sequence[Any], doc)
+    if isinstance(doc, mapping):
         items = doc.get("items")
         if doc.get("kind") == "EventList" or (items is not None and "auditID" not in doc):
-            if not isinstance(items, list):
+            if not isinstance(items, sequence):
                 if items is None:
                     return []
                 raise BadDocument("EventList 'items' is not a list")
-            return items
+            return cast(Sequence[Any], items)
         return [doc]
     raise BadDocument(f"expected an object or an array, got {type(doc).__name__}")
 

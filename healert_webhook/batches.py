@@ -1,52 +1,58 @@
-"""Split a webhook body into its events without parsing it; estimate what parsing costs.
+"""What of a webhook body to parse at once, and what parsing it costs in memory.
 
-The apiserver serializes an EventList with Go's encoder, always the same way:
+A body up to GROUP_BYTES is read whole by simdjson, whatever its layout (prefilter.py).
+A larger one is read in groups of about GROUP_BYTES of whole events, so that memory
+follows the group, not the body: the apiserver serializes an EventList with Go's
+encoder, always the same way,
 
     {"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[{"level":"...
 
-with no whitespace, and every item an audit Event whose first field is `level`. Between two
-items there is therefore exactly `},{"level":"`. Those bytes can also occur inside an
-object an event carries (a patch, a custom resource: whatever a client sent), and there a
-cut yields pieces that each look like an event while the one holding them is lost. So a
-split is only a proposal: nothing of a piece counts before it was read as exactly one JSON
-object (prefilter.py, or a parse). A cut inside an object leaves the piece before it
-unclosed, which no reader takes, and the body goes the careful path: one parse of the
-whole document. The same holds for a JSON array of events; a single event is its own
-piece.
-
-Split, a body costs about its own size in memory, however large: items are parsed one
-at a time. A body that cannot be split is parsed whole, which costs what `estimate`
-says, and is charged that much against the in-memory budget before it is parsed.
+with no whitespace and every item an audit Event whose first field is `level`, so two
+items meet at `},{"level":"`. Those bytes can also occur inside an object an event
+carries (whatever a client sent); a group cut there is no JSON array of events, simdjson
+refuses it, and the body is parsed whole instead (`estimate` says what that costs). Only
+the cuts between groups are found from bytes, and every group is parsed in full, so a
+cut in the wrong place can fail a group but never make one read wrongly. A large body
+in any other layout is parsed whole.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 EVENTLIST_HEAD = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
 ITEM = b'{"level":"'
 SEPARATOR = b'},{"level":"'
+GROUP_BYTES = 4 * 1024 * 1024
 _WHITESPACE = b" \t\r\n"
-SMALL_EVENT = 1024 * 1024  # events up to this size are charged the worst case, uncounted
-WORST_PER_BYTE = 36  # the most memory per byte of JSON any shape took (`{}` items: 30)
+WORST_PER_BYTE = 36  # the most memory per byte of JSON orjson took (`{}` items: 30)
 PER_BYTE = 3  # memory of parsed JSON: per byte of the text...
 PER_VALUE = 100  # ...and per object, array or value, which small values make count
+# The most memory simdjson's index took per byte of JSON, over every shape tried
+# (`0,0,0...`: 12; `{},{}...`: 9.3; realistic audit events: 2.3).
+INDEX_PER_BYTE = 13
+# Candidates up to this size are parsed within what a body reserves up front; a larger
+# one is estimated first, and charged what it needs.
+SMALL_CANDIDATE = 256 * 1024
 
 
-Span = tuple[int, int]  # where one event's JSON starts and ends in the body
+Span = tuple[int, int]  # where a run of whole events starts and ends in the body
 
 
 class TooManyItems(Exception):
-    """A body holds more events than a batch may (nothing of it was split)."""
+    """A body holds more events than a batch may."""
 
     def __init__(self, count: int) -> None:
         super().__init__(count)
         self.count = count
 
 
-def split(body: bytes, most: int) -> list[Span] | None:
-    """The items of an EventList, an array of events or one event; None if not that shape.
+def groups(body: bytes, size: int = GROUP_BYTES) -> list[Span] | None:
+    """Runs of whole events, each about `size` bytes or one event, covering every item
+    of an EventList or array the apiserver's way; None if the body is not that layout.
 
-    No item is parsed or copied: each is a (start, end) span of `body`. Raises
-    TooManyItems, before building anything, when there would be more than `most`.
+    Only one cut per group is searched for, so this reads a few bytes per group, not the
+    body: the groups' parses check everything else.
     """
     end = len(body)
     while end and body[end - 1] in _WHITESPACE:  # Go's encoder ends with a newline
@@ -55,29 +61,30 @@ def split(body: bytes, most: int) -> list[Span] | None:
         start, close = len(EVENTLIST_HEAD), b"]}"
     elif body.startswith(b"[" + ITEM):
         start, close = 1, b"]"
-    elif body.startswith(ITEM):
-        return [(0, end)]
     else:
         return None
-    if body[end - len(close):end] != close:
+    if body[end - len(close):end] != close or not body.startswith(ITEM, start):
         return None
     stop = end - len(close)
-    if start == stop:  # an empty list of events
-        return []
-    if not body.startswith(ITEM, start):
-        return None
     spans: list[Span] = []
-    find = body.find
     at = start
     while True:
-        if len(spans) == most:  # one item more: counting the rest is for the message only
-            raise TooManyItems(most + 1 + body.count(SEPARATOR, at + len(ITEM), stop))
-        cut = find(SEPARATOR, at + len(ITEM), stop)
+        cut = body.find(SEPARATOR, min(at + size, stop), stop) if at + size < stop else -1
         if cut < 0:
             spans.append((at, stop))
             return spans
         spans.append((at, cut + 1))
         at = cut + 2
+
+
+def group_text(body: bytes, span: Span) -> bytearray:
+    """The events of `span` as one JSON array, to parse on their own."""
+    start, end = span
+    text = bytearray(end - start + 2)
+    text[0] = 0x5B  # [
+    text[1:-1] = memoryview(body)[start:end]
+    text[-1] = 0x5D  # ]
+    return text
 
 
 def estimate(body: bytes) -> int:
@@ -92,14 +99,66 @@ def estimate(body: bytes) -> int:
         body.count(b"{") + body.count(b"[") + body.count(b","))
 
 
-def cost(body: bytes, spans: list[Span] | None) -> int:
-    """Memory evaluating `body` takes: split, its size plus its largest event parsed
-    (events are parsed one at a time, if at all); whole, what it expands to."""
-    if spans is None:
+@dataclass(frozen=True)
+class Reading:
+    """How a body is read: whole (`groups` None) or in groups; `largest` is the size of
+    the largest document read at once, `index` the memory simdjson's index of it takes."""
+
+    groups: list[Span] | None
+    largest: int
+    index: int
+
+
+def reading(body: bytes, size: int = GROUP_BYTES) -> Reading | None:
+    """How simdjson reads `body`: whole up to `size`, else in groups; None when it must
+    be parsed whole by orjson instead (a large body in another layout)."""
+    if len(body) <= size:
+        return Reading(None, len(body), INDEX_PER_BYTE * len(body))
+    found = groups(body, size)
+    if found is None:
+        return None
+    if len(found) == 1:  # one group holds every event: read the body itself, uncopied
+        return Reading(None, len(body), index_estimate(body))
+    start, end = max(found, key=lambda span: span[1] - span[0])
+    if end - start <= size:  # the worst shape measured, without counting anything
+        return Reading(found, end - start + 2, INDEX_PER_BYTE * (end - start + 2))
+    return Reading(found, end - start + 2, index_estimate(memoryview(body)[start:end]))
+
+
+def index_estimate(text: bytes | memoryview) -> int:
+    """About how much memory simdjson's index of `text` takes (an upper-side guess):
+    a copy of the text and of its strings, and a few words per value and separator."""
+    data = bytes(text)
+    return 2 * len(data) + 24 * (data.count(b",") + data.count(b"{") + data.count(b"[")) \
+        + 8 * data.count(b":")
+
+
+def plan(body: bytes) -> tuple[Reading | None, int]:
+    """How to read `body` (None: parse it whole with orjson) and the memory that takes.
+
+    simdjson's way, unless the body is large and a whole parse costs less: a body of a
+    few huge strings takes about twice its size parsed, less than a copy plus an index.
+    Reads a large body several times over: off the event loop.
+    """
+    read = reading(body)
+    charge = cost(body, read)
+    if read is None or len(body) <= GROUP_BYTES:
+        return read, charge
+    whole = estimate(body)
+    return (None, whole) if whole < charge else (read, charge)
+
+
+def cost(body: bytes, plan: Reading | None) -> int:
+    """Memory evaluating `body` takes: by simdjson, the body, its largest document and
+    that document's index, and room for parsing one candidate (larger ones are charged
+    when met: prefilter.NeedsMore); by orjson, what the body expands to."""
+    if plan is None:
         return estimate(body)
-    if not spans:
-        return len(body)
-    start, end = max(spans, key=lambda span: span[1] - span[0])
-    if end - start <= SMALL_EVENT:  # the worst shape measured, without counting anything
-        return len(body) + WORST_PER_BYTE * (end - start)
-    return len(body) + estimate(body[start:end])
+    copy = plan.largest if plan.groups is not None else 0
+    return len(body) + copy + plan.index + candidate_reserve(plan)
+
+
+def candidate_reserve(plan: Reading) -> int:
+    """What parsing one candidate may take without being measured first: the worst shape
+    of the largest candidate that is not (one can be no larger than its document)."""
+    return WORST_PER_BYTE * min(plan.largest, SMALL_CANDIDATE)

@@ -52,7 +52,8 @@ WEBHOOK_BODY_BYTES = Histogram(
     buckets=(1024, 16384, 131072, 1048576, 4194304, 16777216, 67108864))
 WEBHOOK_PARSES = Counter(
     "healert_webhook_parses_total",
-    "Webhook bodies by how they were parsed: item by item, or whole (another shape)",
+    "Webhook bodies by how they were read: by simdjson, events parsed as needed (items), "
+    "or parsed whole by orjson (whole)",
     ["path"])
 WEBHOOK_BUSY = Counter(
     "healert_webhook_busy_total",

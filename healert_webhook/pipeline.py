@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from simdjson import Array, Object
 
-from healert_webhook import audit, metrics
-from healert_webhook.batches import Span
+from healert_webhook import audit, batches, metrics
 from healert_webhook.config import Settings
 from healert_webhook.detect import Detector, Friction, Stats
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
-from healert_webhook.prefilter import Prefilter
+from healert_webhook.prefilter import Prefilter, Unreadable, parse
 from healert_webhook.rules import RulesError, RuleSet, load_rules
 
 log = logging.getLogger(__name__)
@@ -136,32 +136,42 @@ def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
             bad.append((index, "not_an_object"))
 
 
-def parse_spans(body: bytes, spans: Sequence[Span], prefilter: Prefilter,
-                ruled_out: Counter[str], broken: list[int]) -> Iterator[dict[str, Any]]:
-    """The events of a split body, parsed one at a time unless ruled out from their bytes.
-
-    A span that is not one JSON object ends the iteration, its index in `broken`: the
-    split was fooled by bytes inside an object a client sent, or the body is not JSON;
-    either way it must be parsed whole (batches.py).
-    """
-    loads = orjson.loads
-    skip = prefilter.skip
-    view = memoryview(body)
-    for index, (start, end) in enumerate(spans):
-        item = view[start:end]
-        reason = skip(item)
-        if reason is not None:
-            ruled_out[reason] += 1
-            continue
+def _read(body: bytes, plan: batches.Reading, prefilter: Prefilter, most: int, *,
+          ruled_out: Counter[str], bad: list[tuple[int, str]],
+          allowance: int | None) -> Iterator[dict[str, Any]]:
+    """The candidate events of a body, document by document (see `evaluate_body`)."""
+    if plan.groups is None:
+        doc = parse(body)
         try:
-            event = loads(item)
-        except orjson.JSONDecodeError:
-            broken.append(index)
-            return
-        if event.__class__ is not dict:
-            broken.append(index)
-            return
-        yield event
+            items = audit.batch_items(doc, Object, Array)
+        except audit.BadDocument as exc:
+            raise BadBody(f"not an audit EventList, Event or array: {exc}",
+                          "bad_shape") from None
+        if len(items) > most:
+            raise batches.TooManyItems(len(items))
+        yield from prefilter.candidates(items, ruled_out, bad, 0, allowance)
+        return
+    seen = 0
+    for index, span in enumerate(plan.groups):
+        group = parse(batches.group_text(body, span))
+        if group.__class__ is not Array:
+            raise Unreadable("a group is no array")
+        if seen + len(group) > most:
+            del group
+            raise batches.TooManyItems(seen + _count(body, plan.groups[index:]))
+        start, seen = seen, seen + len(group)
+        yield from prefilter.candidates(group, ruled_out, bad, start, allowance)
+        del group
+
+
+def _count(body: bytes, spans: Sequence[batches.Span]) -> int:
+    """How many events the groups hold (for the answer to a batch that is too large)."""
+    total = 0
+    for span in spans:
+        group = parse(batches.group_text(body, span))
+        total += len(group) if group.__class__ is Array else 0
+        del group
+    return total
 
 
 def parse_items(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
@@ -231,34 +241,48 @@ class Pipeline:
         """The pre-filter of the active rules."""
         return self._rules[1]
 
-    def evaluate(self, items: Iterable[Any], source: str) -> Evaluation:
-        """Parse and detect; record the counts. Never raises on any input."""
-        detector, prefilter = self._rules  # one rule set for the whole batch
+    def evaluate(self, items: Iterable[Any], source: str,
+                 prefilter: bool = True) -> Evaluation:
+        """Parse and detect; record the counts. Never raises on any input.
+
+        Without `prefilter` every event is parsed in full: for files another producer
+        may have written (see prefilter.py).
+        """
+        detector, rule_out = self._rules  # one rule set for the whole batch
         stats = Stats()
         bad: list[tuple[int, str]] = []
         ruled_out: Counter[str] = Counter()
         with gc_paused():
-            frictions = detector.detect(parse_each(items, bad, prefilter, ruled_out), stats)
+            frictions = detector.detect(
+                parse_each(items, bad, rule_out if prefilter else None, ruled_out), stats)
         _add(stats, ruled_out, source)
         record(stats, bad, source)
         return Evaluation(frictions, stats, bad)
 
-    def evaluate_spans(self, body: bytes, spans: Sequence[Span],
-                       source: str) -> Evaluation | None:
-        """Like `evaluate` for the events of a split body; None (and nothing counted) if a
-        span is not one whole event: then the body must be parsed whole."""
+    def evaluate_body(self, body: bytes, plan: batches.Reading, source: str,
+                      most: int, allowance: int | None = None) -> Evaluation | None:
+        """Like `evaluate` for a webhook body read by simdjson as `plan` says: only the
+        events the pre-filter cannot rule out are parsed. None (nothing counted) when
+        simdjson does not take a document of it: then it must be parsed whole.
+
+        Raises TooManyItems (before anything is evaluated, unless the body is read in
+        groups), BadBody for a document that is no batch of events, and NeedsMore when
+        a candidate needs more memory than `allowance` (see Prefilter.candidates).
+        """
         detector, prefilter = self._rules
         stats = Stats()
         ruled_out: Counter[str] = Counter()
-        broken: list[int] = []
-        with gc_paused():
-            frictions = detector.detect(
-                parse_spans(body, spans, prefilter, ruled_out, broken), stats)
-        if broken:
+        bad: list[tuple[int, str]] = []
+        try:
+            with gc_paused():
+                frictions = detector.detect(
+                    _read(body, plan, prefilter, most, ruled_out=ruled_out, bad=bad,
+                          allowance=allowance), stats)
+        except Unreadable:
             return None
         _add(stats, ruled_out, source)
-        record(stats, [], source)
-        return Evaluation(frictions, stats)
+        record(stats, bad, source)
+        return Evaluation(frictions, stats, bad)
 
     def store(self, frictions: Sequence[Friction], source: str,
               checkpoint: Checkpoint | None = None) -> StoreResult:
@@ -318,7 +342,7 @@ def log_warnings(ruleset: RuleSet) -> None:
         log.warning("rules: %s (healert-webhook validate explains)", warning)
 
 
-def parse_body(body: bytes) -> list[Any]:
+def parse_body(body: bytes) -> Sequence[Any]:
     """The items of a webhook body: an EventList, a single Event or a JSON array.
 
     Raises BadBody for a body that is not one of those.

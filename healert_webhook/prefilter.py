@@ -1,57 +1,100 @@
-"""Rule out audit events from the few fields detection needs, without parsing the rest.
+"""Rule out audit events from a SIMD parse of their JSON: only candidates become objects.
 
-Nearly every audit event cannot match any rule, and detection can tell from five fields:
-the stage, the verb, the user's name, whether someone is impersonated, and the object's
-resource, subresource and namespace (`Detector.detect`'s fast path reads exactly these,
-through the rule index). msgspec decodes just those from an event's bytes into a few small
-objects and skips everything else — the objects a client sent, the annotations — checking
-its syntax but building nothing. A decoder reads JSON as JSON, so the answer does not
-depend on how a producer laid the event out: field order, escapes, whitespace, a repeated
-key (the last one counts, as with orjson) and nested objects with the same keys are read
-exactly as a full parse reads them.
+simdjson reads a whole document at a few gigabytes a second into an index of its own,
+checking its syntax and UTF-8 as strictly as orjson does, and builds no Python object
+for it. Detection can tell that nearly every audit event matches no rule from five
+fields: the stage, the verb, the user's name, whether someone is impersonated, and the
+object's resource, subresource and namespace (`Detector.detect`'s fast path reads exactly
+these, through the rule index). `Prefilter` reads just those from the index; the events
+it cannot rule out (candidates) are parsed with orjson and detected as before.
 
-`Prefilter` answers the skip reason detection would give, or None: "parse it". It answers
-None whenever the fields are not what detection can settle from (a value of the wrong
-type, an unknown stage, bytes that are not JSON): those events are parsed with orjson and
-decided exactly as without the pre-filter. Items ruled out are counted under the same
-skip reasons detection gives.
+A parser reads JSON as JSON, so the decision does not depend on how the event is laid
+out: field order, whitespace, escapes, strings holding the very bytes of a field, nested
+objects with the same keys, an embedded object holding what looks like another event.
 
-One difference remains, in counts only: msgspec does not check that strings it skips are
-UTF-8, which orjson does. An event whose only fault is a string that is not UTF-8 in a
-field no rule reads is counted as ruled out rather than as invalid.
+What it trusts: that an event holds each of its fields once, as the apiserver's encoder
+writes it. Of a field written twice this reads the first and a full parse the last.
+Nothing a user sends can add a field to the event itself (what they send is inside its
+strings and embedded objects); another producer could, so replay, which reads files
+from anywhere, parses every event in full.
+
+`Prefilter.reason` answers the skip reason detection would give, or None: "parse it".
+It answers None whenever the fields are not what detection can settle from (a value of
+the wrong type, an unknown stage); those events are parsed and decided exactly as
+without the pre-filter, and items ruled out are counted under detection's own reasons.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
-import msgspec
+import orjson
+import simdjson
 
 from healert_webhook.audit import FIRING_STAGES, HUMAN_SYSTEM_USERS, QUIET_STAGES
+from healert_webhook.batches import SMALL_CANDIDATE, estimate
+
+Object = simdjson.Object
+Array = simdjson.Array
+# A parser keeps the buffers of the largest document it read; documents above this get
+# a parser of their own, freed with them, so no thread keeps more than this much times
+# the index's worst size per byte.
+KEEP_BYTES = 2 * 1024 * 1024
+_EMPTY: dict[str, Any] = {}
+_local = threading.local()
 
 
-class _User(msgspec.Struct):
-    username: str | None = None
+class Unreadable(Exception):
+    """A document simdjson does not take (not JSON, a number out of its range...)."""
 
 
-class _Ref(msgspec.Struct):
-    resource: str | None = None
-    namespace: str | None = None
-    subresource: str | None = None
+class NeedsMore(Exception):
+    """A candidate needs more memory to parse than was reserved: `size` bytes more."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
-class _Fields(msgspec.Struct):
-    """What detection's fast path reads of an event; absent fields are None."""
-
-    stage: str | None = None
-    verb: str | None = None
-    user: _User | None = None
-    impersonatedUser: Any = None
-    objectRef: _Ref | None = None
+def _thread_parser() -> simdjson.Parser:
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = simdjson.Parser()
+    return parser
 
 
-_EVENT = msgspec.json.Decoder(_Fields)
-_NO_REF = _Ref()
+def parse(text: bytes | bytearray) -> Any:
+    """`text` read by simdjson: an Object or Array proxy, or a plain value.
+
+    Raises Unreadable. The result must be dropped before this thread parses again.
+    """
+    if text[:3] == b"\xef\xbb\xbf":  # a byte order mark, which orjson refuses
+        raise Unreadable("a byte order mark")
+    parser = _thread_parser() if len(text) <= KEEP_BYTES else simdjson.Parser()
+    try:
+        return parser.parse(text)
+    except RuntimeError as exc:
+        if "re-use" not in str(exc):  # a depth or size limit
+            raise Unreadable(str(exc)) from None
+        # proxies of the last document are still alive somewhere: leave that parser be
+        _local.parser = parser = simdjson.Parser()
+        try:
+            return parser.parse(text)
+        except (ValueError, RuntimeError) as again:
+            raise Unreadable(str(again)) from None
+    except ValueError as exc:  # syntax, strings, numbers, UTF-8 (UnicodeDecodeError)
+        raise Unreadable(str(exc)) from None
+
+
+def _impersonated(event: Any) -> Any:
+    # A key's absence costs simdjson's `get` an exception; walking the keys does not.
+    for key in event:
+        if key == "impersonatedUser":
+            return event.get(key)
+    return None
 
 
 class Prefilter:
@@ -61,37 +104,89 @@ class Prefilter:
         self._by_resource, self._any = detector.index
         self._excluded = detector.excluded_namespaces
 
-    def skip(self, raw: bytes | memoryview) -> str | None:
-        """The skip reason for the one event in `raw`, or None: parse it.
-
-        Ruled out means `raw` is exactly one JSON object: a piece of a body split at the
-        wrong place is not, so it is parsed, fails, and the body is parsed whole.
-        """
+    def skip(self, raw: bytes) -> str | None:
+        """The skip reason for the one event in `raw` (a log line), or None: parse it."""
         try:
-            fields = _EVENT.decode(raw)
-        except Exception:  # not one JSON object, a field detection cannot
-            # use, bytes that are not UTF-8 (some msgspec versions raise UnicodeDecodeError):
-            # the full parse decides, and reports it
-            return None
-        return self.reason(fields)
+            doc = parse(raw)
+        except Unreadable:
+            return None  # the full parse decides, and reports it
+        return self.reason(doc) if doc.__class__ is Object else None
 
-    def reason(self, event: _Fields) -> str | None:
-        """`Detector.detect`'s fast-path skip reasons, decided in its order, or None."""
-        stage = event.stage
+    def reason(self, event: Any) -> str | None:
+        """`Detector.detect`'s fast-path skip reason for one event (a simdjson Object),
+        decided in its order, or None."""
+        stage = event.get("stage")
         if stage not in FIRING_STAGES:
             return "stage" if stage in QUIET_STAGES else None  # unknown: detection says
-        ref = event.objectRef or _NO_REF
-        subs, other_sub = self._by_resource.get(ref.resource, self._any)
-        verbs, other_verb = subs.get(ref.subresource, other_sub)
-        leaf = verbs.get(event.verb, other_verb)
-        if leaf is None:
-            return "no_rule"
-        if event.verb is None:
-            return None  # detection counts a missing verb as invalid
-        if ref.namespace and ref.namespace in self._excluded:
-            return "namespace"
-        if leaf[1] and not event.impersonatedUser:
-            username = event.user.username if event.user else None
-            if not username or (username[:7] == "system:" and username not in HUMAN_SYSTEM_USERS):
-                return "system_actor"
+        ref = event.get("objectRef")
+        if ref is None:
+            ref = _EMPTY
+        elif ref.__class__ is Object:
+            ref = ref.as_dict()  # cheaper than asking for the subresource most lack
+        else:
+            return None
+        verb = event.get("verb")
+        if verb is not None and verb.__class__ is not str:
+            return None
+        try:
+            subs, other_sub = self._by_resource.get(ref.get("resource"), self._any)
+            verbs, other_verb = subs.get(ref.get("subresource"), other_sub)
+            leaf = verbs.get(verb, other_verb)
+            if leaf is None:
+                return "no_rule"
+            if verb is None:
+                return None  # detection counts a missing verb as invalid
+            namespace = ref.get("namespace")
+            if namespace and namespace in self._excluded:
+                return "namespace"
+        except TypeError:  # a list or object where a name belongs
+            return None
+        if leaf[1]:
+            return self._actor(event)
         return None
+
+    @staticmethod
+    def _actor(event: Any) -> str | None:
+        user = event.get("user")
+        if user is None:
+            username = None
+        elif user.__class__ is Object:
+            username = user.get("username") if user else None
+        else:
+            return None
+        if username is not None and username.__class__ is not str:
+            return None
+        internal = not username or (username[:7] == "system:"
+                                    and username not in HUMAN_SYSTEM_USERS)
+        return "system_actor" if internal and not _impersonated(event) else None
+
+    def candidates(self, items: Iterable[Any], ruled_out: Counter[str],
+                   bad: list[tuple[int, str]], start: int = 0,
+                   allowance: int | None = None) -> Iterator[dict[str, Any]]:
+        """The items (simdjson values) that could match, parsed with orjson one at a time.
+
+        Items ruled out are counted in `ruled_out`; an item that is no object is listed
+        in `bad` (its index counted from `start`). With an `allowance`, a candidate larger
+        than SMALL_CANDIDATE whose parse would take more memory raises NeedsMore first.
+        """
+        loads = orjson.loads
+        reason = self.reason
+        for index, item in enumerate(items, start):
+            if item.__class__ is not Object:
+                bad.append((index, "not_an_object"))
+                continue
+            why = reason(item)
+            if why is not None:
+                ruled_out[why] += 1
+                continue
+            raw = cast(bytes, item.mini)  # typed str, but simdjson hands out bytes
+            if allowance is not None and len(raw) > SMALL_CANDIDATE:
+                need = estimate(raw)
+                if need > allowance:
+                    raise NeedsMore(need - allowance)
+            try:
+                event = loads(raw)
+            except orjson.JSONDecodeError:  # deeper than orjson goes
+                bad.append((index, "bad_json"))
+                continue
+            yield event

@@ -4,6 +4,8 @@ Accepts JSON-lines logs (gzipped or not), an EventList document, a single Event 
 pretty-printed over several lines), or `-` for stdin. Each friction event is printed as
 one JSON line on stdout (the body the backend would receive); a summary goes to stderr.
 With `--forward` the events are also queued in the outbox, deduplicated by key.
+Every event is parsed in full: a file may come from a producer other than the apiserver,
+which the pre-filter's one assumption (each field written once) does not hold for.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def _open(path: str) -> IO[bytes]:
     return raw
 
 
-def _items(doc: Any, place: str, report: ReadReport) -> list[Any]:
+def _items(doc: Any, place: str, report: ReadReport) -> Sequence[Any]:
     try:
         items = audit.batch_items(doc)
     except audit.BadDocument:
@@ -197,7 +199,8 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
             continue
         try:
             for batch in iter_batches(stream, path, result.report, max_line, raw=True):
-                evaluation = pipeline.evaluate(batch, SOURCE)
+                # files from anywhere: every event parsed in full (prefilter.py)
+                evaluation = pipeline.evaluate(batch, SOURCE, prefilter=False)
                 for index, reason in evaluation.bad:  # a line the pipeline could not read
                     result.report.bad(batch.places[index], reason)
                 del batch

@@ -31,6 +31,7 @@ from healert_webhook.config import default_of
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import OutboxError, OutboxFull, StoreResult
 from healert_webhook.pipeline import BadBody, Evaluation, Pipeline, parse_body
+from healert_webhook.prefilter import NeedsMore
 
 log = logging.getLogger(__name__)
 _full_log = Limiter(log, per_interval=1, interval=60.0, what="batches refused (outbox full)")
@@ -38,9 +39,9 @@ _refused_log = Limiter(log, per_interval=5, interval=60.0, what="webhook request
 
 RETRY_AFTER = b"5"
 SOURCE = "webhook"
-# Split bodies up to this size are evaluated on the event loop: at the measured few
-# microseconds per ruled-out event, 4 MiB take about 10 ms, well under what would delay
-# the other connections' answers.
+# Bodies up to this size are evaluated on the event loop: simdjson reads 4 MiB and the
+# pre-filter rules out its events in a few milliseconds, well under what would delay the
+# other connections' answers.
 ON_LOOP_BYTES = 4 * 1024 * 1024
 
 Scope = MutableMapping[str, Any]
@@ -169,25 +170,19 @@ class WebhookApp:
         try:
             body = await self._receive_body(receive, declared, held)
             metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-            try:
-                spans = batches.split(body, self.max_items)
-            except batches.TooManyItems as exc:
-                raise _Reject(413, f"batch of {exc.count} events is over "
-                              f"HEALERT_MAX_BATCH_ITEMS={self.max_items}") from None
-            await self._reserve_parsing(body, spans, held)
-            await self._ingest(body, spans)
+            if len(body) <= ON_LOOP_BYTES:
+                plan, cost = batches.plan(body)
+            else:  # reading a large body's shape takes passes over it
+                plan, cost = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, batches.plan, body)
+            await self._reserve_to(cost, held)
+            await self._ingest(body, plan, held)
         finally:
             await self.budget.give(held[0])
         return 200, b"{}", []
 
-    async def _reserve_parsing(self, body: bytes, spans: list[batches.Span] | None,
-                               held: list[int]) -> None:
-        """Reserve what parsing the body will take, or refuse the batch before parsing.
-
-        Split into items, a body costs its size plus its largest item parsed (items are
-        parsed one at a time); a body that must be parsed whole costs what it expands to.
-        """
-        cost = batches.cost(body, spans)
+    async def _reserve_to(self, cost: int, held: list[int]) -> None:
+        """Hold `cost` bytes of the budget in all, or refuse the batch before parsing."""
         if cost > self.budget.limit:
             raise _Reject(413, f"parsing this body would take about {cost >> 20} MiB of "
                           f"memory, more than HEALERT_MAX_INFLIGHT_BYTES allows "
@@ -266,24 +261,29 @@ class WebhookApp:
         # One join at the end: appending to one growing bytes object would copy quadratically.
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _ingest(self, body: bytes, spans: list[batches.Span] | None) -> StoreResult:
+    async def _ingest(self, body: bytes, plan: batches.Reading | None,
+                      held: list[int]) -> StoreResult:
         """Evaluate the body and store what it yields; map failures to answers.
 
         An apiserver EventList of a few MiB is evaluated right here: most of its events
-        are ruled out from their bytes, which takes milliseconds, less than the hop to a
-        thread would cost. Larger bodies, and any body that must be parsed whole, are
+        are ruled out from simdjson's reading, which takes milliseconds, less than the hop
+        to a thread would cost. Larger bodies, and any body that must be parsed whole, are
         evaluated on a worker thread, so the loop keeps answering meanwhile. Stores always
         run there: they wait for the disk.
         """
         loop = asyncio.get_running_loop()
         try:
-            if spans is not None and len(body) <= ON_LOOP_BYTES:
-                found = self._evaluate_split(body, spans)
-                if found is not None and not found.frictions:
-                    return self._store(found)  # nothing to write: no thread hop
-                if found is not None:
-                    return await loop.run_in_executor(self.executor, self._store, found)
-            return await loop.run_in_executor(self.executor, self._process, body, spans)
+            found = await self._evaluate(body, plan, held) if plan is not None else None
+            if found is None:  # the careful way: one orjson parse of the whole body
+                await self._reserve_to(batches.estimate(body), held)
+                return await loop.run_in_executor(self.executor, self._process, body)
+            metrics.WEBHOOK_PARSES.labels("items").inc()
+            if not found.frictions:
+                return self._store(found)  # nothing to write: no thread hop
+            return await loop.run_in_executor(self.executor, self._store, found)
+        except batches.TooManyItems as exc:
+            raise _Reject(413, f"batch of {exc.count} events is over "
+                          f"HEALERT_MAX_BATCH_ITEMS={self.max_items}") from None
         except BadBody as exc:
             metrics.INVALID_EVENTS.labels(SOURCE, exc.reason).inc()
             raise _Reject(400, str(exc)) from None
@@ -300,31 +300,29 @@ class WebhookApp:
             raise _Reject(503, "outbox unavailable, retry later",
                           [(b"retry-after", RETRY_AFTER)]) from None
 
-    def _evaluate_split(self, body: bytes, spans: list[batches.Span]) -> Evaluation | None:
-        """Evaluate a split body event by event; None if the split was fooled (see
-        `_process`)."""
-        found = self.pipeline.evaluate_spans(body, spans, SOURCE)
-        if found is not None:
-            metrics.WEBHOOK_PARSES.labels("items").inc()
-        return found
+    async def _evaluate(self, body: bytes, plan: batches.Reading,
+                        held: list[int]) -> Evaluation | None:
+        """simdjson's reading of the body (None: parse it whole). A candidate too large
+        for what was reserved gets its share, and the body is read again."""
+        allowance = first = batches.candidate_reserve(plan)
+        evaluate = self.pipeline.evaluate_body
+        while True:
+            try:
+                if len(body) <= ON_LOOP_BYTES and allowance == first:
+                    return evaluate(body, plan, SOURCE, self.max_items, allowance)
+                return await asyncio.get_running_loop().run_in_executor(
+                    self.executor, evaluate, body, plan, SOURCE, self.max_items, allowance)
+            except NeedsMore as more:
+                await self._reserve_to(held[0] + more.size, held)
+                allowance += more.size
 
     def _store(self, found: Evaluation) -> StoreResult:
         return self.pipeline.store(found.frictions, SOURCE)
 
-    def _process(self, body: bytes, spans: list[batches.Span] | None) -> StoreResult:
-        """Parse, detect and store one body (blocking: runs on a worker thread).
-
-        Split bodies are parsed item by item; if a piece turns out not to be one event
-        (the split was fooled by the bytes of an embedded object), the body is parsed
-        whole instead, and nothing of the first attempt counts.
-        """
-        if spans is not None:
-            found = self._evaluate_split(body, spans)
-            if found is not None:
-                return self._store(found)
+    def _process(self, body: bytes) -> StoreResult:
+        """Parse the whole body, detect and store (blocking: runs on a worker thread)."""
         metrics.WEBHOOK_PARSES.labels("whole").inc()
         items = parse_body(body)
         if len(items) > self.max_items:
-            raise _Reject(413, f"batch of {len(items)} events is over "
-                          f"HEALERT_MAX_BATCH_ITEMS={self.max_items}")
+            raise batches.TooManyItems(len(items))
         return self.pipeline.process(items, SOURCE)[1]

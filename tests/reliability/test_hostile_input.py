@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from healert_webhook import protocol
+from healert_webhook.batches import GROUP_BYTES
 from healert_webhook.budget import BodyBudget
 from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline
@@ -492,8 +493,15 @@ def test_objects_shaped_like_event_boundaries_neither_hide_nor_add_events(
     # ...and another holds a whole exec by bob between two such boundaries
     body = event_list([sneaky, smuggling_event(), *honest])
     assert body.count(b'},{"level":"') == 4 + 1 + 2
+    # a large body whose cut into groups falls on a fake boundary: parsed whole instead
+    large = event_list([smuggling_event(pad=GROUP_BYTES),
+                        *(exec_event(i, tag="large") for i in range(2, 5))])
     whole = metric(ops, "healert_webhook_parses_total", path="whole")
+    read = metric(ops, "healert_webhook_parses_total", path="items")
     friction = metric(ops, "healert_friction_events_total", rule="kubectl-exec")
     assert httpx.post(url, content=body, headers=JSON, timeout=30).status_code == 200
-    assert metric(ops, "healert_webhook_parses_total", path="whole") == whole + 1
+    assert metric(ops, "healert_webhook_parses_total", path="items") == read + 1
     assert metric(ops, "healert_friction_events_total", rule="kubectl-exec") == friction + 4
+    assert httpx.post(url, content=large, headers=JSON, timeout=30).status_code == 200
+    assert metric(ops, "healert_webhook_parses_total", path="whole") == whole + 1
+    assert metric(ops, "healert_friction_events_total", rule="kubectl-exec") == friction + 7

@@ -308,7 +308,7 @@ def test_bodies_beyond_the_memory_budget_wait_then_get_503(tmp_path: Path,
     from healert_webhook.budget import BodyBudget
 
     body = event_list([noise_event(i) for i in range(3)])
-    cost = batches.cost(body, batches.split(body, 10_000))
+    cost = batches.cost(body, batches.reading(body))
     busy_before = sample("healert_webhook_busy_total")
     with webhook(tmp_path, outbox, None, tokens=None) as hook:
         # room for one body being evaluated, not for a second one arriving meanwhile
@@ -329,3 +329,38 @@ def test_bodies_beyond_the_memory_budget_wait_then_get_503(tmp_path: Path,
         with httpx.Client(timeout=10) as c:  # the budget is free again
             assert c.post(hook.url, content=body, headers=JSON).status_code == 200
     assert sample("healert_webhook_busy_total") == busy_before + 1
+
+
+def test_a_large_candidate_gets_its_share_of_the_budget_before_it_is_parsed(
+        tmp_path: Path, outbox: Outbox) -> None:
+    from healert_webhook import batches
+    from healert_webhook.budget import BodyBudget
+
+    big = exec_event(1, tag="big")  # a person's exec carrying many small values
+    big["requestObject"] = {"spec": [{"a": 1}] * (batches.SMALL_CANDIDATE // 4)}
+    body = event_list([noise_event(2), big])
+    plan, up_front = batches.plan(body)
+    assert plan is not None
+    need = batches.estimate(orjson.dumps(big))
+    assert need > batches.candidate_reserve(plan)  # more than reserved for any candidate
+    with webhook(tmp_path, outbox, None, tokens=None) as hook:
+        held: list[int] = []
+        take = hook.app.budget.take
+
+        async def spy(size: int) -> bool:
+            held.append(size)
+            return await take(size)
+
+        hook.app.budget.take = spy  # type: ignore[method-assign]
+        with httpx.Client(timeout=30) as c:
+            assert c.post(hook.url, content=body, headers=JSON).status_code == 200
+        assert sum(held) >= up_front + need - batches.candidate_reserve(plan)
+        wait_for(lambda: hook.app.budget.used == 0)
+        assert len(queued(outbox)) == 1
+        # ...and a budget that cannot hold it refuses the batch instead of parsing it
+        more = need - batches.candidate_reserve(plan)
+        hook.app.budget = BodyBudget(up_front + more // 2, wait=0.2)
+        with httpx.Client(timeout=30) as c:
+            refused = c.post(hook.url, content=body, headers=JSON)
+        assert refused.status_code == 413
+        assert "HEALERT_MAX_INFLIGHT_BYTES" in refused.json()["error"]

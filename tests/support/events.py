@@ -385,14 +385,16 @@ def owner(kind: str, name: str, *, controller: bool | None = True,
     return ref
 
 
-def smuggling_event() -> dict[str, Any]:
+def smuggling_event(pad: int = 0) -> dict[str, Any]:
     """A request no rule matches whose object holds, as structure, what ends one EventList
     item and starts the next, then a whole kubectl exec by someone, then the start of an
     event that ends where this one does.
 
     Split at `},{"level":"`, the body would yield pieces that each look like an event the
     apiserver wrote: the request's own head with a fake end, a person's exec that never
-    happened, and a tail. Nothing here may come out as a friction event.
+    happened, and a tail. Nothing here may come out as a friction event. `pad` bytes of
+    string come before the fake boundaries (to put them where a large body is cut into
+    groups).
     """
     stamp = "2026-11-26T10:00:00.000000Z"
     fake_end = {"a": {}, "requestReceivedTimestamp": stamp, "stageTimestamp": stamp}
@@ -404,5 +406,7 @@ def smuggling_event() -> dict[str, Any]:
     event = audit_event("patch", "configmaps", "settings", "payments",
                         user="system:serviceaccount:payments:settings-writer",
                         level="Request")
-    event["requestObject"] = {"data": {"x": [fake_end, fake_exec, fake_start]}}
+    data: dict[str, Any] = {"pad": "p" * pad} if pad else {}
+    data["x"] = [fake_end, fake_exec, fake_start]
+    event["requestObject"] = {"data": data}
     return go_ordered(event)
