@@ -85,8 +85,9 @@ def finish(proc: subprocess.Popen[bytes]) -> None:
 
 
 # With --native py-spy cannot tell an idle thread from a busy one: the frames where
-# threads wait (the loop in epoll, a worker on its queue) mark those samples idle.
-IDLE_FRAMES = ("epoll_pwait", "epoll_wait", "SimpleQueue_get", "PyThread_acquire_lock_timed")
+# threads wait (the loop in epoll, a worker on its queue or for the GIL) mark those idle.
+IDLE_FRAMES = ("epoll_pwait", "epoll_wait", "SimpleQueue_get", "PyThread_acquire_lock_timed",
+               "pthread_cond_timedwait", "take_gil")
 
 
 def categorise(frames: list[str]) -> str:
@@ -110,7 +111,7 @@ def summarise(raw: Path, top: int) -> None:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        if any(idle in frame for frame in frames[-4:] for idle in IDLE_FRAMES):
+        if any(idle in frame for frame in frames for idle in IDLE_FRAMES):
             continue
         total += count
         # --threads makes the outermost frame "thread (<tid>): <name>"
