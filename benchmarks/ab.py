@@ -1,0 +1,83 @@
+"""Compare two checkouts of the agent under the same webhook load, alternating.
+
+    .venv/bin/python benchmarks/ab.py OLD_CHECKOUT NEW_CHECKOUT [--tls] [--rounds 12]
+
+This machine's speed wanders by a third within minutes, more than most changes are
+worth, so rates of two runs do not compare. Here both servers run side by side and take
+the benchmark's throughput load in turn, round after round (the order flips every
+round); each round gives the ratio of their CPU per event, and the median of those
+ratios is the answer: below 1, NEW spends less CPU than OLD. Each checkout is imported
+from its own tree (PYTHONPATH), with this interpreter and its packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import procs
+import run
+
+from support import workload
+
+
+def start(tree: Path, workdir: Path, tls: bool) -> tuple[procs.Agent, procs.PKI | None]:
+    """`serve` from `tree` on a free loopback port."""
+    workdir.mkdir()
+    pki = procs.mtls_pki(workdir) if tls else None
+    saved, procs.REPO = procs.REPO, tree  # agent_env puts REPO first on PYTHONPATH
+    try:
+        return procs.start_server(workdir, pki), pki
+    finally:
+        procs.REPO = saved
+
+
+def cpu_of_one_load(agent: procs.Agent, pki: procs.PKI | None, bodies: Path,
+                    connections: int) -> float:
+    """Server CPU seconds for two passes of the bodies."""
+    before = procs.cpu_seconds(agent.pid)
+    run.loadgen(run.server_url(agent, pki is not None), bodies,
+                ["throughput", "--connections", str(connections), "--passes", "2"], pki)
+    return procs.cpu_seconds(agent.pid) - before
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds and print the per-round ratios and their median."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--tls", action="store_true", help="HTTPS with client certificates")
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--events", type=int, default=8000)
+    args = parser.parse_args(argv)
+    work = workload.Generator(seed=1, match_ratio=0.01).take(args.events)
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = Path(tmp) / "bodies.json"
+        bodies.write_bytes(b"\n".join(work.batches(400)) + b"\n")
+        old = start(args.old.resolve(), Path(tmp) / "old", args.tls)
+        new = start(args.new.resolve(), Path(tmp) / "new", args.tls)
+        try:
+            for agent, pki in (old, new):  # warm both up once
+                cpu_of_one_load(agent, pki, bodies, 4)
+            ratios = []
+            for round_ in range(args.rounds):
+                order = (old, new) if round_ % 2 == 0 else (new, old)
+                spent = {id(agent): cpu_of_one_load(agent, pki, bodies, 4)
+                         for agent, pki in order}
+                ratios.append(spent[id(new[0])] / max(spent[id(old[0])], 1e-3))
+        finally:
+            old[0].stop()
+            new[0].stop()
+    print("NEW/OLD CPU per event, by round:", " ".join(f"{r:.2f}" for r in ratios))
+    print(f"median {statistics.median(ratios):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
