@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import select
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -68,18 +69,31 @@ def declared_samples() -> dict[str, bool]:
     return names
 
 
-def _read_until(proc: subprocess.Popen[str], pattern: str, deadline: float) -> re.Match[str]:
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The agent's output lines as they come (None at the end), read by a thread: a
+    select() on the pipe cannot see lines already in the reader's buffer."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _read_until(lines: queue.Queue[str | None], pattern: str, deadline: float
+                ) -> re.Match[str]:
     """Read the agent's output until a line matches `pattern`."""
-    assert proc.stdout is not None
     seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
-        if not line:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
             break
         seen.append(line)
         found = re.search(pattern, line)
@@ -101,8 +115,9 @@ def live_samples(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
-        ops = _read_until(proc, r"ops listener on (http://127\.0\.0\.1:\d+)", deadline)[1]
-        webhook = _read_until(proc, r"webhook listener on (http://127\.0\.0\.1:\d+\S*)",
+        lines = _lines(proc)
+        ops = _read_until(lines, r"ops listener on (http://127\.0\.0\.1:\d+)", deadline)[1]
+        webhook = _read_until(lines, r"webhook listener on (http://127\.0\.0\.1:\d+\S*)",
                               deadline)[1]
         request = urllib.request.Request(
             webhook, data=EXAMPLE_BATCH.read_bytes(), method="POST",
