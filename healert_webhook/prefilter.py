@@ -1,12 +1,13 @@
 """Rule out audit events from a SIMD parse of their JSON: only candidates become objects.
 
-simdjson reads a whole document at a few gigabytes a second into an index of its own,
-checking its syntax and UTF-8 as strictly as orjson does, and builds no Python object
-for it. Detection can tell that nearly every audit event matches no rule from five
-fields: the stage, the verb, the user's name, whether someone is impersonated, and the
-object's resource, subresource and namespace (`Detector.detect`'s fast path reads exactly
-these, through the rule index). `Prefilter` reads just those from the index; the events
-it cannot rule out (candidates) are parsed with orjson and detected as before.
+simdjson reads a whole document (about 2 GB/s, docs/performance.md) into an index of its own,
+checking its syntax and UTF-8 as strictly as orjson does, and builds no Python object.
+Detection can tell that nearly every audit event matches no rule from five fields: the
+stage, the verb, the user's name, whether someone is impersonated, and the object's
+resource, subresource and namespace (`Detector.detect`'s fast path reads exactly these,
+through the rule index). `Prefilter` reads just those from the index; the events
+it cannot rule out (candidates) are written out again by simdjson, parsed with orjson and
+detected as before.
 
 A parser reads JSON as JSON, so the decision does not depend on how the event is laid
 out: field order, whitespace, escapes, strings holding the very bytes of a field, nested
