@@ -122,15 +122,17 @@ def reading(body: bytes, size: int = GROUP_BYTES) -> Reading | None:
     start, end = max(found, key=lambda span: span[1] - span[0])
     if end - start <= size:  # the worst shape measured, without counting anything
         return Reading(found, end - start + 2, INDEX_PER_BYTE * (end - start + 2))
-    return Reading(found, end - start + 2, index_estimate(memoryview(body)[start:end]))
+    return Reading(found, end - start + 2, index_estimate(body, start, end))
 
 
-def index_estimate(text: bytes | memoryview) -> int:
-    """About how much memory simdjson's index of `text` takes (an upper-side guess):
-    a copy of the text and of its strings, and a few words per value and separator."""
-    data = bytes(text)
-    return 2 * len(data) + 24 * (data.count(b",") + data.count(b"{") + data.count(b"[")) \
-        + 8 * data.count(b":")
+def index_estimate(text: bytes, start: int = 0, end: int | None = None) -> int:
+    """About how much memory simdjson's index of `text[start:end]` takes (an upper-side
+    guess): a copy of the text and of its strings, and a few words per value and
+    separator. Counted in place: the span is not copied."""
+    stop = len(text) if end is None else end
+    values = (text.count(b",", start, stop) + text.count(b"{", start, stop)
+              + text.count(b"[", start, stop))
+    return 2 * (stop - start) + 24 * values + 8 * text.count(b":", start, stop)
 
 
 def plan(body: bytes) -> tuple[Reading | None, int]:
