@@ -180,13 +180,17 @@ def parse_items(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]
     return list(parse_each(items, bad)), bad
 
 
-def _add(stats: Stats, ruled_out: Counter[str], source: str) -> None:
-    """Count the events the pre-filter ruled out as detection would have."""
+def _evaluation(frictions: list[Friction], stats: Stats, ruled_out: Counter[str],
+                bad: list[tuple[int, str]], source: str) -> Evaluation:
+    """One batch's result, its counts recorded: the events the pre-filter ruled out
+    counted as detection would have counted them."""
     total = sum(ruled_out.values())
     stats.events += total
     stats.skipped.update(ruled_out)
     if total:
         metrics.RULED_OUT_EVENTS.labels(source).inc(total)
+    record(stats, bad, source)
+    return Evaluation(frictions, stats, bad)
 
 
 def record(stats: Stats, bad: Sequence[tuple[int, str]], source: str) -> None:
@@ -255,9 +259,7 @@ class Pipeline:
         with gc_paused():
             frictions = detector.detect(
                 parse_each(items, bad, rule_out if prefilter else None, ruled_out), stats)
-        _add(stats, ruled_out, source)
-        record(stats, bad, source)
-        return Evaluation(frictions, stats, bad)
+        return _evaluation(frictions, stats, ruled_out, bad, source)
 
     def evaluate_body(self, body: bytes, plan: batches.Reading, source: str,
                       most: int, allowance: int | None = None) -> Evaluation | None:
@@ -280,9 +282,7 @@ class Pipeline:
                           allowance=allowance), stats)
         except Unreadable:
             return None
-        _add(stats, ruled_out, source)
-        record(stats, bad, source)
-        return Evaluation(frictions, stats, bad)
+        return _evaluation(frictions, stats, ruled_out, bad, source)
 
     def store(self, frictions: Sequence[Friction], source: str,
               checkpoint: Checkpoint | None = None) -> StoreResult:
