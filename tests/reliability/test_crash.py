@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from support.agent import JSON, Agent, compare, expected_bodies, serve_args
+from support.agent import JSON, Agent, compare, expected_bodies, forwarding_env, serve_args
 from support.backend import run_backend
 from support.servers import wait_for
 from support.workload import Generator
@@ -70,10 +70,7 @@ def test_sigkill_under_load_loses_nothing(tmp_path: Path, long_run: bool) -> Non
     logs: list[Path] = []
     with run_backend(tmp_path, api_key=KEY, limit=1_000_000) as backend:
         backend.control(latency=0.02)
-        (tmp_path / "key").write_text(KEY)
-        env = {"HEALERT_BACKEND_URL": backend.url, "HEALERT_API_KEY_FILE": str(tmp_path / "key"),
-               "HEALERT_FORWARD_RATE": "6000", "HEALERT_BACKOFF_BASE": "0.05",
-               "HEALERT_BACKOFF_MAX": "0.2", "HEALERT_FORWARD_POLL_INTERVAL": "0.2"}
+        env = forwarding_env(tmp_path, backend.url, KEY, HEALERT_BACKOFF_MAX="0.2")
         load.thread.start()
         try:
             for run in range(kills + 1):

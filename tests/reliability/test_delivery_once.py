@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
-from support.agent import JSON, Agent, compare, expected_bodies, serve_args
+from support.agent import JSON, Agent, compare, expected_bodies, forwarding_env, serve_args
 from support.backend import Backend, run_backend
 from support.events import exec_event
 from support.servers import wait_for
@@ -31,12 +31,8 @@ _TAGS = itertools.count()
 
 
 def agent_env(tmp_path: Path, url: str, **more: str) -> dict[str, str]:
-    key_file = tmp_path / "api-key"
-    key_file.write_text(KEY + "\n")
-    return {"HEALERT_BACKEND_URL": url, "HEALERT_API_KEY_FILE": str(key_file),
-            "HEALERT_FORWARD_RATE": "6000", "HEALERT_BACKOFF_BASE": "0.05",
-            "HEALERT_BACKOFF_MAX": "0.3", "HEALERT_FORWARD_TIMEOUT": "1",
-            "HEALERT_FORWARD_POLL_INTERVAL": "0.2", **more}
+    return forwarding_env(tmp_path, url, KEY, **{
+        "HEALERT_BACKOFF_MAX": "0.3", "HEALERT_FORWARD_TIMEOUT": "1", **more})
 
 
 def post_batch(port: int, events: int = 5) -> bytes:

@@ -27,7 +27,16 @@ from healert_webhook import forward
 from healert_webhook.config import Settings
 from healert_webhook.outbox import Outbox
 
-from support.agent import JSON, Agent, compare, expected_bodies, metric, readyz, serve_args
+from support.agent import (
+    JSON,
+    Agent,
+    compare,
+    expected_bodies,
+    forwarding_env,
+    metric,
+    readyz,
+    serve_args,
+)
 from support.backend import Backend, run_backend
 from support.events import exec_event
 from support.faultproxy import fault_proxy
@@ -38,12 +47,8 @@ KEY = "downstream-test-key-0123456789"
 
 
 def agent_env(tmp_path: Path, url: str, **more: str) -> dict[str, str]:
-    key_file = tmp_path / "api-key"
-    key_file.write_text(KEY + "\n")
-    return {"HEALERT_BACKEND_URL": url, "HEALERT_API_KEY_FILE": str(key_file),
-            "HEALERT_FORWARD_RATE": "6000", "HEALERT_BACKOFF_BASE": "0.05",
-            "HEALERT_BACKOFF_MAX": "0.5", "HEALERT_FORWARD_PROBE_INTERVAL": "0.5",
-            "HEALERT_FORWARD_POLL_INTERVAL": "0.2", **more}
+    return forwarding_env(tmp_path, url, KEY, **{
+        "HEALERT_BACKOFF_MAX": "0.5", "HEALERT_FORWARD_PROBE_INTERVAL": "0.5", **more})
 
 
 class Poster:

@@ -104,6 +104,16 @@ class Agent:
         return self.proc.poll() is None
 
 
+def forwarding_env(tmp_path: Path, url: str, key: str, **more: str) -> dict[str, str]:
+    """The environment of an agent that delivers to the backend at `url` without delay:
+    the API key in a file, pacing and retries in tens of milliseconds, `more` on top."""
+    key_file = tmp_path / "api-key"
+    key_file.write_text(key + "\n")
+    return {"HEALERT_BACKEND_URL": url, "HEALERT_API_KEY_FILE": str(key_file),
+            "HEALERT_FORWARD_RATE": "6000", "HEALERT_BACKOFF_BASE": "0.05",
+            "HEALERT_FORWARD_POLL_INTERVAL": "0.2", **more}
+
+
 def serve_args(state: str = "state", *extra: str) -> list[str]:
     """`serve` on ephemeral loopback ports with the packaged rules."""
     return ["serve", "--state-dir", state, "--listen", "127.0.0.1:0",
