@@ -62,3 +62,20 @@ def test_conflicting_sizes_are_refused() -> None:
     bad = subprocess.run([sys.executable, str(RUN), "--tiny", "--quick"], cwd=REPO,
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "not allowed with" in bad.stderr
+
+
+def test_stack_breakdown_measures_each_server() -> None:
+    """benchmarks/stack.py serves the same load from its three servers and tells them
+    apart: the bare socket spends less per event than the whole agent."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stack.py"),
+                           "--events", "4000", "--rounds", "1", "--passes", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    per_event = {}
+    for line in done.stdout.splitlines():
+        name, _, rest = line.partition(" server CPU per event ")
+        if rest:
+            per_event[name.strip()] = float(rest.split()[0])
+    assert set(per_event) == {"socket", "stack", "agent"}, done.stdout
+    assert per_event["socket"] < per_event["agent"], done.stdout
+    assert "the events beyond the stack" in done.stdout
