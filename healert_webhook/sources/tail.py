@@ -47,6 +47,7 @@ from healert_webhook.sources.tailfiles import (
     file_stat,
     fingerprint,
     locate,
+    newest_stamp,
     open_stream,
     read_head,
     rotated_files,
@@ -100,6 +101,9 @@ class Tailer:
         self._from = settings.tail_from
         self._stream: Stream | None = None
         self._started = False  # the first position (checkpoint or tail_from) was decided
+        # A file was finished but nothing after it opened yet (the followed path missing
+        # mid-rotation): generations stamped after this come first on the next try.
+        self._floor: str | None = None
         self._missing = False  # the last open failed because the file does not exist
         self._has_checkpoint = False  # one is stored (or was loaded) for our source
         self._problem: str | None = "starting"
@@ -145,7 +149,8 @@ class Tailer:
         """Do one unit of work; False when there was nothing to do (time to sleep)."""
         s = self._stream
         if s is None:
-            self._stream = self._open_first() if not self._started else self._open_live(0)
+            self._stream = self._open_first() if not self._started else \
+                self._open_after(self._floor)
             return self._stream is not None
         try:
             data = s.read(READ_SIZE)
@@ -168,6 +173,7 @@ class Tailer:
         self._close_stream()
         self._held = []
         self._started = False
+        self._floor = None
 
     def _close_stream(self) -> None:
         if self._stream is not None:
@@ -203,6 +209,7 @@ class Tailer:
         for _ in range(3):  # the followed file may rotate between locate and open
             where = locate(cp, self.path)
             live = where.stamp is None and where.path == self.path
+            after = newest_stamp(self.path) if live else None
             try:
                 stream = open_stream(where.path, live=live, compressed=where.compressed,
                                      stamp=where.stamp)
@@ -214,6 +221,7 @@ class Tailer:
             if where.ident is not None and (stream.dev, stream.ino) != where.ident:
                 stream.close()
                 continue
+            stream.after = after
             self._started = True
             self._clear_problem()
             stream.seek(where.offset)
@@ -235,6 +243,7 @@ class Tailer:
             metrics.TAIL_ROTATIONS.labels("replaced").inc()
 
     def _open_path(self, *, live: bool) -> Stream | None:
+        after = newest_stamp(self.path)  # before the open: see Stream.after
         try:
             stream = open_stream(self.path, live=live)
         except OSError as exc:
@@ -243,6 +252,7 @@ class Tailer:
             return None
         self._missing = False
         self._clear_problem()
+        stream.after = after
         return stream
 
     def _open_live(self, offset: int) -> Stream | None:
@@ -391,8 +401,15 @@ class Tailer:
             # Renamed (or removed): new writes go elsewhere. Drain our descriptor first.
             metrics.TAIL_ROTATIONS.labels("rename").inc()
             s.live = False
-            self._learn_rotated_name(s)
-            log.info("%s was rotated (now %s); reading it to its end", self.path, s.path)
+            # The descriptor still reads the renamed file, which may have been empty when
+            # it was opened: fingerprint its head now, to know it again as a .gz.
+            s.fp = fingerprint(s.head())
+            if self._learn_rotated_name(s):
+                log.info("%s was rotated (now %s); reading it to its end", self.path, s.path)
+            else:
+                log.warning("%s was rotated to a name not found beside it; after reading it "
+                            "to its end, every generation rotated since it was opened is "
+                            "read (events read twice are dropped as duplicates)", self.path)
             return True
         size = os.fstat(s.fd).st_size
         head = s.head()
@@ -414,22 +431,23 @@ class Tailer:
         s.fp = fingerprint(s.head())
         self._checkpoint(s)
 
-    def _learn_rotated_name(self, s: Stream) -> None:
+    def _learn_rotated_name(self, s: Stream) -> bool:
         """Find the name our file was rotated to, so newer generations follow in order."""
         for gen in rotated_files(self.path):
             if gen.plain is not None:
                 st = file_stat(gen.plain)
                 if st is not None and (st.st_dev, st.st_ino) == (s.dev, s.ino):
                     s.path, s.stamp = gen.plain, gen.stamp
-                    return
+                    return True
         if s.fp.length == 0:
-            return
+            return False
         for gen in reversed(rotated_files(self.path)):
             if gen.gz is not None and gen.plain is None:
                 head = read_head(gen.gz, compressed=True)
                 if head is not None and s.fp.matches(head):
                     s.path, s.stamp = gen.gz, gen.stamp
-                    return
+                    return True
+        return False
 
     def _finish(self, s: Stream) -> None:
         """The end of a rotated file: an unterminated last line is a truncated write."""
@@ -450,18 +468,52 @@ class Tailer:
         self._stream = None
 
     def _next_after(self, s: Stream) -> Stream | None:
-        """The generation after a finished file: a newer rotated file, else the live one."""
-        if s.stamp is not None:
-            for gen in rotated_files(self.path):
-                if gen.stamp > s.stamp:
-                    stream = self._open_generation(gen)
-                    if stream is not None:
-                        return stream
+        """The generation after a finished file: a newer rotated file, else the live one.
+
+        Generations are known by their stamps: those after the finished file's own, or,
+        when the name it was rotated to was not found, those after the newest there was
+        when it was opened live (its own among them).
+        """
+        return self._open_after(s.stamp if s.stamp is not None else s.after, s)
+
+    def _open_after(self, floor: str | None, finished: Stream | None = None) -> Stream | None:
+        """The oldest generation stamped after `floor`, else the followed file. None when
+        neither opens yet; `floor` is kept for the next try."""
+        self._floor = floor
+        if floor is not None:
+            stream = self._open_newer(floor)
+            if stream is not None:
+                self._floor = None
+                return stream
         stream = self._open_live(0)
-        if stream is not None and (stream.dev, stream.ino) == (s.dev, s.ino) \
-                and stream.fp == s.fp:
-            stream.seek(s.pos)  # the very file we finished is back at the path: go on
+        if stream is None:
+            return None
+        self._floor = None
+        if floor is not None:
+            # A rotation between the look above and the open renamed a file that comes
+            # before the one just opened: read that first.
+            missed = self._open_newer(floor, before=stream)
+            if missed is not None:
+                stream.close()
+                return missed
+        if finished is not None and (stream.dev, stream.ino) == (finished.dev, finished.ino) \
+                and stream.fp == finished.fp:
+            stream.seek(finished.pos)  # the very file we finished is back at the path: go on
         return stream
+
+    def _open_newer(self, floor: str, before: Stream | None = None) -> Stream | None:
+        """The oldest generation stamped after `floor` that opens; with `before`, only
+        one older than that open file (which may itself have been rotated by now)."""
+        for gen in rotated_files(self.path):
+            if gen.stamp <= floor:
+                continue
+            if before is not None and gen.plain is not None and \
+                    _same_file(gen.plain, before):
+                return None
+            stream = self._open_generation(gen)
+            if stream is not None:
+                return stream
+        return None
 
     def _open_generation(self, gen: Rotated) -> Stream | None:
         # Prefer the plain file: its .gz may still be being written. Once the plain file
@@ -544,6 +596,11 @@ class Tailer:
             log.info("following %s", self.path)
         self._logged = None
         self._problem = None
+
+
+def _same_file(path: Path, s: Stream) -> bool:
+    st = file_stat(path)
+    return st is not None and (st.st_dev, st.st_ino) == (s.dev, s.ino)
 
 
 def _describe(reason: str, max_line: int) -> str:

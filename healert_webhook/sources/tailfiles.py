@@ -117,6 +117,12 @@ def rotated_files(base: Path) -> list[Rotated]:
     return [Rotated(s, plain.get(s), packed.get(s)) for s in sorted(plain.keys() | packed)]
 
 
+def newest_stamp(base: Path) -> str:
+    """The stamp of the newest rotated generation beside `base`; "" when there is none."""
+    generations = rotated_files(base)
+    return generations[-1].stamp if generations else ""
+
+
 # -- where to resume ---------------------------------------------------------------------
 
 
@@ -225,6 +231,9 @@ class Stream:
     pending_len: int = 0
     skipping: bool = False  # inside a line longer than the limit: discard to its end
     fp: Fingerprint = field(default_factory=lambda: fingerprint(b""))
+    # Opened live: the newest rotated generation just before the open ("" for none).
+    # Every generation stamped later was rotated since: this file's own, and newer ones.
+    after: str | None = None
 
     def read(self, size: int) -> bytes:
         """Up to `size` more bytes; b"" at the end for now."""

@@ -306,6 +306,87 @@ def test_rotated_file_gzipped_and_deleted_is_read_through_the_open_descriptor(
         assert sorted(queued_keys(run.outbox)) == sorted(everything)
 
 
+def quiet_lines(start: int, count: int) -> list[bytes]:
+    """`count` lines no rule matches (a controller reading config maps)."""
+    out = []
+    for i in range(start, start + count):
+        event = orjson.loads(auditlog.make_line(SEED, i))
+        event.update(verb="get", stage="ResponseComplete",
+                     user={"username": "system:serviceaccount:kube-system:reader"},
+                     objectRef={"resource": "configmaps", "namespace": "kube-system",
+                                "name": f"cm-{i}", "apiVersion": "v1"})
+        out.append(orjson.dumps(event) + b"\n")
+    return out
+
+
+def test_file_opened_empty_then_compressed_away_keeps_the_generations_after_it(
+        tmp_path: Path, log_path: Path) -> None:
+    # The tailer opens the followed file while it is empty (nothing to fingerprint), then
+    # sleeps. Meanwhile that file fills with lines that store nothing (so no checkpoint
+    # fingerprints it), is rotated, compressed and deleted; the next file fills and is
+    # rotated too. Waking, the tailer must know its file again as the .gz, and read the
+    # generation after it before the new followed file.
+    settings = make_settings(tmp_path, log_path, tail_poll_interval=0.5)
+    log_path.write_bytes(b"")
+    with running(settings) as run:
+        run.wait_offset(log_path, 0)  # opened, checkpointed at 0, then asleep
+        time.sleep(0.1)
+        first = quiet_lines(0, 20)
+        append(log_path, b"".join(first))
+        rotated = log_path.with_name("audit-2026-11-26T10-00-00.000.log")
+        os.rename(log_path, rotated)
+        second = friction_lines(20, 4)
+        log_path.write_bytes(b"".join(second))
+        with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        rotated.unlink()
+        os.rename(log_path, log_path.with_name("audit-2026-11-26T10-00-01.000.log"))
+        third = friction_lines(24, 3)
+        log_path.write_bytes(b"".join(third))
+        everything = expected_keys(settings, first + second + third)
+        run.wait_keys(everything)
+        run.wait_offset(log_path, log_path.stat().st_size)
+        assert sorted(queued_keys(run.outbox)) == sorted(everything)
+
+
+@pytest.mark.parametrize("created", [True, False], ids=["new-file-there", "path-missing"])
+def test_rotation_between_looking_for_generations_and_opening_the_file(
+        tmp_path: Path, log_path: Path, created: bool) -> None:
+    # After a rotated file, the tailer looks for newer generations, finds none and opens
+    # the followed path. A rotation in between hands it the file after the one it should
+    # read next, or no file at all (renamed, not created yet). No real schedule lands a
+    # rotation between those two system calls on demand, so the test does it: the first
+    # time the tailer opens the followed file, the file is rotated just before (a real
+    # rename on disk, and the new file created before or after the open).
+    settings = make_settings(tmp_path, log_path)
+    first = friction_lines(0, 3)
+    log_path.write_bytes(b"".join(first))
+    with running(settings) as run:
+        run.wait_keys(expected_keys(settings, first))
+        second, third = friction_lines(3, 3), friction_lines(6, 3)
+        open_live = run.tailer._open_live
+
+        def rotate_then_open(offset: int) -> tailfiles.Stream | None:
+            run.tailer._open_live = open_live  # type: ignore[method-assign]
+            wait_for(log_path.exists, "the next followed file")
+            os.rename(log_path, log_path.with_name("audit-2026-11-26T10-00-01.000.log"))
+            if created:
+                log_path.write_bytes(b"".join(third))
+            stream = open_live(offset)
+            if not created:
+                assert stream is None
+                log_path.write_bytes(b"".join(third))
+            return stream
+
+        run.tailer._open_live = rotate_then_open  # type: ignore[method-assign]
+        os.rename(log_path, log_path.with_name("audit-2026-11-26T10-00-00.000.log"))
+        log_path.write_bytes(b"".join(second))
+        everything = expected_keys(settings, first + second + third)
+        run.wait_keys(everything)
+        run.wait_offset(log_path, log_path.stat().st_size)
+        assert sorted(queued_keys(run.outbox)) == sorted(everything)
+
+
 def test_copy_truncate_starts_again_at_zero(tmp_path: Path, log_path: Path) -> None:
     settings = make_settings(tmp_path, log_path)
     first = friction_lines(0, 6)
@@ -468,6 +549,18 @@ def start_tailer(tmp_path: Path, env: dict[str, str], n: int) -> subprocess.Pope
                                 stderr=stderr)
 
 
+def catch_up_report(outbox: Outbox, source: str, size: int, expected: list[str],
+                    tmp_path: Path) -> str:
+    """Why a tailer did not catch up: where it stands, what is missing, what the tailers
+    logged (only warnings, but for the last one)."""
+    missing = set(expected) - set(queued_keys(outbox))
+    logs = "".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
+                   for log in sorted(tmp_path.glob("tailer-*.log")) if log.stat().st_size)
+    return (f"the tail did not catch up: checkpoint {outbox.load_checkpoint(source)}, "
+            f"log size {size}, {len(missing)} of {len(expected)} friction keys missing\n"
+            f"{logs}")
+
+
 def test_sigkill_at_random_moments_loses_and_repeats_nothing(
         tmp_path: Path, log_path: Path, long_run: bool) -> None:
     # Rotations here are rename and rename+gzip (lumberjack's). Copy-truncate is left out
@@ -522,7 +615,11 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(
             return (cp is not None and cp.offset == size and Path(cp.path) == log_path
                     and len(queued_keys(outbox)) >= len(expected))
 
-        wait_for(caught_up, "the tail to catch up", timeout=60)
+        try:
+            wait_for(caught_up, "the tail to catch up", timeout=60)
+        except AssertionError:
+            raise AssertionError(catch_up_report(outbox, source, size, expected,
+                                                 tmp_path)) from None
         final.send_signal(signal.SIGTERM)
         assert final.wait(20) == 0
         got = queued_keys(outbox)
