@@ -91,17 +91,28 @@ def lines_of(start: int, count: int) -> list[bytes]:
     return [auditlog.make_line(SEED, i) for i in range(start, start + count)]
 
 
-def friction_lines(start: int, count: int) -> list[bytes]:
-    """`count` lines that each yield a friction event (secret gets by a human)."""
+def get_lines(start: int, count: int, user: str, resource: str, namespace: str,
+              name: str) -> list[bytes]:
+    """`count` lines of `user` getting `resource` objects called `<name>-<i>`."""
     out = []
     for i in range(start, start + count):
         event = orjson.loads(auditlog.make_line(SEED, i))
-        event.update(verb="get", stage="ResponseComplete",
-                     user={"username": "alice@example.com"},
-                     objectRef={"resource": "secrets", "namespace": "payments",
-                                "name": f"db-{i}", "apiVersion": "v1"})
+        event.update(verb="get", stage="ResponseComplete", user={"username": user},
+                     objectRef={"resource": resource, "namespace": namespace,
+                                "name": f"{name}-{i}", "apiVersion": "v1"})
         out.append(orjson.dumps(event) + b"\n")
     return out
+
+
+def friction_lines(start: int, count: int) -> list[bytes]:
+    """`count` lines that each yield a friction event (secret gets by a human)."""
+    return get_lines(start, count, "alice@example.com", "secrets", "payments", "db")
+
+
+def quiet_lines(start: int, count: int) -> list[bytes]:
+    """`count` lines no rule matches (a controller reading config maps)."""
+    return get_lines(start, count, "system:serviceaccount:kube-system:reader", "configmaps",
+                     "kube-system", "cm")
 
 
 class Running:
@@ -304,19 +315,6 @@ def test_rotated_file_gzipped_and_deleted_is_read_through_the_open_descriptor(
         everything = expected_keys(settings, first + rest + new)
         run.wait_keys(everything)
         assert sorted(queued_keys(run.outbox)) == sorted(everything)
-
-
-def quiet_lines(start: int, count: int) -> list[bytes]:
-    """`count` lines no rule matches (a controller reading config maps)."""
-    out = []
-    for i in range(start, start + count):
-        event = orjson.loads(auditlog.make_line(SEED, i))
-        event.update(verb="get", stage="ResponseComplete",
-                     user={"username": "system:serviceaccount:kube-system:reader"},
-                     objectRef={"resource": "configmaps", "namespace": "kube-system",
-                                "name": f"cm-{i}", "apiVersion": "v1"})
-        out.append(orjson.dumps(event) + b"\n")
-    return out
 
 
 def test_file_opened_empty_then_compressed_away_keeps_the_generations_after_it(
