@@ -115,6 +115,17 @@ def quiet_lines(start: int, count: int) -> list[bytes]:
                      "kube-system", "cm")
 
 
+def rotate_compressed(log_path: Path, name: str, new: list[bytes]) -> None:
+    """Rotate as lumberjack does with compression: rename the file to `name`, start the
+    new one with `new`, compress the renamed one and delete it."""
+    rotated = log_path.with_name(name)
+    os.rename(log_path, rotated)
+    log_path.write_bytes(b"".join(new))
+    with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    rotated.unlink()
+
+
 class Running:
     """A Tailer following a file in a thread, on a real outbox file."""
 
@@ -305,13 +316,8 @@ def test_rotated_file_gzipped_and_deleted_is_read_through_the_open_descriptor(
         run.wait_keys(expected_keys(settings, first))
         rest = friction_lines(3, 4)
         append(log_path, b"".join(rest))
-        rotated = log_path.with_name("audit-2026-11-26T10-00-00.000.log")
-        os.rename(log_path, rotated)
         new = friction_lines(7, 3)
-        log_path.write_bytes(b"".join(new))
-        with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        rotated.unlink()
+        rotate_compressed(log_path, "audit-2026-11-26T10-00-00.000.log", new)
         everything = expected_keys(settings, first + rest + new)
         run.wait_keys(everything)
         assert sorted(queued_keys(run.outbox)) == sorted(everything)
@@ -331,13 +337,8 @@ def test_file_opened_empty_then_compressed_away_keeps_the_generations_after_it(
         time.sleep(0.1)
         first = quiet_lines(0, 20)
         append(log_path, b"".join(first))
-        rotated = log_path.with_name("audit-2026-11-26T10-00-00.000.log")
-        os.rename(log_path, rotated)
         second = friction_lines(20, 4)
-        log_path.write_bytes(b"".join(second))
-        with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        rotated.unlink()
+        rotate_compressed(log_path, "audit-2026-11-26T10-00-00.000.log", second)
         os.rename(log_path, log_path.with_name("audit-2026-11-26T10-00-01.000.log"))
         third = friction_lines(24, 3)
         log_path.write_bytes(b"".join(third))
