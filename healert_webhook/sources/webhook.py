@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -46,6 +46,7 @@ ON_LOOP_BYTES = 4 * 1024 * 1024
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
+_T = TypeVar("_T")
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -170,16 +171,19 @@ class WebhookApp:
         try:
             body = await self._receive_body(receive, declared, held)
             metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-            if len(body) <= ON_LOOP_BYTES:
-                plan, cost = batches.plan(body)
-            else:  # reading a large body's shape takes passes over it
-                plan, cost = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, batches.plan, body)
+            plan, cost = await self._measure(batches.plan, body)
             await self._reserve_to(cost, held)
             await self._ingest(body, plan, held)
         finally:
             await self.budget.give(held[0])
         return 200, b"{}", []
+
+    async def _measure(self, func: Callable[[bytes], _T], body: bytes) -> _T:
+        """`func(body)`, off the event loop for a large body: measuring one takes passes
+        over all of it."""
+        if len(body) <= ON_LOOP_BYTES:
+            return func(body)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, func, body)
 
     async def _reserve_to(self, cost: int, held: list[int]) -> None:
         """Hold `cost` bytes of the budget in all, or refuse the batch before parsing."""
@@ -275,7 +279,8 @@ class WebhookApp:
         try:
             found = await self._evaluate(body, plan, held) if plan is not None else None
             if found is None:  # the careful way: one orjson parse of the whole body
-                await self._reserve_to(batches.estimate(body), held)
+                if plan is not None:  # simdjson refused it: what was held was for simdjson
+                    await self._reserve_to(await self._measure(batches.estimate, body), held)
                 return await loop.run_in_executor(self.executor, self._process, body)
             metrics.WEBHOOK_PARSES.labels("items").inc()
             if not found.frictions:
