@@ -434,11 +434,9 @@ class Tailer:
     def _learn_rotated_name(self, s: Stream) -> bool:
         """Find the name our file was rotated to, so newer generations follow in order."""
         for gen in rotated_files(self.path):
-            if gen.plain is not None:
-                st = file_stat(gen.plain)
-                if st is not None and (st.st_dev, st.st_ino) == (s.dev, s.ino):
-                    s.path, s.stamp = gen.plain, gen.stamp
-                    return True
+            if gen.plain is not None and _same_file(gen.plain, s):
+                s.path, s.stamp = gen.plain, gen.stamp
+                return True
         if s.fp.length == 0:
             return False
         for gen in reversed(rotated_files(self.path)):
