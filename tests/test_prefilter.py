@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,7 +29,7 @@ from healert_webhook.pipeline import Evaluation, Pipeline
 
 from support import workload
 from support.events import event_list, exec_event, noise_event, smuggling_event
-from support.paths import ROOT, SHARED_FIXTURES
+from support.paths import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +96,9 @@ def as_body(pipeline: Pipeline, items: list[bytes]) -> None:
     same(found, full(pipeline, items))
 
 
-def fixture_lines() -> list[bytes]:
+def fixture_lines(shared: Path) -> list[bytes]:
     lines = []
-    for folder in (SHARED_FIXTURES, ROOT / "tests" / "fixtures" / "apiserver-1.37"):
+    for folder in (shared, ROOT / "tests" / "fixtures" / "apiserver-1.37"):
         if not folder.is_dir():
             continue
         for path in sorted(folder.rglob("*")):
@@ -111,8 +112,8 @@ def fixture_lines() -> list[bytes]:
     return lines
 
 
-def test_every_fixture_decides_alike(pipeline: Pipeline) -> None:
-    lines = fixture_lines()
+def test_every_fixture_decides_alike(pipeline: Pipeline, fixtures_dir: Path) -> None:
+    lines = fixture_lines(fixtures_dir)
     assert len(lines) > 100
     as_lines(pipeline, lines)
     real = [line for line in lines if line.startswith(b'{"kind":"Event"')]
