@@ -1,16 +1,64 @@
-"""Notice when a file's content changed on disk, including Kubernetes' `..data` swap.
+"""The agent's own small files: read them without ever blocking, notice when they change.
 
 Mounted Secrets and ConfigMaps are updated by pointing a `..data` symlink at a new
 directory: the path keeps its name but resolves to a new inode. The rules file, the
 certificate pair, the token file and the backend key file are all watched this way.
+
+Every read goes through `open_regular`: a path an operator (or an attacker with write
+access to the directory) turned into a FIFO, a device or a socket would block `open()`
+forever, or read without end; here it is refused at once with `NotRegularFile`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+class NotRegularFile(OSError):
+    """The path is no regular file; `strerror` says what it is instead."""
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode describes, in words ("a regular file", "a FIFO (named pipe)"...)."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def open_regular(path: Path) -> BufferedReader:
+    """`path` opened for reading, only if it is a regular file (symlinks followed).
+
+    The open itself never blocks: it is non-blocking (a FIFO without a writer opens at
+    once), and `fstat` on the descriptor decides before anything is read, so there is no
+    window between checking and opening. Raises OSError (NotRegularFile for the rest).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(0, f"is {file_kind(mode)}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The content of the regular file at `path`: at most `limit` + 1 bytes are read, so a
+    caller can tell a file over its limit. Raises OSError as `open_regular` does."""
+    with open_regular(path) as handle:
+        return handle.read(limit + 1)
 
 
 @dataclass(frozen=True)
@@ -47,7 +95,8 @@ class FileWatch:
 
     def _hash(self) -> str | None:
         try:
-            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+            with open_regular(self.path) as handle:
+                return hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError:
             return None
 
