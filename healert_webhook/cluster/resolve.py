@@ -107,13 +107,14 @@ def _chain(view: View, found: Meta) -> tuple[list[Meta], Owner | None]:
     return chain, None
 
 
-def _label(chain: Sequence[Meta], keys: Sequence[str]) -> tuple[str, str, Meta, str] | None:
+def _label(chain: Sequence[Meta], keys: Sequence[str]) -> tuple[str, str, int, str] | None:
+    """(key, value, index in the chain, where on that object) of the first label found."""
     for key in keys:
-        for meta in chain:
+        for index, meta in enumerate(chain):
             own, template = meta.label(key), meta.template_label(key)
-            for where, value in (("", own), (" pod template", template)):
+            for where, value in (("", own), ("the pod template of ", template)):
                 if value is not None and value.strip():
-                    return key, value.strip(), meta, where
+                    return key, value.strip(), index, where
     return None
 
 
@@ -146,9 +147,9 @@ def resolve(view: View, resource: str, namespace: str | None, name: str, *,
     chain, missing = _chain(view, found)
     label = _label(chain, label_keys)
     if label is not None:
-        key, value, where, part = label
-        return Resolution(value, "label",
-                          f"label {key} on {describe(where)}{part}{_path(chain)}{tail}")
+        key, value, index, part = label
+        return Resolution(value, "label", f"label {key} on {part}{describe(chain[index])}"
+                                          f"{_path(chain[:index + 1])}{tail}")
     top = chain[-1]
     if missing is not None:
         reading = name_rules(_NAME_RULES_OF.get(missing.kind), missing.name)

@@ -223,10 +223,7 @@ class Reflector:
 
     def record(self, obj: Any) -> Meta | None:
         """The record of one listed or watched object (None if it is not one)."""
-        if not isinstance(obj, dict):
-            return None
-        template = None if self.kind.metadata_only else template_labels(obj)
-        return self.extractor.record(self.kind.kind, obj.get("metadata"), template)
+        return record_of(self.kind, self.extractor, obj)
 
     def event(self, event: Any) -> None:
         """Apply one watch event to the view; raise Expired on a 410 ERROR event."""
@@ -250,6 +247,14 @@ class Reflector:
                 self.on_object(meta)
         if isinstance(version, str) and version:
             self.version = version
+
+
+def record_of(kind: Kind, extractor: Extractor, obj: Any) -> Meta | None:
+    """The record of one object of `kind` as listed or watched (None if it is not one)."""
+    if not isinstance(obj, dict):
+        return None
+    template = None if kind.metadata_only else template_labels(obj)
+    return extractor.record(kind.kind, obj.get("metadata"), template)
 
 
 def _event_label(kind: Any) -> str:
