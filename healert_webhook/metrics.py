@@ -140,7 +140,7 @@ CLUSTER_RELISTS = Counter(
 CLUSTER_WATCH_ERRORS = Counter(
     "healert_cluster_view_errors_total",
     "Failed lists or watches, retried after a backoff, by resource and reason "
-    "(forbidden, unauthorized, http_5xx, timeout, transport, bad_answer, other)",
+    "(forbidden, unauthorized, http_5xx, timeout, transport, bad_answer, empty_watch, other)",
     ["resource", "reason"])
 CLUSTER_WATCH_EVENTS = Counter(
     "healert_cluster_view_events_total",

@@ -64,7 +64,7 @@ def find(mode: str, kubeconfig: Sequence[Path], environ: Mapping[str, str] | Non
             raise ConfigError(f"HEALERT_KUBECONFIG: no such file: {names}")
         try:
             config = KubeConfig.from_file(path).get()
-        except (KubeConfigError, KeyError, ValueError, TypeError, OSError) as exc:
+        except Exception as exc:  # YAML, schema (msgspec) and lightkube errors alike
             raise ConfigError(f"HEALERT_KUBECONFIG {path} cannot be used: "
                               f"{_why(exc)}") from exc
         if config is None:

@@ -86,6 +86,8 @@ def status_failure(code: int, body: bytes) -> ApiFailure:
 def failure_reason(exc: BaseException) -> str:
     """A bounded label for the metrics: forbidden, unauthorized, http_5xx, transport..."""
     if isinstance(exc, ApiFailure):
+        if exc.code == 200:
+            return "empty_watch"
         if exc.code == 403:
             return "forbidden"
         if exc.code == 401:
