@@ -126,20 +126,26 @@ class Reflector:
         resource = self.kind.resource
         attempt = 0
         why = "start"
+        fresh = False  # listed, and no watch has delivered anything since
         while True:
             try:
                 if self.version is None:
                     metrics.CLUSTER_RELISTS.labels(resource, why).inc()
                     self.version = await self.list()
                     attempt = 0
+                    fresh = True
                 delivered = await self.watch()
                 if delivered:
                     attempt = 0
+                    fresh = False
                 why = "error"
             except Expired:
                 log.info("cluster view: %s: resource version expired, listing again", resource)
                 self.version = None
                 why = "expired"
+                if fresh:  # expired at once after a list: never relist in a tight loop
+                    await asyncio.sleep(self.backoff(attempt))
+                    attempt += 1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is retried; none may stop the view

@@ -9,6 +9,7 @@ test_50_cluster_view.py runs the same code against the real kube-apiserver.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,7 +95,8 @@ class Script:
         return self.answers[len(self.requests) - 1](request)
 
 
-def run(resource: str, script: Script, view: View | None = None) -> tuple[View, Script]:
+def run(resource: str, script: Script, view: View | None = None,
+        timing: Timing = FAST) -> tuple[View, Script]:
     """Run a reflector until the script is used up (bounded), then stop it."""
     view = view or View(600.0)
     extractor = Extractor(k8s.KEPT_LABELS, ())
@@ -102,7 +104,7 @@ def run(resource: str, script: Script, view: View | None = None) -> tuple[View, 
     async def main() -> None:
         client = httpx2.AsyncClient(transport=httpx2.MockTransport(script),
                                     base_url="https://apiserver.test")
-        reflector = Reflector(client, BY_RESOURCE[resource], view, extractor, timing=FAST,
+        reflector = Reflector(client, BY_RESOURCE[resource], view, extractor, timing=timing,
                               rng=random.Random(7))
         task = asyncio.create_task(reflector.run())
         try:
@@ -259,3 +261,18 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1, "jittered"
     assert max(reflector.backoff(1000) for _ in range(50)) <= 30.0
+
+
+def test_a_version_expired_right_after_a_list_backs_off_before_listing_again() -> None:
+    started: list[float] = []
+
+    def listing(_: httpx2.Request) -> httpx2.Response:
+        started.append(asyncio.get_event_loop().time())
+        return page([], "7")
+
+    slow = Timing(page_size=2, watch_seconds=60, backoff_base=0.2, backoff_max=0.4)
+    script = Script(listing, lambda r: stream(gone()), listing, lambda r: stream(gone()),
+                    listing)
+    run("namespaces", script, timing=slow)
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert len(gaps) == 2 and all(gap >= 0.1 for gap in gaps), gaps
