@@ -84,6 +84,12 @@ def parse_path(text: str) -> Path:
     return Path(text.strip()).expanduser()
 
 
+def parse_path_list(text: str) -> tuple[Path, ...]:
+    """Parse one path or a KUBECONFIG-style list of them (separated by os.pathsep)."""
+    return tuple(Path(part.strip()).expanduser() for part in text.split(os.pathsep)
+                 if part.strip())
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: where it comes from, how it is parsed, what it defaults to."""
@@ -205,6 +211,19 @@ OPTIONS: tuple[Option, ...] = (
            group="lines"),
     Option("tail_poll_interval", "--poll-interval", ("HEALERT_TAIL_POLL_INTERVAL",),
            parse_positive_float, 0.1, "seconds between checks for new lines", group="tail"),
+    # the cluster view (cluster/): watches of the workloads' metadata
+    Option("cluster_view", "--cluster-view", ("HEALERT_CLUSTER_VIEW",),
+           parse_choice("auto", "off"), "auto",
+           "watch the cluster's workloads (auto: when a kubeconfig is named or the pod has "
+           "a service account token; off: never)", group="cluster"),
+    Option("kubeconfig", "--kubeconfig", ("HEALERT_KUBECONFIG", "KUBECONFIG"),
+           parse_path_list, (),
+           "kubeconfig for the cluster view (a list: the first file that exists); unset: "
+           "the pod's service account", group="cluster"),
+    Option("cluster_tombstone_window", "--cluster-tombstone-window",
+           ("HEALERT_CLUSTER_TOMBSTONE_WINDOW",), parse_positive_float, 600.0,
+           "seconds a deleted object stays in the view, so late batches about it resolve",
+           group="cluster"),
     # the ops listener and logging
     Option("ops_listen", "--ops-listen", ("HEALERT_OPS_LISTEN",), parse_hostport,
            ("0.0.0.0", 9090),  # noqa: S104 - Prometheus and kubelet probes connect from outside
@@ -262,6 +281,9 @@ class Settings:
     handshake_timeout: float = default_of("handshake_timeout")
     max_handshakes: int = default_of("max_handshakes")
     max_connections: int = default_of("max_connections")
+    cluster_view: str = default_of("cluster_view")
+    kubeconfig: tuple[Path, ...] = default_of("kubeconfig")
+    cluster_tombstone_window: float = default_of("cluster_tombstone_window")
     ops_listen: tuple[str, int] = default_of("ops_listen")
     audit_log_path: Path = default_of("audit_log_path")
     tail_from: str = default_of("tail_from")

@@ -117,3 +117,36 @@ FORWARD_RECONCILED = Counter(
 FORWARD_UNCERTAIN_RESENDS = Counter(
     "healert_forward_uncertain_resends_total",
     "Friction events sent again after a request whose answer was lost (possible duplicates)")
+
+# Cluster view (cluster/): watches of the workloads' metadata. Labels: the watched
+# resources (a fixed set), reasons and results (fixed sets).
+CLUSTER_SYNCED = Gauge(
+    "healert_cluster_view_synced",
+    "1 while the resource has been listed and its watch is current, by resource",
+    ["resource"])
+CLUSTER_OBJECTS = Gauge(
+    "healert_cluster_view_objects", "Objects held in the cluster view, by resource",
+    ["resource"])
+CLUSTER_TOMBSTONES = Gauge(
+    "healert_cluster_view_tombstones",
+    "Deleted objects the view keeps for HEALERT_CLUSTER_TOMBSTONE_WINDOW seconds")
+CLUSTER_FETCHED_OWNERS = Gauge(
+    "healert_cluster_view_fetched_owners",
+    "Owners of kinds not watched (CRDs such as Argo Rollouts) fetched by GET and kept")
+CLUSTER_RELISTS = Counter(
+    "healert_cluster_view_lists_total",
+    "Full lists of a resource, by why: start, expired (410 Gone: the watch's version was "
+    "compacted away), error (listing failed before)", ["resource", "reason"])
+CLUSTER_WATCH_ERRORS = Counter(
+    "healert_cluster_view_errors_total",
+    "Failed lists or watches, retried after a backoff, by resource and reason "
+    "(forbidden, unauthorized, http_5xx, timeout, transport, bad_answer, empty_watch, other)",
+    ["resource", "reason"])
+CLUSTER_WATCH_EVENTS = Counter(
+    "healert_cluster_view_events_total",
+    "Watch events applied to the view, by resource and type (added, modified, deleted, "
+    "bookmark)", ["resource", "type"])
+CLUSTER_OWNER_FETCHES = Counter(
+    "healert_cluster_view_owner_fetches_total",
+    "GETs of owners of kinds not watched, by result (fetched, not_found, forbidden, "
+    "unknown_kind, error, queue_full)", ["result"])

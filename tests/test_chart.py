@@ -165,7 +165,9 @@ def test_rendered_objects_pass_kubernetes_validate(
     for doc in docs:
         if doc["apiVersion"].startswith(plain.CRD_GROUPS):
             assert isinstance(doc.get("spec"), dict), doc["kind"]
-        if doc["kind"] != "ConfigMap" or "grafana_dashboard" not in doc["metadata"]["labels"]:
+        if doc["kind"] in plain.CLUSTER_SCOPED:
+            assert "namespace" not in doc["metadata"], doc["metadata"]["name"]
+        elif doc["kind"] != "ConfigMap" or "grafana_dashboard" not in doc["metadata"]["labels"]:
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
 
 
@@ -491,3 +493,30 @@ def test_notes_name_the_apiserver_flags(
     assert ("--audit-webhook-config-file" in notes) == (mode != "tail")
     notes = render_notes(helm, tmp_path, {"mode": mode, "backend": {"url": "https://b"}})
     assert "backend.url is empty" not in notes
+
+
+@pytest.mark.parametrize("mode", plain.MODES)
+def test_the_cluster_view_rbac_follows_its_value(helm: str, tmp_path: Path, mode: str) -> None:
+    docs = render(helm, tmp_path, {"mode": mode})
+    plain.check_cluster_view_rbac(docs, one(docs, "ServiceAccount")["metadata"]["name"],
+                                  NAMESPACE)
+    assert plain.check_api_token(the_workload(docs))
+    off = render(helm, tmp_path, {"mode": mode, "clusterView": {"enabled": False}},
+                 release="no-view")
+    assert not by_kind(off, "ClusterRole") and not by_kind(off, "ClusterRoleBinding")
+    assert not plain.check_api_token(the_workload(off))
+    for policy in by_kind(off, "NetworkPolicy"):
+        ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+        assert 6443 not in ports
+
+
+def test_owners_of_other_kinds_get_a_get_rule(helm: str, tmp_path: Path) -> None:
+    owners = [{"apiGroups": ["argoproj.io"], "resources": ["rollouts"]}]
+    docs = render(helm, tmp_path, {"clusterView": {"ownerResources": owners}})
+    role = one(docs, "ClusterRole")
+    assert role["rules"][-1] == {"apiGroups": ["argoproj.io"], "resources": ["rollouts"],
+                                 "verbs": ["get"]}
+    plain.check_cluster_view_rbac(docs, RELEASE, NAMESPACE)
+    bad = values_file(tmp_path, {"clusterView": {"ownerResources": [{"apiGroups": ["x"]}]}},
+                      "bad.yaml")
+    assert run_helm(helm, "template", RELEASE, CHART, "-f", bad, check=False).returncode != 0

@@ -39,6 +39,15 @@ KUSTOMIZE_FOLDERS = ("common", *MODES, "monitoring")
 KUSTOMIZATION = "Kustomization"
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob", "Pod"}
 CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+# What the cluster view watches (healert_webhook/cluster/kinds.py), by API group: the
+# ClusterRole grants get/list/watch on exactly these and nothing else.
+CLUSTER_VIEW_RULES = {
+    "": {"pods", "namespaces"},
+    "apps": {"replicasets", "deployments", "statefulsets", "daemonsets"},
+    "batch": {"jobs", "cronjobs"},
+}
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 NONROOT_UID = 65532
 STATE_DIR = "/var/lib/healert"
 # Each mode's workload, by its app.kubernetes.io/component label.
@@ -350,11 +359,54 @@ def check_webhook_memory(workload: Doc) -> None:
     assert limit >= 10 * budget + 64 * 1024**2
 
 
+def check_api_token(workload: Doc) -> bool:
+    """The cluster view's token, if mounted: a short-lived projected token, read-only, in
+    the agent's container only (never in an init container); True when it is mounted."""
+    spec = pod_spec(workload)
+    assert spec.get("automountServiceAccountToken") is False, "never in every container"
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    if "kube-api-access" not in volumes:
+        return False
+    sources = volumes["kube-api-access"]["projected"]["sources"]
+    token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+    assert token["path"] == "token" and token["expirationSeconds"] <= 3607
+    assert "audience" not in token, "the apiserver's own audience"
+    for container in spec.get("initContainers", []):
+        assert all(m["name"] != "kube-api-access" for m in container["volumeMounts"])
+    mounts = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "kube-api-access"]
+    assert mounts == [{"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR,
+                       "readOnly": True}]
+    return True
+
+
+def check_cluster_view_rbac(docs: list[Doc], service_account: str, namespace: str) -> None:
+    """A ClusterRole with get/list/watch on exactly the watched resources (plus `get` on
+    owners of other kinds), bound to the agent's service account and nothing else."""
+    [role] = [d for d in docs if d["kind"] == "ClusterRole"]
+    [binding] = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    watched: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, "no resourceNames, no URLs"
+        assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        if rule["verbs"] == ["get"]:
+            continue  # an owner of another kind, fetched by GET
+        assert rule["verbs"] == ["get", "list", "watch"]
+        for group in rule["apiGroups"]:
+            watched.setdefault(group, set()).update(rule["resources"])
+    assert watched == CLUSTER_VIEW_RULES
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": service_account,
+                                    "namespace": namespace}]
+
+
 def check_workload(workload: Doc, secret_keys: dict[str, set[str]]) -> str:
     """Every check that applies to one mode's workload; returns where the outbox lives."""
     mode = mode_of(workload)
     assert workload["kind"] == KIND_OF_MODE[mode]
     check_hardened(workload)
+    check_api_token(workload)
     check_probes_and_ports(workload)
     check_secrets_from_mounts(workload, secret_keys)
     where = check_state_is_durable(workload)
@@ -378,8 +430,10 @@ def test_cluster_objects_validate_offline(path: Path) -> None:
         for key in ("apiVersion", "kind", "metadata"):
             assert key in doc, f"{path}: {key} missing"
         assert doc["metadata"].get("name"), f"{path}: metadata.name missing"
-        if doc["kind"] != "Namespace":
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"].get("namespace") == "healert-system", path
+        else:
+            assert "namespace" not in doc["metadata"], path
         if doc["apiVersion"].startswith(CRD_GROUPS):
             # CRDs have no schema in kubernetes-validate; shape only.
             assert isinstance(doc.get("spec"), dict), f"{path}: {doc['kind']} without spec"
@@ -554,6 +608,32 @@ def test_service_has_fixed_cluster_ip_and_selects_the_pods() -> None:
     assert ports == {"webhook": (8443, "webhook"), "metrics": (9090, "metrics")}
 
 
+def test_the_cluster_view_reads_exactly_what_it_watches() -> None:
+    from healert_webhook.cluster.kinds import WATCHED
+    watched: dict[str, set[str]] = {}
+    for kind in WATCHED:
+        watched.setdefault(kind.group, set()).add(kind.resource)
+    assert watched == CLUSTER_VIEW_RULES
+    check_cluster_view_rbac(objects_in("common"), "healert-webhook", "healert-system")
+    for mode in MODES:
+        assert check_api_token(workload_of(mode)), mode
+
+
+def test_the_token_checks_catch_a_token_in_every_container() -> None:
+    daemonset = yaml.safe_load(yaml.safe_dump(workload_of("node-local")))
+    init = pod_spec(daemonset)["initContainers"][0]
+    init["volumeMounts"].append({"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR,
+                                 "readOnly": True})
+    with pytest.raises(AssertionError):
+        check_api_token(daemonset)
+    role = yaml.safe_load(yaml.safe_dump(objects_in("common")))
+    for doc in role:
+        if doc["kind"] == "ClusterRole":
+            doc["rules"][0]["resources"].append("secrets")
+    with pytest.raises(AssertionError):
+        check_cluster_view_rbac(role, "healert-webhook", "healert-system")
+
+
 @pytest.mark.parametrize("folder", ["service", "tail"])
 def test_network_policy_admits_the_listeners(folder: str) -> None:
     policy = find(folder, "NetworkPolicy")
@@ -565,7 +645,8 @@ def test_network_policy_admits_the_listeners(folder: str) -> None:
     webhook_port, ops_port = PORTS[folder]
     assert admitted == ({ops_port} if webhook_port is None else {ops_port, webhook_port})
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-    assert 53 in egress_ports and len(policy["spec"]["egress"]) == 2, "DNS and backend only"
+    assert 53 in egress_ports and 6443 in egress_ports
+    assert len(policy["spec"]["egress"]) == 3, "DNS, backend and the Kubernetes API only"
 
 
 def test_tail_reads_the_log_directory_read_only() -> None:

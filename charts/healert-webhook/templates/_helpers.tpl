@@ -252,3 +252,34 @@ priorityClassName: {{ . }}
     defaultMode: {{ .mode }}
 {{- end }}
 {{- end -}}
+
+{{/* The cluster view's API token, mounted in the agent's container only (not in init
+containers): what automountServiceAccountToken would mount, scoped to one container. */}}
+{{- define "healert.apiAccessMount" -}}
+{{- if .Values.clusterView.enabled }}
+- name: kube-api-access
+  mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "healert.apiAccessVolume" -}}
+{{- if .Values.clusterView.enabled }}
+- name: kube-api-access
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: 3607
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                fieldPath: metadata.namespace
+{{- end }}
+{{- end -}}

@@ -1,0 +1,202 @@
+"""Entity resolution and GitOps ownership read from the view: pure functions, no I/O.
+
+For the object an event is about (a subresource such as `pods/exec` or
+`deployments/scale` is about its parent, the object the same name names), its chain is
+the object, then each controlling owner up to the top controller (Pod -> ReplicaSet ->
+Deployment, Pod -> Job -> CronJob, any owner of another kind the view fetched):
+
+1. `label`: the first configured label key (in order) found anywhere on the chain,
+   nearest object first, on an object's own labels or on a controller's pod template.
+   Key first, then object: an explicit `backstage.io/kubernetes-id` on the Deployment
+   wins over a generic `app.kubernetes.io/name` on its pods, so a scale of the
+   Deployment and an exec into one of its pods, whose chains start at different
+   objects, are charged to the same entity;
+2. `owner`: else the name of the top of the chain (a Job made from `generateName` is its
+   `generateName` base); an owner the view does not hold ends the chain with its name
+   as the name rules read it. A controller with no owner is its own top;
+3. `namespace`: an object that is no controller and has no owner (a Secret, a bare
+   Pod): the entity its namespace declares with the same label keys;
+4. `unknown`: the caller falls back to the name rules.
+
+The object is the view's copy when it has one (live or a tombstone), else the metadata
+the event carries (a create can be audited before the watch delivers it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+from healert_webhook.cluster.kinds import BY_RESOURCE, CONTROLLERS, watched_kind
+from healert_webhook.cluster.meta import Extractor, Meta, Owner, template_labels
+from healert_webhook.cluster.view import View
+from healert_webhook.entity import LABEL_KEYS, name_rules
+
+MAX_CHAIN = 10  # owners followed at most (a reference cycle ends here)
+_NAME_RULES_OF = {"ReplicaSet": "replicasets", "Job": "jobs"}
+_CONTROLLER_KINDS = frozenset(BY_RESOURCE[r].kind for r in CONTROLLERS)
+
+
+class Resolution(NamedTuple):
+    """An entity name ('' when unknown), how it was found, and a short explanation."""
+
+    name: str
+    method: str  # label | owner | namespace | unknown
+    explanation: str
+
+
+class GitOpsKeys(Protocol):
+    """What marks an object GitOps-managed (rules.GitOps has these)."""
+
+    annotations: tuple[str, ...]
+    labels: tuple[str, ...]
+    field_managers: frozenset[str]
+
+
+class GitOpsAnswer(NamedTuple):
+    """Whether the object was found at all, and the evidence of GitOps management."""
+
+    known: bool
+    evidence: str | None
+
+
+def carried_record(resource: str, obj: Any, label_keys: Sequence[str] = LABEL_KEYS,
+                   gitops: GitOpsKeys | None = None) -> Meta | None:
+    """A record of the object an event carries, kept as the view would keep it."""
+    if not isinstance(obj, dict):
+        return None
+    labels = [*label_keys, *(gitops.labels if gitops else ())]
+    annotations = gitops.annotations if gitops else ()
+    kind = BY_RESOURCE[resource].kind if resource in BY_RESOURCE else resource
+    template = template_labels(obj) if resource in CONTROLLERS else None
+    return Extractor(labels, annotations).record(kind, obj.get("metadata"), template)
+
+
+def describe(meta: Meta) -> str:
+    """`Deployment shop/orders-api`, `Namespace shop`, with `(deleted)` for a tombstone."""
+    where = f"{meta.namespace}/{meta.name}" if meta.namespace else meta.name
+    return f"{meta.kind} {where}" + (" (deleted)" if meta.deleted_at is not None else "")
+
+
+def _find(view: View, resource: str, namespace: str, name: str,
+          carried: Meta | None) -> tuple[Meta | None, str]:
+    if resource in BY_RESOURCE and name:
+        found = view.get(resource, namespace, name)
+        if found is not None:
+            return found, "the view"
+        if carried is None and not view.listed(resource):
+            return None, f"{resource} not listed yet"
+    if carried is not None:
+        return carried, "the event"
+    if resource in BY_RESOURCE:
+        return None, f"{resource} {namespace}/{name} is neither in the view nor a tombstone"
+    return None, f"{resource} are not watched and the event carries no object"
+
+
+def _chain(view: View, found: Meta) -> tuple[list[Meta], Owner | None]:
+    """The object and its controllers up to the top; the owner the view lacks, if any."""
+    chain = [found]
+    for _ in range(MAX_CHAIN):
+        ref = chain[-1].controller()
+        if ref is None:
+            return chain, None
+        parent = view.owner(ref, chain[-1].namespace)
+        if parent is None:
+            return chain, ref
+        chain.append(parent)
+    return chain, None
+
+
+def _label(chain: Sequence[Meta], keys: Sequence[str]) -> tuple[str, str, int, str] | None:
+    """(key, value, index in the chain, where on that object) of the first label found."""
+    for key in keys:
+        for index, meta in enumerate(chain):
+            own, template = meta.label(key), meta.template_label(key)
+            for where, value in (("", own), ("the pod template of ", template)):
+                if value is not None and value.strip():
+                    return key, value.strip(), index, where
+    return None
+
+
+def _own_name(meta: Meta) -> str:
+    prefix = meta.generate_name
+    if prefix and meta.name.startswith(prefix):
+        return prefix[:-1] if prefix.endswith("-") and len(prefix) > 1 else prefix
+    return meta.name
+
+
+def _path(chain: list[Meta]) -> str:
+    if len(chain) < 2:
+        return ""
+    return " (" + " -> ".join(f"{m.kind} {m.name}" for m in chain) + ")"
+
+
+def resolve(view: View, resource: str, namespace: str | None, name: str, *,
+            subresource: str | None = None, carried: Meta | None = None,
+            label_keys: Sequence[str] = LABEL_KEYS) -> Resolution:
+    """The entity of the object `name` of `resource` (see the module docstring).
+
+    `carried` is the event's own copy of the object (see `carried_record`), used when the
+    view has none. The view must keep `label_keys` (it keeps what it was built with).
+    """
+    ns = namespace or ""
+    found, source = _find(view, resource, ns, name, carried)
+    if found is None:
+        return _namespace(view, ns, label_keys, source)
+    tail = f", from {source}" + (f", for {resource}/{subresource}" if subresource else "")
+    chain, missing = _chain(view, found)
+    label = _label(chain, label_keys)
+    if label is not None:
+        key, value, index, part = label
+        return Resolution(value, "label", f"label {key} on {part}{describe(chain[index])}"
+                                          f"{_path(chain[:index + 1])}{tail}")
+    top = chain[-1]
+    if missing is not None:
+        reading = name_rules(_NAME_RULES_OF.get(missing.kind), missing.name)
+        held = "not in the view" if watched_kind(missing.api_version, missing.kind) \
+            else "of a kind not fetched (yet)"
+        return Resolution(reading.name, "owner",
+                          f"owner {missing.kind} {missing.name} ({held}; its {reading.how})"
+                          f" of {describe(top)}{_path(chain)}{tail}")
+    if len(chain) > 1 or top.kind in _CONTROLLER_KINDS:
+        what = "top owner" if len(chain) > 1 else "no owner and no label:"
+        made = " (its generateName)" if _own_name(top) != top.name else ""
+        return Resolution(_own_name(top), "owner",
+                          f"{what} {describe(top)}{made}{_path(chain)}{tail}")
+    return _namespace(view, ns, label_keys, f"{describe(found)} has no label and no owner")
+
+
+def _namespace(view: View, namespace: str, label_keys: Sequence[str], why: str) -> Resolution:
+    if namespace:
+        found = view.get("namespaces", "", namespace)
+        if found is not None:
+            label = _label([found], label_keys)
+            if label is not None:
+                return Resolution(label[1], "namespace",
+                                  f"label {label[0]} on {describe(found)} ({why})")
+            why += f"; Namespace {namespace} declares no entity"
+    return Resolution("", "unknown", why)
+
+
+def gitops(view: View, resource: str, namespace: str | None, name: str, keys: GitOpsKeys, *,
+           carried: Meta | None = None) -> GitOpsAnswer:
+    """Whether the object is GitOps-managed, from its cached (else carried) metadata.
+
+    The evidence reads like audit.gitops_evidence's: `annotation <key> on <object>`,
+    `label <key> on <object>`, `field manager <name> on <object>`. The view keeps only
+    the GitOps annotation and label keys it was built with.
+    """
+    found, _ = _find(view, resource, namespace or "", name, carried)
+    if found is None:
+        return GitOpsAnswer(False, None)
+    where = describe(found)
+    for key in keys.annotations:
+        if found.annotation(key):
+            return GitOpsAnswer(True, f"annotation {key} on {where}")
+    for key in keys.labels:
+        if found.label(key):
+            return GitOpsAnswer(True, f"label {key} on {where}")
+    for manager in found.managers:
+        if manager in keys.field_managers:
+            return GitOpsAnswer(True, f"field manager {manager} on {where}")
+    return GitOpsAnswer(True, None)

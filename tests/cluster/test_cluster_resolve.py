@@ -1,0 +1,208 @@
+"""Resolution on the view: one workload, one entity, whatever the action and the level."""
+
+from __future__ import annotations
+
+import pytest
+
+from healert_webhook.cluster.resolve import carried_record, gitops, resolve
+from healert_webhook.rules import DEFAULT_GITOPS
+
+from support import cluster_objects as k8s
+from support.cluster_objects import Loaded
+
+BACKSTAGE = "backstage.io/kubernetes-id"
+
+
+@pytest.fixture
+def shop() -> Loaded:
+    """orders-api (template labelled orders-service), its ReplicaSet and pod."""
+    box = Loaded()
+    dep = k8s.deployment("shop", "orders-api", template={"app": "orders",
+                                                          BACKSTAGE: "orders-service"})
+    rs = k8s.replicaset(dep, "7d9f8b6c4d")
+    box.add(dep, rs)
+    box.add_partial("pods", k8s.pod(rs, "x7k2p"))
+    box.add_partial("namespaces", k8s.namespace("shop"))
+    return box
+
+
+def test_every_action_on_a_labelled_workload_finds_the_same_entity(shop: Loaded) -> None:
+    pod = "orders-api-7d9f8b6c4d-x7k2p"
+    cases = [("pods", pod, "exec"), ("pods", pod, "portforward"), ("pods", pod, "log"),
+             ("pods", pod, None), ("replicasets", "orders-api-7d9f8b6c4d", None),
+             ("deployments", "orders-api", "scale"), ("deployments", "orders-api", None)]
+    for resource, name, sub in cases:
+        found = resolve(shop.view, resource, "shop", name, subresource=sub)
+        assert (found.name, found.method) == ("orders-service", "label"), (resource, sub, found)
+    scale = resolve(shop.view, "deployments", "shop", "orders-api", subresource="scale")
+    assert "pod template" in scale.explanation and "deployments/scale" in scale.explanation
+
+
+def test_an_explicit_backstage_label_up_the_chain_beats_a_generic_one_nearer() -> None:
+    box = Loaded()
+    sts = k8s.statefulset("shop", "orders-db-postgresql", labels={BACKSTAGE: "orders-db"},
+                          template={"app.kubernetes.io/name": "postgresql"})
+    box.add(sts)
+    box.add_partial("pods", k8s.pod(sts, "0"))
+    for resource, name in (("pods", "orders-db-postgresql-0"),
+                           ("statefulsets", "orders-db-postgresql")):
+        found = resolve(box.view, resource, "shop", name)
+        assert (found.name, found.method) == ("orders-db", "label"), found
+    # Without the Backstage label the chart's name label decides, for both alike.
+    other = k8s.statefulset("shop", "cart-db-postgresql",
+                            template={"app.kubernetes.io/name": "postgresql"})
+    box.add(other)
+    box.add_partial("pods", k8s.pod(other, "0"))
+    assert resolve(box.view, "pods", "shop", "cart-db-postgresql-0").name == "postgresql"
+
+
+def test_without_labels_the_top_controller_names_the_entity() -> None:
+    box = Loaded()
+    dep = k8s.deployment("shop", "payments-gateway-proxy")
+    rs = k8s.replicaset(dep, "5f6d7c8b9")
+    box.add(dep, rs)
+    box.add_partial("pods", k8s.pod(rs))
+    found = resolve(box.view, "pods", "shop", "payments-gateway-proxy-5f6d7c8b9-x7k2p")
+    assert (found.name, found.method) == ("payments-gateway-proxy", "owner")
+    assert "Pod payments-gateway-proxy-5f6d7c8b9-x7k2p -> ReplicaSet" in found.explanation
+    scale = resolve(box.view, "deployments", "shop", "payments-gateway-proxy",
+                    subresource="scale")
+    assert (scale.name, scale.method) == ("payments-gateway-proxy", "owner")
+
+
+def test_a_job_made_from_generate_name_is_its_base() -> None:
+    box = Loaded()
+    job = k8s.job("shop", "db-migrate-q2w8z", generate_name="db-migrate-")
+    box.add(job)
+    box.add_partial("pods", k8s.pod(job, "b2c4d", kind="Job"))
+    for resource, name in (("pods", "db-migrate-q2w8z-b2c4d"), ("jobs", "db-migrate-q2w8z")):
+        found = resolve(box.view, resource, "shop", name)
+        assert (found.name, found.method) == ("db-migrate", "owner"), found
+        assert "generateName" in found.explanation
+
+
+def test_a_cronjobs_pod_is_the_cronjob() -> None:
+    box = Loaded()
+    cron = k8s.cronjob("shop", "nightly-report")
+    job = k8s.job("shop", "nightly-report-29412345", cronjob="nightly-report")
+    box.add(cron, job)
+    box.add_partial("pods", k8s.pod(job, "x7k2p", kind="Job"))
+    found = resolve(box.view, "pods", "shop", "nightly-report-29412345-x7k2p")
+    assert (found.name, found.method) == ("nightly-report", "owner")
+    assert found.explanation.count("->") == 2
+
+
+def test_a_pod_deleted_before_its_batch_arrives_still_resolves(shop: Loaded) -> None:
+    pod = shop.view.get("pods", "shop", "orders-api-7d9f8b6c4d-x7k2p")
+    assert pod is not None
+    shop.view.delete("pods", pod)
+    found = resolve(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-x7k2p", subresource="exec")
+    assert (found.name, found.method) == ("orders-service", "label")
+    assert "(deleted)" in found.explanation
+    shop.clock.now += 601
+    shop.view.sweep()
+    gone = resolve(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-x7k2p")
+    assert gone.method == "unknown" and "neither in the view nor a tombstone" in gone.explanation
+
+
+def test_an_owner_the_view_lacks_is_named_by_the_name_rules() -> None:
+    box = Loaded()
+    rs = k8s.replicaset(k8s.deployment("shop", "orders-api"), "7d9f8b6c4d")
+    box.add_partial("pods", k8s.pod(rs))  # the ReplicaSet itself is not in the view
+    found = resolve(box.view, "pods", "shop", "orders-api-7d9f8b6c4d-x7k2p")
+    assert (found.name, found.method) == ("orders-api", "owner")
+    assert "not in the view" in found.explanation
+
+
+def test_an_owner_of_another_kind_counts_once_fetched() -> None:
+    box = Loaded()
+    rollout = k8s.rollout("shop", "checkout", labels={BACKSTAGE: "checkout-service"})
+    rs = k8s.replicaset(rollout, "6c8d9f7b5", kind="Rollout",
+                        api_version="argoproj.io/v1alpha1")
+    box.add(rs)
+    box.add_partial("pods", k8s.pod(rs))
+    before = resolve(box.view, "pods", "shop", "checkout-6c8d9f7b5-x7k2p")
+    assert (before.name, before.method) == ("checkout", "owner")
+    assert "not fetched" in before.explanation
+    box.fetched(rollout)
+    after = resolve(box.view, "pods", "shop", "checkout-6c8d9f7b5-x7k2p")
+    assert (after.name, after.method) == ("checkout-service", "label")
+    assert "Rollout shop/checkout" in after.explanation
+
+
+def test_objects_that_are_no_workload_go_to_their_namespaces_entity() -> None:
+    box = Loaded()
+    box.add_partial("namespaces", k8s.namespace("payments", {BACKSTAGE: "payments-team"}),
+                    k8s.namespace("scratch"))
+    secret = {"metadata": {"name": "payments-db-credentials", "namespace": "payments"}}
+    found = resolve(box.view, "secrets", "payments", "payments-db-credentials",
+                    carried=carried_record("secrets", secret))
+    assert (found.name, found.method) == ("payments-team", "namespace")
+    metadata_level = resolve(box.view, "secrets", "payments", "payments-db-credentials")
+    assert (metadata_level.name, metadata_level.method) == ("payments-team", "namespace")
+    labelled = {"metadata": {"name": "x", "namespace": "payments",
+                             "labels": {BACKSTAGE: "billing"}}}
+    assert resolve(box.view, "secrets", "payments", "x",
+                   carried=carried_record("secrets", labelled)).name == "billing"
+    nothing = resolve(box.view, "policyexceptions", "scratch", "allow-all")
+    assert nothing.method == "unknown" and "declares no entity" in nothing.explanation
+    cluster_scoped = resolve(box.view, "clusterroles", None, "admin")
+    assert cluster_scoped.method == "unknown"
+
+
+def test_a_bare_pod_goes_to_its_namespaces_entity() -> None:
+    box = Loaded()
+    box.add_partial("namespaces", k8s.namespace("ops", {BACKSTAGE: "platform"}))
+    box.add_partial("pods", k8s.bare_pod("ops", "node-debugger-cp1-x7k2p"))
+    found = resolve(box.view, "pods", "ops", "node-debugger-cp1-x7k2p", subresource="attach")
+    assert (found.name, found.method) == ("platform", "namespace")
+
+
+def test_before_the_first_list_the_view_cannot_answer() -> None:
+    box = Loaded()
+    store = box.view.stores["pods"]
+    store.listed = store.synced = False
+    found = resolve(box.view, "pods", "shop", "web-0")
+    assert found.method == "unknown" and "not listed yet" in found.explanation
+
+
+def test_the_carried_object_answers_what_the_watch_has_not_delivered_yet(shop: Loaded) -> None:
+    rs = k8s.replicaset(k8s.deployment("shop", "orders-api"), "7d9f8b6c4d")
+    new_pod = k8s.pod(rs, "zz9zz")
+    found = resolve(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-zz9zz",
+                    carried=carried_record("pods", new_pod))
+    assert (found.name, found.method) == ("orders-service", "label")
+    assert "from the event" in found.explanation
+
+
+def test_an_owner_cycle_ends() -> None:
+    box = Loaded()
+    a = {"name": "a", "namespace": "x", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "b", "controller": True}]}
+    b = {"name": "b", "namespace": "x", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "a", "controller": True}]}
+    for meta in (a, b):
+        record = box.extractor.record("ReplicaSet", meta)
+        assert record is not None
+        box.view.put("replicasets", record)
+    assert resolve(box.view, "replicasets", "x", "a").method == "owner"
+
+
+def test_gitops_ownership_from_the_cached_object() -> None:
+    box = Loaded()
+    box.add(k8s.deployment("shop", "argo", annotations={
+                "argocd.argoproj.io/tracking-id": "shop:apps/Deployment:shop/argo"}),
+            k8s.deployment("shop", "flux", labels={"kustomize.toolkit.fluxcd.io/name": "apps"}),
+            k8s.deployment("shop", "ssa", managers=("argocd-controller",)),
+            k8s.deployment("shop", "by-hand"))
+    expected = {
+        "argo": "annotation argocd.argoproj.io/tracking-id on Deployment shop/argo",
+        "flux": "label kustomize.toolkit.fluxcd.io/name on Deployment shop/flux",
+        "ssa": "field manager argocd-controller on Deployment shop/ssa",
+        "by-hand": None,
+    }
+    for name, evidence in expected.items():
+        answer = gitops(box.view, "deployments", "shop", name, DEFAULT_GITOPS)
+        assert answer.known and answer.evidence == evidence, name
+    unknown = gitops(box.view, "deployments", "shop", "absent", DEFAULT_GITOPS)
+    assert not unknown.known and unknown.evidence is None
