@@ -108,10 +108,23 @@ _BY_NAME: dict[str, tuple[Resource, ...]] = {}
 for _res in BUILTIN:
     _BY_NAME[_res.name] = (*_BY_NAME.get(_res.name, ()), _res)
 
-# Every verb of a resource request (kubectl >= 1.30 sends exec, attach and port-forward as
-# `get`, older clients as `create`).
+# Every verb of a resource request.
 RESOURCE_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete",
                   "deletecollection")
+_READ_WRITE = ("get", "update", "patch")
+# The verbs a subresource is requested with. Sessions are `get` from kubectl >= 1.30
+# (WebSocket) and `create` from older clients; a proxy takes the HTTP method's verb.
+_SUBRESOURCE_VERBS = {
+    "approval": _READ_WRITE, "attach": ("get", "create"), "binding": ("create",),
+    "ephemeralcontainers": _READ_WRITE, "eviction": ("create",), "exec": ("get", "create"),
+    "finalize": ("update",), "log": ("get",), "portforward": ("get", "create"),
+    "proxy": ("get", "create", "update", "patch", "delete"), "resize": _READ_WRITE,
+    "scale": _READ_WRITE, "status": _READ_WRITE, "token": ("create",),
+}
+# Resources that are only ever created: reviews answer in the response, bindings bind.
+_CREATE_ONLY = frozenset({"bindings", "localsubjectaccessreviews", "selfsubjectaccessreviews",
+                          "selfsubjectreviews", "selfsubjectrulesreviews",
+                          "subjectaccessreviews", "tokenreviews"})
 
 # Requests whose bodies carry credentials: a Secret's data, a token request's token, a
 # token review's token. Logged above Metadata, they copy secrets into the audit trail.
@@ -155,6 +168,15 @@ def subresources(group: str, name: str) -> tuple[str, ...]:
         if res.group == group:
             return res.subresources
     return ()
+
+
+def verbs(group: str, resource: str, subresource: str = "") -> tuple[str, ...]:
+    """The verbs such a request can have (every verb for what this table does not know)."""
+    if subresource:
+        return _SUBRESOURCE_VERBS.get(subresource, RESOURCE_VERBS)
+    if resource in _CREATE_ONLY and any(r.group == group for r in _BY_NAME.get(resource, ())):
+        return ("create",)
+    return RESOURCE_VERBS
 
 
 def is_capped(group: str, resource: str, subresource: str = "") -> bool:
