@@ -1,9 +1,9 @@
-"""Needs written by hand for the shipped rules.yaml's enabled rules (and an optional one)."""
+"""Needs written by hand for the shipped rules.yaml's rules, enabled and optional ones."""
 
 from __future__ import annotations
 
 from healert_webhook.auditpolicy.document import Level
-from healert_webhook.auditpolicy.needs import ANY, Need, Target
+from healert_webhook.auditpolicy.needs import ANY, PEOPLE, Actor, Need, Target
 
 # rules.yaml's config.ignore_namespaces
 IGNORED = frozenset({"kube-system", "kube-public", "kube-node-lease", "cert-manager",
@@ -49,3 +49,31 @@ def gitops_drift_need() -> Need:
                                    for name in ("deployments", "statefulsets", "daemonsets",
                                                 "cronjobs")),
                  level=Level.REQUEST_RESPONSE, managed_fields=True)
+
+
+def optional_needs() -> tuple[Need, ...]:
+    """What the optional rules need, gitops-drift first (as rules.yaml lists them)."""
+    one = frozenset
+    deletes = one({"delete"})
+    changes = WRITES | deletes
+    return (
+        gitops_drift_need(),
+        _need("kubectl-attach", Target("pods", subresources=one({"attach"}))),
+        _need("ephemeral-debug", Target("pods", WRITES, one({"ephemeralcontainers"}))),
+        _need("pod-log-access", Target("pods", one({"get"}), one({"log"}))),
+        _need("hpa-drift", Target("horizontalpodautoscalers", WRITES, None)),
+        _need("production-secret-access", Target("secrets", one({"get"}), None),
+              namespace_contains="production"),
+        _need("secret-deletion", Target("secrets", deletes, None)),
+        _need("configmap-drift", Target("configmaps", changes, None)),
+        _need("namespace-creation", Target("namespaces", one({"create"}), None)),
+        # ignore_system: false: controllers' RBAC changes count too
+        _need("rbac-change", *(Target(name, changes, None)
+                               for name in ("clusterroles", "clusterrolebindings", "roles",
+                                            "rolebindings")),
+              actors=PEOPLE | {Actor.SYSTEM}),
+        _need("node-access", Target("nodes", one({"patch", "update"}), None)),
+        _need("ingress-drift", Target("ingresses", changes, None)),
+        _need("network-policy-deletion", Target("networkpolicies", deletes, None)),
+        _need("pv-deletion", Target("persistentvolumes", deletes, None)),
+    )

@@ -6,14 +6,20 @@ import random
 import re
 
 import pytest
-from policy_needs import GITOPS_CONTROLLERS, WRITES, enabled_needs, gitops_drift_need
+from policy_needs import (
+    GITOPS_CONTROLLERS,
+    WRITES,
+    enabled_needs,
+    gitops_drift_need,
+    optional_needs,
+)
 
 from healert_webhook.auditpolicy import builtin
 from healert_webhook.auditpolicy.check import check
 from healert_webhook.auditpolicy.document import Level, Policy, parse_policy
 from healert_webhook.auditpolicy.evaluate import Identity, Request, evaluate
 from healert_webhook.auditpolicy.generate import GenerateError, generate
-from healert_webhook.auditpolicy.needs import ANY, PEOPLE, Actor, Need, Needs, Target
+from healert_webhook.auditpolicy.needs import ANY, Need, Needs, Target
 
 AUTH = "system:authenticated"
 ALICE = Identity("alice", (AUTH,))
@@ -69,15 +75,7 @@ def shipped(shipped_needs: Needs) -> tuple[str, Policy]:
 
 
 OPTIONAL = (
-    gitops_drift_need(),
-    Need("pod-log-access", (Target("pods", frozenset({"get"}), frozenset({"log"})),)),
-    Need("hpa-drift", (Target("horizontalpodautoscalers", WRITES, None),)),
-    Need("configmap-drift", (Target("configmaps", WRITES | {"delete"}, None),)),
-    Need("namespace-creation", (Target("namespaces", frozenset({"create"}), None),)),
-    Need("rbac-change", tuple(Target(r, WRITES | {"delete"}, None)
-                              for r in ("roles", "rolebindings", "clusterroles",
-                                        "clusterrolebindings")),
-         actors=PEOPLE | {Actor.SYSTEM}),
+    *optional_needs(),
     Need("secret-bodies", (Target("secrets", frozenset({"get"}), None),),
          level=Level.REQUEST_RESPONSE),
     Need("widget-drift", (Target("widgets", WRITES, None, group="example.com"),),
