@@ -443,7 +443,8 @@ def _render(needs: Needs, rules: list[_Rule]) -> str:
         lines.append("")
         first = f"  # {number}. "
         for index, text in enumerate(rule.comment):
-            lines += textwrap.wrap(text, _WRAP, initial_indent=first if index == 0 else
+            lines += textwrap.wrap(text, _WRAP, break_on_hyphens=False,
+                                   initial_indent=first if index == 0 else
                                    "  #    ", subsequent_indent="  #    ")
         lines += _render_rule(rule).splitlines()
     return "\n".join(lines) + "\n"
@@ -466,7 +467,9 @@ def _header(needs: Needs) -> list[str]:
     else:
         text += ["No access proxy is named, so service accounts outside kube-system are",
                  "kept for what people's requests need (any of them may be a proxy)."]
-    return [f"# {line}".rstrip() for line in text] + [""]
+    lines = [part for line in text
+             for part in textwrap.wrap(line, _WRAP - 2, break_on_hyphens=False) or [""]]
+    return [f"# {line}".rstrip() for line in lines] + [""]
 
 
 def _render_rule(rule: _Rule) -> str:

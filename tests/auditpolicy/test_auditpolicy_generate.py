@@ -107,6 +107,7 @@ def test_the_output_is_deterministic_whatever_the_order_of_the_needs() -> None:
     random.Random(7).shuffle(needs)
     again = generate(Needs(tuple(needs), automation=tuple(reversed(GITOPS_CONTROLLERS))))
     assert again == first
+    assert max(len(line) for line in first.splitlines()) <= 100
 
 
 def test_policy_wide_stages_and_managed_fields(shipped: tuple[str, Policy]) -> None:
