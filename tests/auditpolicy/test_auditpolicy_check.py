@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from policy_needs import GITOPS_CONTROLLERS, WRITES, enabled_needs, gitops_drift_need
 
-from healert_webhook.auditpolicy.check import FindingKind, check, exit_status
-from healert_webhook.auditpolicy.document import Level
+from healert_webhook.auditpolicy.check import Finding, FindingKind, check, exit_status
+from healert_webhook.auditpolicy.document import Level, Policy, parse_policy
+from healert_webhook.auditpolicy.evaluate import Identity, Request, evaluate
 from healert_webhook.auditpolicy.generate import generate
 from healert_webhook.auditpolicy.needs import PEOPLE, Actor, Need, Needs, Target
 
@@ -15,6 +18,10 @@ from support.paths import ROOT
 HEAD = "apiVersion: audit.k8s.io/v1\nkind: Policy\n"
 SHIPPED = ROOT / "manifests" / "apiserver" / "audit-policy.yaml"
 PATCH_DEPLOYMENTS = Target("deployments", frozenset({"patch"}))
+
+
+def starved(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.kind is FindingKind.STARVED]
 
 
 def kinds(findings: list) -> list[tuple[FindingKind, str | None, int | None]]:  # type: ignore[type-arg]
@@ -218,3 +225,75 @@ def test_rules_counting_kubernetes_own_actors_are_checked_for_them() -> None:
     (finding,) = check(policy, Needs((need,)))
     assert finding.message.startswith("rbac-change needs Metadata for `create roles` and 2 "
                                       "more requests by Kubernetes' own system:node:node-1;")
+
+
+def test_ordinary_values_are_ones_the_policy_does_not_name() -> None:
+    """A policy that names the usual namespace or person is still asked about the others."""
+    need = Need("gitops-drift", (PATCH_DEPLOYMENTS,), Level.REQUEST,
+                actors=frozenset({Actor.PERSON}))
+    for condition, shown in [("namespaces: [payments]", "`patch deployments`"),
+                             ("users: [alice]", "`patch deployments`")]:
+        policy = HEAD + f"rules:\n- level: Request\n  {condition}\n- level: None\n"
+        (finding,) = starved(check(policy, Needs((need,))))
+        assert finding.message == (f"gitops-drift needs Request for {shown} by a person; "
+                                   "policy rule 2 gives None"), condition
+
+
+def test_a_person_in_two_groups_is_decided_by_the_first_rule_on_either() -> None:
+    need = Need("gitops-drift", (PATCH_DEPLOYMENTS,), Level.REQUEST,
+                actors=frozenset({Actor.PERSON}))
+    policy = HEAD + ("rules:\n- level: None\n  userGroups: [contractors]\n"
+                     "- level: Request\n  userGroups: [developers, contractors]\n"
+                     "- level: Request\n")
+    (finding,) = starved(check(policy, Needs((need,))))
+    assert finding.message.endswith("by a person in group contractors; policy rule 1 gives None")
+
+
+def test_check_sees_every_starved_request_a_brute_force_sees() -> None:
+    """Asking rule by rule finds what asking every combination of named values finds."""
+    rng = random.Random(25)
+    users, groups, spaces = ["ann", "ben", "system:admin"], ["devs", "ops", "system:masters"], [
+        "payments", "prod", "dev"]
+    levels = ["None", "Metadata", "Request", "RequestResponse"]
+    need = Need("drift", (Target("deployments", frozenset({"patch", "update"}), None,
+                                 group="apps"),), Level.REQUEST,
+                actors=frozenset({Actor.PERSON}), ignore_namespaces=frozenset({"dev"}))
+    for _ in range(150):
+        rules = []
+        for _ in range(rng.randint(1, 5)):
+            rule = [f"- level: {rng.choice(levels)}"]
+            for key, pool in (("users", users), ("userGroups", groups),
+                              ("namespaces", spaces), ("verbs", ["patch", "update", "get"])):
+                if rng.random() < 0.4:
+                    rule.append(f"  {key}: {rng.sample(pool, rng.randint(1, 2))}")
+            if rng.random() < 0.5:
+                names = f", resourceNames: [{rng.choice(['web', 'db'])}]" \
+                    if rng.random() < 0.3 else ""
+                rule.append(f"  resources: [{{group: apps, resources: "
+                            f"['{rng.choice(['deployments', 'deployments/*', '*/scale'])}']"
+                            f"{names}}}]")
+            rules += rule
+        text = HEAD + "rules:\n" + "\n".join(rules) + "\n"
+        doc = parse_policy(text)
+        assert doc.policy is not None, text
+        found = bool(starved(check(doc, Needs((need,)))))
+        assert found == _brute_force_starves(doc.policy, need), text
+
+
+def _brute_force_starves(policy: Policy, need: Need) -> bool:
+    people = [Identity(name, (*extra, "system:authenticated"))
+              for name in ("ann", "ben", "system:admin", "zed")
+              for extra in [(), ("devs",), ("ops",), ("system:masters",), ("devs", "ops"),
+                            ("devs", "system:masters")]]
+    for who in people:
+        for verb in ("patch", "update"):
+            for sub in ("", "scale", "status"):
+                for namespace in ("payments", "prod", "dev", "elsewhere"):
+                    for name in ("web", "db", "other"):
+                        if not need.counts_namespace(namespace):
+                            continue
+                        request = Request(verb, who, None, "apps", "deployments", sub,
+                                          namespace, name)
+                        if evaluate(policy, request).level < need.level:
+                            return True
+    return False
