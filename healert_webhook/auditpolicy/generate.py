@@ -4,7 +4,8 @@ The policy is built from the top down, since the first matching rule decides:
 
 1. Nothing for non-resource URLs (health checks, discovery, OpenAPI, /metrics,
    /version) and for known noise (leases, lease candidates, Events): no rule is about
-   them, and they are the bulk of all requests.
+   them, and they are the bulk of all requests. Nothing in the namespaces every
+   detection rule skips.
 2. One block per kind of identity the policy can tell apart, each ending in a rule that
    drops the rest of what that identity does: access proxies named in the needs, GitOps
    controllers and other named automation, control-plane components, nodes, anonymous
@@ -103,12 +104,13 @@ class _Rule:
     resources: dict[str, set[str]] | None = None  # group -> entries; None: every resource
     keep_managed_fields: bool = False
     non_resource_urls: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
 
 
 def generate(needs: Needs, *, any_group: bool = False) -> str:
     """The audit.k8s.io/v1 Policy for these needs, as commented YAML (deterministic)."""
     _validate(needs, any_group)
-    rules = [_non_resource_rule(), *_noise_rules(needs)]
+    rules = [_non_resource_rule(), *_noise_rules(needs), *_skipped_namespaces(needs)]
     classes = _classes(needs)
     people = classes[-1]
     people_reqs = _reqs_for(needs, people)
@@ -430,6 +432,18 @@ def _noise_rules(needs: Needs) -> list[_Rule]:
     ], resources=dict(resources))]
 
 
+def _skipped_namespaces(needs: Needs) -> list[_Rule]:
+    """None in the namespaces every detection rule skips (rules.yaml's ignore_namespaces)."""
+    if not needs.needs:
+        return []
+    common = frozenset.intersection(*(need.ignore_namespaces for need in needs.needs))
+    common -= {""}
+    if not common:
+        return []
+    return [_Rule(Level.NONE, ["Namespaces every detection rule skips: nothing in them is "
+                               "ever reported."], namespaces=tuple(sorted(common)))]
+
+
 # --- YAML ------------------------------------------------------------------------------
 
 def _render(needs: Needs, rules: list[_Rule]) -> str:
@@ -484,6 +498,8 @@ def _render_rule(rule: _Rule) -> str:
         out += _list_lines("verbs", list(rule.verbs), 4)
     if rule.non_resource_urls:
         out += _list_lines("nonResourceURLs", list(rule.non_resource_urls), 4)
+    if rule.namespaces:
+        out += _list_lines("namespaces", list(rule.namespaces), 4)
     if rule.resources:
         out.append("    resources:")
         for group in sorted(rule.resources):

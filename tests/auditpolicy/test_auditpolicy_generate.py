@@ -305,3 +305,14 @@ def test_the_built_in_table_is_valid_policy_input() -> None:
     assert doc.problems == ()
     pairs = [(res.group, res.name) for res in builtin.BUILTIN]
     assert len(pairs) == len(set(pairs))
+
+
+def test_namespaces_every_rule_skips_are_not_recorded(shipped: tuple[str, Policy]) -> None:
+    policy = shipped[1]
+    assert evaluate(policy, deploy(ALICE, ns="kube-system")).level is Level.NONE
+    assert evaluate(policy, req(ALICE, "get", "secrets", ns="vault")).level is Level.NONE
+    assert evaluate(policy, deploy(ALICE, ns="payments")).level is Level.REQUEST_RESPONSE
+    # One rule that counts a namespace is enough to keep it.
+    counted = Need("everywhere", (Target("deployments", frozenset({"patch"})),))
+    mixed = load(generate(Needs((*enabled_needs(), counted))))
+    assert evaluate(mixed, deploy(ALICE, ns="kube-system")).level >= Level.METADATA
