@@ -193,9 +193,27 @@ def _personas(actor: Actor, view: _View, needs: Needs,
         return [Persona(actor, _identity(proxy), f"a person through an access proxy ({proxy})",
                         Identity(PERSON, (AUTHENTICATED,)))
                 for proxy in sorted(set(needs.proxies)) or [UNNAMED_PROXY]]
-    users = list(SYSTEM_USERS) if rule is None else [
-        user for user in rule.users if is_internal_actor(user)] or list(SYSTEM_USERS)
-    return [Persona(actor, _identity(user), f"Kubernetes' own {user}") for user in users]
+    return [Persona(actor, who, f"Kubernetes' own {who.name}") for who in _system(rule)]
+
+
+def _system(rule: PolicyRule | None) -> list[Identity]:
+    """Kubernetes' own identities: the usual ones, or those `rule` names."""
+    if rule is None or not (rule.users or rule.user_groups):
+        return [_identity(user) for user in SYSTEM_USERS]
+    names: list[str | None] = [u for u in rule.users if is_internal_actor(u)] or [None]
+    if rule.users and names == [None]:
+        return []
+    groups: list[str | None] = list(rule.user_groups) or [None]
+    return [_identity(name or _member_of(group), *([group] if group else []))
+            for name, group in product(names, groups)]
+
+
+def _member_of(group: str | None) -> str:
+    """An internal user the apiserver would put in `group`."""
+    if group and group.startswith(f"{SERVICE_ACCOUNTS}:"):
+        return f"system:serviceaccount:{group.removeprefix(SERVICE_ACCOUNTS + ':')}:someone"
+    return {SERVICE_ACCOUNTS: "system:serviceaccount:operators:operator",
+            "system:nodes": "system:node:node-1"}.get(group or "", "system:someone")
 
 
 def _people(view: _View, rule: PolicyRule | None) -> list[tuple[Identity, str]]:

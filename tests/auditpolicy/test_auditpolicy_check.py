@@ -297,3 +297,12 @@ def _brute_force_starves(policy: Policy, need: Need) -> bool:
                         if evaluate(policy, request).level < need.level:
                             return True
     return False
+
+
+def test_secrets_exposed_to_any_identity_a_rule_names_are_found() -> None:
+    policy = HEAD + ("rules:\n- level: RequestResponse\n"
+                     "  userGroups: ['system:serviceaccounts:billing']\n"
+                     "  resources: [{group: '', resources: [secrets]}]\n- level: Metadata\n")
+    (finding,) = check(policy, Needs(()))
+    assert finding.kind is FindingKind.EXPOSURE and finding.policy_rule == 1
+    assert "by Kubernetes' own system:serviceaccount:billing:someone" in finding.message
