@@ -49,7 +49,7 @@ _replaced_log = Limiter(log, per_interval=1, interval=60.0, what="refused outbox
 
 SCHEMA_VERSION = 2
 UNDECODABLE = "_undecodable"  # the event of a row whose stored bytes are not a JSON object
-PRUNE_BATCH = 2000  # dead letters deleted per transaction: stores wait for one batch at most
+PRUNE_BATCH = 500  # dead letters deleted per transaction: stores wait for one batch at most
 EXPIRED = "expired: older than the backend's retention ({:g} days), so it would never count"
 BUSY_TIMEOUT_MS = 10_000
 EXPIRE_EVERY = 60.0  # seconds between sweeps of expired delivered keys
@@ -591,13 +591,12 @@ class Outbox:
             pruned["age"] += done
             if done < PRUNE_BATCH:
                 break
-        while True:
-            over = self._read("SELECT count(*) FROM dead")[0][0] - max_count
-            if over <= 0:
-                break
+        over = self._read("SELECT count(*) FROM dead")[0][0] - max_count
+        while over > 0:
             done = self._prune_batch(
                 "SELECT key FROM dead ORDER BY dead_at, key LIMIT ?", (min(over, PRUNE_BATCH),))
             pruned["count"] += done
+            over -= done
             if done == 0:  # another process emptied them meanwhile
                 break
         return pruned
