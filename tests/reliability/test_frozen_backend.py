@@ -85,6 +85,7 @@ def test_a_backend_frozen_across_a_restart_gets_each_event_once(
     print(f"frozen {freeze:.0f} s across a restart: lost, duplicates, unexpected = {result}; "
           f"found at the backend {found:.0f}, resent unverified {unverified:.0f}")
     assert result == (0, 0, 0)
+    assert found == 1  # the backend stored the first send when it woke: found, not resent
     assert unverified == 0
     assert awaiting == 1  # the wait was shown while it lasted
     assert "GET /friction" in shown, shown

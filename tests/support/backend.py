@@ -178,7 +178,7 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
         if (api_key and given != f"Bearer {api_key}") or mode == "401":
             return answer(401, {"detail": "Invalid or missing API key"})
         try:
-            event = json.loads(await request.body())
+            event = json.loads(await _body(request))
         except ValueError:
             return answer(422, {"detail": [{"loc": ["body"], "msg": "JSON decode error",
                                             "type": "json_invalid"}]})
@@ -293,15 +293,34 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
 
 
 def _transport_protocol() -> Any:
-    """uvicorn's protocol, telling the app its connection (so a test can drop it)."""
+    """uvicorn's protocol, telling the app its connection (so a test can drop it) and the
+    request's body as it arrived, even when the client has gone away since."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class WithTransport(HttpToolsProtocol):  # type: ignore[misc]
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.scope["extensions"] = {"healert.transport": self.transport}
+            self.scope["extensions"] = {"healert.transport": self.transport,
+                                        "healert.body": bytearray()}
+
+        def on_body(self, body: bytes) -> None:
+            self.scope["extensions"]["healert.body"] += body
+            super().on_body(body)
 
     return WithTransport
+
+
+async def _body(request: Any) -> bytes:
+    """The request's body. A client that sent it whole and then went away (killed, or
+    given up on a frozen backend) still gets it handled, as a server busy or stopped
+    while the request waited in its socket does when it gets to it: uvicorn itself would
+    drop it."""
+    from starlette.requests import ClientDisconnect
+
+    try:
+        return bytes(await request.body())
+    except ClientDisconnect:
+        return bytes(request.scope["extensions"]["healert.body"])
 
 
 def serve(argv: list[str]) -> None:
@@ -325,8 +344,11 @@ def serve(argv: list[str]) -> None:
     tmp.write_text(str(sock.getsockname()[1]))
     tmp.replace(args.port_file)
     app = make_app(args.key, args.limit, args.window, args.record, args.retention_days)
+    # Connections are kept longer than any test freezes the process: on waking, a request
+    # that waited in an idle connection is handled, not dropped by an expired keep-alive
+    # timer (uvloop runs timers before reading), which is the worst case for duplicates.
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            http=_transport_protocol())
+                            http=_transport_protocol(), timeout_keep_alive=300)
     uvicorn.Server(config).run(sockets=[sock])
 
 
