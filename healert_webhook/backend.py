@@ -388,6 +388,7 @@ class Finding:
 
     verdict: str  # found | missing | unverifiable | no_endpoint | error
     detail: str
+    asked: bool = True  # False: decided without a request (the backend said nothing)
 
 
 RECENT_MAX = 500  # the backend shows an entity's 500 newest events, no more
@@ -406,9 +407,10 @@ async def find_event(client: httpx.AsyncClient, base_url: str, body: dict[str, A
     """
     stamp = body.get("timestamp")
     if not isinstance(stamp, str) or not stamp:
-        return Finding("unverifiable", "no timestamp: the backend stamped its own")
+        return Finding("unverifiable", "no timestamp: the backend stamped its own", False)
     if stamp < window_start(window_days):
-        return Finding("unverifiable", f"older than the backend's {window_days:g}-day window")
+        return Finding("unverifiable", f"older than the backend's {window_days:g}-day window",
+                       False)
     url = join_url(base_url, "/friction/" + quote(str(body["entity_ref"]), safe=":/"))
     try:
         answer = await fetch(client, "GET", url, limit=FRICTION_ANSWER_MAX, timeout=timeout)

@@ -455,7 +455,7 @@ class Forwarder:
                                                           tuple(self._aside))
             if rows:
                 return rows[0]
-        if self._state not in ("paused", "backoff") or not self._aside:
+        if self._state != "paused":  # paused stays paused until a probe or a new key
             self._state, self._reason = ("waiting" if self._aside else "idle"), None
         due = min((a.until for a in self._aside.values()), default=None)
         await self._wait_for_work(stop, None if due is None else due - now)
@@ -613,7 +613,8 @@ class Forwarder:
         read_at = time.monotonic()
         finding = await backend.find_event(
             client, self.settings.backend_url or "", body, timeout, RECENT_WINDOW_DAYS)
-        metrics.FORWARD_RECONCILE_READS.labels(finding.verdict).inc()
+        if finding.asked:
+            metrics.FORWARD_RECONCILE_READS.labels(finding.verdict).inc()
         return await self._settle(row, finding, read_at, stop)
 
     async def _settle(self, row: Queued, finding: backend.Finding, read_at: float,
@@ -621,7 +622,8 @@ class Forwarder:
         if finding.verdict == "error":
             self._request_failed()
             return self._await_read(row, finding.detail)
-        self._answered()  # now: a read sent during a stall may be answered only after it
+        if finding.asked:
+            self._answered()  # now: a read sent during a stall may be answered only after it
         if finding.verdict == "found":
             metrics.FORWARD_RECONCILED.labels("delivered").inc()
             log.info("friction event key=%s: the backend already has it (its answer was "
