@@ -3,6 +3,13 @@
 One keep-alive httpx client; each request is bounded as a whole (httpx's own timeouts are
 per read and write). `send` turns whatever happens to one POST into an `Outcome` the
 forwarder acts on; `check-backend` uses the same calls, so both see the backend alike.
+
+Nothing the backend answers is trusted: every answer is streamed and read only up to a
+cap for its kind (`POST_ANSWER_MAX`, `FRICTION_ANSWER_MAX`, `HEALTH_BODY_MAX`), compressed
+ones decoded within that cap; JSON is parsed by orjson, which refuses nesting deeper than
+1024 without recursing; `Retry-After` is taken only as ASCII digits or an HTTP date.
+The backend URL may carry credentials (`http://user:password@host`): `shown_url` is the
+one form of it that is ever logged or printed.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import email.utils
 import http
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +32,9 @@ from healert_webhook import __version__
 from healert_webhook.audit import clean_text
 from healert_webhook.backend_contract import ANSWER_MAX, window_start
 from healert_webhook.config import ConfigError, Settings
+from healert_webhook.logs import redact_urls, shown_url
+
+__all__ = ["redact_urls", "shown_url"]  # with the rest: the URL helpers, from one place
 
 CONNECT_TIMEOUT = 5.0
 RETRY_AFTER_MAX = 3600.0
@@ -36,8 +47,21 @@ URL_STATUSES = frozenset({404, 405})
 
 HEALTHY = 'HTTP 200 with {"status": "ok", ...}'  # what a healthy backend answers
 HEALTH_BODY_MAX = 64 * 1024  # bytes of a /health answer read; the real one is ~100 bytes
+# POST /events answers `{"status": "ok", ...}` (tens of bytes), or a 422 whose detail lists
+# one item per field at fault (a few KiB at worst for an event wrong in every field):
+# 64 KiB leaves ten times that, and only ANSWER_MAX characters are ever kept.
+POST_ANSWER_MAX = 64 * 1024
+# GET /friction shows at most 500 events, each five fields the backend bounds (timestamp 40,
+# actor 200, type 50, description 500, workflow 200 characters: 990). JSON-escaped, a
+# character takes at most 12 bytes (a character outside the BMP written as two \uXXXX
+# escapes), so 500 events take at most 500 * (990 * 12 + 100) bytes, about 5.7 MiB, plus
+# the score and the entity ref. Real answers are tens of KiB: 8 MiB is the worst case with
+# margin, and a backend answering more is not one to trust with "missing".
+FRICTION_ANSWER_MAX = 8 * 1024 * 1024
+PARSE_IN_THREAD = 256 * 1024  # bytes of JSON above which parsing leaves the event loop
 EXCERPT_MAX = 200  # characters of an unexpected answer shown to the operator
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+_DELTA_SECONDS = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit takes "²"
 
 
 @dataclass(frozen=True)
@@ -154,16 +178,81 @@ def excerpt(raw: bytes, secret: str | None = None, limit: int = EXCERPT_MAX) -> 
     return clean_text(text, limit)
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """At most `limit` bytes of the body (a huge answer is not read to its end)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
-            break
-    return b"".join(chunks)[:limit]
+@dataclass(frozen=True)
+class Answer:
+    """What the backend answered: status, headers and the body read up to a cap."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    complete: bool  # False: the body went on past the cap and was not read to its end
+
+    @property
+    def text(self) -> str:
+        """The body (as far as it was read) as text, undecodable bytes replaced."""
+        return self.body.decode("utf-8", "replace")
+
+
+class _Decoder:
+    """Decodes a gzip or deflate body without ever making more than the cap allows
+    (httpx's own decoding inflates a whole network chunk at once, up to 1000 times it)."""
+
+    def __init__(self, encoding: str) -> None:
+        names = [name.strip().lower() for name in encoding.split(",") if name.strip()]
+        names = [name for name in names if name != "identity"]
+        self.unsupported: str | None = None
+        self._zlib: Any = None
+        if not names:
+            return
+        if len(names) > 1 or names[0] not in ("gzip", "x-gzip", "deflate"):
+            self.unsupported = encoding[:50]
+            return
+        # 32 + window bits: zlib or gzip header, found out from the data
+        self._zlib = zlib.decompressobj(32 + zlib.MAX_WBITS)
+
+    def decode(self, chunk: bytes, room: int) -> bytes:
+        """Up to `room` + 1 decoded bytes of `chunk` (more than `room`: over the cap)."""
+        if self._zlib is None:
+            return chunk
+        return bytes(self._zlib.decompress(chunk, room + 1))
+
+
+async def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The body, read as it streams in until `limit` bytes (decoded); and whether it
+    ended within them. Memory never holds more than `limit` and one network chunk."""
+    decoder = _Decoder(response.headers.get("content-encoding", ""))
+    if decoder.unsupported is not None:
+        return b"", False
+    body = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            data = decoder.decode(chunk, limit - len(body))
+            if len(body) + len(data) > limit:
+                body += data[:limit - len(body)]
+                return bytes(body), False
+            body += data
+    except zlib.error:
+        return bytes(body), False
+    return bytes(body), True
+
+
+async def fetch(client: httpx.AsyncClient, method: str, url: str, *, limit: int,
+                timeout: float, **kwargs: Any) -> Answer:
+    """One request, its answer read up to `limit` bytes, all within `timeout` seconds.
+
+    Raises httpx.HTTPError, TimeoutError or OSError when the exchange fails."""
+    async with asyncio.timeout(timeout):
+        async with client.stream(method, url, **kwargs) as response:
+            body, complete = await read_capped(response, limit)
+    return Answer(response.status_code, response.headers, body, complete)
+
+
+async def parse_json(raw: bytes) -> Any:
+    """`raw` parsed by orjson (nesting past 1024 refused without recursion), off the event
+    loop when it is large; raises ValueError when it is not JSON."""
+    if len(raw) > PARSE_IN_THREAD:
+        return await asyncio.to_thread(orjson.loads, raw)
+    return orjson.loads(raw)
 
 
 async def check_health(settings: Settings,
@@ -177,26 +266,27 @@ async def check_health(settings: Settings,
     key_set = key is not None
     if url is None:
         return HealthReport(None, False, key_set=key_set)
+    shown_as = shown_url(url)  # the report is shown: never the URL's credentials
     async with contextlib.AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(make_client(settings.forward_timeout))
         try:
-            async with asyncio.timeout(settings.forward_timeout):
-                async with client.stream("GET", join_url(url, "/health")) as response:
-                    raw = await _read_bounded(response, HEALTH_BODY_MAX)
+            answer = await fetch(client, "GET", join_url(url, "/health"),
+                                 limit=HEALTH_BODY_MAX, timeout=settings.forward_timeout)
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
-            return HealthReport(url, False, key_set=key_set, error=describe_error(exc))
-    code = response.status_code
-    shown = excerpt(raw, key)
+            return HealthReport(shown_as, False, key_set=key_set, error=describe_error(exc))
+    code = answer.status
+    shown = excerpt(answer.body, key)
     try:
-        body = orjson.loads(raw) if code == 200 else None
-    except orjson.JSONDecodeError:
+        body = await parse_json(answer.body) if code == 200 and answer.complete else None
+    except ValueError:
         body = None
     if not isinstance(body, dict):
-        return HealthReport(url, False, key_set=key_set, http_status=code, body=shown,
+        return HealthReport(shown_as, False, key_set=key_set, http_status=code, body=shown,
                             error=f"/health answered HTTP {code}")
-    return HealthReport(url, True, _opt_str(body.get("status")), _opt_str(body.get("version")),
-                        _opt_str(body.get("auth")), key_set, http_status=code, body=shown)
+    return HealthReport(shown_as, True, _opt_str(body.get("status")),
+                        _opt_str(body.get("version")), _opt_str(body.get("auth")), key_set,
+                        http_status=code, body=shown)
 
 
 def _opt_str(value: Any) -> str | None:
@@ -210,35 +300,42 @@ def join_url(base: str, path: str) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short description of a transport failure (never the request's headers)."""
+    """A short description of a transport failure (never the request's headers, nor the
+    credentials of a URL it quotes)."""
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return redact_urls(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
 def make_client(request_timeout: float) -> httpx.AsyncClient:
     """The one keep-alive client: connect 5 s; the whole-request bound (10 s by default)
-    is applied around each request (httpx's own timeouts are per read/write)."""
+    is applied around each request (httpx's own timeouts are per read/write). It asks
+    for answers uncompressed: a compressed one is still decoded, within its cap."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(request_timeout, connect=min(CONNECT_TIMEOUT, request_timeout)),
         limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-        headers={"User-Agent": f"healert-webhook/{__version__}"},
+        headers={"User-Agent": f"healert-webhook/{__version__}",
+                 "Accept-Encoding": "identity"},
         follow_redirects=False)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta seconds or an HTTP date), capped."""
+    """Seconds from a `Retry-After` header, capped: ASCII digits (delta seconds) or an
+    HTTP date; anything else is ignored (None), as if there were no header."""
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if _DELTA_SECONDS.fullmatch(text):
         return min(float(text), RETRY_AFTER_MAX)
+    if not text.isascii():
+        return None
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+        stamp = when.timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
     now = time.time() if now is None else now
-    return min(max(0.0, when.timestamp() - now), RETRY_AFTER_MAX)
+    return min(max(0.0, stamp - now), RETRY_AFTER_MAX)
 
 
 # -- outcomes ------------------------------------------------------------------------------
@@ -256,9 +353,15 @@ class Outcome:
     answer: str | None = None
 
 
-def classify(response: httpx.Response) -> Outcome:
+def classify(response: Answer) -> Outcome:
     """Map the backend's answer to what the forwarder does next."""
-    code = response.status_code
+    code = response.status
+    if not response.complete:
+        # Whatever the status says, an answer this long is not the backend's: the event
+        # may have been taken, so it counts as failed and is looked for before a resend.
+        return Outcome("retry", "answer_too_large", f"the answer to POST /events (HTTP "
+                       f"{code}) went on past {POST_ANSWER_MAX} bytes", code,
+                       not_taken=False)
     answer = response.text[:ANSWER_MAX]
     if 200 <= code < 300:
         return Outcome("delivered", "delivered", "ok", code)
@@ -285,6 +388,7 @@ class Finding:
 
     verdict: str  # found | missing | unverifiable | no_endpoint | error
     detail: str
+    asked: bool = True  # False: decided without a request (the backend said nothing)
 
 
 RECENT_MAX = 500  # the backend shows an entity's 500 newest events, no more
@@ -303,22 +407,30 @@ async def find_event(client: httpx.AsyncClient, base_url: str, body: dict[str, A
     """
     stamp = body.get("timestamp")
     if not isinstance(stamp, str) or not stamp:
-        return Finding("unverifiable", "no timestamp: the backend stamped its own")
+        return Finding("unverifiable", "no timestamp: the backend stamped its own", False)
     if stamp < window_start(window_days):
-        return Finding("unverifiable", f"older than the backend's {window_days:g}-day window")
+        return Finding("unverifiable", f"older than the backend's {window_days:g}-day window",
+                       False)
     url = join_url(base_url, "/friction/" + quote(str(body["entity_ref"]), safe=":/"))
     try:
-        async with asyncio.timeout(timeout):
-            response = await client.get(url)
-        doc = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, TimeoutError, OSError, ValueError) as exc:
+        answer = await fetch(client, "GET", url, limit=FRICTION_ANSWER_MAX, timeout=timeout)
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
         return Finding("error", describe_error(exc))
-    if response.status_code in (404, 405):
-        return Finding("no_endpoint", f"GET /friction answered HTTP {response.status_code}")
+    if answer.status in (404, 405):
+        return Finding("no_endpoint", f"GET /friction answered HTTP {answer.status}")
+    if not answer.complete:
+        return Finding("error", f"GET /friction answered HTTP {answer.status} with more "
+                       f"than {FRICTION_ANSWER_MAX} bytes, more than 500 events can take")
+    if answer.status != 200:
+        return Finding("error", f"GET /friction answered HTTP {answer.status}")
+    try:
+        doc = await parse_json(answer.body)
+    except ValueError as exc:
+        return Finding("error", f"GET /friction answered what is not JSON ({exc})"[:300])
     recent = doc.get("recentEvents") if isinstance(doc, dict) else None
     if not isinstance(recent, list):
-        return Finding("error", f"GET /friction answered HTTP {response.status_code} "
-                       "without a list of recentEvents")
+        return Finding("error", "GET /friction answered HTTP 200 without a list of "
+                       "recentEvents")
     wanted = tuple(body.get(name) for name in MATCH)
     shown = [r for r in recent if isinstance(r, dict)]
     if any(tuple(r.get(name) for name in MATCH) == wanted for r in shown):
@@ -338,11 +450,11 @@ def headers(key: str | None) -> dict[str, str]:
 
 
 async def post_event(client: httpx.AsyncClient, base_url: str, key: str | None,
-                     body: dict[str, Any], timeout: float) -> httpx.Response:
-    """POST one friction event; raises httpx.HTTPError or TimeoutError."""
-    async with asyncio.timeout(timeout):
-        return await client.post(join_url(base_url, "/events"), content=orjson.dumps(body),
-                                 headers=headers(key))
+                     body: dict[str, Any], timeout: float) -> Answer:
+    """POST one friction event, its answer read up to `POST_ANSWER_MAX` bytes; raises
+    httpx.HTTPError, TimeoutError or OSError."""
+    return await fetch(client, "POST", join_url(base_url, "/events"), limit=POST_ANSWER_MAX,
+                       timeout=timeout, content=orjson.dumps(body), headers=headers(key))
 
 
 async def send(client: httpx.AsyncClient, base_url: str, key: str | None,

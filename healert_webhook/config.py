@@ -15,6 +15,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from healert_webhook.filewatch import read_regular
+from healert_webhook.logs import redact_urls
+
 DEFAULT_STATE_DIR = "./state"
 LOCAL_RULES = Path("rules.yaml")
 
@@ -138,6 +141,13 @@ OPTIONS: tuple[Option, ...] = (
            group="outbox"),
     Option("dedup_window", "--dedup-window", ("HEALERT_DEDUP_WINDOW",), parse_positive_float,
            86_400.0, "seconds a delivered event's key is remembered", group="outbox"),
+    Option("dead_letter_max_age_days", "--dead-letter-max-age-days",
+           ("HEALERT_DEAD_LETTER_MAX_AGE_DAYS",), parse_positive_float, 30.0,
+           "days a dead letter is kept (past the backend's retention, a retried one could "
+           "never count)", group="outbox"),
+    Option("dead_letter_max_events", "--dead-letter-max-events",
+           ("HEALERT_DEAD_LETTER_MAX_EVENTS",), parse_positive_int, 100_000,
+           "most dead letters kept; the oldest go first", group="outbox"),
     Option("backend_retention_days", "--backend-retention-days",
            ("HEALERT_BACKEND_RETENTION_DAYS",), parse_positive_float, 30.0,
            "days the backend keeps events; older ones are set aside, never sent",
@@ -155,6 +165,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("forward_poll_interval", "--forward-poll-interval",
            ("HEALERT_FORWARD_POLL_INTERVAL",), parse_positive_float, 1.0,
            "seconds between checks for events queued by other processes", group="delivery"),
+    Option("forward_uncertain_max_wait", "--forward-uncertain-max-wait",
+           ("HEALERT_FORWARD_UNCERTAIN_MAX_WAIT",), parse_positive_float, 21_600.0,
+           "seconds a send whose answer was lost waits for GET /friction to tell whether "
+           "the backend has it, before it is sent again unverified", group="delivery"),
     # webhook
     Option("listen", "--listen", ("HEALERT_LISTEN",), parse_hostport,
            ("0.0.0.0", 8443),  # noqa: S104 - the apiserver connects from outside the pod
@@ -260,6 +274,9 @@ class Settings:
     outbox_max_events: int = default_of("outbox_max_events")
     dedup_window: float = default_of("dedup_window")
     backend_retention_days: float = default_of("backend_retention_days")
+    dead_letter_max_age_days: float = default_of("dead_letter_max_age_days")
+    dead_letter_max_events: int = default_of("dead_letter_max_events")
+    forward_uncertain_max_wait: float = default_of("forward_uncertain_max_wait")
     backoff_base: float = default_of("backoff_base")
     backoff_max: float = default_of("backoff_max")
     forward_probe_interval: float = default_of("forward_probe_interval")
@@ -298,16 +315,48 @@ class Settings:
         return self.state_dir / "outbox.db"
 
     def read_api_key(self) -> str | None:
-        """Return the backend key: the key file's first line wins over HEALERT_API_KEY."""
+        """Return the backend key: the key file's first line wins over HEALERT_API_KEY.
+
+        The key is checked as it is loaded, so that a bad one is one clear error here and
+        not an exception in every request: a UTF-8 BOM and the whitespace around it are
+        stripped, and a key that is not printable ASCII without spaces, or a file that
+        cannot be read (missing, not a regular file, not UTF-8), raises ConfigError
+        naming the file. The message never quotes the key.
+        """
         if self.api_key_file is not None:
+            where = f"HEALERT_API_KEY_FILE {self.api_key_file}"
             try:
-                text = self.api_key_file.read_text(encoding="utf-8")
+                raw = read_regular(self.api_key_file, API_KEY_FILE_MAX)
             except OSError as exc:
-                raise ConfigError(
-                    f"HEALERT_API_KEY_FILE {self.api_key_file}: {exc.strerror}") from exc
-            key = text.strip().splitlines()[0].strip() if text.strip() else ""
-            return key or None
-        return self.api_key or None
+                raise ConfigError(f"{where}: {exc.strerror or exc}") from exc
+            if len(raw) > API_KEY_FILE_MAX:
+                raise ConfigError(f"{where}: larger than {API_KEY_FILE_MAX} bytes, which "
+                                  "no key is")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start + 1}); save "
+                                  "the key as plain ASCII") from exc
+            lines = text.removeprefix("\ufeff").strip().splitlines()
+            return _checked_key(lines[0].strip() if lines else "", where)
+        return _checked_key((self.api_key or "").removeprefix("\ufeff").strip(),
+                            "HEALERT_API_KEY")
+
+
+API_KEY_FILE_MAX = 64 * 1024  # a bearer key is tens of bytes: a larger file is no key file
+
+
+def _checked_key(key: str, where: str) -> str | None:
+    """`key` when it can go into an Authorization header (None when empty), else
+    ConfigError naming `where` and the position of the first bad character (not it)."""
+    for position, char in enumerate(key, 1):
+        if not "!" <= char <= "~":
+            kind = ("a space" if char == " " else "a non-ASCII character"
+                    if not char.isascii() else "a control character")
+            raise ConfigError(f"{where}: character {position} of the key is {kind}; a key "
+                              "is printable ASCII without spaces (save it as plain ASCII "
+                              "text)")
+    return key or None
 
 
 def _from_env(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -370,8 +419,8 @@ def _check(settings: Settings) -> None:
     if settings.backend_url is not None and not settings.backend_url.startswith(
         ("http://", "https://")
     ):
-        problems.append(
-            f"HEALERT_BACKEND_URL must start with http:// or https://: {settings.backend_url!r}")
+        shown = redact_urls(settings.backend_url)  # never its credentials
+        problems.append(f"HEALERT_BACKEND_URL must start with http:// or https://: {shown!r}")
     if settings.max_inflight_bytes < settings.max_body_bytes:
         problems.append("HEALERT_MAX_INFLIGHT_BYTES must not be below HEALERT_MAX_BODY_BYTES: "
                         "a body of the largest size accepted could never be taken")

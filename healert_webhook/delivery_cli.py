@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from healert_webhook import __version__, backend, exits
-from healert_webhook.backend import HealthReport, describe_error
+from healert_webhook.backend import Answer, HealthReport, describe_error
 from healert_webhook.config import ConfigError, Settings
 from healert_webhook.outbox import Outbox, OutboxError, exclusive, move_aside, quick_check
 
@@ -117,7 +117,7 @@ def _report_key(settings: Settings, key: str | None, health: HealthReport,
 
 
 async def _post(client: httpx.AsyncClient, settings: Settings, key: str | None,
-                body: dict[str, Any]) -> httpx.Response:
+                body: dict[str, Any]) -> Answer:
     return await backend.post_event(client, settings.backend_url or "", key, body,
                                     settings.forward_timeout)
 
@@ -128,10 +128,10 @@ async def _check_auth(client: httpx.AsyncClient, settings: Settings, key: str | 
     is), so 401/403 means a refused key and 422 an accepted one; nothing is recorded."""
     try:
         response = await _post(client, settings, key, {})
-    except (httpx.HTTPError, TimeoutError) as exc:
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
         report.step("auth", False, f"POST /events failed: {describe_error(exc)}")
         return EXIT_UNREACHABLE
-    code = response.status_code
+    code = response.status
     if code in (401, 403):
         report.step("auth", False, f"the backend refused the key (HTTP {code}): check "
                     "HEALERT_API_KEY / HEALERT_API_KEY_FILE")
@@ -150,10 +150,10 @@ async def _send_test(client: httpx.AsyncClient, settings: Settings, key: str | N
              "actor": f"healert-webhook/{__version__}"}
     try:
         response = await _post(client, settings, key, event)
-    except (httpx.HTTPError, TimeoutError) as exc:
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
         report.step("test", False, f"POST /events failed: {describe_error(exc)}")
         return EXIT_UNREACHABLE
-    code = response.status_code
+    code = response.status
     if 200 <= code < 300:
         report.step("test", True, f"test event delivered to {event['entity_ref']} "
                     f"(HTTP {code}; it adds {event['points']} point to that entity)")
@@ -161,7 +161,8 @@ async def _send_test(client: httpx.AsyncClient, settings: Settings, key: str | N
     if code in (401, 403):
         report.step("test", False, f"the backend refused the key (HTTP {code})")
         return EXIT_AUTH
-    report.step("test", False, f"test event refused (HTTP {code}): {response.text[:500]}")
+    report.step("test", False, f"test event refused (HTTP {code}): "
+                f"{backend.excerpt(response.body, key, 500)}")
     return EXIT_REJECTED
 
 

@@ -10,11 +10,13 @@ Tracebacks are folded into the same line for the same reason: one record, one li
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
 import weakref
 from typing import Any, ClassVar, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -23,9 +25,39 @@ from healert_webhook.audit import clean_text
 MAX_LINE = 16_384  # a log line never grows past this, whatever a value holds
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
+QUIET_LIBRARIES = ("httpx", "httpcore")  # kept at WARNING whatever the level
 # Attributes every LogRecord has; anything else came from `extra=` and is shown as a field.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime",
                                                               "color_message", "taskName"}
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def shown_url(url: str | None) -> str | None:
+    """`url` as it may be shown: a password in it replaced by `***` (`user:***@host`),
+    or the whole user info when it has no password. The one form ever logged or printed."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_urls(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url if "@" not in url else redact_urls(url)
+    user, colon, _password = userinfo.partition(":")
+    shown = f"{user}:***@{host}" if user and colon else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=shown))
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the user info of every URL in it masked (an error message, a value that
+    failed a check); without a scheme, everything up to an `@` goes."""
+    masked = _USERINFO.sub(r"\1***@", text)
+    if "@" in masked and "://" not in masked:
+        return "***@" + masked.rpartition("@")[2]
+    return masked
 
 
 def _timestamp(created: float) -> str:
@@ -88,6 +120,10 @@ def setup(fmt: str = "text", level: str = "info", stream: TextIO | None = None) 
         logger.propagate = True
     # One line per request would cost more than the request; the metrics count them.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The HTTP client's own lines name every request's URL, credentials included, once per
+    # request: the forwarder logs what matters (one line per delivered event) itself.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Each of the agent's two servers would say it started; the agent's own line does.
     logging.getLogger("uvicorn.error").addFilter(_not_started_server)
 

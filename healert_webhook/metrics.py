@@ -150,3 +150,32 @@ CLUSTER_OWNER_FETCHES = Counter(
     "healert_cluster_view_owner_fetches_total",
     "GETs of owners of kinds not watched, by result (fetched, not_found, forbidden, "
     "unknown_kind, error, queue_full)", ["result"])
+# Hardening of the delivery side: nothing from the backend, the key file or the clock ends it
+API_KEY_INVALID = Gauge(
+    "healert_api_key_invalid",
+    "1 while the API key file holds what cannot be used as a key (the key loaded before "
+    "stays in use)")
+FORWARD_ERRORS = Counter(
+    "healert_forward_errors_total",
+    "Unexpected errors in the forwarder: row (one event's delivery; it backs off and is "
+    "set aside after repeated failures) or loop (the forwarder itself backs off)", ["where"])
+FORWARD_RECONCILE_READS = Counter(
+    "healert_forward_reconcile_reads_total",
+    "Reads of GET /friction for events whose answer was lost, by result: found, missing, "
+    "unverifiable, no_endpoint, error", ["result"])
+FORWARD_AWAITING_READ = Gauge(
+    "healert_forward_awaiting_read",
+    "Events whose answer was lost that wait for GET /friction to answer before they may be "
+    "sent again")
+DEAD_LETTERS_PRUNED = Counter(
+    "healert_dead_letters_pruned_total",
+    "Dead letters deleted by the bounds: age (HEALERT_DEAD_LETTER_MAX_AGE_DAYS) or count "
+    "(HEALERT_DEAD_LETTER_MAX_EVENTS); their keys still stop a late duplicate", ["reason"])
+
+# Every label of these is known: shown at 0 from the start, not after the first increment.
+for _where in ("row", "loop"):
+    FORWARD_ERRORS.labels(_where)
+for _result in ("found", "missing", "unverifiable", "no_endpoint", "error"):
+    FORWARD_RECONCILE_READS.labels(_result)
+for _reason in ("age", "count"):
+    DEAD_LETTERS_PRUNED.labels(_reason)

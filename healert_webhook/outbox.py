@@ -9,8 +9,10 @@ Tables:
   queue        friction events waiting, oldest first (seq); key UNIQUE, so a resent batch
                or an event seen by two sources is stored once
   delivered    keys delivered within the dedup window: a late duplicate is not queued again
+               (the keys of pruned dead letters are kept here too, for the same window)
   dead         dead letters (the backend or the contract refused them); their keys count as
-               seen too, and `retry_dead` moves them back to the queue
+               seen too, and `retry_dead` moves them back to the queue. Bounded by age and
+               count (`prune_dead`), oldest first
   checkpoints  tail positions, written in the same transaction as the rows they produced
   meta         small key/value state (queue depth counter, embedded-mode log position)
 
@@ -45,7 +47,9 @@ from healert_webhook.logs import Limiter
 log = logging.getLogger(__name__)
 _replaced_log = Limiter(log, per_interval=1, interval=60.0, what="refused outbox writes")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+UNDECODABLE = "_undecodable"  # the event of a row whose stored bytes are not a JSON object
+PRUNE_BATCH = 500  # dead letters deleted per transaction: stores wait for one batch at most
 EXPIRED = "expired: older than the backend's retention ({:g} days), so it would never count"
 BUSY_TIMEOUT_MS = 10_000
 EXPIRE_EVERY = 60.0  # seconds between sweeps of expired delivered keys
@@ -163,6 +167,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER queue_out AFTER DELETE ON queue BEGIN
              UPDATE meta SET value = value - 1 WHERE name = 'depth'; END""",
     ),
+    # 1 -> 2: the oldest dead letters are found without reading them all (prune_dead). An
+    # agent of schema 1 refuses this file; the way back is `DROP INDEX dead_time;
+    # PRAGMA user_version = 1` (nothing else changed).
+    (
+        "CREATE INDEX dead_time ON dead (dead_at, key)",
+    ),
 )
 
 
@@ -187,7 +197,12 @@ def _dumps(event: dict[str, Any]) -> bytes:
 
 
 def _loads(blob: bytes | str) -> dict[str, Any]:
-    value = orjson.loads(blob)
+    """A stored event; one another program stored as anything but JSON is not an error here
+    (it would stop every reader of the queue) but an event marked `UNDECODABLE`."""
+    try:
+        value = orjson.loads(blob)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        return {UNDECODABLE: str(exc)[:200]}
     return value if isinstance(value, dict) else {"_invalid": value}
 
 
@@ -202,7 +217,7 @@ class Outbox:
         self.retention_days = retention_days
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
-        self._last_expire = 0.0
+        self._last_expire = -EXPIRE_EVERY  # monotonic: a clock step neither skips nor repeats
         self._last_metrics = 0.0
         self._failure: str | None = None
         self._full = False  # the last store was refused for want of room
@@ -480,13 +495,24 @@ class Outbox:
 
     # -- forwarder -----------------------------------------------------------------------
 
-    def head(self, limit: int = 1, after: int = 0) -> list[Queued]:
-        """The oldest queued events (seq > `after`), oldest first."""
-        rows = self._read(
-            "SELECT seq, key, rule, event, created, attempts, last_error, in_flight "
-            "FROM queue WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit))
+    def head(self, limit: int = 1, after: int = 0, skip: Sequence[int] = ()) -> list[Queued]:
+        """The oldest queued events (seq > `after`, none of `skip`), oldest first."""
+        skip = list(skip)[:500]  # SQLite caps the parameters of a statement
+        marks = ",".join("?" * len(skip))  # placeholders only: the values are parameters
+        sql = ("SELECT seq, key, rule, event, created, attempts, last_error, "  # noqa: S608
+               f"in_flight FROM queue WHERE seq > ? AND seq NOT IN ({marks}) "
+               "ORDER BY seq LIMIT ?")
+        rows = self._read(sql, (after, *skip, limit))
         return [Queued(seq, key, rule, _loads(blob), created, attempts, err, flight)
                 for seq, key, rule, blob, created, attempts, err, flight in rows]
+
+    def get(self, seq: int) -> Queued | None:
+        """The queued event `seq`, or None when it is no longer queued."""
+        rows = self._read(
+            "SELECT seq, key, rule, event, created, attempts, last_error, in_flight "
+            "FROM queue WHERE seq = ?", (seq,))
+        return next((Queued(s, key, rule, _loads(blob), created, attempts, err, flight)
+                     for s, key, rule, blob, created, attempts, err, flight in rows), None)
 
     def in_flight(self) -> list[Queued]:
         """Queued events whose last request started but never got an answer."""
@@ -515,10 +541,10 @@ class Outbox:
                          (key, now))
             conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
             self._room_made()
-            if now - self._last_expire >= EXPIRE_EVERY:
+            if time.monotonic() - self._last_expire >= EXPIRE_EVERY:
                 conn.execute("DELETE FROM delivered WHERE delivered < ?",
                              (now - self.dedup_window,))
-                self._last_expire = now
+                self._last_expire = time.monotonic()
 
     def mark_failed(self, seq: int, error: str, *, not_taken: bool) -> None:
         """A request for `seq` failed; it stays queued. `not_taken`: certain the backend
@@ -548,6 +574,41 @@ class Outbox:
                  None if answer is None else answer[:ANSWER_MAX]))
             conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
         return True
+
+    def prune_dead(self, max_age_days: float, max_count: int) -> dict[str, int]:
+        """Delete dead letters older than `max_age_days` and, oldest first, those over
+        `max_count`; return how many for each reason ("age", "count").
+
+        Each key goes to the delivered keys in the same transaction, so a late duplicate
+        of a pruned event is still not queued for the dedup window. A few thousand at a
+        time, so a store waits for one small transaction at most. Blocking.
+        """
+        pruned = {"age": 0, "count": 0}
+        horizon = time.time() - max_age_days * 86_400.0
+        while True:
+            done = self._prune_batch("SELECT key FROM dead WHERE dead_at < ? "
+                                     "ORDER BY dead_at, key LIMIT ?", (horizon, PRUNE_BATCH))
+            pruned["age"] += done
+            if done < PRUNE_BATCH:
+                break
+        over = self._read("SELECT count(*) FROM dead")[0][0] - max_count
+        while over > 0:
+            done = self._prune_batch(
+                "SELECT key FROM dead ORDER BY dead_at, key LIMIT ?", (min(over, PRUNE_BATCH),))
+            pruned["count"] += done
+            over -= done
+            if done == 0:  # another process emptied them meanwhile
+                break
+        return pruned
+
+    def _prune_batch(self, select: str, params: Sequence[Any]) -> int:
+        now = time.time()
+        with self._transaction("prune dead letters") as conn:
+            keys = conn.execute(select, params).fetchall()
+            conn.executemany("INSERT OR REPLACE INTO delivered (key, delivered) VALUES (?, ?)",
+                             [(key, now) for (key,) in keys])
+            conn.executemany("DELETE FROM dead WHERE key = ?", keys)
+        return len(keys)
 
     # -- operators -----------------------------------------------------------------------
 

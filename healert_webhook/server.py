@@ -257,7 +257,8 @@ class Agent:
         mode = "+".join(part for part, on in (("webhook", self.webhook is not None),
                                               ("tail", self.tailer is not None)) if on)
         rules = self.pipeline.detector.ruleset
-        backend = settings.backend_url or "none (events are kept in the outbox and logged)"
+        backend = logs.shown_url(settings.backend_url) or \
+            "none (events are kept in the outbox and logged)"
         key = ("from HEALERT_API_KEY_FILE" if settings.api_key_file is not None else
                "from HEALERT_API_KEY" if settings.api_key else "none")
         tail = f"; tail {self.tailer.path}" if self.tailer is not None else ""
@@ -376,6 +377,9 @@ def _open_outbox(settings: Settings) -> Outbox:
 
 def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
     """Build every part (raises ConfigError or RulesError); nothing runs yet."""
+    # A configured key file that cannot be used is a configuration error (exit 2, the
+    # file named), before anything is created: not "no key" now and a 401 later.
+    settings.read_api_key()
     outbox = _open_outbox(settings)
     executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pipeline")
     opened: list[socket.socket] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,40 @@ def test_rules_path_falls_back_to_a_local_rules_file(tmp_path: Path,
     (tmp_path / "rules.yaml").write_text("rules: []\n")
     assert build_settings(environ={}).rules_path == Path("rules.yaml")
     assert build_settings(environ={"RULES_PATH": "/etc/r.yaml"}).rules_path == Path("/etc/r.yaml")
+
+
+def test_the_key_is_checked_as_it_is_loaded(tmp_path: Path) -> None:
+    """A BOM and the whitespace around the key go; a key that could not go into a header,
+    or a file that cannot be read as text, is a ConfigError naming the file, never the key."""
+    key = tmp_path / "key"
+    settings = build_settings(environ={"HEALERT_API_KEY_FILE": str(key)})
+    key.write_bytes("\ufeff  hk_live_1234 \r\n\nsecond line\n".encode())
+    assert settings.read_api_key() == "hk_live_1234"
+    key.write_bytes(b"\n \n")
+    assert settings.read_api_key() is None  # an empty file: no key
+    refused = {
+        "k\u00e9y-1234\n".encode(): "character 2 of the key is a non-ASCII character",
+        b"key\x07-1234": "character 4 of the key is a control character",
+        b"key 1234": "character 4 of the key is a space",
+        b"\xff\xfekey": "not UTF-8 text (byte 1)",
+        b"k" * (64 * 1024 + 1): "larger than 65536 bytes",
+    }
+    for content, said in refused.items():
+        key.write_bytes(content)
+        with pytest.raises(ConfigError) as caught:
+            settings.read_api_key()
+        assert str(key) in str(caught.value) and said in str(caught.value), caught.value
+        assert "1234" not in str(caught.value)  # the message never quotes the key
+    key.unlink()
+    os.mkfifo(key)  # would block a plain open() forever
+    with pytest.raises(ConfigError, match="FIFO"):
+        settings.read_api_key()
+    with pytest.raises(ConfigError, match="HEALERT_API_KEY: character 2"):
+        build_settings(environ={"HEALERT_API_KEY": "k\u00e9y"}).read_api_key()
+    assert build_settings(environ={"HEALERT_API_KEY": "\ufeffk-1 "}).read_api_key() == "k-1"
+
+
+def test_a_bad_backend_url_is_refused_without_its_credentials() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_settings(environ={"HEALERT_BACKEND_URL": "htp://user:S3cret@backend:8000"})
+    assert "S3cret" not in str(caught.value) and "***@backend:8000" in str(caught.value)

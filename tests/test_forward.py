@@ -159,6 +159,10 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("999999") == 3600.0
+    # ASCII digits only: str.isdigit() also takes these, and float() refuses them
+    for text in ("\u00b2", "\u0661\u0662", "\uff17", "-1", "1.5", "9" * 5000,
+                 "Wed, 21 Oct 99999 07:28:00 GMT", "Mon, 32 Foo 2026 99:99:99 GMT"):
+        assert parse_retry_after(text) is None, text
     now = time.time()
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert 28.0 <= (parse_retry_after(date, now) or 0) <= 31.0
@@ -512,3 +516,145 @@ def test_the_pacer_spacing_survives_a_restart() -> None:
     clock_back = Pacer(60.0)
     clock_back.resume(since_last=-86400.0, now=100.0)  # the wall clock went back a day
     assert clock_back.delay(100.0) == pytest.approx(clock_back.interval)
+
+
+# -- nothing ends the forwarder -----------------------------------------------------------
+
+def test_an_unexpected_error_on_one_row_sets_it_aside_and_the_rest_go_on(
+        tmp_path: Path, backend: Backend, outbox: Outbox, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A fault injected into the send of one event (a stand-in: after this round no known
+    input of the backend, the key file or the outbox raises there any more) backs that
+    row off while the others are delivered, then sets it aside as a dead letter."""
+    from healert_webhook import backend as backend_api
+    real_send = backend_api.send
+
+    async def send(client: Any, url: str, key: str | None, body: dict[str, Any],
+                   timeout: float) -> Any:
+        if body["description"] == "event-1":
+            raise RuntimeError("injected fault")
+        return await real_send(client, url, key, body, timeout)
+
+    monkeypatch.setattr(backend_api, "send", send)
+    # the fault comes after the in-flight mark: each retry first reads whether it arrived
+    settings = make_settings(tmp_path, backend, forward_timeout=0.3)
+    outbox.store([friction(n) for n in range(4)])
+    errors = sample("healert_forward_errors_total", {"where": "row"})
+    with caplog.at_level(logging.ERROR, logger="healert_webhook.forward"), \
+            forwarding(settings, outbox):
+        wait_for(lambda: outbox.stats().depth == 0, 30, "delivered or set aside")
+    assert numbers(backend.accepted()) == [0, 2, 3]
+    [letter] = outbox.dead_letters()
+    assert letter.key == friction(1).key
+    assert letter.reason == "unexpected error, 5 times: RuntimeError: injected fault"
+    assert sample("healert_forward_errors_total", {"where": "row"}) == errors + 5
+    about = [r for r in caplog.records if friction(1).key in r.getMessage()]
+    assert len([r for r in about if r.exc_info]) == 1  # the traceback once, then short lines
+
+
+def test_an_error_that_strikes_every_row_stops_the_queue_and_parks_nothing(
+        tmp_path: Path, backend: Backend, outbox: Outbox,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same injected fault on every row: it is the forwarder's, not a row's, so no row
+    becomes a dead letter however often it fails; once it is gone, all are delivered."""
+    from healert_webhook import backend as backend_api
+    real_send = backend_api.send
+    broken = threading.Event()
+    broken.set()
+
+    async def send(client: Any, url: str, key: str | None, body: dict[str, Any],
+                   timeout: float) -> Any:
+        if broken.is_set():
+            raise RuntimeError("injected fault")
+        return await real_send(client, url, key, body, timeout)
+
+    monkeypatch.setattr(backend_api, "send", send)
+    settings = make_settings(tmp_path, backend, forward_timeout=0.3)
+    outbox.store([friction(n) for n in range(3)])
+    errors = sample("healert_forward_errors_total", {"where": "row"})
+    with forwarding(settings, outbox) as fwd:
+        wait_for(lambda: sample("healert_forward_errors_total", {"where": "row"})
+                 >= errors + 15, 30, "every row failing five times and more")
+        assert "back off after unexpected errors" in str(fwd.status()["reason"])
+        assert outbox.dead_letters() == [] and outbox.stats().depth == 3
+        broken.clear()
+        wait_for(lambda: outbox.stats().depth == 0, 30, "delivered once the fault is gone")
+    assert sorted(numbers(backend.accepted())) == [0, 1, 2]
+
+
+def test_the_loop_survives_an_error_outside_any_row(
+        tmp_path: Path, backend: Backend, outbox: Outbox,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An injected fault where no row is at hand (reading the queue's head): the last
+    resort logs, counts and backs off, and the forwarder goes on."""
+    real_head = Outbox.head
+    failures = [RuntimeError("injected fault"), KeyError("another")]
+
+    def head(self: Outbox, *args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop(0)
+        return real_head(self, *args, **kwargs)
+
+    monkeypatch.setattr(Outbox, "head", head)
+    settings = make_settings(tmp_path, backend)
+    outbox.store([friction(n) for n in range(2)])
+    errors = sample("healert_forward_errors_total", {"where": "loop"})
+    with forwarding(settings, outbox):
+        wait_for(lambda: outbox.stats().depth == 0, 30, "delivered")
+    assert numbers(backend.accepted()) == [0, 1]
+    assert sample("healert_forward_errors_total", {"where": "loop"}) == errors + 2
+
+
+def test_answers_are_read_up_to_a_cap_compressed_or_not() -> None:
+    """A real loopback server answers 64 MiB, plain and as a 64 KiB gzip bomb: each is
+    read up to the cap, and memory holds the cap, not the answer."""
+    import gzip
+    import tracemalloc
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    from healert_webhook.backend import fetch
+
+    from support.servers import serve_app
+
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)
+    small = gzip.compress(b'{"status": "ok"}')
+
+    async def plain(_: Any) -> StreamingResponse:
+        async def body() -> Any:
+            chunk = b"x" * (64 * 1024)  # small chunks: the server's share stays small
+            for _ in range(1024):
+                yield chunk
+        return StreamingResponse(body())
+
+    def gzipped(data: bytes) -> Any:
+        async def answer(_: Any) -> Response:
+            return Response(data, headers={"Content-Encoding": "gzip"})
+        return answer
+
+    app = Starlette(routes=[Route("/plain", plain), Route("/bomb", gzipped(bomb)),
+                            Route("/small", gzipped(small))])
+    cap = 1024 * 1024
+
+    async def main(port: int) -> tuple[list[Any], int]:
+        async with httpx.AsyncClient() as client:  # made first: its TLS setup takes MiBs
+            small_answer = await fetch(client, "GET", f"http://127.0.0.1:{port}/small",
+                                       limit=cap, timeout=20)
+            tracemalloc.start()
+            try:
+                answers = [await fetch(client, "GET", f"http://127.0.0.1:{port}{path}",
+                                       limit=cap, timeout=20) for path in ("/plain", "/bomb")]
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        return [small_answer, *answers], peak
+
+    with serve_app(app) as running:
+        (small_answer, *long_answers), peak = asyncio.run(main(running.port))
+    assert small_answer.complete and small_answer.body == b'{"status": "ok"}'
+    for answer in long_answers:
+        assert (answer.complete, len(answer.body)) == (False, cap)
+    assert peak < 5 * cap, peak  # the cap, its copy and a chunk; the server's share too

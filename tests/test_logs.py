@@ -99,3 +99,41 @@ def test_limiter_shows_the_first_lines_of_each_kind_then_says_how_many_more(
         assert caplog.records[-1].levelno == logging.WARNING
         limiter.warning("refused peer again", key="no_client_cert")  # a new interval
         assert caplog.records[-1].getMessage() == "refused peer again"
+
+
+def test_the_http_clients_own_request_lines_stay_out_at_any_level() -> None:
+    stream = capture("text")  # debug: the most that is ever shown
+    for name in ("httpx", "httpcore.connection"):
+        logging.getLogger(name).info('HTTP Request: POST http://u:pw@backend/events "200"')
+        logging.getLogger(name).debug("send_request_headers.started")
+    logging.getLogger("httpx").warning("a real problem")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "a real problem" in lines[0]
+
+
+def test_a_delivery_line_carries_its_fields_in_both_formats() -> None:
+    fields = {"key": "0" * 32, "rule": "kubectl-exec", "entity": "component:p/api",
+              "status": 200}
+    for fmt in ("text", "json"):
+        stream = capture(fmt)
+        logging.getLogger("healert_webhook.forward").info("friction event delivered",
+                                                          extra=fields)
+        (line,) = stream.getvalue().splitlines()
+        if fmt == "json":
+            doc = orjson.loads(line)
+            assert {k: doc[k] for k in fields} == fields
+        else:
+            assert line.endswith("friction event delivered key=" + "0" * 32 +
+                                 " rule=kubectl-exec entity=component:p/api status=200")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:S3cret@10.0.0.5:8000/api", "http://user:***@10.0.0.5:8000/api"),
+    ("https://S3cret@healert.example", "https://***@healert.example"),
+    ("http://user:S3c@ret@host/", "http://user:***@host/"),
+    ("http://[::1]:8000", "http://[::1]:8000"),
+    ("http://healert:8000/", "http://healert:8000/"),
+])
+def test_a_url_is_shown_without_its_credentials(url: str, shown: str) -> None:
+    assert logs.shown_url(url) == shown
+    assert "S3c" not in logs.redact_urls(f"ConnectError: {url}/events failed")

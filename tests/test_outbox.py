@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from healert_webhook.detect import Friction
 from healert_webhook.outbox import (
     SCHEMA_VERSION,
+    UNDECODABLE,
     Checkpoint,
     Outbox,
     OutboxCorrupt,
@@ -291,3 +292,49 @@ def test_purge(outbox: Outbox) -> None:
     assert outbox.purge(dead=True) == 1
     assert outbox.purge() == 1
     assert outbox.stats().depth == 0
+
+
+def test_dead_letters_are_pruned_by_age_then_count_and_their_keys_remembered(
+        outbox: Outbox) -> None:
+    outbox.store([friction(n) for n in range(10)])
+    for row in outbox.head(10):
+        outbox.dead_letter(row.seq, status=422, reason="refused")
+    now = time.time()
+    with outbox._lock:  # refused 40 days (1, 2) and about 2 days (0, 3..9) ago
+        outbox._conn.executemany("UPDATE dead SET dead_at = ? WHERE key = ?", [
+            (now - (40 if n in (1, 2) else 2 - n / 100) * 86_400, friction(n).key)
+            for n in range(10)])
+    assert outbox.prune_dead(30.0, 5) == {"age": 2, "count": 3}
+    # the oldest go first: 0, 3, 4 (2.00, 1.97, 1.96 days) are over the count of 5
+    assert sorted(d.key for d in outbox.dead_letters()) == \
+        [friction(n).key for n in range(5, 10)]
+    assert outbox.prune_dead(30.0, 5) == {"age": 0, "count": 0}
+    # a late duplicate of any pruned one is still not queued: its key is remembered
+    assert counts(outbox.store([friction(n) for n in (0, 1, 2, 3, 4)])) == (0, 5)
+    assert outbox.stats().delivered_remembered == 5
+
+
+def test_a_stored_event_that_is_not_json_is_read_as_undecodable(outbox: Outbox) -> None:
+    outbox.store([friction(1), friction(2)])
+    with outbox._lock:  # what another program could leave in the file
+        outbox._conn.execute("UPDATE queue SET event = ? WHERE key = ?",
+                             (b"\xff{", friction(1).key))
+    first, second = outbox.head(2)
+    assert UNDECODABLE in first.event and second.event == friction(2).event
+    assert outbox.get(first.seq) == first and outbox.get(12345) is None
+    assert [r.key for r in outbox.head(2, skip=[first.seq])] == [friction(2).key]
+
+
+def test_a_schema_1_outbox_gains_the_dead_letter_index(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    Outbox(path).close()
+    with sqlite3.connect(path) as conn:  # as an agent of schema 1 left it
+        conn.execute("DROP INDEX dead_time")
+        conn.execute("PRAGMA user_version = 1")
+    box = Outbox(path)
+    box.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type = 'index'")]
+    assert "dead_time" in names

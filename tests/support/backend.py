@@ -25,6 +25,11 @@ Control API on the same server (tests only):
      hold_unstored: hold the request until released, then drop the connection, unstored;
      reject_types: answer 422 for these types (a stricter backend, for dead-letter tests)
      reads: false makes GET /friction answer 404, as a backend without it would
+     retry_after: the Retry-After header of the 429 and 500 modes (429: "1" by default)
+     answer_bytes: POST /events stores the event, then answers 200 with a body this long
+     friction_bytes: GET /friction answers 200 with a body this long
+     friction_raw: GET /friction answers 200 with exactly this text (e.g. "[" * 100000)
+     (the long bodies are streamed in 1 MiB chunks, never built in memory)
   POST /_release   answer (or drop) every held request now
   GET /_accepted -> {"events": [...], "statuses": {code: n}, "max_in_window": n,
                      "held": n, "read_requests": n}
@@ -39,6 +44,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -89,7 +95,7 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
     """The Starlette app; state lives in this closure."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     from healert_webhook import backend_contract
@@ -112,7 +118,8 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
 
     def reset() -> None:
         state.update(mode="ok", latency=0.0, latency_after=0.0, reject_types=[],
-                     max_in_window=0, held=0, read_requests=0, reads=True)
+                     max_in_window=0, held=0, read_requests=0, reads=True,
+                     retry_after=None, answer_bytes=0, friction_bytes=0, friction_raw=None)
         windows.clear()
         statuses.clear()
 
@@ -160,15 +167,18 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
 
     async def events(request: Request) -> Response:
         mode = state["mode"]
+        retry_after = state["retry_after"]
         if mode == "500":
-            return answer(500, {"detail": "Internal Server Error"})
+            return answer(500, {"detail": "Internal Server Error"},
+                          None if retry_after is None else {"Retry-After": retry_after})
         if mode == "429":
-            return answer(429, {"detail": "Rate limit exceeded"}, {"Retry-After": "1"})
+            return answer(429, {"detail": "Rate limit exceeded"},
+                          {"Retry-After": "1" if retry_after is None else retry_after})
         given = request.headers.get("authorization", "")
         if (api_key and given != f"Bearer {api_key}") or mode == "401":
             return answer(401, {"detail": "Invalid or missing API key"})
         try:
-            event = json.loads(await request.body())
+            event = json.loads(await _body(request))
         except ValueError:
             return answer(422, {"detail": [{"loc": ["body"], "msg": "JSON decode error",
                                             "type": "json_invalid"}]})
@@ -192,7 +202,25 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
             await hold(request)
         if state["latency_after"]:
             await asyncio.sleep(state["latency_after"])
+        if state["answer_bytes"]:
+            statuses[200] += 1
+            return long_answer(state["answer_bytes"])
         return answer(200, {"status": "ok", "entity_ref": event["entity_ref"]})
+
+    def long_answer(size: int) -> StreamingResponse:
+        """200 with a `size`-byte JSON-looking body, made 1 MiB at a time as it is sent."""
+        head = b'{"status": "ok", "pad": "'
+        chunk = b"x" * (1024 * 1024)
+
+        async def body() -> Any:
+            yield head
+            left = size - len(head)
+            while left > 0:
+                yield chunk[:left]
+                left -= len(chunk)
+
+        return StreamingResponse(body(), media_type="application/json",
+                                 headers={"Content-Length": str(max(size, len(head)))})
 
     async def list_events(request: Request) -> JSONResponse:
         state["read_requests"] += 1
@@ -207,10 +235,14 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
                   "workflow", "description", "timestamp", "points")
         return JSONResponse([{f: row.get(f) for f in fields} for row in newest])
 
-    async def friction(request: Request) -> JSONResponse:
+    async def friction(request: Request) -> Response:
         state["read_requests"] += 1
         if not state["reads"]:  # an older backend, without the read endpoints
             return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if state["friction_bytes"]:
+            return long_answer(state["friction_bytes"])
+        if state["friction_raw"] is not None:
+            return Response(state["friction_raw"], media_type="application/json")
         ref = request.path_params["entity_ref"]
         if not ENTITY_REF.match(ref) or len(ref) > 200:
             return JSONResponse({"detail": "invalid entity_ref"}, status_code=400)
@@ -233,7 +265,8 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
             out_rows.truncate(0)
         elif "mode" in body:
             state["mode"] = body["mode"]
-        for name in ("latency", "latency_after", "reject_types", "reads"):
+        for name in ("latency", "latency_after", "reject_types", "reads", "retry_after",
+                     "answer_bytes", "friction_bytes", "friction_raw"):
             if name in body:
                 state[name] = body[name]
         return JSONResponse({"ok": True})
@@ -260,15 +293,34 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
 
 
 def _transport_protocol() -> Any:
-    """uvicorn's protocol, telling the app its connection (so a test can drop it)."""
+    """uvicorn's protocol, telling the app its connection (so a test can drop it) and the
+    request's body as it arrived, even when the client has gone away since."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class WithTransport(HttpToolsProtocol):  # type: ignore[misc]
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.scope["extensions"] = {"healert.transport": self.transport}
+            self.scope["extensions"] = {"healert.transport": self.transport,
+                                        "healert.body": bytearray()}
+
+        def on_body(self, body: bytes) -> None:
+            self.scope["extensions"]["healert.body"] += body
+            super().on_body(body)
 
     return WithTransport
+
+
+async def _body(request: Any) -> bytes:
+    """The request's body. A client that sent it whole and then went away (killed, or
+    given up on a frozen backend) still gets it handled, as a server busy or stopped
+    while the request waited in its socket does when it gets to it: uvicorn itself would
+    drop it."""
+    from starlette.requests import ClientDisconnect
+
+    try:
+        return bytes(await request.body())
+    except ClientDisconnect:
+        return bytes(request.scope["extensions"]["healert.body"])
 
 
 def serve(argv: list[str]) -> None:
@@ -292,8 +344,11 @@ def serve(argv: list[str]) -> None:
     tmp.write_text(str(sock.getsockname()[1]))
     tmp.replace(args.port_file)
     app = make_app(args.key, args.limit, args.window, args.record, args.retention_days)
+    # Connections are kept longer than any test freezes the process: on waking, a request
+    # that waited in an idle connection is handled, not dropped by an expired keep-alive
+    # timer (uvloop runs timers before reading), which is the worst case for duplicates.
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            http=_transport_protocol())
+                            http=_transport_protocol(), timeout_keep_alive=300)
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -343,9 +398,21 @@ class Backend:
             time.sleep(0.02)
         raise RuntimeError("backend did not start")
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops while its kernel still accepts connections and
+        buffers requests, which it handles (and stores) when thawed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen backend runs again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the process (the backend is then "down": connections are refused)."""
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
