@@ -26,6 +26,7 @@ import yaml
 from healert_webhook.audit import HUMAN_SYSTEM_USERS, RESPONSE_CLASSES
 from healert_webhook.backend_contract import SEVERITIES, TYPE_LENGTH
 from healert_webhook.backend_contract import TYPE as NAME_RE
+from healert_webhook.filewatch import NotRegularFile, read_regular
 
 TOKENS = ("actor", "resource", "name", "namespace", "verb", "subresource", "code", "workload")
 TOKEN_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -739,9 +740,13 @@ def load_rules(path: Path | None) -> RuleSet:
         return parse_rules(default_rules_text(), "<packaged rules.yaml>")
     source = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_RULES_BYTES)  # a FIFO at the path never blocks us
+    except NotRegularFile as exc:
+        raise RulesError(source, [f"{source}: {exc.strerror}"]) from exc
     except OSError as exc:
         raise RulesError(source, [f"{source}: cannot read: {exc.strerror}"]) from exc
+    if len(raw) > MAX_RULES_BYTES:
+        raise RulesError(source, [f"{source}: larger than {MAX_RULES_BYTES} bytes"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -21,6 +21,11 @@ Rotation, as the apiserver (lumberjack) and logrotate do it:
                                 changed): start again at 0 of the same inode.
 After a restart the checkpoint may point into a rotated file `<base>-<timestamp><ext>` or
 its `.gz` (found by dev+ino+fingerprint, or by the fingerprint of the decompressed start).
+
+Only regular files are read, and no open ever blocks: a FIFO, device or directory at the
+followed path is refused at once (tailfiles.open_stream), reported in the log (once per
+change), in `healert_tail_not_regular_file` and in /readyz, and the path is watched until
+a regular file is there.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 from healert_webhook import metrics
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
+from healert_webhook.filewatch import NotRegularFile
 from healert_webhook.outbox import Checkpoint, OutboxError
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.sources.tailfiles import (
@@ -215,7 +221,7 @@ class Tailer:
                                      stamp=where.stamp)
             except OSError as exc:
                 if where.path == self.path:
-                    self._set_problem(explain_open_error(self.path, exc))
+                    self._cannot_open(exc)
                     return None
                 continue
             if where.ident is not None and (stream.dev, stream.ino) != where.ident:
@@ -223,6 +229,7 @@ class Tailer:
                 continue
             stream.after = after
             self._started = True
+            metrics.TAIL_NOT_REGULAR.set(0)
             self._clear_problem()
             stream.seek(where.offset)
             log.info("tail of %s resumes in %s at offset %d (%s)", self.path, where.path,
@@ -242,15 +249,23 @@ class Tailer:
         else:
             metrics.TAIL_ROTATIONS.labels("replaced").inc()
 
+    def _cannot_open(self, exc: OSError) -> None:
+        """The followed path did not open: say why (logged once per change of reason)."""
+        metrics.TAIL_NOT_REGULAR.set(1 if isinstance(exc, NotRegularFile) else 0)
+        self._set_problem(explain_open_error(self.path, exc))
+
     def _open_path(self, *, live: bool) -> Stream | None:
         after = newest_stamp(self.path)  # before the open: see Stream.after
         try:
             stream = open_stream(self.path, live=live)
         except OSError as exc:
-            self._missing = isinstance(exc, FileNotFoundError)
-            self._set_problem(explain_open_error(self.path, exc))
+            # A FIFO (or device) there is no file yet either: the one put there later is
+            # new, read whole.
+            self._missing = isinstance(exc, FileNotFoundError | NotRegularFile)
+            self._cannot_open(exc)
             return None
         self._missing = False
+        metrics.TAIL_NOT_REGULAR.set(0)
         self._clear_problem()
         stream.after = after
         return stream
