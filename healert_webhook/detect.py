@@ -103,45 +103,72 @@ class Stats:
 
 
 # --- the index --------------------------------------------------------------------------
+#
+# Built from positions into the rule list, grouped once per level, so the work is the
+# size of the index itself: each rule once under every resource, subresource and verb it
+# names, and the rules that name none (of a level) once under every key the others name.
+# Candidates stay in the rules' order: two position lists, each ascending, are merged.
 
-def _leaf(rules: Sequence[Rule]) -> Leaf:
-    if not rules:
+def _leaf(rules: Sequence[Rule], at: Sequence[int]) -> Leaf:
+    if not at:
         return None
-    return tuple(rules), all(rule.ignore_system for rule in rules)
+    chosen = tuple(rules[i] for i in at)
+    return chosen, all(rule.ignore_system for rule in chosen)
 
 
-def _verb_map(rules: Sequence[Rule]) -> VerbMap:
-    verbs = {verb for rule in rules for verb in (rule.verbs or ())}
-    by_verb = {verb: _leaf([r for r in rules if r.verbs is None or verb in r.verbs])
-               for verb in verbs}
-    return by_verb, _leaf([r for r in rules if r.verbs is None])
+def _merged(general: list[int], named: list[int]) -> list[int]:
+    """Two ascending position lists as one (sorted() merges two runs in linear time)."""
+    if not named:
+        return general
+    return sorted(general + named) if general else named
 
 
-def _sub_map(rules: Sequence[Rule]) -> SubMap:
-    subs: set[Any] = {None, ""}
-    for rule in rules:
+def _verb_map(rules: Sequence[Rule], at: list[int]) -> VerbMap:
+    general = [i for i in at if rules[i].verbs is None]
+    named: dict[str, list[int]] = {}
+    for i in at:
+        for verb in rules[i].verbs or ():
+            named.setdefault(verb, []).append(i)
+    by_verb = {verb: _leaf(rules, _merged(general, found)) for verb, found in named.items()}
+    return by_verb, _leaf(rules, general)
+
+
+def _sub_map(rules: Sequence[Rule], at: list[int]) -> SubMap:
+    general = [i for i in at if rules[i].subresource is None]
+    named: dict[Any, list[int]] = {}
+    ignoring: dict[Any, set[int]] = {}
+    for i in at:
+        rule = rules[i]
         if rule.subresource is not None:
-            subs.add(rule.subresource)
-        subs.update(rule.ignore_subresources)
+            named.setdefault(rule.subresource, []).append(i)
+        for sub in rule.ignore_subresources:
+            ignoring.setdefault(sub, set()).add(i)
     by_sub: dict[Any, VerbMap] = {}
-    for sub in subs:
-        key = None if sub == "" else sub
-        chosen = [r for r in rules
-                  if (r.subresource is None or r.subresource == key)
-                  and key not in r.ignore_subresources]
-        by_sub[sub] = _verb_map(chosen)
-    other = [r for r in rules if r.subresource is None]
-    return by_sub, _verb_map(other)
+    # None and "" are the same subresource: one map serves both keys.
+    by_sub[None] = by_sub[""] = _verb_map(rules, general)
+    for sub in named.keys() | ignoring.keys():
+        if sub in by_sub:
+            continue
+        skip = ignoring.get(sub, ())
+        chosen = [i for i in _merged(general, named.get(sub, [])) if i not in skip]
+        by_sub[sub] = _verb_map(rules, chosen)
+    return by_sub, _verb_map(rules, general)
 
 
 def build_index(rules: Sequence[Rule]) -> tuple[dict[Any, SubMap], SubMap]:
-    """Index enabled rules by resource, subresource and verb (see the module docstring)."""
-    named = {res for rule in rules for res in (rule.resources or ())}
-    by_resource = {
-        res: _sub_map([r for r in rules if r.resources is None or res in r.resources])
-        for res in named
-    }
-    return by_resource, _sub_map([r for r in rules if r.resources is None])
+    """Index enabled rules by resource, subresource and verb (see the module docstring).
+
+    The work is proportional to the index it builds (see above), not to the number of
+    rules times the number of keys.
+    """
+    general = [i for i, rule in enumerate(rules) if rule.resources is None]
+    named: dict[str, list[int]] = {}
+    for i, rule in enumerate(rules):
+        for res in rule.resources or ():
+            named.setdefault(res, []).append(i)
+    by_resource = {res: _sub_map(rules, _merged(general, found))
+                   for res, found in named.items()}
+    return by_resource, _sub_map(rules, general)
 
 
 def scope_failure(rule: Rule, resource: str | None, subresource: str | None,

@@ -16,11 +16,12 @@ by one complete rule set, never half of one.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,7 @@ from healert_webhook.detect import Detector, Friction, Stats
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
 from healert_webhook.prefilter import Prefilter, Unreadable, parse
-from healert_webhook.rules import RulesError, RuleSet, load_rules
+from healert_webhook.rules import RulesError, RuleSet, Superseded, load_rules
 
 log = logging.getLogger(__name__)
 # One INFO line per friction event stored; a flood (a replayed month) is summarised.
@@ -233,7 +234,9 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings, outbox: Outbox | None = None) -> Pipeline:
         """Load the configured rules (raises RulesError) and build the pipeline."""
-        return cls(settings, make_detector(load_rules(settings.rules_path), settings), outbox)
+        with gc_paused():  # see Pipeline.reload
+            detector = make_detector(load_rules(settings.rules_path), settings)
+        return cls(settings, detector, outbox)
 
     @property
     def detector(self) -> Detector:
@@ -318,17 +321,33 @@ class Pipeline:
                     friction.rule, event.get("actor", "-"), event.get("entity_ref"),
                     friction.audit_id or "-", source, friction.key)
 
-    def reload(self) -> bool:
-        """Reload the rules file; keep the old rules if the new file is invalid."""
+    def reload(self, superseded: Callable[[], bool] | None = None) -> bool:
+        """Reload the rules file; keep the old rules if the new file is invalid (blocking).
+
+        With `superseded`, the load is abandoned (False, nothing applied or counted) as
+        soon as it says a newer version of the file is waiting: see `RuleReloads`.
+        """
+        path = self.settings.rules_path
+        log.info("loading rules from %s", path or "the package")
         try:
-            ruleset = load_rules(self.settings.rules_path)
+            # A big file is hundreds of thousands of YAML nodes and index tuples, none of
+            # them in a cycle: the collector would only scan them again and again.
+            with gc_paused():
+                ruleset = load_rules(path, superseded)
+                detector = make_detector(ruleset, self.settings)
+                prefilter = Prefilter(detector)
+        except Superseded:
+            return _abandoned(path)
         except RulesError as exc:
+            if superseded is not None and superseded():
+                return _abandoned(path)
             metrics.RULES_RELOADS.labels("failure").inc()
-            for problem in exc.problems:
-                log.error("rules reload failed, keeping the previous rules: %s", problem)
+            for line in exc.lines():
+                log.error("rules reload failed, keeping the previous rules: %s", line)
             return False
-        detector = make_detector(ruleset, self.settings)
-        self._rules = (detector, Prefilter(detector))
+        if superseded is not None and superseded():
+            return _abandoned(path)
+        self._rules = (detector, prefilter)
         log_warnings(ruleset)
         metrics.RULES_RELOADS.labels("success").inc()
         metrics.RULES_LOADED.set(len(self.detector.rules))
@@ -336,9 +355,66 @@ class Pipeline:
         return True
 
 
+def _abandoned(path: Any) -> bool:
+    log.info("rules load of %s abandoned: a newer version is waiting", path)
+    return False
+
+
+class RuleReloads:
+    """Reloads of the rules file on a thread of their own; the newest request wins.
+
+    Each request (a change seen on disk, SIGHUP) gets the next number. One worker loads
+    the file for the newest request; a load that a newer request overtakes is abandoned
+    within milliseconds (rules.py asks every few thousand YAML nodes) and never applied.
+    So a fixed file that arrives while a huge or broken one is still being read is
+    applied at once, and an older version never replaces a newer one: loads are applied
+    one after the other, each only if no newer request came meanwhile. The worker is a
+    daemon thread: a stop never waits for it.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._cond = threading.Condition()
+        self._wanted = 0  # requests made
+        self._taken = 0   # the request the worker last took up
+        self._done = 0    # the request the worker last finished
+        self._worker: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Ask for a reload; returns at once."""
+        with self._cond:
+            self._wanted += 1
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="rules-reload",
+                                                daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every request so far is settled; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done == self._wanted, timeout)
+
+    def _superseded(self, number: int) -> bool:
+        return self._wanted != number  # one int read: no lock needed
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._taken != self._wanted)
+                number = self._taken = self._wanted
+            try:
+                self._pipeline.reload(functools.partial(self._superseded, number))
+            except Exception:  # the worker must survive anything a file can do
+                log.exception("rules reload failed")
+            with self._cond:
+                self._done = number
+                self._cond.notify_all()
+
+
 def log_warnings(ruleset: RuleSet) -> None:
     """The rules file's warnings (a rule that can never fire...), as `validate` says them."""
-    for warning in ruleset.warnings:
+    for warning in ruleset.warning_lines():  # the first few, and a count of the rest
         log.warning("rules: %s (healert-webhook validate explains)", warning)
 
 

@@ -9,9 +9,10 @@ agent installs one set of handlers:
 * SIGHUP: reload rules, server certificate and token file now.
 
 The rules file, the certificate pair and the token file are also polled once a second
-(stat, then a content hash) and reloaded when they change on disk. Every file access of
-the watcher runs on a daemon thread, so a file that would block a read can stall at most
-its own reload, never the stop.
+(stat, then a content hash) and reloaded when they change on disk. Rules load on a worker
+of their own (`RuleReloads`: the newest version wins). Every file access of the watcher
+runs on a daemon thread, so a file that would block a read can stall at most its own
+reload, never the stop.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from healert_webhook.filewatch import FileWatch
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, make_ops_app
 from healert_webhook.outbox import Outbox, OutboxError
-from healert_webhook.pipeline import Pipeline, log_warnings
+from healert_webhook.pipeline import Pipeline, RuleReloads, log_warnings
 from healert_webhook.sources.tail import Tailer
 from healert_webhook.sources.webhook import WebhookApp
 
@@ -151,6 +152,7 @@ class Agent:
         self.forwarder = Forwarder(settings, outbox)
         path = settings.rules_path
         self.rules_watch = FileWatch(path) if path is not None else None
+        self.rule_reloads = RuleReloads(pipeline)
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
                              webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
@@ -307,10 +309,11 @@ class Agent:
             logs.Limiter.flush_all()
 
     async def reload(self, force: bool = False) -> None:
-        """Reload what changed on disk (everything when `force`)."""
+        """Reload what changed on disk (everything when `force`). Rules load on their
+        own worker (the newest version wins); this returns without waiting for them."""
         watch = self.rules_watch
         if force or (watch is not None and await off_loop(watch.changed)):
-            await off_loop(self.pipeline.reload)
+            self.rule_reloads.request()
         if self.webhook is None:
             return
         certs = self.webhook.certs

@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -13,7 +15,14 @@ from prometheus_client import REGISTRY
 
 from healert_webhook.config import Settings
 from healert_webhook.outbox import Checkpoint, Outbox
-from healert_webhook.pipeline import BadBody, Pipeline, gc_paused, parse_body, parse_items
+from healert_webhook.pipeline import (
+    BadBody,
+    Pipeline,
+    RuleReloads,
+    gc_paused,
+    parse_body,
+    parse_items,
+)
 from healert_webhook.sources.tail import _line_offsets
 
 from support.events import exec_event, noise_event, two_rules
@@ -165,3 +174,58 @@ def test_reload_keeps_the_old_rules_when_the_new_file_is_broken(tmp_path: Path) 
     (tmp_path / "rules.yaml").write_text(two_rules("new"))
     assert pipeline.reload() is True
     assert {rule.name for rule in pipeline.detector.rules} == {"new-one", "new-two"}
+
+
+# --- reloads on their own worker: the newest file wins (issue 22, item 12) --------------
+
+HUGE_BROKEN = "rules:\n" + "- 1\n" * 1_000_000  # 4 MiB: seconds to read
+
+
+def test_a_fixed_file_arriving_during_a_slow_reload_is_applied_and_the_slow_one_dropped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pipeline = make_pipeline(tmp_path, None, two_rules("old"))
+    reloads = RuleReloads(pipeline)
+    failures = sample("healert_rules_reloads_total", result="failure")
+    path = tmp_path / "rules.yaml"
+    path.write_text(HUGE_BROKEN)
+    with caplog.at_level(logging.INFO, logger="healert_webhook.pipeline"):
+        reloads.request()
+        wait_for_log(caplog, "loading rules from")  # the worker is reading the huge file
+        path.write_text(two_rules("fixed"))
+        reloads.request()
+        assert reloads.wait(60)
+    assert {rule.name for rule in pipeline.detector.rules} == {"fixed-one", "fixed-two"}
+    assert "abandoned: a newer version is waiting" in caplog.text
+    assert "rules reload failed" not in caplog.text  # the huge file's problems: never
+    assert sample("healert_rules_reloads_total", result="failure") == failures
+
+
+def test_an_older_file_is_never_applied_after_a_newer_one(tmp_path: Path) -> None:
+    pipeline = make_pipeline(tmp_path, None, two_rules("old"))
+    reloads = RuleReloads(pipeline)
+    path = tmp_path / "rules.yaml"
+    applied: list[str] = []
+    real_reload = pipeline.reload
+
+    def reload(superseded: Any = None) -> bool:
+        version = path.read_text()[:40]
+        done = real_reload(superseded)
+        if done:
+            applied.append(version)
+        return done
+
+    pipeline.reload = reload  # type: ignore[method-assign]  # records what was applied
+    for n in range(20):  # requests faster than loads: each overtakes the one before
+        path.write_text(two_rules(f"v{n}") + "# padding\n" * (20_000 if n % 2 else 0))
+        reloads.request()
+    assert reloads.wait(120)
+    assert {rule.name for rule in pipeline.detector.rules} == {"v19-one", "v19-two"}
+    versions = [int(text.split("name: v")[1].split("-")[0]) for text in applied]
+    assert versions == sorted(versions) and versions[-1] == 19
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text:
+        assert time.monotonic() < deadline, f"no log line with {text!r}"
+        time.sleep(0.005)
