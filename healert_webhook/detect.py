@@ -336,12 +336,15 @@ class Detector:
         verbs, other_verb = subs.get(subresource, other_sub)
         return verbs.get(verb, other_verb)
 
-    def detect(self, events: Iterable[Any], stats: Stats) -> list[Friction]:
+    def detect(self, events: Iterable[Any], stats: Stats,
+               received: float | None = None) -> list[Friction]:
         """Friction events for `events`, in order; never raises on any input.
 
         Counts go into `stats`. A request seen at two stages yields the same keys twice;
         the outbox (or replay) keeps the first. An event whose evaluation fails is
         counted as invalid (`evaluation_error`) and the others are evaluated as usual.
+        `received` is the Unix time the source received the events (detection reads no
+        clock): an event time further ahead of it than audit.FUTURE_SKEW is repaired.
         """
         by_resource = self._by_resource
         any_resource = self._any_resource
@@ -389,7 +392,7 @@ class Detector:
                 except (KeyError, TypeError, AttributeError):
                     self._invalid(event, stats)
                     continue
-                self._evaluate(event, ref, leaf, stats, out)
+                self._evaluate(event, ref, leaf, stats, out, received=received)
             except Exception as exc:  # one bad event never fails its batch
                 sampled = _failed(stats, event, exc, sampled)
         stats.events += n
@@ -416,7 +419,7 @@ class Detector:
 
     def _evaluate(self, event: dict[str, Any], ref: dict[str, Any],
                   leaf: tuple[tuple[Rule, ...], bool], stats: Stats,
-                  out: list[Friction]) -> None:
+                  out: list[Friction], *, received: float | None) -> None:
         reason = audit.invalid_reason(event)
         if reason is not None:
             stats.invalid[reason] += 1
@@ -437,7 +440,7 @@ class Detector:
         if not matched:
             stats.skipped[decisive(failures)] += 1
             return
-        found, fixup = self.frictions(cand, matched)
+        found, fixup = self.frictions(cand, matched, received)
         if not found:
             stats.skipped["no_name"] += 1
             return
@@ -452,19 +455,21 @@ class Detector:
         return resolve_workload(cand.resource or None, cand.name,
                                 audit.carried_metadata(cand.event))
 
-    def frictions(self, cand: Candidate,
-                  rules: Sequence[Rule]) -> tuple[list[Friction], str | None]:
-        """The friction events of `rules` for this event, and the timestamp fix-up made.
+    def frictions(self, cand: Candidate, rules: Sequence[Rule],
+                  received: float | None = None) -> tuple[list[Friction], str | None]:
+        """The friction events of `rules` for this event, and the timestamp fix-up made
+        (`received`: see `detect`).
 
         Empty when the event names no object: there is no entity to charge.
         """
         workload = self.workload(cand).name
         if not workload:
             return [], None
-        common, fixup = self._common(cand, workload)
+        common, fixup = self._common(cand, workload, received)
         return [self._friction(cand.event, common, rule) for rule in rules], fixup
 
-    def _common(self, cand: Candidate, workload: str) -> tuple[_Common, str | None]:
+    def _common(self, cand: Candidate, workload: str,
+                received: float | None) -> tuple[_Common, str | None]:
         """What every rule's friction event for this audit event shares, computed once."""
         namespace = cand.namespace
         cluster_scoped = not namespace or cand.resource == "namespaces"
@@ -478,7 +483,7 @@ class Detector:
             shared["actor"] = audit.clean_text(actor.name, MAX_FIELD)
         if not cluster_scoped:
             shared["namespace"] = audit.clean_text(namespace, MAX_FIELD)
-        timestamp, fixup = audit.event_timestamp(cand.event)
+        timestamp, fixup = audit.event_timestamp(cand.event, received)
         if timestamp is not None:
             shared["timestamp"] = timestamp
         code = cand.code

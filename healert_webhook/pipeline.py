@@ -20,6 +20,7 @@ import functools
 import gc
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -248,24 +249,28 @@ class Pipeline:
         """The pre-filter of the active rules."""
         return self._rules[1]
 
-    def evaluate(self, items: Iterable[Any], source: str,
-                 prefilter: bool = True) -> Evaluation:
+    def evaluate(self, items: Iterable[Any], source: str, prefilter: bool = True,
+                 received: float | None = None) -> Evaluation:
         """Parse and detect; record the counts. Never raises on any input.
 
         Without `prefilter` every event is parsed in full: for files another producer
-        may have written (see prefilter.py).
+        may have written (see prefilter.py). `received` is the Unix time the source got
+        the items (now when not given): event times far ahead of it are repaired.
         """
         detector, rule_out = self._rules  # one rule set for the whole batch
         stats = Stats()
         bad: list[tuple[int, str]] = []
         ruled_out: Counter[str] = Counter()
+        when = time.time() if received is None else received
         with gc_paused():
             frictions = detector.detect(
-                parse_each(items, bad, rule_out if prefilter else None, ruled_out), stats)
+                parse_each(items, bad, rule_out if prefilter else None, ruled_out), stats,
+                when)
         return _evaluation(frictions, stats, ruled_out, bad, source)
 
     def evaluate_body(self, body: bytes, plan: batches.Reading, source: str,
-                      most: int, allowance: int | None = None) -> Evaluation | None:
+                      most: int, allowance: int | None = None, *,
+                      received: float | None = None) -> Evaluation | None:
         """Like `evaluate` for a webhook body read by simdjson as `plan` says: only the
         events the pre-filter cannot rule out are parsed. None (nothing counted) when
         simdjson does not take a document of it: then it must be parsed whole.
@@ -273,8 +278,10 @@ class Pipeline:
         Raises TooManyItems (before anything is evaluated, unless the body is read in
         groups), BadBody for a document that is no batch of events, and NeedsMore when
         a candidate needs more memory than `allowance` (see Prefilter.candidates).
+        `received`: see `evaluate` (the webhook's batch arrived just before this call).
         """
         detector, prefilter = self._rules
+        when = time.time() if received is None else received
         stats = Stats()
         ruled_out: Counter[str] = Counter()
         bad: list[tuple[int, str]] = []
@@ -282,7 +289,7 @@ class Pipeline:
             with gc_paused():
                 frictions = detector.detect(
                     _read(body, plan, prefilter, most, ruled_out=ruled_out, bad=bad,
-                          allowance=allowance), stats)
+                          allowance=allowance), stats, when)
         except Unreadable:
             return None
         return _evaluation(frictions, stats, ruled_out, bad, source)

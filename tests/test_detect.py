@@ -851,3 +851,17 @@ def test_recorded_apiserver_events(gitops_detector: Detector, scenario: str,
     if scenario == "proxy-generate-name":
         assert stats.skipped["no_name"] == 1
 
+
+# --- a time far ahead of the receive time (issue 22, item 10) ---------------------------
+
+def test_a_time_far_ahead_is_repaired_and_counted_and_the_key_stays(detector: Detector) -> None:
+    event = exec_ws(received="2999-01-01T00:00:00.000000Z")
+    event["stageTimestamp"] = "2026-11-26T10:15:30.200000Z"
+    received = 1_795_688_130.0  # 2026-11-26T10:15:30Z, as a source would pass it
+    plain, _ = run(detector, event)
+    stats = Stats()
+    repaired = detector.detect([event], stats, received)
+    assert plain[0].event["timestamp"] == "2999-01-01T00:00:00.000000Z"
+    assert repaired[0].event["timestamp"] == "2026-11-26T10:15:30.200000Z"
+    assert stats.fixups == {"future_timestamp_from_stage": 1}
+    assert repaired[0].key == plain[0].key  # the dedup key reads the raw fields
