@@ -13,15 +13,18 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from healert_webhook import pipeline as pipeline_module
 from healert_webhook.config import Settings
 from healert_webhook.outbox import Checkpoint, Outbox
 from healert_webhook.pipeline import (
+    RESYNC_TRIES,
     BadBody,
     Pipeline,
     RuleReloads,
     gc_paused,
     parse_body,
     parse_items,
+    resync,
 )
 from healert_webhook.sources.tail import _line_offsets
 
@@ -229,3 +232,56 @@ def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 3
     while text not in caplog.text:
         assert time.monotonic() < deadline, f"no log line with {text!r}"
         time.sleep(0.005)
+
+
+# --- a crashed writer's torn lines (issue 22, item 11) -----------------------------------
+
+def log_line(n: int, tag: str = "r") -> bytes:
+    return orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+                         **exec_event(n, tag=tag)})
+
+
+def audit_ids(found: list[dict[str, Any]]) -> list[str]:
+    return [event["auditID"].split("-")[1] for event in found]
+
+
+def test_resync_finds_every_whole_event_in_a_line_that_did_not_parse() -> None:
+    a, b, c = log_line(1), log_line(2), log_line(3)
+    assert resync(b"not json at all") == ([], 15)
+    found, junk = resync(a[:100] + b)  # torn, then the restarted writer's line
+    assert (audit_ids(found), junk) == (["00000002"], 100)
+    found, junk = resync(a + b)  # a whole event that lost only its newline
+    assert (audit_ids(found), junk) == (["00000001", "00000002"], 0)
+    found, junk = resync(a[:50] + b[:300] + c)  # two torn writes in a row
+    assert (audit_ids(found), junk) == (["00000003"], 350)
+    found, junk = resync(a + b"\0")  # cut by a NUL run, yet whole
+    assert (audit_ids(found), junk) == (["00000001"], 0)
+    assert resync(a[:80] + b"\0") == ([], 80)
+    # an event carrying an audit Event as its object: the outer one is the event
+    nested = orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+                           **exec_event(4, tag="r"), "requestObject": orjson.loads(b)})
+    found, junk = resync(a[:100] + nested)
+    assert (audit_ids(found), junk) == (["00000004"], 100)
+    found, junk = resync(nested[:-30] + c)  # torn inside the carried event
+    assert (audit_ids(found), junk) == (["00000003"], len(nested) - 30)
+
+
+def test_a_line_of_nested_starts_costs_a_bounded_number_of_parses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","x":' * 5000
+    parses: list[int] = []
+    real = pipeline_module._object_at
+    monkeypatch.setattr(pipeline_module, "_object_at",
+                        lambda view: parses.append(len(view)) or real(view))
+    assert resync(inner) == ([], len(inner))
+    assert len(parses) == RESYNC_TRIES  # not one per start (5000)
+
+
+def test_the_pipeline_evaluates_recovered_events_and_lists_the_junk(tmp_path: Path) -> None:
+    pipeline = make_pipeline(tmp_path, None)
+    lines = [log_line(1)[:120] + log_line(2), log_line(3)[:60] + b"\0", b"{broken",
+             log_line(4) + log_line(5)]
+    found = pipeline.evaluate(lines, "test")
+    assert sorted(f.audit_id.split("-")[1] for f in found.frictions) == [
+        "00000002", "00000004", "00000005"]
+    assert found.bad == [(0, "truncated_line"), (1, "truncated_line"), (2, "bad_json")]

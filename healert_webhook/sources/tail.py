@@ -33,6 +33,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ CHECKPOINT_INTERVAL = 1.0  # seconds: most time an idle checkpoint lags behind
 CHECKPOINT_BYTES = 8 * 1024 * 1024  # bytes read before a checkpoint while catching up
 HELD_MAX = 1000  # frictions held for the next checkpoint, at most
 SHOWN_BAD_LINES = 5  # bad lines logged one by one per chunk, then one summary line
+_NUL_RUN = re.compile(rb"\x00+")
 BACKWARD_BLOCK = 64 * 1024
 RETRY_MAX = 10.0  # seconds between outbox retries, at most
 
@@ -302,7 +304,53 @@ class Tailer:
     # -- reading -----------------------------------------------------------------------
 
     def _consume(self, s: Stream, data: bytes) -> None:
-        """Take a chunk: complete lines go to the pipeline, the rest waits."""
+        """Take a chunk: complete lines go to the pipeline, the rest waits; NUL runs end
+        the line before them and are skipped (see `_skip_nuls`)."""
+        if b"\0" not in data:  # nearly always: one memchr per chunk
+            self._take(s, data)
+            return
+        at = 0
+        for run in _NUL_RUN.finditer(data):
+            if run.start() > at:
+                self._take(s, data[at:run.start()])
+            self._skip_nuls(s, run.end() - run.start())
+            at = run.end()
+        if at < len(data):
+            self._take(s, data[at:])
+
+    def _skip_nuls(self, s: Stream, count: int) -> None:
+        """Skip a run of NUL bytes, which no audit log line holds (JSON escapes them).
+
+        A crash of the writer leaves them where data was to be (a file extended before
+        its data reached the disk). The line before them is cut there: it goes to the
+        pipeline marked so (a trailing NUL), which reads it whole if it is whole and
+        resynchronises otherwise; the next line starts after the run. Logged once per
+        run, however it is read; counted in healert_tail_nul_bytes_skipped_total.
+        """
+        at = s.pos
+        metrics.TAIL_BYTES.inc(count)
+        metrics.TAIL_NUL_BYTES.inc(count)
+        if s.skipping:
+            self._skipped_long(s)
+            s.skipping = False
+        elif s.pending:
+            cut = b"".join(s.pending)
+            s.pending.clear()
+            s.pending_len = 0
+            s.pos += 1  # the first NUL ends the line: a newline's place in the block
+            count -= 1
+            self._process(s, cut + b"\n", cut=True)
+        s.pos += count
+        self._unstored += s.pos - s.line_start
+        s.line_start = s.pos
+        if not s.in_nuls:
+            log.warning("%s: NUL bytes at offset %d where an audit event should be (left by "
+                        "a crash of the writer?): skipped up to the next event", s.path, at)
+            s.in_nuls = True
+
+    def _take(self, s: Stream, data: bytes) -> None:
+        """Take bytes holding no NUL (see `_consume`)."""
+        s.in_nuls = False
         s.pos += len(data)
         metrics.TAIL_BYTES.inc(len(data))
         if s.skipping:
@@ -346,12 +394,16 @@ class Tailer:
         log.warning("%s: line at offset %d is longer than %d bytes (HEALERT_TAIL_MAX_LINE_"
                     "BYTES): skipped", s.path, s.line_start, self._max_line)
 
-    def _process(self, s: Stream, block: bytes, caught_up: bool = True) -> None:
+    def _process(self, s: Stream, block: bytes, caught_up: bool = True,
+                  cut: bool = False) -> None:
         """Parse and detect the complete lines in `block` (one pipeline call); store the
-        frictions with the next checkpoint."""
+        frictions with the next checkpoint. With `cut`, the last line was ended by a NUL
+        run, not by its newline: it goes to the pipeline with a NUL at its end."""
         start = s.line_start
         lines = block.split(b"\n")
         lines.pop()  # the block ends with a newline: the last piece is empty
+        if cut:
+            lines[-1] += b"\0"
         metrics.TAIL_LINES.inc(len(lines))
         kept: list[int] | None = None
         if len(block) > self._max_line:  # only then can a line be over the limit
@@ -620,5 +672,7 @@ def _describe(reason: str, max_line: int) -> str:
     return {
         "bad_json": "not JSON",
         "not_an_object": "JSON but not an object",
+        "truncated_line": "a write cut short (a crash of the writer?); any whole event "
+                          "after it was read",
         "too_long": f"longer than {max_line} bytes (HEALERT_TAIL_MAX_LINE_BYTES)",
     }.get(reason, reason)

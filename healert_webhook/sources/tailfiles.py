@@ -231,6 +231,7 @@ class Stream:
     pending: list[bytes] = field(default_factory=list)  # the incomplete last line
     pending_len: int = 0
     skipping: bool = False  # inside a line longer than the limit: discard to its end
+    in_nuls: bool = False  # the last byte read was a NUL (a run is logged once)
     fp: Fingerprint = field(default_factory=lambda: fingerprint(b""))
     # Opened live: the newest rotated generation just before the open ("" for none).
     # Every generation stamped later was rotated since: this file's own, and newer ones.
@@ -256,6 +257,7 @@ class Stream:
         self.pending.clear()
         self.pending_len = 0
         self.skipping = False
+        self.in_nuls = False
 
     def close(self) -> None:
         """Release the descriptor."""
