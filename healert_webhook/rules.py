@@ -772,13 +772,18 @@ class _CheckedLoader(_BASE_LOADER):  # type: ignore[misc]
     """
 
     superseded: Callable[[], bool] = staticmethod(lambda: False)
-    _nodes = 0
+    _until_check = CHECK_NODES
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        self._nodes += 1
-        if self._nodes % CHECK_NODES == 0 and self.superseded():
-            raise Superseded
-        return super().resolve(kind, value, implicit)
+        self._until_check -= 1
+        if not self._until_check:
+            self._until_check = CHECK_NODES
+            if self.superseded():
+                raise Superseded
+        return _BASE_RESOLVE(self, kind, value, implicit)
+
+
+_BASE_RESOLVE = _BASE_LOADER.resolve
 
 
 def _compose_text(text: str, superseded: Callable[[], bool] | None) -> Any:
