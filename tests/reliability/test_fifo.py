@@ -65,7 +65,9 @@ def test_tail_reports_a_fifo_at_the_path_and_reads_the_file_put_back(
 
     os.rename(log, tmp_path / "moved-away.log")
     os.mkfifo(log)
+    fifo_at = time.monotonic()
     wait_for(lambda: readyz(ops).status_code == 503, timeout=30, what="unready on the FIFO")
+    unready_after = time.monotonic() - fifo_at
     assert "FIFO" in readyz(ops).text
     assert metric(ops, "healert_tail_not_regular_file") == 1
     time.sleep(1.0)  # twenty polls of the FIFO: still one log line for it
@@ -73,10 +75,14 @@ def test_tail_reports_a_fifo_at_the_path_and_reads_the_file_put_back(
 
     log.unlink()
     log.write_bytes(log_line(2, "after") + log_line(3, "after"))
+    back_at = time.monotonic()
     wait_for(lambda: execs(ops) == 3, timeout=30, what="the file put back read")
     wait_for(lambda: readyz(ops).status_code == 200, timeout=30, what="ready again")
+    read_after = time.monotonic() - back_at
     assert metric(ops, "healert_tail_not_regular_file") == 0
-    code, _took = stop_in_time(agent)
+    code, took = stop_in_time(agent)
+    print(f"tail FIFO: unready after {unready_after:.2f} s, 1 log line, the file put back "
+          f"read after {read_after:.2f} s, SIGTERM exit {code} in {took:.2f} s")
     assert code == 0
     assert "Traceback" not in agent.output()
 
@@ -118,7 +124,9 @@ def test_serve_with_rules_and_token_files_turned_into_fifos_neither_hangs(
     assert execs(ops) == before + 1
     agent.proc.send_signal(signal.SIGHUP)  # a second forced reload while the first is done
     agent.wait_line(r"(?s)SIGHUP received.*SIGHUP received", timeout=30)
-    code, _took = stop_in_time(agent)
+    code, took = stop_in_time(agent)
+    print(f"serve with FIFO rules and token files: still serving with the old rules and "
+          f"tokens after 2 SIGHUPs and the poll; SIGTERM exit {code} in {took:.2f} s")
     assert code == 0, agent.output()
     assert "Traceback" not in agent.output()
 

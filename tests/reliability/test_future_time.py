@@ -91,6 +91,9 @@ def test_future_times_are_repaired_so_a_lost_answer_is_still_verified(
         lost = [e for e in backend.accepted() if e["description"].startswith("kubectl exec")
                 and e.get("timestamp") == stamp(now)]
         assert len(lost) == 1, agent.output()[-3000:]  # verified at the backend, not resent
+        print(f"future times: {AHEAD} stamped 2999 delivered with their stage time, 1 with "
+              f"both times ahead left to the backend; the lost answer after them: "
+              f"{len(lost)} copy at the backend")
         assert agent.stop() == 0
 
 

@@ -83,6 +83,9 @@ def test_every_whole_event_after_torn_lines_and_nul_runs_is_read(
                   reason="truncated_line") == 3  # torn 1, 7 and 10+11 (one piece of junk)
     output = agent.output()
     assert output.count("NUL bytes") == 2  # one line per run, however long
+    print(f"torn log: {expected} of {expected} whole events detected after 4 torn writes "
+          f"and 2 NUL runs ({65536 + 3_000_000} bytes); 3 truncated_line, 2 log lines "
+          f"for the NULs")
     assert agent.stop() == 0
     assert execs_in_outbox(tmp_path) == expected
 
