@@ -1,4 +1,4 @@
-"""How long a big rules file takes to load, index and report: issue 22's item 12.
+"""How long a big rules file takes to load, index and report.
 
     .venv/bin/python benchmarks/rules_scale.py               # 30,000 rules, 1,000,000 problems
     .venv/bin/python benchmarks/rules_scale.py --rules 5000 --problems 100000

@@ -187,8 +187,8 @@ _TIME_SOURCES = (("stageTimestamp", "timestamp_from_stage"),
                  ("timestamp", "timestamp_from_v1beta1"))
 # How far an event's time may lie ahead of the moment the agent received it. An event is
 # always written after its request arrived, so a time ahead is only the disagreement of
-# two clocks: NTP keeps those within milliseconds, and 5 minutes (Kerberos' tolerance)
-# leaves room for a badly kept one. Beyond it the time is wrong, and harmful: the backend
+# two clocks: NTP keeps those within milliseconds, and 5 minutes leaves room for a badly
+# kept one. Beyond it the time is wrong, and harmful: the backend
 # lists an entity's events newest first, 500 at most, so events stamped years ahead
 # would hide every real one from the read that verifies a lost answer.
 FUTURE_SKEW = 300.0  # seconds

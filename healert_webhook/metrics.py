@@ -118,7 +118,7 @@ FORWARD_UNCERTAIN_RESENDS = Counter(
     "healert_forward_uncertain_resends_total",
     "Friction events sent again after a request whose answer was lost (possible duplicates)")
 
-# Files the agent reads (issue 22): what it refused or skipped in them.
+# Files the agent reads: what it refused or skipped in them.
 TAIL_NOT_REGULAR = Gauge(
     "healert_tail_not_regular_file",
     "1 while the followed audit log path is no regular file (a FIFO, a device, a "

@@ -223,7 +223,7 @@ def test_failure_ids_are_cleaned_and_cut() -> None:
     assert audit.failure_id(None) == ""
 
 
-# --- times far ahead of the receive time (issue 22, item 10) -----------------------------
+# --- times far ahead of the receive time ------------------------------------------
 
 RECEIVED = 1_795_688_130.0  # 2026-11-26T10:15:30Z
 

@@ -852,7 +852,7 @@ def test_recorded_apiserver_events(gitops_detector: Detector, scenario: str,
         assert stats.skipped["no_name"] == 1
 
 
-# --- a time far ahead of the receive time (issue 22, item 10) ---------------------------
+# --- a time far ahead of the receive time ----------------------------------------
 
 def test_a_time_far_ahead_is_repaired_and_counted_and_the_key_stays(detector: Detector) -> None:
     event = exec_ws(received="2999-01-01T00:00:00.000000Z")

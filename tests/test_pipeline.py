@@ -179,7 +179,7 @@ def test_reload_keeps_the_old_rules_when_the_new_file_is_broken(tmp_path: Path) 
     assert {rule.name for rule in pipeline.detector.rules} == {"new-one", "new-two"}
 
 
-# --- reloads on their own worker: the newest file wins (issue 22, item 12) --------------
+# --- reloads on their own worker: the newest file wins ---------------------------
 
 HUGE_BROKEN = "rules:\n" + "- 1\n" * 1_000_000  # 4 MiB: seconds to read
 
@@ -234,7 +234,7 @@ def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 3
         time.sleep(0.005)
 
 
-# --- a crashed writer's torn lines (issue 22, item 11) -----------------------------------
+# --- a crashed writer's torn lines ------------------------------------------------
 
 def log_line(n: int, tag: str = "r") -> bytes:
     return orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1",

@@ -409,7 +409,7 @@ def test_old_agent_rules_see_people_behind_proxies_too() -> None:
     assert [f.event["actor"] for f in found] == ["alice@example.com"]
 
 
-# --- big files: the first problems listed, the rest counted (issue 22, item 12) ----------
+# --- big files: the first problems listed, the rest counted -----------------------
 
 def test_a_file_of_many_problems_lists_the_first_fifty_and_counts_the_rest() -> None:
     with pytest.raises(RulesError) as caught:

@@ -1,4 +1,4 @@
-"""A FIFO where the agent expects a file (issue 22, item 6), against the real processes.
+"""A FIFO where the agent expects a file, against the real processes.
 
 `tail`: the followed log is renamed away and a FIFO made at its path. The tailer must not
 block opening it: it says so once (log line), in a metric and in /readyz, keeps watching,

@@ -1,4 +1,4 @@
-"""Event times far in the future, through the real `serve` and `tail` (issue 22, item 10).
+"""Event times far in the future, through the real `serve` and `tail`.
 
 The backend lists an entity's events newest first, 500 at most; the read that verifies a
 lost answer looks there. 500 events stamped in the year 2999 used to be sent as they were:

@@ -1,4 +1,4 @@
-"""Big and broken rules files reloaded by the real `serve` process (issue 22, item 12).
+"""Big and broken rules files reloaded by the real `serve` process.
 
 A rules file of a million problems (4 MiB, the most a file may hold) used to take a
 minute to reject and logged one line per problem; a fixed file written meanwhile waited

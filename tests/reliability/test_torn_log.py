@@ -1,4 +1,4 @@
-"""A crash of the log's writer, as the real `tail` process meets it (issue 22, item 11).
+"""A crash of the log's writer, as the real `tail` process meets it.
 
 The apiserver writes each event as one line in one write(). When it (or the node) dies
 mid-write, the file keeps a torn line without its newline, and the restarted writer
