@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple, cast
+from datetime import datetime
+from typing import Any, NamedTuple, TypeGuard, cast
 
 FIRING_STAGES = frozenset({"ResponseStarted", "ResponseComplete"})
 QUIET_STAGES = frozenset({"RequestReceived", "Panic"})
@@ -160,7 +161,7 @@ def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str,
 
 # --- timestamps -------------------------------------------------------------------------
 
-def valid_timestamp(value: Any) -> bool:
+def valid_timestamp(value: Any) -> TypeGuard[str]:
     """True for an ASCII RFC 3339 date and time that exists on the calendar.
 
     Hours run 00-23, minutes 00-59 and seconds 00-59: Go's time package never writes a
@@ -184,25 +185,51 @@ def valid_timestamp(value: Any) -> bool:
 # usable, in order, and the fix-up counted for each.
 _TIME_SOURCES = (("stageTimestamp", "timestamp_from_stage"),
                  ("timestamp", "timestamp_from_v1beta1"))
+# How far an event's time may lie ahead of the moment the agent received it. An event is
+# always written after its request arrived, so a time ahead is only the disagreement of
+# two clocks: NTP keeps those within milliseconds, and 5 minutes leaves room for a badly
+# kept one. Beyond it the time is wrong, and harmful: the backend
+# lists an entity's events newest first, 500 at most, so events stamped years ahead
+# would hide every real one from the read that verifies a lost answer.
+FUTURE_SKEW = 300.0  # seconds
+FUTURE = "future_"  # prefix of the fix-ups made because a time lay too far ahead
 
 
-def event_timestamp(event: dict[str, Any]) -> tuple[str | None, str | None]:
+def _ahead(value: str, latest: float) -> bool:
+    """True when the (valid) RFC 3339 time `value` is later than `latest` (Unix time)."""
+    try:
+        return datetime.fromisoformat(value).timestamp() > latest
+    except (ValueError, OverflowError):  # beyond what datetime holds: year 9999 and on
+        return not value.startswith("0")
+
+
+def event_timestamp(event: dict[str, Any],
+                    received: float | None = None) -> tuple[str | None, str | None]:
     """The request's time exactly as the apiserver wrote it, and the fix-up it needed.
 
     The apiserver's microsecond `requestReceivedTimestamp` is kept verbatim. When it is
-    missing or not a real time, `stageTimestamp` (then v1beta1's `timestamp`) stands in;
-    when none is usable the field is left out and the backend stamps its own time. The
-    second value names the fix-up (`timestamp_from_stage`, `timestamp_missing`, ...), or
-    is None when the receive time was used.
+    missing, not a real time, or (given `received`, the Unix time the agent received the
+    event) more than FUTURE_SKEW ahead of it, `stageTimestamp` (then v1beta1's
+    `timestamp`) stands in, if it is usable by the same tests; when none is, the field is
+    left out and the backend stamps its own time. The second value names the fix-up
+    (`timestamp_from_stage`, `timestamp_missing`, ...; prefixed with `future_` when a
+    time was refused for lying ahead), or is None when the receive time was used.
     """
-    received = event.get("requestReceivedTimestamp")
-    if valid_timestamp(received):
-        return received, None
+    latest = None if received is None else received + FUTURE_SKEW
+    value = event.get("requestReceivedTimestamp")
+    ahead = False
+    if valid_timestamp(value):
+        if latest is None or not _ahead(value, latest):
+            return value, None
+        ahead = True
     for key, fixup in _TIME_SOURCES:
         value = event.get(key)
         if valid_timestamp(value):
-            return value, fixup
-    return None, "timestamp_missing"
+            if latest is not None and _ahead(value, latest):
+                ahead = True
+                continue
+            return value, FUTURE + fixup if ahead else fixup
+    return None, FUTURE + "timestamp_missing" if ahead else "timestamp_missing"
 
 
 # --- text -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from healert_webhook.config import Settings
-from healert_webhook.filewatch import FileWatch
+from healert_webhook.filewatch import FileWatch, read_regular
 from healert_webhook.protocol import PEER_EXTENSION
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,16 @@ class TokenAuth:
         return self._file + self._env
 
     def _read(self) -> list[bytes]:
+        """The file's tokens; TokenError when it cannot be used. Never blocks on a FIFO
+        or a device put at the path (read_regular refuses them at once)."""
         assert self.path is not None
+        limit = 1024 * 1024  # a file of tokens, one a line: far more than any needs
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = read_regular(self.path, limit)
+            if len(raw) > limit:
+                raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {self.path}: larger than "
+                                 f"{limit} bytes")
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
             raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {self.path}: {why}") from exc

@@ -210,10 +210,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def print_rules_error(exc: RulesError) -> None:
-    """The one report of a rules file that cannot be used: every problem, one per line."""
+    """The one report of a rules file that cannot be used: the first problems, one per
+    line, and a count of the rest."""
     print(f"{PROG}: rules file {exc.source} is invalid "
-          f"({len(exc.problems)} problem(s)):", file=sys.stderr)
-    for problem in exc.problems:
+          f"({exc.total} problem(s)):", file=sys.stderr)
+    for problem in exc.lines():
         print(f"  {problem}", file=sys.stderr)
 
 

@@ -103,45 +103,72 @@ class Stats:
 
 
 # --- the index --------------------------------------------------------------------------
+#
+# Built from positions into the rule list, grouped once per level, so the work is the
+# size of the index itself: each rule once under every resource, subresource and verb it
+# names, and the rules that name none (of a level) once under every key the others name.
+# Candidates stay in the rules' order: two position lists, each ascending, are merged.
 
-def _leaf(rules: Sequence[Rule]) -> Leaf:
-    if not rules:
+def _leaf(rules: Sequence[Rule], at: Sequence[int]) -> Leaf:
+    if not at:
         return None
-    return tuple(rules), all(rule.ignore_system for rule in rules)
+    chosen = tuple(rules[i] for i in at)
+    return chosen, all(rule.ignore_system for rule in chosen)
 
 
-def _verb_map(rules: Sequence[Rule]) -> VerbMap:
-    verbs = {verb for rule in rules for verb in (rule.verbs or ())}
-    by_verb = {verb: _leaf([r for r in rules if r.verbs is None or verb in r.verbs])
-               for verb in verbs}
-    return by_verb, _leaf([r for r in rules if r.verbs is None])
+def _merged(general: list[int], named: list[int]) -> list[int]:
+    """Two ascending position lists as one (sorted() merges two runs in linear time)."""
+    if not named:
+        return general
+    return sorted(general + named) if general else named
 
 
-def _sub_map(rules: Sequence[Rule]) -> SubMap:
-    subs: set[Any] = {None, ""}
-    for rule in rules:
+def _verb_map(rules: Sequence[Rule], at: list[int]) -> VerbMap:
+    general = [i for i in at if rules[i].verbs is None]
+    named: dict[str, list[int]] = {}
+    for i in at:
+        for verb in rules[i].verbs or ():
+            named.setdefault(verb, []).append(i)
+    by_verb = {verb: _leaf(rules, _merged(general, found)) for verb, found in named.items()}
+    return by_verb, _leaf(rules, general)
+
+
+def _sub_map(rules: Sequence[Rule], at: list[int]) -> SubMap:
+    general = [i for i in at if rules[i].subresource is None]
+    named: dict[Any, list[int]] = {}
+    ignoring: dict[Any, set[int]] = {}
+    for i in at:
+        rule = rules[i]
         if rule.subresource is not None:
-            subs.add(rule.subresource)
-        subs.update(rule.ignore_subresources)
+            named.setdefault(rule.subresource, []).append(i)
+        for sub in rule.ignore_subresources:
+            ignoring.setdefault(sub, set()).add(i)
     by_sub: dict[Any, VerbMap] = {}
-    for sub in subs:
-        key = None if sub == "" else sub
-        chosen = [r for r in rules
-                  if (r.subresource is None or r.subresource == key)
-                  and key not in r.ignore_subresources]
-        by_sub[sub] = _verb_map(chosen)
-    other = [r for r in rules if r.subresource is None]
-    return by_sub, _verb_map(other)
+    # None and "" are the same subresource: one map serves both keys.
+    by_sub[None] = by_sub[""] = _verb_map(rules, general)
+    for sub in named.keys() | ignoring.keys():
+        if sub in by_sub:
+            continue
+        skip = ignoring.get(sub, ())
+        chosen = [i for i in _merged(general, named.get(sub, [])) if i not in skip]
+        by_sub[sub] = _verb_map(rules, chosen)
+    return by_sub, _verb_map(rules, general)
 
 
 def build_index(rules: Sequence[Rule]) -> tuple[dict[Any, SubMap], SubMap]:
-    """Index enabled rules by resource, subresource and verb (see the module docstring)."""
-    named = {res for rule in rules for res in (rule.resources or ())}
-    by_resource = {
-        res: _sub_map([r for r in rules if r.resources is None or res in r.resources])
-        for res in named
-    }
-    return by_resource, _sub_map([r for r in rules if r.resources is None])
+    """Index enabled rules by resource, subresource and verb (see the module docstring).
+
+    The work is proportional to the index it builds (see above), not to the number of
+    rules times the number of keys.
+    """
+    general = [i for i, rule in enumerate(rules) if rule.resources is None]
+    named: dict[str, list[int]] = {}
+    for i, rule in enumerate(rules):
+        for res in rule.resources or ():
+            named.setdefault(res, []).append(i)
+    by_resource = {res: _sub_map(rules, _merged(general, found))
+                   for res, found in named.items()}
+    return by_resource, _sub_map(rules, general)
 
 
 def scope_failure(rule: Rule, resource: str | None, subresource: str | None,
@@ -309,12 +336,15 @@ class Detector:
         verbs, other_verb = subs.get(subresource, other_sub)
         return verbs.get(verb, other_verb)
 
-    def detect(self, events: Iterable[Any], stats: Stats) -> list[Friction]:
+    def detect(self, events: Iterable[Any], stats: Stats,
+               received: float | None = None) -> list[Friction]:
         """Friction events for `events`, in order; never raises on any input.
 
         Counts go into `stats`. A request seen at two stages yields the same keys twice;
         the outbox (or replay) keeps the first. An event whose evaluation fails is
         counted as invalid (`evaluation_error`) and the others are evaluated as usual.
+        `received` is the Unix time the source received the events (detection reads no
+        clock): an event time further ahead of it than audit.FUTURE_SKEW is repaired.
         """
         by_resource = self._by_resource
         any_resource = self._any_resource
@@ -362,7 +392,7 @@ class Detector:
                 except (KeyError, TypeError, AttributeError):
                     self._invalid(event, stats)
                     continue
-                self._evaluate(event, ref, leaf, stats, out)
+                self._evaluate(event, ref, leaf, stats, out, received=received)
             except Exception as exc:  # one bad event never fails its batch
                 sampled = _failed(stats, event, exc, sampled)
         stats.events += n
@@ -389,7 +419,7 @@ class Detector:
 
     def _evaluate(self, event: dict[str, Any], ref: dict[str, Any],
                   leaf: tuple[tuple[Rule, ...], bool], stats: Stats,
-                  out: list[Friction]) -> None:
+                  out: list[Friction], *, received: float | None) -> None:
         reason = audit.invalid_reason(event)
         if reason is not None:
             stats.invalid[reason] += 1
@@ -410,7 +440,7 @@ class Detector:
         if not matched:
             stats.skipped[decisive(failures)] += 1
             return
-        found, fixup = self.frictions(cand, matched)
+        found, fixup = self.frictions(cand, matched, received)
         if not found:
             stats.skipped["no_name"] += 1
             return
@@ -425,19 +455,21 @@ class Detector:
         return resolve_workload(cand.resource or None, cand.name,
                                 audit.carried_metadata(cand.event))
 
-    def frictions(self, cand: Candidate,
-                  rules: Sequence[Rule]) -> tuple[list[Friction], str | None]:
-        """The friction events of `rules` for this event, and the timestamp fix-up made.
+    def frictions(self, cand: Candidate, rules: Sequence[Rule],
+                  received: float | None = None) -> tuple[list[Friction], str | None]:
+        """The friction events of `rules` for this event, and the timestamp fix-up made
+        (`received`: see `detect`).
 
         Empty when the event names no object: there is no entity to charge.
         """
         workload = self.workload(cand).name
         if not workload:
             return [], None
-        common, fixup = self._common(cand, workload)
+        common, fixup = self._common(cand, workload, received)
         return [self._friction(cand.event, common, rule) for rule in rules], fixup
 
-    def _common(self, cand: Candidate, workload: str) -> tuple[_Common, str | None]:
+    def _common(self, cand: Candidate, workload: str,
+                received: float | None) -> tuple[_Common, str | None]:
         """What every rule's friction event for this audit event shares, computed once."""
         namespace = cand.namespace
         cluster_scoped = not namespace or cand.resource == "namespaces"
@@ -451,7 +483,7 @@ class Detector:
             shared["actor"] = audit.clean_text(actor.name, MAX_FIELD)
         if not cluster_scoped:
             shared["namespace"] = audit.clean_text(namespace, MAX_FIELD)
-        timestamp, fixup = audit.event_timestamp(cand.event)
+        timestamp, fixup = audit.event_timestamp(cand.event, received)
         if timestamp is not None:
             shared["timestamp"] = timestamp
         code = cand.code

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
@@ -170,17 +171,18 @@ def _decision(event: dict[str, Any], outcome: str, reason: str, detail: str,
         detail=detail, entity=entity, rules=tuple(rules), frictions=tuple(frictions))
 
 
-def explain_event(detector: Detector, event: Any) -> EventDecision:
+def explain_event(detector: Detector, event: Any,
+                  received: float | None = None) -> EventDecision:
     """Every decision `detector` makes about `event`, with its reason.
 
     The outcome, reason and friction events are exactly what `Detector.detect` yields
-    and counts for this event alone.
+    and counts for this event alone, received at `received` (see `Detector.detect`).
     """
     if not isinstance(event, dict):
         return EventDecision("(none)", "(none)", "(not an event)", "(nobody)", "invalid",
                              "not_an_object", "the item is not a JSON object", "", (), ())
     try:
-        return _explain(detector, event)
+        return _explain(detector, event, received)
     except Exception as exc:  # the detector counts these as evaluation_error too
         return _decision(event, "invalid", "evaluation_error",
                          f"evaluating the event raised {type(exc).__name__}")
@@ -191,7 +193,8 @@ def _invalid(event: dict[str, Any]) -> EventDecision:
     return _decision(event, "invalid", reason, f"the event is malformed ({reason})")
 
 
-def _explain(detector: Detector, event: dict[str, Any]) -> EventDecision:
+def _explain(detector: Detector, event: dict[str, Any],
+             received: float | None) -> EventDecision:
     stage = event.get("stage")
     if not isinstance(stage, str) or stage not in audit.FIRING_STAGES:
         if isinstance(stage, str) and stage in audit.QUIET_STAGES:
@@ -227,7 +230,7 @@ def _explain(detector: Detector, event: dict[str, Any]) -> EventDecision:
     if audit.invalid_reason(event) is not None:
         return _invalid(event)
     cand = detector.candidate(event, ref)
-    return _candidates(detector, event, cand, leaf, outside)
+    return _candidates(detector, event, cand, leaf, outside, received=received)
 
 
 def _outside(detector: Detector, ref: dict[str, Any], verb: Any) -> list[RuleDecision]:
@@ -253,8 +256,8 @@ def _internal(event: dict[str, Any], candidates: tuple[Rule, ...], username: Any
 
 
 def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
-                leaf: tuple[tuple[Rule, ...], bool],
-                outside: list[RuleDecision]) -> EventDecision:
+                leaf: tuple[tuple[Rule, ...], bool], outside: list[RuleDecision], *,
+                received: float | None) -> EventDecision:
     skip = detector.event_skip(cand, leaf)
     if skip == "namespace":
         return _decision(event, "skipped", skip, f"namespace {_show(cand.scope_ns)} is "
@@ -281,7 +284,7 @@ def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
         return _decision(event, "skipped", reason, "no candidate rule fired; the closest "
                          f"miss failed on {reason}", everything)
     workload = detector.workload(cand)
-    found, fixup = detector.frictions(cand, matched)
+    found, fixup = detector.frictions(cand, matched, received)
     if not found:
         unnamed = [RuleDecision(d.rule, True, False, "no_name", "fired, but the request "
                                 "names no object to charge it to") if d.fired else d
@@ -293,7 +296,9 @@ def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
              f"{workload.how})"
     detail = f"{len(found)} friction event(s)"
     if fixup is not None:
-        detail += f" ({fixup.replace('_', ' ')}: the receive time is missing or not a time)"
+        why = (f"lies more than {audit.FUTURE_SKEW:g} s ahead of the time it was read"
+               if fixup.startswith(audit.FUTURE) else "is missing or not a time")
+        detail += f" ({fixup.replace('_', ' ')}: the receive time {why})"
     return _decision(event, "friction", "", detail, everything, entity=entity,
                      frictions=found)
 
@@ -373,7 +378,7 @@ def run_explain(settings: Any, paths: Sequence[str], *, audit_id: str | None,
                     number += 1
                     if not _wanted(event, audit_id, user):
                         continue
-                    decision = explain_event(detector, event)
+                    decision = explain_event(detector, event, time.time())
                     shown += 1
                     frictions += len(decision.frictions)
                     for line in render(f"{path} #{number}", decision, seen):

@@ -35,8 +35,9 @@ def file_kind(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
 
 
-def open_regular(path: Path) -> BufferedReader:
-    """`path` opened for reading, only if it is a regular file (symlinks followed).
+def open_regular_fd(path: Path) -> int:
+    """A descriptor of `path` opened for reading, only if it is a regular file (symlinks
+    followed); blocking reads, close-on-exec. The caller closes it.
 
     The open itself never blocks: it is non-blocking (a FIFO without a writer opens at
     once), and `fstat` on the descriptor decides before anything is read, so there is no
@@ -48,6 +49,17 @@ def open_regular(path: Path) -> BufferedReader:
         if not stat.S_ISREG(mode):
             raise NotRegularFile(0, f"is {file_kind(mode)}, not a regular file", str(path))
         os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular(path: Path) -> BufferedReader:
+    """`path` opened for reading, only if it is a regular file (see `open_regular_fd`).
+    Raises OSError (NotRegularFile for the rest)."""
+    fd = open_regular_fd(path)
+    try:
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

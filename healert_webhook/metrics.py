@@ -179,3 +179,12 @@ for _result in ("found", "missing", "unverifiable", "no_endpoint", "error"):
     FORWARD_RECONCILE_READS.labels(_result)
 for _reason in ("age", "count"):
     DEAD_LETTERS_PRUNED.labels(_reason)
+# Files the agent reads: what it refused or skipped in them.
+TAIL_NOT_REGULAR = Gauge(
+    "healert_tail_not_regular_file",
+    "1 while the followed audit log path is no regular file (a FIFO, a device, a "
+    "directory...): the tail never blocks on it and waits for a regular file there")
+TAIL_NUL_BYTES = Counter(
+    "healert_tail_nul_bytes_skipped_total",
+    "NUL bytes skipped in audit log files: no event holds one; a crash of the writer "
+    "leaves runs of them where data was to be")

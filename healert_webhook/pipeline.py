@@ -16,11 +16,13 @@ by one complete rule set, never half of one.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +36,7 @@ from healert_webhook.detect import Detector, Friction, Stats
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
 from healert_webhook.prefilter import Prefilter, Unreadable, parse
-from healert_webhook.rules import RulesError, RuleSet, load_rules
+from healert_webhook.rules import RulesError, RuleSet, Superseded, load_rules
 
 log = logging.getLogger(__name__)
 # One INFO line per friction event stored; a flood (a replayed month) is summarised.
@@ -102,6 +104,66 @@ class Evaluation:
     bad: list[tuple[int, str]] = field(default_factory=list)
 
 
+# How an apiserver log line starts (audit.k8s.io/v1, or v1beta1 in old files). Outside a
+# JSON string a quote is structure, so these bytes start an object wherever they appear.
+EVENT_START = b'{"kind":"Event","apiVersion":"audit.k8s.io/'
+RESYNC_TRIES = 32  # event starts tried in one line that did not parse
+
+
+def _object_at(view: memoryview) -> dict[str, Any] | None:
+    """The JSON object that is exactly `view`, or None."""
+    try:
+        item = orjson.loads(view)
+    except orjson.JSONDecodeError:
+        return None
+    return item if item.__class__ is dict else None
+
+
+def resync(raw: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The whole events in a log line that did not parse, and how many bytes before them
+    are junk (0: none).
+
+    A writer that dies mid-write leaves a torn line without newline, and the next writer
+    appends its lines right after it: the torn part and a whole event read as one line.
+    Each whole event there starts with EVENT_START and runs to the end of the line (or to
+    the next whole event), so the line is taken apart from its end: the earliest start
+    whose rest parses as one object is the last event, and so on before it. What precedes
+    the first event found is junk, unless it is itself a whole event that only lost its
+    newline. A line ending in NUL was cut by a run of NULs (see the tail): the same
+    applies, and the line itself may be a whole event. At most RESYNC_TRIES starts are
+    tried per line, so a line full of nested starts cannot cost more than that many
+    parses.
+    """
+    body = raw.rstrip(b"\0")
+    view = memoryview(body)
+    if len(body) < len(raw):  # cut by NULs rather than ended by a newline
+        whole = _object_at(view)
+        if whole is not None:
+            return [whole], 0
+    found: list[dict[str, Any]] = []
+    end, tries = len(body), 0
+    while tries < RESYNC_TRIES:
+        start = body.find(EVENT_START, 1, end)
+        item = None
+        while start > 0 and tries < RESYNC_TRIES:
+            tries += 1
+            item = _object_at(view[start:end])
+            if item is not None:
+                break
+            start = body.find(EVENT_START, start + 1, end)
+        if item is None:
+            break
+        found.append(item)
+        end = start
+    if found:
+        first = _object_at(view[:end])
+        if first is not None:
+            found.append(first)
+            end = 0
+    found.reverse()
+    return found, end
+
+
 def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
                prefilter: Prefilter | None = None,
                ruled_out: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -112,7 +174,9 @@ def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
     to be in memory parsed as a whole. An item ruled out from its bytes is counted in
     `ruled_out` under its skip reason and never parsed. An item that is not JSON, or JSON
     but not an object, is skipped and listed in `bad` with its reason; an empty or blank
-    one (a log line) as "blank", which no metric counts: it is no event.
+    one (a log line) as "blank", which no metric counts: it is no event. A raw item that
+    does not parse is searched for whole events first (`resync`): those are evaluated,
+    and the junk before them is listed as "truncated_line" (as is a line cut by NULs).
     """
     loads = orjson.loads
     skip = prefilter.skip if prefilter is not None else None
@@ -126,7 +190,14 @@ def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
             try:
                 item = loads(raw)
             except orjson.JSONDecodeError:
-                bad.append((index, "bad_json" if raw.strip() else "blank"))
+                if not raw.strip():
+                    bad.append((index, "blank"))
+                    continue
+                found, junk = resync(raw)
+                if junk or not found:
+                    cut = found or raw.endswith(b"\0")
+                    bad.append((index, "truncated_line" if cut else "bad_json"))
+                yield from found
                 continue
         else:
             item = raw
@@ -233,7 +304,9 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings, outbox: Outbox | None = None) -> Pipeline:
         """Load the configured rules (raises RulesError) and build the pipeline."""
-        return cls(settings, make_detector(load_rules(settings.rules_path), settings), outbox)
+        with gc_paused():  # see Pipeline.reload
+            detector = make_detector(load_rules(settings.rules_path), settings)
+        return cls(settings, detector, outbox)
 
     @property
     def detector(self) -> Detector:
@@ -245,24 +318,28 @@ class Pipeline:
         """The pre-filter of the active rules."""
         return self._rules[1]
 
-    def evaluate(self, items: Iterable[Any], source: str,
-                 prefilter: bool = True) -> Evaluation:
+    def evaluate(self, items: Iterable[Any], source: str, prefilter: bool = True,
+                 received: float | None = None) -> Evaluation:
         """Parse and detect; record the counts. Never raises on any input.
 
         Without `prefilter` every event is parsed in full: for files another producer
-        may have written (see prefilter.py).
+        may have written (see prefilter.py). `received` is the Unix time the source got
+        the items (now when not given): event times far ahead of it are repaired.
         """
         detector, rule_out = self._rules  # one rule set for the whole batch
         stats = Stats()
         bad: list[tuple[int, str]] = []
         ruled_out: Counter[str] = Counter()
+        when = time.time() if received is None else received
         with gc_paused():
             frictions = detector.detect(
-                parse_each(items, bad, rule_out if prefilter else None, ruled_out), stats)
+                parse_each(items, bad, rule_out if prefilter else None, ruled_out), stats,
+                when)
         return _evaluation(frictions, stats, ruled_out, bad, source)
 
     def evaluate_body(self, body: bytes, plan: batches.Reading, source: str,
-                      most: int, allowance: int | None = None) -> Evaluation | None:
+                      most: int, allowance: int | None = None, *,
+                      received: float | None = None) -> Evaluation | None:
         """Like `evaluate` for a webhook body read by simdjson as `plan` says: only the
         events the pre-filter cannot rule out are parsed. None (nothing counted) when
         simdjson does not take a document of it: then it must be parsed whole.
@@ -270,8 +347,10 @@ class Pipeline:
         Raises TooManyItems (before anything is evaluated, unless the body is read in
         groups), BadBody for a document that is no batch of events, and NeedsMore when
         a candidate needs more memory than `allowance` (see Prefilter.candidates).
+        `received`: see `evaluate` (the webhook's batch arrived just before this call).
         """
         detector, prefilter = self._rules
+        when = time.time() if received is None else received
         stats = Stats()
         ruled_out: Counter[str] = Counter()
         bad: list[tuple[int, str]] = []
@@ -279,7 +358,7 @@ class Pipeline:
             with gc_paused():
                 frictions = detector.detect(
                     _read(body, plan, prefilter, most, ruled_out=ruled_out, bad=bad,
-                          allowance=allowance), stats)
+                          allowance=allowance), stats, when)
         except Unreadable:
             return None
         return _evaluation(frictions, stats, ruled_out, bad, source)
@@ -318,17 +397,33 @@ class Pipeline:
                     friction.rule, event.get("actor", "-"), event.get("entity_ref"),
                     friction.audit_id or "-", source, friction.key)
 
-    def reload(self) -> bool:
-        """Reload the rules file; keep the old rules if the new file is invalid."""
+    def reload(self, superseded: Callable[[], bool] | None = None) -> bool:
+        """Reload the rules file; keep the old rules if the new file is invalid (blocking).
+
+        With `superseded`, the load is abandoned (False, nothing applied or counted) as
+        soon as it says a newer version of the file is waiting: see `RuleReloads`.
+        """
+        path = self.settings.rules_path
+        log.info("loading rules from %s", path or "the package")
         try:
-            ruleset = load_rules(self.settings.rules_path)
+            # A big file is hundreds of thousands of YAML nodes and index tuples, none of
+            # them in a cycle: the collector would only scan them again and again.
+            with gc_paused():
+                ruleset = load_rules(path, superseded)
+                detector = make_detector(ruleset, self.settings)
+                prefilter = Prefilter(detector)
+        except Superseded:
+            return _abandoned(path)
         except RulesError as exc:
+            if superseded is not None and superseded():
+                return _abandoned(path)
             metrics.RULES_RELOADS.labels("failure").inc()
-            for problem in exc.problems:
-                log.error("rules reload failed, keeping the previous rules: %s", problem)
+            for line in exc.lines():
+                log.error("rules reload failed, keeping the previous rules: %s", line)
             return False
-        detector = make_detector(ruleset, self.settings)
-        self._rules = (detector, Prefilter(detector))
+        if superseded is not None and superseded():
+            return _abandoned(path)
+        self._rules = (detector, prefilter)
         log_warnings(ruleset)
         metrics.RULES_RELOADS.labels("success").inc()
         metrics.RULES_LOADED.set(len(self.detector.rules))
@@ -336,9 +431,66 @@ class Pipeline:
         return True
 
 
+def _abandoned(path: Any) -> bool:
+    log.info("rules load of %s abandoned: a newer version is waiting", path)
+    return False
+
+
+class RuleReloads:
+    """Reloads of the rules file on a thread of their own; the newest request wins.
+
+    Each request (a change seen on disk, SIGHUP) gets the next number. One worker loads
+    the file for the newest request; a load that a newer request overtakes is abandoned
+    within milliseconds (rules.py asks every few thousand YAML nodes) and never applied.
+    So a fixed file that arrives while a huge or broken one is still being read is
+    applied at once, and an older version never replaces a newer one: loads are applied
+    one after the other, each only if no newer request came meanwhile. The worker is a
+    daemon thread: a stop never waits for it.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._cond = threading.Condition()
+        self._wanted = 0  # requests made
+        self._taken = 0   # the request the worker last took up
+        self._done = 0    # the request the worker last finished
+        self._worker: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Ask for a reload; returns at once."""
+        with self._cond:
+            self._wanted += 1
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="rules-reload",
+                                                daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every request so far is settled; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done == self._wanted, timeout)
+
+    def _superseded(self, number: int) -> bool:
+        return self._wanted != number  # one int read: no lock needed
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._taken != self._wanted)
+                number = self._taken = self._wanted
+            try:
+                self._pipeline.reload(functools.partial(self._superseded, number))
+            except Exception:  # the worker must survive anything a file can do
+                log.exception("rules reload failed")
+            with self._cond:
+                self._done = number
+                self._cond.notify_all()
+
+
 def log_warnings(ruleset: RuleSet) -> None:
     """The rules file's warnings (a rule that can never fire...), as `validate` says them."""
-    for warning in ruleset.warnings:
+    for warning in ruleset.warning_lines():  # the first few, and a count of the rest
         log.warning("rules: %s (healert-webhook validate explains)", warning)
 
 

@@ -14,8 +14,9 @@ but never fires.
 from __future__ import annotations
 
 import difflib
+import heapq
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ import yaml
 from healert_webhook.audit import HUMAN_SYSTEM_USERS, RESPONSE_CLASSES
 from healert_webhook.backend_contract import SEVERITIES, TYPE_LENGTH
 from healert_webhook.backend_contract import TYPE as NAME_RE
+from healert_webhook.filewatch import NotRegularFile, read_regular
 
 TOKENS = ("actor", "resource", "name", "namespace", "verb", "subresource", "code", "workload")
 TOKEN_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -51,6 +53,17 @@ _LIST_KEYS = ("resources", "verbs", "ignore_namespaces", "ignore_subresources")
 _NAME_KEYS = ("users", "ignore_users", "groups", "ignore_groups")
 _AGENT_KEYS = ("user_agent_contains", "ignore_user_agent_contains")
 MAX_RULES_BYTES = 4 * 1024 * 1024
+# Problems and warnings listed one by one (in logs, `validate`, errors); the rest are only
+# counted: a 4 MiB file can hold a million problems.
+MAX_LISTED = 50
+# How often a load looks whether a newer version of the file is waiting: in YAML nodes
+# while composing, in rules while validating.
+CHECK_NODES = 4096
+CHECK_RULES = 256
+# libyaml's parser when PyYAML has it (3x faster here; the same nodes, marks and tags).
+_BASE_LOADER: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Decodes YAML 1.1 booleans and integers exactly as the safe loader does.
+_SCALARS = yaml.constructor.SafeConstructor()
 # Subresources older kubectl sends as `create` on pods; a drift rule on pods should not
 # count them (they are exec, attach and port-forward sessions, reported by their own rules).
 SESSION_SUBRESOURCES = ("exec", "attach", "portforward")
@@ -83,12 +96,30 @@ _SUBRESOURCE_VERBS = frozenset({"exec", "attach", "portforward", "port-forward",
 
 
 class RulesError(Exception):
-    """The rules file cannot be used; `problems` lists every reason, one line each."""
+    """The rules file cannot be used. `problems` lists the first MAX_LISTED reasons in
+    file order, one line each; `total` counts them all."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
-        super().__init__(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
+    def __init__(self, source: str, problems: list[str], total: int | None = None) -> None:
         self.source = source
         self.problems = problems
+        self.total = len(problems) if total is None else total
+        super().__init__(f"{source}: {self.total} problem(s):\n" + "\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """The listed problems, then one line counting those not listed (if any)."""
+        return _with_rest(self.problems, self.total, "problem")
+
+
+class Superseded(Exception):
+    """A load was abandoned because a newer version of the file is waiting."""
+
+
+def _with_rest(listed: Iterable[str], total: int, what: str) -> list[str]:
+    out = list(listed)
+    if total > len(out):
+        out.append(f"... and {total - len(out)} more {what}(s), not listed (the first "
+                   f"{len(out)} are, in file order)")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +250,18 @@ class RuleSet:
     source: str
     rules: tuple[Rule, ...]
     ignore_namespaces: frozenset[str]
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # the first MAX_LISTED, in file order
     gitops: GitOps = DEFAULT_GITOPS
+    warnings_total: int = 0  # all of them (0: as many as listed)
+
+    @property
+    def warning_count(self) -> int:
+        """How many warnings the file drew, listed or not."""
+        return max(self.warnings_total, len(self.warnings))
+
+    def warning_lines(self) -> list[str]:
+        """The listed warnings, then one line counting those not listed (if any)."""
+        return _with_rest(self.warnings, self.warning_count, "warning")
 
     @property
     def enabled(self) -> tuple[Rule, ...]:
@@ -243,31 +284,64 @@ def compile_template(text: str) -> tuple[tuple[str, str | None], ...]:
 
 # --- YAML with line numbers -------------------------------------------------------------
 
+class _Listed:
+    """The first MAX_LISTED texts in file order (line, then arrival), and a count of all.
+
+    A bounded heap, so a file of a million problems costs memory for MAX_LISTED of them.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._heap: list[tuple[int, int, str]] = []  # (-line, -arrival, text): max on top
+
+    def add(self, line: int, text: str) -> None:
+        self.total += 1
+        item = (-line, -self.total, text)
+        if len(self._heap) < MAX_LISTED:
+            heapq.heappush(self._heap, item)
+        elif item > self._heap[0]:  # earlier in the file than the last one kept
+            heapq.heapreplace(self._heap, item)
+
+    def first(self) -> list[str]:
+        """The kept texts, in file order."""
+        return [text for _, _, text in sorted(self._heap, reverse=True)]
+
+
 class _Ctx:
     """Collects problems with the file name and the line of the node they concern."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._problems: list[tuple[int, str]] = []
-        self._warnings: list[tuple[int, str]] = []
+        self._problems = _Listed()
+        self._warnings = _Listed()
 
     def error(self, node: yaml.Node | None, where: str, message: str) -> None:
         line = _line(node)
-        self._problems.append((line, f"{self.source}:{line}: {where}: {message}"))
+        self._problems.add(line, f"{self.source}:{line}: {where}: {message}")
 
     def warn(self, node: yaml.Node | None, where: str, message: str) -> None:
         line = _line(node)
-        self._warnings.append((line, f"{self.source}:{line}: {where}: {message}"))
+        self._warnings.add(line, f"{self.source}:{line}: {where}: {message}")
+
+    @property
+    def errors(self) -> int:
+        """How many problems so far."""
+        return self._problems.total
 
     @property
     def problems(self) -> list[str]:
-        """Every error so far, in file order."""
-        return [text for _, text in sorted(self._problems, key=lambda item: item[0])]
+        """The first MAX_LISTED problems, in file order."""
+        return self._problems.first()
 
     @property
     def warnings(self) -> list[str]:
-        """Every warning so far, in file order."""
-        return [text for _, text in sorted(self._warnings, key=lambda item: item[0])]
+        """The first MAX_LISTED warnings, in file order."""
+        return self._warnings.first()
+
+    @property
+    def warnings_total(self) -> int:
+        """How many warnings in all."""
+        return self._warnings.total
 
 
 def _line(node: yaml.Node | None) -> int:
@@ -336,14 +410,14 @@ def _string_list(ctx: _Ctx, node: yaml.Node, where: str) -> list[str] | None:
 
 def _bool(ctx: _Ctx, node: yaml.Node, where: str) -> bool | None:
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
-        return bool(yaml.safe_load(node.value))
+        return bool(_SCALARS.construct_yaml_bool(node))
     ctx.error(node, where, f"expected true or false, got {_kind(node)}")
     return None
 
 
 def _int(ctx: _Ctx, node: yaml.Node, where: str) -> int | None:
     if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int":
-        return int(yaml.safe_load(node.value))
+        return int(_SCALARS.construct_yaml_int(node))
     ctx.error(node, where, f"expected a whole number, got {_kind(node)}")
     return None
 
@@ -533,7 +607,7 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
     for key_node, value_node in node.value:
         if getattr(key_node, "value", None) == "name" and isinstance(value_node, yaml.ScalarNode):
             where = f"rules[{index}] ({value_node.value})"
-    before = len(ctx._problems)
+    before = ctx.errors
     got: dict[str, Any] = {}
     for key, value in _items(ctx, node, where, RULE_KEYS):
         path = f"{where}.{key}"
@@ -549,7 +623,7 @@ def _parse_rule(ctx: _Ctx, index: int, node: yaml.Node) -> Rule | None:
             got[key] = _parse_match(ctx, value, path)
         got[f"_{key}_node"] = value
     _check_rule_fields(ctx, node, where, got)
-    if len(ctx._problems) > before:
+    if ctx.errors > before:
         return None
     rule = _build_rule(got, _line(node))
     _warn_sessions(ctx, got.get("_match_node"), where, rule)
@@ -666,13 +740,16 @@ def _parse_config(ctx: _Ctx, node: yaml.Node) -> tuple[list[str], GitOps]:
     return ignore, gitops
 
 
-def _parse_rule_list(ctx: _Ctx, rules_node: yaml.Node) -> list[Rule]:
+def _parse_rule_list(ctx: _Ctx, rules_node: yaml.Node,
+                     superseded: Callable[[], bool] | None = None) -> list[Rule]:
     if not isinstance(rules_node, yaml.SequenceNode):
         ctx.error(rules_node, "rules", f"expected a list of rules, got {_kind(rules_node)}")
         return []
     rules: list[Rule] = []
     names: dict[str, int] = {}
     for index, rule_node in enumerate(rules_node.value):
+        if superseded is not None and index % CHECK_RULES == 0 and superseded():
+            raise Superseded
         rule = _parse_rule(ctx, index, rule_node)
         if rule is None:
             continue
@@ -687,11 +764,45 @@ def _parse_rule_list(ctx: _Ctx, rules_node: yaml.Node) -> list[Rule]:
     return rules
 
 
-def _compose(text: str, source: str) -> yaml.MappingNode:
+class _CheckedLoader(_BASE_LOADER):  # type: ignore[misc]
+    """The loader, looking every CHECK_NODES nodes whether the load was superseded.
+
+    libyaml's composer calls `resolve` for each node it builds, so raising Superseded
+    there abandons even the composition of a huge file within milliseconds.
+    """
+
+    superseded: Callable[[], bool] = staticmethod(lambda: False)
+    _until_check = CHECK_NODES
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        self._until_check -= 1
+        if not self._until_check:
+            self._until_check = CHECK_NODES
+            if self.superseded():
+                raise Superseded
+        return _BASE_RESOLVE(self, kind, value, implicit)
+
+
+_BASE_RESOLVE = _BASE_LOADER.resolve
+
+
+def _compose_text(text: str, superseded: Callable[[], bool] | None) -> Any:
+    if superseded is None:
+        return yaml.compose(text, Loader=_BASE_LOADER)
+    loader = _CheckedLoader(text)
+    loader.superseded = superseded
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _compose(text: str, source: str,
+             superseded: Callable[[], bool] | None = None) -> yaml.MappingNode:
     if len(text) > MAX_RULES_BYTES:
         raise RulesError(source, [f"{source}: larger than {MAX_RULES_BYTES} bytes"])
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose_text(text, superseded)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         place = f"{mark.line + 1}:{mark.column + 1}" if mark is not None else "1"
@@ -706,10 +817,13 @@ def _compose(text: str, source: str) -> yaml.MappingNode:
     return root
 
 
-def parse_rules(text: str, source: str = "rules.yaml") -> RuleSet:
-    """Validate rules text and compile it; raise RulesError listing every problem."""
+def parse_rules(text: str, source: str = "rules.yaml",
+                superseded: Callable[[], bool] | None = None) -> RuleSet:
+    """Validate rules text and compile it; raise RulesError listing the first problems
+    (MAX_LISTED) and counting all. With `superseded`, raise Superseded as soon as it
+    says a newer version of the file is waiting (it is asked every few thousand nodes)."""
     ctx = _Ctx(source)
-    root = _compose(text, source)
+    root = _compose(text, source, superseded)
     ignore: list[str] = []
     gitops = DEFAULT_GITOPS
     rules: list[Rule] = []
@@ -719,13 +833,14 @@ def parse_rules(text: str, source: str = "rules.yaml") -> RuleSet:
             ignore, gitops = _parse_config(ctx, value)
         else:
             seen_rules = True
-            rules = _parse_rule_list(ctx, value)
+            rules = _parse_rule_list(ctx, value, superseded)
     if not seen_rules:
         ctx.error(root, "top level", "missing 'rules' (the list of detection rules)")
-    if ctx.problems:
-        raise RulesError(source, ctx.problems)
+    if ctx.errors:
+        raise RulesError(source, ctx.problems, ctx.errors)
     return RuleSet(source=source, rules=tuple(rules), ignore_namespaces=frozenset(ignore),
-                   warnings=tuple(ctx.warnings), gitops=gitops)
+                   warnings=tuple(ctx.warnings), gitops=gitops,
+                   warnings_total=ctx.warnings_total)
 
 
 def default_rules_text() -> str:
@@ -733,17 +848,22 @@ def default_rules_text() -> str:
     return resources.files("healert_webhook").joinpath("default_rules.yaml").read_text("utf-8")
 
 
-def load_rules(path: Path | None) -> RuleSet:
-    """Read and compile a rules file (None: the packaged default rules)."""
+def load_rules(path: Path | None, superseded: Callable[[], bool] | None = None) -> RuleSet:
+    """Read and compile a rules file (None: the packaged default rules); see
+    `parse_rules` for `superseded`. Raises RulesError."""
     if path is None:
         return parse_rules(default_rules_text(), "<packaged rules.yaml>")
     source = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_RULES_BYTES)  # a FIFO at the path never blocks us
+    except NotRegularFile as exc:
+        raise RulesError(source, [f"{source}: {exc.strerror}"]) from exc
     except OSError as exc:
         raise RulesError(source, [f"{source}: cannot read: {exc.strerror}"]) from exc
+    if len(raw) > MAX_RULES_BYTES:
+        raise RulesError(source, [f"{source}: larger than {MAX_RULES_BYTES} bytes"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RulesError(source, [f"{source}: not UTF-8 (byte {exc.start})"]) from exc
-    return parse_rules(text, source)
+    return parse_rules(text, source, superseded)

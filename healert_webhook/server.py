@@ -9,7 +9,10 @@ agent installs one set of handlers:
 * SIGHUP: reload rules, server certificate and token file now.
 
 The rules file, the certificate pair and the token file are also polled once a second
-(stat, then a content hash) and reloaded when they change on disk.
+(stat, then a content hash) and reloaded when they change on disk. Rules load on a worker
+of their own (`RuleReloads`: the newest version wins). Every file access of the watcher
+runs on a daemon thread, so a file that would block a read can stall at most its own
+reload, never the stop.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import signal
 import socket
 import ssl
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -38,7 +41,7 @@ from healert_webhook.filewatch import FileWatch
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, make_ops_app
 from healert_webhook.outbox import Outbox, OutboxError
-from healert_webhook.pipeline import Pipeline, log_warnings
+from healert_webhook.pipeline import Pipeline, RuleReloads, log_warnings
 from healert_webhook.sources.tail import Tailer
 from healert_webhook.sources.webhook import WebhookApp
 
@@ -55,6 +58,9 @@ OPS_MAX_CONNECTIONS = 64
 # rotated files, certificate reloads, the backend client, threads' pipes.
 FD_RESERVE = 64
 BACKLOG = 2048
+
+
+T = TypeVar("T")
 
 
 class StartupError(ConfigError):
@@ -146,6 +152,7 @@ class Agent:
         self.forwarder = Forwarder(settings, outbox)
         path = settings.rules_path
         self.rules_watch = FileWatch(path) if path is not None else None
+        self.rule_reloads = RuleReloads(pipeline)
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
                              webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
@@ -303,17 +310,47 @@ class Agent:
             logs.Limiter.flush_all()
 
     async def reload(self, force: bool = False) -> None:
-        """Reload what changed on disk (everything when `force`)."""
+        """Reload what changed on disk (everything when `force`). Rules load on their
+        own worker (the newest version wins); this returns without waiting for them."""
         watch = self.rules_watch
-        if force or (watch is not None and await asyncio.to_thread(watch.changed)):
-            await asyncio.to_thread(self.pipeline.reload)
+        if force or (watch is not None and await off_loop(watch.changed)):
+            self.rule_reloads.request()
         if self.webhook is None:
             return
         certs = self.webhook.certs
-        if certs is not None and await asyncio.to_thread(certs.pending, force):
+        if certs is not None and await off_loop(certs.pending, force):
             certs.apply()  # on the loop thread: no handshake runs while the context changes
         if self.webhook.tokens is not None:
-            await asyncio.to_thread(self.webhook.tokens.reload, force)
+            await off_loop(self.webhook.tokens.reload, force)
+
+
+async def off_loop(call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` on a daemon thread of its own, awaited.
+
+    Unlike `asyncio.to_thread`, whose pool threads are joined when the loop and the
+    interpreter end, a call that never returns (a read of a file that blocks) cannot hold
+    up the exit: nothing waits for this thread once the caller is cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(setter: Callable[[Any], None], value: Any) -> None:
+        def settle() -> None:
+            if not future.done():
+                setter(value)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits now
+            loop.call_soon_threadsafe(settle)
+
+    def run() -> None:
+        try:
+            result = call(*args)
+        except Exception as exc:
+            deliver(future.set_exception, exc)
+        else:
+            deliver(future.set_result, result)
+
+    threading.Thread(target=run, name="reload", daemon=True).start()
+    return await future
 
 
 def _build_webhook(settings: Settings, pipeline: Pipeline,

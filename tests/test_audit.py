@@ -221,3 +221,37 @@ def test_failure_ids_are_cleaned_and_cut() -> None:
         + "..."
     assert audit.failure_id({"auditID": ["x"]}) == ""
     assert audit.failure_id(None) == ""
+
+
+# --- times far ahead of the receive time ------------------------------------------
+
+RECEIVED = 1_795_688_130.0  # 2026-11-26T10:15:30Z
+
+
+def test_a_receive_time_far_ahead_is_repaired_from_the_stage_time() -> None:
+    event = exec_ws(received="2999-01-01T00:00:00.000000Z")
+    event["stageTimestamp"] = "2026-11-26T10:15:30.500000Z"
+    assert audit.event_timestamp(event, RECEIVED) == ("2026-11-26T10:15:30.500000Z",
+                                                      "future_timestamp_from_stage")
+    # without a receive time nothing is judged ahead (as before)
+    assert audit.event_timestamp(event) == ("2999-01-01T00:00:00.000000Z", None)
+    both = {**event, "stageTimestamp": "2999-01-01T00:00:01.000000Z"}
+    assert audit.event_timestamp(both, RECEIVED) == (None, "future_timestamp_missing")
+    bad_then_ahead = {**both, "requestReceivedTimestamp": "not a time"}
+    assert audit.event_timestamp(bad_then_ahead, RECEIVED) == (None,
+                                                               "future_timestamp_missing")
+
+
+@pytest.mark.parametrize(("stamp", "kept"), [
+    ("2026-11-26T10:20:29.999999Z", True),     # 4:59.99 ahead: within the skew
+    ("2026-11-26T10:20:31Z", False),           # 5:01 ahead
+    ("2026-11-26T12:20:29+02:00", True),       # the same instant as 10:20:29Z
+    ("2026-11-26T10:20:31-02:00", False),      # 12:20:31Z
+    ("9999-12-31T23:59:59-23:59", False),      # past what a datetime holds in UTC
+    ("0001-01-01T00:00:00+23:59", True),       # before it
+    ("2026-11-26T10:15:30.123456789Z", True),  # nanoseconds
+])
+def test_the_skew_is_judged_on_the_instant_whatever_the_offset(stamp: str, kept: bool) -> None:
+    assert audit.FUTURE_SKEW == 300
+    event = {"requestReceivedTimestamp": stamp, "stageTimestamp": "2026-11-26T10:15:29Z"}
+    assert (audit.event_timestamp(event, RECEIVED)[0] == stamp) is kept

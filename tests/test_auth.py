@@ -10,10 +10,13 @@ from healert_webhook.auth import TokenAuth, TokenError, parse_tokens
 from healert_webhook.config import build_settings
 
 
-def test_token_file_problems() -> None:
+def test_token_file_problems(tmp_path: Path) -> None:
     assert parse_tokens(" a \n#c\n\n b\n") == [b"a", b"b"]
+    (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(TokenError, match="holds no token"):
-        TokenAuth(Path("/dev/null"), None)
+        TokenAuth(tmp_path / "empty", None)
+    with pytest.raises(TokenError, match="is a character device"):
+        TokenAuth(Path("/dev/null"), None)  # only regular files are read
     with pytest.raises(TokenError, match="No such file"):
         TokenAuth(Path("/nonexistent/tokens"), None)
     assert TokenAuth.from_settings(build_settings(environ={})) is None

@@ -339,6 +339,61 @@ def test_every_candidate_matches_scope_failure(shipped_rules: RuleSet) -> None:
                     assert leaf[1] == all(r.ignore_system for r in leaf[0])
 
 
+def _quadratic_index(rules: Any) -> Any:
+    """The index as it was first built (each key filters every rule): the reference the
+    grouped build must equal."""
+    def leaf(chosen: list[Any]) -> Any:
+        return (tuple(chosen), all(r.ignore_system for r in chosen)) if chosen else None
+
+    def verb_map(chosen: list[Any]) -> Any:
+        verbs = {v for r in chosen for v in (r.verbs or ())}
+        return ({v: leaf([r for r in chosen if r.verbs is None or v in r.verbs])
+                 for v in verbs}, leaf([r for r in chosen if r.verbs is None]))
+
+    def sub_map(chosen: list[Any]) -> Any:
+        subs: set[Any] = {None, ""}
+        for r in chosen:
+            subs.update({r.subresource} - {None}, r.ignore_subresources)
+        by_sub = {}
+        for sub in subs:
+            key = None if sub == "" else sub
+            by_sub[sub] = verb_map([r for r in chosen
+                                    if r.subresource in (None, key)
+                                    and key not in r.ignore_subresources])
+        return by_sub, verb_map([r for r in chosen if r.subresource is None])
+
+    named = {res for r in rules for res in (r.resources or ())}
+    return ({res: sub_map([r for r in rules if r.resources is None or res in r.resources])
+             for res in named}, sub_map([r for r in rules if r.resources is None]))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_grouped_index_equals_the_filtering_one(seed: int) -> None:
+    """Random rule sets: the linear build gives the same index, key for key, in order."""
+    import random
+
+    rng = random.Random(seed)
+    pick = {"resources": ["pods", "secrets", "deployments", "leases", "jobs"],
+            "subresource": ["exec", "log", "scale", "status"],
+            "verbs": ["get", "create", "patch", "delete", "update"]}
+    lines = ["rules:"]
+    for n in range(rng.randint(1, 40)):
+        lines += [f"  - name: rule-{n}", "    severity: low",
+                  f"    ignore_system: {rng.choice(['true', 'false'])}", "    match:",
+                  "      namespace_contains: a"]
+        if rng.random() < 0.7:
+            lines.append(f"      resources: {rng.sample(pick['resources'], rng.randint(1, 3))}")
+        if rng.random() < 0.4:
+            lines.append(f"      subresource: {rng.choice(pick['subresource'])}")
+        elif rng.random() < 0.4:
+            ignored = rng.sample(pick["subresource"], rng.randint(1, 2))
+            lines.append(f"      ignore_subresources: {ignored}")
+        if rng.random() < 0.6:
+            lines.append(f"      verbs: {rng.sample(pick['verbs'], rng.randint(1, 3))}")
+    rules = parse_rules("\n".join(lines) + "\n").enabled
+    assert detect.build_index(rules) == _quadratic_index(rules)
+
+
 # --- the actor is the person ------------------------------------------------------------
 
 @pytest.mark.parametrize("proxy", sorted(PROXIES))
@@ -795,3 +850,18 @@ def test_recorded_apiserver_events(gitops_detector: Detector, scenario: str,
                 "(via system:serviceaccount:access-system:access-proxy)")
     if scenario == "proxy-generate-name":
         assert stats.skipped["no_name"] == 1
+
+
+# --- a time far ahead of the receive time ----------------------------------------
+
+def test_a_time_far_ahead_is_repaired_and_counted_and_the_key_stays(detector: Detector) -> None:
+    event = exec_ws(received="2999-01-01T00:00:00.000000Z")
+    event["stageTimestamp"] = "2026-11-26T10:15:30.200000Z"
+    received = 1_795_688_130.0  # 2026-11-26T10:15:30Z, as a source would pass it
+    plain, _ = run(detector, event)
+    stats = Stats()
+    repaired = detector.detect([event], stats, received)
+    assert plain[0].event["timestamp"] == "2999-01-01T00:00:00.000000Z"
+    assert repaired[0].event["timestamp"] == "2026-11-26T10:15:30.200000Z"
+    assert stats.fixups == {"future_timestamp_from_stage": 1}
+    assert repaired[0].key == plain[0].key  # the dedup key reads the raw fields

@@ -5,15 +5,27 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from healert_webhook import pipeline as pipeline_module
 from healert_webhook.config import Settings
 from healert_webhook.outbox import Checkpoint, Outbox
-from healert_webhook.pipeline import BadBody, Pipeline, gc_paused, parse_body, parse_items
+from healert_webhook.pipeline import (
+    RESYNC_TRIES,
+    BadBody,
+    Pipeline,
+    RuleReloads,
+    gc_paused,
+    parse_body,
+    parse_items,
+    resync,
+)
 from healert_webhook.sources.tail import _line_offsets
 
 from support.events import exec_event, noise_event, two_rules
@@ -165,3 +177,111 @@ def test_reload_keeps_the_old_rules_when_the_new_file_is_broken(tmp_path: Path) 
     (tmp_path / "rules.yaml").write_text(two_rules("new"))
     assert pipeline.reload() is True
     assert {rule.name for rule in pipeline.detector.rules} == {"new-one", "new-two"}
+
+
+# --- reloads on their own worker: the newest file wins ---------------------------
+
+HUGE_BROKEN = "rules:\n" + "- 1\n" * 1_000_000  # 4 MiB: seconds to read
+
+
+def test_a_fixed_file_arriving_during_a_slow_reload_is_applied_and_the_slow_one_dropped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pipeline = make_pipeline(tmp_path, None, two_rules("old"))
+    reloads = RuleReloads(pipeline)
+    failures = sample("healert_rules_reloads_total", result="failure")
+    path = tmp_path / "rules.yaml"
+    path.write_text(HUGE_BROKEN)
+    with caplog.at_level(logging.INFO, logger="healert_webhook.pipeline"):
+        reloads.request()
+        wait_for_log(caplog, "loading rules from")  # the worker is reading the huge file
+        path.write_text(two_rules("fixed"))
+        reloads.request()
+        assert reloads.wait(60)
+    assert {rule.name for rule in pipeline.detector.rules} == {"fixed-one", "fixed-two"}
+    assert "abandoned: a newer version is waiting" in caplog.text
+    assert "rules reload failed" not in caplog.text  # the huge file's problems: never
+    assert sample("healert_rules_reloads_total", result="failure") == failures
+
+
+def test_an_older_file_is_never_applied_after_a_newer_one(tmp_path: Path) -> None:
+    pipeline = make_pipeline(tmp_path, None, two_rules("old"))
+    reloads = RuleReloads(pipeline)
+    path = tmp_path / "rules.yaml"
+    applied: list[str] = []
+    real_reload = pipeline.reload
+
+    def reload(superseded: Any = None) -> bool:
+        version = path.read_text()[:40]
+        done = real_reload(superseded)
+        if done:
+            applied.append(version)
+        return done
+
+    pipeline.reload = reload  # type: ignore[method-assign]  # records what was applied
+    for n in range(20):  # requests faster than loads: each overtakes the one before
+        path.write_text(two_rules(f"v{n}") + "# padding\n" * (20_000 if n % 2 else 0))
+        reloads.request()
+    assert reloads.wait(120)
+    assert {rule.name for rule in pipeline.detector.rules} == {"v19-one", "v19-two"}
+    versions = [int(text.split("name: v")[1].split("-")[0]) for text in applied]
+    assert versions == sorted(versions) and versions[-1] == 19
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text:
+        assert time.monotonic() < deadline, f"no log line with {text!r}"
+        time.sleep(0.005)
+
+
+# --- a crashed writer's torn lines ------------------------------------------------
+
+def log_line(n: int, tag: str = "r") -> bytes:
+    return orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+                         **exec_event(n, tag=tag)})
+
+
+def audit_ids(found: list[dict[str, Any]]) -> list[str]:
+    return [event["auditID"].split("-")[1] for event in found]
+
+
+def test_resync_finds_every_whole_event_in_a_line_that_did_not_parse() -> None:
+    a, b, c = log_line(1), log_line(2), log_line(3)
+    assert resync(b"not json at all") == ([], 15)
+    found, junk = resync(a[:100] + b)  # torn, then the restarted writer's line
+    assert (audit_ids(found), junk) == (["00000002"], 100)
+    found, junk = resync(a + b)  # a whole event that lost only its newline
+    assert (audit_ids(found), junk) == (["00000001", "00000002"], 0)
+    found, junk = resync(a[:50] + b[:300] + c)  # two torn writes in a row
+    assert (audit_ids(found), junk) == (["00000003"], 350)
+    found, junk = resync(a + b"\0")  # cut by a NUL run, yet whole
+    assert (audit_ids(found), junk) == (["00000001"], 0)
+    assert resync(a[:80] + b"\0") == ([], 80)
+    # an event carrying an audit Event as its object: the outer one is the event
+    nested = orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+                           **exec_event(4, tag="r"), "requestObject": orjson.loads(b)})
+    found, junk = resync(a[:100] + nested)
+    assert (audit_ids(found), junk) == (["00000004"], 100)
+    found, junk = resync(nested[:-30] + c)  # torn inside the carried event
+    assert (audit_ids(found), junk) == (["00000003"], len(nested) - 30)
+
+
+def test_a_line_of_nested_starts_costs_a_bounded_number_of_parses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    inner = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","x":' * 5000
+    parses: list[int] = []
+    real = pipeline_module._object_at
+    monkeypatch.setattr(pipeline_module, "_object_at",
+                        lambda view: parses.append(len(view)) or real(view))
+    assert resync(inner) == ([], len(inner))
+    assert len(parses) == RESYNC_TRIES  # not one per start (5000)
+
+
+def test_the_pipeline_evaluates_recovered_events_and_lists_the_junk(tmp_path: Path) -> None:
+    pipeline = make_pipeline(tmp_path, None)
+    lines = [log_line(1)[:120] + log_line(2), log_line(3)[:60] + b"\0", b"{broken",
+             log_line(4) + log_line(5)]
+    found = pipeline.evaluate(lines, "test")
+    assert sorted(f.audit_id.split("-")[1] for f in found.frictions) == [
+        "00000002", "00000004", "00000005"]
+    assert found.bad == [(0, "truncated_line"), (1, "truncated_line"), (2, "bad_json")]

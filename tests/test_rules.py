@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,9 @@ from healert_webhook.cli import main
 from healert_webhook.detect import Detector, Stats
 from healert_webhook.rules import (
     DEFAULT_GITOPS,
+    MAX_LISTED,
     RulesError,
+    Superseded,
     default_rules_text,
     load_rules,
     parse_rules,
@@ -404,3 +407,72 @@ def test_old_agent_rules_see_people_behind_proxies_too() -> None:
     old = Detector(load_rules(SEED_RULES))
     found = old.detect([through_proxy(exec_ws(), "teleport")], Stats())
     assert [f.event["actor"] for f in found] == ["alice@example.com"]
+
+
+# --- big files: the first problems listed, the rest counted -----------------------
+
+def test_a_file_of_many_problems_lists_the_first_fifty_and_counts_the_rest() -> None:
+    with pytest.raises(RulesError) as caught:
+        parse_rules("rules:\n" + "- 1\n" * 100_000, "r.yaml")
+    exc = caught.value
+    assert exc.total == 100_000
+    assert len(exc.problems) == MAX_LISTED == 50
+    assert exc.problems[0] == "r.yaml:2: rules[0]: expected a rule (a mapping), got a number"
+    assert exc.problems[-1].startswith("r.yaml:51: rules[49]:")
+    assert exc.lines()[-1] == ("... and 99950 more problem(s), not listed (the first 50 "
+                               "are, in file order)")
+    assert len(str(exc).splitlines()) == 52
+
+
+def test_the_problems_listed_are_the_first_in_the_file_whatever_their_order_found() -> None:
+    # 60 unknown keys on lines 3-62, then (found last) the missing list, on line 1
+    text = "config:\n  gitops:\n" + "".join(f"    bogus{i}: 1\n" for i in range(60))
+    found = problems(text)
+    assert len(found) == MAX_LISTED
+    assert found[0] == "r.yaml:1: top level: missing 'rules' (the list of detection rules)"
+    assert [int(p.split(":")[1]) for p in found[1:]] == list(range(3, 3 + MAX_LISTED - 1))
+
+
+def test_many_warnings_are_listed_fifty_at_a_time_by_validate(tmp_path: Path,
+                                                              capsys: Any) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n" + "".join(
+        f"  - {{name: rule-{i:03d}, severity: low, match: {{resource: pod}}}}\n"
+        for i in range(120)))
+    ruleset = load_rules(path)
+    assert (len(ruleset.warnings), ruleset.warning_count) == (MAX_LISTED, 120)
+    assert main(["validate", "--strict", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("warning: ") for line in err) == MAX_LISTED + 1
+    assert "... and 70 more warning(s)" in err[MAX_LISTED]
+    assert err[-1] == f"{path}: 120 warning(s), refused in strict mode"
+
+
+def test_validate_of_a_million_problems_prints_the_first_fifty(tmp_path: Path,
+                                                               capsys: Any) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n" + "- 1\n" * 1_000_000)  # 4 MiB: the most a file may hold
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("is invalid (1000000 problem(s)):")
+    assert len(err) == 1 + MAX_LISTED + 1
+    assert "999950 more problem(s)" in err[-1]
+
+
+def test_a_superseded_load_stops_inside_the_yaml_and_inside_the_rules() -> None:
+    asked: list[int] = []
+
+    def after(calls: int) -> Any:
+        def superseded() -> bool:
+            asked.append(1)
+            return len(asked) >= calls
+        return superseded
+
+    with pytest.raises(Superseded):  # while composing the nodes
+        parse_rules("rules:\n" + "- 1\n" * 100_000, "r.yaml", after(2))
+    asked.clear()
+    text = "rules:\n" + "".join(f"  - {{name: rule-{i:04d}, severity: low, match: "
+                                f"{{verb: get}}}}\n" for i in range(1000))
+    with pytest.raises(Superseded):  # while validating the rules (few nodes: asked there)
+        parse_rules(text, "r.yaml", after(3))
+    assert parse_rules(text, "r.yaml", lambda: False).rules[-1].name == "rule-0999"

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ SOURCE = "replay"
 # How the apiserver starts a log line, or an event of an EventList
 EVENT_LINES = (b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",', b'{"level":"')
 BATCH_LINES = 1000
+_NUL_RUN = re.compile(rb"\x00+")
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
 SHOWN_PROBLEMS = 20
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -42,6 +45,7 @@ class ReadReport:
     lines: int = 0
     invalid: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    nul_bytes: int = 0  # skipped: a crash of the file's writer leaves runs of them
 
     def bad(self, place: str, reason: str) -> None:
         """Count an invalid line and remember where it was."""
@@ -96,9 +100,11 @@ def iter_batches(stream: IO[bytes], name: str, report: ReadReport,
     batch = Batch()
     first, too_long = _read_line(stream, max_line)
     lineno = 1
-    if not too_long and first.strip()[:1] in (b"{", b"[") and not _parses(first):
+    if not too_long and first.strip()[:1] in (b"{", b"[") \
+            and not first.startswith(EVENT_LINES) and not _parses(first):
         # Either a document spread over lines, or JSON lines with a broken first line:
-        # in a JSON-lines file the next line stands on its own.
+        # in a JSON-lines file the next line stands on its own. (A first line that starts
+        # as the apiserver starts its log lines is one, torn by a crash maybe.)
         second, second_too_long = _read_line(stream, max_line)
         if second_too_long or not second.strip() or not _parses(second):
             yield from _whole_document(first + second, stream, name, report)
@@ -129,6 +135,9 @@ def _parses(line: bytes) -> bool:
 
 def _account(line: bytes, too_long: bool, place: str, report: ReadReport,
              batch: Batch, *, raw: bool) -> None:
+    if b"\0" in line and not too_long:
+        _account_nuls(line, place, report, batch, raw=raw)
+        return
     if too_long:
         report.lines += 1
         report.bad(place, "line_too_long")
@@ -148,6 +157,22 @@ def _account(line: bytes, too_long: bool, place: str, report: ReadReport,
     items = _items(doc, place, report)
     batch.extend(items)
     batch.places.extend([place] * len(items))
+
+
+def _account_nuls(line: bytes, place: str, report: ReadReport, batch: Batch, *,
+                  raw: bool) -> None:
+    """A line holding NUL runs (no event holds one): they are skipped, and each piece
+    between them is a line of its own. A piece cut by a run keeps one NUL at its end,
+    which tells the pipeline it was cut (see pipeline.resync)."""
+    pieces = _NUL_RUN.split(line)
+    report.nul_bytes += len(line) - sum(len(piece) for piece in pieces)
+    for index, piece in enumerate(pieces):
+        if index < len(pieces) - 1 and raw and piece.startswith(EVENT_LINES):
+            report.lines += 1
+            batch.append(piece + b"\0")  # cut: the pipeline reads it whole or resyncs
+            batch.places.append(place)
+        else:  # no NUL left in it
+            _account(piece, False, place, report, batch, raw=raw)
 
 
 def _whole_document(head: bytes, stream: IO[bytes], name: str,
@@ -200,7 +225,8 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
         try:
             for batch in iter_batches(stream, path, result.report, max_line, raw=True):
                 # files from anywhere: every event parsed in full (prefilter.py)
-                evaluation = pipeline.evaluate(batch, SOURCE, prefilter=False)
+                evaluation = pipeline.evaluate(batch, SOURCE, prefilter=False,
+                                               received=time.time())  # read just now
                 for index, reason in evaluation.bad:  # a line the pipeline could not read
                     result.report.bad(batch.places[index], reason)
                 del batch
@@ -235,6 +261,9 @@ def summary_lines(result: ReplayResult) -> list[str]:
              f"{invalid_lines} invalid lines, {sum(stats.invalid.values())} invalid events, "
              f"{result.printed} friction events ({result.duplicates} duplicates suppressed)"]
     lines += [f"  invalid line {example}" for example in report.examples]
+    if report.nul_bytes:
+        lines.append(f"  skipped {report.nul_bytes} NUL bytes (left by a crash of the "
+                     "writer?); the events after them were read")
     if invalid_lines > len(report.examples):
         lines.append(f"  ... and {invalid_lines - len(report.examples)} more invalid lines")
     for reason, count in sorted(stats.invalid.items()):

@@ -21,6 +21,11 @@ Rotation, as the apiserver (lumberjack) and logrotate do it:
                                 changed): start again at 0 of the same inode.
 After a restart the checkpoint may point into a rotated file `<base>-<timestamp><ext>` or
 its `.gz` (found by dev+ino+fingerprint, or by the fingerprint of the decompressed start).
+
+Only regular files are read, and no open ever blocks: a FIFO, device or directory at the
+followed path is refused at once (tailfiles.open_stream), reported in the log (once per
+change), in `healert_tail_not_regular_file` and in /readyz, and the path is watched until
+a regular file is there.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -35,6 +41,7 @@ from pathlib import Path
 from healert_webhook import metrics
 from healert_webhook.config import Settings
 from healert_webhook.detect import Friction
+from healert_webhook.filewatch import NotRegularFile
 from healert_webhook.outbox import Checkpoint, OutboxError
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.sources.tailfiles import (
@@ -61,6 +68,7 @@ CHECKPOINT_INTERVAL = 1.0  # seconds: most time an idle checkpoint lags behind
 CHECKPOINT_BYTES = 8 * 1024 * 1024  # bytes read before a checkpoint while catching up
 HELD_MAX = 1000  # frictions held for the next checkpoint, at most
 SHOWN_BAD_LINES = 5  # bad lines logged one by one per chunk, then one summary line
+_NUL_RUN = re.compile(rb"\x00+")
 BACKWARD_BLOCK = 64 * 1024
 RETRY_MAX = 10.0  # seconds between outbox retries, at most
 
@@ -215,7 +223,7 @@ class Tailer:
                                      stamp=where.stamp)
             except OSError as exc:
                 if where.path == self.path:
-                    self._set_problem(explain_open_error(self.path, exc))
+                    self._cannot_open(exc)
                     return None
                 continue
             if where.ident is not None and (stream.dev, stream.ino) != where.ident:
@@ -223,6 +231,7 @@ class Tailer:
                 continue
             stream.after = after
             self._started = True
+            metrics.TAIL_NOT_REGULAR.set(0)
             self._clear_problem()
             stream.seek(where.offset)
             log.info("tail of %s resumes in %s at offset %d (%s)", self.path, where.path,
@@ -242,15 +251,23 @@ class Tailer:
         else:
             metrics.TAIL_ROTATIONS.labels("replaced").inc()
 
+    def _cannot_open(self, exc: OSError) -> None:
+        """The followed path did not open: say why (logged once per change of reason)."""
+        metrics.TAIL_NOT_REGULAR.set(1 if isinstance(exc, NotRegularFile) else 0)
+        self._set_problem(explain_open_error(self.path, exc))
+
     def _open_path(self, *, live: bool) -> Stream | None:
         after = newest_stamp(self.path)  # before the open: see Stream.after
         try:
             stream = open_stream(self.path, live=live)
         except OSError as exc:
-            self._missing = isinstance(exc, FileNotFoundError)
-            self._set_problem(explain_open_error(self.path, exc))
+            # A FIFO (or device) there is no file yet either: the one put there later is
+            # new, read whole.
+            self._missing = isinstance(exc, FileNotFoundError | NotRegularFile)
+            self._cannot_open(exc)
             return None
         self._missing = False
+        metrics.TAIL_NOT_REGULAR.set(0)
         self._clear_problem()
         stream.after = after
         return stream
@@ -287,7 +304,53 @@ class Tailer:
     # -- reading -----------------------------------------------------------------------
 
     def _consume(self, s: Stream, data: bytes) -> None:
-        """Take a chunk: complete lines go to the pipeline, the rest waits."""
+        """Take a chunk: complete lines go to the pipeline, the rest waits; NUL runs end
+        the line before them and are skipped (see `_skip_nuls`)."""
+        if b"\0" not in data:  # nearly always: one memchr per chunk
+            self._take(s, data)
+            return
+        at = 0
+        for run in _NUL_RUN.finditer(data):
+            if run.start() > at:
+                self._take(s, data[at:run.start()])
+            self._skip_nuls(s, run.end() - run.start())
+            at = run.end()
+        if at < len(data):
+            self._take(s, data[at:])
+
+    def _skip_nuls(self, s: Stream, count: int) -> None:
+        """Skip a run of NUL bytes, which no audit log line holds (JSON escapes them).
+
+        A crash of the writer leaves them where data was to be (a file extended before
+        its data reached the disk). The line before them is cut there: it goes to the
+        pipeline marked so (a trailing NUL), which reads it whole if it is whole and
+        resynchronises otherwise; the next line starts after the run. Logged once per
+        run, however it is read; counted in healert_tail_nul_bytes_skipped_total.
+        """
+        at = s.pos
+        metrics.TAIL_BYTES.inc(count)
+        metrics.TAIL_NUL_BYTES.inc(count)
+        if s.skipping:
+            self._skipped_long(s)
+            s.skipping = False
+        elif s.pending:
+            cut = b"".join(s.pending)
+            s.pending.clear()
+            s.pending_len = 0
+            s.pos += 1  # the first NUL ends the line: a newline's place in the block
+            count -= 1
+            self._process(s, cut + b"\n", cut=True)
+        s.pos += count
+        self._unstored += s.pos - s.line_start
+        s.line_start = s.pos
+        if not s.in_nuls:
+            log.warning("%s: NUL bytes at offset %d where an audit event should be (left by "
+                        "a crash of the writer?): skipped up to the next event", s.path, at)
+            s.in_nuls = True
+
+    def _take(self, s: Stream, data: bytes) -> None:
+        """Take bytes holding no NUL (see `_consume`)."""
+        s.in_nuls = False
         s.pos += len(data)
         metrics.TAIL_BYTES.inc(len(data))
         if s.skipping:
@@ -331,12 +394,16 @@ class Tailer:
         log.warning("%s: line at offset %d is longer than %d bytes (HEALERT_TAIL_MAX_LINE_"
                     "BYTES): skipped", s.path, s.line_start, self._max_line)
 
-    def _process(self, s: Stream, block: bytes, caught_up: bool = True) -> None:
+    def _process(self, s: Stream, block: bytes, caught_up: bool = True,
+                  cut: bool = False) -> None:
         """Parse and detect the complete lines in `block` (one pipeline call); store the
-        frictions with the next checkpoint."""
+        frictions with the next checkpoint. With `cut`, the last line was ended by a NUL
+        run, not by its newline: it goes to the pipeline with a NUL at its end."""
         start = s.line_start
         lines = block.split(b"\n")
         lines.pop()  # the block ends with a newline: the last piece is empty
+        if cut:
+            lines[-1] += b"\0"
         metrics.TAIL_LINES.inc(len(lines))
         kept: list[int] | None = None
         if len(block) > self._max_line:  # only then can a line be over the limit
@@ -344,7 +411,7 @@ class Tailer:
             items = [lines[i] for i in kept]
         else:
             items = lines
-        found = self._pipeline.evaluate(items, SOURCE)
+        found = self._pipeline.evaluate(items, SOURCE, received=time.time())  # read now
         bad = [(kept[i] if kept is not None else i, reason) for i, reason in found.bad]
         if kept is not None and len(kept) < len(lines):
             bad += [(i, "too_long") for i in sorted(set(range(len(lines))) - set(kept))]
@@ -605,5 +672,7 @@ def _describe(reason: str, max_line: int) -> str:
     return {
         "bad_json": "not JSON",
         "not_an_object": "JSON but not an object",
+        "truncated_line": "a write cut short (a crash of the writer?); any whole event "
+                          "after it was read",
         "too_long": f"longer than {max_line} bytes (HEALERT_TAIL_MAX_LINE_BYTES)",
     }.get(reason, reason)

@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from healert_webhook.filewatch import NotRegularFile, open_regular, open_regular_fd
 from healert_webhook.outbox import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,10 @@ def fingerprint(head: bytes) -> Fingerprint:
 def read_head(path: Path, compressed: bool = False) -> bytes | None:
     """The first FINGERPRINT_BYTES of a file (decompressed for .gz); None if unreadable."""
     try:
-        if compressed:
-            with gzip.open(path, "rb") as gz:
-                return gz.read(FINGERPRINT_BYTES)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO named like a rotated file never blocks us
+            if compressed:
+                with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                    return gz.read(FINGERPRINT_BYTES)
             return f.read(FINGERPRINT_BYTES)
     except (*GZ_ERRORS, gzip.BadGzipFile):
         return None
@@ -230,6 +231,7 @@ class Stream:
     pending: list[bytes] = field(default_factory=list)  # the incomplete last line
     pending_len: int = 0
     skipping: bool = False  # inside a line longer than the limit: discard to its end
+    in_nuls: bool = False  # the last byte read was a NUL (a run is logged once)
     fp: Fingerprint = field(default_factory=lambda: fingerprint(b""))
     # Opened live: the newest rotated generation just before the open ("" for none).
     # Every generation stamped later was rotated since: this file's own, and newer ones.
@@ -255,6 +257,7 @@ class Stream:
         self.pending.clear()
         self.pending_len = 0
         self.skipping = False
+        self.in_nuls = False
 
     def close(self) -> None:
         """Release the descriptor."""
@@ -265,12 +268,12 @@ class Stream:
 
 def open_stream(path: Path, *, live: bool, compressed: bool = False,
                 stamp: str | None = None) -> Stream:
-    """Open a file for reading; raises OSError (FileNotFoundError, PermissionError...)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    """Open a regular file for reading without ever blocking in `open` (a FIFO at the
+    path is refused, not waited on); raises OSError (FileNotFoundError, PermissionError,
+    NotRegularFile...)."""
+    fd = open_regular_fd(path)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(f"{path} is not a regular file")
         gz: gzip.GzipFile | None = None
         if compressed:
             # Decompress from our own descriptor: the .gz may be deleted meanwhile.
@@ -298,6 +301,8 @@ def explain_open_error(path: Path, exc: OSError) -> str:
         return f"waiting for {path}: no such file"
     if isinstance(exc, PermissionError):
         return _explain_denied(path)
+    if isinstance(exc, NotRegularFile):
+        return f"cannot follow {path}: it {exc.strerror}; waiting for a regular file there"
     return f"cannot open {path}: {exc.strerror or exc}"
 
 

@@ -201,3 +201,21 @@ def test_broken_first_line_of_json_lines_is_not_a_document(tmp_path: Path,
     done = replay(str(path))
     assert [f["type"] for f in frictions(done)] == ["kubectl-exec", "emergency-access"]
     assert f"invalid line {path}:1: bad_json".encode() in done.stderr
+
+
+def test_torn_lines_and_nul_runs_of_a_crashed_writer_lose_no_whole_event(
+        tmp_path: Path) -> None:
+    events = [exec_ws(), port_forward(), secret_get()]
+    whole = [line(event) for event in events]
+    log = tmp_path / "crashed.log"
+    log.write_bytes(whole[0][:150] + whole[0]                 # torn, then the writer's line
+                    + whole[1][:90] + b"\0" * 5000 + whole[1]  # torn, NULs, the line
+                    + whole[2][:-1] + b"\0" * 10 + b"\n")      # whole, NULs for its newline
+    done = replay(str(log))
+    assert done.returncode == 0, done.stderr
+    assert [f["type"] for f in frictions(done)] == ["kubectl-exec", "port-forward",
+                                                     "emergency-access"]
+    err = done.stderr.decode()
+    assert "2 invalid lines" in err
+    assert err.count("truncated_line") == 2
+    assert "skipped 5010 NUL bytes" in err
