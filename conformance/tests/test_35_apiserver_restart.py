@@ -76,8 +76,8 @@ def test_agent_started_before_the_apiserver_answers(env: Environment, runner: Ru
     once the apiserver is back."""
     cp = env.cluster
     runner.sync()
-    assert cp.stop_apiserver() == 0
     try:
+        assert cp.stop_apiserver() == 0, "the apiserver did not exit by itself on SIGTERM"
         assert not _answers(cp)
         agent = env.agents.restart_serve()
         time.sleep(2)
