@@ -224,3 +224,32 @@ def test_garbage_collector_and_namespace_controller(env: Environment,
     cp.kubectl(WHO, "delete", "node", DS_NODE, "--wait=false")
     wait_for(lambda: cp.kubectl(WHO, "get", "namespace", NS, check=False).returncode != 0,
              180, "the namespace controller to delete the namespace")
+
+
+def _can(env: Environment, verb: str, group: str, resource: str) -> bool:
+    """Whether the cluster-view identity may (`resource` may be `pods/log`)."""
+    resource, _, subresource = resource.partition("/")
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"verb": verb, "group": group,
+                                              "resource": resource,
+                                              "subresource": subresource}}}
+    with env.cluster.client_for("agent-cluster-view") as client:
+        answer = client.post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                             json=review)
+    answer.raise_for_status()
+    allowed: bool = answer.json()["status"].get("allowed", False)
+    return allowed
+
+
+def test_cluster_view_identity_reads_exactly_what_the_view_caches(env: Environment) -> None:
+    """The agent's cluster-view identity may get, list and watch the cached kinds
+    cluster-wide, and nothing else."""
+    for group, resources in objects.CLUSTER_VIEW_RESOURCES:
+        for resource in resources:
+            for verb in ("get", "list", "watch"):
+                assert _can(env, verb, group, resource), (verb, group, resource)
+            for verb in ("create", "patch", "delete"):
+                assert not _can(env, verb, group, resource), (verb, group, resource)
+    for verb, group, resource in (("get", "", "secrets"), ("list", "", "configmaps"),
+                                  ("get", "", "pods/log"), ("list", "", "nodes")):
+        assert not _can(env, verb, group, resource), (verb, group, resource)
