@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kubectl (k8s.io/kubernetes) and etcd (go.etcd.io/etcd/server/v3) from the
+# Build kube-apiserver, kube-controller-manager, kubectl (k8s.io/kubernetes) and etcd (go.etcd.io/etcd/server/v3) from the
 # Go modules pinned in gomod/*/go.mod, once: the binaries are cached in a folder named after the
 # pinned versions and rebuilt only when a pin changes. Prints that folder's bin/ on stdout.
 #
@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # Bump when the build commands below change in a way that should invalidate cached binaries.
-build_rev=2
+build_rev=3
 
 pin() { awk -v m="$2" '($1 == "require" && $2 == m) || $1 == m { print ($1 == "require" ? $3 : $2); exit }' "$1"; }
 kube_version=$(pin "$here/gomod/kube/go.mod" k8s.io/kubernetes)
@@ -20,7 +20,8 @@ digest=$( { echo "rev=$build_rev"; cat "$here"/gomod/kube/go.mod "$here"/gomod/k
 root=${HEALERT_CI_CACHE:-$here/.cache}
 dest="$root/conformance-kube-$kube_version-etcd-$etcd_version-$digest"
 
-if [ -x "$dest/bin/kube-apiserver" ] && [ -x "$dest/bin/kubectl" ] && [ -x "$dest/bin/etcd" ]; then
+if [ -x "$dest/bin/kube-apiserver" ] && [ -x "$dest/bin/kube-controller-manager" ] &&
+  [ -x "$dest/bin/kubectl" ] && [ -x "$dest/bin/etcd" ]; then
   echo "$dest/bin"
   exit 0
 fi
@@ -39,9 +40,10 @@ for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
 done
 export CGO_ENABLED=0
-echo "build.sh: building kube-apiserver and kubectl $kube_version, etcd $etcd_version" >&2
+echo "build.sh: building kube-apiserver, kube-controller-manager and kubectl $kube_version, etcd $etcd_version" >&2
 (cd "$here/gomod/kube" && go build -buildvcs=false -trimpath -ldflags "$ldflags" -o "$tmp/bin/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubectl)
 echo "build.sh: kube binaries done after $((SECONDS - started)) s" >&2
 (cd "$here/gomod/etcd" && go build -buildvcs=false -trimpath -ldflags "-s -w" -o "$tmp/bin/etcd" .)
 elapsed=$((SECONDS - started))

@@ -1,8 +1,15 @@
-"""`python -m conformance.harness up`: a control plane auditing to both agents until Ctrl-C."""
+"""`python -m conformance.harness up|load`: a control plane until Ctrl-C, or one load measured.
+
+`up` starts etcd, kube-apiserver, kube-controller-manager and both agents and runs until
+Ctrl-C. `load --policy FILE` starts a fresh environment auditing with FILE, runs the load of
+`noise.py` with every scenario's bypass, and prints one Markdown table row (`--header`
+prints the header first); `--json FILE` keeps every figure and friction event.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -10,17 +17,42 @@ import threading
 from pathlib import Path
 
 from conformance.harness.env import Environment
+from conformance.harness.measure import HEADER, measure
+from conformance.harness.noise import LoadPlan
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the environment until interrupted."""
+    """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="python -m conformance.harness")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start etcd, kube-apiserver and both agents; Ctrl-C stops")
+    up = sub.add_parser("up", help="start etcd, kube-apiserver, the controller-manager and "
+                                   "both agents; Ctrl-C stops")
     up.add_argument("--dir", type=Path, default=None,
                     help="working folder (default: a new folder under conformance/.run)")
+    load = sub.add_parser("load", help="measure one load under an audit policy")
+    load.add_argument("--policy", type=Path, required=True, help="the audit policy file")
+    load.add_argument("--label", default=None, help="the table row's name (default: file name)")
+    load.add_argument("--ticks", type=int, default=LoadPlan.ticks,
+                      help=f"length of the load in ticks (default {LoadPlan.ticks})")
+    load.add_argument("--tick-seconds", type=float, default=LoadPlan.tick_seconds,
+                      help=f"seconds per tick (default {LoadPlan.tick_seconds})")
+    load.add_argument("--nodes", type=int, default=LoadPlan.nodes,
+                      help=f"fake kubelets (default {LoadPlan.nodes})")
+    load.add_argument("--cluster-view", choices=("flag", "env"), default=None,
+                      help="give the agent its cluster-view kubeconfig as --kubeconfig or "
+                           "KUBECONFIG (default: none)")
+    load.add_argument("--header", action="store_true", help="print the table header first")
+    load.add_argument("--json", type=Path, default=None, help="write every figure here")
+    load.add_argument("--dir", type=Path, default=None,
+                      help="working folder (default: a new folder under conformance/.run)")
     args = parser.parse_args(argv)
-    root = args.dir or Path(tempfile.mkdtemp(prefix="up-", dir=_run_root()))
+    if args.command == "load":
+        return _load(args)
+    return _up(args.dir)
+
+
+def _up(folder: Path | None) -> int:
+    root = folder or Path(tempfile.mkdtemp(prefix="up-", dir=_run_root()))
     env = Environment(root)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -35,6 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping ...", file=sys.stderr, flush=True)
         env.stop()
     return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    policy: Path = args.policy.resolve()
+    if not policy.is_file():
+        print(f"load: no policy file {policy}", file=sys.stderr)
+        return 2
+    root = args.dir or Path(tempfile.mkdtemp(prefix="load-", dir=_run_root()))
+    plan = LoadPlan(ticks=args.ticks, tick_seconds=args.tick_seconds, nodes=args.nodes)
+    print(f"load: {plan} under {policy}, files in {root}", file=sys.stderr, flush=True)
+    result = measure(policy, plan, root, args.label, args.cluster_view)
+    if args.json:
+        args.json.write_text(json.dumps(result.as_dict(), indent=1) + "\n")
+    for error in result.errors[:10]:
+        print(f"load: error: {error}", file=sys.stderr)
+    print(f"load: {result.seconds} s; friction by rule {dict(sorted(result.friction.items()))}; "
+          f"load requests {result.load_requests}", file=sys.stderr)
+    if args.header:
+        print(HEADER)
+    print(result.row(), flush=True)
+    return 1 if result.errors else 0
 
 
 def _run_root() -> Path:

@@ -2,6 +2,8 @@
 
 Each has its own state directory, so their outboxes can be compared. Neither is given a
 backend unless asked, so every friction event stays in its outbox for `outbox list`.
+Neither is given a way to read the cluster unless asked (`ClusterView`): today's agent does
+not read it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,29 @@ AGENT = Path(os.environ.get("HEALERT_CONFORMANCE_AGENT")
 # The rules the agents run, with every optional rule enabled: the shipped file, unless
 # HEALERT_CONFORMANCE_RULES names another (the one of the agent HEALERT_CONFORMANCE_AGENT runs).
 SHIPPED_RULES = Path(os.environ.get("HEALERT_CONFORMANCE_RULES") or REPO / "rules.yaml")
+# How the agents get their cluster-view kubeconfig: "flag" (--kubeconfig), "env"
+# (KUBECONFIG) or unset (none: the agent runs without a view of the cluster).
+CLUSTER_VIEW_VIA = os.environ.get("HEALERT_CONFORMANCE_CLUSTER_VIEW") or None
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The kubeconfig the agents read the cluster with, and how they are given it."""
+
+    kubeconfig: Path
+    via: str = "flag"   # "flag": --kubeconfig PATH; "env": KUBECONFIG=PATH
+
+    def __post_init__(self) -> None:
+        if self.via not in ("flag", "env"):
+            raise ValueError(f"cluster view via {self.via!r}: 'flag' or 'env'")
+
+    def argv(self) -> list[str]:
+        """The agent's command-line arguments for it."""
+        return ["--kubeconfig", str(self.kubeconfig)] if self.via == "flag" else []
+
+    def env(self) -> dict[str, str]:
+        """The agent's environment for it."""
+        return {"KUBECONFIG": str(self.kubeconfig)} if self.via == "env" else {}
 
 
 def all_rules_enabled(target: Path, source: Path = SHIPPED_RULES) -> Path:
@@ -104,10 +129,12 @@ class Agent:
 class AgentSet:
     """The webhook agent and the tail agent of one run, with the webhook's PKI."""
 
-    def __init__(self, root: Path, audit_log: Path, rules: Path) -> None:
+    def __init__(self, root: Path, audit_log: Path, rules: Path,
+                 cluster_view: ClusterView | None = None) -> None:
         self.root = root
         self.audit_log = audit_log
         self.rules = rules
+        self.cluster_view = cluster_view
         self.webhook_port = free_port()
         self.pki_dir = root / "webhook-pki"
         self.logs = root / "logs"
@@ -142,10 +169,10 @@ class AgentSet:
                 "--tls-cert", str(self.server_pair.cert), "--tls-key", str(self.server_pair.key),
                 "--tls-client-ca", str(self.ca), "--tls-client-names", WEBHOOK_CLIENT_CN,
                 "--webhook-token-file", str(self.token_file), "--log-format", "json"]
-        env: dict[str, str] = {}
         if backend_url:
             argv += ["--backend-url", backend_url, "--forward-rate", "60000",
                      "--backoff-max", "2", "--forward-poll-interval", "0.2"]
+        argv, env = self._with_cluster_view(argv)
         proc = Proc("serve", argv, self.logs / "serve.log", env=_agent_env(env), cwd=self.root)
         return Agent("serve", proc, state, ops)
 
@@ -156,13 +183,20 @@ class AgentSet:
         argv = [str(AGENT), "tail", "--audit-log", str(self.audit_log), "--from", "start",
                 "--state-dir", str(state), "--ops-listen", f"127.0.0.1:{ops}",
                 "--rules", str(self.rules), "--poll-interval", "0.05", "--log-format", "json"]
-        proc = Proc("tail", argv, self.logs / "tail.log", env=_agent_env({}), cwd=self.root)
+        argv, env = self._with_cluster_view(argv)
+        proc = Proc("tail", argv, self.logs / "tail.log", env=_agent_env(env), cwd=self.root)
         return Agent("tail", proc, state, ops)
 
-    def start(self) -> None:
-        """Start both agents."""
+    def _with_cluster_view(self, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+        if self.cluster_view is None:
+            return argv, {}
+        return argv + self.cluster_view.argv(), self.cluster_view.env()
+
+    def start(self, tail: bool = True) -> None:
+        """Start the webhook agent, and the tail agent unless `tail` is false."""
         self.serve = self.serve_agent().start()
-        self.tail = self.tail_agent().start()
+        if tail:
+            self.tail = self.tail_agent().start()
 
     def restart_serve(self, backend_url: str | None = None) -> Agent:
         """A new `serve` process on the same port and state directory."""

@@ -1,14 +1,16 @@
-"""One conformance environment: the two agents, etcd and kube-apiserver, started together."""
+"""One conformance environment: the two agents, etcd, kube-apiserver and
+kube-controller-manager, started together."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
-from conformance.harness.agents import AgentSet, all_rules_enabled
-from conformance.harness.cluster import REPO, Binaries, ControlPlane
+from conformance.harness.agents import CLUSTER_VIEW_VIA, AgentSet, ClusterView, all_rules_enabled
+from conformance.harness.cluster import AUDIT_POLICY, REPO, Binaries, ControlPlane
 
 BUILD = REPO / "conformance" / "build.sh"
 
@@ -23,26 +25,55 @@ def binaries() -> Binaries:
 
 
 class Environment:
-    """Agents first (so the webhook is there), then the control plane; stop in reverse."""
+    """Agents first (so the webhook is there), then the control plane; stop in reverse.
 
-    def __init__(self, root: Path, bins: Binaries | None = None) -> None:
+    `audit_policy` is the apiserver's policy file; `audit_log=False` leaves out the log
+    backend and the tail agent (webhook only); `cluster_view` ("flag" or "env", default
+    `$HEALERT_CONFORMANCE_CLUSTER_VIEW`, else none) gives both agents the kubeconfig of
+    their read-only cluster identity as `--kubeconfig` or `KUBECONFIG`.
+    """
+
+    def __init__(self, root: Path, bins: Binaries | None = None, *,
+                 audit_policy: Path = AUDIT_POLICY, audit_log: bool = True,
+                 cluster_view: str | None = CLUSTER_VIEW_VIA) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.rules = all_rules_enabled(root / "rules.yaml")
+        self.audit_log = audit_log
         self.agents = AgentSet(root / "agents", root / "cluster" / "audit" / "audit.log",
                                self.rules)
         self.target = self.agents.prepare()
-        self.cluster = ControlPlane(bins or binaries(), root / "cluster", self.target)
+        self.cluster = ControlPlane(bins or binaries(), root / "cluster", self.target,
+                                    audit_policy=audit_policy, audit_log=audit_log)
+        if cluster_view:
+            self.agents.cluster_view = ClusterView(self.cluster.cluster_view_kubeconfig,
+                                                   cluster_view)
 
-    def start(self) -> Environment:
-        """Start everything; on failure stop what was started and re-raise."""
+    def start(self, cluster_delay: float = 0.0) -> Environment:
+        """Start everything; on failure stop what was started and re-raise.
+
+        The agents start first, with every file they need (certificates, the cluster-view
+        kubeconfig) already written; `cluster_delay` seconds later etcd, the apiserver and
+        the controller-manager start, so the agents run a while before the cluster answers.
+        """
         try:
-            self.agents.start()
-            self.cluster.start()
+            self.start_agents()
+            time.sleep(cluster_delay)
+            self.start_cluster()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start_agents(self) -> None:
+        """Write the cluster's files and start the agents (nothing answers at the
+        apiserver's address until `start_cluster`)."""
+        self.cluster.write_files()
+        self.agents.start(tail=self.audit_log)
+
+    def start_cluster(self) -> None:
+        """Start etcd, the apiserver and the controller-manager, then bootstrap."""
+        self.cluster.start()
 
     def stop(self) -> None:
         """Apiserver and etcd first (the apiserver flushes its audit buffers), then agents."""

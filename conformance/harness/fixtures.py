@@ -1,6 +1,8 @@
-"""Write the audit events of each scenario as a fixture file, with a README listing them.
+"""Write the audit events of each scenario as a fixture file, with a README listing them,
+and the objects the controllers made as `kubectl get -o json` shows them.
 
-`HEALERT_CONFORMANCE_FIXTURES=tests/fixtures/apiserver-1.37` makes the suite write them; by
+`HEALERT_CONFORMANCE_FIXTURES=tests/fixtures/apiserver-1.37` makes the suite write the
+events, `HEALERT_CONFORMANCE_OBJECTS=tests/fixtures/apiserver-1.37-objects` the objects; by
 default they go to the run's working folder only (to look at, never committed by accident).
 """
 
@@ -10,6 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from conformance.harness.cluster import ControlPlane
 from conformance.harness.runner import Outcome
 
 _HEADER = """\
@@ -60,4 +63,54 @@ def write(outcomes: Iterable[Outcome], folder: Path, version: str) -> list[Path]
     readme = folder / "README.md"
     readme.write_text(_HEADER.format(version=version) + "\n".join(rows) + "\n")
     written.append(readme)
+    return written
+
+
+OBJECT_NAMESPACES = ("controllers", "payments", "shop")
+OBJECT_KINDS = "deployments,replicasets,statefulsets,daemonsets,jobs,cronjobs,pods"
+
+_OBJECTS_README = """\
+# Objects a real kube-apiserver and kube-controller-manager {version} made
+
+Each file is what `kubectl get ... -o json --show-managed-fields` printed (a v1 `List`),
+recorded by `conformance/record-fixtures.sh` (`conformance/tests/test_15_controllers.py`).
+The workloads were created by `system:conformance-bootstrap`; their ReplicaSets, Jobs and
+pods were made by the controller-manager's controllers, so owner references carry real
+uids, pods carry their template's labels, and generated names are the controllers' own.
+No scheduler or kubelet runs: pods stay Pending, except one pod of each workload in
+`payments` and `shop` that the harness bound to `conformance-node` and reported Running.
+
+- `controllers.json`: Deployment `orders-api` (its pod template labelled
+  `backstage.io/kubernetes-id: orders-service`) with its ReplicaSet and pod; StatefulSet
+  `orders-db` and `orders-db-0`; Job `schema-check`, a Job from `generateName: db-migrate-`,
+  CronJob `nightly-report` and the Job `kubectl create job --from=cronjob/nightly-report`
+  made, each with its pod; DaemonSet `log-shipper` (node selector) and its pod for the Node
+  `conformance-node-ds`.
+- `payments.json`: Deployments `payments-api` and `ledger` (fields managed by
+  `argocd-controller`), StatefulSet `postgres`, DaemonSet `nvidia-dcgm`, their ReplicaSets
+  and pods, and whatever the suite's scenarios left there when they ran first.
+- `shop.json`: Deployment `checkout` (Argo CD's tracking annotation; its pods labelled
+  `backstage.io/kubernetes-id: shop-checkout`), its ReplicaSet and pods.
+- `namespaces.json`: every Namespace; `controllers` is labelled
+  `backstage.io/kubernetes-id: controllers-team`.
+"""
+
+
+def write_objects(cp: ControlPlane, folders: Iterable[Path]) -> list[Path]:
+    """One `kubectl get -o json --show-managed-fields` List per namespace of
+    OBJECT_NAMESPACES, one of every Namespace, and a README, in each of `folders`."""
+    who = cp.BOOTSTRAP
+    lists = {f"{ns}.json": cp.get_json(who, "-n", ns, OBJECT_KINDS, "--show-managed-fields")
+             for ns in OBJECT_NAMESPACES}
+    lists["namespaces.json"] = cp.get_json(who, "namespaces", "--show-managed-fields")
+    readme = _OBJECTS_README.format(version=cp.bin.version())
+    written = []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in lists.items():
+            path = folder / name
+            path.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+            written.append(path)
+        (folder / "README.md").write_text(readme)
+        written.append(folder / "README.md")
     return written

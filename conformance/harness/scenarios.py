@@ -6,9 +6,11 @@ the shipped rules.yaml (with every optional rule enabled, see agents.all_rules_e
 never against what today's agent happens to do: one `Expect` per friction event, by
 rule, entity and actor.
 
-kubectl commands that reach a kubelet (exec, attach, port-forward, cp, logs) fail after
-admission, because no kubelet runs; they are audited all the same, which is all that
-matters here. Their exit status is therefore not checked.
+The pods are the controllers' (their names end in generated suffixes), so a scenario names
+a pod by its workload (`PodOf`) and the name is looked up when it runs. kubectl commands
+that reach a kubelet (exec, attach, port-forward, cp, logs) fail after admission, because
+no kubelet runs; they are audited all the same, which is all that matters here. Their exit
+status is therefore not checked.
 """
 
 from __future__ import annotations
@@ -24,10 +26,26 @@ from conformance.harness import objects
 from conformance.harness.cluster import ControlPlane
 
 PROXY = f"system:serviceaccount:{objects.PROXY_NS}:{objects.PROXY_SA}"
-API_POD = "payments-api-7d9f8b6c4d-xkj2p"      # a Deployment's pod (owner: a ReplicaSet)
-DB_POD = "postgres-0"                           # a StatefulSet's pod
-AGENT_POD = "nvidia-dcgm-x7k2p"                 # a DaemonSet's pod
-SHOP_POD = "checkout-7b9c5d4f8-q2w8z"           # labelled backstage.io/kubernetes-id
+
+
+@dataclass(frozen=True)
+class PodOf:
+    """The running pod of a workload, named when the scenario runs (see objects.py)."""
+
+    namespace: str
+    kind: str
+    name: str
+
+    def resolve(self, cp: ControlPlane) -> str:
+        """The pod's name in this cluster."""
+        return cp.running_pod(self.namespace, self.kind, self.name)
+
+
+API_POD = PodOf("payments", "Deployment", "payments-api")   # owner: a ReplicaSet
+DB_POD = "postgres-0"                                        # a StatefulSet's pod
+AGENT_POD = PodOf("payments", "DaemonSet", "nvidia-dcgm")   # <owner>-<5 chars>
+SHOP_POD = PodOf("shop", "Deployment", "checkout")          # labelled backstage.io/kubernetes-id
+Arg = str | PodOf
 BYPASS = "policy.admission.k8s.io/bypass=true"
 COLON_ROLE = "system:healert-conformance-aggregate"
 COLON_BINDING = "system:healert-conformance-binding"
@@ -111,11 +129,12 @@ def _cp_source(work: Path) -> str:
     return str(source)
 
 
-def _kubectl(who: str, *args: str, env: dict[str, str] | None = None,
+def _kubectl(who: str, *args: Arg, env: dict[str, str] | None = None,
              check: bool = True, timeout: float = 60) -> Callable[[ControlPlane, Path], None]:
-    """A step that runs kubectl as `who`."""
+    """A step that runs kubectl as `who` (pods named by workload are looked up first)."""
     def run(cp: ControlPlane, _work: Path) -> None:
-        cp.kubectl(who, *args, env=env, check=check, timeout=timeout)
+        argv = [a.resolve(cp) if isinstance(a, PodOf) else a for a in args]
+        cp.kubectl(who, *argv, env=env, check=check, timeout=timeout)
     return run
 
 
@@ -140,7 +159,7 @@ def _edit(cp: ControlPlane, work: Path) -> None:
 
 
 def _cp(cp: ControlPlane, work: Path) -> None:
-    cp.kubectl("alice", "cp", _cp_source(work), f"payments/{AGENT_POD}:/tmp/notes.txt",
+    cp.kubectl("alice", "cp", _cp_source(work), f"payments/{AGENT_POD.resolve(cp)}:/tmp/notes.txt",
                "-c", "main", check=False)
 
 
