@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -136,3 +138,34 @@ def test_no_document_cites_a_design_section_the_repository_lacks() -> None:
             *sorted((ROOT / "docs").glob("*.md"))]
     for doc in docs:
         assert not re.search(r"DESIGN(\.md)? ?§", doc.read_text()), f"{doc} cites DESIGN §"
+
+
+def test_the_documented_way_back_gives_the_older_schema_exactly(tmp_path: Path) -> None:
+    """operations.md's rollback snippet turns a current outbox into exactly what the
+    migrations before the last one make, and the agent migrates it forward again."""
+    from healert_webhook import outbox
+
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    section = guide.split("## Upgrades and rollbacks", 1)[1].split("\n## ", 1)[0]
+    snippet = re.search(r"python -c '(.*?)'\n", section, flags=re.S)
+    assert snippet, "the rollback snippet"
+    path = tmp_path / "outbox.db"
+    outbox.Outbox(path).close()
+    code = snippet.group(1).replace("/var/lib/healert/outbox.db", str(path))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+    def schema(db: Path) -> tuple[int, set[tuple[str, str]]]:
+        with sqlite3.connect(db) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            names = set(conn.execute("SELECT type, name FROM sqlite_master"))
+        return version, names
+
+    older = tmp_path / "older.db"
+    with sqlite3.connect(older) as conn:
+        for statement in outbox._MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    assert outbox.SCHEMA_VERSION == 2, "a newer schema needs its own way back documented"
+    assert schema(path) == schema(older)
+    outbox.Outbox(path).close()
+    assert schema(path)[0] == outbox.SCHEMA_VERSION
