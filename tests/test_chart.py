@@ -37,7 +37,9 @@ HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/instance",
                     "app.kubernetes.io/managed-by", "app.kubernetes.io/version"}
 # Objects whose plain names predate the chart: the rules ConfigMap and the tail
 # workload keep their names so that re-applying the manifests updates them in place.
-PLAIN_NAMES = {f"{RELEASE}-rules": "healert-rules", f"{RELEASE}-audit-tail": "healert-audit-tail"}
+PLAIN_NAMES = {f"{RELEASE}-rules": "healert-rules", f"{RELEASE}-audit-tail": "healert-audit-tail",
+               f"{RELEASE}-selfsigned": "healert-selfsigned",
+               f"{RELEASE}-apiserver-client": "healert-apiserver-client"}
 # The backend URL and monitoring objects the plain manifests ship with.
 PLAIN_VALUES: dict[str, Any] = {
     "backend": {"url": "http://healert-backend.healert.svc.cluster.local:8000"},
