@@ -753,7 +753,7 @@ def test_cert_manager_objects_are_the_bundle_and_opt_in(
     assert not [d for d in docs if d["apiVersion"].startswith("cert-manager.io/")]
     docs = render(helm, tmp_path, {"mode": mode, **monitoring,
                                    "webhook": {"tls": {"certManager": {"enabled": True}}}})
-    chart = {(d["kind"], d["metadata"]["name"]): normalise(d) for d in docs
+    chart = {(d["kind"], d["metadata"]["name"]): d for d in map(normalise, docs)
              if d["apiVersion"].startswith("cert-manager.io/")}
     bundle = {(d["kind"], d["metadata"]["name"]): d for d in plain.objects_in("cert-manager")}
     assert set(chart) == set(bundle)
