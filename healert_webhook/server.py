@@ -28,6 +28,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,6 +61,11 @@ OPS_MAX_CONNECTIONS = 64
 # rotated files, certificate reloads, the backend client, threads' pipes.
 FD_RESERVE = 64
 BACKLOG = 2048
+# A surge pod whose predecessor (an earlier version) holds the ports without SO_REUSEPORT
+# waits for it: the DaemonSet deletes the old pod minReadySeconds after the new one looks
+# ready, and the old one takes up to its grace period (30 s) to stop.
+PREDECESSOR_WAIT = 90.0
+PREDECESSOR_POLL = 0.1
 
 
 T = TypeVar("T")
@@ -78,7 +84,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int, outbox: Path | None = None) -> socket.socket:
+def bind(host: str, port: int, outbox: Path | None = None, *,
+         wait: float = PREDECESSOR_WAIT) -> socket.socket:
     """A listening TCP socket for `host:port` (port 0: the kernel picks one).
 
     A fixed port is bound with SO_REUSEPORT, so that the agent replacing this one can
@@ -86,6 +93,8 @@ def bind(host: str, port: int, outbox: Path | None = None) -> socket.socket:
     the kernel then spreads new connections over both). Only an agent of the same
     outbox may share it: when another process already listens there, the port is taken
     only if `outbox` is open in another process; anything else is "address in use".
+    A predecessor that holds the port without SO_REUSEPORT (an earlier version) is
+    waited for, up to `wait` seconds, so its surge replacement takes over when it stops.
     """
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
@@ -100,12 +109,35 @@ def bind(host: str, port: int, outbox: Path | None = None) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if shared:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(addr)
+        _bind_after_predecessor(sock, addr, f"{host}:{port}",
+                                wait if shared else 0.0, outbox)
         sock.listen(BACKLOG)  # now, so a port in use is a clear error before anything runs
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
+
+
+def _bind_after_predecessor(sock: socket.socket, addr: Any, where: str, wait: float,
+                            outbox: Path | None) -> None:
+    """Bind; while an agent of the same outbox holds the address without sharing it,
+    retry until it lets go or `wait` seconds pass (then the bind's error stands)."""
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            sock.bind(addr)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline \
+                    or not _in_use(outbox):
+                raise
+            if not announced:
+                log.warning("%s is held by another agent of the outbox %s that does not "
+                            "share it (an earlier version); waiting up to %.0f s for it "
+                            "to stop", where, outbox, wait)
+                announced = True
+        time.sleep(PREDECESSOR_POLL)
 
 
 def _listened_on(family: int, addr: Any) -> bool:

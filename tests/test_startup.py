@@ -8,6 +8,7 @@ The agents are the real command in subprocesses on loopback; the port-sharing ru
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,7 +193,7 @@ def test_bind_never_shares_with_a_listener_without_the_option(tmp_path: Path) ->
             foreign.listen()
             port = foreign.getsockname()[1]
             with pytest.raises(server.StartupError, match="in use"):
-                server.bind("127.0.0.1", port, path)
+                server.bind("127.0.0.1", port, path, wait=0.2)  # waited for, never shared
     finally:
         box.close()
 
@@ -208,3 +209,69 @@ def test_an_ephemeral_port_is_never_shared(tmp_path: Path) -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
     finally:
         sock.close()
+
+
+# -- a predecessor that does not share: an earlier version ---------------------------------
+
+
+def _plain_listener(port: int) -> socket.socket:
+    """A listener without SO_REUSEPORT, as an agent before it had one bound its ports."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.timeout(120)
+def test_a_successor_waits_for_a_predecessor_that_does_not_share(
+        tmp_path: Path, agents: list[Agent]) -> None:
+    """The first surge onto a new version: the old agent holds the ports without
+    SO_REUSEPORT. The new one waits (it does not exit, which would stall the rollout),
+    and takes the ports once the old one lets go."""
+    webhook = free_port()
+    box = Outbox(tmp_path / "state" / "outbox.db")  # the old agent's open outbox
+    old = _plain_listener(webhook)
+    try:
+        new = _serve(tmp_path, "state", webhook, 0, "new.log")
+        agents.append(new)
+        new.wait_line("does not share it .an earlier version.; waiting up to")
+        assert new.alive() and "webhook listener on" not in new.output()
+    finally:
+        old.close()  # the DaemonSet deleted the old pod
+        box.close()
+    new.wait_line("webhook listener on")
+    assert _post(webhook, 1) == 200
+
+
+def test_bind_waits_only_as_long_as_it_is_told(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    port = free_port()
+    box = Outbox(path)
+    old = _plain_listener(port)
+    try:
+        with pytest.raises(server.StartupError, match="in use"):
+            server.bind("127.0.0.1", port, path, wait=0.3)
+        closed = threading.Event()
+
+        def stop_the_old_one() -> None:
+            closed.set()
+            old.close()
+
+        timer = threading.Timer(0.3, stop_the_old_one)
+        timer.start()
+        sock = server.bind("127.0.0.1", port, path, wait=60)
+        assert closed.is_set(), "bound only once the old listener let go"
+        sock.close()
+        timer.join()
+    finally:
+        old.close()
+        box.close()
+
+
+@pytest.mark.timeout(30)
+def test_bind_never_waits_for_a_stranger(tmp_path: Path) -> None:
+    """A listener that is no agent of this outbox: "address in use" at once, as before."""
+    port = free_port()
+    with _plain_listener(port), pytest.raises(server.StartupError, match="in use"):
+        server.bind("127.0.0.1", port, tmp_path / "outbox.db", wait=3600)
