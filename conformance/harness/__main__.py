@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     rolling.add_argument("--strategy", choices=STRATEGIES, required=True)
     rolling.add_argument("--gap", type=float, default=20.0,
                          help="replace: seconds the port stays closed (default 20)")
+    rolling.add_argument("--predecessor", type=Path, default=None,
+                         help="the replaced agent's executable (an earlier version; "
+                              "default: the agent under test)")
     rolling.add_argument("--dir", type=Path, default=None,
                          help="working folder (default: a new folder under conformance/.run)")
     args = parser.parse_args(argv)
@@ -72,7 +75,8 @@ def _rolling(args: argparse.Namespace) -> int:
     try:
         runner = Runner(env, root / "work")
         runner.baseline()
-        result = roll(env, runner, args.strategy, gap=args.gap)
+        result = roll(env, runner, args.strategy, gap=args.gap,
+                      predecessor=args.predecessor)
     finally:
         env.stop()
     print(result.line(), flush=True)

@@ -175,12 +175,12 @@ class AgentSet:
                              client, token)
 
     def serve_agent(self, backend_url: str | None = None, *, ops_port: int | None = None,
-                    log_name: str = "serve.log") -> Agent:
+                    log_name: str = "serve.log", executable: Path | None = None) -> Agent:
         """The `serve` process (not started), on the fixed webhook port and `ops_port`
-        (default: a free one)."""
+        (default: a free one), run by `executable` (default: the agent under test)."""
         state = self.root / "serve-state"
         ops = ops_port or free_port()
-        argv = [str(AGENT), "serve", "--listen", f"127.0.0.1:{self.webhook_port}",
+        argv = [str(executable or AGENT), "serve", "--listen", f"127.0.0.1:{self.webhook_port}",
                 "--ops-listen", f"127.0.0.1:{ops}", "--state-dir", str(state),
                 "--rules", str(self.rules),
                 "--tls-cert", str(self.server_pair.cert), "--tls-key", str(self.server_pair.key),
@@ -215,11 +215,13 @@ class AgentSet:
         if tail:
             self.tail = self.tail_agent().start()
 
-    def restart_serve(self, backend_url: str | None = None) -> Agent:
-        """A new `serve` process on the same port and state directory."""
+    def restart_serve(self, backend_url: str | None = None,
+                      executable: Path | None = None) -> Agent:
+        """A new `serve` process on the same port and state directory (run by
+        `executable`, e.g. an earlier version; default: the agent under test)."""
         if self.serve is not None:
             self.serve.stop()
-        self.serve = self.serve_agent(backend_url).start()
+        self.serve = self.serve_agent(backend_url, executable=executable).start()
         return self.serve
 
     def replace_serve(self, gap: float) -> tuple[float, float]:
@@ -235,21 +237,28 @@ class AgentSet:
         self.serve.wait_log("webhook listener on")
         return stopped, time.time()
 
-    def surge_serve(self) -> tuple[float, float]:
-        """Start a new `serve` on the running one's webhook and ops ports and state
-        directory (both listen at once: SO_REUSEPORT), and once it listens stop the old
-        one: a DaemonSet pod replaced with maxSurge 1. Returns (the new one listens, the
-        old one exited), as Unix times."""
+    def surge_serve(self, min_ready: float = 10.0) -> tuple[float, float]:
+        """Replace `serve` as a DaemonSet with maxSurge 1 does: start a new one on the
+        running one's webhook and ops ports and state directory; once the ops port's
+        /readyz answers (the kubelet's probe, which either process may answer) and
+        `min_ready` seconds more have passed with the new one alive (minReadySeconds),
+        stop the old one. Returns (the new one started, the old one exited), as Unix
+        times."""
         old = self.serve
         assert old is not None, "no serve agent to replace"
         new = self.serve_agent(ops_port=old.ops_port,
                                log_name=f"serve-{next(self._successors)}.log")
+        started = time.time()
         new.proc.start()
-        new.wait_log("webhook listener on")
-        listening = time.time()
+        wait_for(lambda: new.proc.check_alive() is None and new.ready(), 60,
+                 "the new pod to look ready")
+        time.sleep(min_ready)
+        new.proc.check_alive()
         old.stop()
+        stopped = time.time()
+        new.wait_log("webhook listener on")
         self.serve = new
-        return listening, time.time()
+        return started, stopped
 
     def restart_tail(self) -> Agent:
         """A new `tail` process on the same state directory (it resumes its checkpoint)."""

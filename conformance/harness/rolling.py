@@ -7,8 +7,9 @@ rollbacks"), both on the same port and state directory, as on a node:
   seconds (the old pod's deletion, the new pod's creation, image pull, init container,
   start), then the new agent starts;
 - `surge` (maxSurge 1): the new agent starts on the same webhook and ops ports while the
-  old one runs (SO_REUSEPORT: the kernel spreads new connections over both); once it
-  listens, the old one stops.
+  old one runs (SO_REUSEPORT: the kernel spreads new connections over both); once the
+  ops port's /readyz answers and 10 s more have passed (minReadySeconds), the old one
+  stops.
 
 alice reads a Secret at a steady pace before, during and after (one friction event per
 read). Measured: the reads answered, the friction events stored (each read once), the
@@ -25,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from conformance.harness.cluster import metric_sum
@@ -62,7 +64,7 @@ class RollResult:
         """One line for the log and the docs."""
         worst = max(self.delays, default=0.0)
         how = f"replace, port closed {self.closed_seconds:.1f} s" if self.strategy == \
-            "replace" else f"surge, both listening {self.closed_seconds:.1f} s"
+            "replace" else f"surge, both running {self.closed_seconds:.1f} s"
         return (f"rolling restart ({how}): {self.reads} reads, {self.stored} stored, "
                 f"{self.twice} twice, {self.dropped:.0f} audit events dropped by the "
                 f"apiserver; {self.resent} arrived through its retries, the latest "
@@ -80,11 +82,14 @@ def _reads(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def roll(env: Environment, runner: Runner, strategy: str, *, gap: float = 0.0,
          before: float = 5.0, after: float = 8.0, pace: float = 0.05,
-         settle: float = 240.0) -> RollResult:
+         settle: float = 240.0, predecessor: Path | None = None) -> RollResult:
     """Replace the webhook agent as `strategy` says while alice reads a Secret; wait up to
-    `settle` seconds for the apiserver's retries; count what arrived."""
+    `settle` seconds for the apiserver's retries; count what arrived. `predecessor`, an
+    earlier version's executable, runs the agent that is replaced."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: one of {STRATEGIES}")
+    if predecessor is not None:
+        env.agents.restart_serve(executable=predecessor)
     runner.sync()
     known = set(runner.seen_serve) | set(outbox_by_key(runner.serve))
     dropped_before = metric_sum(env.cluster.metrics(), "apiserver_audit_error_total",
