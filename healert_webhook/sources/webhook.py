@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from healert_webhook import batches, metrics
-from healert_webhook.auth import TokenAuth, names_allowed, request_names
+from healert_webhook.auth import TokenAuth, mark_authenticated, names_allowed, request_names
 from healert_webhook.budget import BodyBudget
 from healert_webhook.config import default_of
 from healert_webhook.logs import Limiter
@@ -162,6 +162,7 @@ class WebhookApp:
             raise _Reject(404, "not found", close=True)
         req = _gather(scope["headers"])
         self._authenticate(scope, req)
+        mark_authenticated(scope)
         if scope["method"] != "POST":
             raise _Reject(405, "only POST is accepted", [(b"allow", b"POST")], close=True)
         if not is_json(req.content_type):

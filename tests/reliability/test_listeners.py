@@ -1,0 +1,112 @@
+"""Round 3 on the listeners, against the real `serve` process on loopback.
+
+* The ops listener (no authentication) serves probes and scrapes whatever one peer holds
+  open: 1,000 connections, idle, half-sent heads, slow trickles and connections that sent
+  one request, each renewed the moment the agent closes it.
+* With token authentication, connections that never pass it cannot keep a client with
+  the right token out: 512 sockets holding `POST /audit HTTP/1.1\\r\\n`, renewed at once.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from holders import Hold, Holder, Probe, get
+
+from support.agent import JSON, Agent, Steady, metric, serve_args
+from support.events import exec_event
+from support.pki import client_context, make_pki
+
+TOKEN = "wh-listeners-token-5c1e"
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed), hard))
+
+
+# -- item 3: the ops listener -------------------------------------------------------------
+
+def test_probes_and_scrapes_are_served_whatever_one_peer_holds_open(tmp_path: Path) -> None:
+    _raise_fd_limit(4096)
+    agent = Agent(serve_args(), tmp_path)
+    try:
+        _port, ops = agent.ports()
+        with Holder(Hold(ops, 1000)) as holder:
+            holder.wait_opened(2000)  # all held once, and the renewals under way
+            # the kubelet (another address), Prometheus, and a probe from the holder's own
+            with Probe(get(ops, "/healthz", source="127.0.0.2")) as kubelet, \
+                    Probe(get(ops, "/metrics", source="127.0.0.3"), interval=1.0) as scrape, \
+                    Probe(get(ops, "/healthz")) as same_peer:
+                time.sleep(6.0)  # past the ops deadlines (5 s): every kind renewed meanwhile
+            renewed = holder.opened
+        print(f"ops: one peer held 1000 connections ({renewed} opened in all); kubelet "
+              f"{kubelet.summary()}, scrape {scrape.summary()}, same peer "
+              f"{same_peer.summary()}")
+        for probe in (kubelet, scrape, same_peer):
+            assert probe.errors == [], probe.errors[:3]
+            assert len(probe.times) >= 5 and max(probe.times) < 1.0, sorted(probe.times)[-3:]
+        assert metric(ops, "healert_connections_refused_total", listener="ops",
+                      reason="max_connections") > 0
+        assert agent.alive()
+    finally:
+        agent.kill()
+
+
+# -- item 4: unauthenticated heads on the webhook -----------------------------------------
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+def test_unauthenticated_heads_cannot_keep_a_client_with_the_token_out(
+        tmp_path: Path, scheme: str) -> None:
+    _raise_fd_limit(4096)
+    (tmp_path / "tokens").write_text(TOKEN + "\n")
+    tls: list[str] = []
+    ca_file = verify = None
+    if scheme == "https":
+        pki = make_pki(tmp_path / "pki")
+        tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
+        ca_file, verify = str(pki.ca_file), client_context(pki)
+    agent = Agent(serve_args("state", "--webhook-token-file", "tokens", *tls), tmp_path)
+    try:
+        port, ops = agent.ports()
+        url = f"{scheme}://127.0.0.1:{port}/audit"
+        auth = {"authorization": f"Bearer {TOKEN}", **JSON}
+        kwargs = {"verify": verify} if verify is not None else {}
+        posted = [0]
+
+        def fresh() -> object:  # a batch on a new connection, as after an apiserver restart
+            posted[0] += 1
+            body = orjson.dumps([exec_event(posted[0], tag=f"fresh-{scheme}")])
+            with httpx.Client(timeout=10, **kwargs) as client:  # type: ignore[arg-type]
+                answer = client.post(url, content=body, headers=auth)
+            assert answer.status_code == 200, answer.status_code
+            return answer
+
+        hold = Hold(port, 512, kinds=("head",), first=(("head", b"POST /audit HTTP/1.1\r\n"),),
+                    ca_file=ca_file)
+        with Steady(url, tag=f"kept-{scheme}",
+                    client_kwargs={"headers": auth, **kwargs}) as kept, \
+                Holder(hold) as holder:
+            holder.wait_opened(512)  # all held once (renewed from now on)
+            with Probe(fresh, interval=0.2) as client:
+                time.sleep(6.0)
+            held = holder.opened
+        print(f"token over {scheme}: 512 unauthenticated heads ({held} opened in all); new "
+              f"connections {client.summary()}, kept-alive {Counter(kept.codes)}, "
+              f"{len(kept.errors)} failed")
+        kept.check(minimum=10)  # the apiserver's keep-alive connection: never closed
+        assert client.errors == [], client.errors[:3]
+        assert len(client.times) >= 10
+        assert metric(ops, "healert_connections_refused_total", listener="webhook",
+                      reason="max_connections") > 0
+        stored = metric(ops, "healert_friction_events_total", rule="kubectl-exec")
+        assert stored >= 2 * len(kept.codes) + len(client.times)
+    finally:
+        agent.kill()
