@@ -5,11 +5,14 @@
   one request, each renewed the moment the agent closes it.
 * With token authentication, connections that never pass it cannot keep a client with
   the right token out: 512 sockets holding `POST /audit HTTP/1.1\\r\\n`, renewed at once.
+* Bodies of many candidates (every event matches a rule) do not hold the event loop:
+  `/healthz` keeps answering while several arrive at once.
 """
 
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,8 +22,11 @@ import orjson
 import pytest
 from holders import Hold, Holder, Probe, get
 
+from healert_webhook.sources.webhook import ON_LOOP_EVENTS
+
 from support.agent import JSON, Agent, Steady, metric, serve_args
-from support.events import exec_event
+from support.backend import run_backend
+from support.events import event_list, exec_event
 from support.pki import client_context, make_pki
 
 TOKEN = "wh-listeners-token-5c1e"
@@ -110,3 +116,60 @@ def test_unauthenticated_heads_cannot_keep_a_client_with_the_token_out(
         assert stored >= 2 * len(kept.codes) + len(client.times)
     finally:
         agent.kill()
+
+
+# -- item 13: bodies of many candidates ---------------------------------------------------
+
+def small_exec(i: int, tag: str) -> dict[str, object]:
+    """About the smallest event that matches a packaged rule (a kubectl exec): ~300 bytes."""
+    return {"level": "Metadata", "auditID": f"{tag}-{i}", "stage": "ResponseComplete",
+            "verb": "create", "user": {"username": f"dev-{i % 50}@example.com"},
+            "objectRef": {"resource": "pods", "namespace": "payments",
+                          "name": f"api-{i % 97}", "subresource": "exec"},
+            "requestReceivedTimestamp": f"2026-11-26T10:{i // 60 % 60:02d}:{i % 60:02d}."
+                                        f"{i:06d}Z"}
+
+
+def test_bodies_of_many_candidates_do_not_hold_the_event_loop(tmp_path: Path) -> None:
+    # With a backend, as in production: without one, every stored event is also logged.
+    with run_backend(tmp_path) as backend:
+        agent = Agent(serve_args("state", "--outbox-max-events", "1000000"), tmp_path,
+                      {"HEALERT_BACKEND_URL": backend.url, "HEALERT_API_KEY": "test-key"})
+        try:
+            _many_candidates(agent)
+        finally:
+            agent.kill()
+
+
+def _many_candidates(agent: Agent) -> None:
+    """Four 3 MB and eight 270 KiB bodies of matching events at once, twice each,
+    while /healthz is asked every 50 ms."""
+    port, ops = agent.ports()
+    url = f"http://127.0.0.1:{port}/audit"
+    # what the issue measured: four 3 MB bodies of 10,000 matching events at once; and
+    # eight of as many as are evaluated on the loop (ON_LOOP_EVENTS), of the same events
+    rounds = [[event_list([small_exec(i, f"big{r}-{n}") for i in range(10_000)])
+               for n in range(4)] for r in range(2)]
+    rounds += [[event_list([small_exec(i, f"loop{r}-{n}") for i in range(ON_LOOP_EVENTS)])
+                for n in range(8)] for r in range(2)]
+    codes: list[int] = []
+
+    def post(body: bytes) -> None:
+        with httpx.Client(timeout=120) as client:
+            codes.append(client.post(url, content=body, headers=JSON).status_code)
+
+    with Probe(get(ops, "/healthz"), interval=0.05) as probe:
+        for bodies in rounds:
+            threads = [threading.Thread(target=post, args=(body,)) for body in bodies]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(300)
+    sizes = sorted({len(body) >> 10 for bodies in rounds for body in bodies})
+    print(f"many candidates: bodies of {sizes[0]}-{sizes[-1]} KiB, 4 and 8 at once, "
+          f"answered {Counter(codes)}; healthz {probe.summary()}")
+    assert codes == [200] * 24
+    assert probe.errors == [] and len(probe.times) >= 10
+    assert max(probe.times) < 0.5, sorted(probe.times)[-3:]
+    events = 2 * 4 * 10_000 + 2 * 8 * ON_LOOP_EVENTS
+    assert metric(ops, "healert_friction_events_total") == events
