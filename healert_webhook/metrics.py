@@ -117,3 +117,12 @@ FORWARD_RECONCILED = Counter(
 FORWARD_UNCERTAIN_RESENDS = Counter(
     "healert_forward_uncertain_resends_total",
     "Friction events sent again after a request whose answer was lost (possible duplicates)")
+
+# The webhook's serving certificate (TLS listeners only)
+TLS_CERT_EXPIRY = Gauge(
+    "healert_tls_certificate_expiry_timestamp_seconds",
+    "When the serving certificate in use expires (Unix time); 0 when the webhook has no TLS")
+TLS_CERT_RELOADS = Counter(
+    "healert_tls_certificate_reloads_total",
+    "Replacements of the serving certificate: loaded, or refused (the one in use kept; "
+    "counted once per change of the files or of the reason)", ["result"])

@@ -147,6 +147,7 @@ class Agent:
         path = settings.rules_path
         self.rules_watch = FileWatch(path) if path is not None else None
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
+                             certificate=webhook.certs if webhook is not None else None,
                              webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()

@@ -7,10 +7,14 @@
   the right token out: 512 sockets holding `POST /audit HTTP/1.1\\r\\n`, renewed at once.
 * Bodies of many candidates (every event matches a rule) do not hold the event loop:
   `/healthz` keeps answering while several arrive at once.
+* A serving certificate swapped for one no apiserver would take (expired, not yet valid,
+  naming another service) is refused once and the one in use kept; a certificate in use
+  that has expired makes the agent unready; the expiry is a metric.
 """
 
 from __future__ import annotations
 
+import datetime
 import resource
 import threading
 import time
@@ -24,10 +28,11 @@ from holders import Hold, Holder, Probe, get
 
 from healert_webhook.sources.webhook import ON_LOOP_EVENTS
 
-from support.agent import JSON, Agent, Steady, metric, serve_args
+from support.agent import JSON, Agent, Steady, metric, readyz, serve_args
 from support.backend import run_backend
 from support.events import event_list, exec_event
-from support.pki import client_context, make_pki
+from support.pki import PKI, client_context, make_pki, server_common_name
+from support.servers import wait_for
 
 TOKEN = "wh-listeners-token-5c1e"
 
@@ -173,3 +178,66 @@ def _many_candidates(agent: Agent) -> None:
     assert max(probe.times) < 0.5, sorted(probe.times)[-3:]
     events = 2 * 4 * 10_000 + 2 * 8 * ON_LOOP_EVENTS
     assert metric(ops, "healert_friction_events_total") == events
+
+
+# -- item 8: serving certificates ---------------------------------------------------------
+
+def swap(pki: PKI, common_name: str, *names: str, days: tuple[float, float] = (-1, 90)
+         ) -> datetime.datetime:
+    """Replace the server certificate and key (as cert-manager does); its expiry."""
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
+    before, after = (now + datetime.timedelta(days=d) for d in days)
+    leaf = pki.ca.issue_cert(*(names or ("127.0.0.1", "localhost")), common_name=common_name,
+                             not_before=before, not_after=after)
+    leaf.private_key_pem.write_to_path(str(pki.server_key))
+    leaf.cert_chain_pems[0].write_to_path(str(pki.server_cert))
+    return after.replace(tzinfo=datetime.UTC)
+
+
+def test_replacements_no_apiserver_would_take_are_refused_and_the_one_in_use_kept(
+        tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    expiry = swap(pki, "in-use", days=(-1, 30))
+    agent = Agent(serve_args("state", "--tls-cert", str(pki.server_cert), "--tls-key",
+                             str(pki.server_key)), tmp_path)
+    try:
+        port, ops = agent.ports()
+        trust = client_context(pki)
+        bad = [("expired", (-30, -1), (), "expired at"),
+               ("early", (1, 90), (), "not valid until"),
+               ("stranger", (-1, 90), ("other.example",), "share none with the certificate")]
+        for n, (name, days, names, said) in enumerate(bad, 1):
+            swap(pki, name, *names, days=days)
+            time.sleep(4.0)  # the files are checked every second: four checks of this pair
+            assert server_common_name(port, trust) == "in-use", f"{name} was loaded"
+            lines = [line for line in agent.output().splitlines() if "is not used" in line]
+            assert len(lines) == n and said in lines[-1], lines  # once, not once a check
+            assert metric(ops, "healert_tls_certificate_reloads_total", result="refused") == n
+            assert readyz(ops).status_code == 200
+        assert metric(ops, "healert_tls_certificate_expiry_timestamp_seconds") == \
+            expiry.timestamp()
+        renewed = swap(pki, "renewed", days=(-1, 60))
+        wait_for(lambda: server_common_name(port, trust) == "renewed", what="the renewal")
+        assert metric(ops, "healert_tls_certificate_expiry_timestamp_seconds") == \
+            renewed.timestamp()
+        assert metric(ops, "healert_tls_certificate_reloads_total", result="loaded") == 1
+        assert agent.alive()
+    finally:
+        agent.kill()
+
+
+def test_an_expired_certificate_in_use_is_said_by_readyz_until_a_valid_one_comes(
+        tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    swap(pki, "lapsed", days=(-90, -1))
+    agent = Agent(serve_args("state", "--tls-cert", str(pki.server_cert), "--tls-key",
+                             str(pki.server_key)), tmp_path)
+    try:
+        port, ops = agent.ports()
+        answer = readyz(ops)
+        assert answer.status_code == 503 and "serving certificate expired at" in answer.text
+        swap(pki, "fresh", days=(-1, 90))
+        wait_for(lambda: readyz(ops).status_code == 200, what="ready with a valid certificate")
+        assert server_common_name(port, client_context(pki)) == "fresh"
+    finally:
+        agent.kill()
