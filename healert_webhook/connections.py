@@ -6,8 +6,8 @@ session costs tens of KiB before the peer has proved anything). At a cap, one co
 is closed at once and counted, chosen among the *evictable* ones, least recently active
 first: on the webhook, those on which no request has passed authentication yet; on the
 ops listener, every connection not being answered right now (idle between requests
-counts). A peer at the cap makes room from its own connections first, so a flood from
-one address pushes out its own kind while a real client from another, whose handshake
+counts), taken from the peer address that holds the most of them. A flood from one
+address so pushes out its own kind while a real client from another, whose handshake
 and first request take milliseconds, gets through. Only when no open connection is
 evictable is the new one refused instead (for the handshake cap: the oldest handshake).
 

@@ -59,6 +59,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     on_protect: Callable[[], object] | None = None  # the gate: never close it for room
     on_evictable: Callable[[], object] | None = None  # the gate: may close it for room
     proven = False  # a request on it passed authentication
+    offers_authentication = True  # the app is offered AUTHENTICATED_EXTENSION
     _head_bytes = 0
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
@@ -91,7 +92,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """A request starts: its head must be complete within `head_timeout`."""
         super().on_message_begin()
-        if not self.proven:
+        if self.offers_authentication and not self.proven:
             self.scope["extensions"] = {AUTHENTICATED_EXTENSION: {"call": self.authenticated}}
         if self._head_timer is None:
             self._start_head_timer(self.head_timeout, "of its first byte")
@@ -213,11 +214,7 @@ class OpsHttpProtocol(GuardedHttpProtocol):
     head_timeout = 5.0
     keep_alive = 5.0
     counted = False
-
-    def on_message_begin(self) -> None:
-        """A request starts (no authentication to offer the app here)."""
-        self.proven = True  # only keeps the webhook's extension out of the scope
-        super().on_message_begin()
+    offers_authentication = False
 
     def on_headers_complete(self) -> None:
         """A request is being answered: protect the connection meanwhile."""

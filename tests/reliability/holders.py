@@ -28,7 +28,7 @@ OPS_HEAD = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
 KINDS = {
     "idle": b"",  # connects, never sends a byte
     "half": b"GET /healthz HTTP/1.1\r\nhost:",  # half a head, then nothing
-    "trickle": b"G",  # a head one byte per `trickle_every` seconds
+    "trickle": b"",  # sends `Hold.trickle` one byte per `trickle_every` seconds instead
     "served": OPS_HEAD,  # one whole request, reads the answer, then idles
 }
 
