@@ -2,7 +2,9 @@
 
 TLS itself (tls.py) has already checked that a client certificate chains to the client CA;
 here a request is checked against an allow-list of the certificate's names and against the
-accepted tokens. Both answer with a bounded reason, never with what was presented.
+accepted tokens. Both answer with a bounded reason, never with what was presented. A
+request that passed tells its connection (`mark_authenticated`): from then on the
+connection gate never closes it to make room for another.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from healert_webhook.config import Settings
 from healert_webhook.filewatch import FileWatch, read_regular
-from healert_webhook.protocol import PEER_EXTENSION
+from healert_webhook.protocol import AUTHENTICATED_EXTENSION, PEER_EXTENSION
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,13 @@ def request_names(scope: Mapping[str, Any]) -> tuple[str, ...]:
     """The verified client certificate names the protocol put into a request's scope."""
     peer = (scope.get("extensions") or {}).get(PEER_EXTENSION)
     return tuple(peer["names"]) if peer else ()
+
+
+def mark_authenticated(scope: Mapping[str, Any]) -> None:
+    """The request passed authentication: its connection is proven (protocol.py)."""
+    offer = (scope.get("extensions") or {}).get(AUTHENTICATED_EXTENSION)
+    if offer is not None:
+        offer["call"]()
 
 
 class TokenError(ValueError):

@@ -3,18 +3,21 @@
 Every accepted TCP connection meets a `Gate` before any HTTP or TLS code runs. Two caps
 bound what connections can cost: open connections, and TLS handshakes in progress (a TLS
 session costs tens of KiB before the peer has proved anything). At a cap, one connection
-is closed at once and counted — the oldest that has not yet sent a request (for the
-handshake cap, the oldest handshake), so a flood of silent or stalled connections pushes
-out its own kind while a real client, whose handshake and first request take
-milliseconds, gets through. Only when every open connection has sent a request is the new
-one refused instead.
+is closed at once and counted, chosen among the *evictable* ones, least recently active
+first: on the webhook, those on which no request has passed authentication yet; on the
+ops listener, every connection not being answered right now (idle between requests
+counts), taken from the peer address that holds the most of them. A flood from one
+address so pushes out its own kind while a real client from another, whose handshake
+and first request take milliseconds, gets through. Only when no open connection is
+evictable is the new one refused instead (for the handshake cap: the oldest handshake).
+
+The HTTP protocol (protocol.py) says when a connection turns protected or evictable.
 
 A TLS handshake is done here, bounded by a deadline; one that fails or times out is
 counted by reason and logged with the peer's address, aggregated per reason (a scanner
-must not flood the log). Only then is the HTTP protocol (protocol.py) handed the
-connection. The event loop's own `ssl=` would start the TLS session inside the accept
-path, before anything of ours could look at the connection, with a deadline uvicorn
-does not let us set.
+must not flood the log). Only then is the HTTP protocol handed the connection. The event
+loop's own `ssl=` would start the TLS session inside the accept path, before anything of
+ours could look at the connection, with a deadline uvicorn does not let us set.
 """
 
 from __future__ import annotations
@@ -52,9 +55,10 @@ class Gate:
         self.limits = limits
         self.ctx = ctx
         self.open = 0
-        # Connections that have not sent a request yet, oldest first: the ones a cap
-        # closes first. Those in their TLS handshake are also in `_handshakes`.
-        self._unproven: dict[_Door, asyncio.Transport] = {}
+        # Connections a cap may close, least recently active first: all of them, and per
+        # peer address. Those in their TLS handshake are also in `_handshakes`.
+        self._evictable: dict[_Door, None] = {}
+        self._by_peer: dict[str, dict[_Door, None]] = {}
         self._handshakes: dict[_Door, asyncio.Future[None]] = {}
         self._open_gauge = metrics.CONNECTIONS_OPEN.labels(listener)
 
@@ -75,7 +79,8 @@ class Gate:
             def http() -> GuardedHttpProtocol:
                 protocol = make_http(**kwargs)
                 protocol.on_close = lambda: self.closed(door)
-                protocol.on_request = lambda: self._unproven.pop(door, None)
+                protocol.on_protect = lambda: self.protect(door)
+                protocol.on_evictable = lambda: self.evictable(door)
                 return protocol
 
             door.http = http
@@ -87,41 +92,74 @@ class Gate:
         """An admitted connection ended (its HTTP protocol or a failed handshake says so)."""
         if door.counted:
             door.counted = False
-            self._unproven.pop(door, None)
+            self.protect(door)
             self.open -= 1
             self._open_gauge.set(self.open)
+
+    def protect(self, door: _Door) -> None:
+        """The connection serves a client that proved itself: a cap never closes it."""
+        if door in self._evictable:
+            del self._evictable[door]
+            peers = self._by_peer[door.peer]
+            del peers[door]
+            if not peers:
+                del self._by_peer[door.peer]
+
+    def evictable(self, door: _Door) -> None:
+        """A cap may close the connection to make room; it is now the most recent."""
+        if not door.counted:
+            return
+        self.protect(door)  # to the end of both orders
+        self._evictable[door] = None
+        self._by_peer.setdefault(door.peer, {})[door] = None
 
     def abort_handshakes(self) -> None:
         """Stopping: end the connections still in their handshake."""
         for door in list(self._handshakes):
-            transport = self._unproven.get(door)
             self._end_handshake(door)
             self.closed(door)
-            if transport is not None:
-                transport.abort()
+            if door.transport is not None:
+                door.transport.abort()
 
     # -- used by the door ---------------------------------------------------------------
 
     def admit(self, door: _Door, transport: asyncio.Transport) -> bool:
         """Take the connection, making room under the caps first; False if refused."""
+        door.peer = _peer_host(transport)
         if self.open >= self.limits.max_connections:
-            oldest = next(iter(self._unproven), None)
-            if oldest is None:  # every connection is serving requests: refuse the new one
+            victim = self._victim(door.peer)
+            if victim is None:  # every connection is serving a client: refuse the new one
                 self._refuse(transport, "max_connections", self.limits.max_connections)
                 return False
-            self._refuse(self._unproven[oldest], "max_connections",
-                         self.limits.max_connections, oldest)
+            self._refuse(victim.transport, "max_connections", self.limits.max_connections,
+                         victim)
         if self.ctx is not None and self.handshaking >= self.limits.max_handshakes:
             oldest = next(iter(self._handshakes))
-            self._refuse(self._unproven[oldest], "max_handshakes", self.limits.max_handshakes,
+            self._refuse(oldest.transport, "max_handshakes", self.limits.max_handshakes,
                          oldest)
         door.counted = True
-        self._unproven[door] = transport
+        door.transport = transport
         self.open += 1
         self._open_gauge.set(self.open)
+        self.evictable(door)
         return True
 
-    def _refuse(self, transport: asyncio.Transport, reason: str, cap: int,
+    def _victim(self, peer: str) -> _Door | None:
+        """The connection to close for a new one from `peer`: the least recently active
+        evictable one of the peer holding the most evictable connections (`peer` itself
+        on a tie). A flood from one address so replaces its own connections, never those
+        of a peer holding fewer (a probe, the apiserver opening several at once).
+
+        Scans the peers: at most one per evictable connection, and only at the cap."""
+        if not self._evictable:
+            return None
+        most = max(self._by_peer.values(), key=len)
+        own = self._by_peer.get(peer)
+        if own is not None and len(own) >= len(most):
+            most = own
+        return next(iter(most))
+
+    def _refuse(self, transport: asyncio.Transport | None, reason: str, cap: int,
                 door: _Door | None = None) -> None:
         metrics.CONNECTIONS_REFUSED.labels(self.listener, reason).inc()
         _refusals.warning("%s connection from %s closed at once: %s reached (%d)",
@@ -129,7 +167,8 @@ class Gate:
         if door is not None:
             self._end_handshake(door)
             self.closed(door)
-        transport.abort()
+        if transport is not None:
+            transport.abort()
 
     def _end_handshake(self, door: _Door) -> asyncio.Future[None] | None:
         """Forget a handshake in progress (now, so the caps see it gone); its waiter."""
@@ -198,6 +237,8 @@ class _Door(asyncio.Protocol):
         self.gate = gate
         self.http: Callable[[], GuardedHttpProtocol] | None = None
         self.counted = False  # admitted and not yet closed
+        self.transport: asyncio.Transport | None = None  # the TCP transport, once admitted
+        self.peer = ""  # the peer's address, without the port
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Admit or refuse; then TLS, or the HTTP protocol at once for plain HTTP."""
@@ -223,8 +264,13 @@ def _ssl_protocol(loop: asyncio.AbstractEventLoop) -> Any:
     return sslproto.SSLProtocol
 
 
-def _peer(transport: asyncio.BaseTransport) -> str:
+def _peer_host(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+
+def _peer(transport: asyncio.BaseTransport | None) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
         host, port = peer[0], peer[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

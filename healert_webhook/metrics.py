@@ -188,3 +188,11 @@ TAIL_NUL_BYTES = Counter(
     "healert_tail_nul_bytes_skipped_total",
     "NUL bytes skipped in audit log files: no event holds one; a crash of the writer "
     "leaves runs of them where data was to be")
+# The webhook's serving certificate (TLS listeners only)
+TLS_CERT_EXPIRY = Gauge(
+    "healert_tls_certificate_expiry_timestamp_seconds",
+    "When the serving certificate in use expires (Unix time); 0 when the webhook has no TLS")
+TLS_CERT_RELOADS = Counter(
+    "healert_tls_certificate_reloads_total",
+    "Replacements of the serving certificate: loaded, or refused (the one in use kept; "
+    "counted once per change of the files or of the reason)", ["result"])

@@ -1,10 +1,13 @@
 """The ops listener: /metrics for Prometheus, /healthz (alive), /readyz (can take work).
 
-Ready means: outbox writable, webhook listener up (when serving) and the tailer following
-(when tailing); rules are always loaded, an agent without them does not start. The
-forwarder's state is shown in /readyz's body but never makes the agent unready: a backend
-outage must not take the webhook out of the apiserver's reach, the outbox exists to ride
-it out. No endpoint shows configuration,
+Ready means: outbox writable, webhook listener up (when serving), its serving
+certificate within its validity (with TLS) and the tailer following (when tailing);
+rules are always loaded, an agent without them does not start. An expired or not yet
+valid certificate fails every apiserver handshake, so the webhook takes no work then:
+unready says so on the pod, and takes a Service-mode replica out of the endpoints while
+another may still serve. The forwarder's state is shown in /readyz's body but never
+makes the agent unready: a backend outage must not take the webhook out of the
+apiserver's reach, the outbox exists to ride it out. No endpoint shows configuration,
 paths of secrets, URLs or keys.
 """
 
@@ -45,10 +48,10 @@ class StatusSource(Protocol):
 
 
 class ReadySource(Protocol):
-    """The tailer's readiness check."""
+    """A part's readiness check: the tailer's, the serving certificate's."""
 
     def ready(self) -> str | None:
-        """None when following the file, else the reason."""
+        """None when ready (following the file, a valid certificate), else the reason."""
         ...
 
 
@@ -59,6 +62,7 @@ class Health:
     outbox: Writable | None = None
     forwarder: StatusSource | None = None
     tailer: ReadySource | None = None
+    certificate: ReadySource | None = None
     webhook_expected: bool = False
     webhook_up: bool = False
     stopping: bool = False
@@ -76,6 +80,10 @@ class Health:
                 out.append(reason)
         if self.webhook_expected and not self.webhook_up:
             out.append("webhook listener not up")
+        if self.certificate is not None:
+            reason = self.certificate.ready()
+            if reason:
+                out.append(reason)
         if self.tailer is not None:
             reason = self.tailer.ready()
             if reason:

@@ -2,8 +2,12 @@
 
 uvicorn buffers request lines and headers without bound, arms its idle timer only after a
 first response, and has no deadline for headers. `GuardedHttpProtocol` bounds a request
-head's size and time and closes connections that never send a request; `PeerInfoProtocol`
-also puts the verified TLS client certificate's names into every request's scope.
+head's size and time, gives a new connection a short deadline for its first request head,
+and tells the connection gate (connections.py) when the connection turns protected: on
+the webhook once a request on it has passed authentication (the app says so through the
+request's scope, `AUTHENTICATED_EXTENSION`), on the ops listener (`OpsHttpProtocol`) only
+while a request is being answered. `PeerInfoProtocol` also puts the verified TLS client
+certificate's names into every request's scope.
 
 A body is handed to the app as the parser delivered it (`_Cycle`): uvicorn appends every
 piece to one growing bytearray and copies that into bytes on every receive, two copies of
@@ -28,6 +32,9 @@ from healert_webhook.tls import peer_names
 log = logging.getLogger(__name__)
 _refused_log = Limiter(log, per_interval=5, interval=60.0, what="request heads refused")
 PEER_EXTENSION = "healert.peer"
+# In the scope of a request on a connection not yet proven, `{"call": ...}`: call it once
+# the request has passed authentication, and the connection is never closed for room.
+AUTHENTICATED_EXTENSION = "healert.authenticated"
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -36,26 +43,34 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     uvicorn (0.3x) buffers request lines and headers without bound, arms its idle timer
     only after a first response, and has no deadline for headers: one client could hold
     gigabytes in one endless header, or thousands of connections that never send a
-    request. Here a head (request line and headers) over `max_head_bytes` is answered 431,
-    one not complete within `head_timeout` seconds of its first byte is answered 408, and
-    a new connection that sends nothing is closed after the keep-alive timeout, like an
-    idle one between requests. Headers from the apiserver are a few hundred bytes.
+    request. Here a head (request line and headers) over `max_head_bytes` is answered 431;
+    a new connection's first head must be complete within `first_head_timeout` seconds of
+    the connection (the apiserver sends it at once), a later one within `head_timeout`
+    seconds of its first byte, else 408 (a connection that sent nothing is closed
+    quietly). Headers from the apiserver are a few hundred bytes.
     """
 
     max_head_bytes = 64 * 1024
+    first_head_timeout = 10.0
     head_timeout = 30.0
+    keep_alive: float | None = None  # idle seconds between requests (None: uvicorn's)
     counted = True  # refusals count in healert_webhook_requests_total (False: ops listener)
     on_close: Callable[[], None] | None = None  # the gate's count of open connections
-    on_request: Callable[[], object] | None = None  # the gate: this one sent a request
+    on_protect: Callable[[], object] | None = None  # the gate: never close it for room
+    on_evictable: Callable[[], object] | None = None  # the gate: may close it for room
+    proven = False  # a request on it passed authentication
+    offers_authentication = True  # the app is offered AUTHENTICATED_EXTENSION
     _head_bytes = 0
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
+    _head_limit = ""  # what the head timer enforces, for the 408's message
 
     def connection_made(self, transport: Any) -> None:
-        """Start the idle timer at once: a connection that never sends a request ends."""
+        """Start the first head's deadline at once: a connection must show a request."""
         super().connection_made(transport)
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        if self.keep_alive is not None:
+            self.timeout_keep_alive = self.keep_alive  # type: ignore[assignment]
+        self._start_head_timer(self.first_head_timeout, "of connecting")
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop the head timer with the connection; tell the gate."""
@@ -76,12 +91,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         """A request starts: its head must be complete within `head_timeout`."""
-        if self.on_request is not None:
-            self.on_request()
-            self.on_request = None
         super().on_message_begin()
+        if self.offers_authentication and not self.proven:
+            self.scope["extensions"] = {AUTHENTICATED_EXTENSION: {"call": self.authenticated}}
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_expired)
+            self._start_head_timer(self.head_timeout, "of its first byte")
+
+    def authenticated(self) -> None:
+        """A request on this connection passed authentication: it is proven for good."""
+        if not self.proven:
+            self.proven = True
+            if self.on_protect is not None:
+                self.on_protect()
 
     def on_headers_complete(self) -> None:
         """The head is complete: the body is the app's business (it has its own deadline)."""
@@ -112,6 +133,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
 
+    def _start_head_timer(self, seconds: float, counted_from: str) -> None:
+        self._head_limit = f"within {seconds:g} s {counted_from}"
+        self._head_timer = self.loop.call_later(seconds, self._head_expired)
+
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -119,8 +144,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _head_expired(self) -> None:
         self._head_timer = None
-        if self._in_head:
-            self._refuse(408, f"request head not complete within {self.head_timeout:g} s")
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self._head_bytes == 0:  # nothing sent: nothing to answer
+            self.transport.close()
+            return
+        self._refuse(408, f"request head not complete {self._head_limit}")
 
     def _refuse(self, code: int, why: str) -> None:
         if self.transport.is_closing():
@@ -172,9 +201,45 @@ class _Cycle(RequestResponseCycle):
 
 
 class OpsHttpProtocol(GuardedHttpProtocol):
-    """The guarded protocol for the ops listener (its refusals are not webhook requests)."""
+    """The guarded protocol for the ops listener, whose peers prove nothing (no auth).
 
+    A connection is protected from the gate's eviction only while one of its requests is
+    being answered to a peer that reads: idle between requests, in a head, or with a full
+    write buffer it may be closed to make room, so whatever one peer holds open, a probe
+    or a scrape gets in. Deadlines are short: probes and scrapes send their request at
+    once and take milliseconds to answer. Its refusals are not webhook requests.
+    """
+
+    first_head_timeout = 5.0
+    head_timeout = 5.0
+    keep_alive = 5.0
     counted = False
+    offers_authentication = False
+
+    def on_headers_complete(self) -> None:
+        """A request is being answered: protect the connection meanwhile."""
+        super().on_headers_complete()
+        if self.on_protect is not None:
+            self.on_protect()
+
+    def on_response_complete(self) -> None:
+        """Answered: evictable again, unless a pipelined request is answered next."""
+        super().on_response_complete()
+        if not self.pipeline and self.on_evictable is not None:
+            self.on_evictable()
+
+    def pause_writing(self) -> None:
+        """The peer does not read what it asked for: it protects nothing."""
+        super().pause_writing()
+        if self.on_evictable is not None:
+            self.on_evictable()
+
+    def resume_writing(self) -> None:
+        """The peer reads again: protected while its request is answered."""
+        super().resume_writing()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self.on_protect is not None:
+            self.on_protect()
 
 
 class PeerInfoProtocol(GuardedHttpProtocol):
@@ -194,4 +259,4 @@ class PeerInfoProtocol(GuardedHttpProtocol):
         """Start a request's scope, then attach the connection's peer information."""
         super().on_message_begin()
         if self._peer is not None:
-            self.scope["extensions"] = {PEER_EXTENSION: self._peer}
+            self.scope.setdefault("extensions", {})[PEER_EXTENSION] = self._peer

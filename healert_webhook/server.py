@@ -55,7 +55,8 @@ PART_STOP = 4.0  # tailer and forwarder each get this long to stop
 WATCH_INTERVAL = 1.0
 STORE_THREADS = 2  # SQLite serialises writers; a second thread overlaps one fsync
 # Prometheus, probes and an operator's curl: a few at a time. Capped on its own, so a
-# flood on the webhook port cannot take the ops listener's descriptors, nor the reverse.
+# flood on the webhook port cannot take the ops listener's descriptors, nor the reverse;
+# at the cap a connection not being answered is closed for room (OpsHttpProtocol).
 OPS_MAX_CONNECTIONS = 64
 # Descriptors kept for everything but connections: the outbox and its WAL, the audit log,
 # rotated files, certificate reloads, the backend client, threads' pipes.
@@ -225,6 +226,7 @@ class Agent:
         self.rules_watch = FileWatch(path) if path is not None else None
         self.rule_reloads = RuleReloads(pipeline)
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
+                             certificate=webhook.certs if webhook is not None else None,
                              webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()

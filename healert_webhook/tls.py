@@ -9,19 +9,31 @@
   checked per request (auth.py), from the names `peer_names` reads off the verified
   peer certificate once per connection (protocol.py).
 * `CertReloader` loads a renewed certificate into the SAME context, so new handshakes use
-  it while open connections keep theirs.
+  it while open connections keep theirs. A replacement every apiserver would refuse is
+  not loaded: one outside its validity, or one that shares no name with the certificate
+  in use (`ServingCert`, read from the certificate itself). The agent cannot know which
+  name the apiserver dials (the shipped kubeconfigs send a `tls-server-name`, others the
+  address), so a replacement must keep at least one name of the one in use: a renewal
+  keeps them all, a certificate of another service shares none. A rename is done in two
+  steps (both names, then the new one) or by a restart, which takes any valid pair.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import logging
 import re
 import ssl
-import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from healert_webhook.filewatch import FileWatch
+from healert_webhook import metrics
+from healert_webhook.filewatch import FileWatch, NotRegularFile, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +93,16 @@ def _why(exc: BaseException) -> str:
 def _read(setting: str, path: Path) -> bytes:
     """The file's bytes, or TLSConfigError saying why it is not a readable PEM file.
 
-    It is checked to be a regular file first: opening a FIFO or a device would block or
-    read without end.
+    Read without ever blocking: a FIFO or a device at the path is refused at once
+    (filewatch.read_regular), and no more than PEM_MAX + 1 bytes are read.
     """
     try:
-        mode = path.stat().st_mode
-        if stat.S_ISDIR(mode):
-            raise TLSConfigError(f"{setting} {path}: is a directory, not a PEM file")
-        if not stat.S_ISREG(mode):
-            raise TLSConfigError(f"{setting} {path}: is not a regular file")
-        with path.open("rb") as handle:
-            data = handle.read(PEM_MAX + 1)
+        data = read_regular(path, PEM_MAX)
     except FileNotFoundError as exc:
         raise TLSConfigError(f"{setting} {path}: no such file") from exc
+    except NotRegularFile as exc:
+        kind = (exc.strerror or "not a regular file").replace(", not a regular file", "")
+        raise TLSConfigError(f"{setting} {path}: {kind}, not a PEM file") from exc
     except OSError as exc:
         raise TLSConfigError(f"{setting} {path}: cannot be read: {_why(exc)}") from exc
     if len(data) > PEM_MAX:
@@ -179,43 +188,246 @@ def peer_names(peercert: dict[str, Any] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-class CertReloader:
-    """Loads a renewed server certificate and key into the live SSLContext."""
+# -- what a serving certificate is good for ----------------------------------------------
 
-    def __init__(self, ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
+_SAN = b"\x55\x1d\x11"  # the OID 2.5.29.17, subjectAltName
+_CN = b"\x55\x04\x03"  # the OID 2.5.4.3, commonName
+
+
+@dataclass(frozen=True)
+class ServingCert:
+    """The validity and the names of a server certificate (the first of its chain).
+
+    `names` are its DNS names (lower case) and IP addresses; its subject CN only when it
+    has no subjectAltName (Go clients, the apiserver among them, ignore the CN then).
+    """
+
+    not_before: datetime
+    not_after: datetime
+    names: frozenset[str]
+
+    def validity_problem(self, now: float) -> str | None:
+        """Why no client accepts it at `now` (Unix time), or None."""
+        if now < self.not_before.timestamp():
+            return f"not valid until {_when(self.not_before)}"
+        if now > self.not_after.timestamp():
+            return f"expired at {_when(self.not_after)}"
+        return None
+
+    def shares_a_name(self, other: ServingCert) -> bool:
+        """True when a name `other` serves is served by this one too (wildcards count)."""
+        return any(_covers(mine, theirs) or _covers(theirs, mine)
+                   for mine in self.names for theirs in other.names)
+
+    def shown_names(self) -> str:
+        """Its names for a log line."""
+        return ", ".join(sorted(self.names)) or "none"
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _covers(pattern: str, name: str) -> bool:
+    """`pattern` names `name`: the same, or a wildcard for its first label."""
+    if pattern == name:
+        return True
+    return (pattern.startswith("*.") and "." in name
+            and name.split(".", 1)[1] == pattern[2:])
+
+
+def serving_cert(setting: str, path: Path, data: bytes) -> ServingCert:
+    """What the first certificate of the PEM chain `data` is good for (TLSConfigError
+    naming `setting` and `path` when it cannot be read)."""
+    block = _CERT.search(data)
+    try:
+        if block is None:
+            raise ValueError("no certificate")
+        return _read_der(ssl.PEM_cert_to_DER_cert(block.group().decode("ascii")))
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise TLSConfigError(f"{setting} {path}: the server certificate cannot be read "
+                             f"({exc})") from exc
+
+
+def _tlv(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end of the value) of the DER element at `at`."""
+    tag, size = der[at], der[at + 1]
+    at += 2
+    if size & 0x80:
+        count = size & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("bad DER length")
+        size = int.from_bytes(der[at:at + count], "big")
+        at += count
+    if at + size > len(der):
+        raise ValueError("truncated DER")
+    return tag, at, at + size
+
+
+def _children(der: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    at = start
+    while at < end:
+        tag, value, stop = _tlv(der, at)
+        yield tag, value, stop
+        at = stop
+
+
+def _read_der(der: bytes) -> ServingCert:
+    """Validity, SAN and CN of an X.509 certificate, by walking its DER (RFC 5280 4.1)."""
+    _, cert, _ = _tlv(der, 0)
+    _, tbs, tbs_end = _tlv(der, cert)
+    fields = list(_children(der, tbs, tbs_end))
+    if fields and fields[0][0] == 0xA0:  # [0] version
+        fields = fields[1:]
+    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
+    _, valid, valid_end = fields[3]
+    not_before, not_after = (_time(der, tag, start, stop)
+                             for tag, start, stop in _children(der, valid, valid_end))
+    names: set[str] = set()
+    for tag, start, _ in fields[6:]:
+        if tag == 0xA3:  # [3] extensions
+            names |= _alt_names(der, start)
+    if not names:
+        names |= _common_names(der, fields[4][1], fields[4][2])
+    return ServingCert(not_before, not_after, frozenset(names))
+
+
+def _time(der: bytes, tag: int, start: int, stop: int) -> datetime:
+    text = der[start:stop].decode("ascii")
+    if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ, 1950 to 2049
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif tag != 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
+        raise ValueError("bad validity time")
+    return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC)
+
+
+def _alt_names(der: bytes, start: int) -> set[str]:
+    names: set[str] = set()
+    _, seq, seq_end = _tlv(der, start)
+    for _, ext, ext_end in _children(der, seq, seq_end):
+        parts = list(_children(der, ext, ext_end))
+        if der[parts[0][1]:parts[0][2]] != _SAN:
+            continue
+        _, value, value_end = _tlv(der, parts[-1][1])  # inside the OCTET STRING
+        for tag, name, name_end in _children(der, value, value_end):
+            if tag == 0x82:  # dNSName
+                names.add(der[name:name_end].decode("ascii").lower())
+            elif tag == 0x87:  # iPAddress
+                names.add(str(ipaddress.ip_address(der[name:name_end])))
+    return names
+
+
+def _common_names(der: bytes, start: int, stop: int) -> set[str]:
+    names: set[str] = set()
+    for _, rdn, rdn_end in _children(der, start, stop):
+        for _, pair, pair_end in _children(der, rdn, rdn_end):
+            oid, value = list(_children(der, pair, pair_end))[:2]
+            if der[oid[1]:oid[2]] == _CN:
+                names.add(der[value[1]:value[2]].decode("utf-8", "replace").lower())
+    return names
+
+
+# -- reloading --------------------------------------------------------------------------
+
+class CertReloader:
+    """Loads a renewed server certificate and key into the live SSLContext, if usable.
+
+    `pending()` (blocking: run in a thread) checks a changed pair in a scratch context and
+    against the certificate in use; `apply()` (on the loop thread, where the handshakes
+    run) loads it. A refused replacement is logged once, then checked again every time
+    (a certificate issued seconds ahead of this node's clock becomes valid; the other half
+    of a pair arrives), and logged again only when its files or the reason change.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, cert: Path, key: Path,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ctx = ctx
         self.cert = cert
         self.key = key
+        self.clock = clock
         self._watches = (FileWatch(cert), FileWatch(key))
+        self.current = serving_cert("HEALERT_TLS_CERT", cert, _read("HEALERT_TLS_CERT", cert))
+        self._checked: tuple[str, ServingCert] | None = None  # a usable pair: digest, cert
+        self._refused: tuple[str, str] | None = None  # the refusal logged: digest, reason
+        metrics.TLS_CERT_EXPIRY.set(self.current.not_after.timestamp())
+        problem = self.ready()
+        if problem:
+            log.error("%s: every TLS handshake fails until a valid certificate is in place "
+                      "(it is loaded within a second); /readyz says so meanwhile", problem)
+
+    def ready(self) -> str | None:
+        """None while the certificate in use is valid, else why no client takes it."""
+        problem = self.current.validity_problem(self.clock())
+        return f"serving certificate {problem}" if problem else None
 
     def pending(self, force: bool = False) -> bool:
-        """True when the files changed and form a usable pair (blocking: run in a thread).
-
-        The pair is first loaded into a scratch context: loading a certificate whose key
-        is not written yet into the live context would leave it without a usable key.
-        """
+        """True when the files changed and hold a pair to use (blocking: run in a thread)."""
         changed = [watch.changed(force) for watch in self._watches]
-        if not any(changed):
+        if not any(changed) and self._refused is None:
             return False
+        digest, problem = self._check()
+        if problem is None:
+            self._refused = None
+            return True
+        if self._refused != (digest, problem):  # once per change of the files or reason
+            self._refused = (digest, problem)
+            metrics.TLS_CERT_RELOADS.labels("refused").inc()
+            log.error("server certificate changed but is not used, keeping the one in use "
+                      "(valid until %s): %s", _when(self.current.not_after), problem)
+        return False
+
+    def _check(self) -> tuple[str, str | None]:
+        """The pair's digest, and why it cannot replace the one in use (None: it can)."""
+        self._checked = None
         probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
+            digest = self._digest()
+            # In a scratch context first: loading a certificate whose key is not written
+            # yet into the live context would leave it without a usable key.
             _load_chain(probe, self.cert, self.key)
+            new = serving_cert("HEALERT_TLS_CERT", self.cert,
+                               _read("HEALERT_TLS_CERT", self.cert))
         except TLSConfigError as exc:
-            log.error("server certificate changed but cannot be used yet, keeping the "
-                      "current one: %s", exc)
-            for watch in self._watches:
-                watch.forget()  # retry on the next check: the other half may be on its way
-            return False
-        return True
+            return "", str(exc)
+        problem = new.validity_problem(self.clock())
+        if problem is None and not new.shares_a_name(self.current):
+            problem = (f"its names ({new.shown_names()}) share none with the certificate "
+                       f"in use ({self.current.shown_names()}), which the apiserver dials")
+        if problem is not None:
+            return digest, f"HEALERT_TLS_CERT {self.cert}: {problem}"
+        self._checked = (digest, new)
+        return digest, None
+
+    def _digest(self) -> str:
+        hashed = hashlib.sha256(_read("HEALERT_TLS_CERT", self.cert))
+        hashed.update(_read("HEALERT_TLS_KEY", self.key))
+        return hashed.hexdigest()
 
     def apply(self) -> bool:
-        """Load the certificate into the live context; new handshakes use it."""
+        """Load the pair `pending()` checked into the live context; new handshakes use it.
+
+        Not if the files changed since (the next check sees them): what is loaded is
+        what was checked, but for a write landing between the two reads of this call.
+        """
+        checked = self._checked
+        self._checked = None
         try:
+            if checked is None or self._digest() != checked[0]:
+                return False
             _load_chain(self.ctx, self.cert, self.key)
         except TLSConfigError as exc:
-            log.error("server certificate reload failed: %s", exc)
-            for watch in self._watches:
-                watch.forget()
+            log.error("server certificate reload failed, keeping the one in use: %s", exc)
             return False
-        log.info("server certificate reloaded from %s", self.cert)
+        new = checked[1]
+        dropped = self.current.names - new.names
+        self.current = new
+        metrics.TLS_CERT_EXPIRY.set(new.not_after.timestamp())
+        metrics.TLS_CERT_RELOADS.labels("loaded").inc()
+        log.info("server certificate reloaded from %s: valid until %s, names %s", self.cert,
+                 _when(new.not_after), new.shown_names())
+        if dropped:
+            log.warning("the new server certificate no longer names %s: an apiserver "
+                        "dialing that name now fails its handshakes",
+                        ", ".join(sorted(dropped)))
         return True

@@ -1,8 +1,10 @@
-"""The agent's HTTP protocol hands request bodies over as they arrived, byte for byte.
+"""The agent's HTTP protocol hands request bodies over as they arrived, byte for byte,
+and tells the connection gate which connections it may close to make room.
 
-A real uvicorn server on loopback with the agent's protocol; a raw socket as the client,
-so the pieces a body arrives in, pipelining, `Expect: 100-continue` and a client that
-goes away mid-body are what the test sends.
+A real uvicorn server on loopback with the agent's protocol and gate; raw sockets as the
+clients, so the pieces a body arrives in, pipelining, `Expect: 100-continue`, a client
+that goes away mid-body, and the order connections arrive in and prove themselves are
+what the test sends.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from healert_webhook import connections
+from healert_webhook import protocol as http_protocol
+from healert_webhook.auth import mark_authenticated
 
 from support.servers import Running, serve_app, wait_for
 
@@ -118,3 +124,118 @@ def test_a_client_gone_mid_body_is_a_disconnect(echo: tuple[Running, EchoDigest]
         sock.sendall(head(1_000_000) + b"x" * 100_000)
         time.sleep(0.2)
     wait_for(lambda: app.disconnects == 1, what="the app sees the disconnect")
+
+
+# -- which connection a full listener closes ------------------------------------------------
+
+class Proving:
+    """Answers 200; a request carrying `x-auth: yes` proves its connection (as the webhook
+    does once a request passed authentication)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if (b"x-auth", b"yes") in scope["headers"]:
+            mark_authenticated(scope)
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                    source_address=(source, 0))
+    time.sleep(0.05)  # admitted in this order
+    return sock
+
+
+def ask(sock: socket.socket, auth: bool = False) -> bytes:
+    sock.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n%s\r\n" % (b"x-auth: yes\r\n" if auth else b""))
+    return sock.recv(1024)
+
+
+def closed(sock: socket.socket) -> bool:
+    """True when the server closed or reset the connection."""
+    sock.settimeout(0.3)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_a_full_listener_closes_the_least_recently_active_unproven_connection() -> None:
+    with serve_app(Proving(), limits=connections.Limits(3)) as running:
+        port = running.port
+        silent = connect(port)
+        asked = connect(port)
+        assert ask(asked).startswith(b"HTTP/1.1 200")  # a request, but not authenticated
+        proven = connect(port)
+        assert ask(proven, auth=True).startswith(b"HTTP/1.1 200")
+        newer = connect(port)  # full: the oldest unproven goes
+        assert closed(silent) and not closed(asked) and not closed(proven)
+        newest = connect(port)
+        assert closed(asked) and not closed(newer) and not closed(proven)
+        assert ask(newer, auth=True).startswith(b"HTTP/1.1 200")
+        last = connect(port)
+        assert closed(newest)  # the only unproven one left
+        assert ask(last, auth=True).startswith(b"HTTP/1.1 200")
+        refused = connect(port)  # every connection proven: the new one is refused
+        assert closed(refused) and not closed(proven) and not closed(newer)
+
+
+def test_a_peer_at_the_cap_replaces_its_own_connections() -> None:
+    with serve_app(Proving(), limits=connections.Limits(4)) as running:
+        port = running.port
+        flood = [connect(port) for _ in range(3)]
+        other = connect(port, "127.0.0.2")  # the newest: least recently active are flood's
+        more = [connect(port) for _ in range(10)]  # the flood renews its own
+        assert not closed(other)
+        assert all(closed(sock) for sock in flood + more[:-3])
+        third = connect(port, "127.0.0.3")  # the flood holds the most: it makes room
+        assert not closed(other) and not closed(third)
+        assert ask(other).startswith(b"HTTP/1.1 200")
+
+
+def test_on_the_ops_listener_idle_between_requests_counts_as_idle() -> None:
+    with serve_app(Proving(), protocol=http_protocol.OpsHttpProtocol,
+                   limits=connections.Limits(2)) as running:
+        port = running.port
+        silent = connect(port)
+        scraped = connect(port)
+        assert ask(scraped).startswith(b"HTTP/1.1 200")  # answered, then idle
+        third = connect(port)
+        assert closed(silent) and not closed(scraped)
+        fourth = connect(port)
+        assert closed(scraped)  # idle after its request: evicted like any idle one
+        assert not closed(third) and not closed(fourth)
+
+
+class _QuickFirstHead(http_protocol.GuardedHttpProtocol):
+    first_head_timeout = 0.5
+
+
+def test_a_new_connection_must_show_a_whole_head_soon_whatever_it_trickles() -> None:
+    with serve_app(Proving(), protocol=_QuickFirstHead, keep_alive=5.0) as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            answer = b""
+            for byte in b"GET /x HTTP/1.1\r\nhost: x\r\n":  # a byte every 0.1 s
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break
+                sock.settimeout(0.1)
+                try:
+                    answer = sock.recv(1024)
+                except TimeoutError:
+                    continue
+                break
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"within 0.5 s of connecting" in answer
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            assert ask(sock, auth=True).startswith(b"HTTP/1.1 200")
+            time.sleep(1.0)  # past the first head's deadline: a later head has its own
+            assert ask(sock).startswith(b"HTTP/1.1 200")

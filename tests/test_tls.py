@@ -6,6 +6,8 @@ the test makes.
 
 from __future__ import annotations
 
+import datetime
+import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from healert_webhook import tls
+from healert_webhook.ops import Health
 from healert_webhook.outbox import Outbox
 
 from support.agent import Agent, serve_args
@@ -186,3 +189,136 @@ def test_a_renewed_certificate_that_is_garbage_is_named_and_not_loaded(
     pki.server_cert.write_text("garbage\n")
     assert reloader.pending() is False
     assert f"HEALERT_TLS_CERT {pki.server_cert}: is not PEM" in caplog.text
+
+
+# -- what a serving certificate is good for, and which replacements are refused ----------
+
+NOW = datetime.datetime(2026, 11, 26, 10, 0, tzinfo=datetime.UTC)
+DAY = datetime.timedelta(days=1)
+
+
+def install(pki: PKI, *names: str, common_name: str = "healert-webhook-n",
+            not_before: datetime.datetime = NOW - 30 * DAY,
+            not_after: datetime.datetime = NOW + 60 * DAY) -> trustme.LeafCert:
+    """Write a new server certificate and key over the pair in use (as cert-manager does)."""
+    leaf = pki.ca.issue_cert(*(names or ("127.0.0.1", "localhost")), common_name=common_name,
+                             not_before=not_before.replace(tzinfo=None),
+                             not_after=not_after.replace(tzinfo=None))
+    leaf.private_key_pem.write_to_path(str(pki.server_key))
+    leaf.cert_chain_pems[0].write_to_path(str(pki.server_cert))
+    return leaf
+
+
+def cn_only_certificate(pki: PKI) -> bytes:
+    """A certificate with a subject CN and no subjectAltName (trustme always adds one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Legacy.Example")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.parametrize("case", ["names", "utc_time", "generalized_time", "cn_only"])
+def test_the_serving_certificate_is_read_as_cryptography_reads_it(pki: PKI, case: str) -> None:
+    from cryptography import x509
+
+    if case == "cn_only":
+        pem = cn_only_certificate(pki)
+        want_names = {"legacy.example"}
+    else:
+        names = ("127.0.0.1", "::1", "Healert.Example", "*.svc.example") if case == "names" \
+            else ("a.example",)
+        after = {"utc_time": NOW + DAY, "generalized_time": NOW.replace(year=2051)}.get(
+            case, NOW + 90 * DAY)
+        pem = install(pki, *names, not_after=after).cert_chain_pems[0].bytes()
+        want_names = {"127.0.0.1", "::1", "healert.example", "*.svc.example"} \
+            if case == "names" else {"a.example"}
+    seen = tls.serving_cert("HEALERT_TLS_CERT", pki.server_cert, pem + pki.ca.cert_pem.bytes())
+    cert = x509.load_pem_x509_certificate(pem)
+    assert seen.names == want_names
+    assert seen.not_before == cert.not_valid_before_utc
+    assert seen.not_after == cert.not_valid_after_utc
+
+
+def test_names_are_shared_exactly_or_through_a_wildcard() -> None:
+    def cert(*names: str) -> tls.ServingCert:
+        return tls.ServingCert(NOW, NOW, frozenset(names))
+
+    assert cert("a.example", "10.0.0.1").shares_a_name(cert("10.0.0.1"))
+    assert cert("*.svc.example").shares_a_name(cert("healert.svc.example"))
+    assert cert("healert.svc.example").shares_a_name(cert("*.svc.example"))
+    assert not cert("*.svc.example").shares_a_name(cert("a.b.svc.example"))
+    assert not cert("healert.example").shares_a_name(cert("other.example", "10.0.0.1"))
+
+
+class Clock:
+    def __init__(self, now: datetime.datetime) -> None:
+        self.now = now.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_replacement_no_client_would_take_is_refused_once_and_the_one_in_use_kept(
+        pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+    install(pki, common_name="in-use")
+    ctx = tls.build_server_context(pki.server_cert, pki.server_key, None)
+    clock = Clock(NOW)
+    reloader = tls.CertReloader(ctx, pki.server_cert, pki.server_key, clock=clock)
+    in_use = reloader.current
+    assert sample("healert_tls_certificate_expiry_timestamp_seconds") == \
+        (NOW + 60 * DAY).timestamp()
+    refused = sample("healert_tls_certificate_reloads_total", result="refused")
+    cases = [  # (the replacement, what the one log line about it says)
+        ({"not_after": NOW - DAY}, "expired at 2026-11-25T10:00:00Z"),
+        ({"not_before": NOW + DAY}, "not valid until 2026-11-27T10:00:00Z"),
+        ({"names": ("other.example", "10.9.9.9")}, "share none with the certificate in use"),
+    ]
+    for n, (kind, said) in enumerate(cases, 1):
+        caplog.clear()
+        names = kind.pop("names", ())
+        install(pki, *names, **kind)  # type: ignore[arg-type]
+        for _ in range(5):  # polled every second: logged once, not once a poll
+            assert reloader.pending() is False
+        lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+        assert len(lines) == 1 and said in lines[0], lines
+        assert reloader.current == in_use
+        assert sample("healert_tls_certificate_reloads_total", result="refused") == refused + n
+    # the not-yet-valid one again: loaded once this node's clock reaches its start
+    install(pki, not_before=NOW + DAY, common_name="early")
+    assert reloader.pending() is False
+    clock.now += 2 * DAY.total_seconds()
+    assert reloader.pending() is True and reloader.apply() is True
+    assert reloader.current.not_before == NOW + DAY
+    assert sample("healert_tls_certificate_expiry_timestamp_seconds") == \
+        (NOW + 60 * DAY).timestamp()
+
+
+def test_an_expired_certificate_in_use_makes_the_agent_unready(
+        pki: PKI, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    install(pki, not_after=NOW + DAY)
+    ctx = tls.build_server_context(pki.server_cert, pki.server_key, None)
+    clock = Clock(NOW)
+    reloader = tls.CertReloader(ctx, pki.server_cert, pki.server_key, clock=clock)
+    health = Health(outbox=Outbox(tmp_path / "outbox.db"), certificate=reloader)
+    assert health.problems() == []
+    clock.now += 2 * DAY.total_seconds()  # it lapses while in use
+    assert health.problems() == ["serving certificate expired at 2026-11-27T10:00:00Z"]
+    caplog.clear()
+    tls.CertReloader(ctx, pki.server_cert, pki.server_key, clock=clock)  # a start with it
+    assert "expired at 2026-11-27T10:00:00Z: every TLS handshake fails" in caplog.text
+
+
+def test_a_fifo_where_the_certificate_was_is_refused_at_once(pki: PKI, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    with pytest.raises(tls.TLSConfigError, match=r"fifo\.pem: is a FIFO \(named pipe\), not a "
+                                                 r"PEM file"):
+        tls.build_server_context(fifo, pki.server_key, None)

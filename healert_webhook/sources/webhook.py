@@ -15,6 +15,7 @@ large or oddly shaped, keeps the loop from answering other requests and probes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import Executor
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from healert_webhook import batches, metrics
-from healert_webhook.auth import TokenAuth, names_allowed, request_names
+from healert_webhook.auth import TokenAuth, mark_authenticated, names_allowed, request_names
 from healert_webhook.budget import BodyBudget
 from healert_webhook.config import default_of
 from healert_webhook.logs import Limiter
@@ -39,10 +40,17 @@ _refused_log = Limiter(log, per_interval=5, interval=60.0, what="webhook request
 
 RETRY_AFTER = b"5"
 SOURCE = "webhook"
-# Bodies up to this size are evaluated on the event loop: simdjson reads 4 MiB and the
-# pre-filter rules out its events in a few milliseconds, well under what would delay the
-# other connections' answers.
+# Bodies up to this size are measured and evaluated on the event loop: batches.plan reads
+# nothing of them, and simdjson reads them whole in a few milliseconds.
 ON_LOOP_BYTES = 4 * 1024 * 1024
+# ...if they hold at most this many events. A body costs what its candidates cost (~26 us
+# each, parsed and detected, against ~1 us for an event ruled out), which only evaluating
+# it tells; its events bound them, and the evaluation counts them right after simdjson's
+# read, before it evaluates any (`most`): 1,000 of the smallest events that can match
+# take ~30 ms. An apiserver batch holds 400 (--audit-webhook-batch-max-size). A body of
+# more is evaluated again on a worker thread, which gives the GIL back to the loop every
+# few milliseconds.
+ON_LOOP_EVENTS = 1000
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -93,6 +101,10 @@ class _Reject(Exception):
         self.close = close
 
 
+class _Crowded(Exception):
+    """A body holds more events than are evaluated on the event loop."""
+
+
 class _Disconnected(Exception):
     """The client went away while sending the body."""
 
@@ -117,6 +129,7 @@ class WebhookApp:
         self.max_items = max_items
         self.body_timeout = body_timeout
         self._codes: dict[int, Any] = {}
+        self._loop_turn = asyncio.Lock()  # a body being evaluated on the event loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request (lifespan and websockets are off in the server)."""
@@ -162,6 +175,7 @@ class WebhookApp:
             raise _Reject(404, "not found", close=True)
         req = _gather(scope["headers"])
         self._authenticate(scope, req)
+        mark_authenticated(scope)
         if scope["method"] != "POST":
             raise _Reject(405, "only POST is accepted", [(b"allow", b"POST")], close=True)
         if not is_json(req.content_type):
@@ -269,11 +283,14 @@ class WebhookApp:
                       held: list[int]) -> StoreResult:
         """Evaluate the body and store what it yields; map failures to answers.
 
-        An apiserver EventList of a few MiB is evaluated right here: most of its events
-        are ruled out from simdjson's reading, which takes milliseconds, less than the hop
-        to a thread would cost. Larger bodies, and any body that must be parsed whole, are
-        evaluated on a worker thread, so the loop keeps answering meanwhile. Stores always
-        run there: they wait for the disk.
+        An apiserver EventList (a few MiB at most, 400 events) is evaluated right here:
+        most of its events are ruled out from simdjson's reading, which takes a few
+        milliseconds, and the loop goes on reading the other connections' bodies in large
+        pieces instead of handing the GIL back and forth with a thread; one body at a
+        time, the loop's sockets polled in between. Bodies of more events or bytes, and
+        any body that must be parsed whole, are evaluated on a worker thread, so the loop
+        keeps answering meanwhile (no body holds it past ~100 ms). Stores always run
+        there: they wait for the disk.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -313,13 +330,34 @@ class WebhookApp:
         evaluate = self.pipeline.evaluate_body
         while True:
             try:
-                if len(body) <= ON_LOOP_BYTES and allowance == first:
-                    return evaluate(body, plan, SOURCE, self.max_items, allowance)
+                if allowance == first and len(body) <= ON_LOOP_BYTES and plan.groups is None:
+                    with contextlib.suppress(_Crowded):
+                        return await self._evaluate_on_loop(body, plan, allowance)
                 return await asyncio.get_running_loop().run_in_executor(
                     self.executor, evaluate, body, plan, SOURCE, self.max_items, allowance)
             except NeedsMore as more:
                 await self._reserve_to(held[0] + more.size, held)
                 allowance += more.size
+
+    async def _evaluate_on_loop(self, body: bytes, plan: batches.Reading,
+                                allowance: int) -> Evaluation | None:
+        """The evaluation on the event loop, if the body (read whole) holds at most
+        ON_LOOP_EVENTS events: else _Crowded, found before any was evaluated, or
+        TooManyItems past the batch limit.
+
+        One body per turn of the loop: the turn is handed on from the next iteration,
+        after the loop has polled its sockets, so bodies that arrive together are not
+        evaluated one after another while a probe waits."""
+        await self._loop_turn.acquire()
+        try:
+            return self.pipeline.evaluate_body(
+                body, plan, SOURCE, min(self.max_items, ON_LOOP_EVENTS), allowance)
+        except batches.TooManyItems as exc:
+            if exc.count > self.max_items:
+                raise
+            raise _Crowded from None
+        finally:
+            asyncio.get_running_loop().call_soon(self._loop_turn.release)
 
     def _store(self, found: Evaluation) -> StoreResult:
         return self.pipeline.store(found.frictions, SOURCE)

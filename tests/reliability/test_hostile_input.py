@@ -361,8 +361,9 @@ class _QuickProtocol(protocol.GuardedHttpProtocol):
 
 
 def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: Path) -> None:
-    """Scaled: keep-alive 1 s (90 s in the agent), head deadline 1 s (30 s), body deadline
-    1 s (30 s, the apiserver's own request timeout)."""
+    """Scaled: a new connection's first head 1 s (10 s in the agent), keep-alive 1 s
+    (90 s), head deadline 1 s (30 s), body deadline 1 s (30 s, the apiserver's own
+    request timeout)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from healert_webhook.config import Settings
@@ -377,7 +378,7 @@ def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: P
         with serve_app(app, protocol=_QuickProtocol, keep_alive=1.0) as local:
             port = local.port
             idle = socket.create_connection(("127.0.0.1", port), timeout=10)
-            assert idle.recv(10) == b""  # closed by the server after the idle timeout
+            assert idle.recv(10) == b""  # closed: no first request within its deadline
             idle.close()
             with socket.create_connection(("127.0.0.1", port), timeout=10) as slow_head:
                 slow_head.sendall(b"POST /audit HTTP/1.1\r\nhost: x\r\n")

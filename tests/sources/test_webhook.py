@@ -364,3 +364,31 @@ def test_a_large_candidate_gets_its_share_of_the_budget_before_it_is_parsed(
             refused = c.post(hook.url, content=body, headers=JSON)
         assert refused.status_code == 413
         assert "HEALERT_MAX_INFLIGHT_BYTES" in refused.json()["error"]
+
+
+# -- which bodies are evaluated on the event loop -----------------------------------------
+
+
+def test_typical_batches_stay_on_the_loop_and_many_candidates_go_to_a_thread(
+        tmp_path: Path, outbox: Outbox) -> None:
+    from healert_webhook.sources.webhook import ON_LOOP_EVENTS
+
+    typical = event_list([noise_event(i) for i in range(390)]
+                         + [exec_event(i, tag="typ", pad=2000) for i in range(10)])
+    many = [exec_event(i, tag="many") for i in range(ON_LOOP_EVENTS + 1)]  # all match
+    with webhook(tmp_path, outbox, None, tokens=None) as hook:
+        threads: list[threading.Thread] = []
+        evaluate = hook.app.pipeline.evaluate_body
+
+        def where(*args: Any) -> Any:  # the real evaluation, noting the thread it ran on
+            threads.append(threading.current_thread())
+            return evaluate(*args)
+
+        hook.app.pipeline.evaluate_body = where  # type: ignore[method-assign]
+        with httpx.Client(timeout=30) as c:
+            for body in (typical, event_list(many), typical, event_list(many[1:])):
+                assert c.post(hook.url, content=body, headers=JSON).status_code == 200
+        on_loop = [thread is hook.running.thread for thread in threads]
+        # the body of one event too many: counted on the loop, evaluated on a thread
+        assert on_loop == [True, True, False, True, True], on_loop
+    assert len(queued(outbox)) == 10 + ON_LOOP_EVENTS + 1
