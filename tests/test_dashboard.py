@@ -320,6 +320,10 @@ def test_alerts_cover_silence_and_delivery() -> None:
                  "HealertWebhookErrors", "HealertOutboxGrowing", "HealertForwardPaused",
                  "HealertOutboxFull", "HealertDeadLetters", "HealertRulesReloadFailed"):
         assert name in rules, name
+    for name, metric in (("HealertForwardErrors", "healert_forward_errors_total"),
+                         ("HealertApiKeyInvalid", "healert_api_key_invalid"),
+                         ("HealertForwardAwaitingRead", "healert_forward_awaiting_read")):
+        assert metric_names(rules[name]["expr"]) == {metric}, name
     assert rules["HealertTargetAbsent"]["expr"].startswith("absent(up{")
     # Silence must be seen even when the counter never got a sample (nothing arrived
     # since the agent started): the expression also asks `up` for live targets.
