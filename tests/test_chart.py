@@ -703,7 +703,7 @@ def test_extra_volumes_probe_timings_and_placement(
         return  # the StatefulSet has its own placement values (service.*)
     assert spec["nodeSelector"] == {"audit.example.com/receiver": "true"}
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
-    plain.check_control_plane_only({**the_workload(render(helm, tmp_path, {"mode": mode}))})
+    plain.check_control_plane_only(the_workload(render(helm, tmp_path, {"mode": mode})))
 
 
 @pytest.mark.parametrize(("mode", "strategy", "ready"), [
