@@ -250,13 +250,21 @@ class AgentSet:
                                log_name=f"serve-{next(self._successors)}.log")
         started = time.time()
         new.proc.start()
-        wait_for(lambda: new.proc.check_alive() is None and new.ready(), 60,
-                 "the new pod to look ready")
-        time.sleep(min_ready)
-        new.proc.check_alive()
-        old.stop()
-        stopped = time.time()
-        new.wait_log("webhook listener on")
+        try:
+
+            def looks_ready() -> bool:
+                new.proc.check_alive()
+                return new.ready()
+
+            wait_for(looks_ready, 60, "the new pod to look ready")
+            time.sleep(min_ready)
+            new.proc.check_alive()
+            old.stop()
+            stopped = time.time()
+            new.wait_log("webhook listener on")
+        except BaseException:
+            new.stop()  # never leave a process nobody tracks
+            raise
         self.serve = new
         return started, stopped
 
