@@ -169,3 +169,10 @@ def test_the_documented_way_back_gives_the_older_schema_exactly(tmp_path: Path) 
     assert schema(path) == schema(older)
     outbox.Outbox(path).close()
     assert schema(path)[0] == outbox.SCHEMA_VERSION
+
+
+def test_readme_states_its_prerequisites_and_how_long_the_tests_take() -> None:
+    intro = README.split("## ", 1)[0]
+    for needed in ("Python 3.11", "`openssl`", "`curl`", "`helm`", "Go 1.26", "Optional"):
+        assert needed in intro, needed
+    assert re.search(r"test\s+command takes about \d+ minutes", intro), "its measured time"
