@@ -29,10 +29,10 @@ import httpx
 import orjson
 
 from healert_webhook import __version__
-from healert_webhook.audit import clean_text
 from healert_webhook.backend_contract import ANSWER_MAX, window_start
 from healert_webhook.config import ConfigError, Settings
 from healert_webhook.logs import redact_urls, shown_url
+from healert_webhook.text import clean_text
 
 __all__ = ["redact_urls", "shown_url"]  # with the rest: the URL helpers, from one place
 

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from healert_webhook import __version__, exits
 from healert_webhook.config import OPTIONS, ConfigError, Option, Settings, build_settings
-from healert_webhook.outbox import OutboxError
+from healert_webhook.records import OutboxError
 from healert_webhook.rules import RulesError
 
 PROG = "healert-webhook"

@@ -23,7 +23,8 @@ import httpx
 from healert_webhook import __version__, backend, exits
 from healert_webhook.backend import Answer, HealthReport, describe_error
 from healert_webhook.config import ConfigError, Settings
-from healert_webhook.outbox import Outbox, OutboxError, exclusive, move_aside, quick_check
+from healert_webhook.outbox import Outbox, exclusive, move_aside, quick_check
+from healert_webhook.records import OutboxError
 
 EXIT_OK, EXIT_CONFIG = exits.OK, exits.CONFIG
 EXIT_UNREACHABLE, EXIT_AUTH, EXIT_REJECTED = (exits.UNREACHABLE, exits.KEY_REFUSED,

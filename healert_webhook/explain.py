@@ -17,16 +17,13 @@ from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
 from healert_webhook import audit, exits
-from healert_webhook.detect import (
-    CONDITION_ORDER,
-    Candidate,
-    Detector,
-    Friction,
-    decisive,
-    rule_failure,
-    scope_failure,
-)
+from healert_webhook.candidate import Candidate
+from healert_webhook.detect import Detector, rule_failure
+from healert_webhook.index import Undecidable, scope_failure
+from healert_webhook.records import Friction
 from healert_webhook.rules import Rule
+from healert_webhook.rules.conditions import GitOpsManaged, decisive
+from healert_webhook.rules.model import shown as _show
 
 EXIT_OK = exits.OK
 EXIT_UNREADABLE = exits.FAILED
@@ -39,7 +36,7 @@ class RuleDecision:
 
     `reason` is `fired`, why the rule is not a candidate (`resource`, `subresource`,
     `verb`), a reason that settled every candidate (`namespace`, `system_actor`), the
-    condition it failed (see `CONDITION_ORDER`), or `no_name` when it matched an event
+    condition it failed (see rules/conditions.py), or `no_name` when it matched an event
     that names no object. `detail` says it in a sentence.
     """
 
@@ -69,12 +66,6 @@ class EventDecision:
     entity: str
     rules: tuple[RuleDecision, ...]
     frictions: tuple[Friction, ...]
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return audit.clean_text(value, _SHOWN) if value else "(none)"
-    return "(none)" if value is None else f"(a {type(value).__name__})"
 
 
 def _request(event: dict[str, Any]) -> str:
@@ -114,52 +105,10 @@ def _scope_detail(rule: Rule, reason: str, ref: dict[str, Any], verb: Any) -> st
     return f"verb {_show(verb)} is not one of " + ", ".join(sorted(rule.verbs or ()))
 
 
-def _names(match: Any) -> str:
-    return str(match.text()).replace("|", ", ")
-
-
 def _condition_detail(rule: Rule, reason: str, cand: Candidate) -> str:
-    """A sentence for a failed condition (the reasons of `CONDITION_ORDER`)."""
-    actor = cand.actor
-    name = _show(actor.name) if actor.name else "(nobody)"
-    if reason == "system_actor":
-        return f"the actor {name} is internal and the rule has ignore_system: true"
-    if reason == "namespace":
-        return f"namespace {_show(cand.scope_ns)} is in the rule's ignore_namespaces"
-    if reason == "namespace_contains":
-        return (f"namespace {_show(cand.scope_ns)} does not contain "
-                f"{rule.namespace_contains!r}")
-    if reason == "user":
-        if rule.users is not None and not rule.users.matches(actor.name):
-            return f"the actor {name} is not one of users {_names(rule.users)}"
-        return f"the actor {name} is in ignore_users {_names(rule.ignore_users)}"
-    if reason == "group":
-        groups = ", ".join(_show(g) for g in cand.groups()) or "(none)"
-        if rule.groups is not None and not rule.groups.any_of(cand.groups()):
-            return f"none of the actor's groups ({groups}) is in groups {_names(rule.groups)}"
-        return f"the actor's groups ({groups}) meet ignore_groups {_names(rule.ignore_groups)}"
-    if reason == "user_agent":
-        agent = _show(audit.user_agent(cand.event))
-        if rule.user_agents is not None and not any(a in cand.agent() for a in rule.user_agents):
-            return f"user agent {agent} contains none of " + ", ".join(rule.user_agents)
-        return f"user agent {agent} contains one of " + ", ".join(rule.ignore_user_agents)
-    if reason == "response":
-        code = cand.code if cand.code is not None else "(none)"
-        return (f"the response {code} is {cand.response() or 'missing'}, not "
-                + " or ".join(sorted(rule.response or ())))
-    if reason == "annotation":
-        key, value = rule.annotation or ("", "")
-        return f"no annotation {key}={value} on the event or the object it carries"
-    if reason == "gitops_controller":
-        return (f"written by the GitOps controller {_show(actor.authenticated)}: applying "
-                "Git is not drift")
-    evidence = cand.gitops_evidence()
-    if evidence is not None:
-        return f"the object is GitOps-managed ({evidence})"
-    if audit.carried_metadata(cand.event) is None:
-        return ("the event carries no object, so GitOps ownership cannot be seen (log "
-                "this request at RequestResponse)")
-    return "the object carries none of the GitOps annotations, labels or field managers"
+    """A sentence for a failed condition: its check explains itself."""
+    check = rule.check(reason)
+    return check.explain(reason, cand) if check is not None else reason
 
 
 def _decision(event: dict[str, Any], outcome: str, reason: str, detail: str,
@@ -201,36 +150,33 @@ def _explain(detector: Detector, event: dict[str, Any],
             return _decision(event, "skipped", "stage", f"stage {stage} never fires; only "
                              "ResponseStarted and ResponseComplete do")
         return _invalid(event)
-    # The same steps, in the same order, as the fast path of Detector.detect.
+    # Detection's own fast path (index.py), then the same slow path as Detector.detect.
+    ref = event.get("objectRef")
+    ref = ref if isinstance(ref, dict) else {}
+    verb = event.get("verb")
     try:
-        ref = event.get("objectRef")
-        ref = {} if ref is None else ref
-        verb = event.get("verb")
-        leaf = detector.leaf(ref.get("resource"), ref.get("subresource"), verb)
-        outside = _outside(detector, ref, verb)
-        if leaf is None:
-            return _decision(event, "skipped", "no_rule", "no enabled rule names this "
-                             "resource, subresource and verb", outside)
-        if not isinstance(verb, str):
-            raise TypeError("verb")
-        namespace = ref.get("namespace")
-        if namespace and namespace in detector.excluded_namespaces:
-            return _decision(event, "skipped", "namespace", f"namespace {_show(namespace)} "
-                             "is excluded for every rule (config.ignore_namespaces or the "
-                             "agent's own namespace)", outside)
-        if leaf[1]:
-            user = event.get("user")
-            username = user.get("username") if user else None
-            if (not username or (username[:7] == "system:"
-                                 and username not in audit.HUMAN_SYSTEM_USERS)) \
-                    and not event.get("impersonatedUser"):
-                return _internal(event, leaf[0], username, outside)
-    except (KeyError, TypeError, AttributeError):
+        found = detector.index.rule_out(event)
+    except Undecidable:
+        return _invalid(event)
+    outside = _outside(detector, ref, verb)
+    if found == "no_rule":
+        return _decision(event, "skipped", "no_rule", "no enabled rule names this "
+                         "resource, subresource and verb", outside)
+    if found == "namespace":
+        return _decision(event, "skipped", "namespace", f"namespace "
+                         f"{_show(ref.get('namespace'))} is excluded for every rule "
+                         "(config.ignore_namespaces or the agent's own namespace)", outside)
+    if found == "system_actor":
+        leaf = detector.index.leaf(ref.get("resource"), ref.get("subresource"), verb)
+        user = event.get("user")
+        return _internal(event, leaf[0] if leaf else (),
+                         user.get("username") if isinstance(user, dict) else None, outside)
+    if isinstance(found, str):  # the stage, handled above
         return _invalid(event)
     if audit.invalid_reason(event) is not None:
         return _invalid(event)
-    cand = detector.candidate(event, ref)
-    return _candidates(detector, event, cand, leaf, outside, received=received)
+    cand = detector.candidate(event)
+    return _candidates(detector, event, cand, found, outside, received=received)
 
 
 def _outside(detector: Detector, ref: dict[str, Any], verb: Any) -> list[RuleDecision]:
@@ -271,8 +217,9 @@ def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
         if failure is None:
             matched.append(rule)
             detail = "every condition holds"
-            if rule.gitops_managed:
-                detail += f"; the object is GitOps-managed ({cand.gitops_evidence()})"
+            gitops = rule.check("gitops")
+            if isinstance(gitops, GitOpsManaged):
+                detail += gitops.fired(cand)
             decided.append(RuleDecision(rule.name, True, True, "fired", detail))
         else:
             failures.append(failure)
@@ -398,5 +345,5 @@ def run_explain(settings: Any, paths: Sequence[str], *, audit_id: str | None,
     return EXIT_UNREADABLE if failed else EXIT_OK
 
 
-__all__ = ["CONDITION_ORDER", "EventDecision", "RuleDecision", "explain_event", "render",
+__all__ = ["EventDecision", "RuleDecision", "explain_event", "render",
            "run_explain"]

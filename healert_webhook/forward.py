@@ -81,7 +81,8 @@ from healert_webhook import backend, backend_contract, metrics
 from healert_webhook.config import ConfigError, Settings
 from healert_webhook.filewatch import signature
 from healert_webhook.logs import Limiter
-from healert_webhook.outbox import EXPIRED, UNDECODABLE, Outbox, OutboxError, Queued
+from healert_webhook.outbox import EXPIRED, UNDECODABLE, Outbox, Queued
+from healert_webhook.records import OutboxError
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("healert_webhook.events")

@@ -41,8 +41,8 @@ import orjson
 from healert_webhook import backend_contract, metrics
 from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
 from healert_webhook.logs import Limiter
+from healert_webhook.records import Checkpoint, Friction, OutboxError, OutboxFull, StoreResult
 
 log = logging.getLogger(__name__)
 _replaced_log = Limiter(log, per_interval=1, interval=60.0, what="refused outbox writes")
@@ -59,42 +59,8 @@ RECOVERY_HINT = (
     "`sqlite3 {path}.corrupt-<time> .recover`) and start again with an empty outbox")
 
 
-class OutboxError(Exception):
-    """The transaction failed; nothing of it was stored."""
-
-    def __init__(self, message: str, reason: str = "other") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class OutboxFull(OutboxError):
-    """Storing would take the queue over its bound; nothing was stored."""
-
-
 class OutboxCorrupt(OutboxError):
     """The database file is not a usable SQLite outbox; the message says how to recover."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where the tail of one followed file stands (see docs/internals.md)."""
-
-    source: str
-    path: str
-    dev: int
-    ino: int
-    offset: int
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    """What one `store` call did."""
-
-    stored: int
-    duplicates: int
-    stored_keys: frozenset[str] = frozenset()  # the keys queued by this call
-    expired: int = 0  # set aside as dead letters: older than the backend's retention
 
 
 @dataclass(frozen=True)

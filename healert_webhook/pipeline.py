@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,10 +31,11 @@ from simdjson import Array, Object
 
 from healert_webhook import audit, batches, metrics
 from healert_webhook.config import Settings
-from healert_webhook.detect import Detector, Friction, Stats
+from healert_webhook.detect import Detector
 from healert_webhook.logs import Limiter
-from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
+from healert_webhook.outbox import Outbox
 from healert_webhook.prefilter import Prefilter, Unreadable, parse
+from healert_webhook.records import Checkpoint, Evaluation, Friction, Stats, StoreResult
 from healert_webhook.rules import RulesError, RuleSet, Superseded, load_rules
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,6 @@ class BadBody(ValueError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass
-class Evaluation:
-    """What evaluating one batch of items found."""
-
-    frictions: list[Friction]
-    stats: Stats
-    # (index into the items, reason) of every item that was not an audit event
-    bad: list[tuple[int, str]] = field(default_factory=list)
 
 
 # How an apiserver log line starts (audit.k8s.io/v1, or v1beta1 in old files). Outside a

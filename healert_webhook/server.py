@@ -40,8 +40,9 @@ from healert_webhook.config import ConfigError, Settings, check_webhook
 from healert_webhook.filewatch import FileWatch
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, make_ops_app
-from healert_webhook.outbox import Outbox, OutboxError
+from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline, RuleReloads, log_warnings
+from healert_webhook.records import OutboxError
 from healert_webhook.sources.tail import Tailer
 from healert_webhook.sources.webhook import WebhookApp
 

@@ -48,7 +48,7 @@ def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None 
 
 def _gitops_lines(ruleset: RuleSet) -> list[str]:
     """What counts as GitOps-managed, shown only when an enabled rule asks."""
-    if not any(rule.gitops_managed is not None for rule in ruleset.enabled):
+    if not any(rule.check("gitops") is not None for rule in ruleset.enabled):
         return []
     gitops = ruleset.gitops
     return [

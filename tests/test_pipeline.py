@@ -219,7 +219,10 @@ def test_an_older_file_is_never_applied_after_a_newer_one(tmp_path: Path) -> Non
 
     pipeline.reload = reload  # type: ignore[method-assign]  # records what was applied
     for n in range(20):  # requests faster than loads: each overtakes the one before
-        path.write_text(two_rules(f"v{n}") + "# padding\n" * (20_000 if n % 2 else 0))
+        # replaced whole, as a ConfigMap update does: a reader never sees half a file
+        staged = tmp_path / "rules.yaml.new"
+        staged.write_text(two_rules(f"v{n}") + "# padding\n" * (20_000 if n % 2 else 0))
+        staged.replace(path)
         reloads.request()
     assert reloads.wait(120)
     assert {rule.name for rule in pipeline.detector.rules} == {"v19-one", "v19-two"}

@@ -18,6 +18,7 @@ from healert_webhook.rules import (
     load_rules,
     parse_rules,
 )
+from healert_webhook.rules.conditions import GitOpsManaged, Groups, Response, UserAgent, Users
 from healert_webhook.validate import run_validate
 
 from support.events import (
@@ -81,10 +82,10 @@ def test_typo_in_a_match_key_is_caught_with_line_and_hint() -> None:
 """)
     assert found == ["r.yaml:5: rules[0] (kubectl-exec).match.resouce: unknown key "
                      "(did you mean 'resource'?); allowed: resource, resources, subresource, "
-                     "ignore_subresources, verb, verbs, annotation, namespace_contains, "
-                     "ignore_namespaces, users, ignore_users, groups, ignore_groups, "
+                     "ignore_subresources, verb, verbs, ignore_namespaces, "
+                     "namespace_contains, users, ignore_users, groups, ignore_groups, "
                      "user_agent_contains, ignore_user_agent_contains, response, "
-                     "gitops_managed"]
+                     "annotation, gitops_managed"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -324,18 +325,24 @@ def test_the_new_match_fields_compile() -> None:
       gitops_managed: false
 """)
     rule = ruleset.rules[0]
-    assert rule.users is not None and rule.users.exact == {"kate"}
-    assert rule.users.prefixes == ("oidc:",)
-    assert rule.ignore_users is not None and rule.ignore_users.matches("oidc:bot")
-    assert rule.ignore_groups is not None and rule.ignore_groups.matches("oidc:interns-2026")
-    assert rule.user_agents == ("kubectl",)
-    assert rule.ignore_user_agents == ("terraform", "helm")
-    assert rule.response == {"denied", "error"}
-    assert rule.gitops_managed is False
-    assert rule.refined
+    users, groups = rule.check("user"), rule.check("group")
+    agents, response = rule.check("user_agent"), rule.check("response")
+    gitops = rule.check("gitops")
+    assert isinstance(users, Users) and users.include is not None
+    assert users.include.exact == {"kate"} and users.include.prefixes == ("oidc:",)
+    assert users.exclude is not None and users.exclude.matches("oidc:bot")
+    assert isinstance(groups, Groups) and groups.exclude is not None
+    assert groups.exclude.matches("oidc:interns-2026")
+    assert isinstance(agents, UserAgent) and agents.include == ("kubectl",)
+    assert agents.exclude == ("terraform", "helm")
+    assert isinstance(response, Response) and response.classes == {"denied", "error"}
+    assert isinstance(gitops, GitOpsManaged) and gitops.managed is False
+    # the checks are kept in the order they are tried
+    assert [c.reasons[0] for c in rule.checks] == [
+        "user", "group", "user_agent", "response", "gitops_controller"]
     assert "user=kate|oidc:*" in rule.summary()
     assert not parse_rules("rules:\n  - {name: rule-two, severity: low, match: {verb: get}}\n"
-                           ).rules[0].refined
+                           ).rules[0].checks
 
 
 def test_mistakes_in_the_new_fields_are_errors() -> None:

@@ -24,9 +24,8 @@ import orjson
 
 from healert_webhook import audit, exits
 from healert_webhook.config import Settings
-from healert_webhook.detect import Friction, Stats
-from healert_webhook.outbox import StoreResult
 from healert_webhook.pipeline import Pipeline
+from healert_webhook.records import Friction, Stats, StoreResult
 
 SOURCE = "replay"
 # How the apiserver starts a log line, or an event of an EventList

@@ -40,10 +40,9 @@ from pathlib import Path
 
 from healert_webhook import metrics
 from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
 from healert_webhook.filewatch import NotRegularFile
-from healert_webhook.outbox import Checkpoint, OutboxError
 from healert_webhook.pipeline import Pipeline
+from healert_webhook.records import Checkpoint, Friction, OutboxError
 from healert_webhook.sources.tailfiles import (
     FINGERPRINT_BYTES,
     GZ_ERRORS,

@@ -30,9 +30,9 @@ from healert_webhook.auth import TokenAuth, mark_authenticated, names_allowed, r
 from healert_webhook.budget import BodyBudget
 from healert_webhook.config import default_of
 from healert_webhook.logs import Limiter
-from healert_webhook.outbox import OutboxError, OutboxFull, StoreResult
-from healert_webhook.pipeline import BadBody, Evaluation, Pipeline, parse_body
+from healert_webhook.pipeline import BadBody, Pipeline, parse_body
 from healert_webhook.prefilter import NeedsMore
+from healert_webhook.records import Evaluation, OutboxError, OutboxFull, StoreResult
 
 log = logging.getLogger(__name__)
 _full_log = Limiter(log, per_interval=1, interval=60.0, what="batches refused (outbox full)")
