@@ -173,6 +173,11 @@ class Index:
             elif ref.__class__ is not dict:
                 ref = ref.as_dict()
             verb = event.get("verb")
+            if verb.__class__ is not str and verb is not None \
+                    and not isinstance(verb, int | float):
+                # a list or an object, which a parsed event cannot be looked up by (a
+                # reader's proxy of one could): detection says it is invalid
+                raise Undecidable("verb")
             subs, other_sub = self.by_resource.get(ref.get("resource"), self.any_resource)
             verbs, other_verb = subs.get(ref.get("subresource"), other_sub)
             leaf = verbs.get(verb, other_verb)

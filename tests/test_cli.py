@@ -11,8 +11,8 @@ import pytest
 
 from healert_webhook import exits
 from healert_webhook.cli import build_parser, main, settings_from_args
-from healert_webhook.detect import Friction
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
 from support.paths import ROOT
 

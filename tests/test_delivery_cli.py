@@ -14,8 +14,8 @@ import pytest
 from healert_webhook import exits
 from healert_webhook.config import Settings
 from healert_webhook.delivery_cli import check_backend, outbox_command
-from healert_webhook.detect import Friction
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
 from support.backend import Backend, run_backend
 

@@ -9,7 +9,8 @@ import pytest
 
 from healert_webhook import audit, index
 from healert_webhook.backend_contract import validate
-from healert_webhook.detect import MAX_FAILURES, Detector, Friction, Stats
+from healert_webhook.detect import Detector
+from healert_webhook.records import MAX_FAILURES, Friction, Stats
 from healert_webhook.rules import RuleSet, parse_rules
 
 from support.events import (

@@ -12,8 +12,9 @@ import pytest
 
 from healert_webhook.cli import main
 from healert_webhook.config import Settings
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
 from healert_webhook.explain import EventDecision, explain_event, render, run_explain
+from healert_webhook.records import Stats
 from healert_webhook.rules import parse_rules
 
 from support.events import (

@@ -28,9 +28,9 @@ from prometheus_client import REGISTRY
 
 from healert_webhook.backend import check_health, parse_retry_after
 from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
 from healert_webhook.forward import Forwarder, Pacer, backoff_delay
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
 from support.backend import Backend, run_backend
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from healert_webhook.detect import Friction
 from healert_webhook.outbox import (
     SCHEMA_VERSION,
     UNDECODABLE,
@@ -24,6 +23,7 @@ from healert_webhook.outbox import (
     StoreResult,
     move_aside,
 )
+from healert_webhook.records import Friction
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -262,7 +262,7 @@ def test_a_stored_batch_survives_kill_9(tmp_path: Path) -> None:
     script = (
         "import os, signal, sys\n"
         "from healert_webhook.outbox import Outbox\n"
-        "from healert_webhook.detect import Friction\n"
+        "from healert_webhook.records import Friction\n"
         "box = Outbox(sys.argv[1])\n"
         "box.store([Friction(f'{n:032x}', 'r', {'n': n}) for n in range(50)])\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n")

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from healert_webhook.cli import main
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
+from healert_webhook.records import Stats
 from healert_webhook.rules import (
     DEFAULT_GITOPS,
     MAX_LISTED,

@@ -224,7 +224,7 @@ def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Frict
         try:
             for batch in iter_batches(stream, path, result.report, max_line, raw=True):
                 # files from anywhere: every event parsed in full (prefilter.py)
-                evaluation = pipeline.evaluate(batch, SOURCE, prefilter=False,
+                evaluation = pipeline.evaluate_items(batch, SOURCE, prefilter=False,
                                                received=time.time())  # read just now
                 for index, reason in evaluation.bad:  # a line the pipeline could not read
                     result.report.bad(batch.places[index], reason)

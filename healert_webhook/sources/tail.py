@@ -410,7 +410,7 @@ class Tailer:
             items = [lines[i] for i in kept]
         else:
             items = lines
-        found = self._pipeline.evaluate(items, SOURCE, received=time.time())  # read now
+        found = self._pipeline.evaluate_items(items, SOURCE, received=time.time())  # read now
         bad = [(kept[i] if kept is not None else i, reason) for i, reason in found.bad]
         if kept is not None and len(kept) < len(lines):
             bad += [(i, "too_long") for i in sorted(set(range(len(lines))) - set(kept))]

@@ -410,3 +410,8 @@ def smuggling_event(pad: int = 0) -> dict[str, Any]:
     data["x"] = [fake_end, fake_exec, fake_start]
     event["requestObject"] = {"data": data}
     return go_ordered(event)
+
+
+def as_log_line(event: dict[str, Any]) -> bytes:
+    """`event` as the apiserver writes it to its log: kind and apiVersion first, no newline."""
+    return orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1", **event})

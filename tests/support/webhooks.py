@@ -15,9 +15,10 @@ from healert_webhook import tls
 from healert_webhook.auth import TokenAuth, allow_list
 from healert_webhook.backend_contract import older_than
 from healert_webhook.config import Settings
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
 from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline
+from healert_webhook.records import Stats
 from healert_webhook.rules import parse_rules
 from healert_webhook.sources.webhook import WebhookApp
 
