@@ -1,22 +1,19 @@
-"""`healert-webhook replay --explain`: why each audit event fired a rule or did not.
+"""Why an audit event fired a rule or did not, in sentences (`replay --explain`).
 
 `explain_event` is a pure function over a Detector and one parsed event: it takes the
-same steps as `Detector.detect` (the index, the namespace and actor filters, each
-candidate rule's conditions in order, the entity) and records every decision with a
-sentence a platform engineer can act on. `run_explain` reads audit files the way
-`replay` does and prints those decisions, optionally only for one auditID or one user.
+same steps as `Detector.detect` (the index's fast path, each candidate rule's checks in
+order, the entity) and records every decision with a sentence a platform engineer can
+act on; each check explains its own failure (rules/conditions.py). The command that
+reads files and prints the decisions is commands/explain.py.
 """
 
 from __future__ import annotations
 
-import gzip
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any, TextIO
+from typing import Any
 
-from healert_webhook import audit, exits
+from healert_webhook import audit
 from healert_webhook.candidate import Candidate
 from healert_webhook.detect import Detector, rule_failure
 from healert_webhook.index import Undecidable, scope_failure
@@ -25,8 +22,6 @@ from healert_webhook.rules import Rule
 from healert_webhook.rules.conditions import GitOpsManaged, decisive
 from healert_webhook.rules.model import shown as _show
 
-EXIT_OK = exits.OK
-EXIT_UNREADABLE = exits.FAILED
 _SHOWN = 200  # longest value quoted in a sentence
 
 
@@ -248,102 +243,3 @@ def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
         detail += f" ({fixup.replace('_', ' ')}: the receive time {why})"
     return _decision(event, "friction", "", detail, everything, entity=entity,
                      frictions=found)
-
-
-# --- the command ------------------------------------------------------------------------
-
-def _open(path: str) -> IO[bytes]:
-    """Open an audit file the way replay does (gzip, `-` for stdin)."""
-    from healert_webhook.sources import replay
-
-    return replay._open(path)
-
-
-def _wanted(event: Any, audit_id: str | None, user: str | None) -> bool:
-    if not isinstance(event, dict):
-        return audit_id is None and user is None
-    if audit_id is not None and event.get("auditID") != audit_id:
-        return False
-    if user is not None:
-        actor = audit.resolve_actor(event)
-        return user in (actor.authenticated, actor.impersonated)
-    return True
-
-
-def render(place: str, decision: EventDecision, duplicates: set[str]) -> list[str]:
-    """The readable lines for one event's decision."""
-    lines = [f"{place} auditID {decision.audit_id} {decision.stage} {decision.request} "
-             f"by {decision.actor}"]
-    if decision.outcome == "friction":
-        lines.append(f"  => {decision.detail}, charged to {decision.entity}")
-        for friction in decision.frictions:
-            again = " (already seen at another stage or in a resend: sent once)" \
-                if friction.key in duplicates else ""
-            lines.append(f"     {friction.rule} ({friction.event['severity']}): "
-                         f"{friction.event['description']}{again}")
-    else:
-        lines.append(f"  => {decision.outcome} ({decision.reason}): {decision.detail}")
-    for rule in decision.rules:
-        if rule.candidate:
-            verdict = f"not fired ({rule.reason}): {rule.detail}"
-            if rule.fired:
-                verdict = "fired" + rule.detail.partition("every condition holds")[2]
-            lines.append(f"  rule {rule.rule}: {verdict}")
-    others = [f"{r.rule} ({r.reason})" for r in decision.rules if not r.candidate]
-    if others:
-        lines.append("  not candidates: " + ", ".join(others))
-    return lines
-
-
-def run_explain(settings: Any, paths: Sequence[str], *, audit_id: str | None,
-                user: str | None, out: TextIO) -> int:
-    """`replay --explain`: print every decision for the events in `paths`.
-
-    Only events with auditID `audit_id` and/or made by (or as) `user` are shown when
-    given. Exit 0, or 1 when a file could not be read; raises RulesError when the rules
-    cannot be used.
-    """
-    from healert_webhook.pipeline import Pipeline
-    from healert_webhook.sources import replay
-
-    detector = Pipeline.from_settings(settings).detector
-    report = replay.ReadReport()
-    seen: set[str] = set()
-    shown = frictions = 0
-    failed: list[str] = []
-    for path in paths:
-        try:
-            stream = _open(path)
-        except OSError as exc:
-            failed.append(f"{path}: {exc.strerror}")
-            continue
-        try:
-            number = 0
-            for batch in replay.iter_batches(stream, path, report,
-                                             settings.tail_max_line_bytes):
-                for event in batch:
-                    number += 1
-                    if not _wanted(event, audit_id, user):
-                        continue
-                    decision = explain_event(detector, event, time.time())
-                    shown += 1
-                    frictions += len(decision.frictions)
-                    for line in render(f"{path} #{number}", decision, seen):
-                        print(line, file=out)
-                    seen.update(f.key for f in decision.frictions)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            failed.append(f"{path}: {exc}")
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
-    print(f"explain: {report.lines} lines, {shown} events shown, {frictions} friction "
-          f"events (before removing repeats)", file=out)
-    for example in report.examples:
-        print(f"  invalid line {example}", file=out)
-    for failure in failed:
-        print(f"  cannot read {failure}", file=out)
-    return EXIT_UNREADABLE if failed else EXIT_OK
-
-
-__all__ = ["EventDecision", "RuleDecision", "explain_event", "render",
-           "run_explain"]

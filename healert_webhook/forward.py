@@ -77,7 +77,7 @@ from typing import IO, Any
 import httpx
 import orjson
 
-from healert_webhook import backend, backend_contract, metrics
+from healert_webhook import backend, backend_contract, health, metrics
 from healert_webhook.config import ConfigError, Settings
 from healert_webhook.filewatch import signature
 from healert_webhook.logs import Limiter
@@ -386,7 +386,7 @@ class Forwarder:
     async def _start(self, client: httpx.AsyncClient) -> None:
         """Say how the backend answers, list the rows in flight, restore the pacer."""
         report = await backend.check_health(self.settings, client)
-        for warning in report.warnings():
+        for warning in health.warnings(report):
             log.warning("%s", warning)
         if report.reachable:
             log.info("backend %s: status %s, version %s, auth %s", report.url,

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from healert_webhook import health
 from healert_webhook.backend import check_health, parse_retry_after
 from healert_webhook.config import Settings
 from healert_webhook.forward import Forwarder, Pacer, backoff_delay
@@ -175,13 +176,13 @@ def test_health_check(tmp_path: Path, backend: Backend) -> None:
     settings = make_settings(tmp_path, backend)
     report = asyncio.run(check_health(settings))
     assert report.reachable and report.status == "ok" and report.version == "test-1.0"
-    assert report.auth_enabled is True and report.key_set and report.warnings() == []
+    assert report.auth_enabled is True and report.key_set and health.warnings(report) == []
     no_key = Settings(backend_url=backend.url)
-    warnings = asyncio.run(check_health(no_key)).warnings()
+    warnings = health.warnings(asyncio.run(check_health(no_key)))
     assert len(warnings) == 1 and "HEALERT_API_KEY" in warnings[0]
     backend.stop()
     down = asyncio.run(check_health(settings))
-    assert not down.reachable and "unreachable" in down.warnings()[0]
+    assert not down.reachable and "unreachable" in health.warnings(down)[0]
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def test_the_same_batch_stored_twice_is_sent_once(tmp_path: Path, backend: Backe
 
 def test_rejections_are_dead_lettered_and_retried_after_a_fix(
         tmp_path: Path, backend: Backend, outbox: Outbox) -> None:
-    from healert_webhook.delivery_cli import outbox_command
+    from healert_webhook.commands.outbox import outbox_command
 
     settings = make_settings(tmp_path, backend)
     backend.control(reject_types=["port-forward"])  # a stricter backend version

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from healert_webhook.cli import main
+from healert_webhook.commands.validate import run_validate
 from healert_webhook.detect import Detector
 from healert_webhook.records import Stats
 from healert_webhook.rules import (
@@ -20,7 +21,6 @@ from healert_webhook.rules import (
     parse_rules,
 )
 from healert_webhook.rules.conditions import GitOpsManaged, Groups, Response, UserAgent, Users
-from healert_webhook.validate import run_validate
 
 from support.events import (
     audit_event,
