@@ -29,7 +29,7 @@ import orjson
 
 from healert_webhook import __version__
 from healert_webhook.backend_contract import ANSWER_MAX, window_start
-from healert_webhook.config import ConfigError, Settings
+from healert_webhook.config import ConfigError, Settings, env
 from healert_webhook.logs import redact_urls, shown_url
 from healert_webhook.text import clean_text
 
@@ -37,7 +37,7 @@ __all__ = ["redact_urls", "shown_url"]  # with the rest: the URL helpers, from o
 
 CONNECT_TIMEOUT = 5.0
 RETRY_AFTER_MAX = 3600.0
-KEY_HINT = "check HEALERT_API_KEY / HEALERT_API_KEY_FILE"
+KEY_HINT = f"check {env('api_key')} / {env('api_key_file')}"
 # Statuses that mean the URL or the key is wrong, not the event: pause instead of dead-
 # lettering the whole queue one event at a time.
 AUTH_STATUSES = frozenset({401, 403})
@@ -295,7 +295,7 @@ def classify(response: Answer) -> Outcome:
                        f"{KEY_HINT}", code, answer=answer)
     if code in URL_STATUSES or 300 <= code < 400:
         return Outcome("pause", "bad_url", f"backend answered HTTP {code} for POST /events: "
-                       "check HEALERT_BACKEND_URL", code, answer=answer)
+                       f"check {env('backend_url')}", code, answer=answer)
     if code == 429 or code >= 500 or code in (408, 425):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         label = "rate_limited" if code == 429 else "server_error"

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from healert_webhook import __version__, exits
 from healert_webhook.commands import COMMANDS
-from healert_webhook.config import OPTIONS, ConfigError, Option, Settings, build_settings
+from healert_webhook.config import OPTIONS, ConfigError, Option, Settings, build_settings, env
 from healert_webhook.records import OutboxError
 from healert_webhook.rules import RulesError
 
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect platform bypasses in Kubernetes audit events and deliver them "
                     "to Healert as friction events.",
         epilog="Secrets are read from the environment or files, never from flags:\n"
-               "HEALERT_API_KEY or HEALERT_API_KEY_FILE, HEALERT_WEBHOOK_TOKEN(_FILE).\n\n"
+               f"{env('api_key')} or {env('api_key_file')}, {env('webhook_token')}(_FILE).\n\n"
                "exit codes (every command):\n"
                + "\n".join(f"  {code}  {text}" for code, text in exits.TABLE))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http
 
 from healert_webhook.backend import AUTH_STATUSES, URL_STATUSES, HealthReport
+from healert_webhook.config import env
 
 HEALTHY = 'HTTP 200 with {"status": "ok", ...}'  # what a healthy backend answers
 
@@ -28,7 +29,7 @@ def problem(report: HealthReport) -> str | None:
     if not report.reachable:
         return (f"GET {report.health_url} answered HTTP 200 with {_shown(report.body)}, "
                 f"not a JSON object; a Healert backend answers {HEALTHY}. "
-                "HEALERT_BACKEND_URL may name another service (a proxy's or a UI's "
+                f"{env('backend_url')} may name another service (a proxy's or a UI's "
                 "page) rather than the backend's API: deliveries there would not reach "
                 "Healert, and events stay queued in the outbox")
     if report.status is None:
@@ -46,7 +47,7 @@ def problem(report: HealthReport) -> str | None:
 def warnings(report: HealthReport) -> list[str]:
     """Human-readable problems; empty when delivery should work."""
     if report.url is None:
-        return ["no backend URL configured (HEALERT_BACKEND_URL): events stay in the "
+        return [f"no backend URL configured ({env('backend_url')}): events stay in the "
                 "outbox and are written to the log"]
     if report.http_status is None:
         return [f"backend {report.url} unreachable ({report.error}): the agent still starts "
@@ -57,7 +58,7 @@ def warnings(report: HealthReport) -> list[str]:
         found.append(wrong)
     if report.auth_enabled and not report.key_set:
         found.append(f"backend {report.url} requires an API key and none is set: "
-                     "set HEALERT_API_KEY or HEALERT_API_KEY_FILE")
+                     f"set {env('api_key')} or {env('api_key_file')}")
     return found
 
 
@@ -76,7 +77,7 @@ def _shown(body: str | None) -> str:
 def _status_meaning(code: int) -> str:
     """What an unhealthy /health answer means for POST /events (see `classify`)."""
     if code in URL_STATUSES or 300 <= code < 400:
-        return ("HEALERT_BACKEND_URL is likely not the backend's base URL (the agent adds "
+        return (f"{env('backend_url')} is likely not the backend's base URL (the agent adds "
                 "/health and /events to it, and follows no redirects); POST /events "
                 "answered alike pauses deliveries, and events stay queued in the outbox")
     if code in AUTH_STATUSES:

@@ -40,7 +40,7 @@ import orjson
 
 from healert_webhook import backend_contract, metrics
 from healert_webhook.backend_contract import ANSWER_MAX
-from healert_webhook.config import Settings
+from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
 from healert_webhook.records import Checkpoint, Friction, OutboxError, OutboxFull, StoreResult
 
@@ -175,12 +175,12 @@ def _loads(blob: bytes | str) -> dict[str, Any]:
 class Outbox:
     """The SQLite outbox (see the module docstring)."""
 
-    def __init__(self, path: Path, *, max_queued: int = 100_000,
-                 dedup_window: float = 86_400.0, retention_days: float = 30.0) -> None:
+    def __init__(self, path: Path, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
         self.path = Path(path)
-        self.max_queued = max_queued
-        self.dedup_window = dedup_window
-        self.retention_days = retention_days
+        self.max_queued = settings.outbox_max_events
+        self.dedup_window = settings.dedup_window
+        self.retention_days = settings.backend_retention_days
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._last_expire = -EXPIRE_EVERY  # monotonic: a clock step neither skips nor repeats
@@ -204,9 +204,7 @@ class Outbox:
         except OSError as exc:
             raise OutboxError(f"state directory {settings.state_dir}: "
                               f"{exc.strerror or exc}", "io") from exc
-        return cls(settings.outbox_path, max_queued=settings.outbox_max_events,
-                   dedup_window=settings.dedup_window,
-                   retention_days=settings.backend_retention_days)
+        return cls(settings.outbox_path, settings)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -423,7 +421,7 @@ class Outbox:
             metrics.OUTBOX_FULL.set(1)
             raise OutboxFull(
                 f"outbox full: {depth - added} queued and this store would add {added}, over "
-                f"HEALERT_OUTBOX_MAX_EVENTS={self.max_queued}; nothing of it was stored "
+                f"{env('outbox_max_events')}={self.max_queued}; nothing of it was stored "
                 "(deliveries make room; raise the bound if the backend is down for long)",
                 "full")
 
@@ -455,7 +453,7 @@ class Outbox:
         if self._full and depth < self._full_depth:  # room was made (by any process)
             self._room_made()
         if self._full or depth >= self.max_queued:
-            return (f"outbox full ({depth} queued, HEALERT_OUTBOX_MAX_EVENTS="
+            return (f"outbox full ({depth} queued, {env('outbox_max_events')}="
                     f"{self.max_queued}): batches are refused until deliveries make room")
         return None
 
@@ -683,6 +681,11 @@ class Outbox:
 
 def _lock_path(path: Path) -> Path:
     return Path(f"{path}.lock")
+
+
+def forward_lock_path(path: Path) -> Path:
+    """The file whose exclusive lock the one process delivering from the outbox holds."""
+    return Path(f"{path}.forward.lock")
 
 
 def _hold(path: Path) -> IO[bytes]:

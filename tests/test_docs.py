@@ -51,3 +51,14 @@ def test_relative_links_point_at_files() -> None:
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
             assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_every_setting_name_the_package_writes_is_a_setting() -> None:
+    """Names are written once, in config.OPTIONS; messages take them from there (a
+    docstring may name one too, and then it must exist)."""
+    known = {name for option in OPTIONS for name in option.env}
+    for path in (ROOT / "healert_webhook").rglob("*.py"):
+        for name in re.findall(r"\b(?:HEALERT|K8S)_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()):
+            if path.name == "config.py" or name in known:
+                continue
+            raise AssertionError(f"{path.relative_to(ROOT)} names {name}, which is no setting")

@@ -101,8 +101,14 @@ def forwarding(settings: Settings, outbox: Outbox, *, probe: float = 60.0,
         finally:
             loop.close()
 
+    def watch() -> None:  # the agent's watcher of reloadable files, for the key file
+        while thread.is_alive():
+            fwd.keys.reload()
+            time.sleep(0.2)
+
     thread = threading.Thread(target=main, daemon=True)
     thread.start()
+    threading.Thread(target=watch, daemon=True).start()
     try:
         yield fwd
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from healert_webhook.config import Settings
 from healert_webhook.outbox import (
     SCHEMA_VERSION,
     UNDECODABLE,
@@ -111,7 +112,7 @@ def test_disk_full_is_an_outbox_error_and_readiness_says_so(outbox: Outbox) -> N
 
 
 def test_delivered_keys_are_remembered_for_the_window(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", dedup_window=0.3)
+    box = Outbox(tmp_path / "o.db", Settings(dedup_window=0.3))
     box.store([friction(1)])
     row = box.head()[0]
     box.mark_delivered(row.seq, row.key)
@@ -147,7 +148,7 @@ def test_retry_dead_by_key(outbox: Outbox) -> None:
 
 
 def test_a_full_queue_refuses_the_whole_store_and_evicts_nothing(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_queued=5)
+    box = Outbox(tmp_path / "o.db", Settings(outbox_max_events=5))
     cp = Checkpoint("tail:/x", "/x", 1, 2, 100, "0:00")
     box.store([friction(n) for n in range(4)])
     assert box.writable() is None

@@ -20,7 +20,7 @@ from healert_webhook import __version__, backend, exits
 from healert_webhook import health as health_words
 from healert_webhook.backend import Answer, HealthReport, describe_error
 from healert_webhook.commands.base import Settable
-from healert_webhook.config import ConfigError, Settings
+from healert_webhook.config import ConfigError, Settings, env
 
 NAME = "check-backend"
 HELP = "check the backend's health and the API key"
@@ -75,7 +75,7 @@ def check_backend(settings: Settings, send_test: bool, *, as_json: bool = False)
 
 async def _check_backend(settings: Settings, send_test: bool, report: _Report) -> int:
     if settings.backend_url is None:
-        report.step("config", False, "no backend URL: set HEALERT_BACKEND_URL or --backend-url")
+        report.step("config", False, f"no backend URL: set {env('backend_url')} or --backend-url")
         return report.finish(exits.CONFIG)
     try:
         key = await asyncio.to_thread(settings.read_api_key)
@@ -114,13 +114,13 @@ def _report_health(health: HealthReport, report: _Report) -> int:
 
 def _report_key(settings: Settings, key: str | None, health: HealthReport,
                 report: _Report) -> None:
-    source = (f"from HEALERT_API_KEY_FILE {settings.api_key_file}"
-              if settings.api_key_file else "from HEALERT_API_KEY")
+    source = (f"from {env('api_key_file')} {settings.api_key_file}"
+              if settings.api_key_file else f"from {env('api_key')}")
     if key:
         report.step("key", True, f"set ({len(key)} characters, {source})")
     elif health.auth_enabled:
         report.step("key", False, "the backend requires a key and none is set: set "
-                    "HEALERT_API_KEY or HEALERT_API_KEY_FILE")
+                    f"{env('api_key')} or {env('api_key_file')}")
     else:
         report.step("key", True, "none set; the backend does not require one")
 
@@ -143,7 +143,7 @@ async def _check_auth(client: httpx.AsyncClient, settings: Settings, key: str | 
     code = response.status
     if code in (401, 403):
         report.step("auth", False, f"the backend refused the key (HTTP {code}): check "
-                    "HEALERT_API_KEY / HEALERT_API_KEY_FILE")
+                    f"{env('api_key')} / {env('api_key_file')}")
         return exits.KEY_REFUSED
     if code == 429:
         report.step("auth", None, "rate-limited (HTTP 429): the key could not be checked; "

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from healert_webhook.commands.base import Settable
-from healert_webhook.config import Settings
+from healert_webhook.config import Settings, env
 
 NAME = "serve"
 HELP = "receive audit events from the apiserver's webhook"
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> No
     parser.add_argument("--tail", dest="tail", nargs="?", const=True, default=None,
                         type=Path, metavar="PATH",
                         help="also follow an audit log file in the same process: PATH, or "
-                             "AUDIT_LOG_PATH / --audit-log when PATH is left out")
+                             f"{env('audit_log_path')} / --audit-log when PATH is left out")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from healert_webhook import exits
 from healert_webhook.commands.base import Settable
-from healert_webhook.config import Settings
+from healert_webhook.config import Settings, env
 from healert_webhook.pipeline import gc_paused
 from healert_webhook.rules import RuleSet, load_rules
 
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> No
     """The file, and whether warnings fail."""
     add_settings(parser)
     parser.add_argument("path", nargs="?", type=Path, default=None,
-                        help="rules file (default: RULES_PATH, ./rules.yaml, or packaged)")
+                        help=f"rules file (default: {env('rules_path')}, ./rules.yaml, or "
+                             "packaged)")
     parser.add_argument("--strict", action="store_true",
                         help="fail (exit 1) on warnings too, for CI")
 

@@ -28,9 +28,15 @@ from typing import Any
 import orjson
 
 from healert_webhook import batches, metrics
-from healert_webhook.auth import TokenAuth, mark_authenticated, names_allowed, request_names
+from healert_webhook.auth import (
+    TokenAuth,
+    allow_list,
+    mark_authenticated,
+    names_allowed,
+    request_names,
+)
 from healert_webhook.budget import BodyBudget
-from healert_webhook.config import default_of
+from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.prefilter import NeedsMore
@@ -114,22 +120,17 @@ class _Disconnected(Exception):
 class WebhookApp:
     """The ASGI app for the apiserver's audit webhook (see the module docstring)."""
 
-    def __init__(self, *, pipeline: Pipeline, executor: Executor,
-                 path: str = "/audit", max_body_bytes: int = 64 * 1024 * 1024,
-                 tokens: TokenAuth | None = None,
-                 client_names: frozenset[str] = frozenset(),
-                 budget: BodyBudget | None = None,
-                 max_items: int = default_of("max_batch_items"),
-                 body_timeout: float = default_of("webhook_body_timeout")) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, executor: Executor, *,
+                 tokens: TokenAuth | None = None, budget: BodyBudget | None = None) -> None:
         self.pipeline = pipeline
         self.executor = executor
-        self.path = path
-        self.max_body_bytes = max_body_bytes
+        self.path = settings.webhook_path
+        self.max_body_bytes = settings.max_body_bytes
         self.tokens = tokens
-        self.client_names = client_names
-        self.budget = budget or BodyBudget(default_of("max_inflight_bytes"))
-        self.max_items = max_items
-        self.body_timeout = body_timeout
+        self.client_names = allow_list(settings.tls_client_names)
+        self.budget = budget or BodyBudget(settings.max_inflight_bytes)
+        self.max_items = settings.max_batch_items
+        self.body_timeout = settings.webhook_body_timeout
         self._codes: dict[int, Any] = {}
         self._loop_turn = asyncio.Lock()  # a body being evaluated on the event loop
 
@@ -201,7 +202,7 @@ class WebhookApp:
             await share.grow_to(cost)
         except body_reading.TooCostly as exc:
             raise _Reject(413, f"parsing this body would take about {exc.cost >> 20} MiB "
-                          f"of memory, more than HEALERT_MAX_INFLIGHT_BYTES allows "
+                          f"of memory, more than {env('max_inflight_bytes')} allows "
                           f"({exc.limit >> 20} MiB)") from None
         except body_reading.Busy:
             raise self._busy() from None
@@ -310,7 +311,7 @@ class WebhookApp:
             return await loop.run_in_executor(self.executor, self._store, found)
         except batches.TooManyItems as exc:
             raise _Reject(413, f"batch of {exc.count} events is over "
-                          f"HEALERT_MAX_BATCH_ITEMS={self.max_items}") from None
+                          f"{env('max_batch_items')}={self.max_items}") from None
         except body_reading.BadBody as exc:
             metrics.INVALID_EVENTS.labels(SOURCE, exc.reason).inc()
             raise _Reject(400, str(exc)) from None
