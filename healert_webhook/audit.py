@@ -242,12 +242,6 @@ def failure_id(event: Any) -> str:
     return clean_text(audit_id, MAX_FAILURE_ID) if isinstance(audit_id, str) else ""
 
 
-def impersonated_name(event: dict[str, Any]) -> str | None:
-    """The user the request was made as, when the authenticated user impersonated someone."""
-    name = _username(event.get("impersonatedUser"))
-    return name or None
-
-
 def user_agent(event: dict[str, Any]) -> str:
     """The request's User-Agent, '' when absent or not a string."""
     agent = event.get("userAgent")

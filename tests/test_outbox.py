@@ -16,15 +16,11 @@ from healert_webhook.config import Settings
 from healert_webhook.outbox import (
     SCHEMA_VERSION,
     UNDECODABLE,
-    Checkpoint,
     Outbox,
     OutboxCorrupt,
-    OutboxError,
-    OutboxFull,
-    StoreResult,
     move_aside,
 )
-from healert_webhook.records import Friction
+from healert_webhook.records import Checkpoint, Friction, OutboxError, OutboxFull, StoreResult
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,13 +39,6 @@ def counts(result: StoreResult) -> tuple[int, int]:
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    box = Outbox(tmp_path / "state" / "outbox.db")
-    yield box
-    box.close()
 
 
 def cp(offset: int) -> Checkpoint:

@@ -26,13 +26,6 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    box = Outbox(tmp_path / "outbox.db")
-    yield box  # type: ignore[misc]
-    box.close()
-
-
 def make_pipeline(tmp_path: Path, outbox: Outbox | None, rules: str | None = None) -> Pipeline:
     path = None
     if rules is not None:

@@ -136,7 +136,7 @@ def test_generated_workloads_decide_alike(pipeline: Pipeline, seed: int, ratio: 
 
 def test_a_large_body_is_read_in_groups_and_decides_alike(pipeline: Pipeline) -> None:
     work = workload.generate(3000, match_ratio=0.2, seed=3)
-    body = workload.event_list(work.items)
+    body = event_list(work.items)
     plan = batches.reading(body, size=256 * 1024)
     assert plan is not None and plan.groups is not None and len(plan.groups) > 10
     found = body_reading.evaluate(pipeline, body, plan, "prefilter-test", 10_000)

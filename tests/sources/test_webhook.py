@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from healert_webhook.auth import TokenAuth
 from healert_webhook.outbox import Outbox
@@ -26,23 +25,9 @@ from support.pki import (
     CLIENT_NAME,
     PKI,
     client_context,
-    make_pki,
 )
 from support.servers import sample, wait_for
 from support.webhooks import JSON, TOKEN, Hook, expected_keys, make_pipeline, queued, webhook
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> PKI:
-    return make_pki(tmp_path / "pki")
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "state" / "outbox.db")
-    yield box
-    box.close()
-
 
 # -- a full batch over mTLS ------------------------------------------------------------
 
