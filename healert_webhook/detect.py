@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from healert_webhook import audit
-from healert_webhook.candidate import Candidate
 from healert_webhook.entity import Workload, entity_ref, resolve_workload
 from healert_webhook.index import Index, Match, Undecidable
 from healert_webhook.records import MAX_FAILURES, Friction, Stats
 from healert_webhook.rules import Rule, RuleSet
+from healert_webhook.rules.candidate import Candidate
 from healert_webhook.rules.conditions import decisive
 from healert_webhook.text import clean_text
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from healert_webhook import audit
-from healert_webhook.candidate import Candidate
 from healert_webhook.detect import Detector, rule_failure
 from healert_webhook.index import Undecidable, scope_failure
 from healert_webhook.records import Friction
 from healert_webhook.rules import Rule
+from healert_webhook.rules.candidate import Candidate
 from healert_webhook.rules.conditions import GitOpsManaged, decisive
 from healert_webhook.rules.model import shown as _show
 

@@ -1,12 +1,10 @@
 """Detection rules: the file's model, its conditions, reading and checking it."""
 
 from healert_webhook.rules.load import MAX_RULES_BYTES, default_rules_text, load_rules, parse_rules
+from healert_webhook.rules.matchers import DEFAULT_GITOPS, GitOps, NameMatch
 from healert_webhook.rules.model import (
-    DEFAULT_GITOPS,
     MAX_LISTED,
     TOKENS,
-    GitOps,
-    NameMatch,
     Rule,
     RulesError,
     RuleSet,

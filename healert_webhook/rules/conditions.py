@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from healert_webhook import audit
-from healert_webhook.rules.model import Check, NameMatch, shown
+from healert_webhook.rules.matchers import NameMatch
+from healert_webhook.rules.model import Check, shown
 from healert_webhook.rules.yamlnodes import (
     INT,
     Node,
@@ -35,7 +36,7 @@ from healert_webhook.rules.yamlnodes import (
 )
 
 if TYPE_CHECKING:
-    from healert_webhook.candidate import Candidate
+    from healert_webhook.rules.candidate import Candidate
 
 # The lowest audit level at which a condition can be decided.
 METADATA, REQUEST, REQUEST_RESPONSE = "Metadata", "Request", "RequestResponse"

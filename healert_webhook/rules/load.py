@@ -29,12 +29,11 @@ from healert_webhook.rules.conditions import (
     compile_checks,
     name_match,
 )
+from healert_webhook.rules.matchers import DEFAULT_GITOPS, GitOps
 from healert_webhook.rules.model import (
     DEFAULT_DESCRIPTION,
-    DEFAULT_GITOPS,
     TOKEN_RE,
     TOKENS,
-    GitOps,
     Rule,
     RulesError,
     RuleSet,

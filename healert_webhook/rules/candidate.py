@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from healert_webhook import audit
-from healert_webhook.rules.model import GitOps
+from healert_webhook.rules.matchers import GitOps
 
 
 class Candidate:
