@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
+from healert_webhook.records import Stats
 from healert_webhook.rules import RulesError, RuleSet, load_rules
 
 from support import workload
