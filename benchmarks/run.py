@@ -43,9 +43,10 @@ from procs import REPO, Unavailable
 from healert_webhook import batches, prefilter
 from healert_webhook.audit import batch_items
 from healert_webhook.config import Settings
-from healert_webhook.detect import Stats
 from healert_webhook.pipeline import Pipeline, gc_paused, make_detector
+from healert_webhook.records import Stats
 from healert_webhook.rules import RuleSet, load_rules
+from healert_webhook.sources import body as body_reading
 
 from support import workload
 
@@ -146,7 +147,7 @@ def detect_batches(pipeline: Pipeline, bodies: list[bytes]) -> None:
     with the cyclic GC paused, the parsed batch dropped before it runs again."""
     for body in bodies:
         with gc_paused():  # held across the parse too, as the webhook's worker does
-            pipeline.evaluate(batch_items(orjson.loads(body)), "bench")
+            pipeline.evaluate_items(batch_items(orjson.loads(body)), "bench")
 
 
 def evaluate_read(pipeline: Pipeline, bodies: list[bytes]) -> None:
@@ -154,13 +155,13 @@ def evaluate_read(pipeline: Pipeline, bodies: list[bytes]) -> None:
     pre-filter rules out what it can, orjson parses the rest for detection."""
     for body in bodies:
         plan = batches.reading(body)
-        if plan is None or pipeline.evaluate_body(body, plan, "bench", len(body)) is None:
+        if plan is None or body_reading.evaluate(pipeline, body, plan, "bench", len(body)) is None:
             raise Unavailable("simdjson did not read a workload body")
 
 
 def ruled_out_share(pipeline: Pipeline, bodies: list[bytes]) -> float:
     """The share of the workload's events the pre-filter rules out, in percent."""
-    reason = pipeline.prefilter.reason
+    reason = pipeline.rules.prefilter.reason
     total = ruled = 0
     for body in bodies:
         items = batch_items(prefilter.parse(body), simdjson.Object, simdjson.Array)

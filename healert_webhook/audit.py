@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeGuard, cast
 
+from healert_webhook.text import clean_text
+
 FIRING_STAGES = frozenset({"ResponseStarted", "ResponseComplete"})
 QUIET_STAGES = frozenset({"RequestReceived", "Panic"})
 # Usernames under system: that are people (admin kubeconfigs), not controllers.
@@ -234,30 +236,10 @@ def event_timestamp(event: dict[str, Any],
 
 # --- text -------------------------------------------------------------------------------
 
-def clean_text(value: str, limit: int) -> str:
-    """Printable ASCII only, at most `limit` characters.
-
-    Control and non-ASCII characters are written as backslash escapes, so a user name
-    holding a newline or an ANSI escape cannot forge log lines or terminal output, and
-    nothing is silently lost.
-    """
-    if not (value.isascii() and value.isprintable()):
-        value = value[:limit].encode("unicode_escape", "backslashreplace").decode("ascii")
-    if len(value) > limit:
-        value = value[: limit - 3] + "..."
-    return value
-
-
 def failure_id(event: Any) -> str:
     """The auditID of an event for a log line: cleaned and cut, or '' when not a string."""
     audit_id = event.get("auditID") if isinstance(event, dict) else None
     return clean_text(audit_id, MAX_FAILURE_ID) if isinstance(audit_id, str) else ""
-
-
-def impersonated_name(event: dict[str, Any]) -> str | None:
-    """The user the request was made as, when the authenticated user impersonated someone."""
-    name = _username(event.get("impersonatedUser"))
-    return name or None
 
 
 def user_agent(event: dict[str, Any]) -> str:

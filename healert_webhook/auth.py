@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from healert_webhook.config import Settings
+from healert_webhook.config import Settings, env
 from healert_webhook.filewatch import FileWatch, read_regular
 from healert_webhook.protocol import AUTHENTICATED_EXTENSION, PEER_EXTENSION
 
@@ -78,7 +78,7 @@ class TokenAuth:
         self._watch = FileWatch(path) if path is not None else None
         self._file: list[bytes] = self._read() if path is not None else []
         if not self.tokens:
-            raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {path}: holds no token")
+            raise TokenError(f"{env('webhook_token_file')} {path}: holds no token")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenAuth | None:
@@ -101,12 +101,12 @@ class TokenAuth:
         try:
             raw = read_regular(self.path, limit)
             if len(raw) > limit:
-                raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {self.path}: larger than "
+                raise TokenError(f"{env('webhook_token_file')} {self.path}: larger than "
                                  f"{limit} bytes")
             text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            raise TokenError(f"HEALERT_WEBHOOK_TOKEN_FILE {self.path}: {why}") from exc
+            raise TokenError(f"{env('webhook_token_file')} {self.path}: {why}") from exc
         return parse_tokens(text)
 
     def reload(self, force: bool = False) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import http
 import re
 import time
 import zlib
@@ -29,23 +28,22 @@ import httpx
 import orjson
 
 from healert_webhook import __version__
-from healert_webhook.audit import clean_text
 from healert_webhook.backend_contract import ANSWER_MAX, window_start
-from healert_webhook.config import ConfigError, Settings
+from healert_webhook.config import ConfigError, Settings, env
 from healert_webhook.logs import redact_urls, shown_url
+from healert_webhook.text import clean_text
 
 __all__ = ["redact_urls", "shown_url"]  # with the rest: the URL helpers, from one place
 
 CONNECT_TIMEOUT = 5.0
 RETRY_AFTER_MAX = 3600.0
-KEY_HINT = "check HEALERT_API_KEY / HEALERT_API_KEY_FILE"
+KEY_HINT = f"check {env('api_key')} / {env('api_key_file')}"
 # Statuses that mean the URL or the key is wrong, not the event: pause instead of dead-
 # lettering the whole queue one event at a time.
 AUTH_STATUSES = frozenset({401, 403})
 URL_STATUSES = frozenset({404, 405})
 
 
-HEALTHY = 'HTTP 200 with {"status": "ok", ...}'  # what a healthy backend answers
 HEALTH_BODY_MAX = 64 * 1024  # bytes of a /health answer read; the real one is ~100 bytes
 # POST /events answers `{"status": "ok", ...}` (tens of bytes), or a 422 whose detail lists
 # one item per field at fault (a few KiB at worst for an event wrong in every field):
@@ -93,79 +91,6 @@ class HealthReport:
     def health_url(self) -> str:
         """The URL that was asked."""
         return join_url(self.url or "", "/health")
-
-    def problem(self) -> str | None:
-        """Why the answer is not a healthy backend's and what that means for delivery;
-        None when the backend answered `{"status": "ok", ...}`."""
-        if self.url is None:
-            return None
-        if self.http_status is None:
-            return (f"GET {self.health_url} failed: {self.error}; friction events stay "
-                    "queued in the outbox until the backend can be reached")
-        if self.http_status != 200:
-            return (f"GET {self.health_url} answered HTTP {self.http_status}"
-                    f"{_phrase(self.http_status)} with {_shown(self.body)}; a Healert "
-                    f"backend answers {HEALTHY}. {_status_meaning(self.http_status)}")
-        if not self.reachable:
-            return (f"GET {self.health_url} answered HTTP 200 with {_shown(self.body)}, "
-                    f"not a JSON object; a Healert backend answers {HEALTHY}. "
-                    "HEALERT_BACKEND_URL may name another service (a proxy's or a UI's "
-                    "page) rather than the backend's API: deliveries there would not reach "
-                    "Healert, and events stay queued in the outbox")
-        if self.status is None:
-            return (f"GET {self.health_url} answered a JSON object without \"status\" "
-                    f"({_shown(self.body)}); a Healert backend answers {HEALTHY}. "
-                    "Deliveries are still attempted; whatever is not taken stays queued")
-        if self.status != "ok":
-            return (f"GET {self.health_url} answered status {self.status!r} (version "
-                    f"{self.version}, auth {self.auth}), not \"ok\": a healthy backend "
-                    f"answers {HEALTHY}. The backend says it is not healthy; deliveries are "
-                    "still attempted, and events it fails to take stay queued in the outbox "
-                    "and are retried with backoff")
-        return None
-
-    def warnings(self) -> list[str]:
-        """Human-readable problems; empty when delivery should work."""
-        if self.url is None:
-            return ["no backend URL configured (HEALERT_BACKEND_URL): events stay in the "
-                    "outbox and are written to the log"]
-        if self.http_status is None:
-            return [f"backend {self.url} unreachable ({self.error}): the agent still starts "
-                    "and queues friction events"]
-        found = []
-        problem = self.problem()
-        if problem is not None:
-            found.append(problem)
-        if self.auth_enabled and not self.key_set:
-            found.append(f"backend {self.url} requires an API key and none is set: "
-                         "set HEALERT_API_KEY or HEALERT_API_KEY_FILE")
-        return found
-
-
-def _phrase(code: int) -> str:
-    try:
-        return f" {http.HTTPStatus(code).phrase}"
-    except ValueError:
-        return ""
-
-
-def _shown(body: str | None) -> str:
-    # not repr(): the excerpt is escaped already, and repr would double its backslashes
-    return f"body '{body}'" if body else "an empty body"
-
-
-def _status_meaning(code: int) -> str:
-    """What an unhealthy /health answer means for POST /events (see `classify`)."""
-    if code in URL_STATUSES or 300 <= code < 400:
-        return ("HEALERT_BACKEND_URL is likely not the backend's base URL (the agent adds "
-                "/health and /events to it, and follows no redirects); POST /events "
-                "answered alike pauses deliveries, and events stay queued in the outbox")
-    if code in AUTH_STATUSES:
-        return ("The backend's /health takes no key, so something in front of it (a proxy) "
-                "refuses the agent; POST /events answered alike pauses deliveries, and "
-                "events stay queued in the outbox")
-    return ("Deliveries are still attempted and retried with backoff; events stay queued "
-            "in the outbox until the backend takes them")
 
 
 def excerpt(raw: bytes, secret: str | None = None, limit: int = EXCERPT_MAX) -> str:
@@ -370,7 +295,7 @@ def classify(response: Answer) -> Outcome:
                        f"{KEY_HINT}", code, answer=answer)
     if code in URL_STATUSES or 300 <= code < 400:
         return Outcome("pause", "bad_url", f"backend answered HTTP {code} for POST /events: "
-                       "check HEALERT_BACKEND_URL", code, answer=answer)
+                       f"check {env('backend_url')}", code, answer=answer)
     if code == 429 or code >= 500 or code in (408, 425):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         label = "rate_limited" if code == 429 else "server_error"

@@ -252,6 +252,11 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME: Mapping[str, Option] = {opt.name: opt for opt in OPTIONS}
 
 
+def env(name: str) -> str:
+    """The environment variable of option `name` (its first), as messages name it."""
+    return OPTIONS_BY_NAME[name].env[0]
+
+
 def default_of(name: str) -> Any:
     """The default of option `name`, from its row of OPTIONS."""
     return OPTIONS_BY_NAME[name].default

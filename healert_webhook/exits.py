@@ -12,6 +12,7 @@ CONFIG = 2  # unusable flags, settings, rules file or certificates; nothing was 
 UNREACHABLE = 3  # check-backend: the backend is unreachable or unhealthy
 KEY_REFUSED = 4  # check-backend: the backend refused the API key
 EVENT_REFUSED = 5  # check-backend --send-test: the backend refused the test event
+PIPE_CLOSED = 141  # what a shell reports for a process ended by SIGPIPE, as `| head` does
 
 TABLE: tuple[tuple[int, str], ...] = (
     (OK, "success"),
@@ -20,4 +21,5 @@ TABLE: tuple[tuple[int, str], ...] = (
     (UNREACHABLE, "check-backend: the backend is unreachable or unhealthy"),
     (KEY_REFUSED, "check-backend: the backend refused the API key"),
     (EVENT_REFUSED, "check-backend --send-test: the backend refused the test event"),
+    (PIPE_CLOSED, "the reader of the output went away (`| head`): stopped quietly"),
 )

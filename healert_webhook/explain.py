@@ -1,35 +1,27 @@
-"""`healert-webhook replay --explain`: why each audit event fired a rule or did not.
+"""Why an audit event fired a rule or did not, in sentences (`replay --explain`).
 
 `explain_event` is a pure function over a Detector and one parsed event: it takes the
-same steps as `Detector.detect` (the index, the namespace and actor filters, each
-candidate rule's conditions in order, the entity) and records every decision with a
-sentence a platform engineer can act on. `run_explain` reads audit files the way
-`replay` does and prints those decisions, optionally only for one auditID or one user.
+same steps as `Detector.detect` (the index's fast path, each candidate rule's checks in
+order, the entity) and records every decision with a sentence a platform engineer can
+act on; each check explains its own failure (rules/conditions.py). The command that
+reads files and prints the decisions is commands/explain.py.
 """
 
 from __future__ import annotations
 
-import gzip
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any, TextIO
+from typing import Any
 
-from healert_webhook import audit, exits
-from healert_webhook.detect import (
-    CONDITION_ORDER,
-    Candidate,
-    Detector,
-    Friction,
-    decisive,
-    rule_failure,
-    scope_failure,
-)
+from healert_webhook import audit
+from healert_webhook.detect import Detector, rule_failure
+from healert_webhook.index import Undecidable, scope_failure
+from healert_webhook.records import Friction
 from healert_webhook.rules import Rule
+from healert_webhook.rules.candidate import Candidate
+from healert_webhook.rules.conditions import GitOpsManaged, decisive
+from healert_webhook.rules.model import shown as _show
 
-EXIT_OK = exits.OK
-EXIT_UNREADABLE = exits.FAILED
 _SHOWN = 200  # longest value quoted in a sentence
 
 
@@ -39,7 +31,7 @@ class RuleDecision:
 
     `reason` is `fired`, why the rule is not a candidate (`resource`, `subresource`,
     `verb`), a reason that settled every candidate (`namespace`, `system_actor`), the
-    condition it failed (see `CONDITION_ORDER`), or `no_name` when it matched an event
+    condition it failed (see rules/conditions.py), or `no_name` when it matched an event
     that names no object. `detail` says it in a sentence.
     """
 
@@ -69,12 +61,6 @@ class EventDecision:
     entity: str
     rules: tuple[RuleDecision, ...]
     frictions: tuple[Friction, ...]
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return audit.clean_text(value, _SHOWN) if value else "(none)"
-    return "(none)" if value is None else f"(a {type(value).__name__})"
 
 
 def _request(event: dict[str, Any]) -> str:
@@ -114,52 +100,10 @@ def _scope_detail(rule: Rule, reason: str, ref: dict[str, Any], verb: Any) -> st
     return f"verb {_show(verb)} is not one of " + ", ".join(sorted(rule.verbs or ()))
 
 
-def _names(match: Any) -> str:
-    return str(match.text()).replace("|", ", ")
-
-
 def _condition_detail(rule: Rule, reason: str, cand: Candidate) -> str:
-    """A sentence for a failed condition (the reasons of `CONDITION_ORDER`)."""
-    actor = cand.actor
-    name = _show(actor.name) if actor.name else "(nobody)"
-    if reason == "system_actor":
-        return f"the actor {name} is internal and the rule has ignore_system: true"
-    if reason == "namespace":
-        return f"namespace {_show(cand.scope_ns)} is in the rule's ignore_namespaces"
-    if reason == "namespace_contains":
-        return (f"namespace {_show(cand.scope_ns)} does not contain "
-                f"{rule.namespace_contains!r}")
-    if reason == "user":
-        if rule.users is not None and not rule.users.matches(actor.name):
-            return f"the actor {name} is not one of users {_names(rule.users)}"
-        return f"the actor {name} is in ignore_users {_names(rule.ignore_users)}"
-    if reason == "group":
-        groups = ", ".join(_show(g) for g in cand.groups()) or "(none)"
-        if rule.groups is not None and not rule.groups.any_of(cand.groups()):
-            return f"none of the actor's groups ({groups}) is in groups {_names(rule.groups)}"
-        return f"the actor's groups ({groups}) meet ignore_groups {_names(rule.ignore_groups)}"
-    if reason == "user_agent":
-        agent = _show(audit.user_agent(cand.event))
-        if rule.user_agents is not None and not any(a in cand.agent() for a in rule.user_agents):
-            return f"user agent {agent} contains none of " + ", ".join(rule.user_agents)
-        return f"user agent {agent} contains one of " + ", ".join(rule.ignore_user_agents)
-    if reason == "response":
-        code = cand.code if cand.code is not None else "(none)"
-        return (f"the response {code} is {cand.response() or 'missing'}, not "
-                + " or ".join(sorted(rule.response or ())))
-    if reason == "annotation":
-        key, value = rule.annotation or ("", "")
-        return f"no annotation {key}={value} on the event or the object it carries"
-    if reason == "gitops_controller":
-        return (f"written by the GitOps controller {_show(actor.authenticated)}: applying "
-                "Git is not drift")
-    evidence = cand.gitops_evidence()
-    if evidence is not None:
-        return f"the object is GitOps-managed ({evidence})"
-    if audit.carried_metadata(cand.event) is None:
-        return ("the event carries no object, so GitOps ownership cannot be seen (log "
-                "this request at RequestResponse)")
-    return "the object carries none of the GitOps annotations, labels or field managers"
+    """A sentence for a failed condition: its check explains itself."""
+    check = rule.check(reason)
+    return check.explain(reason, cand) if check is not None else reason
 
 
 def _decision(event: dict[str, Any], outcome: str, reason: str, detail: str,
@@ -201,36 +145,33 @@ def _explain(detector: Detector, event: dict[str, Any],
             return _decision(event, "skipped", "stage", f"stage {stage} never fires; only "
                              "ResponseStarted and ResponseComplete do")
         return _invalid(event)
-    # The same steps, in the same order, as the fast path of Detector.detect.
+    # Detection's own fast path (index.py), then the same slow path as Detector.detect.
+    ref = event.get("objectRef")
+    ref = ref if isinstance(ref, dict) else {}
+    verb = event.get("verb")
     try:
-        ref = event.get("objectRef")
-        ref = {} if ref is None else ref
-        verb = event.get("verb")
-        leaf = detector.leaf(ref.get("resource"), ref.get("subresource"), verb)
-        outside = _outside(detector, ref, verb)
-        if leaf is None:
-            return _decision(event, "skipped", "no_rule", "no enabled rule names this "
-                             "resource, subresource and verb", outside)
-        if not isinstance(verb, str):
-            raise TypeError("verb")
-        namespace = ref.get("namespace")
-        if namespace and namespace in detector.excluded_namespaces:
-            return _decision(event, "skipped", "namespace", f"namespace {_show(namespace)} "
-                             "is excluded for every rule (config.ignore_namespaces or the "
-                             "agent's own namespace)", outside)
-        if leaf[1]:
-            user = event.get("user")
-            username = user.get("username") if user else None
-            if (not username or (username[:7] == "system:"
-                                 and username not in audit.HUMAN_SYSTEM_USERS)) \
-                    and not event.get("impersonatedUser"):
-                return _internal(event, leaf[0], username, outside)
-    except (KeyError, TypeError, AttributeError):
+        found = detector.index.rule_out(event)
+    except Undecidable:
+        return _invalid(event)
+    outside = _outside(detector, ref, verb)
+    if found == "no_rule":
+        return _decision(event, "skipped", "no_rule", "no enabled rule names this "
+                         "resource, subresource and verb", outside)
+    if found == "namespace":
+        return _decision(event, "skipped", "namespace", f"namespace "
+                         f"{_show(ref.get('namespace'))} is excluded for every rule "
+                         "(config.ignore_namespaces or the agent's own namespace)", outside)
+    if found == "system_actor":
+        leaf = detector.index.leaf(ref.get("resource"), ref.get("subresource"), verb)
+        user = event.get("user")
+        return _internal(event, leaf[0] if leaf else (),
+                         user.get("username") if isinstance(user, dict) else None, outside)
+    if isinstance(found, str):  # the stage, handled above
         return _invalid(event)
     if audit.invalid_reason(event) is not None:
         return _invalid(event)
-    cand = detector.candidate(event, ref)
-    return _candidates(detector, event, cand, leaf, outside, received=received)
+    cand = detector.candidate(event)
+    return _candidates(detector, event, cand, found, outside, received=received)
 
 
 def _outside(detector: Detector, ref: dict[str, Any], verb: Any) -> list[RuleDecision]:
@@ -271,8 +212,9 @@ def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
         if failure is None:
             matched.append(rule)
             detail = "every condition holds"
-            if rule.gitops_managed:
-                detail += f"; the object is GitOps-managed ({cand.gitops_evidence()})"
+            gitops = rule.check("gitops")
+            if isinstance(gitops, GitOpsManaged):
+                detail += gitops.fired(cand)
             decided.append(RuleDecision(rule.name, True, True, "fired", detail))
         else:
             failures.append(failure)
@@ -301,102 +243,3 @@ def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
         detail += f" ({fixup.replace('_', ' ')}: the receive time {why})"
     return _decision(event, "friction", "", detail, everything, entity=entity,
                      frictions=found)
-
-
-# --- the command ------------------------------------------------------------------------
-
-def _open(path: str) -> IO[bytes]:
-    """Open an audit file the way replay does (gzip, `-` for stdin)."""
-    from healert_webhook.sources import replay
-
-    return replay._open(path)
-
-
-def _wanted(event: Any, audit_id: str | None, user: str | None) -> bool:
-    if not isinstance(event, dict):
-        return audit_id is None and user is None
-    if audit_id is not None and event.get("auditID") != audit_id:
-        return False
-    if user is not None:
-        actor = audit.resolve_actor(event)
-        return user in (actor.authenticated, actor.impersonated)
-    return True
-
-
-def render(place: str, decision: EventDecision, duplicates: set[str]) -> list[str]:
-    """The readable lines for one event's decision."""
-    lines = [f"{place} auditID {decision.audit_id} {decision.stage} {decision.request} "
-             f"by {decision.actor}"]
-    if decision.outcome == "friction":
-        lines.append(f"  => {decision.detail}, charged to {decision.entity}")
-        for friction in decision.frictions:
-            again = " (already seen at another stage or in a resend: sent once)" \
-                if friction.key in duplicates else ""
-            lines.append(f"     {friction.rule} ({friction.event['severity']}): "
-                         f"{friction.event['description']}{again}")
-    else:
-        lines.append(f"  => {decision.outcome} ({decision.reason}): {decision.detail}")
-    for rule in decision.rules:
-        if rule.candidate:
-            verdict = f"not fired ({rule.reason}): {rule.detail}"
-            if rule.fired:
-                verdict = "fired" + rule.detail.partition("every condition holds")[2]
-            lines.append(f"  rule {rule.rule}: {verdict}")
-    others = [f"{r.rule} ({r.reason})" for r in decision.rules if not r.candidate]
-    if others:
-        lines.append("  not candidates: " + ", ".join(others))
-    return lines
-
-
-def run_explain(settings: Any, paths: Sequence[str], *, audit_id: str | None,
-                user: str | None, out: TextIO) -> int:
-    """`replay --explain`: print every decision for the events in `paths`.
-
-    Only events with auditID `audit_id` and/or made by (or as) `user` are shown when
-    given. Exit 0, or 1 when a file could not be read; raises RulesError when the rules
-    cannot be used.
-    """
-    from healert_webhook.pipeline import Pipeline
-    from healert_webhook.sources import replay
-
-    detector = Pipeline.from_settings(settings).detector
-    report = replay.ReadReport()
-    seen: set[str] = set()
-    shown = frictions = 0
-    failed: list[str] = []
-    for path in paths:
-        try:
-            stream = _open(path)
-        except OSError as exc:
-            failed.append(f"{path}: {exc.strerror}")
-            continue
-        try:
-            number = 0
-            for batch in replay.iter_batches(stream, path, report,
-                                             settings.tail_max_line_bytes):
-                for event in batch:
-                    number += 1
-                    if not _wanted(event, audit_id, user):
-                        continue
-                    decision = explain_event(detector, event, time.time())
-                    shown += 1
-                    frictions += len(decision.frictions)
-                    for line in render(f"{path} #{number}", decision, seen):
-                        print(line, file=out)
-                    seen.update(f.key for f in decision.frictions)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            failed.append(f"{path}: {exc}")
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
-    print(f"explain: {report.lines} lines, {shown} events shown, {frictions} friction "
-          f"events (before removing repeats)", file=out)
-    for example in report.examples:
-        print(f"  invalid line {example}", file=out)
-    for failure in failed:
-        print(f"  cannot read {failure}", file=out)
-    return EXIT_UNREADABLE if failed else EXIT_OK
-
-
-__all__ = ["CONDITION_ORDER", "EventDecision", "RuleDecision", "explain_event", "render",
-           "run_explain"]

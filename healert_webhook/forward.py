@@ -71,17 +71,17 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import orjson
 
-from healert_webhook import backend, backend_contract, metrics
-from healert_webhook.config import ConfigError, Settings
-from healert_webhook.filewatch import signature
+from healert_webhook import backend, backend_contract, health, metrics
+from healert_webhook.config import ConfigError, Settings, env
+from healert_webhook.filewatch import FileWatch, signature
 from healert_webhook.logs import Limiter
-from healert_webhook.outbox import EXPIRED, UNDECODABLE, Outbox, OutboxError, Queued
+from healert_webhook.outbox import EXPIRED, UNDECODABLE, Outbox, Queued, forward_lock_path
+from healert_webhook.records import OutboxError
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("healert_webhook.events")
@@ -89,7 +89,7 @@ _housekeeping_log = Limiter(log, per_interval=1, interval=60.0, what="housekeepi
 
 RATE_MARGIN = 0.95
 LOG_EVERY = 60.0  # seconds between repeats of a loud error while it lasts
-KEY_CHECK_EVERY = 1.0
+PAUSE_POLL = 1.0  # seconds between looks for a new key while deliveries are paused
 LAST_SEND = "last_send_us"  # outbox meta: when the last POST started, microseconds
 READ_INTERVAL = 0.2  # seconds between reads: they are not rate limited, but not free
 READ_BACKOFF_BASE, READ_BACKOFF_MAX = 1.0, 60.0  # seconds between failed reads of a row
@@ -140,56 +140,54 @@ def backoff_delay(failures: int, base: float, cap: float,
 # -- the key -------------------------------------------------------------------------------
 
 class KeySource:
-    """The bearer key, re-read from the key file at most once a second.
+    """The bearer key, re-read when the key file changes.
 
-    A key file that cannot be used any more (unreadable, not UTF-8, not a printable ASCII
-    key) keeps the key in use: deliveries go on, an ERROR line says why once per change of
-    the file, and `healert_api_key_invalid` is 1 until the file is fixed.
+    The agent's one watcher of reloadable files (server.py) calls `reload` every second
+    and on SIGHUP, as it does for the rules, the certificate and the tokens; the
+    forwarder only reads `key`, and `version` when it waits for a new one. A key file that
+    cannot be used any more (unreadable, not UTF-8, not a printable ASCII key) keeps the
+    key in use: deliveries go on, an ERROR line says why once per change of the file, and
+    `healert_api_key_invalid` is 1 until the file is fixed.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.key: str | None = None
         self.error: str | None = None
-        self._checked = -1e9
         self._reported: tuple[object, str] | None = None
-        self._lock = threading.Lock()  # the delivery loop and the chores both refresh
-        self._loaded = False  # refresh waits for the first load
+        self._lock = threading.Lock()  # the first load and the watcher's reloads
+        path = settings.api_key_file
+        self._watch = FileWatch(path) if path is not None else None
         self.version = 0  # counts key changes: whoever waits for one compares it
 
     def load(self) -> None:
         """Read the key now (blocking); a failure keeps any key loaded before."""
         with self._lock:
-            self._checked = time.monotonic()
-            self._loaded = True
-            try:
-                key = self.settings.read_api_key()
-            except ConfigError as exc:
-                self._refused(exc)
-                return
-            self._accepted()
-            self.key = key
+            self._read()
 
-    def refresh(self) -> bool:
-        """Re-read the key file; True when the key changed (blocking, cheap)."""
-        path = self.settings.api_key_file
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the key file if it changed (blocking, cheap); True when the key did."""
+        if self._watch is None:
+            return False
         with self._lock:
-            now = time.monotonic()
-            if path is None or not self._loaded or now - self._checked < KEY_CHECK_EVERY:
+            if not self._watch.changed(force) and self.error is None:
                 return False
-            self._checked = now
-            try:
-                key = self.settings.read_api_key()
-            except ConfigError as exc:
-                self._refused(exc)
+            before = self.key
+            self._read()
+            if self.key == before:
                 return False
-            self._accepted()
-            if key == self.key:
-                return False
-            self.key = key
             self.version += 1
-        log.info("API key file %s changed: key re-read", path)
+        log.info("API key file %s changed: key re-read", self.settings.api_key_file)
         return True
+
+    def _read(self) -> None:
+        try:
+            key = self.settings.read_api_key()
+        except ConfigError as exc:
+            self._refused(exc)
+            return
+        self._accepted()
+        self.key = key
 
     def _refused(self, exc: ConfigError) -> None:
         self.error = str(exc)
@@ -307,8 +305,8 @@ class Forwarder:
             self._state = "stopped"
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Refresh the outbox gauges and look at the key file at once and every second,
-        and keep the dead letters within their bounds every minute, until `stop`.
+        """Refresh the outbox gauges at once and every second, and keep the dead letters
+        within their bounds every minute, until `stop`.
 
         On their own clock, not the delivery loop's: that loop may wait for a long time
         (a health check the backend does not answer, the lock another process holds, a
@@ -319,8 +317,6 @@ class Forwarder:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.outbox.refresh_metrics, force=True)
-                if self.settings.backend_url is not None:  # a bad key file is said at once
-                    await asyncio.to_thread(self.keys.refresh)
                 if time.monotonic() >= prune_at:
                     prune_at = time.monotonic() + PRUNE_EVERY
                     await self._prune_dead()
@@ -348,7 +344,7 @@ class Forwarder:
 
     async def _run_embedded(self, stop: asyncio.Event) -> None:
         self._state, self._reason = "embedded", "no backend URL: events are logged and kept"
-        log.warning("no HEALERT_BACKEND_URL: friction events stay in the outbox %s and are "
+        log.warning(f"no {env('backend_url')}: friction events stay in the outbox %s and are "
                     "written to the log (logger healert_webhook.events); they are delivered "
                     "once a backend URL is configured", self.outbox.path)
         logged = await self._outbox_call(self.outbox.get_meta, "logged_seq")
@@ -385,7 +381,7 @@ class Forwarder:
     async def _start(self, client: httpx.AsyncClient) -> None:
         """Say how the backend answers, list the rows in flight, restore the pacer."""
         report = await backend.check_health(self.settings, client)
-        for warning in report.warnings():
+        for warning in health.warnings(report):
             log.warning("%s", warning)
         if report.reachable:
             log.info("backend %s: status %s, version %s, auth %s", report.url,
@@ -398,7 +394,7 @@ class Forwarder:
 
     async def _lock(self, stop: asyncio.Event) -> IO[bytes] | None:
         """Hold an exclusive lock so one process drains this outbox (see module docstring)."""
-        path = Path(f"{self.outbox.path}.forward.lock")
+        path = forward_lock_path(self.outbox.path)
         handle = await asyncio.to_thread(open, path, "ab")
         warned = False
         while not stop.is_set():
@@ -486,7 +482,6 @@ class Forwarder:
 
     async def _send_row(self, client: httpx.AsyncClient, row: Queued, body: dict[str, Any],
                         stop: asyncio.Event) -> None:
-        await asyncio.to_thread(self.keys.refresh)
         await self._outbox_call(self.outbox.mark_in_flight, row.seq, LAST_SEND)
         self.pacer.take(time.monotonic())
         outcome = await self._post(client, body)
@@ -794,15 +789,14 @@ class Forwarder:
     async def _wait_paused(self, stop: asyncio.Event) -> bool:
         """Wait until the key file changes or a probe is due; False when stopping."""
         while not stop.is_set():
-            await asyncio.to_thread(self.keys.refresh)
-            if self.keys.version != self._paused_key:  # changed here or by the chores
+            if self.keys.version != self._paused_key:  # the watcher read a new key
                 log.info("API key file changed: resuming deliveries")
                 break
             if time.monotonic() >= self._probe_at:
                 log.info("deliveries paused: probing the backend with the oldest event")
                 break
             self._loud(f"deliveries paused: {self._reason}; events stay queued")
-            await self._sleep(stop, min(KEY_CHECK_EVERY, self.probe_interval))
+            await self._sleep(stop, min(PAUSE_POLL, self.probe_interval))
         else:
             return False
         metrics.FORWARD_PAUSED.set(0)

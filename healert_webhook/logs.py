@@ -2,7 +2,7 @@
 
 Log messages often carry values an outsider controls (user names, request URIs, header
 values, file contents in error messages). In text format the whole rendered line goes
-through `audit.clean_text`, so a newline or an ANSI escape inside such a value shows up as
+through `text.clean_text`, so a newline or an ANSI escape inside such a value shows up as
 `\\n` / `\\x1b` instead of forging a second line. In JSON format the encoder escapes them.
 Tracebacks are folded into the same line for the same reason: one record, one line.
 """
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from healert_webhook.audit import clean_text
+from healert_webhook.text import clean_text
 
 MAX_LINE = 16_384  # a log line never grows past this, whatever a value holds
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,

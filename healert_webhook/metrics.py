@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from healert_webhook import __version__
+from healert_webhook.config import env
 
 BUILD_INFO = Info("healert_build", "Version of the running agent")
 BUILD_INFO.info({"version": __version__})
@@ -81,7 +82,7 @@ OUTBOX_OLDEST_AGE = Gauge(
     "healert_outbox_oldest_age_seconds", "Age of the oldest friction event waiting")
 OUTBOX_FULL = Gauge(
     "healert_outbox_full",
-    "1 while stores are refused because the queue is at HEALERT_OUTBOX_MAX_EVENTS")
+    f"1 while stores are refused because the queue is at {env('outbox_max_events')}")
 OUTBOX_WRITE_ERRORS = Counter(
     "healert_outbox_write_errors_total", "Failed outbox transactions, by reason", ["reason"])
 DEAD_LETTERS = Gauge("healert_dead_letters", "Friction events parked as dead letters")
@@ -129,7 +130,7 @@ CLUSTER_OBJECTS = Gauge(
     ["resource"])
 CLUSTER_TOMBSTONES = Gauge(
     "healert_cluster_view_tombstones",
-    "Deleted objects the view keeps for HEALERT_CLUSTER_TOMBSTONE_WINDOW seconds")
+    f"Deleted objects the view keeps for {env('cluster_tombstone_window')} seconds")
 CLUSTER_FETCHED_OWNERS = Gauge(
     "healert_cluster_view_fetched_owners",
     "Owners of kinds not watched (CRDs such as Argo Rollouts) fetched by GET and kept")
@@ -169,8 +170,8 @@ FORWARD_AWAITING_READ = Gauge(
     "sent again")
 DEAD_LETTERS_PRUNED = Counter(
     "healert_dead_letters_pruned_total",
-    "Dead letters deleted by the bounds: age (HEALERT_DEAD_LETTER_MAX_AGE_DAYS) or count "
-    "(HEALERT_DEAD_LETTER_MAX_EVENTS); their keys still stop a late duplicate", ["reason"])
+    f"Dead letters deleted by the bounds: age ({env('dead_letter_max_age_days')}) or count "
+    f"({env('dead_letter_max_events')}); their keys still stop a late duplicate", ["reason"])
 
 # Every label of these is known: shown at 0 from the start, not after the first increment.
 for _where in ("row", "loop"):

@@ -1,17 +1,19 @@
-"""The one detection pipeline every source feeds: parse, detect, store, count.
+"""The one detection pipeline every source feeds: detect, store, count.
 
-Sources hand over what they read — the raw JSON of single events (log lines) or events
-already parsed (the items of an EventList body or of a replayed document) — and the
-pipeline does the rest the same way for all three: parse each raw event once, run the
-active rules, record the counts, store the friction events in the outbox (with a tail
-checkpoint in the same transaction), count the duplicates the outbox suppressed, and log
-one line per friction event stored.
+Sources hand over what they read as a `Read` of the active rule set: the candidate
+events, parsed one at a time as detection asks for them, and the counts of what was
+settled without a parse. The tail and replay read raw log lines or parsed documents
+through `read` (reading.py); the webhook reads its bodies with simdjson
+(sources/body.py). The pipeline does the rest the same way for all three: run the rules,
+record the counts, store the friction events in the outbox (with a tail checkpoint in
+the same transaction), count the duplicates the outbox suppressed, and log one line per
+friction event stored.
 
 `evaluate` and `store` are the two halves; `process` does both. The tail evaluates chunks
 as it reads them and stores at checkpoints; replay stores only with `--forward`.
 Everything here is blocking (the outbox fsyncs): the webhook calls it from a worker thread.
-The active Detector is swapped in one assignment on reload, so a batch is always evaluated
-by one complete rule set, never half of one.
+The active `Rules` are swapped in one assignment on reload, and a `Read` keeps the set it
+was read with, so a batch is always evaluated by one complete rule set, never half of one.
 """
 
 from __future__ import annotations
@@ -27,15 +29,14 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from simdjson import Array, Object
-
-from healert_webhook import audit, batches, metrics
+from healert_webhook import metrics
 from healert_webhook.config import Settings
-from healert_webhook.detect import Detector, Friction, Stats
+from healert_webhook.detect import Detector
 from healert_webhook.logs import Limiter
-from healert_webhook.outbox import Checkpoint, Outbox, StoreResult
-from healert_webhook.prefilter import Prefilter, Unreadable, parse
+from healert_webhook.outbox import Outbox
+from healert_webhook.prefilter import Prefilter
+from healert_webhook.reading import parse_each
+from healert_webhook.records import Checkpoint, Evaluation, Friction, Stats, StoreResult
 from healert_webhook.rules import RulesError, RuleSet, Superseded, load_rules
 
 log = logging.getLogger(__name__)
@@ -86,171 +87,6 @@ def gc_paused() -> AbstractContextManager[None]:
     return _pause()
 
 
-class BadBody(ValueError):
-    """A webhook body that is not an audit EventList, Event or array; `reason` is a label."""
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass
-class Evaluation:
-    """What evaluating one batch of items found."""
-
-    frictions: list[Friction]
-    stats: Stats
-    # (index into the items, reason) of every item that was not an audit event
-    bad: list[tuple[int, str]] = field(default_factory=list)
-
-
-# How an apiserver log line starts (audit.k8s.io/v1, or v1beta1 in old files). Outside a
-# JSON string a quote is structure, so these bytes start an object wherever they appear.
-EVENT_START = b'{"kind":"Event","apiVersion":"audit.k8s.io/'
-RESYNC_TRIES = 32  # event starts tried in one line that did not parse
-
-
-def _object_at(view: memoryview) -> dict[str, Any] | None:
-    """The JSON object that is exactly `view`, or None."""
-    try:
-        item = orjson.loads(view)
-    except orjson.JSONDecodeError:
-        return None
-    return item if item.__class__ is dict else None
-
-
-def resync(raw: bytes) -> tuple[list[dict[str, Any]], int]:
-    """The whole events in a log line that did not parse, and how many bytes before them
-    are junk (0: none).
-
-    A writer that dies mid-write leaves a torn line without newline, and the next writer
-    appends its lines right after it: the torn part and a whole event read as one line.
-    Each whole event there starts with EVENT_START and runs to the end of the line (or to
-    the next whole event), so the line is taken apart from its end: the earliest start
-    whose rest parses as one object is the last event, and so on before it. What precedes
-    the first event found is junk, unless it is itself a whole event that only lost its
-    newline. A line ending in NUL was cut by a run of NULs (see the tail): the same
-    applies, and the line itself may be a whole event. At most RESYNC_TRIES starts are
-    tried per line, so a line full of nested starts cannot cost more than that many
-    parses.
-    """
-    body = raw.rstrip(b"\0")
-    view = memoryview(body)
-    if len(body) < len(raw):  # cut by NULs rather than ended by a newline
-        whole = _object_at(view)
-        if whole is not None:
-            return [whole], 0
-    found: list[dict[str, Any]] = []
-    end, tries = len(body), 0
-    while tries < RESYNC_TRIES:
-        start = body.find(EVENT_START, 1, end)
-        item = None
-        while start > 0 and tries < RESYNC_TRIES:
-            tries += 1
-            item = _object_at(view[start:end])
-            if item is not None:
-                break
-            start = body.find(EVENT_START, start + 1, end)
-        if item is None:
-            break
-        found.append(item)
-        end = start
-    if found:
-        first = _object_at(view[:end])
-        if first is not None:
-            found.append(first)
-            end = 0
-    found.reverse()
-    return found, end
-
-
-def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
-               prefilter: Prefilter | None = None,
-               ruled_out: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Parse the raw items (bytes) one at a time, those the pre-filter cannot rule out;
-    parsed items pass.
-
-    Each event is parsed as it is needed and dropped once evaluated, so a batch never has
-    to be in memory parsed as a whole. An item ruled out from its bytes is counted in
-    `ruled_out` under its skip reason and never parsed. An item that is not JSON, or JSON
-    but not an object, is skipped and listed in `bad` with its reason; an empty or blank
-    one (a log line) as "blank", which no metric counts: it is no event. A raw item that
-    does not parse is searched for whole events first (`resync`): those are evaluated,
-    and the junk before them is listed as "truncated_line" (as is a line cut by NULs).
-    """
-    loads = orjson.loads
-    skip = prefilter.skip if prefilter is not None else None
-    for index, raw in enumerate(items):
-        if raw.__class__ is bytes:
-            if skip is not None and ruled_out is not None:
-                reason = skip(raw)
-                if reason is not None:
-                    ruled_out[reason] += 1
-                    continue
-            try:
-                item = loads(raw)
-            except orjson.JSONDecodeError:
-                if not raw.strip():
-                    bad.append((index, "blank"))
-                    continue
-                found, junk = resync(raw)
-                if junk or not found:
-                    cut = found or raw.endswith(b"\0")
-                    bad.append((index, "truncated_line" if cut else "bad_json"))
-                yield from found
-                continue
-        else:
-            item = raw
-        if item.__class__ is dict:
-            yield item
-        else:
-            bad.append((index, "not_an_object"))
-
-
-def _read(body: bytes, plan: batches.Reading, prefilter: Prefilter, most: int, *,
-          ruled_out: Counter[str], bad: list[tuple[int, str]],
-          allowance: int | None) -> Iterator[dict[str, Any]]:
-    """The candidate events of a body, document by document (see `evaluate_body`)."""
-    if plan.groups is None:
-        doc = parse(body)
-        try:
-            items = audit.batch_items(doc, Object, Array)
-        except audit.BadDocument as exc:
-            raise BadBody(f"not an audit EventList, Event or array: {exc}",
-                          "bad_shape") from None
-        if len(items) > most:
-            raise batches.TooManyItems(len(items))
-        yield from prefilter.candidates(items, ruled_out, bad, 0, allowance)
-        return
-    seen = 0
-    for index, span in enumerate(plan.groups):
-        group = parse(batches.group_text(body, span))
-        if group.__class__ is not Array:
-            raise Unreadable("a group is no array")
-        if seen + len(group) > most:
-            del group
-            raise batches.TooManyItems(seen + _count(body, plan.groups[index:]))
-        start, seen = seen, seen + len(group)
-        yield from prefilter.candidates(group, ruled_out, bad, start, allowance)
-        del group
-
-
-def _count(body: bytes, spans: Sequence[batches.Span]) -> int:
-    """How many events the groups hold (for the answer to a batch that is too large)."""
-    total = 0
-    for span in spans:
-        group = parse(batches.group_text(body, span))
-        total += len(group) if group.__class__ is Array else 0
-        del group
-    return total
-
-
-def parse_items(items: Sequence[Any]) -> tuple[list[Any], list[tuple[int, str]]]:
-    """All events of `items` parsed at once, and the bad ones (see `parse_each`)."""
-    bad: list[tuple[int, str]] = []
-    return list(parse_each(items, bad)), bad
-
-
 def _evaluation(frictions: list[Friction], stats: Stats, ruled_out: Counter[str],
                 bad: list[tuple[int, str]], source: str) -> Evaluation:
     """One batch's result, its counts recorded: the events the pre-filter ruled out
@@ -290,6 +126,30 @@ def make_detector(ruleset: Any, settings: Settings) -> Detector:
                     own_namespace=settings.k8s_namespace)
 
 
+@dataclass(frozen=True)
+class Rules:
+    """One complete rule set: the detector and its pre-filter, swapped together."""
+
+    detector: Detector
+    prefilter: Prefilter
+
+
+@dataclass
+class Read:
+    """What a source read, ready for detection by one rule set.
+
+    `events` yields the candidate events, each parsed when detection asks for it; as it
+    is consumed, `ruled_out` counts by skip reason the events settled without a parse,
+    and `bad` lists (index, reason) of the items that are no audit event. Reading may
+    raise from `events` (a body that is no batch, one too large): nothing is counted then.
+    """
+
+    rules: Rules
+    events: Iterable[dict[str, Any]]
+    ruled_out: Counter[str] = field(default_factory=Counter)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
 class Pipeline:
     """The active rules and the outbox; every source calls into it (see the docstring)."""
 
@@ -297,7 +157,7 @@ class Pipeline:
                  outbox: Outbox | None = None) -> None:
         self.settings = settings
         # swapped in one assignment on reload: a batch sees one rule set, never half
-        self._rules = (detector, Prefilter(detector))
+        self._rules = Rules(detector, Prefilter(detector))
         self.outbox = outbox
         metrics.RULES_LOADED.set(len(detector.rules))
 
@@ -309,59 +169,42 @@ class Pipeline:
         return cls(settings, detector, outbox)
 
     @property
-    def detector(self) -> Detector:
-        """The active rules."""
-        return self._rules[0]
+    def rules(self) -> Rules:
+        """The active rule set (read it once per batch)."""
+        return self._rules
 
     @property
-    def prefilter(self) -> Prefilter:
-        """The pre-filter of the active rules."""
-        return self._rules[1]
+    def detector(self) -> Detector:
+        """The active rules' detector."""
+        return self._rules.detector
 
-    def evaluate(self, items: Iterable[Any], source: str, prefilter: bool = True,
-                 received: float | None = None) -> Evaluation:
-        """Parse and detect; record the counts. Never raises on any input.
+    def read(self, items: Iterable[Any], prefilter: bool = True) -> Read:
+        """Raw JSON items (log lines) or parsed events, for detection by the active rules.
 
         Without `prefilter` every event is parsed in full: for files another producer
-        may have written (see prefilter.py). `received` is the Unix time the source got
-        the items (now when not given): event times far ahead of it are repaired.
+        may have written (see prefilter.py).
         """
-        detector, rule_out = self._rules  # one rule set for the whole batch
-        stats = Stats()
-        bad: list[tuple[int, str]] = []
-        ruled_out: Counter[str] = Counter()
+        rules = self._rules
+        read = Read(rules, ())
+        read.events = parse_each(items, read.bad, rules.prefilter if prefilter else None,
+                                 read.ruled_out)
+        return read
+
+    def evaluate(self, read: Read, source: str, received: float | None = None) -> Evaluation:
+        """Detect over what a source read and record the counts; never raises on an
+        event (reading itself may raise, see `Read`). `received` is the Unix time the
+        source got the events (now when not given): event times far ahead are repaired.
+        """
         when = time.time() if received is None else received
+        stats = Stats()
         with gc_paused():
-            frictions = detector.detect(
-                parse_each(items, bad, rule_out if prefilter else None, ruled_out), stats,
-                when)
-        return _evaluation(frictions, stats, ruled_out, bad, source)
+            frictions = read.rules.detector.detect(read.events, stats, when)
+        return _evaluation(frictions, stats, read.ruled_out, read.bad, source)
 
-    def evaluate_body(self, body: bytes, plan: batches.Reading, source: str,
-                      most: int, allowance: int | None = None, *,
-                      received: float | None = None) -> Evaluation | None:
-        """Like `evaluate` for a webhook body read by simdjson as `plan` says: only the
-        events the pre-filter cannot rule out are parsed. None (nothing counted) when
-        simdjson does not take a document of it: then it must be parsed whole.
-
-        Raises TooManyItems (before anything is evaluated, unless the body is read in
-        groups), BadBody for a document that is no batch of events, and NeedsMore when
-        a candidate needs more memory than `allowance` (see Prefilter.candidates).
-        `received`: see `evaluate` (the webhook's batch arrived just before this call).
-        """
-        detector, prefilter = self._rules
-        when = time.time() if received is None else received
-        stats = Stats()
-        ruled_out: Counter[str] = Counter()
-        bad: list[tuple[int, str]] = []
-        try:
-            with gc_paused():
-                frictions = detector.detect(
-                    _read(body, plan, prefilter, most, ruled_out=ruled_out, bad=bad,
-                          allowance=allowance), stats, when)
-        except Unreadable:
-            return None
-        return _evaluation(frictions, stats, ruled_out, bad, source)
+    def evaluate_items(self, items: Iterable[Any], source: str, prefilter: bool = True,
+                       received: float | None = None) -> Evaluation:
+        """`evaluate` of `read(items, prefilter)`."""
+        return self.evaluate(self.read(items, prefilter), source, received)
 
     def store(self, frictions: Sequence[Friction], source: str,
               checkpoint: Checkpoint | None = None) -> StoreResult:
@@ -383,7 +226,7 @@ class Pipeline:
     def process(self, items: Sequence[Any], source: str,
                 checkpoint: Checkpoint | None = None) -> tuple[Evaluation, StoreResult]:
         """Evaluate the items and store what they yield, in one call."""
-        found = self.evaluate(items, source)
+        found = self.evaluate_items(items, source)
         return found, self.store(found.frictions, source, checkpoint)
 
     @staticmethod
@@ -423,7 +266,7 @@ class Pipeline:
             return False
         if superseded is not None and superseded():
             return _abandoned(path)
-        self._rules = (detector, prefilter)
+        self._rules = Rules(detector, prefilter)
         log_warnings(ruleset)
         metrics.RULES_RELOADS.labels("success").inc()
         metrics.RULES_LOADED.set(len(self.detector.rules))
@@ -492,18 +335,3 @@ def log_warnings(ruleset: RuleSet) -> None:
     """The rules file's warnings (a rule that can never fire...), as `validate` says them."""
     for warning in ruleset.warning_lines():  # the first few, and a count of the rest
         log.warning("rules: %s (healert-webhook validate explains)", warning)
-
-
-def parse_body(body: bytes) -> Sequence[Any]:
-    """The items of a webhook body: an EventList, a single Event or a JSON array.
-
-    Raises BadBody for a body that is not one of those.
-    """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadBody(f"body is not valid JSON: {exc}", "bad_json") from None
-    try:
-        return audit.batch_items(doc)
-    except audit.BadDocument as exc:
-        raise BadBody(f"not an audit EventList, Event or array: {exc}", "bad_shape") from None

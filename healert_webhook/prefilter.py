@@ -35,8 +35,8 @@ from typing import Any, cast
 import orjson
 import simdjson
 
-from healert_webhook.audit import FIRING_STAGES, HUMAN_SYSTEM_USERS, QUIET_STAGES
 from healert_webhook.batches import SMALL_CANDIDATE, estimate
+from healert_webhook.index import Undecidable
 
 Object = simdjson.Object
 Array = simdjson.Array
@@ -44,7 +44,6 @@ Array = simdjson.Array
 # a parser of their own, freed with them, so no thread keeps more than this much times
 # the index's worst size per byte.
 KEEP_BYTES = 2 * 1024 * 1024
-_EMPTY: dict[str, Any] = {}
 _local = threading.local()
 
 
@@ -102,8 +101,7 @@ class Prefilter:
     """The part of a Detector's decision a few fields settle (see the module docstring)."""
 
     def __init__(self, detector: Any) -> None:
-        self._by_resource, self._any = detector.index
-        self._excluded = detector.excluded_namespaces
+        self._rule_out = detector.index.rule_out
 
     def skip(self, raw: bytes) -> str | None:
         """The skip reason for the one event in `raw` (a log line), or None: parse it."""
@@ -115,51 +113,12 @@ class Prefilter:
 
     def reason(self, event: Any) -> str | None:
         """`Detector.detect`'s fast-path skip reason for one event (a simdjson Object),
-        decided in its order, or None."""
-        stage = event.get("stage")
-        if stage not in FIRING_STAGES:
-            return "stage" if stage in QUIET_STAGES else None  # unknown: detection says
-        ref = event.get("objectRef")
-        if ref is None:
-            ref = _EMPTY
-        elif ref.__class__ is Object:
-            ref = ref.as_dict()  # cheaper than asking for the subresource most lack
-        else:
-            return None
-        verb = event.get("verb")
-        if verb is not None and verb.__class__ is not str:
-            return None
+        or None: parse it (it may match, or detection must say why it is invalid)."""
         try:
-            subs, other_sub = self._by_resource.get(ref.get("resource"), self._any)
-            verbs, other_verb = subs.get(ref.get("subresource"), other_sub)
-            leaf = verbs.get(verb, other_verb)
-            if leaf is None:
-                return "no_rule"
-            if verb is None:
-                return None  # detection counts a missing verb as invalid
-            namespace = ref.get("namespace")
-            if namespace and namespace in self._excluded:
-                return "namespace"
-        except TypeError:  # a list or object where a name belongs
+            found = self._rule_out(event, _impersonated)
+        except Undecidable:
             return None
-        if leaf[1]:
-            return self._actor(event)
-        return None
-
-    @staticmethod
-    def _actor(event: Any) -> str | None:
-        user = event.get("user")
-        if user is None:
-            username = None
-        elif user.__class__ is Object:
-            username = user.get("username") if user else None
-        else:
-            return None
-        if username is not None and username.__class__ is not str:
-            return None
-        internal = not username or (username[:7] == "system:"
-                                    and username not in HUMAN_SYSTEM_USERS)
-        return "system_actor" if internal and not _impersonated(event) else None
+        return found if isinstance(found, str) else None
 
     def candidates(self, items: Iterable[Any], ruled_out: Counter[str],
                    bad: list[tuple[int, str]], start: int = 0,

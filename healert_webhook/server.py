@@ -37,14 +37,14 @@ from typing import Any, TypeVar
 import uvicorn
 
 from healert_webhook import __version__, connections, exits, logs, protocol, tls
-from healert_webhook.auth import TokenAuth, TokenError, allow_list
-from healert_webhook.budget import BodyBudget
-from healert_webhook.config import ConfigError, Settings, check_webhook
+from healert_webhook.auth import TokenAuth, TokenError
+from healert_webhook.config import ConfigError, Settings, check_webhook, env
 from healert_webhook.filewatch import FileWatch
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, make_ops_app
-from healert_webhook.outbox import Outbox, OutboxError, exclusive
+from healert_webhook.outbox import Outbox, exclusive
 from healert_webhook.pipeline import Pipeline, RuleReloads, log_warnings
+from healert_webhook.records import OutboxError
 from healert_webhook.sources.tail import Tailer
 from healert_webhook.sources.webhook import WebhookApp
 
@@ -339,8 +339,8 @@ class Agent:
         rules = self.pipeline.detector.ruleset
         backend = logs.shown_url(settings.backend_url) or \
             "none (events are kept in the outbox and logged)"
-        key = ("from HEALERT_API_KEY_FILE" if settings.api_key_file is not None else
-               "from HEALERT_API_KEY" if settings.api_key else "none")
+        key = (f"from {env('api_key_file')}" if settings.api_key_file is not None else
+               f"from {env('api_key')}" if settings.api_key else "none")
         tail = f"; tail {self.tailer.path}" if self.tailer is not None else ""
         log.info("healert-webhook %s started (pid %d): mode %s; rules %s, %d of %d enabled; "
                  "outbox %s; backend %s, key %s%s", __version__, os.getpid(), mode, rules.source,
@@ -375,7 +375,7 @@ class Agent:
             force = self.hup.is_set()
             self.hup.clear()
             if force:
-                log.info("SIGHUP received: reloading rules, certificate and tokens")
+                log.info("SIGHUP received: reloading rules, certificate, tokens and the API key")
             try:
                 await self.reload(force)
             except Exception:  # the watcher must survive anything a file can do
@@ -388,6 +388,7 @@ class Agent:
         watch = self.rules_watch
         if force or (watch is not None and await off_loop(watch.changed)):
             self.rule_reloads.request()
+        await off_loop(self.forwarder.keys.reload, force)
         if self.webhook is None:
             return
         certs = self.webhook.certs
@@ -443,13 +444,8 @@ def _build_webhook(settings: Settings, pipeline: Pipeline,
         raise StartupError(str(exc)) from exc
     if tokens is None and settings.tls_client_ca is None:
         log.warning("the webhook accepts requests without authentication: set "
-                    "HEALERT_TLS_CLIENT_CA or HEALERT_WEBHOOK_TOKEN_FILE")
-    app = WebhookApp(pipeline=pipeline, executor=executor,
-                     path=settings.webhook_path, max_body_bytes=settings.max_body_bytes,
-                     tokens=tokens, client_names=allow_list(settings.tls_client_names),
-                     budget=BodyBudget(settings.max_inflight_bytes),
-                     max_items=settings.max_batch_items,
-                     body_timeout=settings.webhook_body_timeout)
+                    f"{env('tls_client_ca')} or {env('webhook_token_file')}")
+    app = WebhookApp(settings, pipeline, executor, tokens=tokens)
     limits = connections.Limits(connection_cap(settings.max_connections),
                                 settings.max_handshakes, settings.handshake_timeout)
     sock = bind(*settings.listen, settings.outbox_path)
@@ -471,7 +467,7 @@ def connection_cap(wanted: int) -> int:
             soft = hard
     room = soft - OPS_MAX_CONNECTIONS - FD_RESERVE
     if wanted > room:
-        log.warning("HEALERT_MAX_CONNECTIONS=%d is more than the %d descriptors this process "
+        log.warning(f"{env('max_connections')}=%d is more than the %d descriptors this process "
                     "may spare for connections (limit %d): using %d", wanted, room, soft,
                     max(room, 1))
         return max(room, 1)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from healert_webhook import metrics
+from healert_webhook.config import env
 from healert_webhook.filewatch import FileWatch, NotRegularFile, read_regular
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ def build_server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.S
     ctx.set_alpn_protocols(["http/1.1"])
     _load_chain(ctx, cert, key)
     if client_ca is not None:
-        _certificates("HEALERT_TLS_CLIENT_CA", client_ca, "the CA certificates that signed "
+        _certificates(f"{env('tls_client_ca')}", client_ca, "the CA certificates that signed "
                       "the apiserver's client certificate")
         try:
             ctx.load_verify_locations(cafile=str(client_ca))
         except (OSError, ssl.SSLError) as exc:
-            raise TLSConfigError(f"HEALERT_TLS_CLIENT_CA {client_ca}: {_why(exc)}") from exc
+            raise TLSConfigError(f"{env('tls_client_ca')} {client_ca}: {_why(exc)}") from exc
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -143,14 +144,14 @@ def _certificates(setting: str, path: Path, wanted: str) -> None:
 
 def _private_key(path: Path, cert: Path) -> None:
     """Check that `path` holds an unencrypted PEM private key (never showing any of it)."""
-    data = _read("HEALERT_TLS_KEY", path)
+    data = _read(f"{env('tls_key')}", path)
     labels = [label.decode() for label in _LABEL.findall(data)]
     keys = [label for label in labels if "PRIVATE KEY" in label]
     if not keys:
-        wanted = f"the private key of the certificate in HEALERT_TLS_CERT {cert}"
-        raise TLSConfigError(f"HEALERT_TLS_KEY {path}: {_not_pem(data, wanted)}")
+        wanted = f"the private key of the certificate in {env('tls_cert')} {cert}"
+        raise TLSConfigError(f"{env('tls_key')} {path}: {_not_pem(data, wanted)}")
     if "ENCRYPTED PRIVATE KEY" in keys or b"Proc-Type: 4,ENCRYPTED" in data:
-        raise TLSConfigError(f"HEALERT_TLS_KEY {path}: the private key is encrypted with a "
+        raise TLSConfigError(f"{env('tls_key')} {path}: the private key is encrypted with a "
                              "passphrase, which the agent has no way to take; store it "
                              "unencrypted (openssl pkey -in KEY -out KEY.plain)")
 
@@ -162,7 +163,7 @@ def _no_passphrase() -> bytes:
 
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
     """Load the server certificate chain and key, naming the file that is wrong."""
-    _certificates("HEALERT_TLS_CERT", cert, "the server certificate chain")
+    _certificates(f"{env('tls_cert')}", cert, "the server certificate chain")
     _private_key(key, cert)
     try:
         ctx.load_cert_chain(certfile=str(cert), keyfile=str(key), password=_no_passphrase)
@@ -170,11 +171,11 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> None:
         why = _why(exc)
         if "KEY_VALUES_MISMATCH" in why.upper():
             raise TLSConfigError(
-                f"HEALERT_TLS_KEY {key} is not the key of the certificate in HEALERT_TLS_CERT "
+                f"{env('tls_key')} {key} is not the key of the certificate in {env('tls_cert')} "
                 f"{cert} (the first certificate there must be the server's own, followed by "
                 "its intermediates)") from exc
         raise TLSConfigError(
-            f"HEALERT_TLS_CERT {cert} / HEALERT_TLS_KEY {key}: {why}") from exc
+            f"{env('tls_cert')} {cert} / {env('tls_key')} {key}: {why}") from exc
 
 
 def peer_names(peercert: dict[str, Any] | None) -> tuple[str, ...]:
@@ -347,7 +348,7 @@ class CertReloader:
         self.key = key
         self.clock = clock
         self._watches = (FileWatch(cert), FileWatch(key))
-        self.current = serving_cert("HEALERT_TLS_CERT", cert, _read("HEALERT_TLS_CERT", cert))
+        self.current = serving_cert(f"{env('tls_cert')}", cert, _read(f"{env('tls_cert')}", cert))
         self._checked: tuple[str, ServingCert] | None = None  # a usable pair: digest, cert
         self._refused: tuple[str, str] | None = None  # the refusal logged: digest, reason
         metrics.TLS_CERT_EXPIRY.set(self.current.not_after.timestamp())
@@ -386,8 +387,8 @@ class CertReloader:
             # In a scratch context first: loading a certificate whose key is not written
             # yet into the live context would leave it without a usable key.
             _load_chain(probe, self.cert, self.key)
-            new = serving_cert("HEALERT_TLS_CERT", self.cert,
-                               _read("HEALERT_TLS_CERT", self.cert))
+            new = serving_cert(f"{env('tls_cert')}", self.cert,
+                               _read(f"{env('tls_cert')}", self.cert))
         except TLSConfigError as exc:
             return "", str(exc)
         problem = new.validity_problem(self.clock())
@@ -395,13 +396,13 @@ class CertReloader:
             problem = (f"its names ({new.shown_names()}) share none with the certificate "
                        f"in use ({self.current.shown_names()}), which the apiserver dials")
         if problem is not None:
-            return digest, f"HEALERT_TLS_CERT {self.cert}: {problem}"
+            return digest, f"{env('tls_cert')} {self.cert}: {problem}"
         self._checked = (digest, new)
         return digest, None
 
     def _digest(self) -> str:
-        hashed = hashlib.sha256(_read("HEALERT_TLS_CERT", self.cert))
-        hashed.update(_read("HEALERT_TLS_KEY", self.key))
+        hashed = hashlib.sha256(_read(f"{env('tls_cert')}", self.cert))
+        hashed.update(_read(f"{env('tls_key')}", self.key))
         return hashed.hexdigest()
 
     def apply(self) -> bool:

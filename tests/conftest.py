@@ -1,15 +1,18 @@
-"""Shared fixtures: paths to the real audit fixtures and the shipped rules."""
+"""Shared fixtures: the real audit fixtures, the shipped rules, an outbox, a test PKI."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from healert_webhook.detect import Detector
+from healert_webhook.outbox import Outbox
 from healert_webhook.rules import RuleSet, load_rules
 
 from support.paths import ROOT, SHARED_FIXTURES
+from support.pki import PKI, make_pki
 
 __all__ = ["ROOT"]  # other test modules import ROOT from here
 
@@ -44,3 +47,17 @@ def shipped_rules() -> RuleSet:
 def detector(shipped_rules: RuleSet) -> Detector:
     """A detector with the shipped rules and an own namespace of healert-system."""
     return Detector(shipped_rules, own_namespace="healert-system")
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    """A real SQLite outbox in the test's state directory, closed afterwards."""
+    box = Outbox(tmp_path / "state" / "outbox.db")
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> PKI:
+    """A test PKI: a CA, a server certificate for 127.0.0.1, client certificates."""
+    return make_pki(tmp_path / "pki")

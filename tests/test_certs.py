@@ -40,7 +40,8 @@ def generate(out: Path, *extra: str, check: bool = True) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The certificates certs/gen-certs.sh writes, once for the module."""
     out = tmp_path_factory.mktemp("pki") / "out"
     result = generate(out)
     assert "server.crt" in result.stdout
@@ -52,17 +53,17 @@ def x509_ext(cert: Path, name: str) -> str:
     return run("openssl", "x509", "-noout", "-in", cert, "-ext", name).stdout
 
 
-def test_certificates_chain_to_the_ca(pki: Path) -> None:
+def test_certificates_chain_to_the_ca(certs: Path) -> None:
     for leaf in ("server.crt", "apiserver-client.crt"):
-        result = run("openssl", "verify", "-CAfile", pki / "ca.crt", pki / leaf, check=False)
+        result = run("openssl", "verify", "-CAfile", certs / "ca.crt", certs / leaf, check=False)
         assert result.returncode == 0 and ": OK" in result.stdout, result.stdout + result.stderr
 
 
-def test_purposes_match_roles(pki: Path) -> None:
-    ca = pki / "ca.crt"
+def test_purposes_match_roles(certs: Path) -> None:
+    ca = certs / "ca.crt"
     server = run(
-        "openssl", "verify", "-purpose", "sslserver", "-CAfile", ca, pki / "server.crt", check=False
-    )
+        "openssl", "verify", "-purpose", "sslserver", "-CAfile", ca, certs / "server.crt",
+        check=False)
     assert server.returncode == 0, server.stderr
     client = run(
         "openssl",
@@ -71,15 +72,15 @@ def test_purposes_match_roles(pki: Path) -> None:
         "sslclient",
         "-CAfile",
         ca,
-        pki / "apiserver-client.crt",
+        certs / "apiserver-client.crt",
         check=False,
     )
     assert client.returncode == 0, client.stderr
     assert "CA:TRUE" in x509_ext(ca, "basicConstraints")
 
 
-def test_server_carries_every_san(pki: Path) -> None:
-    text = x509_ext(pki / "server.crt", "subjectAltName")
+def test_server_carries_every_san(certs: Path) -> None:
+    text = x509_ext(certs / "server.crt", "subjectAltName")
     assert "DNS:healert-webhook.healert-system.svc" in text
     assert "DNS:healert-webhook" in text
     assert "IP Address:10.96.0.50" in text
@@ -106,28 +107,29 @@ def test_the_documented_certificate_fits_every_shipped_kubeconfig(tmp_path: Path
         assert f"IP Address:{host}" in text, f"{path.name}: {host} for tools without SNI"
 
 
-def test_client_names_the_apiserver(pki: Path) -> None:
+def test_client_names_the_apiserver(certs: Path) -> None:
     subject = run(
-        "openssl", "x509", "-noout", "-subject", "-in", pki / "apiserver-client.crt"
+        "openssl", "x509", "-noout", "-subject", "-in", certs / "apiserver-client.crt"
     ).stdout
     assert "kube-apiserver-audit" in subject
-    assert "DNS:kube-apiserver-audit" in x509_ext(pki / "apiserver-client.crt", "subjectAltName")
+    assert "DNS:kube-apiserver-audit" in x509_ext(certs / "apiserver-client.crt", "subjectAltName")
 
 
-def test_keys_are_private(pki: Path) -> None:
+def test_keys_are_private(certs: Path) -> None:
     for key in ("ca.key", "server.key", "apiserver-client.key"):
-        assert stat.S_IMODE((pki / key).stat().st_mode) == 0o600, key
-    assert stat.S_IMODE(pki.stat().st_mode) == 0o700
+        assert stat.S_IMODE((certs / key).stat().st_mode) == 0o600, key
+    assert stat.S_IMODE(certs.stat().st_mode) == 0o700
 
 
-def test_rerun_keeps_the_ca_and_protects_leaves(pki: Path) -> None:
-    ca_before = (pki / "ca.crt").read_bytes()
-    refused = generate(pki, check=False)
+def test_rerun_keeps_the_ca_and_protects_leaves(certs: Path) -> None:
+    ca_before = (certs / "ca.crt").read_bytes()
+    refused = generate(certs, check=False)
     assert refused.returncode != 0 and "--force" in refused.stderr
-    renewed = generate(pki, "--force", "--key-type", "rsa")
+    renewed = generate(certs, "--force", "--key-type", "rsa")
     assert "reused" in renewed.stdout
-    assert (pki / "ca.crt").read_bytes() == ca_before
-    verify = run("openssl", "verify", "-CAfile", pki / "ca.crt", pki / "server.crt", check=False)
+    assert (certs / "ca.crt").read_bytes() == ca_before
+    verify = run("openssl", "verify", "-CAfile", certs / "ca.crt", certs / "server.crt",
+                 check=False)
     assert verify.returncode == 0
 
 

@@ -11,9 +11,10 @@ import pytest
 
 from healert_webhook import exits
 from healert_webhook.cli import build_parser, main, settings_from_args
-from healert_webhook.detect import Friction
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
+from support.events import as_log_line, exec_event
 from support.paths import ROOT
 
 
@@ -130,3 +131,22 @@ def test_help_names_the_exit_codes() -> None:
     text = run("--help").stdout
     for code, meaning in exits.TABLE:
         assert f"  {code}  {meaning}" in text
+
+
+@pytest.mark.parametrize("command", [("replay", "--explain"), ("replay",)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path,
+                                                           command: tuple[str, ...]) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(as_log_line(exec_event(i, tag="pipe")) + b"\n"
+                             for i in range(3000)))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEALERT_")}
+    clean["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "healert_webhook", *command, str(log)],
+                            cwd=tmp_path, env=clean, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(200)  # what `| head -c 200` reads, then it is gone
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == exits.PIPE_CLOSED, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -7,9 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
-from healert_webhook import audit, detect
+from healert_webhook import audit, index
 from healert_webhook.backend_contract import validate
-from healert_webhook.detect import MAX_FAILURES, Detector, Friction, Stats
+from healert_webhook.detect import Detector
+from healert_webhook.records import MAX_FAILURES, Friction, Stats
 from healert_webhook.rules import RuleSet, parse_rules
 
 from support.events import (
@@ -302,7 +303,7 @@ def test_malformed_events_are_skipped_and_counted(detector: Detector, bad: Any,
 
 def test_index_leaves_only_candidate_rules(shipped_rules: RuleSet) -> None:
     detector = Detector(shipped_rules)
-    by_resource, any_resource = detector._by_resource, detector._any_resource
+    by_resource, any_resource = detector.index.by_resource, detector.index.any_resource
 
     def leaf(resource: str, sub: str | None, verb: str) -> tuple[list[str], bool] | None:
         subs, other_sub = by_resource.get(resource, any_resource)
@@ -330,10 +331,10 @@ def test_every_candidate_matches_scope_failure(shipped_rules: RuleSet) -> None:
     for resource in [*resources, None]:
         for sub in subs:
             for verb in verbs:
-                leaf = detector.leaf(resource, sub, verb)
+                leaf = detector.index.leaf(resource, sub, verb)
                 indexed = [r.name for r in leaf[0]] if leaf else []
                 stated = [r.name for r in detector.rules
-                          if detect.scope_failure(r, resource, sub, verb) is None]
+                          if index.scope_failure(r, resource, sub, verb) is None]
                 assert indexed == stated, (resource, sub, verb)
                 if leaf:
                     assert leaf[1] == all(r.ignore_system for r in leaf[0])
@@ -391,7 +392,7 @@ def test_grouped_index_equals_the_filtering_one(seed: int) -> None:
         if rng.random() < 0.6:
             lines.append(f"      verbs: {rng.sample(pick['verbs'], rng.randint(1, 3))}")
     rules = parse_rules("\n".join(lines) + "\n").enabled
-    assert detect.build_index(rules) == _quadratic_index(rules)
+    assert index.build_index(rules) == _quadratic_index(rules)
 
 
 # --- the actor is the person ------------------------------------------------------------

@@ -58,6 +58,31 @@ def test_relative_links_point_at_files() -> None:
             assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
 
 
+def test_every_setting_name_the_package_writes_is_a_setting() -> None:
+    """Names are written once, in config.OPTIONS; messages take them from there (a
+    docstring may name one too, and then it must exist)."""
+    known = {name for option in OPTIONS for name in option.env}
+    for path in (ROOT / "healert_webhook").rglob("*.py"):
+        for name in re.findall(r"\b(?:HEALERT|K8S)_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()):
+            if path.name == "config.py" or name in known:
+                continue
+            raise AssertionError(f"{path.relative_to(ROOT)} names {name}, which is no setting")
+
+
+def test_every_rule_condition_is_documented_where_rules_are_written() -> None:
+    """The condition table (rules/conditions.py) is what a rule can say: each key is in
+    docs/rules.md and in rules.yaml's own header, each skip reason in docs/rules.md."""
+    from healert_webhook.rules.conditions import CONDITION_ORDER, MATCH_KEYS, RULE_CONDITION_KEYS
+
+    rules_doc = (ROOT / "docs" / "rules.md").read_text()
+    header = (ROOT / "rules.yaml").read_text().split("\nconfig:")[0]
+    for key in (*MATCH_KEYS, *RULE_CONDITION_KEYS):
+        assert re.search(rf"\b{key}\b", rules_doc), f"{key} missing from docs/rules.md"
+        assert re.search(rf"\b{key}\b", header), f"{key} missing from rules.yaml's header"
+    for reason in CONDITION_ORDER:
+        assert f"`{reason}`" in rules_doc, f"skip reason {reason} missing from docs/rules.md"
+
+
 # The cluster view's settings are documented, read by no command yet: the view is built
 # (healert_webhook/cluster/) but not wired into `serve` or `tail`.
 NOT_YET_TAKEN = {"--cluster-view", "--kubeconfig", "--cluster-tombstone-window"}
@@ -144,6 +169,7 @@ def test_the_documented_way_back_gives_the_older_schema_exactly(tmp_path: Path) 
     """operations.md's rollback snippet turns a current outbox into exactly what the
     migrations before the last one make, and the agent migrates it forward again."""
     from healert_webhook import outbox
+    from healert_webhook.outbox import schema as outbox_schema
 
     guide = (ROOT / "docs" / "operations.md").read_text()
     section = guide.split("## Upgrades and rollbacks", 1)[1].split("\n## ", 1)[0]
@@ -162,7 +188,7 @@ def test_the_documented_way_back_gives_the_older_schema_exactly(tmp_path: Path) 
 
     older = tmp_path / "older.db"
     with sqlite3.connect(older) as conn:
-        for statement in outbox._MIGRATIONS[0]:
+        for statement in outbox_schema._MIGRATIONS[0]:
             conn.execute(statement)
         conn.execute("PRAGMA user_version = 1")
     assert outbox.SCHEMA_VERSION == 2, "a newer schema needs its own way back documented"

@@ -11,9 +11,11 @@ import orjson
 import pytest
 
 from healert_webhook.cli import main
+from healert_webhook.commands.explain import render, run_explain
 from healert_webhook.config import Settings
-from healert_webhook.detect import Detector, Stats
-from healert_webhook.explain import EventDecision, explain_event, render, run_explain
+from healert_webhook.detect import Detector
+from healert_webhook.explain import EventDecision, explain_event
+from healert_webhook.records import Stats
 from healert_webhook.rules import parse_rules
 
 from support.events import (

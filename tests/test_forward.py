@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import os
 import random
@@ -26,11 +25,12 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from healert_webhook.backend import check_health, parse_retry_after
+from healert_webhook import health
+from healert_webhook.backend import check_health
 from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
 from healert_webhook.forward import Forwarder, Pacer, backoff_delay
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
 from support.backend import Backend, run_backend
 
@@ -100,8 +100,14 @@ def forwarding(settings: Settings, outbox: Outbox, *, probe: float = 60.0,
         finally:
             loop.close()
 
+    def watch() -> None:  # the agent's watcher of reloadable files, for the key file
+        while thread.is_alive():
+            fwd.keys.reload()
+            time.sleep(0.2)
+
     thread = threading.Thread(target=main, daemon=True)
     thread.start()
+    threading.Thread(target=watch, daemon=True).start()
     try:
         yield fwd
     finally:
@@ -117,13 +123,6 @@ def forwarding(settings: Settings, outbox: Outbox, *, probe: float = 60.0,
 def backend(tmp_path: Path) -> Iterator[Backend]:
     with run_backend(tmp_path, api_key=KEY, limit=10_000, window=60.0) as server:
         yield server
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "state" / "outbox.db")
-    yield box
-    box.close()
 
 
 # -- pure parts ---------------------------------------------------------------------------
@@ -154,19 +153,6 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
     assert 150.0 <= backoff_delay(10_000, 1.0, 300.0) <= 300.0
 
 
-def test_retry_after_seconds_and_http_date() -> None:
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("999999") == 3600.0
-    # ASCII digits only: str.isdigit() also takes these, and float() refuses them
-    for text in ("\u00b2", "\u0661\u0662", "\uff17", "-1", "1.5", "9" * 5000,
-                 "Wed, 21 Oct 99999 07:28:00 GMT", "Mon, 32 Foo 2026 99:99:99 GMT"):
-        assert parse_retry_after(text) is None, text
-    now = time.time()
-    date = email.utils.formatdate(now + 30, usegmt=True)
-    assert 28.0 <= (parse_retry_after(date, now) or 0) <= 31.0
-    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
 
 
 # -- health --------------------------------------------------------------------------------
@@ -175,13 +161,13 @@ def test_health_check(tmp_path: Path, backend: Backend) -> None:
     settings = make_settings(tmp_path, backend)
     report = asyncio.run(check_health(settings))
     assert report.reachable and report.status == "ok" and report.version == "test-1.0"
-    assert report.auth_enabled is True and report.key_set and report.warnings() == []
+    assert report.auth_enabled is True and report.key_set and health.warnings(report) == []
     no_key = Settings(backend_url=backend.url)
-    warnings = asyncio.run(check_health(no_key)).warnings()
+    warnings = health.warnings(asyncio.run(check_health(no_key)))
     assert len(warnings) == 1 and "HEALERT_API_KEY" in warnings[0]
     backend.stop()
     down = asyncio.run(check_health(settings))
-    assert not down.reachable and "unreachable" in down.warnings()[0]
+    assert not down.reachable and "unreachable" in health.warnings(down)[0]
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -255,7 +241,7 @@ def test_the_same_batch_stored_twice_is_sent_once(tmp_path: Path, backend: Backe
 
 def test_rejections_are_dead_lettered_and_retried_after_a_fix(
         tmp_path: Path, backend: Backend, outbox: Outbox) -> None:
-    from healert_webhook.delivery_cli import outbox_command
+    from healert_webhook.commands.outbox import outbox_command
 
     settings = make_settings(tmp_path, backend)
     backend.control(reject_types=["port-forward"])  # a stricter backend version
@@ -605,56 +591,3 @@ def test_the_loop_survives_an_error_outside_any_row(
     assert sample("healert_forward_errors_total", {"where": "loop"}) == errors + 2
 
 
-def test_answers_are_read_up_to_a_cap_compressed_or_not() -> None:
-    """A real loopback server answers 64 MiB, plain and as a 64 KiB gzip bomb: each is
-    read up to the cap, and memory holds the cap, not the answer."""
-    import gzip
-    import tracemalloc
-
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.responses import Response, StreamingResponse
-    from starlette.routing import Route
-
-    from healert_webhook.backend import fetch
-
-    from support.servers import serve_app
-
-    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), 9)
-    small = gzip.compress(b'{"status": "ok"}')
-
-    async def plain(_: Any) -> StreamingResponse:
-        async def body() -> Any:
-            chunk = b"x" * (64 * 1024)  # small chunks: the server's share stays small
-            for _ in range(1024):
-                yield chunk
-        return StreamingResponse(body())
-
-    def gzipped(data: bytes) -> Any:
-        async def answer(_: Any) -> Response:
-            return Response(data, headers={"Content-Encoding": "gzip"})
-        return answer
-
-    app = Starlette(routes=[Route("/plain", plain), Route("/bomb", gzipped(bomb)),
-                            Route("/small", gzipped(small))])
-    cap = 1024 * 1024
-
-    async def main(port: int) -> tuple[list[Any], int]:
-        async with httpx.AsyncClient() as client:  # made first: its TLS setup takes MiBs
-            small_answer = await fetch(client, "GET", f"http://127.0.0.1:{port}/small",
-                                       limit=cap, timeout=20)
-            tracemalloc.start()
-            try:
-                answers = [await fetch(client, "GET", f"http://127.0.0.1:{port}{path}",
-                                       limit=cap, timeout=20) for path in ("/plain", "/bomb")]
-                peak = tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
-        return [small_answer, *answers], peak
-
-    with serve_app(app) as running:
-        (small_answer, *long_answers), peak = asyncio.run(main(running.port))
-    assert small_answer.complete and small_answer.body == b'{"status": "ok"}'
-    for answer in long_answers:
-        assert (answer.complete, len(answer.body)) == (False, cap)
-    assert peak < 5 * cap, peak  # the cap, its copy and a chunk; the server's share too

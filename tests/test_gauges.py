@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from healert_webhook.detect import Stats
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Stats
 
 from support.agent import JSON, Agent, metric, packaged_detector, serve_args
 from support.backend import run_backend

@@ -12,18 +12,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from healert_webhook.detect import Friction
+from healert_webhook.config import Settings
 from healert_webhook.outbox import (
     SCHEMA_VERSION,
     UNDECODABLE,
-    Checkpoint,
     Outbox,
     OutboxCorrupt,
-    OutboxError,
-    OutboxFull,
-    StoreResult,
     move_aside,
 )
+from healert_webhook.records import Checkpoint, Friction, OutboxError, OutboxFull, StoreResult
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,13 +39,6 @@ def counts(result: StoreResult) -> tuple[int, int]:
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    box = Outbox(tmp_path / "state" / "outbox.db")
-    yield box
-    box.close()
 
 
 def cp(offset: int) -> Checkpoint:
@@ -111,7 +101,7 @@ def test_disk_full_is_an_outbox_error_and_readiness_says_so(outbox: Outbox) -> N
 
 
 def test_delivered_keys_are_remembered_for_the_window(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", dedup_window=0.3)
+    box = Outbox(tmp_path / "o.db", Settings(dedup_window=0.3))
     box.store([friction(1)])
     row = box.head()[0]
     box.mark_delivered(row.seq, row.key)
@@ -147,7 +137,7 @@ def test_retry_dead_by_key(outbox: Outbox) -> None:
 
 
 def test_a_full_queue_refuses_the_whole_store_and_evicts_nothing(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "o.db", max_queued=5)
+    box = Outbox(tmp_path / "o.db", Settings(outbox_max_events=5))
     cp = Checkpoint("tail:/x", "/x", 1, 2, 100, "0:00")
     box.store([friction(n) for n in range(4)])
     assert box.writable() is None
@@ -262,7 +252,7 @@ def test_a_stored_batch_survives_kill_9(tmp_path: Path) -> None:
     script = (
         "import os, signal, sys\n"
         "from healert_webhook.outbox import Outbox\n"
-        "from healert_webhook.detect import Friction\n"
+        "from healert_webhook.records import Friction\n"
         "box = Outbox(sys.argv[1])\n"
         "box.store([Friction(f'{n:032x}', 'r', {'n': n}) for n in range(50)])\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n")

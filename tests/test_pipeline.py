@@ -13,33 +13,17 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from healert_webhook import pipeline as pipeline_module
 from healert_webhook.config import Settings
-from healert_webhook.outbox import Checkpoint, Outbox
-from healert_webhook.pipeline import (
-    RESYNC_TRIES,
-    BadBody,
-    Pipeline,
-    RuleReloads,
-    gc_paused,
-    parse_body,
-    parse_items,
-    resync,
-)
+from healert_webhook.outbox import Outbox
+from healert_webhook.pipeline import Pipeline, RuleReloads, gc_paused
+from healert_webhook.records import Checkpoint
 from healert_webhook.sources.tail import _line_offsets
 
-from support.events import exec_event, noise_event, two_rules
+from support.events import as_log_line, exec_event, noise_event, two_rules
 
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    box = Outbox(tmp_path / "outbox.db")
-    yield box  # type: ignore[misc]
-    box.close()
 
 
 def make_pipeline(tmp_path: Path, outbox: Outbox | None, rules: str | None = None) -> Pipeline:
@@ -48,17 +32,6 @@ def make_pipeline(tmp_path: Path, outbox: Outbox | None, rules: str | None = Non
         path = tmp_path / "rules.yaml"
         path.write_text(rules)
     return Pipeline.from_settings(Settings(rules_path=path), outbox)
-
-
-def test_parse_items_parses_raw_items_once_and_names_the_bad_ones() -> None:
-    parsed = {"already": "parsed"}
-    items = [b'{"a":1}', b"", b"[1]", b"{nope", parsed, b'{"b":2}', 0, b"  "]
-    events, bad = parse_items(items)
-    assert events == [{"a": 1}, parsed, {"b": 2}]
-    assert events[1] is parsed  # parsed items are not copied
-    assert bad == [(1, "blank"), (2, "not_an_object"), (3, "bad_json"), (6, "not_an_object"),
-                   (7, "blank")]
-    assert parse_items([b'{"a":1}', {"b": 2}]) == ([{"a": 1}, {"b": 2}], [])
 
 
 def test_line_offsets_of_bad_lines() -> None:
@@ -126,19 +99,6 @@ def test_a_flood_of_detections_is_logged_with_a_summary(
     assert 0 < len(shown) < 300
     summary = [m for m in messages if "more friction events stored" in m]
     assert summary and int(summary[0].split()[0]) == 300 - len(shown)
-
-
-def test_parse_body_accepts_the_three_shapes_and_names_what_is_wrong() -> None:
-    item = exec_event(1)
-    assert parse_body(orjson.dumps({"kind": "EventList", "items": [item]})) == [item]
-    assert parse_body(orjson.dumps(item)) == [item]
-    assert parse_body(orjson.dumps([item, item])) == [item, item]
-    with pytest.raises(BadBody) as bad_json:
-        parse_body(b'{"kind": "EventList", "items": [')
-    assert bad_json.value.reason == "bad_json"
-    with pytest.raises(BadBody) as bad_shape:
-        parse_body(b'"just a string"')
-    assert bad_shape.value.reason == "bad_shape"
 
 
 def test_gc_pause_is_shared_by_threads_and_restores_what_it_found() -> None:
@@ -219,7 +179,10 @@ def test_an_older_file_is_never_applied_after_a_newer_one(tmp_path: Path) -> Non
 
     pipeline.reload = reload  # type: ignore[method-assign]  # records what was applied
     for n in range(20):  # requests faster than loads: each overtakes the one before
-        path.write_text(two_rules(f"v{n}") + "# padding\n" * (20_000 if n % 2 else 0))
+        # replaced whole, as a ConfigMap update does: a reader never sees half a file
+        staged = tmp_path / "rules.yaml.new"
+        staged.write_text(two_rules(f"v{n}") + "# padding\n" * (20_000 if n % 2 else 0))
+        staged.replace(path)
         reloads.request()
     assert reloads.wait(120)
     assert {rule.name for rule in pipeline.detector.rules} == {"v19-one", "v19-two"}
@@ -237,51 +200,18 @@ def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 3
 # --- a crashed writer's torn lines ------------------------------------------------
 
 def log_line(n: int, tag: str = "r") -> bytes:
-    return orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1",
-                         **exec_event(n, tag=tag)})
+    return as_log_line(exec_event(n, tag=tag))
 
 
 def audit_ids(found: list[dict[str, Any]]) -> list[str]:
     return [event["auditID"].split("-")[1] for event in found]
 
 
-def test_resync_finds_every_whole_event_in_a_line_that_did_not_parse() -> None:
-    a, b, c = log_line(1), log_line(2), log_line(3)
-    assert resync(b"not json at all") == ([], 15)
-    found, junk = resync(a[:100] + b)  # torn, then the restarted writer's line
-    assert (audit_ids(found), junk) == (["00000002"], 100)
-    found, junk = resync(a + b)  # a whole event that lost only its newline
-    assert (audit_ids(found), junk) == (["00000001", "00000002"], 0)
-    found, junk = resync(a[:50] + b[:300] + c)  # two torn writes in a row
-    assert (audit_ids(found), junk) == (["00000003"], 350)
-    found, junk = resync(a + b"\0")  # cut by a NUL run, yet whole
-    assert (audit_ids(found), junk) == (["00000001"], 0)
-    assert resync(a[:80] + b"\0") == ([], 80)
-    # an event carrying an audit Event as its object: the outer one is the event
-    nested = orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1",
-                           **exec_event(4, tag="r"), "requestObject": orjson.loads(b)})
-    found, junk = resync(a[:100] + nested)
-    assert (audit_ids(found), junk) == (["00000004"], 100)
-    found, junk = resync(nested[:-30] + c)  # torn inside the carried event
-    assert (audit_ids(found), junk) == (["00000003"], len(nested) - 30)
-
-
-def test_a_line_of_nested_starts_costs_a_bounded_number_of_parses(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    inner = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","x":' * 5000
-    parses: list[int] = []
-    real = pipeline_module._object_at
-    monkeypatch.setattr(pipeline_module, "_object_at",
-                        lambda view: parses.append(len(view)) or real(view))
-    assert resync(inner) == ([], len(inner))
-    assert len(parses) == RESYNC_TRIES  # not one per start (5000)
-
-
 def test_the_pipeline_evaluates_recovered_events_and_lists_the_junk(tmp_path: Path) -> None:
     pipeline = make_pipeline(tmp_path, None)
     lines = [log_line(1)[:120] + log_line(2), log_line(3)[:60] + b"\0", b"{broken",
              log_line(4) + log_line(5)]
-    found = pipeline.evaluate(lines, "test")
+    found = pipeline.evaluate_items(lines, "test")
     assert sorted(f.audit_id.split("-")[1] for f in found.frictions) == [
         "00000002", "00000004", "00000005"]
     assert found.bad == [(0, "truncated_line"), (1, "truncated_line"), (2, "bad_json")]

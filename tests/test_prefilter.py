@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from healert_webhook import batches
 from healert_webhook.config import Settings
-from healert_webhook.detect import Stats
-from healert_webhook.pipeline import Evaluation, Pipeline
+from healert_webhook.pipeline import Pipeline
+from healert_webhook.records import Evaluation, Stats
+from healert_webhook.sources import body as body_reading
 
 from support import workload
 from support.events import event_list, exec_event, noise_event, smuggling_event
@@ -78,14 +79,14 @@ def same(found: Evaluation, expected: tuple[list[Any], Stats]) -> None:
 
 
 def as_lines(pipeline: Pipeline, raws: list[bytes]) -> None:
-    same(pipeline.evaluate(raws, "prefilter-test"), full(pipeline, raws))
+    same(pipeline.evaluate_items(raws, "prefilter-test"), full(pipeline, raws))
 
 
 def read_body(pipeline: Pipeline, body: bytes) -> Evaluation | None:
     """The webhook's reading of `body` (None: it must be parsed whole)."""
     plan = batches.reading(body)
-    return None if plan is None else pipeline.evaluate_body(body, plan, "prefilter-test",
-                                                            10_000)
+    return None if plan is None else body_reading.evaluate(pipeline, body, plan,
+                                                           "prefilter-test", 10_000)
 
 
 def as_body(pipeline: Pipeline, items: list[bytes]) -> None:
@@ -135,10 +136,10 @@ def test_generated_workloads_decide_alike(pipeline: Pipeline, seed: int, ratio: 
 
 def test_a_large_body_is_read_in_groups_and_decides_alike(pipeline: Pipeline) -> None:
     work = workload.generate(3000, match_ratio=0.2, seed=3)
-    body = workload.event_list(work.items)
+    body = event_list(work.items)
     plan = batches.reading(body, size=256 * 1024)
     assert plan is not None and plan.groups is not None and len(plan.groups) > 10
-    found = pipeline.evaluate_body(body, plan, "prefilter-test", 10_000)
+    found = body_reading.evaluate(pipeline, body, plan, "prefilter-test", 10_000)
     assert found is not None
     same(found, full(pipeline, work.items))
 
@@ -146,7 +147,7 @@ def test_a_large_body_is_read_in_groups_and_decides_alike(pipeline: Pipeline) ->
 def test_most_of_a_realistic_stream_is_ruled_out_unparsed(pipeline: Pipeline) -> None:
     work = workload.generate(4000, match_ratio=0.01, seed=5)
     lines = [line.rstrip(b"\n") for line in work.lines()]
-    prefilter = pipeline.prefilter
+    prefilter = pipeline.rules.prefilter
     ruled = sum(1 for line in lines if prefilter.skip(line) is not None)
     assert ruled / len(lines) > 0.95
 
@@ -167,8 +168,8 @@ def test_a_group_cut_at_a_boundary_inside_an_object_is_parsed_whole(
                        exec_event(2, tag="real")])
     plan = batches.reading(body, size=size)
     assert plan is not None and plan.groups is not None  # the first cut is a fake one
-    assert pipeline.evaluate_body(body, plan, "prefilter-test", 10_000) is None
-    found = pipeline.evaluate(orjson.loads(body)["items"], "prefilter-test")
+    assert body_reading.evaluate(pipeline, body, plan, "prefilter-test", 10_000) is None
+    found = pipeline.evaluate_items(orjson.loads(body)["items"], "prefilter-test")
     assert [f.event["actor"] for f in found.frictions] == ["alice@example.com"] * 2
 
 
@@ -182,9 +183,9 @@ def test_a_field_written_twice_is_read_first_here_and_last_by_replay(
     event = {"stage": "RequestReceived", **event}
     raw = orjson.dumps(event)[:-1] + b',"stage":"ResponseComplete"}'
     assert orjson.loads(raw)["stage"] == "ResponseComplete"  # a full parse keeps the last
-    assert pipeline.prefilter.skip(raw) == "stage"  # this reads the first
-    assert not pipeline.evaluate([raw], "prefilter-test").frictions
-    careful = pipeline.evaluate([raw], "prefilter-test", prefilter=False)
+    assert pipeline.rules.prefilter.skip(raw) == "stage"  # this reads the first
+    assert not pipeline.evaluate_items([raw], "prefilter-test").frictions
+    careful = pipeline.evaluate_items([raw], "prefilter-test", prefilter=False)
     same(careful, full(pipeline, [raw]))
     assert len(careful.frictions) == 1
 

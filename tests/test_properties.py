@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from healert_webhook.backend_contract import validate
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
 from healert_webhook.explain import explain_event
+from healert_webhook.records import Stats
 from healert_webhook.rules import parse_rules
 
 from support.paths import ROOT

@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
-from healert_webhook import connections
 from healert_webhook import protocol as http_protocol
-from healert_webhook.auth import mark_authenticated
 
 from support.servers import Running, serve_app, wait_for
+from support.sockets import Proving, ask
 
 
 class EchoDigest:
@@ -128,90 +127,18 @@ def test_a_client_gone_mid_body_is_a_disconnect(echo: tuple[Running, EchoDigest]
 
 # -- which connection a full listener closes ------------------------------------------------
 
-class Proving:
-    """Answers 200; a request carrying `x-auth: yes` proves its connection (as the webhook
-    does once a request passed authentication)."""
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        if (b"x-auth", b"yes") in scope["headers"]:
-            mark_authenticated(scope)
-        while (await receive()).get("more_body"):
-            pass
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
-def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10,
-                                    source_address=(source, 0))
-    time.sleep(0.05)  # admitted in this order
-    return sock
 
 
-def ask(sock: socket.socket, auth: bool = False) -> bytes:
-    sock.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n%s\r\n" % (b"x-auth: yes\r\n" if auth else b""))
-    return sock.recv(1024)
 
 
-def closed(sock: socket.socket) -> bool:
-    """True when the server closed or reset the connection."""
-    sock.settimeout(0.3)
-    try:
-        return sock.recv(1024) == b""
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
 
 
-def test_a_full_listener_closes_the_least_recently_active_unproven_connection() -> None:
-    with serve_app(Proving(), limits=connections.Limits(3)) as running:
-        port = running.port
-        silent = connect(port)
-        asked = connect(port)
-        assert ask(asked).startswith(b"HTTP/1.1 200")  # a request, but not authenticated
-        proven = connect(port)
-        assert ask(proven, auth=True).startswith(b"HTTP/1.1 200")
-        newer = connect(port)  # full: the oldest unproven goes
-        assert closed(silent) and not closed(asked) and not closed(proven)
-        newest = connect(port)
-        assert closed(asked) and not closed(newer) and not closed(proven)
-        assert ask(newer, auth=True).startswith(b"HTTP/1.1 200")
-        last = connect(port)
-        assert closed(newest)  # the only unproven one left
-        assert ask(last, auth=True).startswith(b"HTTP/1.1 200")
-        refused = connect(port)  # every connection proven: the new one is refused
-        assert closed(refused) and not closed(proven) and not closed(newer)
 
 
-def test_a_peer_at_the_cap_replaces_its_own_connections() -> None:
-    with serve_app(Proving(), limits=connections.Limits(4)) as running:
-        port = running.port
-        flood = [connect(port) for _ in range(3)]
-        other = connect(port, "127.0.0.2")  # the newest: least recently active are flood's
-        more = [connect(port) for _ in range(10)]  # the flood renews its own
-        assert not closed(other)
-        assert all(closed(sock) for sock in flood + more[:-3])
-        third = connect(port, "127.0.0.3")  # the flood holds the most: it makes room
-        assert not closed(other) and not closed(third)
-        assert ask(other).startswith(b"HTTP/1.1 200")
 
 
-def test_on_the_ops_listener_idle_between_requests_counts_as_idle() -> None:
-    with serve_app(Proving(), protocol=http_protocol.OpsHttpProtocol,
-                   limits=connections.Limits(2)) as running:
-        port = running.port
-        silent = connect(port)
-        scraped = connect(port)
-        assert ask(scraped).startswith(b"HTTP/1.1 200")  # answered, then idle
-        third = connect(port)
-        assert closed(silent) and not closed(scraped)
-        fourth = connect(port)
-        assert closed(scraped)  # idle after its request: evicted like any idle one
-        assert not closed(third) and not closed(fourth)
 
 
 class _QuickFirstHead(http_protocol.GuardedHttpProtocol):

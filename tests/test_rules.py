@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from healert_webhook.cli import main
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
+from healert_webhook.records import Stats
 from healert_webhook.rules import (
     DEFAULT_GITOPS,
     MAX_LISTED,
@@ -18,7 +18,7 @@ from healert_webhook.rules import (
     load_rules,
     parse_rules,
 )
-from healert_webhook.validate import run_validate
+from healert_webhook.rules.conditions import GitOpsManaged, Groups, Response, UserAgent, Users
 
 from support.events import (
     audit_event,
@@ -29,9 +29,7 @@ from support.events import (
     secret_get,
     through_proxy,
 )
-from support.paths import ROOT
-
-SEED_RULES = ROOT.parent / "shared" / "seed" / "rules.yaml"
+from support.paths import ROOT, SEED_RULES
 
 
 def problems(text: str) -> list[str]:
@@ -81,10 +79,10 @@ def test_typo_in_a_match_key_is_caught_with_line_and_hint() -> None:
 """)
     assert found == ["r.yaml:5: rules[0] (kubectl-exec).match.resouce: unknown key "
                      "(did you mean 'resource'?); allowed: resource, resources, subresource, "
-                     "ignore_subresources, verb, verbs, annotation, namespace_contains, "
-                     "ignore_namespaces, users, ignore_users, groups, ignore_groups, "
+                     "ignore_subresources, verb, verbs, ignore_namespaces, "
+                     "namespace_contains, users, ignore_users, groups, ignore_groups, "
                      "user_agent_contains, ignore_user_agent_contains, response, "
-                     "gitops_managed"]
+                     "annotation, gitops_managed"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -190,72 +188,14 @@ def test_non_utf8_and_unreadable_files(tmp_path: Path) -> None:
         load_rules(tmp_path / "missing.yaml")
 
 
-def validate(path: Path | None, capsys: pytest.CaptureFixture[str],
-             strict: bool = False) -> tuple[int, str, str]:
-    code = run_validate(path, strict)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def test_validate_summarises_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = validate(ROOT / "rules.yaml", capsys)
-    assert code == 0, err
-    assert err == ""
-    lines = out.splitlines()
-    assert lines[0].startswith("enabled  kubectl-exec")
-    assert any(line.startswith("disabled kubectl-attach") for line in lines)
-    assert any(line.startswith("disabled gitops-drift") and "gitops-managed=yes" in line
-               for line in lines)
-    assert lines[-1].endswith("valid, 19 rules (5 enabled); namespaces ignored by every rule: "
-                              "argocd, cert-manager, istio-system, kube-node-lease, "
-                              "kube-public, kube-system, monitoring, vault")
 
 
-def test_validate_lists_every_error_and_exits_2(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "rules.yaml"
-    path.write_text("rules:\n  - name: x\n    severity: bad\n    match: {resouce: pods}\n")
-    code = main(["validate", str(path), "--strict"])
-    captured = capsys.readouterr()
-    assert code == 2
-    assert f"rules file {path} is invalid (3 problem(s)):" in captured.err
-    errors = [line for line in captured.err.splitlines() if line.startswith("  ")]
-    assert len(errors) == 3
-    assert "'x' is not a name the backend accepts" in errors[0]
-    assert captured.out == ""
 
 
-def test_validate_defaults_to_local_rules_then_packaged(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RULES_PATH", raising=False)
-    assert main(["validate"]) == 0
-    assert "<packaged rules.yaml>: valid" in capsys.readouterr().out
-    (tmp_path / "rules.yaml").write_text("rules: []\n")
-    assert main(["validate"]) == 0
-    captured = capsys.readouterr()
-    out, err = captured.out, captured.err
-    assert "rules.yaml: valid, 0 rules" in out
-    assert "nothing will be detected" in err
 
 
-def test_old_agent_file_warns_with_the_one_line_fix_and_strict_fails(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    if not SEED_RULES.is_file():
-        pytest.skip("seed rules not present")
-    code, out, err = validate(SEED_RULES, capsys)
-    assert code == 0
-    assert "valid, 5 rules (5 enabled)" in out
-    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1
-    assert "rules[2] (config-drift).match: also fires on every kubectl exec, attach and " \
-        "port-forward that older kubectl sends as 'create' on pods" in warnings[0]
-    assert warnings[0].endswith("add under match: ignore_subresources: "
-                                "[exec, attach, portforward]")
-    code, _, err = validate(SEED_RULES, capsys, strict=True)
-    assert code == 1
-    assert "1 warning(s), refused in strict mode" in err
 
 
 def test_applying_the_fix_silences_the_warning_and_stops_the_double_count() -> None:
@@ -324,18 +264,24 @@ def test_the_new_match_fields_compile() -> None:
       gitops_managed: false
 """)
     rule = ruleset.rules[0]
-    assert rule.users is not None and rule.users.exact == {"kate"}
-    assert rule.users.prefixes == ("oidc:",)
-    assert rule.ignore_users is not None and rule.ignore_users.matches("oidc:bot")
-    assert rule.ignore_groups is not None and rule.ignore_groups.matches("oidc:interns-2026")
-    assert rule.user_agents == ("kubectl",)
-    assert rule.ignore_user_agents == ("terraform", "helm")
-    assert rule.response == {"denied", "error"}
-    assert rule.gitops_managed is False
-    assert rule.refined
+    users, groups = rule.check("user"), rule.check("group")
+    agents, response = rule.check("user_agent"), rule.check("response")
+    gitops = rule.check("gitops")
+    assert isinstance(users, Users) and users.include is not None
+    assert users.include.exact == {"kate"} and users.include.prefixes == ("oidc:",)
+    assert users.exclude is not None and users.exclude.matches("oidc:bot")
+    assert isinstance(groups, Groups) and groups.exclude is not None
+    assert groups.exclude.matches("oidc:interns-2026")
+    assert isinstance(agents, UserAgent) and agents.include == ("kubectl",)
+    assert agents.exclude == ("terraform", "helm")
+    assert isinstance(response, Response) and response.classes == {"denied", "error"}
+    assert isinstance(gitops, GitOpsManaged) and gitops.managed is False
+    # the checks are kept in the order they are tried
+    assert [c.reasons[0] for c in rule.checks] == [
+        "user", "group", "user_agent", "response", "gitops_controller"]
     assert "user=kate|oidc:*" in rule.summary()
     assert not parse_rules("rules:\n  - {name: rule-two, severity: low, match: {verb: get}}\n"
-                           ).rules[0].refined
+                           ).rules[0].checks
 
 
 def test_mistakes_in_the_new_fields_are_errors() -> None:
@@ -433,30 +379,8 @@ def test_the_problems_listed_are_the_first_in_the_file_whatever_their_order_foun
     assert [int(p.split(":")[1]) for p in found[1:]] == list(range(3, 3 + MAX_LISTED - 1))
 
 
-def test_many_warnings_are_listed_fifty_at_a_time_by_validate(tmp_path: Path,
-                                                              capsys: Any) -> None:
-    path = tmp_path / "rules.yaml"
-    path.write_text("rules:\n" + "".join(
-        f"  - {{name: rule-{i:03d}, severity: low, match: {{resource: pod}}}}\n"
-        for i in range(120)))
-    ruleset = load_rules(path)
-    assert (len(ruleset.warnings), ruleset.warning_count) == (MAX_LISTED, 120)
-    assert main(["validate", "--strict", str(path)]) == 1
-    err = capsys.readouterr().err.splitlines()
-    assert sum(line.startswith("warning: ") for line in err) == MAX_LISTED + 1
-    assert "... and 70 more warning(s)" in err[MAX_LISTED]
-    assert err[-1] == f"{path}: 120 warning(s), refused in strict mode"
 
 
-def test_validate_of_a_million_problems_prints_the_first_fifty(tmp_path: Path,
-                                                               capsys: Any) -> None:
-    path = tmp_path / "rules.yaml"
-    path.write_text("rules:\n" + "- 1\n" * 1_000_000)  # 4 MiB: the most a file may hold
-    assert main(["validate", str(path)]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].endswith("is invalid (1000000 problem(s)):")
-    assert len(err) == 1 + MAX_LISTED + 1
-    assert "999950 more problem(s)" in err[-1]
 
 
 def test_a_superseded_load_stops_inside_the_yaml_and_inside_the_rules() -> None:

@@ -34,7 +34,6 @@ from support.pki import (
     PKI,
     client_context,
     handshake_error,
-    make_pki,
     server_common_name,
 )
 from support.servers import wait_for
@@ -100,11 +99,6 @@ class Agent:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> PKI:
-    return make_pki(tmp_path / "pki")
 
 
 @pytest.fixture

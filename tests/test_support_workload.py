@@ -12,11 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
+from healert_webhook.records import Stats
 from healert_webhook.rules import RulesError, RuleSet, load_rules
 
 from support import workload
-from support.paths import ROOT, SHARED_SEED
+from support.paths import ROOT, SEED_RULES
 
 WORKLOAD = ROOT / "tests" / "support" / "workload.py"
 KIB = 1024
@@ -28,7 +29,7 @@ def shipped_rules() -> RuleSet:
         return load_rules(None)
     except (FileNotFoundError, RulesError):
         pass
-    for candidate in (ROOT / "rules.yaml", SHARED_SEED / "rules.yaml"):
+    for candidate in (ROOT / "rules.yaml", SEED_RULES):
         if candidate.is_file():
             return load_rules(candidate)
     pytest.skip("no shipped rules.yaml found")

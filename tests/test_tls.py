@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -27,23 +26,10 @@ from support.pki import (
     PKI,
     client_context,
     handshake_error,
-    make_pki,
     server_common_name,
 )
 from support.servers import sample, wait_for
 from support.webhooks import JSON, queued, webhook
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> PKI:
-    return make_pki(tmp_path / "pki")
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "state" / "outbox.db")
-    yield box
-    box.close()
 
 
 def test_no_client_certificate_is_refused_at_handshake_and_counted(

@@ -20,7 +20,7 @@ from lightkube.config.client_adapter import AsyncClient, ConnectionParams
 from lightkube.config.kubeconfig import SERVICE_ACCOUNT, KubeConfig, SingleConfig
 from lightkube.core.exceptions import ConfigError as KubeConfigError
 
-from healert_webhook.config import ConfigError
+from healert_webhook.config import ConfigError, env
 
 MODES = ("auto", "off")
 
@@ -61,14 +61,14 @@ def find(mode: str, kubeconfig: Sequence[Path], environ: Mapping[str, str] | Non
         path = next((p for p in kubeconfig if p.is_file()), None)
         if path is None:
             names = ", ".join(str(p) for p in kubeconfig)
-            raise ConfigError(f"HEALERT_KUBECONFIG: no such file: {names}")
+            raise ConfigError(f"{env('kubeconfig')}: no such file: {names}")
         try:
             config = KubeConfig.from_file(path).get()
         except Exception as exc:  # YAML, schema (msgspec) and lightkube errors alike
-            raise ConfigError(f"HEALERT_KUBECONFIG {path} cannot be used: "
+            raise ConfigError(f"{env('kubeconfig')} {path} cannot be used: "
                               f"{_why(exc)}") from exc
         if config is None:
-            raise ConfigError(f"HEALERT_KUBECONFIG {path}: no current context")
+            raise ConfigError(f"{env('kubeconfig')} {path}: no current context")
         return Connection(config, f"kubeconfig {path} (context {config.context_name})")
     if in_cluster(environ, account):
         try:

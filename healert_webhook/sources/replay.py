@@ -22,11 +22,9 @@ from typing import IO, Any
 
 import orjson
 
-from healert_webhook import audit, exits
-from healert_webhook.config import Settings
-from healert_webhook.detect import Friction, Stats
-from healert_webhook.outbox import StoreResult
+from healert_webhook import audit
 from healert_webhook.pipeline import Pipeline
+from healert_webhook.records import Friction, Stats, StoreResult
 
 SOURCE = "replay"
 # How the apiserver starts a log line, or an event of an EventList
@@ -54,7 +52,8 @@ class ReadReport:
             self.examples.append(f"{place}: {reason}")
 
 
-def _open(path: str) -> IO[bytes]:
+def open_audit_file(path: str) -> IO[bytes]:
+    """An audit file opened for reading: gzip when it is, `-` for stdin."""
     if path == "-":
         raw: IO[bytes] = sys.stdin.buffer
     else:
@@ -210,112 +209,53 @@ class ReplayResult:
     failed_files: list[str] = field(default_factory=list)
 
 
+def read_files(paths: Sequence[str], report: ReadReport, max_line: int,
+               failed: list[str], *, raw: bool = False) -> Iterator[tuple[str, Batch]]:
+    """The batches of every file in turn, with the file they came from. A file that
+    cannot be opened or read to its end is listed in `failed` and the next one is read."""
+    for path in paths:
+        try:
+            stream = open_audit_file(path)
+        except OSError as exc:
+            failed.append(f"{path}: {exc.strerror}")
+            continue
+        try:
+            for batch in iter_batches(stream, path, report, max_line, raw=raw):
+                yield path, batch
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            failed.append(f"{path}: {exc}")
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+
 def replay_paths(pipeline: Pipeline, paths: Sequence[str], emit: Callable[[Friction], None],
                  max_line: int, store: Callable[[list[Friction]], StoreResult] | None = None,
                  ) -> ReplayResult:
     """Replay files through the pipeline; call `emit` once per distinct friction event."""
     result = ReplayResult()
     seen: set[str] = set()
-    for path in paths:
-        try:
-            stream = _open(path)
-        except OSError as exc:
-            result.failed_files.append(f"{path}: {exc.strerror}")
-            continue
-        try:
-            for batch in iter_batches(stream, path, result.report, max_line, raw=True):
-                # files from anywhere: every event parsed in full (prefilter.py)
-                evaluation = pipeline.evaluate(batch, SOURCE, prefilter=False,
-                                               received=time.time())  # read just now
-                for index, reason in evaluation.bad:  # a line the pipeline could not read
-                    result.report.bad(batch.places[index], reason)
-                del batch
-                result.stats.merge(evaluation.stats)
-                fresh = []
-                for friction in evaluation.frictions:
-                    if friction.key in seen:
-                        result.duplicates += 1
-                        continue
-                    seen.add(friction.key)
-                    fresh.append(friction)
-                    emit(friction)
-                result.printed += len(fresh)
-                if store is not None and fresh:
-                    stored = store(fresh)
-                    result.queued += stored.stored
-                    result.already_known += stored.duplicates
-                    result.set_aside += stored.expired
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            result.failed_files.append(f"{path}: {exc}")
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
+    for _path, batch in read_files(paths, result.report, max_line, result.failed_files,
+                                   raw=True):
+        # files from anywhere: every event parsed in full (prefilter.py)
+        evaluation = pipeline.evaluate_items(batch, SOURCE, prefilter=False,
+                                             received=time.time())  # read just now
+        for index, reason in evaluation.bad:  # a line the pipeline could not read
+            result.report.bad(batch.places[index], reason)
+        del batch  # before the next one is read: one batch in memory at a time
+        result.stats.merge(evaluation.stats)
+        fresh = []
+        for friction in evaluation.frictions:
+            if friction.key in seen:
+                result.duplicates += 1
+                continue
+            seen.add(friction.key)
+            fresh.append(friction)
+            emit(friction)
+        result.printed += len(fresh)
+        if store is not None and fresh:
+            stored = store(fresh)
+            result.queued += stored.stored
+            result.already_known += stored.duplicates
+            result.set_aside += stored.expired
     return result
-
-
-def summary_lines(result: ReplayResult) -> list[str]:
-    """The human summary printed on stderr after a replay."""
-    report, stats = result.report, result.stats
-    invalid_lines = sum(report.invalid.values())
-    lines = [f"replay: {report.lines} lines, {stats.events} audit events, "
-             f"{invalid_lines} invalid lines, {sum(stats.invalid.values())} invalid events, "
-             f"{result.printed} friction events ({result.duplicates} duplicates suppressed)"]
-    lines += [f"  invalid line {example}" for example in report.examples]
-    if report.nul_bytes:
-        lines.append(f"  skipped {report.nul_bytes} NUL bytes (left by a crash of the "
-                     "writer?); the events after them were read")
-    if invalid_lines > len(report.examples):
-        lines.append(f"  ... and {invalid_lines - len(report.examples)} more invalid lines")
-    for reason, count in sorted(stats.invalid.items()):
-        lines.append(f"  invalid events: {reason}: {count}")
-    for (rule, severity), count in sorted(stats.matched.items()):
-        lines.append(f"  rule {rule} ({severity}): {count}")
-    if stats.skipped:
-        skipped = ", ".join(f"{k}={v}" for k, v in sorted(stats.skipped.items()))
-        lines.append(f"  no friction: {skipped}")
-    lines += [f"  cannot read {failure}" for failure in result.failed_files]
-    return lines
-
-
-def forward_lines(result: ReplayResult, retention_days: float) -> list[str]:
-    """What `--forward` did with the friction events it found."""
-    return [f"  forwarded: {result.queued} queued for delivery, {result.already_known} "
-            f"already queued or delivered, {result.set_aside} set aside as older than the "
-            f"backend's retention ({retention_days:g} days; `outbox dead` lists them)"]
-
-
-def run_replay(settings: Settings, paths: Sequence[str], *, forward: bool) -> int:
-    """The `replay` command: OK, or FAILED when a file could not be read.
-
-    Raises RulesError for an unusable rules file, OutboxError when `--forward` cannot
-    open the outbox.
-    """
-    outbox = None
-    if forward:
-        from healert_webhook.outbox import Outbox  # only --forward needs the database
-
-        outbox = Outbox.from_settings(settings)
-    try:
-        pipeline = Pipeline.from_settings(settings, outbox)
-        out = sys.stdout.buffer
-
-        def emit(friction: Friction) -> None:
-            out.write(orjson.dumps(friction.event) + b"\n")
-
-        def store(found: list[Friction]) -> StoreResult:
-            return pipeline.store(found, SOURCE)
-
-        try:
-            result = replay_paths(pipeline, paths, emit, settings.tail_max_line_bytes,
-                                  store if outbox is not None else None)
-        finally:
-            out.flush()
-    finally:
-        if outbox is not None:
-            outbox.close()
-    lines = summary_lines(result)
-    if outbox is not None:
-        lines += forward_lines(result, settings.backend_retention_days)
-    for line in lines:
-        print(line, file=sys.stderr)
-    return exits.FAILED if result.failed_files else exits.OK

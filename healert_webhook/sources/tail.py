@@ -39,11 +39,10 @@ import time
 from pathlib import Path
 
 from healert_webhook import metrics
-from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
+from healert_webhook.config import Settings, env
 from healert_webhook.filewatch import NotRegularFile
-from healert_webhook.outbox import Checkpoint, OutboxError
 from healert_webhook.pipeline import Pipeline
+from healert_webhook.records import Checkpoint, Friction, OutboxError
 from healert_webhook.sources.tailfiles import (
     FINGERPRINT_BYTES,
     GZ_ERRORS,
@@ -391,8 +390,8 @@ class Tailer:
 
     def _skipped_long(self, s: Stream) -> None:
         metrics.TAIL_SKIPPED.labels("too_long").inc()
-        log.warning("%s: line at offset %d is longer than %d bytes (HEALERT_TAIL_MAX_LINE_"
-                    "BYTES): skipped", s.path, s.line_start, self._max_line)
+        log.warning("%s: line at offset %d is longer than %d bytes (%s): skipped", s.path,
+                    s.line_start, self._max_line, env("tail_max_line_bytes"))
 
     def _process(self, s: Stream, block: bytes, caught_up: bool = True,
                   cut: bool = False) -> None:
@@ -411,7 +410,7 @@ class Tailer:
             items = [lines[i] for i in kept]
         else:
             items = lines
-        found = self._pipeline.evaluate(items, SOURCE, received=time.time())  # read now
+        found = self._pipeline.evaluate_items(items, SOURCE, received=time.time())  # read now
         bad = [(kept[i] if kept is not None else i, reason) for i, reason in found.bad]
         if kept is not None and len(kept) < len(lines):
             bad += [(i, "too_long") for i in sorted(set(range(len(lines))) - set(kept))]
@@ -674,5 +673,5 @@ def _describe(reason: str, max_line: int) -> str:
         "not_an_object": "JSON but not an object",
         "truncated_line": "a write cut short (a crash of the writer?); any whole event "
                           "after it was read",
-        "too_long": f"longer than {max_line} bytes (HEALERT_TAIL_MAX_LINE_BYTES)",
+        "too_long": f"longer than {max_line} bytes ({env('tail_max_line_bytes')})",
     }.get(reason, reason)

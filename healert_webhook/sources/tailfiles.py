@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from healert_webhook.filewatch import NotRegularFile, open_regular, open_regular_fd
-from healert_webhook.outbox import Checkpoint
+from healert_webhook.records import Checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """The apiserver's audit webhook: a raw ASGI app (no framework on the hot path).
 
 Per request: route on the path (the query, `?timeout=30s`, is ignored), authenticate
-(client certificate names, bearer token), check method, content type and size, read the
-body under the limit and the memory budget, then hand it to the pipeline on a worker
-thread (parse, detect, store), and answer `200 {}` only once the outbox transaction that
+(client certificate names, bearer token), check method, content type and size, receive
+the body under the limit and the memory budget, read it (sources/body.py: how, at what
+memory cost, which events are candidates), evaluate it in the pipeline, store what it
+yields on a worker thread, and answer `200 {}` only once the outbox transaction that
 holds the batch's friction events has committed.
 
 A store failure answers 503 with `Retry-After`: the transaction stored nothing, so the
@@ -17,22 +18,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from healert_webhook import batches, metrics
-from healert_webhook.auth import TokenAuth, mark_authenticated, names_allowed, request_names
+from healert_webhook.auth import (
+    TokenAuth,
+    allow_list,
+    mark_authenticated,
+    names_allowed,
+    request_names,
+)
 from healert_webhook.budget import BodyBudget
-from healert_webhook.config import default_of
+from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
-from healert_webhook.outbox import OutboxError, OutboxFull, StoreResult
-from healert_webhook.pipeline import BadBody, Evaluation, Pipeline, parse_body
+from healert_webhook.pipeline import Pipeline
 from healert_webhook.prefilter import NeedsMore
+from healert_webhook.records import Evaluation, OutboxError, OutboxFull, StoreResult
+from healert_webhook.sources import body as body_reading
 
 log = logging.getLogger(__name__)
 _full_log = Limiter(log, per_interval=1, interval=60.0, what="batches refused (outbox full)")
@@ -40,9 +49,9 @@ _refused_log = Limiter(log, per_interval=5, interval=60.0, what="webhook request
 
 RETRY_AFTER = b"5"
 SOURCE = "webhook"
-# Bodies up to this size are measured and evaluated on the event loop: batches.plan reads
-# nothing of them, and simdjson reads them whole in a few milliseconds.
-ON_LOOP_BYTES = 4 * 1024 * 1024
+# Bodies up to this size are evaluated on the event loop: simdjson reads them whole in a
+# few milliseconds.
+ON_LOOP_BYTES = body_reading.ON_LOOP_BYTES
 # ...if they hold at most this many events. A body costs what its candidates cost (~26 us
 # each, parsed and detected, against ~1 us for an event ruled out), which only evaluating
 # it tells; its events bound them, and the evaluation counts them right after simdjson's
@@ -54,7 +63,6 @@ ON_LOOP_EVENTS = 1000
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-_T = TypeVar("_T")
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -112,22 +120,17 @@ class _Disconnected(Exception):
 class WebhookApp:
     """The ASGI app for the apiserver's audit webhook (see the module docstring)."""
 
-    def __init__(self, *, pipeline: Pipeline, executor: Executor,
-                 path: str = "/audit", max_body_bytes: int = 64 * 1024 * 1024,
-                 tokens: TokenAuth | None = None,
-                 client_names: frozenset[str] = frozenset(),
-                 budget: BodyBudget | None = None,
-                 max_items: int = default_of("max_batch_items"),
-                 body_timeout: float = default_of("webhook_body_timeout")) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, executor: Executor, *,
+                 tokens: TokenAuth | None = None, budget: BodyBudget | None = None) -> None:
         self.pipeline = pipeline
         self.executor = executor
-        self.path = path
-        self.max_body_bytes = max_body_bytes
+        self.path = settings.webhook_path
+        self.max_body_bytes = settings.max_body_bytes
         self.tokens = tokens
-        self.client_names = client_names
-        self.budget = budget or BodyBudget(default_of("max_inflight_bytes"))
-        self.max_items = max_items
-        self.body_timeout = body_timeout
+        self.client_names = allow_list(settings.tls_client_names)
+        self.budget = budget or BodyBudget(settings.max_inflight_bytes)
+        self.max_items = settings.max_batch_items
+        self.body_timeout = settings.webhook_body_timeout
         self._codes: dict[int, Any] = {}
         self._loop_turn = asyncio.Lock()  # a body being evaluated on the event loop
 
@@ -181,32 +184,34 @@ class WebhookApp:
         if not is_json(req.content_type):
             raise _Reject(415, "Content-Type must be application/json", close=True)
         declared = self._check_length(req.content_length)
-        held = [0]
+        share = body_reading.Reservation(self.budget)
         try:
-            body = await self._receive_body(receive, declared, held)
+            body = await self._receive_body(receive, declared, share)
+            received = time.time()
             metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-            plan, cost = await self._measure(batches.plan, body)
-            await self._reserve_to(cost, held)
-            await self._ingest(body, plan, held)
+            plan, cost = await body_reading.measure(batches.plan, body, self.executor)
+            await self._grow(share, cost)
+            await self._ingest(body, plan, share, received)
         finally:
-            await self.budget.give(held[0])
+            await share.release()
         return 200, b"{}", []
 
-    async def _measure(self, func: Callable[[bytes], _T], body: bytes) -> _T:
-        """`func(body)`, off the event loop for a large body: measuring one takes passes
-        over all of it."""
-        if len(body) <= ON_LOOP_BYTES:
-            return func(body)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, func, body)
+    async def _grow(self, share: body_reading.Reservation, cost: int) -> None:
+        """Hold `cost` bytes in all, or refuse the batch before parsing."""
+        try:
+            await share.grow_to(cost)
+        except body_reading.TooCostly as exc:
+            raise _Reject(413, f"parsing this body would take about {exc.cost >> 20} MiB "
+                          f"of memory, more than {env('max_inflight_bytes')} allows "
+                          f"({exc.limit >> 20} MiB)") from None
+        except body_reading.Busy:
+            raise self._busy() from None
 
-    async def _reserve_to(self, cost: int, held: list[int]) -> None:
-        """Hold `cost` bytes of the budget in all, or refuse the batch before parsing."""
-        if cost > self.budget.limit:
-            raise _Reject(413, f"parsing this body would take about {cost >> 20} MiB of "
-                          f"memory, more than HEALERT_MAX_INFLIGHT_BYTES allows "
-                          f"({self.budget.limit >> 20} MiB)")
-        if cost > held[0]:
-            await self._reserve(cost - held[0], held)
+    @staticmethod
+    def _busy() -> _Reject:
+        metrics.WEBHOOK_BUSY.inc()
+        return _Reject(503, "too many request bodies in memory, retry later",
+                       [(b"retry-after", b"1")], close=True)
 
     def _authenticate(self, scope: Scope, req: Request) -> None:
         if self.client_names:
@@ -236,25 +241,24 @@ class WebhookApp:
         return length
 
     async def _receive_body(self, receive: Receive, declared: int | None,
-                            held: list[int]) -> bytes:
+                            share: body_reading.Reservation) -> bytes:
         """Reserve the budget and read the body, all within `body_timeout` (else 408)."""
         try:
             async with asyncio.timeout(self.body_timeout):
                 if declared is not None:
-                    await self._reserve(declared, held)
-                return await self._read(receive, held)
+                    await self._take(share, declared)
+                return await self._read(receive, share)
         except TimeoutError:
             raise _Reject(408, f"body not received within {self.body_timeout:g} s",
                           close=True) from None
 
-    async def _reserve(self, size: int, held: list[int]) -> None:
-        if not await self.budget.take(size):
-            metrics.WEBHOOK_BUSY.inc()
-            raise _Reject(503, "too many request bodies in memory, retry later",
-                          [(b"retry-after", b"1")], close=True)
-        held[0] += size
+    async def _take(self, share: body_reading.Reservation, size: int) -> None:
+        try:
+            await share.take(size)
+        except body_reading.Busy:
+            raise self._busy() from None
 
-    async def _read(self, receive: Receive, held: list[int]) -> bytes:
+    async def _read(self, receive: Receive, share: body_reading.Reservation) -> bytes:
         """The whole body, or 413 as soon as it passes the limit (chunked bodies too).
 
         Without a declared length the memory budget is reserved chunk by chunk.
@@ -272,15 +276,15 @@ class WebhookApp:
                 total += len(chunk)
                 if total > limit:
                     raise _Reject(413, f"body is over the limit of {limit} bytes", close=True)
-                if total > held[0]:
-                    await self._reserve(total - held[0], held)
+                if total > share.held:
+                    await self._take(share, total - share.held)
                 chunks.append(chunk)
             more = message.get("more_body", False)
         # One join at the end: appending to one growing bytes object would copy quadratically.
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _ingest(self, body: bytes, plan: batches.Reading | None,
-                      held: list[int]) -> StoreResult:
+                      share: body_reading.Reservation, received: float) -> StoreResult:
         """Evaluate the body and store what it yields; map failures to answers.
 
         An apiserver EventList (a few MiB at most, 400 events) is evaluated right here:
@@ -294,10 +298,12 @@ class WebhookApp:
         """
         loop = asyncio.get_running_loop()
         try:
-            found = await self._evaluate(body, plan, held) if plan is not None else None
+            found = await self._evaluate(body, plan, share, received) \
+                if plan is not None else None
             if found is None:  # the careful way: one orjson parse of the whole body
                 if plan is not None:  # simdjson refused it: what was held was for simdjson
-                    await self._reserve_to(await self._measure(batches.estimate, body), held)
+                    await self._grow(share, await body_reading.measure(
+                        batches.estimate, body, self.executor))
                 return await loop.run_in_executor(self.executor, self._process, body)
             metrics.WEBHOOK_PARSES.labels("items").inc()
             if not found.frictions:
@@ -305,8 +311,8 @@ class WebhookApp:
             return await loop.run_in_executor(self.executor, self._store, found)
         except batches.TooManyItems as exc:
             raise _Reject(413, f"batch of {exc.count} events is over "
-                          f"HEALERT_MAX_BATCH_ITEMS={self.max_items}") from None
-        except BadBody as exc:
+                          f"{env('max_batch_items')}={self.max_items}") from None
+        except body_reading.BadBody as exc:
             metrics.INVALID_EVENTS.labels(SOURCE, exc.reason).inc()
             raise _Reject(400, str(exc)) from None
         except _Reject:
@@ -323,24 +329,30 @@ class WebhookApp:
                           [(b"retry-after", RETRY_AFTER)]) from None
 
     async def _evaluate(self, body: bytes, plan: batches.Reading,
-                        held: list[int]) -> Evaluation | None:
+                        share: body_reading.Reservation,
+                        received: float) -> Evaluation | None:
         """simdjson's reading of the body (None: parse it whole). A candidate too large
         for what was reserved gets its share, and the body is read again."""
         allowance = first = batches.candidate_reserve(plan)
-        evaluate = self.pipeline.evaluate_body
         while True:
             try:
                 if allowance == first and len(body) <= ON_LOOP_BYTES and plan.groups is None:
                     with contextlib.suppress(_Crowded):
-                        return await self._evaluate_on_loop(body, plan, allowance)
+                        return await self._evaluate_on_loop(body, plan, allowance, received)
                 return await asyncio.get_running_loop().run_in_executor(
-                    self.executor, evaluate, body, plan, SOURCE, self.max_items, allowance)
+                    self.executor, self._evaluate_body, body, plan, self.max_items,
+                    allowance, received)
             except NeedsMore as more:
-                await self._reserve_to(held[0] + more.size, held)
+                await self._grow(share, share.held + more.size)
                 allowance += more.size
 
+    def _evaluate_body(self, body: bytes, plan: batches.Reading, most: int,
+                       allowance: int, received: float) -> Evaluation | None:
+        return body_reading.evaluate(self.pipeline, body, plan, SOURCE, most,
+                                     allowance=allowance, received=received)
+
     async def _evaluate_on_loop(self, body: bytes, plan: batches.Reading,
-                                allowance: int) -> Evaluation | None:
+                                allowance: int, received: float) -> Evaluation | None:
         """The evaluation on the event loop, if the body (read whole) holds at most
         ON_LOOP_EVENTS events: else _Crowded, found before any was evaluated, or
         TooManyItems past the batch limit.
@@ -350,8 +362,8 @@ class WebhookApp:
         evaluated one after another while a probe waits."""
         await self._loop_turn.acquire()
         try:
-            return self.pipeline.evaluate_body(
-                body, plan, SOURCE, min(self.max_items, ON_LOOP_EVENTS), allowance)
+            return self._evaluate_body(body, plan, min(self.max_items, ON_LOOP_EVENTS),
+                                       allowance, received)
         except batches.TooManyItems as exc:
             if exc.count > self.max_items:
                 raise
@@ -365,7 +377,7 @@ class WebhookApp:
     def _process(self, body: bytes) -> StoreResult:
         """Parse the whole body, detect and store (blocking: runs on a worker thread)."""
         metrics.WEBHOOK_PARSES.labels("whole").inc()
-        items = parse_body(body)
+        items = body_reading.parse_body(body)
         if len(items) > self.max_items:
             raise batches.TooManyItems(len(items))
         return self.pipeline.process(items, SOURCE)[1]

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 
 from healert_webhook.backend_contract import prepare
-from healert_webhook.detect import Friction
 from healert_webhook.forward import LAST_SEND
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
 from support.agent import Agent, forwarding_env, metric, serve_args
 from support.backend import run_backend

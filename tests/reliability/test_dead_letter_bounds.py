@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from healert_webhook.detect import Friction, Stats
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction, Stats
 
 from support.agent import JSON, Agent, forwarding_env, metric, packaged_detector, serve_args
 from support.backend import run_backend

@@ -210,7 +210,7 @@ def test_backend_slower_than_the_request_timeout(tmp_path: Path, long_run: bool)
     The backend records the event after its delay, so every timed-out attempt is a
     possible duplicate, and is counted."""
     from healert_webhook import metrics
-    from healert_webhook.detect import Friction
+    from healert_webhook.records import Friction
 
     timeout = Settings().forward_timeout if long_run else 1.0
     key_file = tmp_path / "key"

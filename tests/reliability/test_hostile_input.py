@@ -208,8 +208,7 @@ def wrong_type_server(tmp_path_factory: pytest.TempPathFactory
     tmp = tmp_path_factory.mktemp("types")
     outbox = Outbox(tmp / "outbox.db")
     pool = ThreadPoolExecutor(2)
-    app = WebhookApp(pipeline=Pipeline.from_settings(Settings(), outbox),
-                     executor=pool)
+    app = WebhookApp(Settings(), Pipeline.from_settings(Settings(), outbox), pool)
     with serve_app(app, protocol=protocol.GuardedHttpProtocol) as local:
         yield f"http://127.0.0.1:{local.port}/audit", outbox
     pool.shutdown()
@@ -371,8 +370,8 @@ def test_deadlines_close_slow_bodies_slow_heads_and_idle_connections(tmp_path: P
     outbox = Outbox(tmp_path / "outbox.db")
     pool = ThreadPoolExecutor(2)
     budget = BodyBudget(100_000, wait=5.0)  # room for one small event parsed
-    app = WebhookApp(pipeline=Pipeline.from_settings(Settings(), outbox),
-                     executor=pool, budget=budget, body_timeout=1.0)
+    settings = Settings(webhook_body_timeout=1.0)
+    app = WebhookApp(settings, Pipeline.from_settings(settings, outbox), pool, budget=budget)
     body = orjson.dumps([exec_event(1, tag="dl")])
     try:
         with serve_app(app, protocol=_QuickProtocol, keep_alive=1.0) as local:

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from healert_webhook.detect import Friction
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
 from support.agent import (
     JSON,

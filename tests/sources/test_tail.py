@@ -29,9 +29,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
-from healert_webhook.outbox import Checkpoint, Outbox, OutboxError, StoreResult
+from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline, make_detector
+from healert_webhook.records import Checkpoint, Friction, OutboxError, StoreResult
 from healert_webhook.rules import load_rules
 from healert_webhook.sources import tailfiles
 from healert_webhook.sources.tail import Tailer
@@ -62,7 +62,7 @@ def make_pipeline(settings: Settings, outbox: Outbox | None = None) -> Pipeline:
 def expected_keys(settings: Settings, lines: list[bytes]) -> list[str]:
     """The friction keys the Pipeline finds in `lines`, first occurrence of each."""
     events = [orjson.loads(line) for line in lines]
-    found = make_pipeline(settings).evaluate(events, "test").frictions
+    found = make_pipeline(settings).evaluate_items(events, "test").frictions
     return list(dict.fromkeys(f.key for f in found))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from healert_webhook.outbox import Checkpoint
+from healert_webhook.records import Checkpoint
 from healert_webhook.sources import tailfiles
 from healert_webhook.sources.tailfiles import Fingerprint, fingerprint, locate
 

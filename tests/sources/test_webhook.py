@@ -15,33 +15,19 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from healert_webhook.auth import TokenAuth
-from healert_webhook.outbox import Outbox, OutboxError
+from healert_webhook.outbox import Outbox
+from healert_webhook.records import OutboxError
 
 from support.events import batch_of_400, event_list, exec_event, noise_event, two_rules
 from support.pki import (
     CLIENT_NAME,
     PKI,
     client_context,
-    make_pki,
 )
 from support.servers import sample, wait_for
 from support.webhooks import JSON, TOKEN, Hook, expected_keys, make_pipeline, queued, webhook
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> PKI:
-    return make_pki(tmp_path / "pki")
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(tmp_path / "state" / "outbox.db")
-    yield box
-    box.close()
-
 
 # -- a full batch over mTLS ------------------------------------------------------------
 
@@ -378,13 +364,13 @@ def test_typical_batches_stay_on_the_loop_and_many_candidates_go_to_a_thread(
     many = [exec_event(i, tag="many") for i in range(ON_LOOP_EVENTS + 1)]  # all match
     with webhook(tmp_path, outbox, None, tokens=None) as hook:
         threads: list[threading.Thread] = []
-        evaluate = hook.app.pipeline.evaluate_body
+        evaluate = hook.app.pipeline.evaluate
 
         def where(*args: Any) -> Any:  # the real evaluation, noting the thread it ran on
             threads.append(threading.current_thread())
             return evaluate(*args)
 
-        hook.app.pipeline.evaluate_body = where  # type: ignore[method-assign]
+        hook.app.pipeline.evaluate = where  # type: ignore[method-assign]
         with httpx.Client(timeout=30) as c:
             for body in (typical, event_list(many), typical, event_list(many[1:])):
                 assert c.post(hook.url, content=body, headers=JSON).status_code == 200

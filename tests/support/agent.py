@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from healert_webhook import backend_contract
 from healert_webhook.config import Settings
-from healert_webhook.detect import Stats
 from healert_webhook.pipeline import make_detector
+from healert_webhook.records import Stats
 from healert_webhook.rules import load_rules
 
 from support.events import exec_event

@@ -157,26 +157,20 @@ def two_rules(prefix: str) -> str:
 def exec_event(i: int, *, sub: str = "exec", verb: str = "get", tag: str = "a",
                user: str = "alice@example.com", ns: str = "payments",
                pod: str = "payments-api-7d9f8b6c4-xkj2p", pad: int = 0) -> dict[str, Any]:
-    """A kubectl exec (WebSocket era: verb get) or port-forward, as the webhook sends it."""
-    event: dict[str, Any] = {
-        "level": "Metadata", "auditID": f"{tag}-{i:08d}-4c1d-9a3e-5b6f7d8e9f00",
-        "stage": "ResponseComplete",
-        "requestURI": f"/api/v1/namespaces/{ns}/pods/{pod}/{sub}?command=sh&stdin=true&tty=true",
-        "verb": verb,
-        "user": {"username": user, "groups": ["oidc:developers", "system:authenticated"]},
-        "sourceIPs": ["10.20.30.40"], "userAgent": "kubectl/v1.31.2 (linux/amd64)",
-        "objectRef": {"resource": "pods", "namespace": ns, "name": pod, "apiVersion": "v1",
-                      "subresource": sub},
-        "responseStatus": {"metadata": {}, "code": 101},
-        "requestReceivedTimestamp": f"2026-11-26T10:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z",
-        "stageTimestamp": f"2026-11-26T10:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z",
-        "annotations": {"authorization.k8s.io/decision": "allow",
-                        "authorization.k8s.io/reason": ""},
-    }
+    """A kubectl exec (WebSocket era: verb get) or port-forward, as the webhook sends it;
+    numbered: `i` makes its auditID and its request time (microseconds) its own."""
+    stamp = f"2026-11-26T10:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z"
+    extra: dict[str, Any] = {}
     if pad:  # RequestResponse-sized events: the object travels along
-        event["level"] = "RequestResponse"
-        event["responseObject"] = {"kind": "Status", "blob": "x" * pad}
-    return go_ordered(event)
+        extra = {"level": "RequestResponse",
+                 "responseObject": {"kind": "Status", "blob": "x" * pad}}
+    return audit_event(
+        verb, "pods", pod, ns, subresource=sub, user=user,
+        groups=("oidc:developers", "system:authenticated"), code=101,
+        audit_id=f"{tag}-{i:08d}-4c1d-9a3e-5b6f7d8e9f00", received=stamp,
+        user_agent="kubectl/v1.31.2 (linux/amd64)",
+        requestURI=f"/api/v1/namespaces/{ns}/pods/{pod}/{sub}?command=sh&stdin=true&tty=true",
+        **extra)
 
 
 def noise_event(i: int) -> dict[str, Any]:
@@ -218,9 +212,11 @@ def fixture_events() -> list[Any]:
 
 
 def event_list(items: list[Any]) -> bytes:
-    """An EventList body exactly as the apiserver sends it."""
+    """An EventList body exactly as the apiserver sends it; items are events, or their
+    JSON already (bytes), which goes in as it is."""
     return orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
-                         "metadata": {}, "items": items})
+                         "metadata": {}, "items": [orjson.Fragment(item) if isinstance(
+                             item, bytes) else item for item in items]})
 
 
 def batch_of_400(tag: str = "a") -> tuple[list[Any], int]:
@@ -410,3 +406,8 @@ def smuggling_event(pad: int = 0) -> dict[str, Any]:
     data["x"] = [fake_end, fake_exec, fake_start]
     event["requestObject"] = {"data": data}
     return go_ordered(event)
+
+
+def as_log_line(event: dict[str, Any]) -> bytes:
+    """`event` as the apiserver writes it to its log: kind and apiVersion first, no newline."""
+    return orjson.dumps({"kind": "Event", "apiVersion": "audit.k8s.io/v1", **event})

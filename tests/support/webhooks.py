@@ -12,12 +12,13 @@ from typing import Any
 import httpx
 
 from healert_webhook import tls
-from healert_webhook.auth import TokenAuth, allow_list
+from healert_webhook.auth import TokenAuth
 from healert_webhook.backend_contract import older_than
 from healert_webhook.config import Settings
-from healert_webhook.detect import Detector, Stats
+from healert_webhook.detect import Detector
 from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline
+from healert_webhook.records import Stats
 from healert_webhook.rules import parse_rules
 from healert_webhook.sources.webhook import WebhookApp
 
@@ -76,9 +77,9 @@ def webhook(tmp_path: Path, outbox: Any, pki: PKI | None, *, names: tuple[str, .
         pipeline = make_pipeline(tmp_path, outbox=outbox)
     else:
         pipeline.outbox = outbox
-    app = WebhookApp(pipeline=pipeline, executor=executor, path="/audit", max_body_bytes=max_body,
-                     tokens=tokens if isinstance(tokens, TokenAuth) else None,
-                     client_names=allow_list(names))
+    settings = Settings(webhook_path="/audit", max_body_bytes=max_body, tls_client_names=names)
+    app = WebhookApp(settings, pipeline, executor,
+                     tokens=tokens if isinstance(tokens, TokenAuth) else None)
     try:
         with serve_app(app, ctx) as running:
             yield Hook(running, app, ctx, pki)

@@ -27,13 +27,17 @@ import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
+if __package__ in (None, ""):  # run as a script: the tests folder holds `support`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.events import event_list
+
 LINE_HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",'
-LIST_HEAD = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
-LIST_TAIL = b"]}"
 BASE_TIME_US = 1_795_687_200 * 1_000_000  # 2026-11-26T10:00:00Z: fixed, never the clock
 GENERATED_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 BYPASS_ANNOTATION = ("policy.admission.k8s.io/bypass", "true")
@@ -104,11 +108,6 @@ class Workload:
 def to_line(item: bytes) -> bytes:
     """An EventList item as an audit log line (kind/apiVersion first, as the apiserver)."""
     return LINE_HEAD + item[1:] + b"\n"
-
-
-def event_list(items: list[bytes]) -> bytes:
-    """An EventList body holding `items`."""
-    return LIST_HEAD + b",".join(items) + LIST_TAIL
 
 
 # --- small deterministic helpers -------------------------------------------------------

@@ -8,16 +8,36 @@ command line reports like every command does (exit 2).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from healert_webhook import exits
+from healert_webhook.commands.base import Settable
+from healert_webhook.config import Settings, env
 from healert_webhook.pipeline import gc_paused
 from healert_webhook.rules import RuleSet, load_rules
 
-EXIT_OK = exits.OK
-EXIT_WARNINGS = exits.FAILED  # strict mode only: valid, but a check failed
+NAME = "validate"
+HELP = "check a rules file and summarise its rules"
+GROUPS: tuple[str, ...] = ("rules",)
+
+
+def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> None:
+    """The file, and whether warnings fail."""
+    add_settings(parser)
+    parser.add_argument("path", nargs="?", type=Path, default=None,
+                        help=f"rules file (default: {env('rules_path')}, ./rules.yaml, or "
+                             "packaged)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 1) on warnings too, for CI")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Validate the file of `args` (else the configured one)."""
+    return run_validate(args.path if args.path is not None else settings.rules_path,
+                        strict=args.strict)
 
 
 def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None = None,
@@ -42,13 +62,13 @@ def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None 
     if strict and ruleset.warnings:
         print(f"{ruleset.source}: {ruleset.warning_count} warning(s), refused in strict mode",
               file=err)
-        return EXIT_WARNINGS
-    return EXIT_OK
+        return exits.FAILED
+    return exits.OK
 
 
 def _gitops_lines(ruleset: RuleSet) -> list[str]:
     """What counts as GitOps-managed, shown only when an enabled rule asks."""
-    if not any(rule.gitops_managed is not None for rule in ruleset.enabled):
+    if not any(rule.check("gitops") is not None for rule in ruleset.enabled):
         return []
     gitops = ruleset.gitops
     return [

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from healert_webhook import exits
+from healert_webhook.commands.check_backend import check_backend
+from healert_webhook.commands.outbox import outbox_command
 from healert_webhook.config import Settings
-from healert_webhook.delivery_cli import check_backend, outbox_command
-from healert_webhook.detect import Friction
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import Friction
 
 from support.backend import Backend, run_backend
 

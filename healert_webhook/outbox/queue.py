@@ -1,9 +1,5 @@
-"""The durable queue between detection and delivery: one SQLite file in WAL mode.
-
-Durability: `synchronous=FULL` makes every commit fsync the WAL, so a webhook batch answered
-2xx (after `store` returned) survives a power loss, not only a process crash (NORMAL would
-survive `kill -9` but could lose the last commits on power loss, and an answered batch is
-promised to be durably stored).
+"""The durable queue between detection and delivery: one SQLite file in WAL mode
+(schema.py opens it; files.py holds its locks).
 
 Tables:
   queue        friction events waiting, oldest first (seq); key UNIQUE, so a resent batch
@@ -24,7 +20,6 @@ and `busy_timeout` let them take turns.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -34,67 +29,26 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from healert_webhook import backend_contract, metrics
 from healert_webhook.backend_contract import ANSWER_MAX
-from healert_webhook.config import Settings
-from healert_webhook.detect import Friction
+from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
+from healert_webhook.outbox.files import hold, identity
+from healert_webhook.outbox.schema import error_reason, open_database
+from healert_webhook.records import Checkpoint, Friction, OutboxError, OutboxFull, StoreResult
 
 log = logging.getLogger(__name__)
 _replaced_log = Limiter(log, per_interval=1, interval=60.0, what="refused outbox writes")
 
-SCHEMA_VERSION = 2
 UNDECODABLE = "_undecodable"  # the event of a row whose stored bytes are not a JSON object
 PRUNE_BATCH = 500  # dead letters deleted per transaction: stores wait for one batch at most
 EXPIRED = "expired: older than the backend's retention ({:g} days), so it would never count"
-BUSY_TIMEOUT_MS = 10_000
 EXPIRE_EVERY = 60.0  # seconds between sweeps of expired delivered keys
-RECOVERY_HINT = (
-    "stop the agent, then run `healert-webhook outbox purge --corrupt` (moves {path} aside "
-    "to {path}.corrupt-<time>; events still in it can be salvaged with "
-    "`sqlite3 {path}.corrupt-<time> .recover`) and start again with an empty outbox")
 
-
-class OutboxError(Exception):
-    """The transaction failed; nothing of it was stored."""
-
-    def __init__(self, message: str, reason: str = "other") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class OutboxFull(OutboxError):
-    """Storing would take the queue over its bound; nothing was stored."""
-
-
-class OutboxCorrupt(OutboxError):
-    """The database file is not a usable SQLite outbox; the message says how to recover."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where the tail of one followed file stands (see docs/internals.md)."""
-
-    source: str
-    path: str
-    dev: int
-    ino: int
-    offset: int
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    """What one `store` call did."""
-
-    stored: int
-    duplicates: int
-    stored_keys: frozenset[str] = frozenset()  # the keys queued by this call
-    expired: int = 0  # set aside as dead letters: older than the backend's retention
 
 
 @dataclass(frozen=True)
@@ -136,62 +90,6 @@ class OutboxStats:
     delivered_remembered: int
 
 
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 0 -> 1
-    (
-        """CREATE TABLE queue (
-             seq INTEGER PRIMARY KEY AUTOINCREMENT,
-             key TEXT NOT NULL UNIQUE,
-             rule TEXT NOT NULL,
-             event BLOB NOT NULL,
-             created REAL NOT NULL,
-             attempts INTEGER NOT NULL DEFAULT 0,
-             last_error TEXT,
-             in_flight REAL)""",
-        """CREATE TABLE delivered (key TEXT PRIMARY KEY, delivered REAL NOT NULL)
-             WITHOUT ROWID""",
-        "CREATE INDEX delivered_time ON delivered (delivered)",
-        """CREATE TABLE dead (
-             key TEXT PRIMARY KEY, rule TEXT NOT NULL, event BLOB NOT NULL,
-             created REAL NOT NULL, dead_at REAL NOT NULL, status INTEGER,
-             reason TEXT NOT NULL, answer TEXT)""",
-        """CREATE TABLE checkpoints (
-             source TEXT PRIMARY KEY, path TEXT NOT NULL, dev INTEGER NOT NULL,
-             ino INTEGER NOT NULL, "offset" INTEGER NOT NULL, fingerprint TEXT NOT NULL,
-             updated REAL NOT NULL)""",
-        "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-        "INSERT INTO meta VALUES ('depth', 0), ('logged_seq', 0)",
-        # an exact queue depth without count(*) over 100k rows, correct across processes
-        """CREATE TRIGGER queue_in AFTER INSERT ON queue BEGIN
-             UPDATE meta SET value = value + 1 WHERE name = 'depth'; END""",
-        """CREATE TRIGGER queue_out AFTER DELETE ON queue BEGIN
-             UPDATE meta SET value = value - 1 WHERE name = 'depth'; END""",
-    ),
-    # 1 -> 2: the oldest dead letters are found without reading them all (prune_dead). An
-    # agent of schema 1 refuses this file; the way back is `DROP INDEX dead_time;
-    # PRAGMA user_version = 1` (nothing else changed).
-    (
-        "CREATE INDEX dead_time ON dead (dead_at, key)",
-    ),
-)
-
-
-def error_reason(exc: BaseException) -> str:
-    """A short, bounded label for a SQLite failure (metric label and /readyz text)."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith("SQLITE_FULL"):
-        return "disk_full"
-    if name.startswith("SQLITE_READONLY"):
-        return "read_only"
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-        return "corrupt"
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return "busy"
-    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")):
-        return "io"
-    return "other"
-
-
 def _dumps(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
 
@@ -209,12 +107,12 @@ def _loads(blob: bytes | str) -> dict[str, Any]:
 class Outbox:
     """The SQLite outbox (see the module docstring)."""
 
-    def __init__(self, path: Path, *, max_queued: int = 100_000,
-                 dedup_window: float = 86_400.0, retention_days: float = 30.0) -> None:
+    def __init__(self, path: Path, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
         self.path = Path(path)
-        self.max_queued = max_queued
-        self.dedup_window = dedup_window
-        self.retention_days = retention_days
+        self.max_queued = settings.outbox_max_events
+        self.dedup_window = settings.dedup_window
+        self.retention_days = settings.backend_retention_days
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._last_expire = -EXPIRE_EVERY  # monotonic: a clock step neither skips nor repeats
@@ -222,13 +120,13 @@ class Outbox:
         self._failure: str | None = None
         self._full = False  # the last store was refused for want of room
         self._full_depth = 0  # the queue's depth when it was refused
-        self._holder = _hold(self.path)
+        self._holder = hold(self.path)
         try:
-            self._conn = self._open()
+            self._conn = open_database(self.path)
         except BaseException:
             self._holder.close()
             raise
-        self._identity = _identity(self.path)
+        self._identity = identity(self.path)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Outbox:
@@ -238,73 +136,7 @@ class Outbox:
         except OSError as exc:
             raise OutboxError(f"state directory {settings.state_dir}: "
                               f"{exc.strerror or exc}", "io") from exc
-        return cls(settings.outbox_path, max_queued=settings.outbox_max_events,
-                   dedup_window=settings.dedup_window,
-                   retention_days=settings.backend_retention_days)
-
-    # -- opening -------------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutboxError(f"outbox directory {self.path.parent}: {exc.strerror}",
-                              "io") from exc
-        try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None,
-                                   check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}", error_reason(exc)) from exc
-        try:
-            self._configure(conn)
-            self._check_integrity(conn)
-            self._migrate(conn)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            reason = error_reason(exc)
-            if reason == "corrupt" or "not a database" in str(exc):
-                raise OutboxCorrupt(
-                    f"outbox database {self.path} is corrupt ({exc}); "
-                    + RECOVERY_HINT.format(path=self.path), "corrupt") from exc
-            raise OutboxError(f"cannot open outbox {self.path}: {exc}", reason) from exc
-        except OutboxError:
-            conn.close()
-            raise
-        return conn
-
-    @staticmethod
-    def _configure(conn: sqlite3.Connection) -> None:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise OutboxError(f"outbox could not switch to WAL mode (got {mode})", "io")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-
-    def _check_integrity(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute("PRAGMA quick_check").fetchone()
-        if row is None or row[0] != "ok":
-            raise OutboxCorrupt(
-                f"outbox database {self.path} is corrupt (quick_check: {row and row[0]}); "
-                + RECOVERY_HINT.format(path=self.path), "corrupt")
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise OutboxError(
-                f"outbox {self.path} has schema version {version}, newer than this agent's "
-                f"{SCHEMA_VERSION}: run a newer agent or move the file aside", "version")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _MIGRATIONS[target - 1]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            log.info("outbox %s migrated to schema version %d", self.path, target)
+        return cls(settings.outbox_path, settings)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -315,7 +147,7 @@ class Outbox:
         directory), the open database would take writes that nobody will ever read:
         every batch answered 200 from then on would be lost at the next restart.
         """
-        if _identity(self.path) != self._identity:
+        if identity(self.path) != self._identity:
             self._failure = "replaced"
             _replaced_log.error(
                 "outbox file %s is no longer the one this process opened (moved, deleted or "
@@ -457,7 +289,7 @@ class Outbox:
             metrics.OUTBOX_FULL.set(1)
             raise OutboxFull(
                 f"outbox full: {depth - added} queued and this store would add {added}, over "
-                f"HEALERT_OUTBOX_MAX_EVENTS={self.max_queued}; nothing of it was stored "
+                f"{env('outbox_max_events')}={self.max_queued}; nothing of it was stored "
                 "(deliveries make room; raise the bound if the backend is down for long)",
                 "full")
 
@@ -479,7 +311,7 @@ class Outbox:
 
     def writable(self) -> str | None:
         """None when the outbox can take writes, else why not (for /readyz)."""
-        if _identity(self.path) != self._identity:
+        if identity(self.path) != self._identity:
             return f"outbox file {self.path} was moved, deleted or replaced: restart the agent"
         if self._failure is not None:
             return f"outbox writes failing: {self._failure}"
@@ -489,7 +321,7 @@ class Outbox:
         if self._full and depth < self._full_depth:  # room was made (by any process)
             self._room_made()
         if self._full or depth >= self.max_queued:
-            return (f"outbox full ({depth} queued, HEALERT_OUTBOX_MAX_EVENTS="
+            return (f"outbox full ({depth} queued, {env('outbox_max_events')}="
                     f"{self.max_queued}): batches are refused until deliveries make room")
         return None
 
@@ -612,18 +444,21 @@ class Outbox:
 
     # -- operators -----------------------------------------------------------------------
 
-    def stats(self) -> OutboxStats:
-        """Depth, oldest event, in-flight, dead letters and remembered delivered keys."""
+    def stats(self, *, full: bool = True) -> OutboxStats:
+        """Depth, oldest event, dead letters, and with `full` the costlier counts of rows
+        in flight and remembered delivered keys (-1 without)."""
         with self._lock:
             try:
                 conn = self._conn
                 depth = conn.execute("SELECT value FROM meta WHERE name = 'depth'").fetchone()[0]
                 oldest = conn.execute(
                     "SELECT created FROM queue ORDER BY seq LIMIT 1").fetchone()
-                flight = conn.execute(
-                    "SELECT count(*) FROM queue WHERE in_flight IS NOT NULL").fetchone()[0]
                 dead = conn.execute("SELECT count(*) FROM dead").fetchone()[0]
-                seen = conn.execute("SELECT count(*) FROM delivered").fetchone()[0]
+                flight = seen = -1
+                if full:
+                    flight = conn.execute(
+                        "SELECT count(*) FROM queue WHERE in_flight IS NOT NULL").fetchone()[0]
+                    seen = conn.execute("SELECT count(*) FROM delivered").fetchone()[0]
             except sqlite3.Error as exc:
                 raise OutboxError(f"outbox read failed: {exc}", error_reason(exc)) from exc
         return OutboxStats(depth, oldest[0] if oldest else None, flight, dead, seen)
@@ -631,29 +466,23 @@ class Outbox:
     def refresh_metrics(self, *, force: bool = False) -> OutboxStats | None:
         """Update the outbox gauges, at most once a second unless `force`; never raises.
 
-        Three indexed lookups (the depth counter, the head row, the dead letters); the
-        returned stats leave the costlier counts (in flight, delivered) at -1."""
+        Three indexed lookups (`stats` without its costlier counts)."""
         now = time.monotonic()
         if not force and now - self._last_metrics < 1.0:
             return None
         self._last_metrics = now
         try:
-            with self._lock:
-                conn = self._conn
-                depth = conn.execute("SELECT value FROM meta WHERE name = 'depth'").fetchone()[0]
-                oldest = conn.execute(
-                    "SELECT created FROM queue ORDER BY seq LIMIT 1").fetchone()
-                dead = conn.execute("SELECT count(*) FROM dead").fetchone()[0]
-        except sqlite3.Error as exc:
+            stats = self.stats(full=False)
+        except OutboxError as exc:
             log.warning("outbox metrics not updated: %s", exc)
             return None
-        metrics.OUTBOX_DEPTH.set(depth)
-        if self._full and depth < self._full_depth:  # room was made (by any process)
+        metrics.OUTBOX_DEPTH.set(stats.depth)
+        if self._full and stats.depth < self._full_depth:  # room was made (by any process)
             self._room_made()
-        age = 0.0 if oldest is None else max(0.0, time.time() - oldest[0])
-        metrics.OUTBOX_OLDEST_AGE.set(age)
-        metrics.DEAD_LETTERS.set(dead)
-        return OutboxStats(depth, oldest[0] if oldest else None, -1, dead, -1)
+        oldest = stats.oldest_created
+        metrics.OUTBOX_OLDEST_AGE.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        metrics.DEAD_LETTERS.set(stats.dead)
+        return stats
 
     def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         """Dead letters, oldest first."""
@@ -713,72 +542,3 @@ class Outbox:
         with self._lock:
             self._conn.close()
             self._holder.close()
-
-
-def _lock_path(path: Path) -> Path:
-    return Path(f"{path}.lock")
-
-
-def _hold(path: Path) -> IO[bytes]:
-    """A shared lock on the outbox for as long as this process has it open.
-
-    Any number of processes may share it (the agent, `replay --forward`, `outbox`
-    commands); `purge --corrupt` needs it exclusively, so it cannot move the file away
-    from under a process that is writing to it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = open(_lock_path(path), "ab")  # noqa: SIM115 - held until close()
-        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
-    except OSError as exc:
-        raise OutboxError(f"cannot lock the outbox {path}: {exc.strerror or exc}",
-                          "io") from exc
-    return handle
-
-
-def exclusive(path: Path) -> IO[bytes] | None:
-    """The outbox's lock held exclusively, or None while any process has the outbox open."""
-    handle = open(_lock_path(path), "ab")  # noqa: SIM115 - the caller closes it
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
-def quick_check(path: Path) -> str:
-    """SQLite's quick_check of the file, read-only: "ok", or what is wrong with it."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        return str(exc)
-    try:
-        row = conn.execute("PRAGMA quick_check").fetchone()
-        return str(row[0]) if row else "no answer"
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    finally:
-        conn.close()
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`, or None when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def move_aside(path: Path) -> list[Path]:
-    """Rename a (corrupt) outbox and its WAL files to `<name>.corrupt-<time>`; return them."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    moved = []
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(f"{path}{suffix}")
-        if source.exists():
-            target = Path(f"{path}.corrupt-{stamp}{suffix}")
-            source.rename(target)
-            moved.append(target)
-    return moved

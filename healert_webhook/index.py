@@ -1,0 +1,204 @@
+"""The rule index: from five fields of an event, the rules that may match it, or why none.
+
+Enabled rules are compiled once into a three-level index, resource -> subresource ->
+verb, built by `build_index`:
+
+    by_resource: {resource: SubMap}      any_resource: SubMap   (rules naming no resource)
+    SubMap  = ({subresource: VerbMap}, VerbMap for other subresources)
+    VerbMap = ({verb: Leaf}, Leaf for other verbs)
+    Leaf    = (candidate rules, True when every candidate has ignore_system) | None
+
+A rule is a candidate for an event when the event's resource is one it names (or it names
+none), its subresource is the one it names (or it names none) and not one it ignores, and
+its verb is one it names (or it names none); `scope_failure` states the same per rule.
+Subresource None and "" are the same key. Most audit events (controllers watching leases,
+kubelets reading pods) find None after three dict lookups and cost nothing more.
+
+`Index.rule_out` is detection's fast path, the one place it is written: the stage, the
+index, then two cheap filters settled once for all candidates, the excluded namespaces
+(the rules' global ones plus the agent's own) and, when the leaf's flag says every
+candidate ignores system actors, an internal user who impersonates nobody. It reads the
+event through `.get`, so it decides alike on a parsed event (a dict) and on simdjson's
+reading of one (prefilter.py); everything it reads is a field at a fixed place of the
+event (stage, verb, objectRef.resource, .subresource, .namespace, user.username,
+impersonatedUser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from healert_webhook.audit import FIRING_STAGES, QUIET_STAGES, is_internal_actor
+from healert_webhook.rules import Rule
+
+# The rules that may match, and whether all of them ignore system actors.
+Match = tuple[tuple[Rule, ...], bool]
+Leaf = Match | None  # None: no rule can match
+# resource -> (subresource -> (verb -> leaf, leaf for other verbs), other subresources)
+VerbMap = tuple[dict[Any, Leaf], Leaf]
+SubMap = tuple[dict[Any, VerbMap], VerbMap]
+_EMPTY: dict[str, Any] = {}
+
+
+class Undecidable(Exception):
+    """A field the fast path reads is not of a type it can decide on (the event must be
+    looked at in full: detection counts it as invalid)."""
+
+
+def _impersonation(event: Any) -> Any:
+    return event.get("impersonatedUser")
+
+
+# --- the index --------------------------------------------------------------------------
+#
+# Built from positions into the rule list, grouped once per level, so the work is the
+# size of the index itself: each rule once under every resource, subresource and verb it
+# names, and the rules that name none (of a level) once under every key the others name.
+# Candidates stay in the rules' order: two position lists, each ascending, are merged.
+
+def _leaf(rules: Sequence[Rule], at: Sequence[int]) -> Leaf:
+    if not at:
+        return None
+    chosen = tuple(rules[i] for i in at)
+    return chosen, all(rule.ignore_system for rule in chosen)
+
+
+def _merged(general: list[int], named: list[int]) -> list[int]:
+    """Two ascending position lists as one (sorted() merges two runs in linear time)."""
+    if not named:
+        return general
+    return sorted(general + named) if general else named
+
+
+def _verb_map(rules: Sequence[Rule], at: list[int]) -> VerbMap:
+    general = [i for i in at if rules[i].verbs is None]
+    named: dict[str, list[int]] = {}
+    for i in at:
+        for verb in rules[i].verbs or ():
+            named.setdefault(verb, []).append(i)
+    by_verb = {verb: _leaf(rules, _merged(general, found)) for verb, found in named.items()}
+    return by_verb, _leaf(rules, general)
+
+
+def _sub_map(rules: Sequence[Rule], at: list[int]) -> SubMap:
+    general = [i for i in at if rules[i].subresource is None]
+    named: dict[Any, list[int]] = {}
+    ignoring: dict[Any, set[int]] = {}
+    for i in at:
+        rule = rules[i]
+        if rule.subresource is not None:
+            named.setdefault(rule.subresource, []).append(i)
+        for sub in rule.ignore_subresources:
+            ignoring.setdefault(sub, set()).add(i)
+    by_sub: dict[Any, VerbMap] = {}
+    # None and "" are the same subresource: one map serves both keys.
+    by_sub[None] = by_sub[""] = _verb_map(rules, general)
+    for sub in named.keys() | ignoring.keys():
+        if sub in by_sub:
+            continue
+        skip = ignoring.get(sub, ())
+        chosen = [i for i in _merged(general, named.get(sub, [])) if i not in skip]
+        by_sub[sub] = _verb_map(rules, chosen)
+    return by_sub, _verb_map(rules, general)
+
+
+def build_index(rules: Sequence[Rule]) -> tuple[dict[Any, SubMap], SubMap]:
+    """Index enabled rules by resource, subresource and verb (see the module docstring).
+
+    The work is proportional to the index it builds (see above), not to the number of
+    rules times the number of keys.
+    """
+    general = [i for i, rule in enumerate(rules) if rule.resources is None]
+    named: dict[str, list[int]] = {}
+    for i, rule in enumerate(rules):
+        for res in rule.resources or ():
+            named.setdefault(res, []).append(i)
+    by_resource = {res: _sub_map(rules, _merged(general, found))
+                   for res, found in named.items()}
+    return by_resource, _sub_map(rules, general)
+
+
+def scope_failure(rule: Rule, resource: str | None, subresource: str | None,
+                  verb: str) -> str | None:
+    """Why `rule` is not a candidate for this resource, subresource and verb, or None.
+
+    The same decision the index makes, stated per rule (`resource`, `subresource` or
+    `verb`), for explanations.
+    """
+    sub = subresource or None
+    if rule.resources is not None and resource not in rule.resources:
+        return "resource"
+    if (rule.subresource is not None and rule.subresource != sub) \
+            or sub in rule.ignore_subresources:
+        return "subresource"
+    if rule.verbs is not None and verb not in rule.verbs:
+        return "verb"
+    return None
+
+
+
+class Index:
+    """The compiled index of a rule set and the namespaces no rule reports."""
+
+    def __init__(self, rules: Sequence[Rule], excluded_namespaces: frozenset[str]) -> None:
+        self.by_resource, self.any_resource = build_index(rules)
+        self.excluded = excluded_namespaces
+
+    def leaf(self, resource: Any, subresource: Any, verb: Any) -> Leaf:
+        """The leaf for these objectRef fields and verb (None: no rule can match)."""
+        subs, other_sub = self.by_resource.get(resource, self.any_resource)
+        verbs, other_verb = subs.get(subresource, other_sub)
+        return verbs.get(verb, other_verb)
+
+    def rule_out(self, event: Any,
+                 impersonation: Callable[[Any], Any] = _impersonation) -> str | Match:
+        """Detection's fast path for one event (see the module docstring): the skip
+        reason (`stage`, `no_rule`, `namespace`, `system_actor`), or the leaf of rules
+        that may match. `event` is a dict or anything read alike (`.get`, `[...]`); an
+        objectRef that is not a dict needs `as_dict()`. `impersonation` reads
+        `impersonatedUser` (a reader may have a cheaper way for an absent key).
+
+        Raises Undecidable when a field is of a type it cannot decide on.
+        """
+        try:
+            stage = event["stage"]
+            if stage not in FIRING_STAGES:
+                if stage in QUIET_STAGES:
+                    return "stage"
+                raise Undecidable("stage")
+            ref = event.get("objectRef")
+            if ref is None:
+                ref = _EMPTY
+            elif ref.__class__ is not dict:
+                ref = ref.as_dict()
+            verb = event.get("verb")
+            if verb.__class__ is not str and verb is not None \
+                    and not isinstance(verb, int | float):
+                # a list or an object, which a parsed event cannot be looked up by (a
+                # reader's proxy of one could): detection says it is invalid
+                raise Undecidable("verb")
+            subs, other_sub = self.by_resource.get(ref.get("resource"), self.any_resource)
+            verbs, other_verb = subs.get(ref.get("subresource"), other_sub)
+            leaf = verbs.get(verb, other_verb)
+            if leaf is None:
+                return "no_rule"
+            if verb.__class__ is not str:
+                raise Undecidable("verb")
+            namespace = ref.get("namespace")
+            if namespace and namespace in self.excluded:
+                return "namespace"
+            if leaf[1]:
+                user = event.get("user")
+                username = user.get("username") if user else None
+                if not username:
+                    internal = True  # no user: a failed authentication
+                elif username.__class__ is str:
+                    internal = is_internal_actor(username)
+                else:
+                    raise Undecidable("username")
+                if internal and not impersonation(event):
+                    return "system_actor"
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise Undecidable(type(exc).__name__) from None
+        return leaf

@@ -1,0 +1,70 @@
+"""One candidate event: the fields its rules' checks read, each read once.
+
+An event becomes a candidate when the rule index found rules that may match it; only
+then are its fields read beyond the five the index decides on. What only some checks
+ask for (the user agent, the actor's groups, GitOps evidence, whether a GitOps
+controller wrote) is computed on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from healert_webhook import audit
+from healert_webhook.rules.matchers import GitOps
+
+
+class Candidate:
+    """The fields of one candidate event the rule checks read, extracted once."""
+
+    __slots__ = ("_agent", "_controller", "_evidence", "_gitops", "_groups", "actor", "code",
+                 "event", "name", "namespace", "resource", "scope_ns", "subresource", "verb")
+
+    def __init__(self, event: dict[str, Any], ref: dict[str, Any], gitops: GitOps) -> None:
+        self.event = event
+        self.resource: str = ref.get("resource") or ""
+        self.subresource: str = ref.get("subresource") or ""
+        self.name: str = ref.get("name") or ""
+        self.namespace: str = ref.get("namespace") or ""
+        # A namespace's own events (create, delete) belong to it, for the exclusions.
+        self.scope_ns = self.name if self.resource == "namespaces" and not self.namespace \
+            else self.namespace
+        self.verb: str = event["verb"]
+        self.actor = audit.resolve_actor(event)
+        self.code = audit.response_code(event)
+        self._gitops = gitops
+        self._agent: str | None = None
+        self._groups: tuple[str, ...] | None = None
+        self._controller: bool | None = None
+        self._evidence: tuple[str | None] | None = None
+
+    def agent(self) -> str:
+        """The User-Agent, lower-cased."""
+        if self._agent is None:
+            self._agent = audit.user_agent(self.event).lower()
+        return self._agent
+
+    def groups(self) -> tuple[str, ...]:
+        """The actor's groups."""
+        if self._groups is None:
+            self._groups = audit.actor_groups(self.event, self.actor)
+        return self._groups
+
+    def response(self) -> str | None:
+        """`success`, `denied` or `error`; None without a response code."""
+        return audit.response_class(self.code)
+
+    def by_controller(self) -> bool:
+        """True when a configured GitOps controller made (or impersonated for) the request."""
+        if self._controller is None:
+            match, actor = self._gitops.controllers, self.actor
+            self._controller = match.matches(actor.authenticated) or match.matches(actor.name)
+        return self._controller
+
+    def gitops_evidence(self) -> str | None:
+        """What marks the carried object as GitOps-managed, or None."""
+        if self._evidence is None:
+            gitops = self._gitops
+            self._evidence = (audit.gitops_evidence(self.event, gitops.annotations,
+                                                    gitops.labels, gitops.field_managers),)
+        return self._evidence[0]

@@ -1,0 +1,479 @@
+"""The conditions a rule can state, one row each: the only place a condition is defined.
+
+A row says which YAML keys state the condition, how each key's value is read and
+checked, how the values compile into the rule's `Check`, the skip reasons it gives (a
+detection that fails it is counted under that reason), and the lowest audit level at
+which it can be decided (what the audit policy must record for it). The check itself
+says whether a candidate event passes, explains a failure, and summarises itself for
+`validate`. The order of the rows is the order checks are tried, from the broadest to
+the most specific: when no rule fires, an event's skip reason is the failure of the
+rule that got furthest (the closest miss). Adding a condition is adding a row here (and
+a field to Candidate when it reads a new part of the event).
+
+What the detector's index settles (resource, subresource, verb) is a rule's scope, not
+a condition: see SCOPE_KEYS and load.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from healert_webhook import audit
+from healert_webhook.rules.matchers import NameMatch
+from healert_webhook.rules.model import Check, shown
+from healert_webhook.rules.yamlnodes import (
+    INT,
+    Node,
+    Problems,
+    read_bool,
+    read_one_or_more,
+    read_string,
+    read_string_list,
+)
+
+if TYPE_CHECKING:
+    from healert_webhook.rules.candidate import Candidate
+
+# The lowest audit level at which a condition can be decided.
+METADATA, REQUEST, REQUEST_RESPONSE = "Metadata", "Request", "RequestResponse"
+Reader = Callable[[Problems, str, Node, str], Any]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One row of the table (see the module docstring)."""
+
+    keys: tuple[str, ...]  # the YAML keys that state it
+    read: Reader  # (problems, key, value node, where) -> the key's value, None if unusable
+    make: Callable[[Mapping[str, Any]], Check | None]  # the keys' values -> the check
+    reasons: tuple[str, ...]  # skip reasons, in the order tried
+    level: str  # the lowest audit level that shows what it reads
+    on_rule: bool = False  # its keys sit on the rule itself, not under `match`
+
+
+def _who(cand: Candidate) -> str:
+    return shown(cand.actor.name) if cand.actor.name else "(nobody)"
+
+
+def _names(match: NameMatch | None) -> str:
+    return match.text().replace("|", ", ") if match is not None else ""
+
+
+# --- the checks ---------------------------------------------------------------------------
+
+class SystemActor(Check):
+    """`ignore_system: true`: Kubernetes' own actors never fire the rule."""
+
+    __slots__ = ()
+    reasons = ("system_actor",)
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`system_actor` when the actor is internal."""
+        return "system_actor" if cand.actor.internal else None
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """Who the internal actor is."""
+        return f"the actor {_who(cand)} is internal and the rule has ignore_system: true"
+
+    def summary(self) -> str:
+        """Nothing: `validate` shows the actors in a column of its own."""
+        return ""
+
+
+class IgnoreNamespaces(Check):
+    """`ignore_namespaces`: the rule skips these namespaces (exact names)."""
+
+    __slots__ = ("names",)
+    reasons = ("namespace",)
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`namespace` when the event's namespace is one of them."""
+        scope = cand.scope_ns
+        return "namespace" if scope and scope in self.names else None
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """Which namespace."""
+        return f"namespace {shown(cand.scope_ns)} is in the rule's ignore_namespaces"
+
+    def summary(self) -> str:
+        """`not-namespace=a|b`."""
+        return "not-namespace=" + "|".join(sorted(self.names))
+
+
+class NamespaceContains(Check):
+    """`namespace_contains`: a case-insensitive part of the namespace's name."""
+
+    __slots__ = ("part",)
+    reasons = ("namespace_contains",)
+
+    def __init__(self, part: str) -> None:
+        self.part = part.lower()
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`namespace_contains` when the namespace lacks the part."""
+        return None if self.part in cand.scope_ns.lower() else "namespace_contains"
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """The namespace and the part it lacks."""
+        return f"namespace {shown(cand.scope_ns)} does not contain {self.part!r}"
+
+    def summary(self) -> str:
+        """`namespace~part`."""
+        return f"namespace~{self.part}"
+
+
+class Users(Check):
+    """`users` / `ignore_users`: the actor is (is not) one of these names or prefixes."""
+
+    __slots__ = ("exclude", "include")
+    reasons = ("user",)
+
+    def __init__(self, include: NameMatch | None, exclude: NameMatch | None) -> None:
+        self.include, self.exclude = include, exclude
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`user` when the actor is not included, or is excluded."""
+        name = cand.actor.name
+        if (self.include is not None and not self.include.matches(name)) \
+                or (self.exclude is not None and self.exclude.matches(name)):
+            return "user"
+        return None
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """Which list the actor failed."""
+        if self.include is not None and not self.include.matches(cand.actor.name):
+            return f"the actor {_who(cand)} is not one of users {_names(self.include)}"
+        return f"the actor {_who(cand)} is in ignore_users {_names(self.exclude)}"
+
+    def summary(self) -> str:
+        """`user=a|b not-user=c*`."""
+        return _pair("user", self.include, self.exclude)
+
+
+class Groups(Check):
+    """`groups` / `ignore_groups`: one of the actor's groups is (none is) one of these."""
+
+    __slots__ = ("exclude", "include")
+    reasons = ("group",)
+
+    def __init__(self, include: NameMatch | None, exclude: NameMatch | None) -> None:
+        self.include, self.exclude = include, exclude
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`group` when no group is included, or one is excluded."""
+        groups = cand.groups()
+        if (self.include is not None and not self.include.any_of(groups)) \
+                or (self.exclude is not None and self.exclude.any_of(groups)):
+            return "group"
+        return None
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """The actor's groups and the list they failed."""
+        groups = ", ".join(shown(g) for g in cand.groups()) or "(none)"
+        if self.include is not None and not self.include.any_of(cand.groups()):
+            return f"none of the actor's groups ({groups}) is in groups {_names(self.include)}"
+        return f"the actor's groups ({groups}) meet ignore_groups {_names(self.exclude)}"
+
+    def summary(self) -> str:
+        """`group=a not-group=b`."""
+        return _pair("group", self.include, self.exclude)
+
+
+def _pair(label: str, include: NameMatch | None, exclude: NameMatch | None) -> str:
+    parts = []
+    if include is not None:
+        parts.append(f"{label}={include.text()}")
+    if exclude is not None:
+        parts.append(f"not-{label}={exclude.text()}")
+    return " ".join(parts)
+
+
+class UserAgent(Check):
+    """`user_agent_contains` / `ignore_user_agent_contains`, case-insensitive."""
+
+    __slots__ = ("exclude", "include")
+    reasons = ("user_agent",)
+
+    def __init__(self, include: tuple[str, ...] | None, exclude: tuple[str, ...]) -> None:
+        self.include, self.exclude = include, exclude
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`user_agent` when the agent holds none of the parts, or one it must not."""
+        agent = cand.agent()
+        if (self.include is not None and not any(a in agent for a in self.include)) \
+                or any(a in agent for a in self.exclude):
+            return "user_agent"
+        return None
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """The user agent and the parts it failed."""
+        agent = shown(audit.user_agent(cand.event))
+        if self.include is not None and not any(a in cand.agent() for a in self.include):
+            return f"user agent {agent} contains none of " + ", ".join(self.include)
+        return f"user agent {agent} contains one of " + ", ".join(self.exclude)
+
+    def summary(self) -> str:
+        """`agent~kubectl not-agent~argocd`."""
+        parts = []
+        if self.include:
+            parts.append("agent~" + "|".join(self.include))
+        if self.exclude:
+            parts.append("not-agent~" + "|".join(self.exclude))
+        return " ".join(parts)
+
+
+class Response(Check):
+    """`response`: the class of the apiserver's answer (success, denied, error)."""
+
+    __slots__ = ("classes",)
+    reasons = ("response",)
+
+    def __init__(self, classes: frozenset[str]) -> None:
+        self.classes = classes
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`response` when the answer is of another class, or missing."""
+        return None if cand.response() in self.classes else "response"
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """The code, its class, and the classes asked for."""
+        code = cand.code if cand.code is not None else "(none)"
+        return (f"the response {code} is {cand.response() or 'missing'}, not "
+                + " or ".join(sorted(self.classes)))
+
+    def summary(self) -> str:
+        """`response=denied|error`."""
+        return "response=" + "|".join(sorted(self.classes))
+
+
+class Annotation(Check):
+    """`annotation: key=value` on the audit event or on the object it carries."""
+
+    __slots__ = ("key", "value")
+    reasons = ("annotation",)
+
+    def __init__(self, key: str, value: str) -> None:
+        self.key, self.value = key, value
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`annotation` when neither the event nor its object has it."""
+        return None if audit.has_annotation(cand.event, self.key, self.value) \
+            else "annotation"
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """What was looked for, and where."""
+        return f"no annotation {self.key}={self.value} on the event or the object it carries"
+
+    def summary(self) -> str:
+        """`annotation=key=value`."""
+        return f"annotation={self.key}={self.value}"
+
+
+class GitOpsManaged(Check):
+    """`gitops_managed`: the object is (is not) managed by a GitOps tool; a write by a
+    GitOps controller itself is the tool applying Git and never matches."""
+
+    __slots__ = ("managed",)
+    reasons = ("gitops_controller", "gitops")
+
+    def __init__(self, managed: bool) -> None:
+        self.managed = managed
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`gitops_controller` for the tool's own write, `gitops` when the evidence
+        disagrees with what the rule asks."""
+        if cand.by_controller():
+            return "gitops_controller"
+        return None if (cand.gitops_evidence() is not None) is self.managed else "gitops"
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """Who wrote, or what the object shows (or that the event carries no object)."""
+        if reason == "gitops_controller":
+            return (f"written by the GitOps controller {shown(cand.actor.authenticated)}: "
+                    "applying Git is not drift")
+        evidence = cand.gitops_evidence()
+        if evidence is not None:
+            return f"the object is GitOps-managed ({evidence})"
+        if audit.carried_metadata(cand.event) is None:
+            return ("the event carries no object, so GitOps ownership cannot be seen (log "
+                    "this request at RequestResponse)")
+        return "the object carries none of the GitOps annotations, labels or field managers"
+
+    def summary(self) -> str:
+        """`gitops-managed=yes|no`."""
+        return f"gitops-managed={'yes' if self.managed else 'no'}"
+
+    def fired(self, cand: Candidate) -> str:
+        """What a firing adds to its explanation: the evidence, when it asks for one."""
+        return f"; the object is GitOps-managed ({cand.gitops_evidence()})" \
+            if self.managed else ""
+
+
+# --- reading the YAML values --------------------------------------------------------------
+
+def read_names(ctx: Problems, key: str, node: Node, where: str) -> NameMatch | None:
+    """Names and prefixes (`oidc:*`); an `ignore_` list may be empty, the others not."""
+    return name_match(ctx, node, where, include=not key.startswith("ignore_"))
+
+
+def name_match(ctx: Problems, node: Node, where: str, *, include: bool) -> NameMatch | None:
+    """Names and prefixes (`oidc:*`); with `include`, an empty list is an error (it would
+    match nobody)."""
+    values = read_one_or_more(ctx, node, where)
+    if values is None:
+        return None
+    if include and not values:
+        ctx.error(node, where, "an empty list matches nobody; leave the field out instead")
+    exact: set[str] = set()
+    prefixes: set[str] = set()
+    for value in values:
+        star = value.find("*")
+        if star == -1:
+            exact.add(value)
+        elif star != len(value) - 1:
+            ctx.error(node, where, f"{value!r}: '*' may only end a name (a prefix such as "
+                      "'oidc:*')")
+        elif len(value) == 1:
+            ctx.error(node, where, "'*' alone matches everyone; leave the field out instead")
+        else:
+            prefixes.add(value[:-1])
+    return NameMatch(frozenset(exact), tuple(sorted(prefixes)))
+
+
+def _read_response(ctx: Problems, key: str, node: Node, where: str) -> frozenset[str] | None:
+    classes = ", ".join(audit.RESPONSE_CLASSES)
+    if isinstance(node, yaml.ScalarNode) and node.tag == INT:
+        ctx.error(node, where, f"takes a class of response, not a code: one or more of "
+                  f"{classes} (success is 1xx-3xx, denied is 401 and 403, error any other "
+                  "4xx or 5xx)")
+        return None
+    values = read_one_or_more(ctx, node, where)
+    if values is None:
+        return None
+    for value in values:
+        if value not in audit.RESPONSE_CLASSES:
+            ctx.error(node, where, f"{value!r} is not one of {classes}")
+    if not values:
+        ctx.error(node, where, "an empty list matches no response; leave the field out")
+    return frozenset(values)
+
+
+def _read_annotation(ctx: Problems, key: str, node: Node,
+                     where: str) -> tuple[str, str] | None:
+    text = read_string(ctx, node, where)
+    if text is None:
+        return None
+    akey, sep, aval = text.partition("=")
+    if not sep or not akey.strip():
+        ctx.error(node, where, f"expected \"key=value\", got {text!r}")
+        return None
+    return akey.strip(), aval.strip()
+
+
+def _read_parts(ctx: Problems, key: str, node: Node, where: str) -> tuple[str, ...] | None:
+    parts = read_one_or_more(ctx, node, where)
+    return None if parts is None else tuple(part.lower() for part in parts)
+
+
+def _read_list(ctx: Problems, key: str, node: Node, where: str) -> list[str] | None:
+    return read_string_list(ctx, node, where)
+
+
+def _read_string(ctx: Problems, key: str, node: Node, where: str) -> str | None:
+    return read_string(ctx, node, where)
+
+
+def _read_bool(ctx: Problems, key: str, node: Node, where: str) -> bool | None:
+    return read_bool(ctx, node, where)
+
+
+# --- the table ------------------------------------------------------------------------------
+
+SYSTEM_ACTOR = SystemActor()
+
+
+def _ignored(values: Mapping[str, Any]) -> Check | None:
+    names = values.get("ignore_namespaces")
+    return IgnoreNamespaces(frozenset(names)) if names else None
+
+
+def _users(values: Mapping[str, Any]) -> Check | None:
+    include, exclude = values.get("users"), values.get("ignore_users")
+    return None if include is None and exclude is None else Users(include, exclude)
+
+
+def _groups(values: Mapping[str, Any]) -> Check | None:
+    include, exclude = values.get("groups"), values.get("ignore_groups")
+    return None if include is None and exclude is None else Groups(include, exclude)
+
+
+def _agents(values: Mapping[str, Any]) -> Check | None:
+    include = values.get("user_agent_contains")
+    exclude = values.get("ignore_user_agent_contains") or ()
+    return None if include is None and not exclude else UserAgent(include, exclude)
+
+
+def _one(key: str, build: Callable[[Any], Check]) -> Callable[[Mapping[str, Any]], Check | None]:
+    """A `make` for a condition of one key: the check when the key has a value."""
+    def make(values: Mapping[str, Any]) -> Check | None:
+        value = values.get(key)
+        return None if value is None or value == "" else build(value)
+    return make
+
+
+CONDITIONS: tuple[Condition, ...] = (
+    Condition(("ignore_system",), _read_bool,
+              lambda v: SYSTEM_ACTOR if v.get("ignore_system") else None,
+              SystemActor.reasons, METADATA, on_rule=True),
+    Condition(("ignore_namespaces",), _read_list, _ignored, IgnoreNamespaces.reasons,
+              METADATA),
+    Condition(("namespace_contains",), _read_string, _one("namespace_contains",
+                                                          NamespaceContains),
+              NamespaceContains.reasons, METADATA),
+    Condition(("users", "ignore_users"), read_names, _users, Users.reasons, METADATA),
+    Condition(("groups", "ignore_groups"), read_names, _groups, Groups.reasons, METADATA),
+    Condition(("user_agent_contains", "ignore_user_agent_contains"), _read_parts, _agents,
+              UserAgent.reasons, METADATA),
+    Condition(("response",), _read_response, _one("response", Response), Response.reasons,
+              METADATA),
+    # On the object: a create's or update's requestObject (Request), or the answer's.
+    Condition(("annotation",), _read_annotation,
+              _one("annotation", lambda pair: Annotation(*pair)), Annotation.reasons,
+              REQUEST),
+    # The whole object: a patch's requestObject is only the patch.
+    Condition(("gitops_managed",), _read_bool, _one("gitops_managed", GitOpsManaged),
+              GitOpsManaged.reasons, REQUEST_RESPONSE),
+)
+
+# The skip reasons of failed conditions, in the order they are tried.
+CONDITION_ORDER: tuple[str, ...] = tuple(r for c in CONDITIONS for r in c.reasons)
+RANK = {reason: rank for rank, reason in enumerate(CONDITION_ORDER)}
+# What the index settles: these keys scope a rule to requests (see load.py).
+SCOPE_KEYS = ("resource", "resources", "subresource", "ignore_subresources", "verb", "verbs")
+MATCH_KEYS: tuple[str, ...] = SCOPE_KEYS + tuple(
+    key for c in CONDITIONS if not c.on_rule for key in c.keys)
+RULE_CONDITION_KEYS: tuple[str, ...] = tuple(key for c in CONDITIONS if c.on_rule
+                                             for key in c.keys)
+BY_KEY: dict[str, Condition] = {key: c for c in CONDITIONS for key in c.keys}
+
+
+def compile_checks(values: Mapping[str, Any]) -> tuple[Check, ...]:
+    """A rule's checks from its read condition values, in the table's order."""
+    return tuple(check for condition in CONDITIONS
+                 if (check := condition.make(values)) is not None)
+
+
+def decisive(failures: list[str]) -> str:
+    """The skip reason of an event no candidate fired on: the closest miss."""
+    best = ""
+    for reason in failures:
+        if not best or RANK.get(reason, -1) > RANK.get(best, -1):
+            best = reason
+    return best or "no_rule"
