@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import resource
@@ -27,8 +28,10 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -39,7 +42,7 @@ from healert_webhook.config import ConfigError, Settings, check_webhook, env
 from healert_webhook.filewatch import FileWatch
 from healert_webhook.forward import Forwarder
 from healert_webhook.ops import Health, make_ops_app
-from healert_webhook.outbox import Outbox
+from healert_webhook.outbox import Outbox, exclusive
 from healert_webhook.pipeline import Pipeline, RuleReloads, log_warnings
 from healert_webhook.records import OutboxError
 from healert_webhook.sources.tail import Tailer
@@ -59,6 +62,11 @@ OPS_MAX_CONNECTIONS = 64
 # rotated files, certificate reloads, the backend client, threads' pipes.
 FD_RESERVE = 64
 BACKLOG = 2048
+# A surge pod whose predecessor (an earlier version) holds the ports without SO_REUSEPORT
+# waits for it: the DaemonSet deletes the old pod minReadySeconds after the new one looks
+# ready, and the old one takes up to its grace period (30 s) to stop.
+PREDECESSOR_WAIT = 90.0
+PREDECESSOR_POLL = 0.1
 
 
 T = TypeVar("T")
@@ -77,8 +85,18 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A bound TCP socket for `host:port` (port 0: the kernel picks one)."""
+def bind(host: str, port: int, outbox: Path | None = None, *,
+         wait: float = PREDECESSOR_WAIT) -> socket.socket:
+    """A listening TCP socket for `host:port` (port 0: the kernel picks one).
+
+    A fixed port is bound with SO_REUSEPORT, so that the agent replacing this one can
+    listen on it before this one stops (a DaemonSet's surge pod on the host network;
+    the kernel then spreads new connections over both). Only an agent of the same
+    outbox may share it: when another process already listens there, the port is taken
+    only if `outbox` is open in another process; anything else is "address in use".
+    A predecessor that holds the port without SO_REUSEPORT (an earlier version) is
+    waited for, up to `wait` seconds, so its surge replacement takes over when it stops.
+    """
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -86,13 +104,66 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     try:
+        shared = port != 0 and hasattr(socket, "SO_REUSEPORT")
+        if shared and _listened_on(family, addr) and not _in_use(outbox):
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _bind_after_predecessor(sock, addr, f"{host}:{port}",
+                                wait if shared else 0.0, outbox)
         sock.listen(BACKLOG)  # now, so a port in use is a clear error before anything runs
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
+
+
+def _bind_after_predecessor(sock: socket.socket, addr: Any, where: str, wait: float,
+                            outbox: Path | None) -> None:
+    """Bind; while an agent of the same outbox holds the address without sharing it,
+    retry until it lets go or `wait` seconds pass (then the bind's error stands)."""
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            sock.bind(addr)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline \
+                    or not _in_use(outbox):
+                raise
+            if not announced:
+                log.warning("%s is held by another agent of the outbox %s that does not "
+                            "share it (an earlier version); waiting up to %.0f s for it "
+                            "to stop", where, outbox, wait)
+                announced = True
+        time.sleep(PREDECESSOR_POLL)
+
+
+def _listened_on(family: int, addr: Any) -> bool:
+    """True when some socket already holds `addr` (a bind without SO_REUSEPORT fails)."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _in_use(outbox: Path | None) -> bool:
+    """True while another process has the outbox at `outbox` open (creates nothing)."""
+    if outbox is None or not outbox.exists():
+        return False
+    try:
+        handle = exclusive(outbox)
+    except OSError:
+        return False
+    if handle is None:
+        return True
+    handle.close()
+    return False
 
 
 def _url(scheme: str, sock: socket.socket) -> str:
@@ -377,7 +448,7 @@ def _build_webhook(settings: Settings, pipeline: Pipeline,
     app = WebhookApp(settings, pipeline, executor, tokens=tokens)
     limits = connections.Limits(connection_cap(settings.max_connections),
                                 settings.max_handshakes, settings.handshake_timeout)
-    sock = bind(*settings.listen)
+    sock = bind(*settings.listen, settings.outbox_path)
     return Webhook(sock=sock, app=app, ctx=ctx, certs=certs, tokens=tokens,
                    gate=connections.Gate("webhook", limits, ctx))
 
@@ -411,25 +482,34 @@ def _open_outbox(settings: Settings) -> Outbox:
 
 
 def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
-    """Build every part (raises ConfigError or RulesError); nothing runs yet."""
+    """Build every part (raises ConfigError or RulesError); nothing runs yet.
+
+    Everything that can refuse the configuration (the key file, the rules, the webhook's
+    TLS and tokens, the ports) is checked before the state directory and the outbox are
+    created, so a start that fails leaves nothing behind.
+    """
     # A configured key file that cannot be used is a configuration error (exit 2, the
-    # file named), before anything is created: not "no key" now and a 401 later.
+    # file named): not "no key" now and a 401 later.
     settings.read_api_key()
-    outbox = _open_outbox(settings)
+    pipeline = Pipeline.from_settings(settings)
+    log_warnings(pipeline.detector.ruleset)
     executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pipeline")
     opened: list[socket.socket] = []
+    outbox: Outbox | None = None
     try:
-        pipeline = Pipeline.from_settings(settings, outbox)
-        log_warnings(pipeline.detector.ruleset)
         hook = _build_webhook(settings, pipeline, executor) if webhook else None
         if hook is not None:
             opened.append(hook.sock)
-        ops_sock = bind(*settings.ops_listen)
+        ops_sock = bind(*settings.ops_listen, settings.outbox_path)
+        opened.append(ops_sock)
+        outbox = _open_outbox(settings)
+        pipeline.outbox = outbox
         tailer = Tailer(settings, pipeline) if tail else None
     except BaseException:
         for sock in opened:
             sock.close()
-        outbox.close()
+        if outbox is not None:
+            outbox.close()
         executor.shutdown()
         raise
     return Agent(settings, pipeline, outbox, ops_sock=ops_sock, webhook=hook, tailer=tailer,

@@ -37,7 +37,9 @@ HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/instance",
                     "app.kubernetes.io/managed-by", "app.kubernetes.io/version"}
 # Objects whose plain names predate the chart: the rules ConfigMap and the tail
 # workload keep their names so that re-applying the manifests updates them in place.
-PLAIN_NAMES = {f"{RELEASE}-rules": "healert-rules", f"{RELEASE}-audit-tail": "healert-audit-tail"}
+PLAIN_NAMES = {f"{RELEASE}-rules": "healert-rules", f"{RELEASE}-audit-tail": "healert-audit-tail",
+               f"{RELEASE}-selfsigned": "healert-selfsigned",
+               f"{RELEASE}-apiserver-client": "healert-apiserver-client"}
 # The backend URL and monitoring objects the plain manifests ship with.
 PLAIN_VALUES: dict[str, Any] = {
     "backend": {"url": "http://healert-backend.healert.svc.cluster.local:8000"},
@@ -192,7 +194,12 @@ def check_references(docs: list[Doc], workload: Doc, values: dict[str, Any]) -> 
     and every selector selects its pods."""
     spec = pod_spec(workload)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert ("ServiceAccount", spec["serviceAccountName"]) in names
+    account = values.get("serviceAccount", {})
+    if account.get("create", True):
+        assert ("ServiceAccount", spec["serviceAccountName"]) in names
+    else:
+        assert spec["serviceAccountName"] == account["name"]
+        assert not by_kind(docs, "ServiceAccount")
     volumes = {v["name"]: v for v in spec["volumes"]}
     rules = volumes["rules"]["configMap"]["name"]
     existing = values.get("rules", {}).get("existingConfigMap")
@@ -520,3 +527,254 @@ def test_owners_of_other_kinds_get_a_get_rule(helm: str, tmp_path: Path) -> None
     bad = values_file(tmp_path, {"clusterView": {"ownerResources": [{"apiGroups": ["x"]}]}},
                       "bad.yaml")
     assert run_helm(helm, "template", RELEASE, CHART, "-f", bad, check=False).returncode != 0
+
+
+# --------------------------------------------------------------------------- the values schema
+
+
+@pytest.mark.parametrize(("values", "refused"), [
+    ({"podmonitor": {"enabled": True}}, "'podmonitor'"),
+    ({"backend": {"URL": "https://healert.example.com"}}, "'URL'"),
+    ({"nodeLocal": {"resources": {"limit": {"memory": "2Gi"}}}}, "'limit'"),
+    ({"networkPolicy": {"backendPort": [{"port": 443}]}}, "'backendPort'"),
+    ({"probes": {"readiness": {"httpGet": {"path": "/"}}}}, "'httpGet'"),
+    ({"webhook": {"tls": {"certManager": {"enable": True}}}}, "'enable'"),
+    ({"updateStrategy": {"rollingUpdate": {"maxsurge": 2}}}, "'maxsurge'"),
+])
+def test_unknown_keys_are_refused_at_every_level(
+    helm: str, tmp_path: Path, values: dict[str, Any], refused: str
+) -> None:
+    """A misspelt value is an error naming it, not a setting silently ignored."""
+    result = run_helm(helm, "template", RELEASE, CHART, "-f", values_file(tmp_path, values),
+                      check=False)
+    assert result.returncode != 0
+    assert f"additional properties {refused} not allowed" in result.stderr, result.stderr
+
+
+def _object_schemas(schema: dict[str, Any], where: str = "") -> list[tuple[str, Any]]:
+    found = [(where or "(root)", schema)] if "properties" in schema else []
+    for name, sub in schema.get("properties", {}).items():
+        found += _object_schemas(sub, f"{where}.{name}")
+    items = schema.get("items")
+    if isinstance(items, dict):
+        found += _object_schemas(items, f"{where}[]")
+    return found
+
+
+def test_every_level_of_the_schema_is_closed_and_covers_the_defaults() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    levels = _object_schemas(schema)
+    assert len(levels) > 30
+    for where, level in levels:
+        assert level.get("additionalProperties") is False, f"{where} accepts unknown keys"
+
+    def covered(values: Any, level: dict[str, Any], where: str) -> None:
+        if not isinstance(values, dict) or "properties" not in level:
+            return
+        for key, value in values.items():
+            assert key in level["properties"], f"{where}.{key} is not in the schema"
+            covered(value, level["properties"][key], f"{where}.{key}")
+
+    covered(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
+
+
+# --------------------------------------------------------------------------- egress to the backend
+
+
+def _backend_rule(docs: list[Doc]) -> Doc | None:
+    """The NetworkPolicy's egress rule to the backend: the one that is neither DNS nor
+    the Kubernetes API."""
+    rules = one(docs, "NetworkPolicy")["spec"]["egress"]
+    others = [r for r in rules if {p["port"] for p in r.get("ports", [])} not in ({53}, {6443})]
+    assert len(others) <= 1, others
+    return others[0] if others else None
+
+
+@pytest.mark.parametrize(("url", "to", "port"), [
+    ("http://healert-backend.healert.svc.cluster.local:8000",
+     [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "healert"}}}], 8000),
+    ("https://healert-backend.platform.svc",
+     [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform"}}}], 443),
+    ("http://healert-backend:8080",
+     [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}}], 8080),
+    ("https://healert.example.com", None, 443),
+    ("https://user:secret@Healert.Example.com:8443/api", None, 8443),
+    ("http://healert.example.com", None, 80),
+    ("http://203.0.113.10:9000", [{"ipBlock": {"cidr": "203.0.113.10/32"}}], 9000),
+    ("https://[2001:db8::10]", [{"ipBlock": {"cidr": "2001:db8::10/128"}}], 443),
+])
+@pytest.mark.parametrize("mode", ["service", "tail"])
+def test_egress_to_the_backend_follows_its_url(
+    helm: str, tmp_path: Path, mode: str, url: str, to: list[Doc] | None, port: int
+) -> None:
+    """An in-cluster Service name allows its namespace, an address that address, any
+    other host every address (a NetworkPolicy cannot name a host), on the URL's port."""
+    rule = _backend_rule(render(helm, tmp_path, {"mode": mode, "backend": {"url": url}}))
+    assert rule is not None
+    assert rule.get("to") == to
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+
+
+def test_egress_to_the_backend_as_given_or_none_without_one(helm: str, tmp_path: Path) -> None:
+    given = {"backendTo": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+             "backendPorts": [{"protocol": "TCP", "port": 3128}]}
+    docs = render(helm, tmp_path, {"mode": "tail", "networkPolicy": given,
+                                   "backend": {"url": "https://healert.example.com"}})
+    assert _backend_rule(docs) == {"to": given["backendTo"], "ports": given["backendPorts"]}
+    docs = render(helm, tmp_path, {"mode": "tail", "networkPolicy": {
+        "backendPorts": [{"protocol": "TCP", "port": 8443}]},
+        "backend": {"url": "http://healert-backend.healert.svc:80"}})
+    assert _backend_rule(docs) == {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                      "healert"}}}],
+        "ports": [{"protocol": "TCP", "port": 8443}]}, "the Service's target port"
+    assert _backend_rule(render(helm, tmp_path, {"mode": "tail"})) is None, "no backend"
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_the_service_account_can_be_named_annotated_or_brought(
+    helm: str, tmp_path: Path
+) -> None:
+    docs = render(helm, tmp_path, {"serviceAccount": {
+        "name": "audit", "annotations": {"iam.example.com/role": "audit"}}})
+    account = one(docs, "ServiceAccount")
+    assert account["metadata"]["name"] == "audit"
+    assert account["metadata"]["annotations"] == {"iam.example.com/role": "audit"}
+    assert account["automountServiceAccountToken"] is False
+    assert pod_spec(the_workload(docs))["serviceAccountName"] == "audit"
+    plain.check_cluster_view_rbac(docs, "audit", NAMESPACE)
+    docs = render(helm, tmp_path, {"serviceAccount": {"create": False, "name": "platform"}})
+    assert not by_kind(docs, "ServiceAccount")
+    assert pod_spec(the_workload(docs))["serviceAccountName"] == "platform"
+    plain.check_cluster_view_rbac(docs, "platform", NAMESPACE)
+    bad = values_file(tmp_path, {"serviceAccount": {"create": False}}, "bad.yaml")
+    result = run_helm(helm, "template", RELEASE, CHART, "-f", bad, check=False)
+    assert result.returncode != 0 and "serviceAccount.name is required" in result.stderr
+
+
+@pytest.mark.parametrize("mode", plain.MODES)
+def test_security_contexts_take_more_fields_and_keep_the_secure_defaults(
+    helm: str, tmp_path: Path, mode: str
+) -> None:
+    values = {"mode": mode, "podSecurityContext": {"supplementalGroups": [4000]},
+              "containerSecurityContext": {"seLinuxOptions": {"type": "container_t"}}}
+    workload = the_workload(render(helm, tmp_path, values))
+    spec = pod_spec(workload)
+    assert spec["securityContext"]["supplementalGroups"] == [4000]
+    assert spec["containers"][0]["securityContext"]["seLinuxOptions"] == {"type": "container_t"}
+    plain.check_hardened(workload)
+    default = pod_spec(the_workload(render(helm, tmp_path, {"mode": mode})))
+    for key, value in default["containers"][0]["securityContext"].items():
+        assert spec["containers"][0]["securityContext"][key] == value, key
+    for key, value in default["securityContext"].items():
+        assert spec["securityContext"][key] == value, key
+    # An explicit choice wins over the default it names.
+    spec = pod_spec(the_workload(render(helm, tmp_path, {
+        "mode": mode, "containerSecurityContext": {"seccompProfile": {
+            "type": "Localhost", "localhostProfile": "healert.json"}}})))
+    assert spec["containers"][0]["securityContext"]["seccompProfile"]["type"] == "Localhost"
+
+
+@pytest.mark.parametrize("mode", plain.MODES)
+def test_extra_volumes_probe_timings_and_placement(
+    helm: str, tmp_path: Path, mode: str
+) -> None:
+    values = {
+        "mode": mode,
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+        "probes": {"readiness": {"periodSeconds": 3, "initialDelaySeconds": 4},
+                   "liveness": {"timeoutSeconds": 7}},
+        "controlPlane": {"nodeSelector": {"audit.example.com/receiver": "true"},
+                         "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+    }
+    spec = pod_spec(the_workload(render(helm, tmp_path, values)))
+    container = spec["containers"][0]
+    assert {"name": "ca", "configMap": {"name": "corporate-ca"}} in spec["volumes"]
+    assert {"name": "ca", "mountPath": "/etc/ca", "readOnly": True} in container["volumeMounts"]
+    ready, live = container["readinessProbe"], container["livenessProbe"]
+    assert (ready["periodSeconds"], ready["initialDelaySeconds"], ready["timeoutSeconds"]) \
+        == (3, 4, 2)
+    assert ready["httpGet"]["path"] == "/readyz"
+    assert (live["timeoutSeconds"], live["periodSeconds"]) == (7, 10)
+    if mode == "service":
+        return  # the StatefulSet has its own placement values (service.*)
+    assert spec["nodeSelector"] == {"audit.example.com/receiver": "true"}
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    plain.check_control_plane_only(the_workload(render(helm, tmp_path, {"mode": mode})))
+
+
+@pytest.mark.parametrize(("mode", "strategy", "ready"), [
+    ("node-local", {"type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, 10),
+    ("tail", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}, None),
+    ("service", {"type": "RollingUpdate"}, None),
+])
+def test_update_strategy_defaults_per_mode_and_overrides(
+    helm: str, tmp_path: Path, mode: str, strategy: Doc, ready: int | None
+) -> None:
+    workload = the_workload(render(helm, tmp_path, {"mode": mode}))
+    assert workload["spec"]["updateStrategy"] == strategy
+    assert workload["spec"].get("minReadySeconds") == ready
+    mine = {"type": "OnDelete"}
+    workload = the_workload(render(helm, tmp_path, {"mode": mode, "updateStrategy": mine,
+                                                    "minReadySeconds": 30}))
+    assert workload["spec"]["updateStrategy"] == mine
+    assert workload["spec"]["minReadySeconds"] == 30
+
+
+def test_node_local_declares_no_host_port_so_the_surge_pod_fits(
+    helm: str, tmp_path: Path
+) -> None:
+    """The API server makes every container port of a host-network pod a host port, and
+    the scheduler and the kubelet refuse a second pod holding it on a node."""
+    docs = render(helm, tmp_path, {"mode": "node-local", "podMonitor": {"enabled": True},
+                                   "nodeLocal": {"opsPort": 19190}})
+    workload = the_workload(docs)
+    plain.check_surges(workload)
+    endpoint = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+    plain.check_scrapes_undeclared_port(endpoint, workload)
+    assert pod_spec(workload)["containers"][0]["readinessProbe"]["httpGet"]["port"] == 19190
+
+
+# --------------------------------------------------------------------------- cert-manager
+
+
+@pytest.mark.parametrize("mode", ["node-local", "service"])
+def test_cert_manager_objects_are_the_bundle_and_opt_in(
+    helm: str, tmp_path: Path, mode: str
+) -> None:
+    monitoring = {"podMonitor": {"enabled": mode != "service"},
+                  "serviceMonitor": {"enabled": mode == "service"},
+                  "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}}
+    docs = render(helm, tmp_path, {"mode": mode, **monitoring})
+    assert not [d for d in docs if d["apiVersion"].startswith("cert-manager.io/")]
+    docs = render(helm, tmp_path, {"mode": mode, **monitoring,
+                                   "webhook": {"tls": {"certManager": {"enabled": True}}}})
+    chart = {(d["kind"], d["metadata"]["name"]): d for d in map(normalise, docs)
+             if d["apiVersion"].startswith("cert-manager.io/")}
+    bundle = {(d["kind"], d["metadata"]["name"]): d for d in plain.objects_in("cert-manager")}
+    assert set(chart) == set(bundle)
+    for key, shipped in bundle.items():
+        mine = chart[key]
+        if "ipAddresses" in shipped["spec"]:  # the bundle serves both modes
+            assert set(mine["spec"].pop("ipAddresses")) <= set(shipped["spec"]["ipAddresses"])
+            mine["spec"]["ipAddresses"] = shipped["spec"]["ipAddresses"]
+        assert mine == shipped, key
+    tail = render(helm, tmp_path, {"mode": "tail", "webhook": {"tls": {"certManager": {
+        "enabled": True}}}}, release="tail-cm")
+    assert not [d for d in tail if d["apiVersion"].startswith("cert-manager.io/")], \
+        "the tail has no webhook"
+
+
+def test_notes_say_how_the_apiserver_gets_the_cert_manager_ca(
+    helm: str, tmp_path: Path
+) -> None:
+    notes = render_notes(helm, tmp_path, {"webhook": {"tls": {"certManager": {
+        "enabled": True}}}})
+    assert "healert-webhook-apiserver-client" in notes
+    assert "ca.crt" in notes and "cert-manager" in notes
+    assert "gen-certs.sh --out" not in notes
+    assert "gen-certs.sh --out" in render_notes(helm, tmp_path, {})

@@ -276,6 +276,24 @@ def test_dashboard_shape() -> None:
                 assert 'namespace=~"$namespace"' in target["expr"], target["expr"]
 
 
+def test_no_dashboard_query_names_a_job() -> None:
+    """The scrape job is the pods' app.kubernetes.io/name label, which the chart's
+    nameOverride changes: both copies of the dashboard ask the `job` variable (the jobs
+    whose agents export healert_build_info), never a job by name."""
+    shipped = yaml.safe_load((ROOT / "manifests" / "monitoring" / "grafana-dashboard.yaml")
+                             .read_text(encoding="utf-8"))
+    for board in (dashboard(), json.loads(shipped["data"]["healert-webhook.json"])):
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["job"]["definition"].startswith("label_values(healert_build_info")
+        assert variables["job"]["definition"].endswith(", job)")
+        queries = dashboard_queries(board)
+        assert any("up{" in q for q in queries)
+        for query in queries:
+            assert not re.search(r'job\s*=~?\s*"(?!\$job")', query), query
+            if "up{" in query:
+                assert 'job=~"$job"' in query, query
+
+
 # --------------------------------------------------------------------------- the alerts
 
 
@@ -302,6 +320,10 @@ def test_alerts_cover_silence_and_delivery() -> None:
                  "HealertWebhookErrors", "HealertOutboxGrowing", "HealertForwardPaused",
                  "HealertOutboxFull", "HealertDeadLetters", "HealertRulesReloadFailed"):
         assert name in rules, name
+    for name, metric in (("HealertForwardErrors", "healert_forward_errors_total"),
+                         ("HealertApiKeyInvalid", "healert_api_key_invalid"),
+                         ("HealertForwardAwaitingRead", "healert_forward_awaiting_read")):
+        assert metric_names(rules[name]["expr"]) == {metric}, name
     assert rules["HealertTargetAbsent"]["expr"].startswith("absent(up{")
     # Silence must be seen even when the counter never got a sample (nothing arrived
     # since the agent started): the expression also asks `up` for live targets.

@@ -35,7 +35,7 @@ MANIFESTS = REPO / "manifests"
 APISERVER = MANIFESTS / "apiserver"
 KUBE_VERSION = "1.30.0"
 MODES = ("node-local", "service", "tail")
-KUSTOMIZE_FOLDERS = ("common", *MODES, "monitoring")
+KUSTOMIZE_FOLDERS = ("common", *MODES, "monitoring", "cert-manager")
 KUSTOMIZATION = "Kustomization"
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob", "Pod"}
 CRD_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
@@ -281,29 +281,36 @@ def check_secrets_from_mounts(workload: Doc, secret_keys: dict[str, set[str]]) -
 
 
 def check_probes_and_ports(workload: Doc) -> None:
-    """Named ports that the listeners, the probes and the monitors agree on."""
+    """Ports that the listeners, the probes and the monitors agree on: named in the pod
+    networks, undeclared on the host network (node-local: see check_node_local)."""
     mode = mode_of(workload)
     container = pod_spec(workload)["containers"][0]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert set(ports) == ({"metrics"} if mode == "tail" else {"metrics", "webhook"})
+    webhook, ops = container_ports(workload)
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    if mode == "node-local":
+        assert not ports
+    else:
+        assert ports == ({"metrics": ops} if mode == "tail" else
+                         {"metrics": ops, "webhook": webhook})
     for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = container[probe]["httpGet"]
         assert get["path"] == path_
-        assert get["port"] == "metrics"
+        assert get["port"] == (ops if mode == "node-local" else "metrics")
         assert get.get("scheme", "HTTP") == "HTTP"
     env = env_of(container)
-    assert env["HEALERT_OPS_LISTEN"]["value"].endswith(f":{ports['metrics']}")
     assert env["K8S_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert container["args"] == (["tail"] if mode == "tail" else ["serve"])
-    if "webhook" in ports:
-        assert env["HEALERT_LISTEN"]["value"].endswith(f":{ports['webhook']}")
+    assert (webhook is None) == (mode == "tail")
+    if webhook is not None:
         assert env["HEALERT_WEBHOOK_PATH"]["value"] == "/audit"
 
 
 def container_ports(workload: Doc) -> tuple[int | None, int]:
-    """(webhook port, ops port) of a workload's agent container."""
-    ports = {p["name"]: p["containerPort"] for p in pod_spec(workload)["containers"][0]["ports"]}
-    return ports.get("webhook"), ports["metrics"]
+    """(webhook port, ops port) the agent container listens on, from its settings."""
+    env = env_of(pod_spec(workload)["containers"][0])
+    listen = env.get("HEALERT_LISTEN", {}).get("value")
+    ops = env["HEALERT_OPS_LISTEN"]["value"]
+    return (int(listen.rpartition(":")[2]) if listen else None), int(ops.rpartition(":")[2])
 
 
 def check_control_plane_only(workload: Doc) -> None:
@@ -328,7 +335,7 @@ def check_node_local(workload: Doc) -> None:
     spec = pod_spec(workload)
     container = spec["containers"][0]
     env = env_of(container)
-    host, _, port = env["HEALERT_LISTEN"]["value"].rpartition(":")
+    host = env["HEALERT_LISTEN"]["value"].rpartition(":")[0]
     assert host == "127.0.0.1", "only the node's own apiserver may reach the webhook"
     assert env["HEALERT_TLS_CLIENT_CA"]["value"], "mTLS is required on a shared host network"
     assert env["HEALERT_TLS_CLIENT_NAMES"]["value"]
@@ -339,24 +346,61 @@ def check_node_local(workload: Doc) -> None:
     assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     assert env["HEALERT_OPS_LISTEN"]["value"].startswith("$(HOST_IP):")
     assert names.index("HOST_IP") < names.index("HEALERT_OPS_LISTEN")
-    for port_ in (int(port), *(p["containerPort"] for p in container["ports"])):
+    for port_ in container_ports(workload):
         assert port_ not in BUSY_HOST_PORTS, port_
         assert port_ not in NODEPORT_RANGE and port_ not in EPHEMERAL_RANGE, port_
         assert port_ >= 1024, "no privileged port (no CAP_NET_BIND_SERVICE)"
-    # Two pods of the DaemonSet can never share a node's ports.
-    assert workload["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
+    check_surges(workload)
     check_control_plane_only(workload)
 
 
+def check_surges(workload: Doc) -> None:
+    """On each node the new pod starts beside the old one and shares its ports (the agent
+    sets SO_REUSEPORT) and its outbox; the old one stops once the new one is ready.
+
+    On the host network the API server turns every declared container port into a host
+    port, and the scheduler and the kubelet refuse a second pod with the same host port
+    on a node: a declared port would leave the surge pod Pending and the rollout stuck.
+    """
+    strategy = workload["spec"]["updateStrategy"]
+    assert strategy == {"type": "RollingUpdate",
+                        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    spec = pod_spec(workload)
+    for container in spec["containers"] + spec.get("initContainers", []):
+        assert not container.get("ports"), f"{container['name']} declares host ports"
+    # The kubelet's probes reach either process while both listen: the old pod goes only
+    # after the new one has stayed ready a while, by then listening itself.
+    assert workload["spec"]["minReadySeconds"] >= 10
+
+
+def check_scrapes_undeclared_port(endpoint: Doc, workload: Doc) -> None:
+    """A PodMonitor endpoint for pods that declare no port: the agent container's target
+    only, its address the pod's IP (IPv4 or IPv6) with the ops port."""
+    assert "port" not in endpoint and "portNumber" not in endpoint
+    _, ops = container_ports(workload)
+    keep, *addresses = endpoint["relabelings"]
+    assert keep == {"sourceLabels": ["__meta_kubernetes_pod_container_name"],
+                    "regex": pod_spec(workload)["containers"][0]["name"], "action": "keep"}
+    for rule, ip, address in zip(addresses, ("10.0.0.7", "fd00::7"),
+                                 (f"10.0.0.7:{ops}", f"[fd00::7]:{ops}"), strict=True):
+        assert rule["sourceLabels"] == ["__meta_kubernetes_pod_ip"]
+        assert rule["targetLabel"] == "__address__"
+        assert re.fullmatch(rule["regex"], ip), (rule, ip)
+        assert rule["replacement"].replace("${1}", ip) == address
+        other = "fd00::7" if ip == "10.0.0.7" else "10.0.0.7"
+        assert not re.fullmatch(rule["regex"], other), "each rule for one family"
+
+
 def check_webhook_memory(workload: Doc) -> None:
-    """A parsed body takes about ten times its size: the limit holds the whole in-flight
-    budget parsed, plus the process itself."""
+    """Request bodies in memory never take more than the in-flight budget: the limit holds
+    the budget plus the process (50-70 MiB), the cluster view and room to spare."""
+    from healert_webhook.config import default_of
     container = pod_spec(workload)["containers"][0]
     env = env_of(container)
-    budget = int(env.get("HEALERT_MAX_INFLIGHT_BYTES", env.get(
-        "HEALERT_MAX_BODY_BYTES", {"value": str(64 * 1024 * 1024)}))["value"])
+    budget = int(env.get("HEALERT_MAX_INFLIGHT_BYTES", {}).get("value")
+                 or default_of("max_inflight_bytes"))
     limit = memory_bytes(container["resources"]["limits"]["memory"])
-    assert limit >= 10 * budget + 64 * 1024**2
+    assert limit >= budget + 256 * 1024**2, (limit, budget)
 
 
 def check_api_token(workload: Doc) -> bool:
@@ -704,13 +748,73 @@ def test_monitors_select_each_mode_and_name_the_alerts_job() -> None:
             endpoint = monitor["spec"]["podMetricsEndpoints"][0]
         assert selector.items() <= target.items()
         assert target["app.kubernetes.io/name"] == "healert-webhook"
-        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        assert endpoint["path"] == "/metrics"
+        if selector.get("app.kubernetes.io/component") == "webhook-node-local":
+            check_scrapes_undeclared_port(endpoint, workload_of("node-local"))
+        else:
+            assert endpoint["port"] == "metrics"
         selected[monitor["kind"], selector["app.kubernetes.io/component"]] = True
     assert set(selected) == {("ServiceMonitor", "webhook"), ("PodMonitor", "webhook-node-local"),
                              ("PodMonitor", "audit-log-tail")}
     rule = find("monitoring", "PrometheusRule")
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     assert any('up{job="healert-webhook"}' in e for e in exprs)
+
+
+def test_monitoring_never_touches_a_secret_or_a_certificate() -> None:
+    """`kubectl apply -k manifests/monitoring` leaves the webhook's serving certificate
+    alone: cert-manager objects (which would reissue healert-webhook-tls from another CA)
+    and Secrets live only in their own opt-in bundle."""
+    for doc in objects_in("monitoring"):
+        assert not doc["apiVersion"].startswith("cert-manager.io/"), doc["kind"]
+        assert doc["kind"] != "Secret"
+        assert not _keys_named(doc, "secretName"), f"{doc['kind']} names a Secret"
+    for path, doc in cluster_objects():
+        if doc["apiVersion"].startswith("cert-manager.io/"):
+            assert path.parent.name == "cert-manager", path
+    for folder in KUSTOMIZE_FOLDERS:
+        listed = load_docs(MANIFESTS / folder / KUSTOMIZATION)[0]["resources"]
+        assert not [r for r in listed if "cert-manager" in r], folder
+
+
+def _keys_named(value: Any, key: str) -> list[Any]:
+    """Every value stored under `key` anywhere in a YAML document."""
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k == key] + [
+            found for v in value.values() for found in _keys_named(v, key)]
+    if isinstance(value, list):
+        return [found for v in value for found in _keys_named(v, key)]
+    return []
+
+
+def test_the_cert_manager_bundle_issues_what_the_pods_and_the_apiserver_use() -> None:
+    """One CA signs the server certificate the webhook pods mount and the client
+    certificate the apiserver presents; the server certificate names what the shipped
+    kubeconfigs check; the client certificate's name is one the agent accepts."""
+    docs = objects_in("cert-manager")
+    issuers = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Issuer"}
+    certificates = {d["spec"]["secretName"]: d for d in docs if d["kind"] == "Certificate"}
+    [ca] = [c for c in certificates.values() if c["spec"].get("isCA")]
+    assert issuers[ca["spec"]["issuerRef"]["name"]]["spec"] == {"selfSigned": {}}
+    [ca_issuer] = [i for i in issuers.values() if "ca" in i["spec"]]
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    for mode in ("node-local", "service"):
+        volumes = pod_spec(workload_of(mode))["volumes"]
+        tls = next(v for v in volumes if v["name"] == "tls")["secret"]["secretName"]
+        server = certificates[tls]["spec"]
+        assert server["issuerRef"] == {"name": ca_issuer["metadata"]["name"], "kind": "Issuer"}
+        assert "server auth" in server["usages"]
+        names = env_value(pod_spec(workload_of(mode))["containers"][0],
+                          "HEALERT_TLS_CLIENT_NAMES").split(",")
+        [client] = [c["spec"] for c in certificates.values() if "client auth" in
+                    c["spec"].get("usages", [])]
+        assert client["commonName"] in names
+        assert client["issuerRef"] == server["issuerRef"]
+    for name in ("node-local", "service-mtls", "service-token"):
+        cluster, _ = _kubeconfig(name)
+        assert cluster["tls-server-name"] in server["dnsNames"]
+        host = urlsplit(cluster["server"]).hostname
+        assert host in server["ipAddresses"], name
 
 
 def test_monitoring_manifests_are_generated_from_the_chart() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,9 @@ from healert_webhook.records import Stats
 from healert_webhook.rules import RulesError, RuleSet, load_rules
 
 from support import workload
+from support.paths import ROOT, SEED_RULES
 
-REPO = Path(__file__).resolve().parent.parent
-WORKLOAD = REPO / "tests" / "support" / "workload.py"
+WORKLOAD = ROOT / "tests" / "support" / "workload.py"
 KIB = 1024
 
 
@@ -28,8 +29,7 @@ def shipped_rules() -> RuleSet:
         return load_rules(None)
     except (FileNotFoundError, RulesError):
         pass
-    for candidate in (REPO / "rules.yaml", REPO.parent / "shared" / "seed" / "rules.yaml",
-                      Path("/work/shared/seed/rules.yaml")):
+    for candidate in (ROOT / "rules.yaml", SEED_RULES):
         if candidate.is_file():
             return load_rules(candidate)
     pytest.skip("no shipped rules.yaml found")
@@ -180,16 +180,27 @@ def test_cli_writes_lines_eventlists_and_expected(tmp_path: Path) -> None:
         [sys.executable, str(WORKLOAD), "--events", "900",
          "--match-ratio", "0.1", "--seed", "1", "--format", "eventlist", "--batch", "400",
          "--expected", str(expected_path)],
-        cwd=REPO, capture_output=True, check=True, timeout=120)
+        cwd=ROOT, capture_output=True, check=True, timeout=120)
     bodies = run.stdout.splitlines()
     assert [len(orjson.loads(b)["items"]) for b in bodies] == [400, 400, 100]
     expected = orjson.loads(expected_path.read_bytes())
     assert expected and {"index", "audit_id", "scenario", "rule", "stage"} <= set(expected[0])
     lines = subprocess.run(
         [sys.executable, str(WORKLOAD), "--events", "50", "--format",
-         "lines"], cwd=REPO, capture_output=True, check=True, timeout=120).stdout
+         "lines"], cwd=ROOT, capture_output=True, check=True, timeout=120).stdout
     assert len(lines.splitlines()) == 50
     bad = subprocess.run(
         [sys.executable, str(WORKLOAD), "--match-ratio", "2"],
-        check=False, cwd=REPO, capture_output=True, timeout=120)
+        check=False, cwd=ROOT, capture_output=True, timeout=120)
     assert bad.returncode == 2 and b"match-ratio" in bad.stderr
+
+
+def test_no_test_or_tool_names_a_path_of_one_machine() -> None:
+    """Paths are found relative to the repository (tests/support/paths.py), so a clone
+    anywhere runs the same tests."""
+    absolute = re.compile(r"""["'](/work|/root|/home|/Users)/""")
+    for folder in ("tests", "benchmarks", "conformance"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if absolute.search(line) and "absolute.search" not in line:
+                    raise AssertionError(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")

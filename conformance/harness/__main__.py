@@ -1,9 +1,13 @@
-"""`python -m conformance.harness up|load`: a control plane until Ctrl-C, or one load measured.
+"""`python -m conformance.harness up|load|rolling`: a control plane until Ctrl-C, one load
+measured, or one rolling restart of the webhook agent measured.
 
 `up` starts etcd, kube-apiserver, kube-controller-manager and both agents and runs until
 Ctrl-C. `load --policy FILE` starts a fresh environment auditing with FILE, runs the load of
 `noise.py` with every scenario's bypass, and prints one Markdown table row (`--header`
-prints the header first); `--json FILE` keeps every figure and friction event.
+prints the header first); `--json FILE` keeps every figure and friction event. `rolling
+--strategy replace --gap 60` replaces the webhook agent with the port closed for 60 s
+(`surge`: the new agent shares the ports first) while alice reads a Secret, and prints
+what arrived, how late, and what the apiserver dropped (harness/rolling.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 from conformance.harness.env import Environment
 from conformance.harness.measure import HEADER, measure
 from conformance.harness.noise import LoadPlan
+from conformance.harness.rolling import STRATEGIES, roll
+from conformance.harness.runner import Runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,10 +51,37 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--json", type=Path, default=None, help="write every figure here")
     load.add_argument("--dir", type=Path, default=None,
                       help="working folder (default: a new folder under conformance/.run)")
+    rolling = sub.add_parser("rolling", help="measure one rolling restart of the webhook "
+                                             "agent under audit traffic")
+    rolling.add_argument("--strategy", choices=STRATEGIES, required=True)
+    rolling.add_argument("--gap", type=float, default=20.0,
+                         help="replace: seconds the port stays closed (default 20)")
+    rolling.add_argument("--predecessor", type=Path, default=None,
+                         help="the replaced agent's executable (an earlier version; "
+                              "default: the agent under test)")
+    rolling.add_argument("--dir", type=Path, default=None,
+                         help="working folder (default: a new folder under conformance/.run)")
     args = parser.parse_args(argv)
     if args.command == "load":
         return _load(args)
+    if args.command == "rolling":
+        return _rolling(args)
     return _up(args.dir)
+
+
+def _rolling(args: argparse.Namespace) -> int:
+    root = args.dir or Path(tempfile.mkdtemp(prefix="rolling-", dir=_run_root()))
+    env = Environment(root).start()
+    try:
+        runner = Runner(env, root / "work")
+        runner.baseline()
+        result = roll(env, runner, args.strategy, gap=args.gap,
+                      predecessor=args.predecessor)
+    finally:
+        env.stop()
+    print(result.line(), flush=True)
+    lost = result.reads - result.stored
+    return 1 if lost or result.twice or result.dropped or result.load.errors else 0
 
 
 def _up(folder: Path | None) -> int:

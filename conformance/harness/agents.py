@@ -8,10 +8,13 @@ not read it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import secrets
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +94,17 @@ class Agent:
         self.proc.check_alive()
         return httpx.get(self.url("/healthz"), timeout=2).status_code == 200
 
+    def wait_log(self, pattern: str, timeout: float = 60) -> None:
+        """Wait until the process's log has a line matching `pattern` (it may not have
+        an ops port of its own: a successor shares its predecessor's)."""
+        regex = re.compile(pattern)
+
+        def found() -> bool:
+            self.proc.check_alive()
+            return any(regex.search(line) for line in self.proc.tail(10_000).splitlines())
+
+        wait_for(found, timeout, f"{self.name}: {pattern}", interval=0.05)
+
     def ready(self) -> bool:
         """True when /readyz answers 200."""
         try:
@@ -141,6 +155,7 @@ class AgentSet:
         self.serve: Agent | None = None
         self.tail: Agent | None = None
         self.backend_url: str | None = None
+        self._successors = itertools.count(1)
 
     def prepare(self) -> WebhookTarget:
         """Certificates and tokens for the webhook; returns what the apiserver needs."""
@@ -159,11 +174,13 @@ class AgentSet:
         return WebhookTarget(f"https://127.0.0.1:{self.webhook_port}/audit", self.ca,
                              client, token)
 
-    def serve_agent(self, backend_url: str | None = None) -> Agent:
-        """The `serve` process (not started), on the fixed webhook port."""
+    def serve_agent(self, backend_url: str | None = None, *, ops_port: int | None = None,
+                    log_name: str = "serve.log", executable: Path | None = None) -> Agent:
+        """The `serve` process (not started), on the fixed webhook port and `ops_port`
+        (default: a free one), run by `executable` (default: the agent under test)."""
         state = self.root / "serve-state"
-        ops = free_port()
-        argv = [str(AGENT), "serve", "--listen", f"127.0.0.1:{self.webhook_port}",
+        ops = ops_port or free_port()
+        argv = [str(executable or AGENT), "serve", "--listen", f"127.0.0.1:{self.webhook_port}",
                 "--ops-listen", f"127.0.0.1:{ops}", "--state-dir", str(state),
                 "--rules", str(self.rules),
                 "--tls-cert", str(self.server_pair.cert), "--tls-key", str(self.server_pair.key),
@@ -173,7 +190,7 @@ class AgentSet:
             argv += ["--backend-url", backend_url, "--forward-rate", "60000",
                      "--backoff-max", "2", "--forward-poll-interval", "0.2"]
         argv, env = self._with_cluster_view(argv)
-        proc = Proc("serve", argv, self.logs / "serve.log", env=_agent_env(env), cwd=self.root)
+        proc = Proc("serve", argv, self.logs / log_name, env=_agent_env(env), cwd=self.root)
         return Agent("serve", proc, state, ops)
 
     def tail_agent(self) -> Agent:
@@ -198,12 +215,58 @@ class AgentSet:
         if tail:
             self.tail = self.tail_agent().start()
 
-    def restart_serve(self, backend_url: str | None = None) -> Agent:
-        """A new `serve` process on the same port and state directory."""
+    def restart_serve(self, backend_url: str | None = None,
+                      executable: Path | None = None) -> Agent:
+        """A new `serve` process on the same port and state directory (run by
+        `executable`, e.g. an earlier version; default: the agent under test)."""
         if self.serve is not None:
             self.serve.stop()
-        self.serve = self.serve_agent(backend_url).start()
+        self.serve = self.serve_agent(backend_url, executable=executable).start()
         return self.serve
+
+    def replace_serve(self, gap: float) -> tuple[float, float]:
+        """Stop `serve` (SIGTERM), leave the port closed for `gap` seconds, then start a
+        new one on the same port and state directory: a DaemonSet pod replaced with
+        maxSurge 0. Returns (the old one exited, the new one listens), as Unix times."""
+        if self.serve is not None:
+            self.serve.stop()
+        stopped = time.time()
+        time.sleep(gap)
+        self.serve = self.serve_agent(log_name=f"serve-{next(self._successors)}.log")
+        self.serve.proc.start()
+        self.serve.wait_log("webhook listener on")
+        return stopped, time.time()
+
+    def surge_serve(self, min_ready: float = 10.0) -> tuple[float, float]:
+        """Replace `serve` as a DaemonSet with maxSurge 1 does: start a new one on the
+        running one's webhook and ops ports and state directory; once the ops port's
+        /readyz answers (the kubelet's probe, which either process may answer) and
+        `min_ready` seconds more have passed with the new one alive (minReadySeconds),
+        stop the old one. Returns (the new one started, the old one exited), as Unix
+        times."""
+        old = self.serve
+        assert old is not None, "no serve agent to replace"
+        new = self.serve_agent(ops_port=old.ops_port,
+                               log_name=f"serve-{next(self._successors)}.log")
+        started = time.time()
+        new.proc.start()
+        try:
+
+            def looks_ready() -> bool:
+                new.proc.check_alive()
+                return new.ready()
+
+            wait_for(looks_ready, 60, "the new pod to look ready")
+            time.sleep(min_ready)
+            new.proc.check_alive()
+            old.stop()
+            stopped = time.time()
+            new.wait_log("webhook listener on")
+        except BaseException:
+            new.stop()  # never leave a process nobody tracks
+            raise
+        self.serve = new
+        return started, stopped
 
     def restart_tail(self) -> Agent:
         """A new `tail` process on the same state directory (it resumes its checkpoint)."""

@@ -65,3 +65,20 @@ def get_many(cp: ControlPlane, identity: str, path: str, count: int, *, threads:
         thread.join(timeout=deadline + 60)
     result.seconds = time.monotonic() - started
     return result
+
+
+def get_until(cp: ControlPlane, identity: str, path: str, stop: threading.Event, *,
+              pause: float = 0.05, deadline: float = 600.0) -> LoadResult:
+    """GET `path` as `identity` on one connection, `pause` seconds apart, until `stop` is
+    set (or `deadline` seconds passed)."""
+    result = LoadResult()
+    started = time.monotonic()
+    with cp.client_for(identity) as client:
+        while not stop.is_set() and time.monotonic() - started < deadline:
+            try:
+                result.codes[client.get(path).status_code] += 1
+            except Exception as exc:  # counted and reported by the caller
+                result.errors.append(repr(exc))
+            stop.wait(pause)
+    result.seconds = time.monotonic() - started
+    return result

@@ -184,29 +184,79 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* Probes on the ops listener. Call with (dict "readinessPeriod" N). */}}
+{{/* The tail's: uid 0 to read the root-only log, every capability dropped. */}}
+{{- define "healert.tailContext" -}}
+runAsUser: 0
+runAsGroup: 0
+runAsNonRoot: false
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The agent container's securityContext: the mode's (given as YAML text in
+"defaults") with containerSecurityContext merged over it. Call with
+(dict "root" $ "defaults" (include "healert.nonRootContext" $)). */}}
+{{- define "healert.containerContext" -}}
+{{- toYaml (mustMergeOverwrite (fromYaml .defaults) (deepCopy .root.Values.containerSecurityContext)) -}}
+{{- end -}}
+
+{{/* The pod's securityContext: the mode's defaults with podSecurityContext merged over
+them. Call with (dict "root" $ "defaults" (dict ...)). */}}
+{{- define "healert.podContext" -}}
+{{- toYaml (mustMergeOverwrite (deepCopy .defaults) (deepCopy .root.Values.podSecurityContext)) -}}
+{{- end -}}
+
+{{/* Probes on the ops listener. Call with (dict "root" $ "port" <port name or number>
+"readinessPeriod" N); probes.readiness and probes.liveness are merged over these. */}}
 {{- define "healert.probes" -}}
+{{- $get := dict "path" "/readyz" "port" .port "scheme" "HTTP" -}}
+{{- $readiness := dict "httpGet" $get "periodSeconds" .readinessPeriod "timeoutSeconds" 2 "failureThreshold" 3 -}}
+{{- $live := dict "path" "/healthz" "port" .port "scheme" "HTTP" -}}
+{{- $liveness := dict "httpGet" $live "initialDelaySeconds" 10 "periodSeconds" 10 "timeoutSeconds" 3 "failureThreshold" 3 -}}
 readinessProbe:
-  httpGet:
-    path: /readyz
-    port: metrics
-    scheme: HTTP
-  periodSeconds: {{ .readinessPeriod }}
-  timeoutSeconds: 2
-  failureThreshold: 3
+  {{- toYaml (mustMergeOverwrite $readiness (deepCopy .root.Values.probes.readiness)) | nindent 2 }}
 livenessProbe:
-  httpGet:
-    path: /healthz
-    port: metrics
-    scheme: HTTP
-  initialDelaySeconds: 10
-  periodSeconds: 10
-  timeoutSeconds: 3
-  failureThreshold: 3
+  {{- toYaml (mustMergeOverwrite $liveness (deepCopy .root.Values.probes.liveness)) | nindent 2 }}
+{{- end -}}
+
+{{/* The workload's updateStrategy: updateStrategy when set, else the mode's (given). */}}
+{{- define "healert.updateStrategy" -}}
+{{- toYaml (default .defaults .root.Values.updateStrategy) -}}
+{{- end -}}
+
+{{/* The service account the pods run as (and the cluster view's binding names). */}}
+{{- define "healert.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "healert.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* extraVolumes and extraVolumeMounts, as list items (empty when none). */}}
+{{- define "healert.extraVolumes" -}}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "healert.extraVolumeMounts" -}}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Control-plane placement for node-local and tail. */}}
 {{- define "healert.controlPlanePlacement" -}}
+{{- with .Values.controlPlane.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 affinity:
 {{- if .Values.controlPlane.affinity }}
   {{- toYaml .Values.controlPlane.affinity | nindent 2 }}
@@ -282,4 +332,55 @@ containers): what automountServiceAccountToken would mount, scoped to one contai
               fieldRef:
                 fieldPath: metadata.namespace
 {{- end }}
+{{- end -}}
+
+{{/* The NetworkPolicy's egress rule to the backend, as a one-item list: peers and ports
+from networkPolicy.backendTo / backendPorts when given, else derived from backend.url:
+an in-cluster Service name (<service>.<namespace>.svc[.<cluster domain>], or a bare
+<service> of the release's namespace) allows that namespace, an IP literal that address,
+any other host every address; the port is the URL's (else 443 for https, 80 for http).
+Nothing when there is no backend. NetworkPolicies see a Service's target port, not its
+port: set backendPorts when the two differ. */}}
+{{- define "healert.backendEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- $url := .Values.backend.url -}}
+{{- if or $url $np.backendTo $np.backendPorts -}}
+{{- $to := $np.backendTo -}}
+{{- $ports := $np.backendPorts -}}
+{{- if $url -}}
+{{- $parsed := urlParse $url -}}
+{{- $host := lower $parsed.host -}}
+{{- $port := "" -}}
+{{- $ipv6 := hasPrefix "[" $host -}}
+{{- if $ipv6 -}}
+{{- $port = regexReplaceAll "^\\[[^]]*\\]:?" $host "" -}}
+{{- $host = regexReplaceAll "^\\[([^]]*)\\].*$" $host "${1}" -}}
+{{- else if contains ":" $host -}}
+{{- $port = regexReplaceAll "^[^:]*:" $host "" -}}
+{{- $host = regexReplaceAll ":.*$" $host "" -}}
+{{- end -}}
+{{- if not $port -}}
+{{- $port = ternary "443" "80" (eq (lower $parsed.scheme) "https") -}}
+{{- end -}}
+{{- if not $to -}}
+{{- if $ipv6 -}}
+{{- $to = list (dict "ipBlock" (dict "cidr" (printf "%s/128" $host))) -}}
+{{- else if regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $host -}}
+{{- $to = list (dict "ipBlock" (dict "cidr" (printf "%s/32" $host))) -}}
+{{- else if regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?\\.svc(\\..*)?$" $host -}}
+{{- $namespace := index (splitList "." $host) 1 -}}
+{{- $to = list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" $namespace))) -}}
+{{- else if not (contains "." $host) -}}
+{{- $to = list (dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace))) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $ports -}}
+{{- $ports = list (dict "protocol" "TCP" "port" (int $port)) -}}
+{{- end -}}
+{{- end -}}
+{{- $rule := dict -}}
+{{- if $to }}{{ $_ := set $rule "to" $to }}{{ end -}}
+{{- if $ports }}{{ $_ := set $rule "ports" $ports }}{{ end -}}
+{{- toYaml (list $rule) -}}
+{{- end -}}
 {{- end -}}
