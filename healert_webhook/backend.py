@@ -289,7 +289,8 @@ def classify(response: Answer) -> Outcome:
                        not_taken=False)
     answer = response.text[:ANSWER_MAX]
     if 200 <= code < 300:
-        return Outcome("delivered", "delivered", "ok", code)
+        return Outcome("delivered", "delivered", "ok", code,
+                       answer=excerpt(response.body, limit=EXCERPT_MAX))
     if code in AUTH_STATUSES:
         return Outcome("pause", "auth", f"backend refused the API key (HTTP {code}): "
                        f"{KEY_HINT}", code, answer=answer)

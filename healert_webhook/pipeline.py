@@ -235,10 +235,10 @@ class Pipeline:
         for friction in frictions:
             if friction.key in fresh:
                 event = friction.event
-                _stored_lines.info(
-                    "friction stored: rule=%s actor=%s entity=%s auditID=%s source=%s key=%s",
-                    friction.rule, event.get("actor", "-"), event.get("entity_ref"),
-                    friction.audit_id or "-", source, friction.key)
+                _stored_lines.info("friction stored", extra={
+                    "rule": friction.rule, "actor": event.get("actor", "-"),
+                    "entity": event.get("entity_ref"), "auditID": friction.audit_id or "-",
+                    "source": source, "key": friction.key})
 
     def reload(self, superseded: Callable[[], bool] | None = None) -> bool:
         """Reload the rules file; keep the old rules if the new file is invalid (blocking).
