@@ -74,7 +74,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import httpx
-import orjson
 
 from healert_webhook import backend, backend_contract, health, metrics
 from healert_webhook.config import ConfigError, Settings, env
