@@ -265,6 +265,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 # -- outcomes ------------------------------------------------------------------------------
 
+# Every label of healert_forward_attempts_total an Outcome can carry.
+OUTCOME_LABELS = ("delivered", "auth", "bad_url", "rate_limited", "server_error", "rejected",
+                  "timeout", "transport_error", "answer_too_large")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one request ended."""

@@ -159,7 +159,7 @@ class Pipeline:
         # swapped in one assignment on reload: a batch sees one rule set, never half
         self._rules = Rules(detector, Prefilter(detector))
         self.outbox = outbox
-        metrics.RULES_LOADED.set(len(detector.rules))
+        _count_rules(detector)
 
     @classmethod
     def from_settings(cls, settings: Settings, outbox: Outbox | None = None) -> Pipeline:
@@ -269,9 +269,16 @@ class Pipeline:
         self._rules = Rules(detector, prefilter)
         log_warnings(ruleset)
         metrics.RULES_RELOADS.labels("success").inc()
-        metrics.RULES_LOADED.set(len(self.detector.rules))
+        _count_rules(detector)
         log.info("rules reloaded from %s: %d enabled", ruleset.source, len(self.detector.rules))
         return True
+
+
+def _count_rules(detector: Detector) -> None:
+    """The rule set's gauge, and each enabled rule's friction series at 0 from the start."""
+    metrics.RULES_LOADED.set(len(detector.rules))
+    for rule in detector.rules:
+        metrics.FRICTION_EVENTS.labels(rule.name, rule.severity)
 
 
 def _abandoned(path: Any) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from healert_webhook import __version__, connections, exits, logs, protocol, tls
+from healert_webhook import __version__, connections, exits, known_labels, logs, protocol, tls
 from healert_webhook.auth import TokenAuth, TokenError
 from healert_webhook.config import ConfigError, Settings, check_webhook, env
 from healert_webhook.filewatch import FileWatch
@@ -426,6 +426,8 @@ def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
             opened.append(hook.sock)
         ops_sock = bind(*settings.ops_listen)
         tailer = Tailer(settings, pipeline) if tail else None
+        known_labels.zero([name for name, on in (("webhook", webhook), ("tail", tail)) if on],
+                          ["ops", "webhook"] if webhook else ["ops"])
     except BaseException:
         for sock in opened:
             sock.close()
