@@ -155,6 +155,7 @@ class Agent:
         self.rules_watch = FileWatch(path) if path is not None else None
         self.rule_reloads = RuleReloads(pipeline)
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
+                             rules=pipeline,
                              certificate=webhook.certs if webhook is not None else None,
                              webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
@@ -419,7 +420,7 @@ def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
     executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pipeline")
     opened: list[socket.socket] = []
     try:
-        pipeline = Pipeline.from_settings(settings, outbox)
+        pipeline = Pipeline.for_agent(settings, outbox)
         log_warnings(pipeline.detector.ruleset)
         hook = _build_webhook(settings, pipeline, executor) if webhook else None
         if hook is not None:
