@@ -195,6 +195,8 @@ _TIME_SOURCES = (("stageTimestamp", "timestamp_from_stage"),
 # would hide every real one from the read that verifies a lost answer.
 FUTURE_SKEW = 300.0  # seconds
 FUTURE = "future_"  # prefix of the fix-ups made because a time lay too far ahead
+_REPAIRS = (*(fixup for _, fixup in _TIME_SOURCES), "timestamp_missing")
+FIXUPS = (*_REPAIRS, *(FUTURE + fixup for fixup in _REPAIRS))  # every fix-up there is
 
 
 def _ahead(value: str, latest: float) -> bool:
@@ -338,6 +340,13 @@ def _keyed(mapping: Any, keys: tuple[str, ...]) -> str | None:
         if isinstance(value, str) and value:
             return key
     return None
+
+
+# Every reason `invalid_reason` gives.
+INVALID_REASONS = ("not_an_object", "missing_stage", "bad_stage", "unknown_stage",
+                   "bad_objectRef", *(f"bad_objectRef_{key}" for key in (
+                       "resource", "subresource", "namespace", "name")),
+                   "bad_verb", "bad_user", "bad_username", "bad_annotations")
 
 
 def invalid_reason(event: Any) -> str | None:

@@ -265,6 +265,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 # -- outcomes ------------------------------------------------------------------------------
 
+# Every label of healert_forward_attempts_total an Outcome can carry.
+OUTCOME_LABELS = ("delivered", "auth", "bad_url", "rate_limited", "server_error", "rejected",
+                  "timeout", "transport_error", "answer_too_large")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one request ended."""
@@ -289,7 +294,8 @@ def classify(response: Answer) -> Outcome:
                        not_taken=False)
     answer = response.text[:ANSWER_MAX]
     if 200 <= code < 300:
-        return Outcome("delivered", "delivered", "ok", code)
+        return Outcome("delivered", "delivered", "ok", code,
+                       answer=excerpt(response.body, limit=EXCERPT_MAX))
     if code in AUTH_STATUSES:
         return Outcome("pause", "auth", f"backend refused the API key (HTTP {code}): "
                        f"{KEY_HINT}", code, answer=answer)

@@ -320,6 +320,12 @@ class Settings:
         """Path of the SQLite outbox database inside the state directory."""
         return self.state_dir / "outbox.db"
 
+    @property
+    def last_good_rules_path(self) -> Path:
+        """The last rules file that loaded, kept in the state directory: what the agent
+        runs on when it starts with an invalid one."""
+        return self.state_dir / "rules.last-good.yaml"
+
     def read_api_key(self) -> str | None:
         """Return the backend key: the key file's first line wins over HEALERT_API_KEY.
 

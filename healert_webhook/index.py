@@ -39,6 +39,7 @@ Leaf = Match | None  # None: no rule can match
 VerbMap = tuple[dict[Any, Leaf], Leaf]
 SubMap = tuple[dict[Any, VerbMap], VerbMap]
 _EMPTY: dict[str, Any] = {}
+SKIP_REASONS = ("stage", "no_rule", "namespace", "system_actor")  # what rule_out answers
 
 
 class Undecidable(Exception):

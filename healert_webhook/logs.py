@@ -1,5 +1,9 @@
 """Logging setup: one line per record, text or JSON, safe against injected line breaks.
 
+What a line is about (a rule, an actor, an entity, an auditID, a key) goes in the record's
+fields (`extra=`), not only in its message: JSON lines carry them as fields of their own,
+text lines as `key=value` after the message.
+
 Log messages often carry values an outsider controls (user names, request URIs, header
 values, file contents in error messages). In text format the whole rendered line goes
 through `text.clean_text`, so a newline or an ANSI escape inside such a value shows up as
@@ -77,6 +81,13 @@ def _message(record: logging.LogRecord) -> str:
         return f"{record.msg!r} {record.args!r}"
 
 
+def _text_value(value: Any) -> str:
+    """A field's value in a text line: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, default=str).decode("utf-8")
+
+
 class TextFormatter(logging.Formatter):
     """`<ts> <LEVEL> <logger>: <msg> key=value ...` with control characters escaped."""
 
@@ -84,7 +95,7 @@ class TextFormatter(logging.Formatter):
         """Render one record as exactly one printable line."""
         parts = [_timestamp(record.created), record.levelname, f"{record.name}:",
                  _message(record)]
-        parts.extend(f"{key}={value}" for key, value in _extra(record).items())
+        parts.extend(f"{key}={_text_value(value)}" for key, value in _extra(record).items())
         if record.exc_info:
             parts.append("| " + self.formatException(record.exc_info))
         return clean_text(" ".join(parts), MAX_LINE)
@@ -158,20 +169,25 @@ class Limiter:
         self._held: dict[str, tuple[int, int]] = {}  # key -> (suppressed, level)
         Limiter._all.add(self)
 
-    def info(self, msg: str, *args: Any, key: str = "") -> None:
+    def info(self, msg: str, *args: Any, key: str = "",
+             extra: dict[str, Any] | None = None) -> None:
         """Log at INFO within the budget of `key`."""
-        self.log(logging.INFO, msg, *args, key=key)
+        self.log(logging.INFO, msg, *args, key=key, extra=extra)
 
-    def warning(self, msg: str, *args: Any, key: str = "") -> None:
+    def warning(self, msg: str, *args: Any, key: str = "",
+                extra: dict[str, Any] | None = None) -> None:
         """Log at WARNING within the budget of `key`."""
-        self.log(logging.WARNING, msg, *args, key=key)
+        self.log(logging.WARNING, msg, *args, key=key, extra=extra)
 
-    def error(self, msg: str, *args: Any, key: str = "") -> None:
+    def error(self, msg: str, *args: Any, key: str = "",
+              extra: dict[str, Any] | None = None) -> None:
         """Log at ERROR within the budget of `key`."""
-        self.log(logging.ERROR, msg, *args, key=key)
+        self.log(logging.ERROR, msg, *args, key=key, extra=extra)
 
-    def log(self, level: int, msg: str, *args: Any, key: str = "") -> None:
-        """Log `msg % args` if `key` has budget left in this interval, else count it."""
+    def log(self, level: int, msg: str, *args: Any, key: str = "",
+            extra: dict[str, Any] | None = None) -> None:
+        """Log `msg % args` (with the fields of `extra`) if `key` has budget left in this
+        interval, else count it."""
         now = time.monotonic()
         with self._lock:
             summary = self._roll(key, now)
@@ -186,7 +202,7 @@ class Limiter:
         if summary is not None:
             self._summarise(key, *summary)
         if emit:
-            self.logger.log(level, msg, *args)
+            self.logger.log(level, msg, *args, extra=extra)
 
     def _roll(self, key: str, now: float) -> tuple[int, int, float] | None:
         """Start a new interval for `key` when the last one is over; its summary, if any."""

@@ -41,6 +41,10 @@ DUPLICATES = Counter(
 RULES_LOADED = Gauge("healert_rules_loaded", "Rules enabled in the active rule set")
 RULES_RELOADS = Counter(
     "healert_rules_reloads_total", "Rule reloads by result (success, failure)", ["result"])
+RULES_FILE_INVALID = Gauge(
+    "healert_rules_file_invalid",
+    "1 while the configured rules file cannot be used: the agent runs on the last rules "
+    "that loaded (or the packaged ones)")
 
 # Webhook
 WEBHOOK_REQUESTS = Counter(

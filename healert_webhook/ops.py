@@ -55,6 +55,14 @@ class ReadySource(Protocol):
         ...
 
 
+class NoteSource(Protocol):
+    """Something that may be wrong without making the agent unready."""
+
+    def note(self) -> str | None:
+        """None when all is well, else one line for /readyz's body."""
+        ...
+
+
 @dataclass
 class Health:
     """What /readyz looks at; server.py fills it in as parts start and stop."""
@@ -63,6 +71,7 @@ class Health:
     forwarder: StatusSource | None = None
     tailer: ReadySource | None = None
     certificate: ReadySource | None = None
+    rules: NoteSource | None = None
     webhook_expected: bool = False
     webhook_up: bool = False
     stopping: bool = False
@@ -89,6 +98,11 @@ class Health:
             if reason:
                 out.append(f"tail: {reason}")
         return out
+
+    def warnings(self) -> list[str]:
+        """What is wrong without keeping the agent from taking events (the rules file)."""
+        note = self.rules.note() if self.rules is not None else None
+        return [f"warning: {note}"] if note else []
 
     def delivery(self) -> str:
         """One line about deliveries, without configuration or secrets."""
@@ -125,6 +139,7 @@ def make_ops_app(health: Health) -> Starlette:
     async def readyz(_: Request) -> Response:
         problems = await asyncio.to_thread(health.problems)
         lines = [f"not ready: {p}" for p in problems] if problems else ["ready"]
+        lines.extend(health.warnings())
         lines.append(health.delivery())
         return PlainTextResponse("\n".join(lines) + "\n", status_code=503 if problems else 200)
 

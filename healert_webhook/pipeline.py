@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -37,7 +38,12 @@ from healert_webhook.outbox import Outbox
 from healert_webhook.prefilter import Prefilter
 from healert_webhook.reading import parse_each
 from healert_webhook.records import Checkpoint, Evaluation, Friction, Stats, StoreResult
-from healert_webhook.rules import RulesError, RuleSet, Superseded, load_rules
+from healert_webhook.rules import (
+    RulesError,
+    RuleSet,
+    Superseded,
+    load_rules,
+)
 
 log = logging.getLogger(__name__)
 # One INFO line per friction event stored; a flood (a replayed month) is summarised.
@@ -159,7 +165,9 @@ class Pipeline:
         # swapped in one assignment on reload: a batch sees one rule set, never half
         self._rules = Rules(detector, Prefilter(detector))
         self.outbox = outbox
-        metrics.RULES_LOADED.set(len(detector.rules))
+        self._rules_problem: str | None = None
+        self._loaded: bytes | None = None  # the rules file started with, still to keep
+        _count_rules(detector)
 
     @classmethod
     def from_settings(cls, settings: Settings, outbox: Outbox | None = None) -> Pipeline:
@@ -167,6 +175,45 @@ class Pipeline:
         with gc_paused():  # see Pipeline.reload
             detector = make_detector(load_rules(settings.rules_path), settings)
         return cls(settings, detector, outbox)
+
+    @classmethod
+    def for_agent(cls, settings: Settings) -> Pipeline:
+        """The agent's pipeline, which always starts: on the configured rules, else (the
+        file cannot be used) on the last rules that loaded, else on the packaged ones.
+
+        A receiver that exits on a bad rules file crash-loops on every restart, rollout
+        or reboot while the apiserver drops its batches; one that runs on the last good
+        rules says so loudly instead (ERROR, /readyz, healert_rules_file_invalid) until
+        the file is fixed, and the watcher applies the fixed file. The rules that loaded
+        are kept by `keep_last_good`, once the start has gone far enough to write.
+        """
+        loaded: list[bytes] = []
+        try:
+            with gc_paused():
+                ruleset = load_rules(settings.rules_path, keep=loaded.append)
+        except RulesError as exc:
+            ruleset, fallback = _fallback_rules(settings, exc)
+            with gc_paused():
+                pipeline = cls(settings, make_detector(ruleset, settings))
+            pipeline._rules_problem = (f"rules file {exc.source} is invalid ({exc.total} "
+                                       f"problem(s)): running on {fallback}")
+            metrics.RULES_FILE_INVALID.set(1)
+            return pipeline
+        metrics.RULES_FILE_INVALID.set(0)
+        with gc_paused():
+            pipeline = cls(settings, make_detector(ruleset, settings))
+        pipeline._loaded = loaded[0] if loaded else None
+        return pipeline
+
+    def keep_last_good(self) -> None:
+        """Keep the rules file the agent started with, if it loaded (see `for_agent`)."""
+        if self._loaded is not None:
+            _LastGood(self.settings)(self._loaded)
+            self._loaded = None
+
+    def note(self) -> str | None:
+        """Why the configured rules file is not the one in use, or None (for /readyz)."""
+        return self._rules_problem
 
     @property
     def rules(self) -> Rules:
@@ -235,10 +282,10 @@ class Pipeline:
         for friction in frictions:
             if friction.key in fresh:
                 event = friction.event
-                _stored_lines.info(
-                    "friction stored: rule=%s actor=%s entity=%s auditID=%s source=%s key=%s",
-                    friction.rule, event.get("actor", "-"), event.get("entity_ref"),
-                    friction.audit_id or "-", source, friction.key)
+                _stored_lines.info("friction stored", extra={
+                    "rule": friction.rule, "actor": event.get("actor", "-"),
+                    "entity": event.get("entity_ref"), "auditID": friction.audit_id or "-",
+                    "source": source, "key": friction.key})
 
     def reload(self, superseded: Callable[[], bool] | None = None) -> bool:
         """Reload the rules file; keep the old rules if the new file is invalid (blocking).
@@ -252,7 +299,7 @@ class Pipeline:
             # A big file is hundreds of thousands of YAML nodes and index tuples, none of
             # them in a cycle: the collector would only scan them again and again.
             with gc_paused():
-                ruleset = load_rules(path, superseded)
+                ruleset = load_rules(path, superseded, _LastGood(self.settings))
                 detector = make_detector(ruleset, self.settings)
                 prefilter = Prefilter(detector)
         except Superseded:
@@ -261,17 +308,69 @@ class Pipeline:
             if superseded is not None and superseded():
                 return _abandoned(path)
             metrics.RULES_RELOADS.labels("failure").inc()
+            metrics.RULES_FILE_INVALID.set(1)
+            self._rules_problem = (f"rules file {exc.source} is invalid ({exc.total} "
+                                   "problem(s)): the previous rules stay in use")
             for line in exc.lines():
                 log.error("rules reload failed, keeping the previous rules: %s", line)
             return False
         if superseded is not None and superseded():
             return _abandoned(path)
         self._rules = Rules(detector, prefilter)
+        self._rules_problem = None
+        metrics.RULES_FILE_INVALID.set(0)
         log_warnings(ruleset)
         metrics.RULES_RELOADS.labels("success").inc()
-        metrics.RULES_LOADED.set(len(self.detector.rules))
+        _count_rules(detector)
         log.info("rules reloaded from %s: %d enabled", ruleset.source, len(self.detector.rules))
         return True
+
+
+def _fallback_rules(settings: Settings, exc: RulesError) -> tuple[RuleSet, str]:
+    """The rules to run on when the configured file cannot be used, and what they are."""
+    for line in exc.lines():
+        log.error("rules file %s cannot be used: %s", exc.source, line)
+    kept = settings.last_good_rules_path
+    try:
+        ruleset = load_rules(kept)
+    except RulesError as why:  # none kept yet (the first start), or not readable
+        log.error("rules: no last good rules to fall back on (%s): running on the packaged "
+                  "rules until the rules file is fixed", why.lines()[0])
+        return load_rules(None), "the packaged rules"
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(kept.stat().st_mtime))
+    log.error("rules: running on the last rules that loaded (%s, kept %s) until the rules "
+              "file is fixed", kept, when)
+    return ruleset, f"the last rules that loaded ({when})"
+
+
+class _LastGood:
+    """Keeps a copy of the rules file that just loaded, for a start with a broken one.
+
+    The bytes kept are those that loaded, written to a temporary file and renamed over the
+    old copy, so a crash never leaves half a file: the copy is always rules that loaded.
+    Not keeping it is logged, never fatal (a read-only state directory fails louder
+    elsewhere).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.last_good_rules_path
+
+    def __call__(self, raw: bytes) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            staged = self.path.with_name(self.path.name + ".tmp")
+            staged.write_bytes(raw)
+            os.replace(staged, self.path)
+        except OSError as exc:
+            log.warning("rules: the last good rules could not be kept in %s: %s", self.path,
+                        exc.strerror or exc)
+
+
+def _count_rules(detector: Detector) -> None:
+    """The rule set's gauge, and each enabled rule's friction series at 0 from the start."""
+    metrics.RULES_LOADED.set(len(detector.rules))
+    for rule in detector.rules:
+        metrics.FRICTION_EVENTS.labels(rule.name, rule.severity)
 
 
 def _abandoned(path: Any) -> bool:

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from healert_webhook import __version__, connections, exits, logs, protocol, tls
+from healert_webhook import __version__, connections, exits, known_labels, logs, protocol, tls
 from healert_webhook.auth import TokenAuth, TokenError
 from healert_webhook.config import ConfigError, Settings, check_webhook, env
 from healert_webhook.filewatch import FileWatch
@@ -226,6 +226,7 @@ class Agent:
         self.rules_watch = FileWatch(path) if path is not None else None
         self.rule_reloads = RuleReloads(pipeline)
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
+                             rules=pipeline,
                              certificate=webhook.certs if webhook is not None else None,
                              webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
@@ -491,7 +492,7 @@ def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
     # A configured key file that cannot be used is a configuration error (exit 2, the
     # file named): not "no key" now and a 401 later.
     settings.read_api_key()
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = Pipeline.for_agent(settings)
     log_warnings(pipeline.detector.ruleset)
     executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pipeline")
     opened: list[socket.socket] = []
@@ -504,7 +505,10 @@ def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
         opened.append(ops_sock)
         outbox = _open_outbox(settings)
         pipeline.outbox = outbox
+        pipeline.keep_last_good()  # the state directory exists now: nothing was refused
         tailer = Tailer(settings, pipeline) if tail else None
+        known_labels.zero([name for name, on in (("webhook", webhook), ("tail", tail)) if on],
+                          ["ops", "webhook"] if webhook else ["ops"])
     except BaseException:
         for sock in opened:
             sock.close()

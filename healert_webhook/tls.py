@@ -43,6 +43,11 @@ class TLSConfigError(ValueError):
     """The certificate, key or CA files cannot be used; the message says which and why."""
 
 
+# Every reason handshake_failure_reason gives.
+HANDSHAKE_REASONS = ("no_client_cert", "untrusted_client_cert", "tls_version", "plain_http",
+                     "tls_handshake")
+
+
 def handshake_failure_reason(exc: ssl.SSLError) -> str:
     """A bounded metric label for why a TLS handshake failed."""
     reason = (getattr(exc, "reason", None) or "").upper()

@@ -102,16 +102,17 @@ def _read_until(lines: queue.Queue[str | None], pattern: str, deadline: float
     raise AssertionError(f"no line matching {pattern!r}; agent said:\n{''.join(seen)}")
 
 
-@pytest.fixture(scope="module")
-def live_samples(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Sample names of a real agent's /metrics after it took one EventList."""
-    work = tmp_path_factory.mktemp("agent")
+def agent_samples(work: Any, *, batch: bool) -> set[str]:
+    """Sample names of a real agent's /metrics (`serve --tail` on an empty log), after it
+    took one EventList when `batch`, else as it starts."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("HEALERT_") and k not in {"RULES_PATH", "AUDIT_LOG_PATH"}}
     env["PYTHONPATH"] = str(ROOT)
+    (work / "audit.log").write_bytes(b"")
     proc = subprocess.Popen(
         [sys.executable, "-m", "healert_webhook", "serve", "--listen", "127.0.0.1:0",
-         "--ops-listen", "127.0.0.1:0", "--state-dir", str(work / "state")],
+         "--ops-listen", "127.0.0.1:0", "--state-dir", str(work / "state"),
+         "--tail", str(work / "audit.log")],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -119,11 +120,12 @@ def live_samples(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         ops = _read_until(lines, r"ops listener on (http://127\.0\.0\.1:\d+)", deadline)[1]
         webhook = _read_until(lines, r"webhook listener on (http://127\.0\.0\.1:\d+\S*)",
                               deadline)[1]
-        request = urllib.request.Request(
-            webhook, data=EXAMPLE_BATCH.read_bytes(), method="POST",
-            headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            assert answer.status == 200
+        if batch:
+            request = urllib.request.Request(
+                webhook, data=EXAMPLE_BATCH.read_bytes(), method="POST",
+                headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200
         with urllib.request.urlopen(f"{ops}/metrics", timeout=30) as answer:
             text = answer.read().decode()
     finally:
@@ -137,6 +139,18 @@ def live_samples(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             proc.stdout.close()
     return {sample.name for family in text_string_to_metric_families(text)
             for sample in family.samples}
+
+
+@pytest.fixture(scope="module")
+def live_samples(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Sample names of a real agent's /metrics after it took one EventList."""
+    return agent_samples(tmp_path_factory.mktemp("agent"), batch=True)
+
+
+@pytest.fixture(scope="module")
+def fresh_samples(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Sample names of a real agent's /metrics as it starts, before any event."""
+    return agent_samples(tmp_path_factory.mktemp("fresh"), batch=False)
 
 
 def test_the_registry_and_the_running_agent_agree(live_samples: set[str]) -> None:
@@ -363,3 +377,18 @@ def test_alert_file_is_what_the_chart_and_manifests_ship() -> None:
                                .read_text(encoding="utf-8"))
     assert json.loads(configmap["data"]["healert-webhook.json"]) == dashboard()
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+# Series only the cluster view writes: a fresh agent without a cluster has none of them.
+VIEW_ONLY = re.compile(r"^healert_cluster_view_")
+
+
+def test_a_fresh_agent_exports_every_series_a_panel_or_an_alert_reads(
+        fresh_samples: set[str]) -> None:
+    """Before its first event, an agent exports every series the dashboard and the alerts
+    read (at 0): no panel says "No data", and an increase() alert sees the first event."""
+    read = set().union(*map(metric_names, dashboard_queries(dashboard())),
+                       *(metric_names(rule["expr"]) for rule in alert_rules()))
+    wanted = {name for name in read - PROMETHEUS - APISERVER if not VIEW_ONLY.match(name)}
+    assert len(wanted) > 20
+    assert wanted <= fresh_samples, f"missing from a fresh agent: {sorted(wanted - fresh_samples)}"

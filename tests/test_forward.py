@@ -312,8 +312,8 @@ def test_without_a_backend_events_are_logged_once_and_kept(
     box = Outbox(settings.outbox_path)
     box.store([friction(0), friction(1)])
 
-    def lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "healert_webhook.events"]
+    def lines() -> list[dict[str, Any]]:
+        return [r.__dict__ for r in caplog.records if r.name == "healert_webhook.events"]
 
     with caplog.at_level(logging.INFO, logger="healert_webhook.events"):
         with forwarding(settings, box) as fwd:
@@ -323,7 +323,7 @@ def test_without_a_backend_events_are_logged_once_and_kept(
             box.store([friction(2)])
             wait_for(lambda: len(lines()) == 3, what="the new event")
             time.sleep(0.3)
-    assert len(lines()) == 3 and '"description":"event-2"' in lines()[2]
+    assert len(lines()) == 3 and lines()[2]["event"]["description"] == "event-2"
     assert box.stats().depth == 3
     with run_backend(tmp_path, api_key=KEY) as server, \
             forwarding(make_settings(tmp_path, server), box):

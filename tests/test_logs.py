@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 import pytest
 
 from healert_webhook import logs
+
+from support.agent import JSON, Agent, forwarding_env, serve_args
+from support.backend import run_backend
+from support.events import event_list, exec_event
+from support.servers import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +146,57 @@ def test_a_delivery_line_carries_its_fields_in_both_formats() -> None:
 def test_a_url_is_shown_without_its_credentials(url: str, shown: str) -> None:
     assert logs.shown_url(url) == shown
     assert "S3c" not in logs.redact_urls(f"ConnectError: {url}/events failed")
+
+
+def test_json_logs_of_the_agent_carry_what_a_detection_and_a_delivery_are_about(
+        tmp_path: Path) -> None:
+    """The real `serve` process with JSON logs: one batch of one exec, kept without a
+    backend, then delivered to the test backend by a second agent on the same outbox."""
+    event = exec_event(1, tag="json")
+    with run_backend(tmp_path, api_key="log-key") as backend:
+        agent = Agent(serve_args(), tmp_path, {"HEALERT_LOG_FORMAT": "json"})
+        try:
+            port, _ops = agent.ports()
+            answer = httpx.post(f"http://127.0.0.1:{port}/audit", content=event_list([event]),
+                                headers=JSON, timeout=30)
+            assert answer.status_code == 200
+            kept = _record(agent, "healert_webhook.events", "friction event")
+        finally:
+            assert agent.stop() == 0
+        stored = _record(agent, "healert_webhook.pipeline", "friction stored")
+        assert stored["rule"] == "kubectl-exec" and stored["actor"] == "alice@example.com"
+        assert stored["auditID"] == event["auditID"] and stored["source"] == "webhook"
+        assert stored["entity"] == "component:payments/payments-api"
+        assert stored["key"] == kept["key"] and len(stored["key"]) == 32
+        assert isinstance(kept["event"], dict)  # an object, not JSON inside a string
+        assert kept["event"]["entity_ref"] == stored["entity"]
+        env = {"HEALERT_LOG_FORMAT": "json",
+               **forwarding_env(tmp_path, backend.url, "log-key")}
+        second = Agent(serve_args(), tmp_path, env)
+        try:
+            second.ports()
+            delivered = _record(second, "healert_webhook.forward", "friction event delivered")
+        finally:
+            second.stop()
+    assert delivered["key"] == stored["key"] and delivered["status"] == 200
+    assert '"status"' in delivered["answer"]  # what the backend answered
+    assert not any(line.get("logger", "").startswith(("httpx", "httpcore"))
+                   for line in _records(second))
+
+
+def _records(agent: Agent) -> list[dict[str, Any]]:
+    found = []
+    for line in agent.output().splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            doc = orjson.loads(line)
+            if isinstance(doc, dict):
+                found.append(doc)
+    return found
+
+
+def _record(agent: Agent, logger: str, msg: str) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        return next((doc for doc in _records(agent)
+                     if doc.get("logger") == logger and doc.get("msg") == msg), None)
+
+    return wait_for(find, timeout=30, what=f"{logger}: {msg}")

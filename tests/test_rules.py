@@ -225,8 +225,15 @@ def test_a_partial_ignore_list_names_only_what_is_missing() -> None:
 @pytest.mark.parametrize("match,expected", [
     ("resource: pod", "resource 'pod' is never audited: the apiserver writes the plural, "
                       "lower-case name (did you mean 'pods'?)"),
-    ("resources: [Secrets]", "resource 'Secrets' is never audited: resource names are lower "
-                             "case (did you mean 'secrets'?)"),
+    ("resources: [Secrets]", "resource 'Secrets' is never audited: the apiserver writes the "
+                             "plural, lower-case name (did you mean 'secrets'?)"),
+    # a custom resource named by its kind: the plural the apiserver writes, not the kind
+    ("resource: PolicyException", "resource 'PolicyException' is never audited: the "
+                                  "apiserver writes the plural, lower-case name (did you "
+                                  "mean 'policyexceptions'?)"),
+    ("resource: policyexception", "did you mean 'policyexceptions'?"),
+    ("resource: NetworkPolicy", "did you mean 'networkpolicies'?"),
+    ("resource: gateway", "did you mean 'gateways'?"),
     ("resource: deploy", "did you mean 'deployments'?"),
     ("resource: pods/exec", "write resource: pods and subresource: exec"),
     ("verb: GET", "verb 'GET' is not one the apiserver audits (verbs are lower case: 'get')"),
@@ -246,6 +253,13 @@ def test_values_the_apiserver_never_writes_are_warnings_with_a_fix(match: str,
     ruleset = parse_rules("rules:\n  - name: rule-one\n    severity: low\n"
                           f"    match: {{{match}}}\n", "r.yaml")
     assert any(expected in w for w in ruleset.warnings), ruleset.warnings
+
+
+def test_plural_lower_case_resources_draw_no_warning() -> None:
+    ruleset = parse_rules("rules:\n  - name: rule-one\n    severity: low\n    match:\n"
+                          "      resources: [policyexceptions, kustomizations, gateways]\n",
+                          "r.yaml")
+    assert ruleset.warnings == ()
 
 
 def test_the_new_match_fields_compile() -> None:

@@ -323,15 +323,19 @@ def test_plain_http_on_a_non_loopback_address_is_refused(tmp_path: Path) -> None
     assert is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
 
 
-def test_invalid_rules_print_every_problem_and_exit_2(tmp_path: Path) -> None:
+def test_invalid_rules_at_start_print_every_problem_and_the_agent_runs(
+        tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(
         "rules:\n  - name: Bad Name\n    severity: urgent\n    match:\n      resouce: pods\n")
     agent = Agent(["serve", "--rules", "rules.yaml", "--listen", "127.0.0.1:0",
                    "--ops-listen", "127.0.0.1:0", "--state-dir", "state"], tmp_path)
-    assert agent.wait() == 2
-    out = agent.output()
-    assert "is invalid" in out
-    assert "urgent" in out and "resouce" in out and "Bad Name" in out
+    try:
+        agent.ports()  # it started, on the packaged rules
+        out = agent.output()
+        assert "cannot be used" in out
+        assert "urgent" in out and "resouce" in out and "Bad Name" in out
+    finally:
+        assert agent.stop() == 0
 
 
 def test_unusable_certificate_exits_2(tmp_path: Path, pki: PKI) -> None:

@@ -69,8 +69,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
+ERROR_REASONS = ("disk_full", "read_only", "corrupt", "busy", "io", "other")
+
+
 def error_reason(exc: BaseException) -> str:
-    """A short, bounded label for a SQLite failure (metric label and /readyz text)."""
+    """A short, bounded label for a SQLite failure (one of ERROR_REASONS; a metric label
+    and /readyz text)."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     if name.startswith("SQLITE_FULL"):
         return "disk_full"

@@ -56,17 +56,32 @@ _SUBRESOURCE_VERBS = frozenset({"exec", "attach", "portforward", "port-forward",
 
 
 def resource_hint(resource: str) -> str | None:
-    """How to write a resource the apiserver would audit, or None when it looks right."""
+    """How to write a resource the apiserver would audit, or None when it looks right.
+
+    The apiserver writes the resource's plural in lower case (`pods`, a custom resource's
+    `spec.names.plural`: `policyexceptions`), never the kind (`PolicyException`)."""
     if "/" in resource:
         base, _, sub = resource.partition("/")
         return f"write resource: {base} and subresource: {sub}"
     lower = resource.lower()
     fix = _RESOURCE_FIXES.get(lower)
-    if fix is not None:
-        return f"the apiserver writes the plural, lower-case name (did you mean {fix!r}?)"
-    if lower != resource:
-        return f"resource names are lower case (did you mean {lower!r}?)"
-    return None
+    if fix is None and lower == resource and lower.endswith("s"):
+        return None
+    return ("the apiserver writes the plural, lower-case name (did you mean "
+            f"{fix or plural(lower)!r}?)")
+
+
+def plural(name: str) -> str:
+    """The plural Kubernetes gives a lower-case kind (`policyexception` ->
+    `policyexceptions`, `networkpolicy` -> `networkpolicies`); a name that already ends in
+    `s` is taken as plural."""
+    if name.endswith("s"):
+        return name
+    if name.endswith("y") and name[-2:-1] not in ("a", "e", "i", "o", "u", ""):
+        return name[:-1] + "ies"
+    if name.endswith(("x", "z", "ch", "sh")):
+        return name + "es"
+    return name + "s"
 
 
 def verb_hint(verb: str) -> str:

@@ -272,9 +272,11 @@ def default_rules_text() -> str:
     return resources.files("healert_webhook").joinpath("default_rules.yaml").read_text("utf-8")
 
 
-def load_rules(path: Path | None, superseded: Callable[[], bool] | None = None) -> RuleSet:
+def load_rules(path: Path | None, superseded: Callable[[], bool] | None = None,
+               keep: Callable[[bytes], None] | None = None) -> RuleSet:
     """Read and compile a rules file (None: the packaged default rules); see
-    `parse_rules` for `superseded`. Raises RulesError."""
+    `parse_rules` for `superseded`. Raises RulesError. `keep` is given the bytes of a
+    file that loaded (exactly those that were read)."""
     if path is None:
         return parse_rules(default_rules_text(), "<packaged rules.yaml>")
     source = str(path)
@@ -290,4 +292,7 @@ def load_rules(path: Path | None, superseded: Callable[[], bool] | None = None) 
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RulesError(source, [f"{source}: not UTF-8 (byte {exc.start})"]) from exc
-    return parse_rules(text, source, superseded)
+    ruleset = parse_rules(text, source, superseded)
+    if keep is not None:
+        keep(raw)
+    return ruleset

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -73,7 +73,15 @@ def _items(doc: Any, place: str, report: ReadReport) -> Sequence[Any]:
     return items
 
 
-def _read_line(stream: IO[bytes], max_line: int) -> tuple[bytes, bool]:
+class Lines(Protocol):
+    """What lines are read from: a file, stdin, or what was read ahead then the file."""
+
+    def readline(self, limit: int = -1) -> bytes:
+        """The next line, at most `limit` bytes."""
+        ...
+
+
+def _read_line(stream: Lines, max_line: int) -> tuple[bytes, bool]:
     """One line, or (b"", True) when it is longer than max_line (its rest is skipped)."""
     line = stream.readline(max_line + 1)
     if len(line) <= max_line or line.endswith(b"\n"):
@@ -95,21 +103,68 @@ class Batch(list[Any]):
 def iter_batches(stream: IO[bytes], name: str, report: ReadReport,
                  max_line: int, raw: bool = False) -> Iterator[Batch]:
     """Events of one file, in batches (parsed, or with `raw` lines of one Event as
-    bytes); invalid lines go to `report`."""
-    batch = Batch()
+    bytes); invalid lines go to `report`.
+
+    A file is JSON lines unless its first line is no JSON value of its own: then it may be
+    one document spread over lines (a pretty-printed Event, an EventList with one item
+    a line) or JSON lines whose first line was torn by a crash. When the next two lines
+    each parse on their own it is JSON lines; otherwise the whole file is parsed, and it
+    is read as lines only if it is no document.
+    """
     first, too_long = _read_line(stream, max_line)
-    lineno = 1
     if not too_long and first.strip()[:1] in (b"{", b"[") \
             and not first.startswith(EVENT_LINES) and not _parses(first):
-        # Either a document spread over lines, or JSON lines with a broken first line:
-        # in a JSON-lines file the next line stands on its own. (A first line that starts
-        # as the apiserver starts its log lines is one, torn by a crash maybe.)
-        second, second_too_long = _read_line(stream, max_line)
-        if second_too_long or not second.strip() or not _parses(second):
-            yield from _whole_document(first + second, stream, name, report)
+        lines, whole = _document_or_lines(first, stream, name, report)
+        if whole is not None:
+            yield from whole
             return
-        _account(first, False, f"{name}:1", report, batch, raw=raw)
-        first, lineno = second, 2
+        first, too_long = _read_line(lines, max_line)
+        yield from _lines(lines, first, too_long, name=name, report=report,
+                          max_line=max_line, raw=raw)
+        return
+    yield from _lines(stream, first, too_long, name=name, report=report, max_line=max_line,
+                      raw=raw)
+
+
+def _document_or_lines(first: bytes, stream: IO[bytes], name: str, report: ReadReport
+                       ) -> tuple[Lines, Iterator[Batch] | None]:
+    """After a first line that is no JSON value: the stream to read lines from (the first
+    line included), or the document's batches when the file is one document."""
+    ahead = [_read_line(stream, MAX_DOCUMENT_BYTES)[0] for _ in range(2)]
+    seen = first + b"".join(ahead)
+    if all(_parses(line) or not line.strip() for line in ahead) and ahead[0].strip():
+        return _Chained(seen, stream), None  # JSON lines, the first one torn
+    data = seen + stream.read(MAX_DOCUMENT_BYTES + 1 - len(seen))
+    if len(data) > MAX_DOCUMENT_BYTES:
+        report.lines += 1
+        report.bad(f"{name}:1", "document_too_large")
+        return stream, iter(())
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _Chained(data, stream), None  # no document: its lines, one by one
+    return stream, _document_batches(doc, name, report)
+
+
+class _Chained:
+    """Lines of `head` (already read), then of `rest`."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = io.BytesIO(head)
+        self._rest = rest
+
+    def readline(self, limit: int = -1) -> bytes:
+        """The next line, at most `limit` bytes."""
+        line = self._head.readline(limit)
+        if line.endswith(b"\n") or (0 <= limit <= len(line)):
+            return line
+        return line + self._rest.readline(-1 if limit < 0 else limit - len(line))
+
+
+def _lines(stream: Lines, first: bytes, too_long: bool, *, name: str, report: ReadReport,
+           max_line: int, raw: bool) -> Iterator[Batch]:
+    batch = Batch()
+    lineno = 1
     _account(first, too_long, f"{name}:{lineno}", report, batch, raw=raw)
     while True:
         line, too_long = _read_line(stream, max_line)
@@ -174,19 +229,9 @@ def _account_nuls(line: bytes, place: str, report: ReadReport, batch: Batch, *,
             _account(piece, False, place, report, batch, raw=raw)
 
 
-def _whole_document(head: bytes, stream: IO[bytes], name: str,
-                    report: ReadReport) -> Iterator[Batch]:
-    """A document spread over several lines (a pretty-printed Event or EventList)."""
-    data = head + stream.read(MAX_DOCUMENT_BYTES + 1 - len(head))
+def _document_batches(doc: Any, name: str, report: ReadReport) -> Iterator[Batch]:
+    """The events of a document spread over several lines, in batches."""
     report.lines += 1
-    if len(data) > MAX_DOCUMENT_BYTES:
-        report.bad(f"{name}:1", "document_too_large")
-        return
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        report.bad(f"{name}:1", f"bad_json ({str(exc).split(':')[0]})")
-        return
     items = _items(doc, f"{name}:1", report)
     for start in range(0, len(items), BATCH_LINES):
         batch = Batch()

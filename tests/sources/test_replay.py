@@ -219,3 +219,25 @@ def test_torn_lines_and_nul_runs_of_a_crashed_writer_lose_no_whole_event(
     assert "2 invalid lines" in err
     assert err.count("truncated_line") == 2
     assert "skipped 5010 NUL bytes" in err
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_an_eventlist_with_one_item_a_line_is_one_document(tmp_path: Path, count: int) -> None:
+    """The tour's example: the EventList's head on a line, each item on its own line, the
+    closing brackets on the last. Its lines do not each parse, the whole does."""
+    items = [secret_get(name=f"item-{n}") for n in range(count)]
+    path = tmp_path / "batch.json"
+    path.write_bytes(b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},'
+                     b'"items":[\n' + b",\n".join(orjson.dumps(i) for i in items) + b"\n]}\n")
+    done = replay(str(path))
+    assert done.returncode == 0, done.stderr
+    assert [f["description"].split()[3] for f in frictions(done)] == [
+        f"item-{n}" for n in range(count)]
+    assert b" 0 invalid lines," in done.stderr, done.stderr
+
+
+def test_the_tour_example_replays_as_one_event() -> None:
+    done = replay(str(ROOT / "docs" / "examples" / "exec-eventlist.json"))
+    assert done.returncode == 0, done.stderr
+    assert [f["type"] for f in frictions(done)] == ["kubectl-exec"]
+    assert b"0 invalid lines" in done.stderr, done.stderr
