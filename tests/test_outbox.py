@@ -230,8 +230,11 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(OutboxError, match="newer than this agent"):
+    with pytest.raises(OutboxError, match="newer than this agent") as refused:
         Outbox(path)
+    # the way back is named, and moving the file aside (losing its events) is not it
+    assert "Upgrades and rollbacks" in str(refused.value)
+    assert "do not move it aside" in str(refused.value)
 
 
 def test_a_corrupt_file_names_itself_and_the_recovery(tmp_path: Path) -> None:

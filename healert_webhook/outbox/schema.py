@@ -141,7 +141,9 @@ def _migrate(path: Path, conn: sqlite3.Connection) -> None:
     if version > SCHEMA_VERSION:
         raise OutboxError(
             f"outbox {path} has schema version {version}, newer than this agent's "
-            f"{SCHEMA_VERSION}: run a newer agent or move the file aside", "version")
+            f"{SCHEMA_VERSION}: run the newer agent again, or take the file back to schema "
+            f"{SCHEMA_VERSION} first (docs/operations.md, \"Upgrades and rollbacks\"); do not "
+            "move it aside: it holds events not delivered yet", "version")
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
