@@ -7,7 +7,10 @@
 #   manifests/sync-rules.sh --check    exit 1 if either is out of date
 #   manifests/sync-rules.sh --rules PATH [--out PATH] [--chart-copy PATH]
 #
-# Validate the rules first: healert-webhook validate rules.yaml
+# The rules are validated first (`healert-webhook validate`): a file that does not
+# validate is never written to the ConfigMap, which the running agents would refuse and
+# a restarting agent would have to run without. The validator is `healert-webhook` on
+# PATH, else the repository's .venv; $HEALERT_WEBHOOK names another.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +38,19 @@ if [[ -z "$chart_copy" && "$custom" == false ]]; then
 fi
 
 [[ -f "$rules" ]] || { echo "sync-rules.sh: no rules file at $rules" >&2; exit 2; }
+
+validator="${HEALERT_WEBHOOK:-$(command -v healert-webhook || echo "$here/../.venv/bin/healert-webhook")}"
+if [[ "$check" == false ]]; then
+  [[ -x "$validator" ]] || {
+    echo "sync-rules.sh: cannot validate the rules: no healert-webhook on PATH or in .venv" \
+         "(set HEALERT_WEBHOOK); nothing written" >&2
+    exit 2
+  }
+  if ! "$validator" validate "$rules" >/dev/null; then
+    echo "sync-rules.sh: $rules does not validate (above); nothing written" >&2
+    exit 1
+  fi
+fi
 
 # The rules go into a YAML literal block scalar, indented four spaces. The explicit
 # indentation indicator (2, relative to the "rules.yaml:" key) keeps the text exact even

@@ -13,9 +13,11 @@ that tests/test_chart.py applies the same ones to every rendering of the Helm ch
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -846,13 +848,14 @@ def test_sync_rules_round_trips_exactly(tmp_path: Path) -> None:
         "# c\n\ttab\n  trailing  \n",
     ]
     script = MANIFESTS / "sync-rules.sh"
+    env = {**os.environ, "HEALERT_WEBHOOK": shutil.which("true") or "/bin/true"}  # texts, no rules
     for index, text in enumerate(samples):
         source, out = tmp_path / f"r{index}.yaml", tmp_path / f"cm{index}.yaml"
         copy = tmp_path / f"chart{index}" / "rules.yaml"
         source.write_text(text, encoding="utf-8")
         args = ["bash", str(script), "--rules", str(source), "--out", str(out),
                 "--chart-copy", str(copy)]
-        subprocess.run(args, check=True, capture_output=True, timeout=30)
+        subprocess.run(args, check=True, capture_output=True, timeout=30, env=env)
         assert load_docs(out)[0]["data"]["rules.yaml"] == text
         assert copy.read_text(encoding="utf-8") == text
         check = subprocess.run([*args, "--check"], capture_output=True, timeout=30,
@@ -864,14 +867,36 @@ def test_sync_rules_round_trips_exactly(tmp_path: Path) -> None:
         assert check.returncode == 1
 
 
+def validator(tmp_path: Path) -> dict[str, str]:
+    """The environment that points sync-rules.sh at this checkout's healert-webhook."""
+    wrapper = tmp_path / "healert-webhook"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" '
+                       '-m healert_webhook "$@"\n')
+    wrapper.chmod(0o755)
+    return {**os.environ, "HEALERT_WEBHOOK": str(wrapper)}
+
+
 def test_sync_rules_on_other_files_leaves_the_chart_alone(tmp_path: Path) -> None:
     source, out = tmp_path / "r.yaml", tmp_path / "cm.yaml"
     source.write_text("rules: []\n", encoding="utf-8")
     chart_copy = REPO / "charts" / "healert-webhook" / "files" / "rules.yaml"
     before = chart_copy.read_bytes()
     subprocess.run(["bash", str(MANIFESTS / "sync-rules.sh"), "--rules", str(source),
-                    "--out", str(out)], check=True, capture_output=True, timeout=30)
+                    "--out", str(out)], check=True, capture_output=True, timeout=30,
+                   env=validator(tmp_path))
     assert chart_copy.read_bytes() == before
+
+
+def test_sync_rules_never_writes_rules_that_do_not_validate(tmp_path: Path) -> None:
+    source, out = tmp_path / "r.yaml", tmp_path / "cm.yaml"
+    source.write_text("rules:\n  - name: Bad_Name\n    severity: urgent\n", encoding="utf-8")
+    out.write_text("the ConfigMap as it was\n")
+    done = subprocess.run(["bash", str(MANIFESTS / "sync-rules.sh"), "--rules", str(source),
+                           "--out", str(out)], capture_output=True, timeout=60, text=True,
+                          check=False, env=validator(tmp_path))
+    assert done.returncode == 1, done.stderr
+    assert "does not validate" in done.stderr and "Bad_Name" in done.stderr
+    assert out.read_text() == "the ConfigMap as it was\n"
 
 
 # --------------------------------------------------------------------------- audit policy
