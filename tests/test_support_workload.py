@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +206,82 @@ def test_no_test_or_tool_names_a_path_of_one_machine() -> None:
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 if absolute.search(line) and "absolute.search" not in line:
                     raise AssertionError(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+
+
+# -- the streams beside today's ---------------------------------------------------------
+
+def test_todays_stream_keeps_its_bytes() -> None:
+    """Today's workload is what the recorded figures and the tests were measured on: the
+    streams added beside it must not change one byte of it for a seed."""
+    work = workload.generate(2000, match_ratio=0.05, seed=1)
+    digest = hashlib.sha256(b"".join(work.items)).hexdigest()
+    assert digest == "00aa3097dadc159b507ba0acfd7fde4c1283c7f0127767002b8aea9dfd536dfd"
+    assert workload.stream("today", 2000, match_ratio=0.05, seed=1).items == work.items
+
+
+def _levels_and_sizes(items: list[bytes]) -> tuple[float, list[int]]:
+    """(share of events carrying objects, sizes of the Metadata-level events)."""
+    bodies, sizes = 0, []
+    for item in items:
+        event = orjson.loads(item)
+        if "requestObject" in event or "responseObject" in event:
+            bodies += 1
+        else:
+            assert event["level"] == "Metadata"
+            sizes.append(len(item))
+    return bodies / len(items), sizes
+
+
+def test_realistic_stream_is_shaped_like_the_recorded_events() -> None:
+    work = workload.stream("realistic", 6000, seed=3)
+    body_share, sizes = _levels_and_sizes(work.items)
+    assert 0.01 < body_share < 0.05  # people's writes with their objects
+    assert 900 < statistics.mean(sizes) < 1300  # ~1 KiB Metadata events
+    users = [orjson.loads(item)["user"] for item in work.items]
+    bound = [u for u in users if u.get("username", "").startswith("system:serviceaccount:")]
+    assert bound and all("authentication.kubernetes.io/credential-id" in u["extra"]
+                         for u in bound)
+    pods = [u for u in bound if "authentication.kubernetes.io/pod-name" in u["extra"]]
+    assert len(pods) > len(bound) / 2  # most are pods' projected tokens
+    assert {"authentication.kubernetes.io/node-name", "authentication.kubernetes.io/pod-uid"} \
+        <= set(pods[0]["extra"])
+    kubelets = [u for u in users if u.get("username", "").startswith("system:node:")]
+    assert kubelets and all(u["extra"]["authentication.kubernetes.io/credential-id"][0]
+                            .startswith("X509SHA256=") for u in kubelets)
+
+
+def test_small_stream_is_small_metadata_events() -> None:
+    work = workload.stream("small", 6000, seed=3)
+    body_share, sizes = _levels_and_sizes(work.items)
+    assert body_share < 0.005  # only the bypasses that must show their object
+    assert 700 < statistics.mean(sizes) < 850
+    assert not any("extra" in orjson.loads(item)["user"] for item in work.items)
+
+
+@pytest.mark.parametrize("name", ["realistic", "small"])
+def test_streams_match_exactly_as_built(name: str) -> None:
+    detector = Detector(shipped_rules())
+    work = workload.stream(name, 6000, match_ratio=0.05, seed=9)
+    assert workload.stream(name, 6000, match_ratio=0.05, seed=9).items == work.items
+    events = [orjson.loads(item) for item in work.items]
+    fired = rules_per_event(detector, events)
+    expected = {exp.index: exp for exp in work.expected}
+    assert 0.03 < len(expected) / len(events) < 0.08
+    for index, exp in expected.items():
+        assert events[index]["auditID"] == exp.audit_id
+        assert exp.rule in fired.get(index, set()), (exp, fired.get(index))
+    unintended = {i: fired[i] for i in fired if i not in expected}
+    assert unintended == {}, [work.items[i][:300] for i in list(unintended)[:3]]
+
+
+def test_unknown_stream_is_refused() -> None:
+    with pytest.raises(ValueError, match="no stream"):
+        workload.stream("huge", 10)
+
+
+def test_cli_writes_the_other_streams() -> None:
+    run = subprocess.run(
+        [sys.executable, str(WORKLOAD), "--stream", "small", "--events", "300", "--format",
+         "lines"], cwd=ROOT, capture_output=True, check=True, timeout=120)
+    lines = run.stdout.splitlines()
+    assert len(lines) == 300 and all(orjson.loads(line)["kind"] == "Event" for line in lines)
