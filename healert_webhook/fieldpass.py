@@ -1,0 +1,271 @@
+"""Detection's fast path, decided from the five fields of an event's JSON read by msgspec.
+
+Nearly every audit event matches no rule, and `Index.rule_out` tells which from five
+fields: the stage, the verb, the user (internal or not, and whether someone is
+impersonated), and the object reference's resource, subresource and namespace. Here
+msgspec reads exactly those: a `msgspec.json.Decoder` of a Struct that holds only them
+parses the event's JSON, skips everything else without building a Python object of it,
+and hands over the five values. An event costs about a microsecond read this way,
+against two to three for simdjson's reading through Python proxies (prefilter.py); see
+docs/performance.md. `FieldPass.split` reads a webhook body into its items' bytes the
+same way, so each item can be decided, and parsed with orjson when it is a candidate,
+on its own.
+
+The decision itself is `Index.rule_out`'s, cached: it depends on nothing but the stage,
+verb, resource, subresource and namespace, and, when every candidate rule ignores system
+actors, on whether the user is internal and impersonates nobody. The first event of each
+combination asks `rule_out` with an internal and with a person's user: the same answer
+settles the combination for every user, two answers are kept and the event's own user
+chooses. A value `rule_out` could not decide from (a list for a verb, a user that is a
+string) is passed to `rule_out` itself, so the answer is its own for every event.
+
+Exactness: a parser reads the event, so its layout does not matter (field order,
+whitespace, escapes, strings holding the very bytes of a field, nested objects with the
+same keys, objects that look like other events). A field written twice is read as orjson
+reads it, the last one. What msgspec refuses (bad syntax, escapes, control characters,
+nesting deeper than it goes) is read by orjson instead, which refuses it too but for
+nesting between the two parsers' limits. msgspec checks UTF-8 only in the strings it
+decodes, so the bytes are checked first (an ASCII test, or a strict decode when they are
+not ASCII): an event orjson refuses for its UTF-8 is never ruled out. So for every event
+orjson reads, the answer is `rule_out`'s on orjson's reading of it; for what orjson
+refuses, None (the full parse then says why), with one exception: a number out of a
+double's range (`1e400`) in a part no decision reads is valid JSON to msgspec, which does
+not convert what it skips, and an error to orjson. Such an event is decided by its five
+fields where orjson calls it unreadable; neither gives a friction event. (The apiserver
+writes a client's raw patch into `requestObject` as it came, so a person can put one
+there.)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import orjson
+
+from healert_webhook.audit import BadDocument, is_internal_actor
+from healert_webhook.index import Index, Undecidable
+
+# The combinations kept; when full the cache starts over (a stream of made-up
+# namespaces cannot grow it without bound).
+CACHE_ENTRIES = 4096
+# A combination whose strings are longer than this together is decided, never kept.
+CACHE_KEY_CHARS = 512
+_INTERNAL = {"username": "system:fieldpass"}  # an internal actor, for settling
+_PERSON = {"username": "fieldpass"}  # someone who is not
+
+
+class Unreadable(Exception):
+    """A body msgspec does not read as JSON (the full parse decides what it is)."""
+
+
+class _User(msgspec.Struct, gc=False):
+    username: Any = None
+
+
+class _Ref(msgspec.Struct, gc=False):
+    resource: Any = None
+    subresource: Any = None
+    namespace: Any = None
+
+
+# Any JSON value but an object: a user or objectRef of another type is read, not refused.
+_NotObject = None | bool | int | float | str | list[Any]
+
+
+class _Fields(msgspec.Struct, gc=False):
+    """The fields `Index.rule_out` reads; every other one is skipped unread."""
+
+    stage: Any = None
+    verb: Any = None
+    user: _User | _NotObject = None
+    impersonatedUser: Any = None
+    objectRef: _Ref | _NotObject = None
+
+
+class _Body(msgspec.Struct, gc=False):
+    """What `audit.batch_items` looks at in a body that is an object."""
+
+    kind: Any = None
+    auditID: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    items: list[msgspec.Raw] | dict[str, Any] | str | float | int | bool | None = None
+
+
+_read_fields = msgspec.json.Decoder(_Fields).decode
+_read_body = msgspec.json.Decoder(_Body | list[msgspec.Raw]).decode
+Answer = str | None  # a skip reason, or None: parse it
+# What a combination settles: one answer for every user, or one for an internal actor who
+# impersonates nobody and one for anyone else.
+Settled = Answer | tuple[Answer, Answer]
+Item = bytes | msgspec.Raw
+
+
+def is_utf8(data: bytes) -> bool:
+    """True when `data` is valid UTF-8 (as strict as orjson: no surrogates, no overlong
+    forms); ASCII is checked without decoding."""
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class FieldPass:
+    """`Index.rule_out`'s skip reason for events read from their JSON (module docstring).
+
+    One per rule index: the cached decisions belong to its rules. Safe to share between
+    threads (a decision computed twice at once is the same decision).
+    """
+
+    def __init__(self, index: Index) -> None:
+        self._rule_out = index.rule_out
+        self._settled: dict[tuple[Any, ...], Settled] = {}
+        self._lock = threading.Lock()
+
+    def reason(self, item: Item) -> Answer:
+        """The skip reason `Index.rule_out` gives the event `item` holds (`stage`,
+        `no_rule`, `namespace`, `system_actor`), or None: parse it (it may match, it is
+        not an object, or its fields are not what the fast path decides on).
+
+        `item` is one event's JSON: bytes (a log line, checked for UTF-8 here), or a
+        `msgspec.Raw` from `split`, whose body was checked.
+        """
+        if isinstance(item, bytes) and not is_utf8(item):
+            return None
+        try:
+            fields = _read_fields(item)
+        except msgspec.ValidationError:  # an array or a value, no event
+            return None
+        except (msgspec.DecodeError, RecursionError):
+            return self._parsed(item)
+        return self._decide(fields)
+
+    def split(self, body: bytes) -> Sequence[Item]:
+        """The items of a webhook body read as `audit.batch_items` reads a parsed one
+        (an EventList, an array of events, or one Event), each as the bytes of its JSON.
+
+        Items are `msgspec.Raw` views into `body`; an item whose bytes are not UTF-8 is
+        a copy (bytes), which `reason` checks and leaves to the full parse. Raises
+        Unreadable when msgspec does not read the body as JSON, or when the bytes that
+        are not UTF-8 lie outside every item (orjson refuses the body whole); BadDocument
+        for JSON that is no batch of events.
+        """
+        try:
+            doc = _read_body(body)
+        except msgspec.ValidationError:
+            raise BadDocument("expected an object or an array") from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise Unreadable(str(exc)) from None
+        if isinstance(doc, list):
+            items: Sequence[Item] = doc
+        elif doc.kind == "EventList" or (doc.items is not None and doc.auditID is msgspec.UNSET):
+            if not isinstance(doc.items, list):
+                if doc.items is None:
+                    return []
+                raise BadDocument("EventList 'items' is not a list")
+            items = doc.items
+        else:
+            return [body]  # one event: `reason` checks its bytes
+        if is_utf8(body):
+            return items
+        return _copies_of_bad_items(items)
+
+    def _decide(self, fields: _Fields) -> Answer:
+        ref = fields.objectRef
+        if isinstance(ref, _Ref):
+            key = (fields.stage, fields.verb, ref.resource, ref.subresource, ref.namespace)
+        elif ref is None:  # as an empty objectRef: nothing of it to look up
+            key = (fields.stage, fields.verb, None, None, None)
+        else:
+            return self._exact(fields)
+        try:
+            settled = self._settled[key]
+        except KeyError:
+            settled = self._settle(key, fields)
+        except TypeError:  # a list or an object where a name belongs
+            return self._exact(fields)
+        if not isinstance(settled, tuple):
+            return settled
+        user = fields.user
+        if isinstance(user, _User):
+            name = user.username
+            if isinstance(name, str):
+                internal = is_internal_actor(name)
+            elif not name:
+                internal = True  # no name: a failed authentication
+            else:
+                return self._exact(fields)
+        elif not user:
+            internal = True
+        else:
+            return self._exact(fields)
+        return settled[0] if internal and not fields.impersonatedUser else settled[1]
+
+    def _settle(self, key: tuple[Any, ...], fields: _Fields) -> Settled:
+        """The decision for this combination: a reason or None for every user, or the
+        pair (for an internal actor impersonating nobody, for anyone else)."""
+        event = _stand_in(fields)
+        event["impersonatedUser"] = None
+        event["user"] = _INTERNAL
+        internal = self._answer(event)
+        event["user"] = _PERSON
+        person = self._answer(event)
+        settled: Settled = internal if internal == person else (internal, person)
+        if sum(len(part) for part in key if part.__class__ is str) <= CACHE_KEY_CHARS:
+            with self._lock:
+                if len(self._settled) >= CACHE_ENTRIES:
+                    self._settled.clear()
+                self._settled[key] = settled
+        return settled
+
+    def _parsed(self, item: Item) -> Answer:
+        """What msgspec refuses, as orjson reads it: almost always refused too (None),
+        but msgspec's nesting limit is below orjson's."""
+        try:
+            event = orjson.loads(memoryview(item))
+        except orjson.JSONDecodeError:
+            return None
+        return self._answer(event) if isinstance(event, dict) else None
+
+    def _exact(self, fields: _Fields) -> Answer:
+        """`rule_out` on the event's own values, for what the cache does not key on."""
+        return self._answer(_stand_in(fields))
+
+    def _answer(self, event: dict[str, Any]) -> Answer:
+        try:
+            found = self._rule_out(event)
+        except Undecidable:
+            return None
+        return found if isinstance(found, str) else None
+
+
+def _stand_in(fields: _Fields) -> dict[str, Any]:
+    """The event as `rule_out` reads it: the five fields, objects as dicts."""
+    ref, user = fields.objectRef, fields.user
+    return {
+        "stage": fields.stage, "verb": fields.verb,
+        "user": {"username": user.username} if isinstance(user, _User) else user,
+        "impersonatedUser": fields.impersonatedUser,
+        "objectRef": {"resource": ref.resource, "subresource": ref.subresource,
+                      "namespace": ref.namespace} if isinstance(ref, _Ref) else ref,
+    }
+
+
+def _copies_of_bad_items(items: Sequence[Item]) -> list[Item]:
+    """The items of a body that is not UTF-8: those that are not either, as bytes."""
+    out: list[Item] = []
+    bad = 0
+    for item in items:
+        data = bytes(item)
+        if is_utf8(data):
+            out.append(item)
+        else:
+            out.append(data)
+            bad += 1
+    if not bad:
+        raise Unreadable("bytes that are not UTF-8 outside the events")
+    return out
