@@ -1,7 +1,8 @@
 """TLS for the webhook listener: the server context, why handshakes fail, reloads.
 
-* `build_server_context` makes the one SSLContext uvicorn serves with (TLS 1.2 or newer;
-  client certificates required when a client CA is configured).
+* `build_server_context` makes the one SSLContext uvicorn serves with (TLS 1.2 or newer,
+  AEAD ciphers with ECDHE only, the client's order choosing among them; client
+  certificates required when a client CA is configured).
 * `handshake_failure_reason` names why a handshake failed (no client certificate, one
   from another CA, an old TLS version) as a bounded label; the gate in front of the
   listener (connections.py) runs the handshakes and counts their failures.
@@ -62,6 +63,9 @@ def handshake_failure_reason(exc: ssl.SSLError) -> str:
     return "tls_handshake"
 
 
+# TLS 1.2: forward secrecy (ECDHE) and authenticated encryption (GCM, ChaCha20-Poly1305)
+# only: CBC modes and RSA key exchange, which older clients still offer, are left out.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 PEM_MAX = 1024 * 1024  # a certificate bundle is kilobytes; a bigger file is something else
 _LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
@@ -75,6 +79,11 @@ def build_server_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.S
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.set_ciphers(TLS12_CIPHERS)  # TLS 1.3's suites are all AEAD already
+    # A server imposes its order to keep clients off weak ciphers; with none offered, the
+    # client's order is as safe, and the apiserver's (Go) is the fastest for its CPU:
+    # AES-128-GCM first with AES instructions (1.3x AES-256-GCM here), ChaCha20 without.
+    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(["http/1.1"])
     _load_chain(ctx, cert, key)
     if client_ca is not None:
