@@ -1,6 +1,7 @@
 """Compare two checkouts of the agent under the same webhook load, alternating.
 
     .venv/bin/python benchmarks/ab.py OLD_CHECKOUT NEW_CHECKOUT [--tls] [--rounds 12]
+        [--stream today|realistic|small]
 
 This machine's speed wanders by a third within minutes, more than most changes are
 worth, so rates of two runs do not compare. Here both servers run side by side and take
@@ -39,11 +40,15 @@ def start(tree: Path, workdir: Path, tls: bool) -> tuple[procs.Agent, procs.PKI 
 
 
 def cpu_of_one_load(agent: procs.Agent, pki: procs.PKI | None, bodies: Path,
-                    connections: int) -> float:
-    """Server CPU seconds for two passes of the bodies."""
+                    connections: int, ciphers: set[str] | None = None) -> float:
+    """Server CPU seconds for two passes of the bodies (the TLS ciphers negotiated go to
+    `ciphers`)."""
     before = procs.cpu_seconds(agent.pid)
-    run.loadgen(run.server_url(agent, pki is not None), bodies,
-                ["throughput", "--connections", str(connections), "--passes", "2"], pki)
+    result = run.loadgen(run.server_url(agent, pki is not None), bodies,
+                         ["throughput", "--connections", str(connections), "--passes", "2"],
+                         pki)
+    if ciphers is not None:
+        ciphers.update(result.get("ciphers", []))
     return procs.cpu_seconds(agent.pid) - before
 
 
@@ -55,16 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true", help="HTTPS with client certificates")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--events", type=int, default=8000)
+    parser.add_argument("--stream", choices=workload.STREAMS, default="today",
+                        help="the workload posted (tests/support/workload.py)")
     args = parser.parse_args(argv)
-    work = workload.Generator(seed=1, match_ratio=0.01).take(args.events)
+    work = workload.stream(args.stream, args.events, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.json"
         bodies.write_bytes(b"\n".join(work.batches(400)) + b"\n")
         old = start(args.old.resolve(), Path(tmp) / "old", args.tls)
         new = start(args.new.resolve(), Path(tmp) / "new", args.tls)
+        negotiated: dict[str, set[str]] = {"OLD": set(), "NEW": set()}
         try:
-            for agent, pki in (old, new):  # warm both up once
-                cpu_of_one_load(agent, pki, bodies, 4)
+            for (agent, pki), name in ((old, "OLD"), (new, "NEW")):  # warm both up once
+                cpu_of_one_load(agent, pki, bodies, 4, negotiated[name])
             ratios = []
             for round_ in range(args.rounds):
                 order = (old, new) if round_ % 2 == 0 else (new, old)
@@ -74,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             old[0].stop()
             new[0].stop()
+    if args.tls:
+        print("TLS ciphers negotiated:", ", ".join(
+            f"{name} {'/'.join(sorted(found)) or '?'}" for name, found in negotiated.items()))
     print("NEW/OLD CPU per event, by round:", " ".join(f"{r:.2f}" for r in ratios))
     print(f"median {statistics.median(ratios):.3f}")
     return 0

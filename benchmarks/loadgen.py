@@ -64,6 +64,12 @@ class Client:
             self.headers["Authorization"] = f"Bearer {token}"
         self.conn = connect(url, cafile, client)
 
+    def cipher(self) -> str | None:
+        """The TLS cipher the connection negotiated (None: plain HTTP, or not connected)."""
+        sock = self.conn.sock
+        found = sock.cipher() if isinstance(sock, ssl.SSLSocket) else None
+        return found[0] if found else None
+
     def post(self, body: bytes) -> int:
         """POST one body; return the status code (0 for a transport error)."""
         for attempt in (1, 2):
@@ -86,6 +92,7 @@ def run_throughput(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, A
     lock = threading.Lock()
     status: Counter[int] = Counter()
     next_job = [0]
+    ciphers: set[str] = set()
 
     def worker() -> None:
         client = Client(args.url, args.cafile, args.token, _client(args))
@@ -97,9 +104,11 @@ def run_throughput(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, A
             if index >= len(jobs):
                 break
             local[client.post(jobs[index])] += 1
+        cipher = client.cipher()
         client.conn.close()
         with lock:
             status.update(local)
+            ciphers.update([cipher] if cipher else [])
 
     threads = [threading.Thread(target=worker) for _ in range(args.connections)]
     start = time.perf_counter()
@@ -109,7 +118,7 @@ def run_throughput(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, A
         thread.join()
     wall = time.perf_counter() - start
     return {"requests": len(jobs), "status": {str(k): v for k, v in status.items()},
-            "wall_s": wall}
+            "wall_s": wall, "ciphers": sorted(ciphers)}
 
 
 def run_rate(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from procs import REPO, Unavailable
 from healert_webhook import batches, prefilter
 from healert_webhook.audit import batch_items
 from healert_webhook.config import Settings
+from healert_webhook.fieldpass import FieldPass
 from healert_webhook.pipeline import Pipeline, gc_paused, make_detector
 from healert_webhook.records import Stats
 from healert_webhook.rules import RuleSet, load_rules
@@ -53,16 +54,18 @@ from support import workload
 MIB = 1024 * 1024
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "latest.json"
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+# The load generator's TLS 1.3 suites in the apiserver's order (AES-128-GCM first).
+APISERVER_TLS = Path(__file__).resolve().parent / "apiserver-tls.cnf"
 ROTATED_NAME = "audit-2026-11-26T10-00-00.000.log"
 
 
 @dataclass(frozen=True)
 class Config:
-    """Sizes and repetition counts of one benchmark mode."""
+    """Sizes and repetition counts of one benchmark mode (per stream)."""
 
     mode: str
     events: int            # events in the in-process and webhook workload
-    reps: int              # repetitions of (a), (b), (c)
+    reps: int              # repetitions of (b), (c)
     passes: int            # passes over the workload per webhook repetition
     connections: int       # load generator connections
     latency_batches: int   # batches per latency repetition, at 10 batches/s
@@ -80,10 +83,24 @@ MODES = {
     "quick": Config("quick", 16_000, 3, 1, 4, 100, 2, 32 * MIB, 2, 60 * MIB),
     "tiny": Config("tiny", 2_000, 2, 1, 2, 10, 1, 2 * MIB, 1, 6 * MIB),
 }
-TARGETS = {"webhook_mtls": 1.5, "webhook_http": 2.0, "tail_catchup": 1.5}
-# Figures with an upper bound: ack p99 of Metadata-level batches in ms,
-# steady-load RSS in MiB.
-LIMITS = {"ack_p99_metadata": 10.0, "rss_webhook": 100.0}
+# The streams (tests/support/workload.py), the headline first.
+STREAMS = ("realistic", "small", "today")
+TITLES = {
+    "realistic": "realistic: ~1 KiB Metadata events, ~3% with objects (the headline)",
+    "small": "small Metadata events (~800 B)",
+    "today": "today's workload: 3.4 KiB events on average, 10% with 2-50 KiB objects",
+}
+# Ratios to the per-event floor measured around each row. On today's workload the
+# target is the figure of the run before this work (docs/performance.md, "before").
+ISSUE_TARGETS = {"webhook_mtls": 1.0, "webhook_http": 1.3, "tail_catchup": 1.0}
+TARGETS: dict[str, dict[str, float]] = {
+    "realistic": ISSUE_TARGETS, "small": ISSUE_TARGETS,
+    "today": {"webhook_mtls": 1.37, "webhook_http": 1.72, "tail_catchup": 1.51},
+}
+# Figures with an upper bound: ack p99 of Metadata-level batches in ms, steady-load RSS
+# in MiB (the 60 MiB batch's is computed from its size).
+LIMITS = {"realistic.ack_p99": 10.0, "today.ack_p99_metadata": 10.0,
+          "realistic.rss_webhook": 100.0, "today.rss_webhook": 100.0}
 
 
 class Report:
@@ -92,18 +109,31 @@ class Report:
     def __init__(self) -> None:
         self.figures: dict[str, dict[str, Any]] = {}
         self.unavailable: dict[str, str] = {}
+        self.floors: dict[str, list[float]] = {}  # every floor measured, by stream
 
     def add(self, key: str, label: str, unit: str, values: list[float], *,
-            ratio_to: str | None = None) -> None:
-        """Record a figure; with `ratio_to`, also its median's ratio to that figure."""
+            floor: list[float] | None = None, ratio_to: str | None = None,
+            pool: bool = True) -> None:
+        """Record a figure `stream.name`; with `floor` (the per-event floor measured
+        around it) its median's ratio to their median (and, with `pool`, the floors
+        counted in the stream's floor figure), with `ratio_to` its ratio to that figure
+        (a field pass to today's)."""
         fig: dict[str, Any] = {"label": label, "unit": unit,
                                "median": statistics.median(values), "min": min(values),
                                "max": max(values), "values": values}
-        if ratio_to is not None and ratio_to in self.figures:
+        stream, _, name = key.partition(".")
+        if floor:
+            fig["floor"] = statistics.median(floor)
+            fig["floor_values"] = floor
+            fig["ratio"] = fig["median"] / fig["floor"]
+            if pool:
+                self.floors.setdefault(stream, []).extend(floor)
+        elif ratio_to is not None and ratio_to in self.figures:
             fig["ratio_to"] = ratio_to
             fig["ratio"] = fig["median"] / self.figures[ratio_to]["median"]
-            if key in TARGETS:
-                fig["target"] = TARGETS[key]
+        target = TARGETS.get(stream, {}).get(name)
+        if target is not None and "ratio" in fig:
+            fig["target"] = target
         if key in LIMITS:
             fig["limit"] = LIMITS[key]
         self.figures[key] = fig
@@ -120,7 +150,7 @@ class Report:
             self.unavailable[name] = f"{type(exc).__name__}: {exc}"
 
 
-# --- in-process sections ---------------------------------------------------------------
+# --- the floor ---------------------------------------------------------------------------
 
 def cpu_timed(func: Callable[[], object]) -> float:
     """CPU seconds of this process spent in `func`."""
@@ -129,17 +159,57 @@ def cpu_timed(func: Callable[[], object]) -> float:
     return time.process_time() - start
 
 
-def shipped_rules() -> RuleSet:
-    """The repository's rules.yaml (what `serve` loads from the repo), else the packaged."""
-    path = REPO / "rules.yaml"
-    return load_rules(path if path.is_file() else None)
-
-
 def loads_each(items: list[bytes]) -> None:
     """The floor: one orjson.loads per event."""
     loads = orjson.loads
     for item in items:
         loads(item)
+
+
+class Floor:
+    """`orjson.loads` of each event on its own, per CPU-second of this process: measured
+    before and after every repetition of a row, because this machine's speed wanders by
+    up to a third within minutes and a ratio must divide by the floor of its moment.
+
+    `items` are the events' bytes, or chunks of log lines (`lines` True) parsed a line
+    at a time, as the tail reads them.
+    """
+
+    def __init__(self, items: list[bytes], lines: bool = False) -> None:
+        self.items = items
+        self.lines = lines
+        self.count = sum(chunk.count(b"\n") for chunk in items) if lines else len(items)
+        self._parse()  # warm caches once
+
+    def _parse(self) -> None:
+        if not self.lines:
+            loads_each(self.items)
+            return
+        loads = orjson.loads
+        for chunk in self.items:
+            for line in chunk.splitlines():
+                loads(line)
+
+    def once(self) -> float:
+        """One measurement, events per CPU-second."""
+        return self.count / cpu_timed(self._parse)
+
+    def around(self, reps: int, rep: Callable[[], float]) -> tuple[list[float], list[float]]:
+        """`rep()` `reps` times with the floor measured before, between and after:
+        (the row's values, the floors)."""
+        floors, values = [self.once()], []
+        for _ in range(reps):
+            values.append(rep())
+            floors.append(self.once())
+        return values, floors
+
+
+# --- in-process sections -----------------------------------------------------------------
+
+def shipped_rules() -> RuleSet:
+    """The repository's rules.yaml (what `serve` loads from the repo), else the packaged."""
+    path = REPO / "rules.yaml"
+    return load_rules(path if path.is_file() else None)
 
 
 def detect_batches(pipeline: Pipeline, bodies: list[bytes]) -> None:
@@ -183,32 +253,70 @@ def loads_bodies(bodies: list[bytes], pause: bool) -> None:
             loads(body)
 
 
-def section_inprocess(rep: Report, cfg: Config, work: workload.Workload,
-                      bodies: list[bytes]) -> None:
-    """(a) the orjson floor and (b) parse + Pipeline.detect per 400-event batch."""
+def per_event_us(count: int, func: Callable[[], object]) -> float:
+    """CPU microseconds per event of one call of `func` over `count` events."""
+    return cpu_timed(func) / count * 1e6
+
+
+def prefilter_lines(pass_: prefilter.Prefilter, lines: list[bytes]) -> None:
+    """Today's field pass on log lines: simdjson reads each, its fields are read
+    through pysimdjson's objects and decided (`Prefilter.skip`)."""
+    skip = pass_.skip
+    for line in lines:
+        skip(line)
+
+
+def fieldpass_lines(pass_: FieldPass, lines: list[bytes]) -> None:
+    """The msgspec field pass on log lines (`FieldPass.reason`)."""
+    reason = pass_.reason
+    for line in lines:
+        reason(line)
+
+
+def prefilter_bodies(pass_: prefilter.Prefilter, bodies: list[bytes]) -> None:
+    """Today's field pass on webhook bodies: simdjson reads each body, each item's fields
+    are read through pysimdjson's objects and decided, candidates are written out."""
+    reason = pass_.reason
+    for body in bodies:
+        items = batch_items(prefilter.parse(body), simdjson.Object, simdjson.Array)
+        for item in items:
+            if reason(item) is None:
+                item.mini  # noqa: B018 - the candidate's bytes, for orjson
+        del items
+
+
+def fieldpass_bodies(pass_: FieldPass, bodies: list[bytes]) -> None:
+    """The msgspec field pass on webhook bodies: the body split into its items' bytes,
+    each item's fields decoded and decided; a candidate's bytes are its item's."""
+    reason = pass_.reason
+    for body in bodies:
+        for item in pass_.split(body):
+            if reason(item) is None:
+                memoryview(item)
+
+
+def section_inprocess(rep: Report, cfg: Config, stream: str, work: workload.Workload,
+                      bodies: list[bytes], floor: Floor) -> None:
+    """(b) parse + detect per 400-event batch, today's path, and the field passes."""
     n = len(work.items)
-    loads_each(work.items)  # warm caches once
-    floor = [n / cpu_timed(lambda: loads_each(work.items)) for _ in range(cfg.reps)]
-    rep.add("floor", "(a) orjson.loads per event (floor)", "events/cpu-s", floor)
-    # The same bytes as whole bodies: with the GC running, the tens of thousands of
-    # objects a body makes trigger collections over the live tree; paused, they do not.
-    whole = [n / cpu_timed(lambda: loads_bodies(bodies, False)) for _ in range(cfg.reps)]
-    rep.add("floor_bodies", "    orjson.loads per 400-event body, GC on", "events/cpu-s",
-            whole, ratio_to="floor")
-    paused = [n / cpu_timed(lambda: loads_bodies(bodies, True)) for _ in range(cfg.reps)]
-    rep.add("floor_bodies_paused", "    same, GC paused (as the webhook does)",
-            "events/cpu-s", paused, ratio_to="floor")
+    key = f"{stream}."
+
+    def row(name: str, label: str, func: Callable[[], object]) -> None:
+        func()  # warm
+        values, floors = floor.around(cfg.reps, lambda: n / cpu_timed(func))
+        rep.add(key + name, label, "events/cpu-s", values, floor=floors)
+
+    row("floor_bodies", "    orjson.loads per 400-event body, GC on",
+        lambda: loads_bodies(bodies, False))
+    row("floor_bodies_paused", "    same, GC paused (as the webhook does)",
+        lambda: loads_bodies(bodies, True))
     settings = Settings()
     pipeline = Pipeline(settings, make_detector(shipped_rules(), settings))
-    detect_batches(pipeline, bodies)
-    rates = [n / cpu_timed(lambda: detect_batches(pipeline, bodies)) for _ in range(cfg.reps)]
-    rep.add("detect_inprocess", "(b) parse + detect, 400/batch, GC paused", "events/cpu-s",
-            rates, ratio_to="floor")
-    evaluate_read(pipeline, bodies)
-    read = [n / cpu_timed(lambda: evaluate_read(pipeline, bodies)) for _ in range(cfg.reps)]
-    rep.add("prefilter_inprocess", "(b) simdjson + pre-filter + parse the rest + detect",
-            "events/cpu-s", read, ratio_to="floor")
-    rep.add("ruled_out", "    events the pre-filter rules out without a parse", "%",
+    row("detect_inprocess", "(b) parse + detect, 400/batch, GC paused",
+        lambda: detect_batches(pipeline, bodies))
+    row("prefilter_inprocess", "(b) simdjson + pre-filter + parse the rest + detect",
+        lambda: evaluate_read(pipeline, bodies))
+    rep.add(key + "ruled_out", "    events the pre-filter rules out without a parse", "%",
             [ruled_out_share(pipeline, bodies)])
     parsed = [batch_items(orjson.loads(body)) for body in bodies]
     detector = pipeline.detector
@@ -217,8 +325,37 @@ def section_inprocess(rep: Report, cfg: Config, work: workload.Workload,
         for items in parsed:
             detector.detect(items, Stats())
 
+    detect_only()
     only = [n / cpu_timed(detect_only) for _ in range(cfg.reps)]
-    rep.add("detect_only", "    Detector.detect alone (pre-parsed)", "events/cpu-s", only)
+    rep.add(key + "detect_only", "    Detector.detect alone (pre-parsed)", "events/cpu-s", only)
+    section_fieldpass(rep, cfg, stream, work, bodies, pipeline)
+
+
+def section_fieldpass(rep: Report, cfg: Config, stream: str, work: workload.Workload,
+                      bodies: list[bytes], pipeline: Pipeline) -> None:
+    """The cost per event of deciding from the five fields: today's (simdjson's reading
+    through pysimdjson) and the msgspec field pass (healert_webhook/fieldpass.py), on log
+    lines and on webhook bodies; the ratio is the field pass's cost to today's."""
+    n = len(work.items)
+    lines = [line.rstrip(b"\n") for line in work.lines()]
+    today = pipeline.rules.prefilter
+    fast = FieldPass(pipeline.detector.index)
+    rows: list[tuple[str, str, Callable[[], object], str | None]] = [
+        ("fields_prefilter_line", "field pass today, per line (simdjson)",
+         lambda: prefilter_lines(today, lines), None),
+        ("fields_msgspec_line", "    msgspec field pass, per line",
+         lambda: fieldpass_lines(fast, lines), "fields_prefilter_line"),
+        ("fields_prefilter_body", "field pass today, per body (simdjson)",
+         lambda: prefilter_bodies(today, bodies), None),
+        ("fields_msgspec_body", "    msgspec field pass, per body",
+         lambda: fieldpass_bodies(fast, bodies), "fields_prefilter_body"),
+    ]
+    for name, label, func, compared in rows:
+        func()  # warm (and fill the field pass's cache, as a running agent has)
+        with gc_paused():
+            values = [per_event_us(n, func) for _ in range(cfg.reps)]
+        rep.add(f"{stream}.{name}", label, "us/event", values,
+                ratio_to=f"{stream}.{compared}" if compared else None)
 
 
 # --- webhook sections ------------------------------------------------------------------
@@ -228,10 +365,13 @@ def loadgen(url: str, bodies_file: Path, mode_args: list[str],
     """Run benchmarks/loadgen.py in its own process (with `pki`, as the apiserver over
     mTLS); its JSON result."""
     argv = [sys.executable, str(LOADGEN), "--url", url, "--bodies", str(bodies_file)]
+    env = None
     if pki is not None:
         argv += ["--cafile", str(pki.ca), "--client-cert", str(pki.client_cert),
                  "--client-key", str(pki.client_key)]
-    run = subprocess.run(argv + mode_args, capture_output=True, check=False, timeout=1800)
+        env = {**os.environ, "OPENSSL_CONF": str(APISERVER_TLS)}  # the apiserver's suites
+    run = subprocess.run(argv + mode_args, capture_output=True, check=False, timeout=1800,
+                         env=env)
     if run.returncode != 0:
         raise Unavailable(f"loadgen failed: {run.stderr.decode(errors='replace')[-400:]}")
     result: dict[str, Any] = json.loads(run.stdout.splitlines()[-1])
@@ -263,69 +403,81 @@ def server_url(agent: procs.Agent, tls: bool) -> str:
 
 def measure_throughput(rep: Report, cfg: Config, agent: procs.Agent, url: str,
                        bodies_file: Path, events: int, key: str, label: str,
-                       pki: procs.PKI | None) -> None:
-    """Events per server CPU-second over `reps` loadgen runs (after one warm-up pass)."""
+                       pki: procs.PKI | None, floor: Floor) -> None:
+    """Events per server CPU-second over `reps` loadgen runs (after one warm-up pass),
+    with the floor measured before, between and after them."""
     args = ["throughput", "--connections", str(cfg.connections)]
     loadgen(url, bodies_file, [*args, "--passes", "1"], pki)
-    per_cpu, per_wall = [], []
-    for _ in range(cfg.reps):
+    per_wall: list[float] = []
+
+    def one() -> float:
         before = procs.cpu_seconds(agent.pid)
         result = loadgen(url, bodies_file, [*args, "--passes", str(cfg.passes)], pki)
         spent = procs.cpu_seconds(agent.pid) - before
-        per_cpu.append(events * cfg.passes / max(spent, 1e-3))
         per_wall.append(events * cfg.passes / result["wall_s"])
-    rep.add(key, label, "events/cpu-s", per_cpu, ratio_to="floor")
+        return events * cfg.passes / max(spent, 1e-3)
+
+    per_cpu, floors = floor.around(cfg.reps, one)
+    rep.add(key, label, "events/cpu-s", per_cpu, floor=floors)
     rep.add(f"{key}_wall", "    same, per wall-clock second", "events/s", per_wall)
 
 
-def section_webhook(rep: Report, cfg: Config, tmp: Path, bodies_file: Path,
-                    events: int) -> None:
-    """(c) plain HTTP end to end, (d) ack latency, (f) peak RSS under that load."""
-    agent = procs.start_server(tmp / "http")
+def ack_latencies(url: str, bodies_file: Path, cfg: Config) -> list[float]:
+    """Ack latencies (ms) of `latency_batches` batches posted at 10 a second."""
+    result = loadgen(url, bodies_file, ["rate", "--per-second", "10", "--count",
+                                        str(cfg.latency_batches)])
+    return sorted(result["latencies_ms"])
+
+
+def p99(latencies: list[float]) -> float:
+    """The 99th percentile of sorted latencies."""
+    return latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+
+
+def section_webhook(rep: Report, cfg: Config, stream: str, tmp: Path, bodies_file: Path,
+                    events: int, floor: Floor) -> None:
+    """(c) plain HTTP end to end, (d) ack latency (the realistic stream, and today's
+    batches as they are and at Metadata level), (f) peak RSS under that load."""
+    agent = procs.start_server(tmp / f"http-{stream}")
+    key = f"{stream}."
     try:
         url = server_url(agent, False)
-        measure_throughput(rep, cfg, agent, url, bodies_file, events, "webhook_http",
-                           "(c) webhook HTTP end to end (server CPU)", None)
-        p50, p99, worst = [], [], []
-        for _ in range(cfg.latency_reps):
-            result = loadgen(url, bodies_file, ["rate", "--per-second", "10", "--count",
-                                                str(cfg.latency_batches)])
-            lat = sorted(result["latencies_ms"])
-            p50.append(statistics.median(lat))
-            p99.append(lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))])
-            worst.append(lat[-1])
-        rep.add("ack_p50", "(d) ack latency p50, 400/batch @10/s", "ms", p50)
-        rep.add("ack_p99", "(d) ack latency p99", "ms", p99)
-        rep.add("ack_max", "(d) ack latency max", "ms", worst)
-        # The targets assume ~1 KiB Metadata-level events (the workload averages 3.4 KiB).
-        meta_file = bodies_file.with_name("bodies-metadata.json")
-        meta_file.write_bytes(metadata_bodies(bodies_file.read_bytes()))
-        meta99 = []
-        for _ in range(cfg.latency_reps):
-            result = loadgen(url, meta_file, ["rate", "--per-second", "10", "--count",
-                                              str(cfg.latency_batches)])
-            lat = sorted(result["latencies_ms"])
-            meta99.append(lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))])
-        rep.add("ack_p99_metadata", "(d) ack latency p99, Metadata-level events", "ms",
-                meta99)
-        rep.add("rss_webhook", "(f) peak RSS of serve during (c)+(d)", "MiB",
+        measure_throughput(rep, cfg, agent, url, bodies_file, events, key + "webhook_http",
+                           "(c) webhook HTTP end to end (server CPU)", None, floor)
+        if stream == "realistic":
+            runs = [ack_latencies(url, bodies_file, cfg) for _ in range(cfg.latency_reps)]
+            rep.add(key + "ack_p50", "(d) ack latency p50, 400/batch @10/s", "ms",
+                    [statistics.median(lat) for lat in runs])
+            rep.add(key + "ack_p99", "(d) ack latency p99", "ms", [p99(lat) for lat in runs])
+            rep.add(key + "ack_max", "(d) ack latency max", "ms", [lat[-1] for lat in runs])
+        if stream == "today":
+            runs = [ack_latencies(url, bodies_file, cfg) for _ in range(cfg.latency_reps)]
+            rep.add(key + "ack_p99", "(d) ack latency p99, 400/batch @10/s", "ms",
+                    [p99(lat) for lat in runs])
+            meta_file = bodies_file.with_name("bodies-metadata.json")
+            meta_file.write_bytes(metadata_bodies(bodies_file.read_bytes()))
+            meta = [ack_latencies(url, meta_file, cfg) for _ in range(cfg.latency_reps)]
+            rep.add(key + "ack_p99_metadata", "(d) same at Metadata level (objects dropped)",
+                    "ms", [p99(lat) for lat in meta])
+        rep.add(key + "rss_webhook", "(f) peak RSS of serve during (c)+(d)", "MiB",
                 [procs.peak_rss_mib(agent.pid)])
     finally:
         agent.stop()
 
 
-def section_webhook_tls(rep: Report, cfg: Config, tmp: Path, bodies_file: Path,
-                        events: int) -> None:
+def section_webhook_tls(rep: Report, cfg: Config, stream: str, tmp: Path,
+                        bodies_file: Path, events: int, floor: Floor) -> None:
     """(c) the production path: TLS with the apiserver's client certificate required and
-    its name checked (certificates from certs/gen-certs.sh)."""
-    workdir = tmp / "https"
+    its name checked (certificates from certs/gen-certs.sh), the load generator asking for
+    the apiserver's TLS 1.3 suites."""
+    workdir = tmp / f"https-{stream}"
     workdir.mkdir()
     pki = procs.mtls_pki(workdir)
     agent = procs.start_server(workdir, pki)
     try:
         measure_throughput(rep, cfg, agent, server_url(agent, True), bodies_file, events,
-                           "webhook_mtls", "(c) webhook HTTPS + client certificate (server CPU)",
-                           pki)
+                           f"{stream}.webhook_mtls",
+                           "(c) webhook HTTPS + client certificate (server CPU)", pki, floor)
     finally:
         agent.stop()
 
@@ -340,8 +492,10 @@ def section_big_batch(rep: Report, cfg: Config, tmp: Path) -> None:
         idle = procs.peak_rss_mib(agent.pid)
         loadgen(server_url(agent, False), bodies_file,
                 ["throughput", "--connections", "1", "--passes", "2"])
-        rep.add("rss_idle", "(f) peak RSS of serve at start", "MiB", [idle])
-        rep.add("rss_big_batch", f"(f) peak RSS, {len(body) / MIB:.0f} MiB batch", "MiB",
+        size = len(body) / MIB
+        LIMITS["batch.rss_big_batch"] = 2 * size + 100
+        rep.add("batch.rss_idle", "(f) peak RSS of serve at start", "MiB", [idle])
+        rep.add("batch.rss_big_batch", f"(f) peak RSS, {size:.0f} MiB batch", "MiB",
                 [procs.peak_rss_mib(agent.pid)])
     finally:
         agent.stop()
@@ -349,9 +503,10 @@ def section_big_batch(rep: Report, cfg: Config, tmp: Path) -> None:
 
 # --- tail section ----------------------------------------------------------------------
 
-def log_chunks(cfg: Config) -> list[bytes]:
-    """Whole-line chunks of ~1-2 MiB adding up to at least `tail_bytes`."""
-    gen = workload.Generator(cfg.seed + 1, cfg.match_ratio)
+def log_chunks(cfg: Config, stream: str = "today") -> list[bytes]:
+    """Whole-line chunks of a stream (another seed than the webhook's) adding up to at
+    least `tail_bytes`: 500 events each, ~1.7 MiB of today's workload."""
+    gen = workload.generator(stream, cfg.seed + 1, cfg.match_ratio)
     chunks: list[bytes] = []
     total = 0
     while total < cfg.tail_bytes:
@@ -408,9 +563,9 @@ def wait_tail_lines(agent: procs.Agent, lines: int, timeout: float) -> None:
                       f"{agent.log_tail()}")
 
 
-def tail_once(tmp: Path, index: int, chunks: list[bytes], lines: int) -> tuple[float, float]:
+def tail_once(tmp: Path, name: str, chunks: list[bytes], lines: int) -> tuple[float, float]:
     """One catch-up: (CPU seconds of the tailer, wall seconds) for all the lines."""
-    agent, path = start_tail_agent(tmp / f"tail{index}")
+    agent, path = start_tail_agent(tmp / name)
     try:
         before = procs.cpu_seconds(agent.pid)
         start = time.perf_counter()
@@ -421,31 +576,30 @@ def tail_once(tmp: Path, index: int, chunks: list[bytes], lines: int) -> tuple[f
         agent.stop()
 
 
-def section_tail(rep: Report, cfg: Config, tmp: Path) -> None:
-    """(e) tail catch-up over a rotated log, against orjson.loads per line of it."""
-    chunks = log_chunks(cfg)
-    lines = sum(chunk.count(b"\n") for chunk in chunks)
+def section_tail(rep: Report, cfg: Config, stream: str, tmp: Path) -> None:
+    """(e) tail catch-up over a rotated log, against orjson.loads per line of it measured
+    before, between and after the catch-ups."""
+    chunks = log_chunks(cfg, stream)
+    floor = Floor(chunks, lines=True)
     size = sum(map(len, chunks)) / MIB
+    mib_cpu, mib_wall = [], []
+    runs = iter(range(cfg.tail_reps))
 
-    def floor_pass() -> None:
-        loads = orjson.loads
-        for chunk in chunks:
-            for line in chunk.splitlines():
-                loads(line)
-
-    floor = [lines / cpu_timed(floor_pass) for _ in range(cfg.reps)]
-    rep.add("tail_floor", f"(e) orjson.loads per line, {size:.0f} MiB log", "lines/cpu-s",
-            floor)
-    per_cpu, mib_cpu, mib_wall = [], [], []
-    for index in range(cfg.tail_reps):
-        cpu, wall = tail_once(tmp, index, chunks, lines)
-        per_cpu.append(lines / max(cpu, 1e-3))
+    def one() -> float:
+        cpu, wall = tail_once(tmp, f"tail-{stream}-{next(runs)}", chunks, floor.count)
         mib_cpu.append(size / max(cpu, 1e-3))
         mib_wall.append(size / wall)
-    rep.add("tail_catchup", "(e) tail catch-up with rotation", "lines/cpu-s", per_cpu,
-            ratio_to="tail_floor")
-    rep.add("tail_mib_cpu", "    same, MiB per tailer CPU-second", "MiB/cpu-s", mib_cpu)
-    rep.add("tail_mib_wall", "    same, MiB per wall-clock second", "MiB/s", mib_wall)
+        return floor.count / max(cpu, 1e-3)
+
+    per_cpu, floors = floor.around(cfg.tail_reps, one)
+    rep.add(f"{stream}.tail_floor", f"(e) orjson.loads per line, {size:.0f} MiB log",
+            "lines/cpu-s", floors)
+    rep.add(f"{stream}.tail_catchup", "(e) tail catch-up with rotation", "lines/cpu-s",
+            per_cpu, floor=floors, pool=False)
+    rep.add(f"{stream}.tail_mib_cpu", "    same, MiB per tailer CPU-second", "MiB/cpu-s",
+            mib_cpu)
+    rep.add(f"{stream}.tail_mib_wall", "    same, MiB per wall-clock second", "MiB/s",
+            mib_wall)
 
 
 # --- output ----------------------------------------------------------------------------
@@ -473,31 +627,61 @@ def fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def verdict(fig: dict[str, Any]) -> str:
+    """The ratio column: the ratio, and the target or limit it meets or misses."""
+    if "ratio" in fig:
+        text = f"{fig['ratio']:.2f}"
+        if "floor" in fig:
+            text += f" of {fmt(fig['floor'])}"
+        if "target" in fig:
+            ok = "ok" if fig["ratio"] >= fig["target"] else "BELOW"
+            text += f" (target {fig['target']:.2f}: {ok})"
+        return text
+    if "limit" in fig:
+        ok = "ok" if fig["median"] < fig["limit"] else "ABOVE"
+        return f"(limit {fmt(fig['limit'])}: {ok})"
+    return ""
+
+
 def print_table(results: dict[str, Any]) -> None:
-    """The one table: figure, median, min, max, unit, ratio to its floor and target."""
+    """The one table, a part per stream: figure, median, min, max, unit, and its ratio to
+    the floor measured around it (or to today's field pass), with targets and limits."""
     mach = results["machine"]
     print(f"\nhealert-webhook benchmark ({results['mode']}), {mach['cpu_model']}, "
-          f"{mach['cores']} cores, Python {mach['python']}, orjson {mach['orjson']}")
-    print(f"workload: {results['workload']['events']} events, "
-          f"{results['workload']['mib']:.1f} MiB, match ratio "
-          f"{results['workload']['match_ratio']}, rules {results['rules']}")
-    head = f"{'figure':<44} {'median':>11} {'min':>11} {'max':>11}  {'unit':<13} ratio"
-    print(head)
-    print("-" * len(head))
-    for fig in results["figures"].values():
-        ratio = ""
-        if "ratio" in fig:
-            ratio = f"{fig['ratio']:.2f}"
-            if "target" in fig:
-                ok = "ok" if fig["ratio"] >= fig["target"] else "BELOW"
-                ratio += f" (target {fig['target']:.2f}: {ok})"
-        elif "limit" in fig:
-            ok = "ok" if fig["median"] < fig["limit"] else "ABOVE"
-            ratio = f"(limit {fmt(fig['limit'])}: {ok})"
-        print(f"{fig['label']:<44} {fmt(fig['median']):>11} {fmt(fig['min']):>11} "
-              f"{fmt(fig['max']):>11}  {fig['unit']:<13} {ratio}")
+          f"{mach['cores']} cores, Python {mach['python']}, orjson {mach['orjson']}, "
+          f"rules {results['rules']}")
+    head = f"{'figure':<52} {'median':>11} {'min':>11} {'max':>11}  {'unit':<13} ratio"
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, fig in results["figures"].items():
+        groups.setdefault(key.partition(".")[0], []).append(fig)
+    for group, figs in groups.items():
+        about = results["workloads"].get(group)
+        title = TITLES.get(group, "the large batch")
+        print(f"\n== {title}")
+        if about:
+            print(f"   {about['events']} events, {about['mib']:.1f} MiB, "
+                  f"{about['mean_bytes']:.0f} B on average, match ratio "
+                  f"{about['match_ratio']}; ratios against the per-event floor measured "
+                  "around each row")
+        print(head)
+        print("-" * len(head))
+        for fig in figs:
+            print(f"{fig['label']:<52} {fmt(fig['median']):>11} {fmt(fig['min']):>11} "
+                  f"{fmt(fig['max']):>11}  {fig['unit']:<13} {verdict(fig)}")
     for name, reason in results["unavailable"].items():
-        print(f"{name:<44} not available: {reason}")
+        print(f"{name:<52} not available: {reason}")
+
+
+def previous_figure(previous: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """`key`'s figure in a previous results file (today's workload had no prefix in the
+    files before the streams, schema 1)."""
+    figures = previous.get("figures", {})
+    if key in figures:
+        return figures[key]  # type: ignore[no-any-return]
+    stream, _, name = key.partition(".")
+    if previous.get("schema", 1) == 1 and stream in ("today", "batch"):
+        return figures.get(name)  # type: ignore[no-any-return]
+    return None
 
 
 def print_comparison(previous: dict[str, Any], results: dict[str, Any]) -> None:
@@ -505,12 +689,15 @@ def print_comparison(previous: dict[str, Any], results: dict[str, Any]) -> None:
     print(f"\ncompared with the previous run ({previous.get('finished', '?')}, "
           f"{previous.get('mode', '?')} mode, {previous.get('machine', {}).get('cpu_model')})")
     for key, fig in results["figures"].items():
-        old = previous.get("figures", {}).get(key)
+        old = previous_figure(previous, key)
         if not old or not old.get("median"):
             continue
         change = (fig["median"] - old["median"]) / old["median"] * 100.0
-        print(f"{fig['label']:<44} {fmt(old['median']):>11} -> {fmt(fig['median']):>11} "
-              f"{fig['unit']:<13} {change:+.1f}%")
+        ratios = ""
+        if "ratio" in fig and "ratio" in old:
+            ratios = f"   ratio {old['ratio']:.2f} -> {fig['ratio']:.2f}"
+        print(f"{key:<34} {fmt(old['median']):>11} -> {fmt(fig['median']):>11} "
+              f"{fig['unit']:<13} {change:+.1f}%{ratios}")
 
 
 def profile_detection(cfg: Config, bodies: list[bytes]) -> None:
@@ -534,52 +721,81 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help=f"results JSON (default {DEFAULT_OUTPUT.relative_to(REPO)})")
     parser.add_argument("--match-ratio", type=float, default=0.01)
+    parser.add_argument("--streams", default=",".join(STREAMS),
+                        help=f"comma-separated streams to measure: {','.join(STREAMS)}")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                        "webhook,tls,tail,bigbatch")
+                        "inprocess,webhook,tls,tail,bigbatch")
     parser.add_argument("--profile", action="store_true",
-                        help="print a cProfile of (b) and exit")
-    return parser.parse_args(argv)
+                        help="print a cProfile of (b) on today's workload and exit")
+    args = parser.parse_args(argv)
+    args.streams = [s.strip() for s in args.streams.split(",") if s.strip()]
+    unknown = set(args.streams) - set(STREAMS)
+    if unknown or not args.streams:
+        parser.error(f"--streams takes some of {','.join(STREAMS)}")
+    return args
+
+
+def measure_stream(rep: Report, cfg: Config, stream: str, skip: set[str], tmp: Path
+                   ) -> dict[str, Any]:
+    """Every section of one stream; what its workload is."""
+    work = workload.stream(stream, cfg.events, match_ratio=cfg.match_ratio, seed=cfg.seed)
+    bodies = list(work.batches(cfg.batch))
+    bodies_file = tmp / f"bodies-{stream}.json"
+    bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+    floor = Floor(work.items)
+    events = len(work.items)
+    sections: list[tuple[str, str, Callable[[], None]]] = [
+        ("inprocess", "(b) in-process",
+         lambda: section_inprocess(rep, cfg, stream, work, bodies, floor)),
+        ("webhook", "(c)/(d)/(f) webhook HTTP",
+         lambda: section_webhook(rep, cfg, stream, tmp, bodies_file, events, floor)),
+        ("tls", "(c) webhook HTTPS",
+         lambda: section_webhook_tls(rep, cfg, stream, tmp, bodies_file, events, floor)),
+        ("tail", "(e) tail catch-up", lambda: section_tail(rep, cfg, stream, tmp)),
+    ]
+    for name, title, func in sections:
+        if name in skip:
+            rep.unavailable[f"{stream}: {title}"] = "skipped (--skip)"
+        else:
+            rep.section(f"{stream}: {title}", func)
+    size = sum(map(len, work.items))
+    return {"events": events, "mib": size / MIB, "mean_bytes": size / max(events, 1),
+            "match_ratio": cfg.match_ratio, "expected_matches": len(work.expected),
+            "seed": cfg.seed, "batch": cfg.batch}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every section, print the table (and comparison), write the results JSON."""
+    """Run every section of every stream, print the table (and comparison), write the
+    results JSON."""
     args = parse_args(argv)
     base = MODES["tiny" if args.tiny else "quick" if args.quick else "full"]
     cfg = Config(**{**asdict(base), "match_ratio": args.match_ratio})
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    work = workload.generate(cfg.events, match_ratio=cfg.match_ratio, seed=cfg.seed)
-    bodies = list(work.batches(cfg.batch))
     if args.profile:
-        profile_detection(cfg, bodies)
+        work = workload.generate(cfg.events, match_ratio=cfg.match_ratio, seed=cfg.seed)
+        profile_detection(cfg, list(work.batches(cfg.batch)))
         return 0
     rep = Report()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    rep.section("(a)/(b) in-process", lambda: section_inprocess(rep, cfg, work, bodies))
+    workloads: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="healert-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        bodies_file = tmp / "bodies.json"
-        bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-        sections: list[tuple[str, str, Callable[[], None]]] = [
-            ("webhook", "(c)/(d)/(f) webhook HTTP",
-             lambda: section_webhook(rep, cfg, tmp, bodies_file, len(work.items))),
-            ("tls", "(c) webhook HTTPS",
-             lambda: section_webhook_tls(rep, cfg, tmp, bodies_file, len(work.items))),
-            ("tail", "(e) tail catch-up", lambda: section_tail(rep, cfg, tmp)),
-            ("bigbatch", "(f) large batch RSS", lambda: section_big_batch(rep, cfg, tmp)),
-        ]
-        for name, title, func in sections:
-            if name in skip:
-                rep.unavailable[title] = "skipped (--skip)"
-            else:
-                rep.section(title, func)
+        for stream in args.streams:
+            workloads[stream] = measure_stream(rep, cfg, stream, skip, tmp)
+        if "bigbatch" in skip:
+            rep.unavailable["(f) large batch RSS"] = "skipped (--skip)"
+        else:
+            rep.section("(f) large batch RSS", lambda: section_big_batch(rep, cfg, tmp))
+    for stream, floors in rep.floors.items():  # every floor of a stream, for its drift
+        rep.figures[f"{stream}.floor"] = {
+            "label": "(a) orjson.loads per event, every floor measured", "unit": "events/cpu-s",
+            "median": statistics.median(floors), "min": min(floors), "max": max(floors),
+            "values": floors}
     results = {
-        "schema": 1, "mode": cfg.mode, "started": started,
+        "schema": 2, "mode": cfg.mode, "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-        "config": asdict(cfg), "rules": shipped_rules().source,
-        "workload": {"events": len(work.items), "mib": sum(map(len, work.items)) / MIB,
-                     "match_ratio": cfg.match_ratio, "expected_matches": len(work.expected),
-                     "seed": cfg.seed, "batch": cfg.batch},
-        "figures": rep.figures, "unavailable": rep.unavailable,
+        "config": asdict(cfg), "rules": shipped_rules().source, "workloads": workloads,
+        "figures": ordered(rep.figures, args.streams), "unavailable": rep.unavailable,
     }
     print_table(results)
     previous = None
@@ -594,6 +810,28 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nresults written to {args.output}")
     return 0
+
+
+# The rows of a stream in the order the table shows them (the headline rows first).
+ORDER = ("floor", "webhook_mtls", "webhook_mtls_wall", "webhook_http", "webhook_http_wall",
+         "tail_catchup", "tail_floor", "tail_mib_cpu", "tail_mib_wall", "ack_p50", "ack_p99",
+         "ack_max", "ack_p99_metadata", "rss_webhook", "detect_inprocess",
+         "prefilter_inprocess", "ruled_out", "detect_only", "floor_bodies",
+         "floor_bodies_paused", "fields_prefilter_line", "fields_msgspec_line",
+         "fields_prefilter_body", "fields_msgspec_body", "rss_idle", "rss_big_batch")
+
+
+def ordered(figures: dict[str, Any], streams: list[str]) -> dict[str, Any]:
+    """The figures grouped by stream (in `streams`' order, the batch last), each group in
+    ORDER."""
+    groups = [*streams, "batch"]
+
+    def rank(key: str) -> tuple[int, int]:
+        group, _, name = key.partition(".")
+        return (groups.index(group) if group in groups else len(groups),
+                ORDER.index(name) if name in ORDER else len(ORDER))
+
+    return {key: figures[key] for key in sorted(figures, key=rank)}
 
 
 if __name__ == "__main__":

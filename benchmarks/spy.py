@@ -147,7 +147,8 @@ def load_webhook(agent: procs.Agent, bodies: Path, pki: procs.PKI | None, mode: 
 
 def profile_webhook(args: argparse.Namespace, cfg: run.Config, tmp: Path, raw: Path) -> None:
     """Sample `serve` while the load generator posts the workload (after a warm-up)."""
-    work = workload.generate(cfg.events, match_ratio=cfg.match_ratio, seed=cfg.seed)
+    work = workload.stream(args.stream, cfg.events, match_ratio=cfg.match_ratio,
+                           seed=cfg.seed)
     bodies = tmp / "bodies.json"
     bodies.write_bytes(b"\n".join(work.batches(cfg.batch)) + b"\n")
     pki = procs.mtls_pki(tmp) if args.tls else None
@@ -168,7 +169,7 @@ def profile_webhook(args: argparse.Namespace, cfg: run.Config, tmp: Path, raw: P
 
 def profile_tail(args: argparse.Namespace, cfg: run.Config, tmp: Path, raw: Path) -> None:
     """Sample `tail --from start` catching up the benchmark's rotated log."""
-    chunks = run.log_chunks(cfg)
+    chunks = run.log_chunks(cfg, args.stream)
     lines = sum(chunk.count(b"\n") for chunk in chunks)
     agent, path = run.start_tail_agent(tmp)
     try:
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true",
                         help="webhook over TLS with a client certificate")
     parser.add_argument("--quick", action="store_true", help="the quick mode's sizes")
+    parser.add_argument("--stream", choices=workload.STREAMS, default="today",
+                        help="the workload (tests/support/workload.py)")
     parser.add_argument("--native", action="store_true",
                         help="include C frames (orjson, sqlite, ssl, the kernel side)")
     parser.add_argument("--rate", type=int, default=250, help="samples per second")

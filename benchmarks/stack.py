@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/stack.py            # plain HTTP
     .venv/bin/python benchmarks/stack.py --tls      # HTTPS with client certificates
+    .venv/bin/python benchmarks/stack.py --stream realistic   # another workload
 
 Three servers take the benchmark's throughput load (loadgen.py, the same bodies) in
 turn, round after round, so the machine's wandering speed hits them alike:
@@ -163,7 +164,7 @@ def per_event_us(server: Server, pki: procs.PKI | None, bodies: Path, events: in
 
 def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[float]], float]:
     """Per-event CPU of each server by round, and the floor in microseconds."""
-    work = workload.Generator(seed=1, match_ratio=0.01).take(args.events)
+    work = workload.stream(args.stream, args.events, seed=1)
     bodies = tmp / "bodies.json"
     bodies.write_bytes(b"\n".join(work.batches(400)) + b"\n")
     pki = procs.mtls_pki(tmp) if args.tls else None
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--events", type=int, default=16000)
     parser.add_argument("--passes", type=int, default=4)
+    parser.add_argument("--stream", choices=workload.STREAMS, default="today",
+                        help="the workload posted (tests/support/workload.py)")
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--pki", nargs=3, metavar=("CA", "CERT", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

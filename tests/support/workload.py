@@ -1157,14 +1157,19 @@ class RecordedStream(Generator):
         return reqs
 
 
-def stream(name: str, events: int, *, match_ratio: float = 0.01, seed: int = 1) -> Workload:
-    """`events` of one of STREAMS: "today" (`generate`), "realistic" or "small"
-    (`RecordedStream`)."""
+def generator(name: str, seed: int = 1, match_ratio: float = 0.01) -> Generator:
+    """The endless generator of one of STREAMS: "today" (`Generator`, as `generate`
+    makes it), "realistic" or "small" (`RecordedStream`)."""
     if name == "today":
-        return generate(events, match_ratio=match_ratio, seed=seed)
+        return Generator(seed, match_ratio)
     if name not in STREAMS:
         raise ValueError(f"no stream {name!r}: one of {', '.join(STREAMS)}")
-    return RecordedStream(seed, match_ratio, small=name == "small").take(events)
+    return RecordedStream(seed, match_ratio, small=name == "small")
+
+
+def stream(name: str, events: int, *, match_ratio: float = 0.01, seed: int = 1) -> Workload:
+    """The first `events` of one of STREAMS (see `generator`)."""
+    return generator(name, seed, match_ratio).take(events)
 
 
 STREAMS = ("today", "realistic", "small")
