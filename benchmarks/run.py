@@ -86,7 +86,7 @@ MODES = {
 # The streams (tests/support/workload.py), the headline first.
 STREAMS = ("realistic", "small", "today")
 TITLES = {
-    "realistic": "realistic: ~1 KiB Metadata events, ~3% with objects (the headline)",
+    "realistic": "realistic: ~1.1 KiB Metadata events, ~2.6% with objects (the headline)",
     "small": "small Metadata events (~800 B)",
     "today": "today's workload: 3.4 KiB events on average, 10% with 2-50 KiB objects",
 }
@@ -615,7 +615,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"cpu_model": model, "cores": os.cpu_count(),
-            "usable_cores": len(os.sched_getaffinity(0)),
+            "usable_cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(),
             "python": platform.python_version(), "implementation": platform.python_implementation(),
             "platform": platform.platform(), "orjson": orjson.__version__}
 
@@ -650,6 +650,10 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"\nhealert-webhook benchmark ({results['mode']}), {mach['cpu_model']}, "
           f"{mach['cores']} cores, Python {mach['python']}, orjson {mach['orjson']}, "
           f"rules {results['rules']}")
+    loads = [results.get("load_at_start"), mach.get("load_average")]
+    print(f"{results['started']} to {results['finished']}; load average (1, 5, 15 min) at "
+          "start and end: " + ", then ".join(
+              "/".join(f"{x:.1f}" for x in load) for load in loads if load))
     head = f"{'figure':<52} {'median':>11} {'min':>11} {'max':>11}  {'unit':<13} ratio"
     groups: dict[str, list[dict[str, Any]]] = {}
     for key, fig in results["figures"].items():
@@ -777,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rep = Report()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load_at_start = os.getloadavg()  # other work on the machine skews latencies most
     workloads: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="healert-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -792,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
             "median": statistics.median(floors), "min": min(floors), "max": max(floors),
             "values": floors}
     results = {
-        "schema": 2, "mode": cfg.mode, "started": started,
+        "schema": 2, "mode": cfg.mode, "started": started, "load_at_start": load_at_start,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
         "config": asdict(cfg), "rules": shipped_rules().source, "workloads": workloads,
         "figures": ordered(rep.figures, args.streams), "unavailable": rep.unavailable,

@@ -17,7 +17,9 @@ actors, on whether the user is internal and impersonates nobody. The first event
 combination asks `rule_out` with an internal and with a person's user: the same answer
 settles the combination for every user, two answers are kept and the event's own user
 chooses. A value `rule_out` could not decide from (a list for a verb, a user that is a
-string) is passed to `rule_out` itself, so the answer is its own for every event.
+string) is passed to `rule_out` itself, so the answer is its own for every event. Should
+`rule_out` ever read another field, `_Fields` and the cache key must hold it too
+(tests/test_fieldpass.py compares the two over hostile events).
 
 Exactness: a parser reads the event, so its layout does not matter (field order,
 whitespace, escapes, strings holding the very bytes of a field, nested objects with the

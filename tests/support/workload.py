@@ -967,7 +967,8 @@ WEBHOOK_MUTATION = ('{"configuration":"istio-sidecar-injector","webhook":'
 
 class RecordedStream(Generator):
     """What an apiserver under a sane audit policy (this project's own) sends: ~1 KiB
-    Metadata-level events, people's writes with their objects (a few percent of events),
+    Metadata-level events, people's writes of Services and Ingresses with their objects
+    (a few percent of events; ConfigMaps and service accounts' writes stay at Metadata),
     and as many bypasses as `Generator` makes for the same `match_ratio`.
 
     Shaped like the recorded v1.37 events (tests/fixtures/apiserver-1.37): operators and
@@ -985,7 +986,6 @@ class RecordedStream(Generator):
     def __init__(self, seed: int = 1, match_ratio: float = 0.01, *, small: bool = False,
                  object_kib: tuple[float, float] = (1.5, 12.0)) -> None:
         self.small = small
-        self.people_writing = False
         super().__init__(seed, match_ratio, object_kib=object_kib, pool_size=6)
 
     def _background(self) -> list[tuple[float, Callable[[], list[_Req]], float]]:
@@ -996,20 +996,64 @@ class RecordedStream(Generator):
             (1.5, self._argocd_sync, 1), (2, self._replicaset_create_pod, 1),
             (3, self._garbage_collection, 1), (1, self._autoscale, 1),
             (1, self._webhook_ca_patch, 1), (9, self._human_read, 1),
-            (0.6, self._human_logs, 1), (1.5, self._human_apply_configmap, 1),
+            (0.6, self._human_logs, 1), (0.5, self._human_apply_configmap, 1),
+            (1.5, self._human_apply_service, 1),
             (0.2, self._human_list_secrets, 1), (0.1, self._auth_failure, 1),
         ]
 
     def _rr(self) -> bool:
-        # The policy records the objects of people's writes only.
-        return self.force_rr or (self.people_writing and not self.small)
+        # The policy records ConfigMaps and writes by service accounts at Metadata level.
+        return self.force_rr
 
-    def _human_apply_configmap(self) -> list[_Req]:
-        self.people_writing = True
-        try:
-            return super()._human_apply_configmap()
-        finally:
-            self.people_writing = False
+    def _human_apply_service(self) -> list[_Req]:
+        """A person's `kubectl apply` of a Service or an Ingress: the policy records its
+        objects (without managedFields)."""
+        user, ips, agent = self._human()
+        ns, deploy, _ = self._app()
+        ingress = self.rng.random() < 0.4
+        resource, group = ("ingresses", "networking.k8s.io") if ingress else ("services", "")
+        base = f"/apis/{group}/v1" if group else "/api/v1"
+        req = _Req("patch", f"{base}/namespaces/{ns}/{resource}/{deploy}?fieldManager="
+                   "kubectl-client-side-apply&fieldValidation=Strict", user, ips, agent,
+                   self._ref(resource, ns, deploy, group=group), 200)
+        if self.small:
+            return [req]
+        spec = self._ingress_spec(ns, deploy) if ingress else self._service_spec(deploy)
+        last = orjson.dumps({"apiVersion": f"{group}/v1" if group else "v1",
+                             "kind": "Ingress" if ingress else "Service",
+                             "metadata": {"name": deploy, "namespace": ns}, "spec": spec})
+        applied = {"kubectl.kubernetes.io/last-applied-configuration": last.decode() + "\n"}
+        req.level = "RequestResponse"
+        req.request_object = {"metadata": {"annotations": applied}, "spec": spec}
+        req.response_object = {
+            "kind": "Ingress" if ingress else "Service",
+            "apiVersion": f"{group}/v1" if group else "v1",
+            "metadata": {"name": deploy, "namespace": ns, "uid": _uuid(self.rng),
+                         "resourceVersion": self._next_rv(),
+                         "creationTimestamp": "2026-11-20T08:14:03Z",
+                         "labels": {"app.kubernetes.io/name": deploy,
+                                    "app.kubernetes.io/part-of": ns},
+                         "annotations": applied},
+            "spec": spec, "status": {"loadBalancer": {}}}
+        return [req]
+
+    def _service_spec(self, app: str) -> dict[str, Any]:
+        ports = [{"name": name, "protocol": "TCP", "port": port, "targetPort": name}
+                 for name, port in (("http", 80), ("metrics", 9090), ("grpc", 9000))
+                 [:self.rng.randint(1, 3)]]
+        return {"ports": ports, "selector": {"app.kubernetes.io/name": app},
+                "clusterIP": f"10.96.{self.rng.randint(0, 255)}.{self.rng.randint(2, 250)}",
+                "type": "ClusterIP", "sessionAffinity": "None", "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"}
+
+    def _ingress_spec(self, ns: str, app: str) -> dict[str, Any]:
+        host = f"{app}.{ns}.example.com"
+        return {"ingressClassName": "nginx", "tls": [{"hosts": [host],
+                                                      "secretName": f"{app}-tls"}],
+                "rules": [{"host": host, "http": {"paths": [
+                    {"path": path, "pathType": "Prefix", "backend": {"service": {
+                        "name": app, "port": {"name": "http"}}}}
+                    for path in ("/", "/api", "/static")[:self.rng.randint(1, 3)]]}}]}
 
     def _sa(self, ns: str, name: str, *, bound: bool = False) -> dict[str, Any]:
         if self.small:  # a token that says nothing but who
