@@ -42,6 +42,10 @@ from support import workload
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("gc", ("<gc>", "gc_collect", "collect (gc")),
     ("parse: orjson.loads", ("orjson", "loads (")),
+    ("field pass: simdjson's read, its objects' fields, rule_out (prefilter.py, index.py)",
+     ("prefilter.py", "index.py", "simdjson")),
+    ("field pass: msgspec (fieldpass.py)", ("fieldpass.py", "msgspec")),
+    ("body reading (sources/body.py, batches.py)", ("body.py", "batches.py")),
     ("detect.py", ("detect.py",)),
     ("tail: read/split (tail.py)", ("tail.py",)),
     ("pipeline.py / metrics", ("pipeline.py", "prometheus_client")),
