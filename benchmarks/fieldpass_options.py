@@ -1,0 +1,112 @@
+"""The field pass's options, measured on the same events: µs per event, in one run.
+
+    .venv/bin/python benchmarks/fieldpass_options.py [--events 20000]
+
+For each stream (tests/support/workload.py): today's pass (simdjson's read, the fields
+through pysimdjson's objects, `rule_out`), msgspec decoding only the deciding fields
+(healert_webhook/fieldpass.py's Struct) or skipping everything, the decision through
+`rule_out` on the fields against the cached one, and for webhook bodies the ways of
+getting each item's fields and the candidates' bytes. The best of 7 repetitions, with the
+cyclic GC paused; docs/performance.md has a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import run
+
+from healert_webhook import fieldpass, prefilter
+from healert_webhook.config import Settings
+from healert_webhook.pipeline import Pipeline, gc_paused, make_detector
+
+from support import workload
+
+
+class _Nothing(msgspec.Struct, gc=False):
+    """No field: msgspec skips the whole event."""
+
+
+class _Items(msgspec.Struct, gc=False):
+    """A body whose items' fields are decoded in one pass."""
+
+    items: list[fieldpass._Fields] = []
+
+
+def best(count: int, func: Callable[[], object], reps: int = 7) -> float:
+    """The least CPU µs per event of `reps` calls of `func` over `count` events."""
+    func()
+    with gc_paused():
+        return min(run.per_event_us(count, func) for _ in range(reps))
+
+
+def options(pipeline: Pipeline, work: workload.Workload) -> list[tuple[str, float]]:
+    """(what, µs per event) for one stream."""
+    n = len(work.items)
+    lines = [line.rstrip(b"\n") for line in work.lines()]
+    bodies = list(work.batches(400))
+    today = pipeline.rules.prefilter
+    fast = fieldpass.FieldPass(pipeline.detector.index)
+    decode = fieldpass._read_fields
+    skip_all = msgspec.json.Decoder(_Nothing).decode
+    whole = msgspec.json.Decoder(_Items).decode
+    decoded = [decode(line) for line in lines]
+    exact, decide = fast._exact, fast._decide
+
+    def decisions_then_simdjson() -> None:
+        for body in bodies:
+            candidates = [i for i, fields in enumerate(whole(body).items)
+                          if decide(fields) is None]
+            if candidates:
+                items = prefilter.parse(body)["items"]
+                for i in candidates:
+                    items[i].mini  # noqa: B018 - the candidate's bytes
+                del items
+
+    rows: list[tuple[str, Callable[[], Any]]] = [
+        ("today: simdjson, fields through its objects, rule_out (a line)",
+         lambda: run.prefilter_lines(today, lines)),
+        ("msgspec decoding only the deciding fields (a line)",
+         lambda: [decode(line) for line in lines]),
+        ("msgspec skipping the whole event (a line)", lambda: [skip_all(line) for line in lines]),
+        ("the decision: rule_out on the decoded fields", lambda: [exact(f) for f in decoded]),
+        ("the decision: cached per combination", lambda: [decide(f) for f in decoded]),
+        ("msgspec field pass, a line (FieldPass.reason)",
+         lambda: run.fieldpass_lines(fast, lines)),
+        ("today, a body: simdjson, fields, candidates' bytes (mini)",
+         lambda: run.prefilter_bodies(today, bodies)),
+        ("msgspec, a body: split into items, each item's fields (FieldPass.split)",
+         lambda: run.fieldpass_bodies(fast, bodies)),
+        ("msgspec, a body: every item's fields in one pass, simdjson for candidates",
+         decisions_then_simdjson),
+    ]
+    return [(what, best(n, func)) for what, func in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print the options, stream by stream."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    pipeline = Pipeline(settings, make_detector(run.shipped_rules(), settings))
+    results = {name: options(pipeline, workload.stream(name, args.events))
+               for name in run.STREAMS}
+    print(f"{'us per event':<74} " + " ".join(f"{name:>10}" for name in results))
+    for index, (what, _) in enumerate(results[run.STREAMS[0]]):
+        print(f"{what:<74} " + " ".join(f"{rows[index][1]:>10.2f}" for rows in results.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
