@@ -57,7 +57,7 @@ def options(pipeline: Pipeline, work: workload.Workload) -> list[tuple[str, floa
     bodies = list(work.batches(400))
     today = pipeline.rules.prefilter
     fast = fieldpass.FieldPass(pipeline.detector.index)
-    decode = fieldpass._read_fields
+    decode = fieldpass._read_known_fields
     skip_all = msgspec.json.Decoder(_Nothing).decode
     whole = msgspec.json.Decoder(_Items).decode
     decoded = [decode(line) for line in lines]

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -67,7 +67,8 @@ class _User(msgspec.Struct, gc=False):
     username: Any = None
 
 
-class _Ref(msgspec.Struct, gc=False):
+class _Ref(msgspec.Struct, gc=False, frozen=True):
+    # frozen: hashable, so the cache keys on it whole (its fields compared with ==)
     resource: Any = None
     subresource: Any = None
     namespace: Any = None
@@ -78,13 +79,27 @@ _NotObject = None | bool | int | float | str | list[Any]
 
 
 class _Fields(msgspec.Struct, gc=False):
-    """The fields `Index.rule_out` reads; every other one is skipped unread."""
+    """The fields `Index.rule_out` reads, of any value; every other one is skipped unread."""
 
     stage: Any = None
     verb: Any = None
     user: _User | _NotObject = None
     impersonatedUser: Any = None
     objectRef: _Ref | _NotObject = None
+
+
+# The apiserver's stages and verbs. Read as these, a value is the one string object of the
+# type (no string made, its hash kept); any other value is read again as `_Fields`.
+_Stage = Literal["RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"]
+_Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete",
+                "deletecollection", "post", "put", "head", "options", "proxy"]
+
+
+class _KnownFields(_Fields, gc=False):
+    """`_Fields` whose stage and verb are among the apiserver's (the usual event)."""
+
+    stage: _Stage | None = None
+    verb: _Verb | None = None
 
 
 class _Body(msgspec.Struct, gc=False):
@@ -96,6 +111,7 @@ class _Body(msgspec.Struct, gc=False):
 
 
 _read_fields = msgspec.json.Decoder(_Fields).decode
+_read_known_fields = msgspec.json.Decoder(_KnownFields).decode
 _read_body = msgspec.json.Decoder(_Body | list[msgspec.Raw]).decode
 Answer = str | None  # a skip reason, or None: parse it
 # What a combination settles: one answer for every user, or one for an internal actor who
@@ -136,12 +152,18 @@ class FieldPass:
         `item` is one event's JSON: bytes (a log line, checked for UTF-8 here), or a
         `msgspec.Raw` from `split`, whose body was checked.
         """
-        if isinstance(item, bytes) and not is_utf8(item):
+        if item.__class__ is bytes and not item.isascii() and not is_utf8(item):
             return None
+        fields: _Fields
         try:
-            fields = _read_fields(item)
-        except msgspec.ValidationError:  # an array or a value, no event
-            return None
+            fields = _read_known_fields(item)
+        except msgspec.ValidationError:  # another stage or verb, or no object at all
+            try:
+                fields = _read_fields(item)
+            except msgspec.ValidationError:  # an array or a value, no event
+                return None
+            except (msgspec.DecodeError, RecursionError):
+                return self._parsed(item)
         except (msgspec.DecodeError, RecursionError):
             return self._parsed(item)
         return self._decide(fields)
@@ -178,12 +200,9 @@ class FieldPass:
 
     def _decide(self, fields: _Fields) -> Answer:
         ref = fields.objectRef
-        if isinstance(ref, _Ref):
-            key = (fields.stage, fields.verb, ref.resource, ref.subresource, ref.namespace)
-        elif ref is None:  # as an empty objectRef: nothing of it to look up
-            key = (fields.stage, fields.verb, None, None, None)
-        else:
+        if ref is not None and ref.__class__ is not _Ref:
             return self._exact(fields)
+        key = (fields.stage, fields.verb, ref)
         try:
             settled = self._settled[key]
         except KeyError:
@@ -217,7 +236,11 @@ class FieldPass:
         event["user"] = _PERSON
         person = self._answer(event)
         settled: Settled = internal if internal == person else (internal, person)
-        if sum(len(part) for part in key if part.__class__ is str) <= CACHE_KEY_CHARS:
+        ref = fields.objectRef
+        parts = [fields.stage, fields.verb]
+        if isinstance(ref, _Ref):
+            parts += [ref.resource, ref.subresource, ref.namespace]
+        if sum(len(part) for part in parts if isinstance(part, str)) <= CACHE_KEY_CHARS:
             with self._lock:
                 if len(self._settled) >= CACHE_ENTRIES:
                     self._settled.clear()
