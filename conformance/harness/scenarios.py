@@ -62,6 +62,7 @@ class Expect:
     actor: str
     mentions: tuple[str, ...] = ()   # substrings the description must contain
     only_if_rule: bool = False       # expected only when the rules file defines `rule`
+    absent: tuple[str, ...] = ()     # substrings the description must not contain
 
 
 @dataclass(frozen=True)
