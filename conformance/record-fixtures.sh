@@ -3,13 +3,25 @@
 # JSON-lines file per scenario, and the README listing them), and the objects the
 # controller-manager made to tests/fixtures/apiserver-1.37-objects/ (kubectl get -o json).
 # `record-fixtures.sh objects` writes the objects only (the audit events stay as they are).
+# `record-fixtures.sh breadth` writes only the breadth cases' audit events to
+# tests/fixtures/apiserver-1.37-breadth/, recorded under
+# conformance/policies/request-response-everywhere.yaml (every body but Secrets').
 # Review the diff before committing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=tests/fixtures/apiserver-1.37
 objects=tests/fixtures/apiserver-1.37-objects
+breadth=tests/fixtures/apiserver-1.37-breadth
 HEALERT_CONFORMANCE_BIN="${HEALERT_CONFORMANCE_BIN:-$(conformance/build.sh)}"
 export HEALERT_CONFORMANCE_BIN
+if [ "${1:-}" = breadth ]; then
+  mkdir -p "$breadth"
+  HEALERT_CONFORMANCE_BREADTH_POLICY="$PWD/conformance/policies/request-response-everywhere.yaml" \
+  HEALERT_CONFORMANCE_BREADTH_FIXTURES="$PWD/$breadth" \
+    .venv/bin/python -m pytest conformance/tests/test_60_breadth.py -q -p no:cacheprovider || true
+  ls -l "$breadth"
+  exit 0
+fi
 mkdir -p "$events" "$objects"
 rm -f "$objects"/*.json
 tests=(conformance/tests/test_15_controllers.py)

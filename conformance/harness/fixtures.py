@@ -46,8 +46,10 @@ in `conformance/harness/scenarios.py`.
 """
 
 
-def write(outcomes: Iterable[Outcome], folder: Path, version: str) -> list[Path]:
-    """One `<scenario>.jsonl` per scenario kept as a fixture, and README.md; returns files."""
+def write(outcomes: Iterable[Outcome], folder: Path, version: str,
+          header: str = _HEADER) -> list[Path]:
+    """One `<scenario>.jsonl` per scenario kept as a fixture, and README.md (`header`, with
+    `{version}` filled in, then one table row per file); returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows: list[str] = []
@@ -61,7 +63,7 @@ def write(outcomes: Iterable[Outcome], folder: Path, version: str) -> list[Path]
         rows.append(f"| `{path.name}` | {outcome.scenario.what} | "
                     f"{len(outcome.audit_events)} |")
     readme = folder / "README.md"
-    readme.write_text(_HEADER.format(version=version) + "\n".join(rows) + "\n")
+    readme.write_text(header.format(version=version) + "\n".join(rows) + "\n")
     written.append(readme)
     return written
 
