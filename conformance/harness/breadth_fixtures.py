@@ -17,8 +17,9 @@ from typing import Any
 
 from conformance.harness import fixtures
 from conformance.harness.agents import AGENT
+from conformance.harness.breadth_env import ORDERS, STOREFRONT
 from conformance.harness.cases import epoch
-from conformance.harness.cluster import REPO
+from conformance.harness.cluster import REPO, ControlPlane
 from conformance.harness.runner import Outcome
 
 FOLDER = REPO / "tests" / "fixtures" / "apiserver-1.37-breadth"
@@ -62,6 +63,54 @@ built from the module without its git commit, so its User-Agent ends in
 | file | what happened | events |
 |---|---|---|
 """
+
+
+ENTITY_OBJECTS = REPO / "tests" / "fixtures" / "apiserver-1.37-entity-objects"
+ENTITY_KINDS = ("deployments,replicasets,statefulsets,daemonsets,jobs,cronjobs,pods,services,"
+                "secrets")
+
+ENTITY_OBJECTS_README = """\
+# The objects of issue 24's entity scenarios, as a real kube-apiserver and
+# kube-controller-manager {version} made them
+
+Each file is what `kubectl get ... -o json --show-managed-fields` printed (a v1 `List`)
+in the environment of `conformance/harness/breadth_env.py`, right before the cases of
+`conformance/harness/scenarios_entity.py` ran (`conformance/record-fixtures.sh breadth`):
+the objects whose labels, owner references and names those cases resolve, for unit tests
+of resolution without a cluster. Workloads were created by `system:conformance-bootstrap`;
+ReplicaSets, Jobs and pods by the controller-manager's controllers (real owner uids,
+template labels, generated names). One pod of each workload the cases act on was bound
+to a Node and reported Running by the harness; the others stay Pending.
+
+- `orders.json`: Deployment `orders-api` (its pod template alone labelled
+  `backstage.io/kubernetes-id: orders-service`), its ReplicaSet, pods and Service;
+  Deployment `orders-worker` (the same label); the StatefulSets of three releases of a
+  `postgresql` chart (`orders-db`: the backstage id on the StatefulSet and its pods;
+  `billing-db`: none; `ledger-db`: on the pods only) and their pods; CronJob
+  `nightly-report`, the Job `kubectl create job --from=cronjob/nightly-report` made and
+  its pod; Secret `orders-db-credentials` (metadata only: its values are not kept).
+- `storefront.json`: Secret `payments-db-credentials` (metadata only).
+- `namespaces.json`: every Namespace; `storefront` is labelled
+  `backstage.io/kubernetes-id: storefront-team`, `orders` declares no entity.
+"""
+
+
+def write_entity_objects(cp: ControlPlane, folders: Iterable[Path]) -> list[Path]:
+    """The entity cases' objects (see ENTITY_OBJECTS_README) in each of `folders`; Secrets
+    keep their metadata only."""
+    written = fixtures.write_objects(cp, folders, namespaces=(ORDERS, STOREFRONT),
+                                     kinds=ENTITY_KINDS, readme_text=ENTITY_OBJECTS_README)
+    for path in written:
+        if path.suffix == ".json":
+            doc = json.loads(path.read_text())
+            for item in doc.get("items", []):
+                if item.get("kind") == "Secret":
+                    for key in ("data", "stringData"):
+                        item.pop(key, None)
+                    annotations = item["metadata"].get("annotations") or {}
+                    annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+            path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return written
 
 
 def write(outcomes: Iterable[Outcome], folders: Iterable[Path], version: str) -> None:

@@ -9,6 +9,7 @@ Environment variables:
   HEALERT_CONFORMANCE_BREADTH_POLICY    the audit policy of the entity and breadth cases
                                         (default: conformance/policies/breadth.yaml)
   HEALERT_CONFORMANCE_BREADTH_FIXTURES  also write each breadth case's audit events there
+  HEALERT_CONFORMANCE_ENTITY_OBJECTS    also write the entity cases' objects there
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ needs of the entity and breadth cases checked against their policy.
 
 - Each case of harness/scenarios_breadth.py has its file in
   tests/fixtures/apiserver-1.37-breadth/ (conformance/record-fixtures.sh breadth), listed
-  in the README, every line a v1 audit Event.
+  in the README, every line a v1 audit Event; the entity cases' objects are in
+  tests/fixtures/apiserver-1.37-entity-objects/, Secrets without their values.
 - `healert-webhook replay` of all of them gives each file exactly its case's friction
   events (a strict expected failure while the case is pending): a third way in, next to
   the webhook and the tail, on events recorded at RequestResponse.
@@ -51,6 +52,22 @@ def test_every_case_has_its_recorded_events() -> None:
         for line in (FOLDER / f"{item.name}.jsonl").read_text().splitlines():
             event = json.loads(line)
             assert event["kind"] == "Event" and event["apiVersion"] == "audit.k8s.io/v1"
+
+
+def test_the_entity_objects_are_recorded_without_secret_values() -> None:
+    """The entity cases' objects are there, Secrets with their metadata only."""
+    folder = breadth_fixtures.ENTITY_OBJECTS
+    assert {p.name for p in folder.glob("*.json")} == {"orders.json", "storefront.json",
+                                                       "namespaces.json"}
+    orders = json.loads((folder / "orders.json").read_text())
+    names = {(i["kind"], i["metadata"]["name"]) for i in orders["items"]}
+    assert {("Deployment", "orders-api"), ("StatefulSet", "ledger-db-postgresql"),
+            ("CronJob", "nightly-report"), ("Job", "nightly-report-manual")} <= names
+    for path in folder.glob("*.json"):
+        for item in json.loads(path.read_text())["items"]:
+            if item["kind"] == "Secret":
+                assert "data" not in item and "stringData" not in item, path.name
+                assert "not-a-real-secret" not in json.dumps(item), path.name
 
 
 def test_no_secret_body_was_recorded() -> None:

@@ -12,9 +12,12 @@ was gone.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from conformance.harness import breadth_env
+from conformance.harness import breadth_env, breadth_fixtures
 from conformance.harness.breadth_env import BreadthEnvironment
 from conformance.harness.cases import (
     ENTITY_PENDING,
@@ -34,6 +37,17 @@ PENDING = pytest.mark.xfail(strict=True, reason=ENTITY_PENDING, raises=Assertion
 def results(breadth: BreadthEnvironment) -> Results:
     """Every case run once, in order (the ones that stop parts of the environment last)."""
     return WindowRunner(breadth.env, breadth.env.root / "work-entity").run(CASES)
+
+
+def test_record_the_objects_the_cases_act_on(breadth: BreadthEnvironment) -> None:
+    """Before any case: the objects written as kubectl shows them (for resolution tests
+    without a cluster), also where asked (`HEALERT_CONFORMANCE_ENTITY_OBJECTS`)."""
+    folders = [breadth.env.root / "objects-entity"]
+    chosen = os.environ.get("HEALERT_CONFORMANCE_ENTITY_OBJECTS")
+    if chosen:
+        folders.append(Path(chosen))
+    written = breadth_fixtures.write_entity_objects(breadth.cluster, folders)
+    assert len(written) == 4 * len(folders)
 
 
 def test_ingest_answered_before_the_cluster(breadth: BreadthEnvironment) -> None:
