@@ -139,6 +139,7 @@ class BreadthEnvironment:
 
 def start(root: Path) -> BreadthEnvironment:
     """The agents first, `AGENT_HEAD_START` seconds later the cluster, then `prepare`."""
+    # KUBECONFIG, not --kubeconfig: today's serve and tail do not take the flag yet.
     env = Environment(root, audit_policy=policy(), cluster_view="env")
     before = BeforeCluster()
     try:
