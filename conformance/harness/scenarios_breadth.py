@@ -1,7 +1,7 @@
 """Issue 26's techniques, each done once by a person with the real kubectl, and the friction
 events its table calls for.
 
-Expectations come from issue 26's words (rule, severity as shipped, entity, actor) with
+Expectations come from issue 26's words (rule, the table's severity, entity, actor) with
 every optional rule enabled, as the harness runs them, and from the rules that already
 exist (a Flux-managed Deployment annotated by hand is still config-drift and gitops-drift).
 Entities follow DESIGN §5 and issue 24: none of these objects carries an entity label and
@@ -21,6 +21,7 @@ from an agent without the cluster view (`policies/breadth.yaml` adds both).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,33 @@ FAKE_SECRETS = ("fake-pgpassword-1", "fake-password-2", "fakebearertoken3", "fak
 SECRET_COMMAND = (f"PGPASSWORD={FAKE_SECRETS[0]} psql --password {FAKE_SECRETS[1]} -h db"
                   f" && curl -H 'Authorization: Bearer {FAKE_SECRETS[2]}'"
                   f" --token={FAKE_SECRETS[3]} http://orders-api")
+
+
+@dataclass(frozen=True)
+class NewRule:
+    """A rule of issue 26's table: its severity and whether it is on by default."""
+
+    severity: str
+    enabled: bool
+
+
+# Issue 26's table. Every expectation of these rules carries the severity (see CASES).
+TABLE = {
+    "kubelet-proxy": NewRule("high", True), "pod-proxy": NewRule("medium", True),
+    "gitops-suspend": NewRule("high", True), "policy-exception": NewRule("high", True),
+    "pod-security-relabel": NewRule("high", True), "token-mint": NewRule("medium", True),
+    "secret-write": NewRule("medium", True), "manual-pod-delete": NewRule("low", False),
+    "eviction-by-hand": NewRule("low", False), "csr-approval": NewRule("medium", False),
+    "service-exposure": NewRule("medium", False),
+    "namespace-deletion": NewRule("medium", False),
+}
+
+
+def _with_table_severity(cases: tuple[Case, ...]) -> tuple[Case, ...]:
+    """The cases, each expectation of a rule of the table with that rule's severity."""
+    return tuple(replace(c, expect=tuple(
+        replace(e, severity=TABLE[e.rule].severity) if e.rule in TABLE else e
+        for e in c.expect)) for c in cases)
 
 
 def ref(namespace: str, name: str) -> str:
@@ -516,7 +544,7 @@ def exec_and_tokens() -> tuple[Case, ...]:
 
 # Run in this order: the proxies use the ClusterIP Service before it is exposed, and the
 # unrelated namespace label comes before that namespace is deleted.
-CASES: tuple[Case, ...] = (proxies() + flux() + argocd() + policies() + credentials()
-                           + pods_and_nodes() + services_and_namespaces()
-                           + exec_and_tokens())
+CASES: tuple[Case, ...] = _with_table_severity(
+    proxies() + flux() + argocd() + policies() + credentials() + pods_and_nodes()
+    + services_and_namespaces() + exec_and_tokens())
 BY_NAME = {c.name: c for c in CASES}

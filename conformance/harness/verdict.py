@@ -56,6 +56,9 @@ def problems(scenario: Scenario, got_rows: dict[str, dict[str, Any]],
             shown = [m for m in item.absent if m in description]
             if shown:
                 found.append(f"description {description!r} shows {shown}")
+            severity = row["event"].get("severity")
+            if item.severity is not None and severity != item.severity:
+                found.append(f"{item.rule}: severity {severity!r}, not {item.severity!r}")
     return found
 
 

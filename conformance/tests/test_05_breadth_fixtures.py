@@ -10,6 +10,8 @@ needs of the entity and breadth cases checked against their policy.
   the webhook and the tail, on events recorded at RequestResponse.
 - policies/breadth.yaml records every request the cases need at the level they need it
   (decided as the apiserver decides, by the package's policy evaluator).
+- rules.yaml ships each rule of issue 26's table with the table's severity and default
+  (pending until it does).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import yaml
 
 from conformance.harness import breadth_env, breadth_fixtures, needs
 from conformance.harness.agents import all_rules_enabled
-from conformance.harness.scenarios_breadth import CASES
+from conformance.harness.cases import breadth_pending
+from conformance.harness.cluster import REPO
+from conformance.harness.scenarios_breadth import CASES, TABLE
 from conformance.harness.verdict import problems
 
 FOLDER = breadth_fixtures.FOLDER
@@ -95,6 +99,16 @@ def test_every_replayed_friction_event_belongs_to_a_file(
         replayed: dict[str, dict[str, dict[str, Any]]]) -> None:
     """No friction event of the replay falls outside the recorded files' events."""
     assert not replayed.get(""), list(replayed[""].values())
+
+
+@pytest.mark.parametrize("rule", [pytest.param(r, marks=pytest.mark.xfail(
+    strict=True, reason=breadth_pending(r), raises=AssertionError)) for r in TABLE])
+def test_the_shipped_rules_define_the_new_rule(rule: str) -> None:
+    """rules.yaml ships each rule of issue 26's table with its severity and default."""
+    shipped = {r["name"]: r for r in yaml.safe_load((REPO / "rules.yaml").read_text())["rules"]}
+    assert rule in shipped, f"rules.yaml has no rule {rule}"
+    assert shipped[rule]["severity"] == TABLE[rule].severity
+    assert shipped[rule].get("enabled", True) is TABLE[rule].enabled
 
 
 def test_the_breadth_policy_records_what_every_case_needs() -> None:
