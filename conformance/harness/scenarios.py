@@ -62,6 +62,8 @@ class Expect:
     actor: str
     mentions: tuple[str, ...] = ()   # substrings the description must contain
     only_if_rule: bool = False       # expected only when the rules file defines `rule`
+    absent: tuple[str, ...] = ()     # substrings the description must not contain
+    severity: str | None = None      # the friction event's severity, when given
 
 
 @dataclass(frozen=True)
