@@ -32,8 +32,9 @@ class ClusterView:
                  label_keys: Iterable[str], annotation_keys: Iterable[str] = (),
                  timing: Timing | None = None) -> None:
         self.connection = connection
-        self.view = View(tombstone_window)
         self.extractor = Extractor(label_keys, annotation_keys)
+        self.view = View(tombstone_window, label_keys=self.extractor.label_keys,
+                         annotation_keys=self.extractor.annotation_keys)
         self.timing = timing or Timing()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
