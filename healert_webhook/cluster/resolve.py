@@ -202,9 +202,18 @@ def resolve_event(view: View, resource: str, namespace: str | None, name: str, *
         target = scale_target(obj)
         if target is not None:
             return _target(view, namespace or "", name, target, label_keys)
-    carried = carried_record(resource, obj, label_keys) if isinstance(obj, dict) else None
+    carried = None
+    if isinstance(obj, dict) and not _held(view, resource, namespace or "", name):
+        carried = carried_record(resource, obj, label_keys)  # only what the view lacks
     return resolve(view, resource, namespace, name, subresource=subresource, carried=carried,
                    label_keys=label_keys)
+
+
+def _held(view: View, resource: str, namespace: str, name: str) -> bool:
+    """True when the view holds the object (live or a tombstone): its copy wins."""
+    kind = BY_RESOURCE.get(resource)
+    return kind is not None and bool(name) and \
+        view.get(resource, namespace if kind.namespaced else "", name) is not None
 
 
 def scale_target(obj: Any) -> Owner | None:
