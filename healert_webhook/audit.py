@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, TypeGuard, cast
 
@@ -88,14 +89,58 @@ def _username(user: Any) -> str:
     return ""
 
 
-def resolve_actor(event: dict[str, Any]) -> Actor:
+@dataclass(frozen=True, slots=True)
+class Proxies:
+    """Access proxies configured by name: identities that are not internal (a
+    kube-oidc-proxy's client certificate) yet act for the user they impersonate.
+
+    `users` are user names; `groups` are groups any of whose members is such a proxy.
+    """
+
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_names(cls, names: Iterable[str]) -> Proxies:
+        """From the setting's entries: `group:NAME` is a group, `user:NAME` or a bare
+        NAME a user name."""
+        users: set[str] = set()
+        groups: set[str] = set()
+        for name in names:
+            if name.startswith(GROUP_PREFIX):
+                groups.add(name[len(GROUP_PREFIX):])
+            else:
+                users.add(name.removeprefix(USER_PREFIX))
+        return cls(frozenset(users), frozenset(groups))
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.groups)
+
+    def holds(self, user: Any) -> bool:
+        """True when the authenticated `user` (the event's `user`) is one of them."""
+        if not isinstance(user, dict):
+            return False
+        if self.users and user.get("username") in self.users:
+            return True
+        found = user.get("groups")
+        return bool(self.groups) and isinstance(found, list) \
+            and any(isinstance(g, str) and g in self.groups for g in found)
+
+
+GROUP_PREFIX, USER_PREFIX = "group:", "user:"
+NO_PROXIES = Proxies()
+
+
+def resolve_actor(event: dict[str, Any], proxies: Proxies = NO_PROXIES) -> Actor:
     """The actor of a request (see `Actor`): the person, also behind an access proxy.
 
     Rancher, Teleport, Pinniped and kube-oidc-proxy authenticate as their own service
     account and send the person as the impersonated user; `kubectl --as` is a person
     acting as someone else. Only the first hands the actor over: a person stays the actor
     whoever they impersonate, and an internal identity impersonating another internal
-    one (a controller acting as a service account) stays itself.
+    one (a controller acting as a service account) stays itself. A proxy named in
+    `proxies` (one that authenticates as no internal identity) always hands the actor
+    over to whoever it impersonates.
     """
     authenticated = _username(event.get("user"))
     internal = is_internal_actor(authenticated)
@@ -103,8 +148,12 @@ def resolve_actor(event: dict[str, Any]) -> Actor:
     if not imp:  # nearly every request
         return Actor(authenticated, internal, authenticated, "", "", "")
     impersonated = _username(imp)
-    if impersonated and internal and authenticated and not is_internal_actor(impersonated):
-        return Actor(impersonated, False, authenticated, impersonated, authenticated, "")
+    if impersonated and authenticated:
+        if internal and not is_internal_actor(impersonated):
+            return Actor(impersonated, False, authenticated, impersonated, authenticated, "")
+        if proxies and proxies.holds(event.get("user")):
+            return Actor(impersonated, is_internal_actor(impersonated), authenticated,
+                         impersonated, authenticated, "")
     return Actor(authenticated, internal, authenticated, impersonated, "", impersonated)
 
 

@@ -455,6 +455,45 @@ def test_proxied_request_keeps_one_key_across_stages_and_resends(detector: Detec
     assert second[0].key != first[0].key
 
 
+CERT_PROXY = {"username": "kube-oidc-proxy", "groups": ["access-proxies",
+                                                      "system:authenticated"]}
+JANE = {"username": "oidc:jane@example.com", "groups": ["oidc:platform"]}
+
+
+@pytest.mark.parametrize("proxies", [("kube-oidc-proxy",), ("user:kube-oidc-proxy",),
+                                     ("group:access-proxies",), ("other", "group:access-proxies")])
+def test_a_configured_proxy_that_is_no_service_account_hands_the_actor_over(
+        shipped_rules: RuleSet, proxies: tuple[str, ...]) -> None:
+    """kube-oidc-proxy authenticating with a client certificate: not `system:`, so only the
+    setting says it is a proxy."""
+    event = {**exec_ws(), "user": CERT_PROXY, "impersonatedUser": JANE}
+    plain, _ = run(Detector(shipped_rules), event)
+    assert plain[0].event["actor"] == "kube-oidc-proxy"
+    assert plain[0].event["description"].endswith(" (as oidc:jane@example.com)")
+    found, _ = run(Detector(shipped_rules, proxies=proxies), event)
+    assert found[0].event["actor"] == "oidc:jane@example.com"
+    assert found[0].event["description"].endswith(
+        "by oidc:jane@example.com (via kube-oidc-proxy)")
+    assert found[0].key == plain[0].key  # the key names both, whoever is the actor
+    groups = audit.actor_groups(event, audit.resolve_actor(event,
+                                                           audit.Proxies.from_names(proxies)))
+    assert groups == ("oidc:platform",)
+
+
+def test_a_configured_proxy_is_judged_by_whom_it_impersonates(shipped_rules: RuleSet) -> None:
+    detector = Detector(shipped_rules, proxies=("kube-oidc-proxy",))
+    as_controller = {**exec_ws(), "user": CERT_PROXY,
+                     "impersonatedUser": service_account("payments", "deployer")}
+    found, stats = run(detector, as_controller)
+    assert found == [] and stats.skipped == {"system_actor": 1}
+    alone = {**exec_ws(), "user": CERT_PROXY}  # its own request: it is the actor
+    assert run(detector, alone)[0][0].event["actor"] == "kube-oidc-proxy"
+    # A person not named in the setting who impersonates stays the actor.
+    person = {**exec_ws(), "user": {"username": "alice", "groups": ["access-proxy-users"]},
+              "impersonatedUser": JANE}
+    assert run(detector, person)[0][0].event["actor"] == "alice"
+
+
 # --- an entity never depends on the audit level ------------------------------------------
 
 @pytest.mark.parametrize("name,workload", [
@@ -756,10 +795,11 @@ def test_an_event_that_raises_is_counted_and_sampled(detector: Detector,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     real = audit.resolve_actor
 
-    def explode(event: dict[str, Any]) -> audit.Actor:
+    def explode(event: dict[str, Any],
+                proxies: audit.Proxies = audit.NO_PROXIES) -> audit.Actor:
         if str(event.get("auditID", "")).startswith("boom"):
             raise ValueError("cannot evaluate\nthis one")
-        return real(event)
+        return real(event, proxies)
 
     monkeypatch.setattr(audit, "resolve_actor", explode)
     bad = [exec_ws(audit_id=f"boom-{i}\x1b[2J" + "z" * 100) for i in range(30)]

@@ -70,7 +70,8 @@ def test_a_proxied_exec_names_the_person_the_proxy_and_the_entity(detector: Dete
     assert decision.actor == ("u-7gkmh (person, via system:serviceaccount:"
                               "cattle-impersonation-system:cattle-impersonation-u-7gkmh)")
     assert decision.entity == ("component:payments/payments-api (workload payments-api, "
-                               "from the name, as a Deployment's pod)")
+                               "found by name rules (no cluster view): name, as a "
+                               "Deployment's pod)")
     assert rules_of(decision)["kubectl-exec"] == (True, "fired", "every condition holds")
     assert rules_of(decision)["secret-read"] == (
         False, "resource", "resource pods is not secrets")
@@ -107,7 +108,7 @@ def test_gitops_decisions_say_what_was_seen(detector: Detector) -> None:
     blind = explain_event(detector, workload_patch(managed, level="Metadata"))
     assert rules_of(blind)["gitops-drift"][1:] == (
         "gitops", "the event carries no object, so GitOps ownership cannot be seen (log this "
-        "request at RequestResponse)")
+        "request at RequestResponse, or run the agent with its view of the cluster)")
 
 
 def test_event_level_decisions(detector: Detector) -> None:
@@ -155,7 +156,7 @@ def test_render_is_readable(detector: Detector) -> None:
         "payments-api-7d9f8b6c4-xkj2p by alice@example.com (person, via "
         "system:serviceaccount:teleport-agent:teleport-kube-agent)",
         "  => 1 friction event(s), charged to component:payments/payments-api (workload "
-        "payments-api, from the name, as a Deployment's pod)",
+        "payments-api, found by name rules (no cluster view): name, as a Deployment's pod)",
         "     kubectl-exec (high): get on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments) by "
         "alice@example.com (via system:serviceaccount:teleport-agent:teleport-kube-agent)",
         "  rule kubectl-exec: fired",
@@ -238,7 +239,7 @@ def test_explain_with_the_shipped_rules_over_the_real_fixtures(fixtures_dir: Pat
     out = io.StringIO()
     assert run_explain(settings, paths, audit_id=None, user="minikube-user", out=out) == 0
     text = out.getvalue()
-    assert "charged to component:foo/test-pod (workload test-pod, from the name, as a " \
-           "StatefulSet's pod)" in text
+    assert "charged to component:foo/test-pod (workload test-pod, found by name rules (no " \
+           "cluster view): name, as a StatefulSet's pod)" in text
     assert "kubectl exec on pods/nginx-deployment-7998647bdf-phvq7" in text
     assert text.splitlines()[-1].endswith(", 4 friction events (before removing repeats)")

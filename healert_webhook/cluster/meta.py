@@ -88,11 +88,14 @@ class Meta:
 
     def controller(self) -> Owner | None:
         """The controlling owner, else the only owner (a Node, a static pod's, is none)."""
-        usable = [o for o in self.owners if o.kind != "Node"]
-        for owner in usable:
+        only, usable = None, 0
+        for owner in self.owners:  # no list built: this runs for every resolution
+            if owner.kind == "Node":
+                continue
             if owner.controller:
                 return owner
-        return usable[0] if len(usable) == 1 else None
+            only, usable = owner, usable + 1
+        return only if usable == 1 else None
 
     def tombstone(self, when: float) -> Meta:
         """A copy marked deleted at `when` (monotonic seconds)."""

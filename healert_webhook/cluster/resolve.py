@@ -16,10 +16,15 @@ Deployment, Pod -> Job -> CronJob, any owner of another kind the view fetched):
    as the name rules read it. A controller with no owner is its own top;
 3. `namespace`: an object that is no controller and has no owner (a Secret, a bare
    Pod): the entity its namespace declares with the same label keys;
-4. `unknown`: the caller falls back to the name rules.
+4. `unknown`: the caller falls back to the name rules. So does an object of a watched
+   resource that the view cannot tell about: not listed yet, or neither live nor a
+   tombstone (the view's silence about a pod is no answer, unlike a Secret, which it
+   never holds).
 
 The object is the view's copy when it has one (live or a tombstone), else the metadata
-the event carries (a create can be audited before the watch delivers it).
+the event carries (a create can be audited before the watch delivers it). A
+HorizontalPodAutoscaler is about what it scales: when the event carries it, its
+`scaleTargetRef` is resolved instead (`resolve_event`).
 """
 
 from __future__ import annotations
@@ -48,9 +53,17 @@ class Resolution(NamedTuple):
 class GitOpsKeys(Protocol):
     """What marks an object GitOps-managed (rules.GitOps has these)."""
 
-    annotations: tuple[str, ...]
-    labels: tuple[str, ...]
-    field_managers: frozenset[str]
+    @property
+    def annotations(self) -> tuple[str, ...]:
+        """Annotation keys."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Label keys."""
+
+    @property
+    def field_managers(self) -> frozenset[str]:
+        """Field manager names."""
 
 
 class GitOpsAnswer(NamedTuple):
@@ -80,8 +93,9 @@ def describe(meta: Meta) -> str:
 
 def _find(view: View, resource: str, namespace: str, name: str,
           carried: Meta | None) -> tuple[Meta | None, str]:
-    if resource in BY_RESOURCE and name:
-        found = view.get(resource, namespace, name)
+    kind = BY_RESOURCE.get(resource)
+    if kind is not None and name:
+        found = view.get(resource, namespace if kind.namespaced else "", name)
         if found is not None:
             return found, "the view"
         if carried is None and not view.listed(resource):
@@ -142,8 +156,16 @@ def resolve(view: View, resource: str, namespace: str | None, name: str, *,
     ns = namespace or ""
     found, source = _find(view, resource, ns, name, carried)
     if found is None:
+        if resource in BY_RESOURCE:  # the view should know it and does not: no answer
+            return Resolution("", "unknown", source)
         return _namespace(view, ns, label_keys, source)
     tail = f", from {source}" + (f", for {resource}/{subresource}" if subresource else "")
+    return _from(view, found, ns, tail, label_keys)
+
+
+def _from(view: View, found: Meta, ns: str, tail: str,
+          label_keys: Sequence[str]) -> Resolution:
+    """Resolution from a found object: up its chain, else its namespace."""
     chain, missing = _chain(view, found)
     label = _label(chain, label_keys)
     if label is not None:
@@ -164,6 +186,64 @@ def resolve(view: View, resource: str, namespace: str | None, name: str, *,
         return Resolution(_own_name(top), "owner",
                           f"{what} {describe(top)}{made}{_path(chain)}{tail}")
     return _namespace(view, ns, label_keys, f"{describe(found)} has no label and no owner")
+
+
+HPAS = "horizontalpodautoscalers"
+
+
+def resolve_event(view: View, resource: str, namespace: str | None, name: str, *,
+                  subresource: str | None = None, obj: Any = None,
+                  label_keys: Sequence[str] = LABEL_KEYS) -> Resolution:
+    """`resolve` for an audit event: `obj` is the object it carries (a dict), if any.
+
+    An HPA the event carries resolves through its `scaleTargetRef`.
+    """
+    if resource == HPAS and not subresource:
+        target = scale_target(obj)
+        if target is not None:
+            return _target(view, namespace or "", name, target, label_keys)
+    carried = None
+    if isinstance(obj, dict) and not _held(view, resource, namespace or "", name):
+        carried = carried_record(resource, obj, label_keys)  # only what the view lacks
+    return resolve(view, resource, namespace, name, subresource=subresource, carried=carried,
+                   label_keys=label_keys)
+
+
+def _held(view: View, resource: str, namespace: str, name: str) -> bool:
+    """True when the view holds the object (live or a tombstone): its copy wins."""
+    kind = BY_RESOURCE.get(resource)
+    return kind is not None and bool(name) and \
+        view.get(resource, namespace if kind.namespaced else "", name) is not None
+
+
+def scale_target(obj: Any) -> Owner | None:
+    """An HPA's `spec.scaleTargetRef` (apiVersion, kind, name), or None."""
+    spec = obj.get("spec") if isinstance(obj, dict) else None
+    ref = spec.get("scaleTargetRef") if isinstance(spec, dict) else None
+    if not isinstance(ref, dict):
+        return None
+    api_version, kind, name = ref.get("apiVersion"), ref.get("kind"), ref.get("name")
+    if not (isinstance(kind, str) and kind and isinstance(name, str) and name):
+        return None
+    return Owner(api_version if isinstance(api_version, str) else "", kind, name, "", True)
+
+
+def _target(view: View, namespace: str, hpa: str, target: Owner,
+            label_keys: Sequence[str]) -> Resolution:
+    what = f"HorizontalPodAutoscaler {namespace}/{hpa} scales {target.kind} {target.name}"
+    kind = watched_kind(target.api_version, target.kind)
+    if kind is not None:
+        found = resolve(view, kind.resource, namespace, target.name, label_keys=label_keys)
+    else:
+        meta = view.owner(target, namespace)
+        found = _from(view, meta, namespace, ", from the view", label_keys) \
+            if meta is not None else Resolution("", "unknown", "not fetched")
+    if found.method != "unknown":
+        return found._replace(explanation=f"{found.explanation} ({what})")
+    # The view cannot tell about the target: its name is still the workload's.
+    reading = name_rules(_NAME_RULES_OF.get(target.kind), target.name)
+    return Resolution(reading.name, "owner", f"{what} ({found.explanation}; its "
+                                             f"{reading.how})")
 
 
 def _namespace(view: View, namespace: str, label_keys: Sequence[str], why: str) -> Resolution:

@@ -3,7 +3,9 @@
 A row says which YAML keys state the condition, how each key's value is read and
 checked, how the values compile into the rule's `Check`, the skip reasons it gives (a
 detection that fails it is counted under that reason), and the lowest audit level at
-which it can be decided (what the audit policy must record for it). The check itself
+which it can be decided (what the audit policy must record for it), without and with
+the agent's view of the cluster (which holds the metadata of workloads: a condition
+that reads only that needs no body when the view runs). The check itself
 says whether a candidate event passes, explains a failure, and summarises itself for
 `validate`. The order of the rows is the order checks are tried, from the broadest to
 the most specific: when no rule fires, an event's skip reason is the failure of the
@@ -53,6 +55,11 @@ class Condition:
     reasons: tuple[str, ...]  # skip reasons, in the order tried
     level: str  # the lowest audit level that shows what it reads
     on_rule: bool = False  # its keys sit on the rule itself, not under `match`
+    level_with_view: str = ""  # the same with the view of the cluster ('': as `level`)
+
+    def needs(self, view: bool) -> str:
+        """The lowest audit level that decides it, with the view of the cluster or not."""
+        return (self.level_with_view or self.level) if view else self.level
 
 
 def _who(cand: Candidate) -> str:
@@ -301,10 +308,8 @@ class GitOpsManaged(Check):
         evidence = cand.gitops_evidence()
         if evidence is not None:
             return f"the object is GitOps-managed ({evidence})"
-        if audit.carried_metadata(cand.event) is None:
-            return ("the event carries no object, so GitOps ownership cannot be seen (log "
-                    "this request at RequestResponse)")
-        return "the object carries none of the GitOps annotations, labels or field managers"
+        return cand.gitops_unseen() or ("the object carries none of the GitOps annotations, "
+                                        "labels or field managers")
 
     def summary(self) -> str:
         """`gitops-managed=yes|no`."""
@@ -447,9 +452,10 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition(("annotation",), _read_annotation,
               _one("annotation", lambda pair: Annotation(*pair)), Annotation.reasons,
               REQUEST),
-    # The whole object: a patch's requestObject is only the patch.
+    # The whole object: a patch's requestObject is only the patch. The view holds the
+    # workloads' GitOps annotations, labels and field managers.
     Condition(("gitops_managed",), _read_bool, _one("gitops_managed", GitOpsManaged),
-              GitOpsManaged.reasons, REQUEST_RESPONSE),
+              GitOpsManaged.reasons, REQUEST_RESPONSE, level_with_view=METADATA),
 )
 
 # The skip reasons of failed conditions, in the order they are tried.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from healert_webhook.cluster.resolve import carried_record, gitops, resolve
+from healert_webhook.cluster.resolve import carried_record, gitops, resolve, resolve_event
 from healert_webhook.rules import DEFAULT_GITOPS
 
 from support import cluster_objects as k8s
@@ -206,3 +206,71 @@ def test_gitops_ownership_from_the_cached_object() -> None:
         assert answer.known and answer.evidence == evidence, name
     unknown = gitops(box.view, "deployments", "shop", "absent", DEFAULT_GITOPS)
     assert not unknown.known and unknown.evidence is None
+
+
+def test_a_workload_the_view_does_not_hold_is_no_answer_even_in_a_declared_namespace() -> None:
+    """A pod the view has never seen (or whose tombstone expired) is not the namespace's:
+    the caller's name rules answer, as for a view that has not listed pods yet."""
+    box = Loaded()
+    box.add_partial("namespaces", k8s.namespace("ops", {BACKSTAGE: "platform"}))
+    found = resolve(box.view, "pods", "ops", "web-7d9f8b6c4d-x7k2p", subresource="exec")
+    assert found.method == "unknown" and "neither in the view nor a tombstone" in \
+        found.explanation
+    secret = resolve(box.view, "secrets", "ops", "db")  # never held by the view
+    assert (secret.name, secret.method) == ("platform", "namespace")
+
+
+def hpa(target: dict[str, str] | None) -> dict[str, object]:
+    spec: dict[str, object] = {"minReplicas": 1, "maxReplicas": 4}
+    if target is not None:
+        spec["scaleTargetRef"] = target
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web-hpa", "namespace": "shop"}, "spec": spec}
+
+
+def test_an_hpa_resolves_through_its_scale_target(shop: Loaded) -> None:
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders-api"}
+    found = resolve_event(shop.view, "horizontalpodautoscalers", "shop", "web-hpa",
+                          obj=hpa(target))
+    assert (found.name, found.method) == ("orders-service", "label")
+    assert found.explanation.endswith(
+        "(HorizontalPodAutoscaler shop/web-hpa scales Deployment orders-api)")
+    # A target the view does not hold: still the target's name, not the HPA's.
+    missing = resolve_event(shop.view, "horizontalpodautoscalers", "shop", "web-hpa",
+                            obj=hpa({**target, "name": "cart-7d9f8b6c4d"}))
+    assert (missing.name, missing.method) == ("cart-7d9f8b6c4d", "owner")
+    # No target in the event (a patch's requestObject, Metadata level): the HPA itself.
+    for obj in (hpa(None), None, {"spec": {"scaleTargetRef": {"kind": "Deployment"}}}):
+        plain = resolve_event(shop.view, "horizontalpodautoscalers", "shop", "web-hpa",
+                              obj=obj)
+        assert plain.method == "unknown", obj
+
+
+def test_an_hpa_of_a_rollout_follows_the_fetched_rollout() -> None:
+    box = Loaded()
+    box.fetched(k8s.rollout("shop", "checkout", labels={BACKSTAGE: "checkout-service"}))
+    target = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "checkout"}
+    found = resolve_event(box.view, "horizontalpodautoscalers", "shop", "web-hpa",
+                          obj=hpa(target))
+    assert (found.name, found.method) == ("checkout-service", "label")
+    unfetched = resolve_event(box.view, "horizontalpodautoscalers", "shop", "web-hpa",
+                              obj=hpa({**target, "name": "cart"}))
+    assert (unfetched.name, unfetched.method) == ("cart", "owner")
+    assert "not fetched" in unfetched.explanation
+
+
+def test_the_event_object_is_the_fallback_of_resolve_event(shop: Loaded) -> None:
+    rs = k8s.replicaset(k8s.deployment("shop", "orders-api"), "7d9f8b6c4d")
+    obj = k8s.pod(rs, "zz9zz")
+    found = resolve_event(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-zz9zz",
+                          subresource="exec", obj=obj)
+    assert (found.name, found.method) == ("orders-service", "label")
+    assert resolve_event(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-zz9zz",
+                         obj="not an object").method == "unknown"
+
+
+def test_the_view_says_which_keys_its_records_keep() -> None:
+    view = Loaded().view
+    assert view.keeps([BACKSTAGE, *DEFAULT_GITOPS.labels], DEFAULT_GITOPS.annotations)
+    assert not view.keeps(["example.com/team"])
+    assert not view.keeps([], ["example.com/managed"])

@@ -215,7 +215,8 @@ class Loaded:
 
     def __init__(self, window: float = 600.0) -> None:
         self.clock = Clock()
-        self.view = View(window, clock=self.clock)
+        self.view = View(window, clock=self.clock, label_keys=KEPT_LABELS,
+                         annotation_keys=DEFAULT_GITOPS.annotations)
         self.extractor = Extractor(KEPT_LABELS, DEFAULT_GITOPS.annotations)
         for store in self.view.stores.values():
             store.listed = store.synced = True
