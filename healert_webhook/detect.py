@@ -58,7 +58,8 @@ class Detector:
         if own_namespace:
             excluded.add(own_namespace)
         self.excluded_namespaces = frozenset(excluded)
-        self.index = Index(self.rules, self.excluded_namespaces)
+        self.index = Index(self.rules, self.excluded_namespaces,
+                           frozenset({own_namespace}) if own_namespace else frozenset())
 
     def detect(self, events: Iterable[Any], stats: Stats,
                received: float | None = None) -> list[Friction]:
@@ -105,7 +106,7 @@ class Detector:
         """A reason that settles every candidate of the leaf at once (`namespace`, or
         `system_actor` when every candidate ignores system actors)."""
         if cand.scope_ns in self.excluded_namespaces:
-            return "namespace"
+            return self.index.excluded_for(cand.scope_ns, leaf, cand.actor.internal)
         if leaf[1] and cand.actor.internal:
             return "system_actor"
         return None

@@ -6,7 +6,8 @@ verb, built by `build_index`:
     by_resource: {resource: SubMap}      any_resource: SubMap   (rules naming no resource)
     SubMap  = ({subresource: VerbMap}, VerbMap for other subresources)
     VerbMap = ({verb: Leaf}, Leaf for other verbs)
-    Leaf    = (candidate rules, True when every candidate has ignore_system) | None
+    Leaf    = (candidate rules, True when every candidate has ignore_system,
+               the Leaf of those that opt out of config.ignore_namespaces | None) | None
 
 A rule is a candidate for an event when the event's resource is one it names (or it names
 none), its subresource is the one it names (or it names none) and not one it ignores, and
@@ -17,7 +18,11 @@ kubelets reading pods) find None after three dict lookups and cost nothing more.
 `Index.rule_out` is detection's fast path, the one place it is written: the stage, the
 index, then two cheap filters settled once for all candidates, the excluded namespaces
 (the rules' global ones plus the agent's own) and, when the leaf's flag says every
-candidate ignores system actors, an internal user who impersonates nobody. It reads the
+candidate ignores system actors, an internal user who impersonates nobody. A rule can
+opt out of the global namespaces (`config_ignore_namespaces: false`, Argo CD's
+Applications live in its own namespace): a leaf holding such rules is not settled by a
+global namespace, only by the agent's own, and its other rules then skip the namespace
+one by one (their `namespace` check); leaves without one stay settled at once. It reads the
 event through `.get`, so it decides alike on a parsed event (a dict) and on simdjson's
 reading of one (prefilter.py); everything it reads is a field at a fixed place of the
 event (stage, verb, objectRef.resource, .subresource, .namespace, user.username,
@@ -32,8 +37,10 @@ from typing import Any
 from healert_webhook.audit import FIRING_STAGES, QUIET_STAGES, is_internal_actor
 from healert_webhook.rules import Rule
 
-# The rules that may match, and whether all of them ignore system actors.
-Match = tuple[tuple[Rule, ...], bool]
+# The rules that may match, whether all of them ignore system actors, and the same for
+# those of them that opt out of config.ignore_namespaces (None when none does).
+Opted = tuple[tuple[Rule, ...], bool, None]
+Match = tuple[tuple[Rule, ...], bool, Opted | None]
 Leaf = Match | None  # None: no rule can match
 # resource -> (subresource -> (verb -> leaf, leaf for other verbs), other subresources)
 VerbMap = tuple[dict[Any, Leaf], Leaf]
@@ -61,7 +68,9 @@ def _leaf(rules: Sequence[Rule], at: Sequence[int]) -> Leaf:
     if not at:
         return None
     chosen = tuple(rules[i] for i in at)
-    return chosen, all(rule.ignore_system for rule in chosen)
+    opted = tuple(rule for rule in chosen if not rule.config_namespaces)
+    return chosen, all(rule.ignore_system for rule in chosen), \
+        (opted, all(rule.ignore_system for rule in opted), None) if opted else None
 
 
 def _merged(general: list[int], named: list[int]) -> list[int]:
@@ -139,11 +148,28 @@ def scope_failure(rule: Rule, resource: str | None, subresource: str | None,
 
 
 class Index:
-    """The compiled index of a rule set and the namespaces no rule reports."""
+    """The compiled index of a rule set and the namespaces no rule reports: `excluded`
+    (config.ignore_namespaces and the agent's own), of which `always` (the agent's own)
+    holds for the rules that opt out of the config's too."""
 
-    def __init__(self, rules: Sequence[Rule], excluded_namespaces: frozenset[str]) -> None:
+    def __init__(self, rules: Sequence[Rule], excluded_namespaces: frozenset[str],
+                 always: frozenset[str] = frozenset()) -> None:
         self.by_resource, self.any_resource = build_index(rules)
         self.excluded = excluded_namespaces
+        self.always = always
+
+    def excluded_for(self, namespace: str, leaf: Match, internal: bool) -> str | None:
+        """The skip reason an excluded `namespace` settles for every candidate of `leaf`
+        (`namespace`, or `system_actor` when only opting-out rules ignoring an
+        `internal` actor are left), or None when some rule must still be tried."""
+        opted = leaf[2]
+        if opted is None or namespace in self.always:
+            return "namespace"
+        if internal and opted[1]:
+            # The others skip the namespace, these the actor: the closest miss of
+            # conditions.decisive is the namespace when both failed.
+            return "namespace" if len(opted[0]) < len(leaf[0]) else "system_actor"
+        return None
 
     def leaf(self, resource: Any, subresource: Any, verb: Any) -> Leaf:
         """The leaf for these objectRef fields and verb (None: no rule can match)."""
@@ -187,18 +213,26 @@ class Index:
                 raise Undecidable("verb")
             namespace = ref.get("namespace")
             if namespace and namespace in self.excluded:
-                return "namespace"
-            if leaf[1]:
-                user = event.get("user")
-                username = user.get("username") if user else None
-                if not username:
-                    internal = True  # no user: a failed authentication
-                elif username.__class__ is str:
-                    internal = is_internal_actor(username)
-                else:
-                    raise Undecidable("username")
-                if internal and not impersonation(event):
-                    return "system_actor"
+                opted = leaf[2]
+                if opted is None or namespace in self.always:
+                    return "namespace"
+                if opted[1] and self._internal(event, impersonation):
+                    return "namespace" if len(opted[0]) < len(leaf[0]) else "system_actor"
+            elif leaf[1] and self._internal(event, impersonation):
+                return "system_actor"
         except (KeyError, TypeError, AttributeError) as exc:
             raise Undecidable(type(exc).__name__) from None
         return leaf
+
+    @staticmethod
+    def _internal(event: Any, impersonation: Callable[[Any], Any]) -> bool:
+        """An internal user impersonating nobody (raises Undecidable on a bad name)."""
+        user = event.get("user")
+        username = user.get("username") if user else None
+        if not username:
+            internal = True  # no user: a failed authentication
+        elif username.__class__ is str:
+            internal = is_internal_actor(username)
+        else:
+            raise Undecidable("username")
+        return internal and not impersonation(event)

@@ -344,7 +344,10 @@ def _quadratic_index(rules: Any) -> Any:
     """The index as it was first built (each key filters every rule): the reference the
     grouped build must equal."""
     def leaf(chosen: list[Any]) -> Any:
-        return (tuple(chosen), all(r.ignore_system for r in chosen)) if chosen else None
+        opted = [r for r in chosen if not r.config_namespaces]
+        return (tuple(chosen), all(r.ignore_system for r in chosen),
+                (tuple(opted), all(r.ignore_system for r in opted), None) if opted else None
+                ) if chosen else None
 
     def verb_map(chosen: list[Any]) -> Any:
         verbs = {v for r in chosen for v in (r.verbs or ())}
@@ -380,8 +383,9 @@ def test_grouped_index_equals_the_filtering_one(seed: int) -> None:
     lines = ["rules:"]
     for n in range(rng.randint(1, 40)):
         lines += [f"  - name: rule-{n}", "    severity: low",
-                  f"    ignore_system: {rng.choice(['true', 'false'])}", "    match:",
-                  "      namespace_contains: a"]
+                  f"    ignore_system: {rng.choice(['true', 'false'])}",
+                  f"    config_ignore_namespaces: {rng.choice(['true', 'false'])}",
+                  "    match:", "      namespace_contains: a"]
         if rng.random() < 0.7:
             lines.append(f"      resources: {rng.sample(pick['resources'], rng.randint(1, 3))}")
         if rng.random() < 0.4:

@@ -242,3 +242,14 @@ def test_explain_with_the_shipped_rules_over_the_real_fixtures(fixtures_dir: Pat
            "StatefulSet's pod)" in text
     assert "kubectl exec on pods/nginx-deployment-7998647bdf-phvq7" in text
     assert text.splitlines()[-1].endswith(", 4 friction events (before removing repeats)")
+
+
+
+# --- issue 26: a 404 is no read --------------------------------------------------
+
+def test_a_not_found_answer_is_explained() -> None:
+    detector = Detector(parse_rules(RULES))
+    decision = explain_event(detector, secret_get(ns="shop-prod", code=404, user="oidc:kate"))
+    assert rules_of(decision)["prod-secrets"][1:] == (
+        "response", "the response 404 Not Found concerns no object: nothing was read, "
+        "changed or entered (a rule whose response names error counts these)")

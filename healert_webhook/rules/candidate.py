@@ -3,7 +3,7 @@
 An event becomes a candidate when the rule index found rules that may match it; only
 then are its fields read beyond the five the index decides on. What only some checks
 ask for (the user agent, the actor's groups, GitOps evidence, whether a GitOps
-controller wrote) is computed on first use.
+controller wrote, the object the request and the answer carry) is computed on first use.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from healert_webhook import audit
+from healert_webhook.rules import fields
 from healert_webhook.rules.matchers import GitOps
 
 
 class Candidate:
     """The fields of one candidate event the rule checks read, extracted once."""
 
-    __slots__ = ("_agent", "_controller", "_evidence", "_gitops", "_groups", "actor", "code",
-                 "event", "name", "namespace", "resource", "scope_ns", "subresource", "verb")
+    __slots__ = ("_agent", "_bodies", "_controller", "_evidence", "_gitops", "_groups", "actor",
+                 "code", "event", "name", "namespace", "resource", "scope_ns", "subresource",
+                 "verb")
 
     def __init__(self, event: dict[str, Any], ref: dict[str, Any], gitops: GitOps) -> None:
         self.event = event
@@ -37,6 +39,7 @@ class Candidate:
         self._groups: tuple[str, ...] | None = None
         self._controller: bool | None = None
         self._evidence: tuple[str | None] | None = None
+        self._bodies: fields.Bodies | None = None
 
     def agent(self) -> str:
         """The User-Agent, lower-cased."""
@@ -68,3 +71,9 @@ class Candidate:
             self._evidence = (audit.gitops_evidence(self.event, gitops.annotations,
                                                     gitops.labels, gitops.field_managers),)
         return self._evidence[0]
+
+    def bodies(self) -> fields.Bodies:
+        """The object as the request states it and as the answer returns it."""
+        if self._bodies is None:
+            self._bodies = fields.bodies(self.event, self.verb)
+        return self._bodies

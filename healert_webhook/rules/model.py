@@ -73,6 +73,11 @@ class Check:
         """What the condition asks, in `validate`'s one-line form (e.g. `user=alice`)."""
         raise NotImplementedError
 
+    def need(self) -> str | None:
+        """What the audit policy must record for this condition beyond Metadata, in a
+        sentence for `validate`; None when Metadata shows what it reads."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -93,6 +98,7 @@ class Rule:
     template: tuple[tuple[str, str | None], ...]
     line: int
     checks: tuple[Check, ...] = ()
+    config_namespaces: bool = True  # config.ignore_namespaces applies (see index.py)
 
     def check(self, reason: str) -> Check | None:
         """The rule's check that can fail with `reason`, or None when it has none."""
@@ -113,6 +119,8 @@ class Rule:
         if self.verbs:
             parts.append("verb=" + "|".join(sorted(self.verbs)))
         parts.extend(text for check in self.checks if (text := check.summary()))
+        if not self.config_namespaces:
+            parts.append("config.ignore_namespaces=off")
         actors = "humans" if self.ignore_system else "all actors"
         state = "enabled " if self.enabled else "disabled"
         return (f"{state} {self.name:<26} {self.severity:<6} {self.workflow or '-':<9} "
