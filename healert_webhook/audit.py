@@ -139,6 +139,27 @@ def _key_part(value: Any) -> str:
     return f"\x01{type(value).__name__}"
 
 
+# kubectl's interactive sessions: one `kubectl exec` (attach, port-forward) may be two
+# requests, a WebSocket upgrade (verb get) and, when that fails, SPDY (verb create).
+SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+
+
+def session_window(event: dict[str, Any]) -> str | None:
+    """For a session request on a pod, the ten seconds of the clock it arrived in (its
+    `requestReceivedTimestamp` cut after the tens of seconds); None for other requests.
+
+    kubectl 1.30 and later tries a WebSocket (verb get) and, when the upgrade is refused (403: a
+    Role granting only `create` on pods/exec, or none) or fails, falls back to SPDY
+    (verb create) within milliseconds: two audit events, two auditIDs, one attempt.
+    """
+    ref = event.get("objectRef")
+    if not isinstance(ref, dict) or ref.get("resource") != "pods" \
+            or ref.get("subresource") not in SESSION_SUBRESOURCES:
+        return None
+    stamp = event.get("requestReceivedTimestamp")
+    return stamp[:18] if valid_timestamp(stamp) else None
+
+
 def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str,
               impersonated: str = "") -> str:
     """The key of one request's detection by one rule, the same across stages and resends.
@@ -146,9 +167,20 @@ def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str,
     auditID alone is client-settable, so the request's time, verb, URI and user are part
     of the key too. `username` is the authenticated user; `impersonated`, when given, is
     appended so that two people behind one access proxy never share a key.
+
+    A session (exec, attach, port-forward) is keyed by who, which pod and subresource and
+    the ten seconds it began in (`session_window`), not by its auditID, verb or URI: the
+    WebSocket attempt and kubectl's SPDY fallback share the key, so the outbox keeps one
+    of them whichever batch, source or restart brings the other.
     """
-    parts: list[Any] = [event.get("auditID"), event.get("requestReceivedTimestamp")
-             or event.get("timestamp"), verb, event.get("requestURI"), username, rule]
+    window = session_window(event)
+    if window is not None:
+        ref = event["objectRef"]
+        parts: list[Any] = ["session", window, ref.get("namespace"), ref.get("name"),
+                            ref.get("subresource"), username, rule]
+    else:
+        parts = [event.get("auditID"), event.get("requestReceivedTimestamp")
+                 or event.get("timestamp"), verb, event.get("requestURI"), username, rule]
     if impersonated:
         parts.append(impersonated)
     try:

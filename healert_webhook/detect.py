@@ -22,6 +22,7 @@ from healert_webhook.rules import Rule, RuleSet
 from healert_webhook.rules.candidate import Candidate
 from healert_webhook.rules.conditions import decisive
 from healert_webhook.text import clean_text
+from healert_webhook.tokens import description_tokens
 
 MAX_DESCRIPTION = 500
 MAX_FIELD = 200
@@ -179,17 +180,7 @@ class Detector:
         timestamp, fixup = audit.event_timestamp(cand.event, received)
         if timestamp is not None:
             shared["timestamp"] = timestamp
-        code = cand.code
-        tokens = {
-            "actor": actor.name or "unknown",
-            "resource": cand.resource,
-            "name": cand.name or _carried_name(cand.event),
-            "namespace": namespace or "-",
-            "verb": cand.verb,
-            "subresource": cand.subresource,
-            "code": str(code) if code is not None else "",
-            "workload": workload,
-        }
+        tokens = description_tokens(cand, workload)
         if actor.proxy:
             suffix = f" (via {clean_text(actor.proxy, MAX_FIELD)})"
         elif actor.as_user:
@@ -214,17 +205,6 @@ class Detector:
         audit_id = event.get("auditID")
         return Friction(key, rule.name, payload,
                         clean_text(audit_id, MAX_FIELD) if isinstance(audit_id, str) else "")
-
-
-def _carried_name(event: dict[str, Any]) -> str:
-    """The name of the carried object, else its generateName: a create whose name the
-    apiserver generates has none in objectRef."""
-    meta = audit.carried_metadata(event) or _EMPTY
-    for key in ("name", "generateName"):
-        value = meta.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
 
 
 def _failed(stats: Stats, event: Any, exc: Exception, sampled: int) -> int:

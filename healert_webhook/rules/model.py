@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from healert_webhook import tokens
 from healert_webhook.rules.matchers import DEFAULT_GITOPS, GitOps
 from healert_webhook.text import clean_text
 
 if TYPE_CHECKING:
     from healert_webhook.rules.candidate import Candidate
 
-TOKENS = ("actor", "resource", "name", "namespace", "verb", "subresource", "code", "workload")
+TOKENS = tokens.TOKENS  # the names a description can use (tokens.py gives their values)
 TOKEN_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_DESCRIPTION = "{verb} on {resource}/{name} (ns:{namespace}) by {actor}"
 # Problems and warnings listed one by one (in logs, `validate`, errors); the rest are only
