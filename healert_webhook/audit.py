@@ -274,6 +274,16 @@ def failure_id(event: Any) -> str:
     return clean_text(audit_id, MAX_FAILURE_ID) if isinstance(audit_id, str) else ""
 
 
+def proxied_name(name: str) -> str:
+    """The object's name in a proxy request's `[scheme:]name[:port]` (the apiserver's
+    reading of `pods/<id>/proxy`, `services/<id>/proxy`, `nodes/<id>/proxy`)."""
+    if ":" not in name:
+        return name
+    parts = name.split(":")
+    found = parts[0] if len(parts) == 2 else parts[1] if len(parts) == 3 else ""
+    return found or name
+
+
 def user_agent(event: dict[str, Any]) -> str:
     """The request's User-Agent, '' when absent or not a string."""
     agent = event.get("userAgent")

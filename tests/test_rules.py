@@ -43,10 +43,13 @@ def test_shipped_rules_load_and_package_copy_is_identical() -> None:
     assert default_rules_text() == shipped
     ruleset = parse_rules(shipped)
     assert [r.name for r in ruleset.enabled] == [
-        "kubectl-exec", "pipeline-skip", "config-drift", "port-forward", "emergency-access"]
+        "kubectl-exec", "pipeline-skip", "config-drift", "port-forward", "emergency-access",
+        "kubelet-proxy", "pod-proxy", "gitops-suspend", "policy-exception",
+        "pod-security-relabel", "token-mint", "secret-write"]
     optional = {r.name for r in ruleset.rules if not r.enabled}
     assert {"kubectl-attach", "ephemeral-debug", "pod-log-access", "rbac-change",
-            "pv-deletion"} <= optional
+            "pv-deletion", "manual-pod-delete", "eviction-by-hand", "csr-approval",
+            "service-exposure", "namespace-deletion"} <= optional
     assert ruleset.warnings == ()
 
 
@@ -523,3 +526,26 @@ def test_object_values_of_the_wrong_type_and_unaudited_resources_are_warnings() 
         "r.yaml:7: rules[0] (rule-one).match.object[1].resources: resource 'Kustomization' is "
         "never audited: resource names are lower case (did you mean 'kustomization'?)")
 
+
+def test_validate_says_what_each_rule_needs_of_the_audit_policy(tmp_path: Path) -> None:
+    import io
+
+    from healert_webhook.commands.validate import run_validate
+
+    out = io.StringIO()
+    assert run_validate(ROOT / "rules.yaml", out=out, err=io.StringIO()) == 0
+    needs = [line for line in out.getvalue().splitlines() if line.startswith("audit level")]
+    assert [line.split(":")[1].strip() for line in needs] == [
+        "gitops-suspend", "policy-exception", "pod-security-relabel"]
+    assert "log patch, update of applications, buckets," in needs[0]
+    assert "and any resource (for metadata.annotations.\"kustomize.toolkit.fluxcd.io/" \
+           "reconcile\") at Request or higher" in needs[0]
+    everything = tmp_path / "rules.yaml"
+    everything.write_text((ROOT / "rules.yaml").read_text().replace("enabled: false",
+                                                                  "enabled: true"))
+    out = io.StringIO()
+    assert run_validate(everything, out=out, err=io.StringIO()) == 0
+    assert "audit level: manual-pod-delete: the audit policy must log delete of pods at " \
+           "RequestResponse" in out.getvalue()
+    assert "audit level: gitops-drift: log updates and patches of these objects at " \
+           "RequestResponse" in out.getvalue()

@@ -27,6 +27,8 @@ class Candidate:
         self.resource: str = ref.get("resource") or ""
         self.subresource: str = ref.get("subresource") or ""
         self.name: str = ref.get("name") or ""
+        if self.subresource == "proxy":
+            self.name = audit.proxied_name(self.name)
         self.namespace: str = ref.get("namespace") or ""
         # A namespace's own events (create, delete) belong to it, for the exclusions.
         self.scope_ns = self.name if self.resource == "namespaces" and not self.namespace \
