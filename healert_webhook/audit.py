@@ -145,16 +145,23 @@ SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
 
 
 def session_window(event: dict[str, Any]) -> str | None:
-    """For a session request on a pod, the ten seconds of the clock it arrived in (its
-    `requestReceivedTimestamp` cut after the tens of seconds); None for other requests.
+    """For a session attempt on a pod that kubectl may have made twice, the ten seconds of
+    the clock it arrived in (its `requestReceivedTimestamp` cut after the tens of
+    seconds); None for other requests, which keep their request's own key.
 
-    kubectl 1.30 and later tries a WebSocket (verb get) and, when the upgrade is refused (403: a
-    Role granting only `create` on pods/exec, or none) or fails, falls back to SPDY
-    (verb create) within milliseconds: two audit events, two auditIDs, one attempt.
+    kubectl 1.30 and later try a WebSocket (verb get) and, when the upgrade is refused
+    (403: a Role without exec rights, or granting only `create` on pods/exec) or fails,
+    fall back to SPDY (verb create) within milliseconds: two audit events, two
+    auditIDs, one attempt. So an attempt that did not succeed, and any SPDY request (the
+    fallback; also older kubectl's only way, whose sessions in one window are counted
+    once), are keyed by the window; a WebSocket session that succeeded is its own.
     """
     ref = event.get("objectRef")
     if not isinstance(ref, dict) or ref.get("resource") != "pods" \
             or ref.get("subresource") not in SESSION_SUBRESOURCES:
+        return None
+    code = response_code(event)
+    if event.get("verb") != "create" and (code is None or code < 400):
         return None
     stamp = event.get("requestReceivedTimestamp")
     return stamp[:18] if valid_timestamp(stamp) else None
@@ -168,10 +175,10 @@ def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str,
     of the key too. `username` is the authenticated user; `impersonated`, when given, is
     appended so that two people behind one access proxy never share a key.
 
-    A session (exec, attach, port-forward) is keyed by who, which pod and subresource and
-    the ten seconds it began in (`session_window`), not by its auditID, verb or URI: the
-    WebSocket attempt and kubectl's SPDY fallback share the key, so the outbox keeps one
-    of them whichever batch, source or restart brings the other.
+    A session attempt kubectl may have made twice (see `session_window`) is keyed by who,
+    which pod and subresource and the ten seconds it began in, not by its auditID, verb
+    or URI: the refused WebSocket attempt and kubectl's SPDY fallback share the key, so
+    the outbox keeps one of them whichever batch, source or restart brings the other.
     """
     window = session_window(event)
     if window is not None:

@@ -16,7 +16,6 @@ from support.events import (
     exec_ws,
     gitops_deployment,
     managed_field,
-    secret_get,
     service_account,
     through_proxy,
     workload_patch,
@@ -88,21 +87,20 @@ def _old_key(event: dict[str, Any], username: str, verb: str, rule: str) -> str:
 
 
 def test_dedup_key_of_well_formed_events_is_unchanged() -> None:
-    # Rows already queued in an outbox keep deduplicating across the upgrade (sessions,
-    # keyed by their window since issue 26, are tests/test_breadth.py's).
-    event = secret_get()
+    # Rows already queued in an outbox keep deduplicating across the upgrade.
+    event = exec_ws()
     user = event["user"]["username"]
-    assert audit.dedup_key(event, user, "get", "emergency-access") == \
-        _old_key(event, user, "get", "emergency-access")
+    assert audit.dedup_key(event, user, "get", "kubectl-exec") == \
+        _old_key(event, user, "get", "kubectl-exec")
 
 
 def test_dedup_key_cannot_be_shifted_between_fields() -> None:
-    a = secret_get(audit_id="x\x00y")
-    b = secret_get(audit_id="x")
+    a = exec_ws(audit_id="x\x00y")
+    b = exec_ws(audit_id="x")
     b["requestReceivedTimestamp"] = "y\x00" + a["requestReceivedTimestamp"]
     assert audit.dedup_key(a, "u", "get", "r") != audit.dedup_key(b, "u", "get", "r")
-    c = secret_get(audit_id="x\x01\x00")
-    d = secret_get(audit_id="x\x01")
+    c = exec_ws(audit_id="x\x01\x00")
+    d = exec_ws(audit_id="x\x01")
     assert audit.dedup_key(c, "u", "get", "r") != audit.dedup_key(d, "u", "get", "r")
 
 

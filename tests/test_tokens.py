@@ -69,8 +69,9 @@ def test_percent_and_plus_decoding_and_invalid_utf8() -> None:
 
 def session(verb: str, at: str, **kw: Any) -> dict[str, Any]:
     kw.setdefault("user", "dave")
+    kw.setdefault("code", 403)
     return audit_event(verb, "pods", kw.pop("pod", "web-0"), "shop",
-                       subresource=kw.pop("sub", "exec"), received=at, code=403, **kw)
+                       subresource=kw.pop("sub", "exec"), received=at, **kw)
 
 
 def key(event: dict[str, Any], rule: str = "kubectl-exec") -> str:
@@ -97,3 +98,16 @@ def test_what_is_not_a_session_keeps_its_request_key() -> None:
     broken = session("get", "yesterday")
     assert audit.session_window(broken) is None  # no usable time: the request's own key
     assert key(broken) != key(dict(broken, auditID="other"))
+
+
+def test_a_websocket_session_that_succeeded_is_its_own() -> None:
+    """Two execs of one person into one pod a second apart, both over a WebSocket that
+    was not refused: two sessions. The same over SPDY (older kubectl, or WebSockets
+    turned off) is counted once per ten seconds: SPDY is also what kubectl retries with."""
+    first = session("get", "2026-11-26T10:04:31.000000Z", code=101, audit_id="one")
+    second = session("get", "2026-11-26T10:04:32.000000Z", code=101, audit_id="two")
+    assert audit.session_window(first) is None
+    assert key(first) != key(second)
+    spdy = [session("create", f"2026-11-26T10:04:3{n}.000000Z", code=101, audit_id=f"s{n}")
+            for n in (1, 2)]
+    assert key(spdy[0]) == key(spdy[1])
