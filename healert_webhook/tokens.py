@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from healert_webhook import audit
 
@@ -46,24 +46,43 @@ _URL_CREDENTIALS = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 
 
+class Tokens(dict[str, str]):
+    """Every token's raw value for one detected request. Those read from the request
+    URI's query are computed when a description first asks for one of them."""
+
+    def __init__(self, cand: Candidate, workload: str) -> None:
+        actor, code = cand.actor, cand.code
+        super().__init__(
+            actor=actor.name or "unknown",
+            resource=cand.resource,
+            name=cand.name or carried_name(cand.event),
+            namespace=cand.namespace or NONE,
+            verb=cand.verb,
+            subresource=cand.subresource,
+            code=str(code) if code is not None else "",
+            workload=workload,
+        )
+        self._event = cand.event
+
+    def __missing__(self, key: str) -> str:
+        if key not in _FROM_QUERY:
+            raise KeyError(key)
+        params = query(self._event)
+        self.update(
+            command=command(params) or NONE,
+            container=_first(params, "container") or NONE,
+            field_manager=_first(params, "fieldManager") or _agent_product(self._event)
+            or NONE,
+        )
+        return self[key]
+
+
+_FROM_QUERY = frozenset({"command", "container", "field_manager"})
+
+
 def description_tokens(cand: Candidate, workload: str) -> dict[str, str]:
     """Every token's raw value for one detected request (`workload`: its resolved name)."""
-    actor, code = cand.actor, cand.code
-    params = query(cand.event)
-    return {
-        "actor": actor.name or "unknown",
-        "resource": cand.resource,
-        "name": cand.name or carried_name(cand.event),
-        "namespace": cand.namespace or NONE,
-        "verb": cand.verb,
-        "subresource": cand.subresource,
-        "code": str(code) if code is not None else "",
-        "workload": workload,
-        "command": command(params) or NONE,
-        "container": _first(params, "container") or NONE,
-        "field_manager": _first(params, "fieldManager") or _agent_product(cand.event)
-        or NONE,
-    }
+    return Tokens(cand, workload)
 
 
 def carried_name(event: dict[str, Any]) -> str:
@@ -77,14 +96,21 @@ def carried_name(event: dict[str, Any]) -> str:
     return ""
 
 
+_PARAMS = frozenset({"command", "container", "fieldManager"})
+
+
 def query(event: dict[str, Any]) -> list[tuple[str, str]]:
-    """The request URI's query parameters, decoded, from its first MAX_QUERY characters."""
+    """The request URI's query parameters the tokens read (command, container,
+    fieldManager), decoded, from its first MAX_QUERY characters, in order."""
     uri = event.get("requestURI")
     if not isinstance(uri, str) or "?" not in uri:
         return []
-    text = uri.partition("?")[2][:MAX_QUERY]
-    return parse_qsl(text, keep_blank_values=True, errors="replace",
-                     max_num_fields=None)
+    found = []
+    for part in uri.partition("?")[2][:MAX_QUERY].split("&"):
+        key, _, value = part.partition("=")
+        if key in _PARAMS:
+            found.append((key, unquote_plus(value, errors="replace")))
+    return found
 
 
 def _first(params: list[tuple[str, str]], name: str) -> str:

@@ -347,10 +347,9 @@ def _quadratic_index(rules: Any) -> Any:
     """The index as it was first built (each key filters every rule): the reference the
     grouped build must equal."""
     def leaf(chosen: list[Any]) -> Any:
-        opted = [r for r in chosen if not r.config_namespaces]
-        return (tuple(chosen), all(r.ignore_system for r in chosen),
-                (tuple(opted), all(r.ignore_system for r in opted), None) if opted else None
-                ) if chosen else None
+        # (no namespace of config.ignore_namespaces here: an empty map where one opts out)
+        opted = {} if any(not r.config_namespaces for r in chosen) else None
+        return (tuple(chosen), all(r.ignore_system for r in chosen), opted) if chosen else None
 
     def verb_map(chosen: list[Any]) -> Any:
         verbs = {v for r in chosen for v in (r.verbs or ())}
