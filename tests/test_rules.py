@@ -549,3 +549,21 @@ def test_validate_says_what_each_rule_needs_of_the_audit_policy(tmp_path: Path) 
            "RequestResponse" in out.getvalue()
     assert "audit level: gitops-drift: log updates and patches of these objects at " \
            "RequestResponse" in out.getvalue()
+
+
+def test_absent_on_a_create_is_a_warning() -> None:
+    text = """rules:
+  - name: relabel
+    severity: low
+    match:
+      resource: namespaces
+      {verbs}
+      object: {{path: 'metadata.labels."pod-security.kubernetes.io/enforce"', present: false}}
+"""
+    warned = parse_rules(text.format(verbs="verbs: [create, patch]"), "r.yaml").warnings
+    assert warned == ("r.yaml:5: rules[0] (relabel).match.object: present: false "
+                      "(metadata.labels.\"pod-security.kubernetes.io/enforce\") matches every "
+                      "object created without the field, not only its removal: give the rule "
+                      "verbs without create (verbs: [update, patch])",)
+    assert parse_rules(text.format(verbs="verb: delete"), "r.yaml").warnings == ()
+    assert len(parse_rules(text.format(verbs=""), "r.yaml").warnings) == 1
