@@ -1,8 +1,10 @@
 """Load, validate and compile rules.yaml.
 
 The file format is the old Go agent's (a `config` block and a `rules` list) with additive
-extensions: `enabled`, `points`, `config.gitops`, `ignore_subresources`, and the
-conditions of conditions.py. A file without them behaves as it did. Validation is strict
+extensions: `enabled`, `points`, `config.gitops`, `ignore_subresources`,
+`config_ignore_namespaces` (a rule that config.ignore_namespaces does not apply to; the
+config is read before the rules, wherever the file puts it), and the conditions of
+conditions.py. A file without them behaves as it did. Validation is strict
 and reports every problem at once, each with file, line, rule and field; values the
 apiserver never writes are warnings with the fix (lint.py), since such a rule loads but
 never fires.
