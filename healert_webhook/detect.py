@@ -36,6 +36,7 @@ from healert_webhook.rules import Rule, RuleSet
 from healert_webhook.rules.candidate import Candidate
 from healert_webhook.rules.conditions import decisive
 from healert_webhook.text import clean_text
+from healert_webhook.tokens import description_tokens
 
 if TYPE_CHECKING:
     from healert_webhook.cluster.view import View
@@ -91,7 +92,8 @@ class Detector:
         if own_namespace:
             excluded.add(own_namespace)
         self.excluded_namespaces = frozenset(excluded)
-        self.index = Index(self.rules, self.excluded_namespaces)
+        self.index = Index(self.rules, self.excluded_namespaces,
+                           frozenset({own_namespace}) if own_namespace else frozenset())
 
     def detect(self, events: Iterable[Any], stats: Stats,
                received: float | None = None) -> list[Friction]:
@@ -139,7 +141,7 @@ class Detector:
         """A reason that settles every candidate of the leaf at once (`namespace`, or
         `system_actor` when every candidate ignores system actors)."""
         if cand.scope_ns in self.excluded_namespaces:
-            return "namespace"
+            return self.index.excluded_for(cand.scope_ns, leaf, cand.actor.internal)
         if leaf[1] and cand.actor.internal:
             return "system_actor"
         return None
@@ -227,17 +229,7 @@ class Detector:
         timestamp, fixup = audit.event_timestamp(cand.event, received)
         if timestamp is not None:
             shared["timestamp"] = timestamp
-        code = cand.code
-        tokens = {
-            "actor": actor.name or "unknown",
-            "resource": cand.resource,
-            "name": cand.name or _carried_name(cand.event),
-            "namespace": namespace or "-",
-            "verb": cand.verb,
-            "subresource": cand.subresource,
-            "code": str(code) if code is not None else "",
-            "workload": workload,
-        }
+        tokens = description_tokens(cand, workload)
         if actor.proxy:
             suffix = f" (via {clean_text(actor.proxy, MAX_FIELD)})"
         elif actor.as_user:
@@ -275,17 +267,6 @@ def _carried_object(event: dict[str, Any]) -> dict[str, Any] | None:
                 and isinstance(obj.get("metadata"), dict):
             return obj
     return None
-
-
-def _carried_name(event: dict[str, Any]) -> str:
-    """The name of the carried object, else its generateName: a create whose name the
-    apiserver generates has none in objectRef."""
-    meta = audit.carried_metadata(event) or _EMPTY
-    for key in ("name", "generateName"):
-        value = meta.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
 
 
 def _failed(stats: Stats, event: Any, exc: Exception, sampled: int) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from healert_webhook import audit
 from healert_webhook.detect import Detector, rule_failure
-from healert_webhook.index import Undecidable, scope_failure
+from healert_webhook.index import Match, Undecidable, scope_failure
 from healert_webhook.records import Friction
 from healert_webhook.rules import Rule
 from healert_webhook.rules.candidate import Candidate
@@ -202,7 +202,7 @@ def _internal(event: dict[str, Any], candidates: tuple[Rule, ...], username: Any
 
 
 def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
-                leaf: tuple[tuple[Rule, ...], bool], outside: list[RuleDecision], *,
+                leaf: Match, outside: list[RuleDecision], *,
                 received: float | None) -> EventDecision:
     skip = detector.event_skip(cand, leaf)
     if skip == "namespace":

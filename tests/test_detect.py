@@ -52,8 +52,8 @@ def test_websocket_exec_is_reported_once_with_its_workload(detector: Detector) -
         "type": "kubectl-exec",
         "severity": "high",
         "service": "payments-api",
-        "description": "kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments) "
-                       "by oidc:jane@example.com",
+        "description": "kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments, "
+                       "container:-, command:-) by oidc:jane@example.com",
         "actor": "oidc:jane@example.com",
         "namespace": "payments",
         "workflow": "deploy",
@@ -152,7 +152,8 @@ def test_kubectl_scale_is_drift(detector: Detector) -> None:
                                          subresource="scale"))
     assert types(found) == ["config-drift"]
     assert found[0].event["description"] == (
-        "Direct patch on deployments/checkout (ns:shop) by oidc:jane@example.com")
+        "Direct patch on deployments/checkout (ns:shop, manager:kubectl) by "
+        "oidc:jane@example.com")
 
 
 def test_labels_win_over_names(detector: Detector) -> None:
@@ -314,8 +315,10 @@ def test_index_leaves_only_candidate_rules(shipped_rules: RuleSet) -> None:
     assert leaf("pods", "exec", "get") == (["kubectl-exec"], True)
     # config-drift ignores the exec subresource; pipeline-skip still needs its annotation.
     assert leaf("pods", "exec", "create") == (["kubectl-exec", "pipeline-skip"], True)
-    assert leaf("deployments", "scale", "patch") == (["pipeline-skip", "config-drift"], True)
-    assert leaf("leases", None, "update") == (["pipeline-skip"], True)
+    # gitops-suspend names no resource: Flux's annotation can be on any object.
+    assert leaf("deployments", "scale", "patch") == (
+        ["pipeline-skip", "config-drift", "gitops-suspend"], True)
+    assert leaf("leases", None, "update") == (["pipeline-skip", "gitops-suspend"], True)
     assert leaf("leases", None, "watch") is None
     assert leaf("pods", None, "list") is None
 
@@ -344,7 +347,9 @@ def _quadratic_index(rules: Any) -> Any:
     """The index as it was first built (each key filters every rule): the reference the
     grouped build must equal."""
     def leaf(chosen: list[Any]) -> Any:
-        return (tuple(chosen), all(r.ignore_system for r in chosen)) if chosen else None
+        # (no namespace of config.ignore_namespaces here: an empty map where one opts out)
+        opted = {} if any(not r.config_namespaces for r in chosen) else None
+        return (tuple(chosen), all(r.ignore_system for r in chosen), opted) if chosen else None
 
     def verb_map(chosen: list[Any]) -> Any:
         verbs = {v for r in chosen for v in (r.verbs or ())}
@@ -380,8 +385,9 @@ def test_grouped_index_equals_the_filtering_one(seed: int) -> None:
     lines = ["rules:"]
     for n in range(rng.randint(1, 40)):
         lines += [f"  - name: rule-{n}", "    severity: low",
-                  f"    ignore_system: {rng.choice(['true', 'false'])}", "    match:",
-                  "      namespace_contains: a"]
+                  f"    ignore_system: {rng.choice(['true', 'false'])}",
+                  f"    config_ignore_namespaces: {rng.choice(['true', 'false'])}",
+                  "    match:", "      namespace_contains: a"]
         if rng.random() < 0.7:
             lines.append(f"      resources: {rng.sample(pick['resources'], rng.randint(1, 3))}")
         if rng.random() < 0.4:
@@ -405,8 +411,8 @@ def test_exec_through_an_access_proxy_is_the_persons(detector: Detector, proxy: 
     event = found[0].event
     assert event["actor"] == person["username"]
     assert event["description"] == (
-        f"kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments) by "
-        f"{person['username']} (via {account['username']})")
+        f"kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments, container:-, "
+        f"command:-) by {person['username']} (via {account['username']})")
     assert validate(event) == []
 
 
@@ -536,7 +542,8 @@ def test_generate_name_at_request_level_and_no_name_at_metadata_level(
     request, _ = run(detector, pod_create(obj, level="Request"))
     assert request[0].event["entity_ref"] == "component:shop/checkout"
     assert request[0].event["description"] == (
-        "Direct create on pods/checkout-7d9f8b6c4- (ns:shop) by oidc:jane@example.com")
+        "Direct create on pods/checkout-7d9f8b6c4- (ns:shop, manager:kubectl) by "
+        "oidc:jane@example.com")
     response, _ = run(detector, pod_create(obj, level="RequestResponse",
                                            generated="checkout-7d9f8b6c4-q2w4z"))
     assert response[0].event["entity_ref"] == "component:shop/checkout"
@@ -597,7 +604,8 @@ def test_a_person_patching_a_gitops_deployment_is_gitops_drift(gitops_detector: 
     event = found[1].event
     assert event["entity_ref"] == "component:shop/checkout"
     assert event["description"] == ("Hand patch on GitOps-managed deployments/checkout "
-                                     "(ns:shop) by oidc:jane@example.com")
+                                     "(ns:shop, manager:kubectl-patch) by "
+                                     "oidc:jane@example.com")
 
 
 @pytest.mark.parametrize("tool", ["argocd", "kustomize", "helm"])
@@ -766,7 +774,11 @@ rules:
     (audit_event("watch", "leases", "", "kube-node-lease"), "no_rule"),
     (exec_ws(ns="kube-system"), "namespace"),
     (exec_ws(user="system:node:worker-1"), "system_actor"),
-    (audit_event("update", "configmaps", "flags", "shop"), "annotation"),
+    # gitops-suspend cannot see Flux's annotation without the request's body
+    (audit_event("update", "configmaps", "flags", "shop"), "object_missing"),
+    (audit_event("update", "configmaps", "flags", "shop", level="Request",
+                 requestObject={"kind": "ConfigMap", "apiVersion": "v1",
+                                "metadata": {"name": "flags"}}), "object"),
     (dict(exec_ws(), stage="RequestReceived"), "stage"),
     (pod_create(pod_object("", "shop", generate_name="web-"), level="Metadata"), "no_name"),
 ])

@@ -242,4 +242,50 @@ def test_explain_with_the_shipped_rules_over_the_real_fixtures(fixtures_dir: Pat
     assert "charged to component:foo/test-pod (workload test-pod, found by name rules (no " \
            "cluster view): name, as a StatefulSet's pod)" in text
     assert "kubectl exec on pods/nginx-deployment-7998647bdf-phvq7" in text
-    assert text.splitlines()[-1].endswith(", 4 friction events (before removing repeats)")
+    assert text.splitlines()[-1].endswith(", 5 friction events (before removing repeats)")
+
+
+# --- issue 26: the object condition and the opt-out, explained -----------------------
+
+def test_object_decisions_say_what_the_request_did_to_the_field() -> None:
+    text = (ROOT / "rules.yaml").read_text()
+    detector = Detector(parse_rules(text), own_namespace="healert-system")
+
+    def app_patch(level: str, body: Any) -> dict[str, Any]:
+        event = audit_event("patch", "applications", "orders", "argocd", user="bob",
+                            level=level)
+        if body is not None:
+            event["requestObject"] = body
+        return event
+
+    retarget = explain_event(detector, app_patch("Request", {"spec": {"source": {
+        "targetRevision": "v2"}}}))
+    assert (retarget.outcome, retarget.reason) == ("skipped", "object")
+    said = rules_of(retarget)["gitops-suspend"][2]
+    assert "spec.syncPolicy.automated absent on applications: the patch leaves " \
+           "spec.syncPolicy.automated as it was" in said
+    assert "spec.suspend=true on buckets|" in said and ": kustomizations is not" not in said
+    assert "applications is not one of those" in said  # Flux's kinds
+    blind = explain_event(detector, app_patch("Metadata", None))
+    assert rules_of(blind)["gitops-suspend"][1:] == (
+        "object_missing", "the event carries no object (logged at Metadata level): the audit "
+        "policy must log patch, update of applications, buckets, gitrepositories, helmcharts, "
+        "helmreleases, helmrepositories, imagerepositories, imageupdateautomations, "
+        "kustomizations, ocirepositories and any resource (for metadata.annotations."
+        "\"kustomize.toolkit.fluxcd.io/reconcile\") at Request or higher (the request states "
+        "what it sets; RequestResponse adds the resulting object)")
+    removed = explain_event(detector, app_patch("Request", {"spec": {"syncPolicy": {
+        "automated": None}}}))
+    assert removed.outcome == "friction"
+    assert removed.entity.startswith("component:argocd/orders ")
+    assert rules_of(removed)["gitops-suspend"] == (True, "fired", "every condition holds")
+    assert rules_of(removed)["pipeline-skip"][1:] == (
+        "namespace", "namespace argocd is in config.ignore_namespaces")
+
+
+def test_a_not_found_answer_is_explained() -> None:
+    detector = Detector(parse_rules(RULES))
+    decision = explain_event(detector, secret_get(ns="shop-prod", code=404, user="oidc:kate"))
+    assert rules_of(decision)["prod-secrets"][1:] == (
+        "response", "the response 404 Not Found concerns no object: nothing was read, "
+        "changed or entered (a rule whose response names error counts these)")

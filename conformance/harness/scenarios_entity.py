@@ -97,7 +97,9 @@ _ACTIONS: tuple[tuple[str, tuple[Any, ...], str, int, Fact, bool], ...] = (
      "ephemeral-debug", 1, Fact("patch", "pods", "ephemeralcontainers", code=200), True),
 )
 # What today's agent already charges right: the event carries the labelled pod.
-_HOLDS_TODAY = {("direct", "pod-label"), ("direct", "debug")}
+# An HPA created through the proxy is audited at Metadata, without its scaleTargetRef: only
+# a view that holds HPAs could tell what it scales, and the view holds workloads only.
+_NEEDS_HPAS = {("proxy", "autoscale")}
 _NEED = {"exec": ("get", "pods", "exec"), "port-forward-pod": ("create", "pods", "portforward"),
          "port-forward-service": ("create", "pods", "portforward"),
          "logs-deployment": ("get", "pods", "log"), "scale": ("patch", "deployments", "scale"),
@@ -135,7 +137,7 @@ def workload_actions() -> tuple[Case, ...]:
                         timeout=30),
                 [Expect(rule, ORDERS_SERVICE, actor, mentions=mentions)] * count,
                 audited=(_fact(fact, proxied),),
-                pending="" if (variant, action) in _HOLDS_TODAY else ENTITY_PENDING,
+                pending=ENTITY_PENDING if (variant, action) in _NEEDS_HPAS else "",
                 needs=(Need("Metadata", verb, resource, group=_GROUPS.get(resource, ""),
                             subresource=sub, who="proxy" if proxied else "person",
                             why="the object's name: the view answers the rest"),),
@@ -200,9 +202,6 @@ def helm_releases() -> tuple[Case, ...]:
     }
     entity = {orders_db.release: "orders-service", billing_db.release: "postgresql",
               ledger_db.release: "ledger-service"}
-    # What today's agent already gets right: writes whose event carries the StatefulSet
-    # with the deciding label on it.
-    holds = {(orders_db.release, "patch"), (billing_db.release, "patch")}
     plan = ((orders_db, ("exec", "patch")), (billing_db, ("exec", "patch", "scale")),
             (ledger_db, ("exec", "patch")))
     found = []
@@ -220,7 +219,7 @@ def helm_releases() -> tuple[Case, ...]:
                 _statefulset(release, action),
                 (Expect(rule, ref(entity[release.release]), "alice"),),
                 audited=(fact,), design=reasoning[release.release],
-                pending="" if (release.release, action) in holds else ENTITY_PENDING))
+                ))
     return tuple(found)
 
 
@@ -264,7 +263,7 @@ def owners_and_namespaces() -> tuple[Case, ...]:
              _exec_migration_pod, (Expect("kubectl-exec", ref("db-migrate"), "alice"),),
              design="Pod -> Job: the top owner, a Job made from generateName, is its base; "
                     "the name rules alone give db-migrate-<5 chars>",
-             audited=(exec_fact,), pending=ENTITY_PENDING),
+             audited=(exec_fact,)),
         case("entity-cronjob-pod-exec", "alice execs into the pod of the Job made by hand "
              "from CronJob nightly-report (`kubectl create job --from=cronjob/...`)",
              kubectl("alice", "-n", NS, "exec", CRON_POD, "-c", "main", "--", "ls", "/",
@@ -272,7 +271,7 @@ def owners_and_namespaces() -> tuple[Case, ...]:
              (Expect("kubectl-exec", ref("nightly-report"), "alice"),),
              design="Pod -> Job -> CronJob: the top owner; the name rules alone give "
                     "nightly-report-manual",
-             audited=(exec_fact,), pending=ENTITY_PENDING),
+             audited=(exec_fact,)),
         case("entity-namespace-secret", "alice reads Secret payments-db-credentials in "
              "`storefront`, a namespace labelled backstage.io/kubernetes-id: storefront-team",
              kubectl("alice", "-n", be.STOREFRONT, "get", "secret", "payments-db-credentials",
@@ -280,8 +279,7 @@ def owners_and_namespaces() -> tuple[Case, ...]:
              (Expect("emergency-access", ref("storefront-team", be.STOREFRONT), "alice"),),
              design="an object that is no workload, with no label and no owner: the entity "
                     "its namespace declares",
-             audited=(Fact("get", "secrets", level="Metadata", code=200),),
-             pending=ENTITY_PENDING),
+             audited=(Fact("get", "secrets", level="Metadata", code=200),)),
         case("entity-name-rules-secret", "alice reads Secret orders-db-credentials in "
              "`orders`, a namespace that declares no entity",
              kubectl("alice", "-n", NS, "get", "secret", "orders-db-credentials", "-o", "name"),
@@ -395,8 +393,7 @@ def disruptions() -> tuple[Case, ...]:
                  design="deleted objects are kept as tombstones for a window, so a batch "
                         "about a pod that is already gone still resolves",
                  audited=(Fact("get", "pods", "exec", stage="ResponseStarted", count=1),
-                          Fact("delete", "pods", user="system:conformance-bootstrap")),
-                 pending=ENTITY_PENDING),
+                          Fact("delete", "pods", user="system:conformance-bootstrap"))),
         env_case("entity-apiserver-down", "alice execs into, scales and reads the logs of "
                  "orders-api; the apiserver is stopped for a few seconds, the tail agent "
                  "reads those events meanwhile; after the restart she execs into a pod of "
@@ -409,7 +406,7 @@ def disruptions() -> tuple[Case, ...]:
                  design="nothing lost; a view that lost its apiserver still answers from "
                         "what it holds, and resyncs when the apiserver is back",
                  audited=(Fact("get", "pods", "exec", stage="ResponseStarted", count=2),
-                          exec_fact), pending=ENTITY_PENDING),
+                          exec_fact)),
     )
 
 

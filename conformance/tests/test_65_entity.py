@@ -20,7 +20,6 @@ import pytest
 from conformance.harness import breadth_env, breadth_fixtures
 from conformance.harness.breadth_env import BreadthEnvironment
 from conformance.harness.cases import (
-    ENTITY_PENDING,
     Results,
     WindowRunner,
     agreement_problems,
@@ -30,7 +29,6 @@ from conformance.harness.scenarios_entity import CASES, read_evidence
 from conformance.harness.verdict import problems, show
 
 pytestmark = pytest.mark.timeout(1200)
-PENDING = pytest.mark.xfail(strict=True, reason=ENTITY_PENDING, raises=AssertionError)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,6 @@ def test_ingest_answered_before_the_cluster(breadth: BreadthEnvironment) -> None
     assert before.readyz["serve"][0] == 200, before.readyz["serve"]
 
 
-@PENDING
 def test_before_the_cluster_the_view_was_not_synced(breadth: BreadthEnvironment) -> None:
     """/readyz and the metrics said the view was not synced."""
     text = breadth.before.readyz["serve"][1]
@@ -101,7 +98,6 @@ def test_the_tombstone_case_batch_came_after_the_delete(breadth: BreadthEnvironm
     assert evidence["stored"] > evidence["deleted"], evidence
 
 
-@PENDING
 def test_the_views_are_synced(breadth: BreadthEnvironment, results: Results) -> None:
     """After every case, the apiserver restart included, both views are synced."""
     for agent in (breadth.env.agents.serve, breadth.env.agents.tail):

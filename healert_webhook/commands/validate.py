@@ -55,6 +55,8 @@ def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None 
         print(rule.summary(), file=out)
     for line in _gitops_lines(ruleset):
         print(line, file=out)
+    for line in _level_lines(ruleset):
+        print(line, file=out)
     enabled = len(ruleset.enabled)
     ignored = ", ".join(sorted(ruleset.ignore_namespaces)) or "none"
     print(f"{ruleset.source}: valid, {len(ruleset.rules)} rules ({enabled} enabled); "
@@ -78,3 +80,10 @@ def _gitops_lines(ruleset: RuleSet) -> list[str]:
         "gitops controllers (never drift): " + (gitops.controllers.text().replace("|", ", ")
                                                or "none"),
     ]
+
+
+def _level_lines(ruleset: RuleSet) -> list[str]:
+    """What each enabled rule that reads a request's or an answer's body needs of the
+    audit policy (a rule starved of it never fires: the skip reason says so)."""
+    return [f"audit level: {rule.name}: {need}" for rule in ruleset.enabled
+            for check in rule.checks if (need := check.need())]

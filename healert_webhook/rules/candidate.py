@@ -3,7 +3,7 @@
 An event becomes a candidate when the rule index found rules that may match it; only
 then are its fields read beyond the five the index decides on. What only some checks
 ask for (the user agent, the actor's groups, GitOps evidence, whether a GitOps
-controller wrote) is computed on first use.
+controller wrote, the object the request and the answer carry) is computed on first use.
 
 GitOps evidence comes from the view of the cluster when the detector has one that keeps
 the GitOps keys (so it holds for events logged at Metadata level), else from the object
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from healert_webhook import audit
 from healert_webhook.cluster import resolve
+from healert_webhook.rules import fields
 from healert_webhook.rules.matchers import GitOps
 
 if TYPE_CHECKING:
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 class Candidate:
     """The fields of one candidate event the rule checks read, extracted once."""
 
-    __slots__ = ("_agent", "_controller", "_evidence", "_gitops", "_groups", "_seen", "_view",
-                 "actor", "code", "event", "name", "namespace", "resource", "scope_ns",
+    __slots__ = ("_agent", "_bodies", "_controller", "_evidence", "_gitops", "_groups", "_seen",
+                 "_view", "actor", "code", "event", "name", "namespace", "resource", "scope_ns",
                  "subresource", "verb")
 
     def __init__(self, event: dict[str, Any], ref: dict[str, Any], gitops: GitOps,
@@ -35,6 +36,8 @@ class Candidate:
         self.resource: str = ref.get("resource") or ""
         self.subresource: str = ref.get("subresource") or ""
         self.name: str = ref.get("name") or ""
+        if self.subresource == "proxy":
+            self.name = audit.proxied_name(self.name)
         self.namespace: str = ref.get("namespace") or ""
         # A namespace's own events (create, delete) belong to it, for the exclusions.
         self.scope_ns = self.name if self.resource == "namespaces" and not self.namespace \
@@ -49,6 +52,7 @@ class Candidate:
         self._evidence: tuple[str | None] | None = None
         self._view = view  # only a view that keeps the GitOps keys (see the docstring)
         self._seen = False  # the view holds the object (its answer is known)
+        self._bodies: fields.Bodies | None = None
 
     def agent(self) -> str:
         """The User-Agent, lower-cased."""
@@ -101,3 +105,9 @@ class Candidate:
                     "cluster)")
         return ("the view of the cluster does not hold the object and the event carries "
                 "none, so GitOps ownership cannot be seen")
+
+    def bodies(self) -> fields.Bodies:
+        """The object as the request states it and as the answer returns it."""
+        if self._bodies is None:
+            self._bodies = fields.bodies(self.event, self.verb)
+        return self._bodies
