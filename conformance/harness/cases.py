@@ -46,11 +46,6 @@ EnvStep = Callable[[Environment, Path], None]
 ENTITY_PENDING = "entity from the cluster view: issue 24"
 
 
-def breadth_pending(rule: str) -> str:
-    """The reason of a case that waits for an issue-26 rule or token."""
-    return f"{rule}: issue 26"
-
-
 @dataclass(frozen=True)
 class Need:
     """A request detection must see, and the lowest audit level that shows what it needs.

@@ -8,9 +8,8 @@ Entities follow issue 24's resolution: none of these objects carries an entity l
 none of their namespaces declares one, so the cluster view and the name rules agree on
 them, and the cases hold before and after the cluster view is wired in.
 
-Cases marked pending wait for the rule or token they name; the negative cases (what must
-stay silent: a resume, a change that suspends nothing, a tightened Pod Security level...)
-already hold and guard against rules that match too much.
+The negative cases (what must stay silent: a resume, a change that suspends nothing, a
+tightened Pod Security level...) guard against rules that match too much.
 
 The audit level each needs is in `needs`; the shipped policy records at Metadata the
 writes of the tools' own kinds (Flux, Argo CD, Gatekeeper), which starves every
@@ -27,7 +26,7 @@ from typing import Any
 
 from conformance.harness import breadth_env as be
 from conformance.harness import crds
-from conformance.harness.cases import Case, Need, Step, breadth_pending, case, kubectl
+from conformance.harness.cases import Case, Need, Step, case, kubectl
 from conformance.harness.cluster import ControlPlane
 from conformance.harness.scenarios import API_POD, DB_POD, Expect, Fact, PodOf
 
@@ -118,7 +117,6 @@ def _get(verb: str, resource: str, sub: str | None = None, **kw: Any) -> Fact:
 
 def proxies() -> tuple[Case, ...]:
     """nodes/proxy, pods/proxy and services/proxy by `kubectl get --raw`."""
-    pending_k, pending_p = breadth_pending("kubelet-proxy"), breadth_pending("pod-proxy")
     node_need = Need("Metadata", "get", "nodes", subresource="proxy", who="admin")
     return (
         case("kubelet-proxy", "the admin reads a kubelet's API through the apiserver "
@@ -127,7 +125,7 @@ def proxies() -> tuple[Case, ...]:
                      check=False),
              (Expect("kubelet-proxy", ref("", "conformance-node"), ADMIN),),
              audited=(_get("get", "nodes", "proxy", stage="ResponseStarted", count=1),),
-             pending=pending_k, needs=(node_need,)),
+             needs=(node_need,)),
         case("kubelet-proxy-port", "the admin names the kubelet's port "
              "(`/api/v1/nodes/<node>:<port>/proxy/healthz`): the apiserver's object name is "
              "`<node>:<port>`",
@@ -135,14 +133,13 @@ def proxies() -> tuple[Case, ...]:
              (Expect("kubelet-proxy", ref("", "conformance-node"), ADMIN),),
              design="the entity is the node without the `:port` the apiserver adds to the name",
              audited=(_get("get", "nodes", "proxy", stage="ResponseStarted", count=1),),
-             pending=pending_k, needs=(node_need,)),
+             needs=(node_need,)),
         case("pod-proxy", "bob reaches a pod's port through the apiserver "
              "(`/api/v1/namespaces/payments/pods/<pod>:8080/proxy/metrics`)",
              kubectl("bob", "get", "--raw", _pod_proxy, check=False),
              (Expect("pod-proxy", ref(PAY, "payments-api"), "bob"),),
              design="the pod without `:8080`, then the name rules (a Deployment's pod)",
              audited=(_get("get", "pods", "proxy", stage="ResponseStarted", count=1),),
-             pending=pending_p,
              needs=(Need("Metadata", "get", "pods", subresource="proxy"),)),
         case("service-proxy", "bob reaches a Service through the apiserver "
              "(`/api/v1/namespaces/payments/services/orders-internal:80/proxy/`)",
@@ -151,7 +148,6 @@ def proxies() -> tuple[Case, ...]:
                      check=False),
              (Expect("pod-proxy", ref(PAY, "orders-internal"), "bob"),),
              audited=(_get("get", "services", "proxy", stage="ResponseStarted", count=1),),
-             pending=pending_p,
              needs=(Need("Metadata", "get", "services", subresource="proxy"),)),
         case("service-proxy-scheme", "bob names the scheme too "
              "(`/api/v1/namespaces/payments/services/https:orders-internal:443/proxy/`)",
@@ -162,7 +158,6 @@ def proxies() -> tuple[Case, ...]:
              design="the apiserver's name is `[scheme:]name[:port]`: the entity is the "
                     "Service alone, as for the port",
              audited=(_get("get", "services", "proxy", stage="ResponseStarted", count=1),),
-             pending=pending_p,
              needs=(Need("Metadata", "get", "services", subresource="proxy"),)),
     )
 
@@ -175,7 +170,6 @@ def _body(level: str, verb: str, resource: str, group: str, who: str = "person")
 def flux() -> tuple[Case, ...]:
     """Flux reconciliation suspended by hand: three ways to set spec.suspend, and the
     annotation on a managed object; a resume and an unrelated change stay silent."""
-    pending = breadth_pending("gitops-suspend")
     ks_group, hr_group = crds.KUSTOMIZATION.group, crds.HELM_RELEASE.group
     suspended = {"apiVersion": crds.KUSTOMIZATION.api_version, "kind": "Kustomization",
                  "metadata": {"name": "infra", "namespace": crds.FLUX_NS},
@@ -187,14 +181,14 @@ def flux() -> tuple[Case, ...]:
                      "-p", '{"spec":{"suspend":true}}'),
              (Expect("gitops-suspend", ref(crds.FLUX_NS, "apps"), "bob"),),
              audited=(_get("patch", "kustomizations", level="RequestResponse", code=200),),
-             pending=pending, needs=(_body("Request", "patch", "kustomizations", ks_group),)),
+             needs=(_body("Request", "patch", "kustomizations", ks_group),)),
         case("flux-suspend-json-patch", "bob suspends a Flux HelmRelease with a JSON patch "
              "(`add /spec/suspend true`: the requestObject is an array of operations)",
              kubectl("bob", "-n", PAY, "patch", HR, "cache", "--type=json",
                      "-p", '[{"op":"add","path":"/spec/suspend","value":true}]'),
              (Expect("gitops-suspend", ref(PAY, "cache"), "bob"),),
              audited=(_get("patch", "helmreleases", level="RequestResponse", code=200),),
-             pending=pending, needs=(_body("Request", "patch", "helmreleases", hr_group),)),
+             needs=(_body("Request", "patch", "helmreleases", hr_group),)),
         case("flux-suspend-server-side-apply", "bob suspends a Kustomization by server-side "
              "apply of `spec.suspend: true` (the requestObject is the applied object)",
              _file("bob", ("apply", "--server-side", "--field-manager=bob-hotfix"),
@@ -202,7 +196,7 @@ def flux() -> tuple[Case, ...]:
              (Expect("gitops-suspend", ref(crds.FLUX_NS, "infra"), "bob"),),
              audited=(_get("patch", "kustomizations", level="RequestResponse", code=200,
                            count=1),),
-             pending=pending, needs=(_body("Request", "patch", "kustomizations", ks_group),)),
+             needs=(_body("Request", "patch", "kustomizations", ks_group),)),
         case("flux-resume", "bob resumes the Kustomization he suspended "
              "(`spec.suspend: false`): nothing is suspended",
              kubectl("bob", "-n", crds.FLUX_NS, "patch", KS, "apps", "--type=merge",
@@ -227,14 +221,13 @@ def flux() -> tuple[Case, ...]:
              design="a hand change of a GitOps-managed workload is also config-drift and "
                     "gitops-drift (Flux's labels are on it); {field_manager} names kubectl's",
              audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
-             pending=pending, needs=(_body("Request", "patch", "deployments", "apps"),)),
+             needs=(_body("Request", "patch", "deployments", "apps"),)),
     )
 
 
 def argocd() -> tuple[Case, ...]:
     """Argo CD automation removed or disabled by hand, in Argo CD's own namespace (which
     the shipped config.ignore_namespaces excludes: the rule must opt out of that list)."""
-    pending = breadth_pending("gitops-suspend")
     group = crds.APPLICATION.group
     need = (_body("Request", "patch", "applications", group),)
     manual = crds.application("orders-manual", be.ORDERS, automated=False)
@@ -252,22 +245,22 @@ def argocd() -> tuple[Case, ...]:
              "automated sync with a JSON patch (`remove /spec/syncPolicy/automated`)",
              patch("orders-remove", "json",
                    '[{"op":"remove","path":"/spec/syncPolicy/automated"}]'),
-             suspends("orders-remove"), audited=audited, pending=pending, needs=need,
+             suspends("orders-remove"), audited=audited, needs=need,
              design="Argo CD's namespace is in config.ignore_namespaces; the rule opts out"),
         case("argocd-automated-removed-merge-patch", "bob removes an Application's "
              "automated sync with a merge patch (`automated: null`)",
              patch("orders-unset", "merge", '{"spec":{"syncPolicy":{"automated":null}}}'),
-             suspends("orders-unset"), audited=audited, pending=pending, needs=need),
+             suspends("orders-unset"), audited=audited, needs=need),
         case("argocd-automated-disabled", "bob disables an Application's automated sync "
              "(`spec.syncPolicy.automated.enabled: false`)",
              patch("orders-disabled", "merge",
                    '{"spec":{"syncPolicy":{"automated":{"enabled":false}}}}'),
-             suspends("orders-disabled"), audited=audited, pending=pending, needs=need),
+             suspends("orders-disabled"), audited=audited, needs=need),
         case("argocd-skip-reconcile", "bob annotates an Application "
              "`argocd.argoproj.io/skip-reconcile=true`",
              kubectl("bob", "-n", crds.ARGOCD_NS, "annotate", APP, "orders-skip",
                      "argocd.argoproj.io/skip-reconcile=true"),
-             suspends("orders-skip"), audited=audited, pending=pending, needs=need),
+             suspends("orders-skip"), audited=audited, needs=need),
         case("argocd-unrelated-change", "bob points an automated Application at another "
              "revision: it stays automated, nothing is suspended",
              patch("orders-retarget", "merge", '{"spec":{"source":{"targetRevision":"v2"}}}'),
@@ -284,7 +277,6 @@ def argocd() -> tuple[Case, ...]:
 
 def policies() -> tuple[Case, ...]:
     """Policy exceptions (Kyverno, Gatekeeper) and Pod Security relaxed by hand."""
-    polex, relabel = breadth_pending("policy-exception"), breadth_pending("pod-security-relabel")
     exception = crds.policy_exception(PAY, EXCEPTION, PAY)
     gk_body = json.dumps({"spec": {"match": [{"excludedNamespaces": ["kube-system", PAY],
                                               "processes": ["*"]}]}})
@@ -295,7 +287,7 @@ def policies() -> tuple[Case, ...]:
         case("policy-exception-created", "bob creates a Kyverno PolicyException",
              _file("bob", ("create",), exception, "policy-exception"),
              (Expect("policy-exception", ref(PAY, EXCEPTION), "bob"),),
-             audited=(_get("create", "policyexceptions", code=201),), pending=polex,
+             audited=(_get("create", "policyexceptions", code=201),),
              needs=(Need("Metadata", "create", "policyexceptions", group="kyverno.io"),)),
         case("policy-exception-changed", "bob widens the PolicyException to another "
              "namespace (a merge patch)",
@@ -303,7 +295,7 @@ def policies() -> tuple[Case, ...]:
                      json.dumps({"spec": {"match": {"any": [{"resources": {
                          "kinds": ["Pod"], "namespaces": [PAY, be.ORDERS]}}]}}})),
              (Expect("policy-exception", ref(PAY, EXCEPTION), "bob"),),
-             audited=(_get("patch", "policyexceptions", code=200),), pending=polex,
+             audited=(_get("patch", "policyexceptions", code=200),),
              needs=(Need("Metadata", "patch", "policyexceptions", group="kyverno.io"),)),
         case("gatekeeper-excluded-namespaces", "the admin adds `payments` to Gatekeeper's "
              "Config `spec.match[].excludedNamespaces`",
@@ -311,7 +303,6 @@ def policies() -> tuple[Case, ...]:
                      "--type=merge", "-p", gk_body),
              (Expect("policy-exception", ref(crds.GATEKEEPER_NS, "config"), ADMIN),),
              audited=(_get("patch", "configs", level="RequestResponse", code=200),),
-             pending=polex,
              needs=(_body("Request", "patch", "configs", crds.GATEKEEPER_CONFIG.group,
                           "admin"),)),
         case("gatekeeper-ignore-label", "the admin labels a namespace "
@@ -319,7 +310,7 @@ def policies() -> tuple[Case, ...]:
              kubectl(ADMIN, "label", "namespace", be.LEGACY, "admission.gatekeeper.sh/ignore=true"),
              (Expect("policy-exception", ref("", be.LEGACY), ADMIN),),
              design="a namespace's own events are cluster-scoped",
-             audited=(label,), pending=polex, needs=ns_need),
+             audited=(label,), needs=ns_need),
         case("pod-security-restricted", "the admin tightens a namespace to "
              "`pod-security.kubernetes.io/enforce=restricted`: no bypass",
              kubectl(ADMIN, "label", "namespace", be.SANDBOX, f"{PSA}=restricted"),
@@ -328,12 +319,12 @@ def policies() -> tuple[Case, ...]:
              "`pod-security.kubernetes.io/enforce=privileged`",
              kubectl(ADMIN, "label", "--overwrite", "namespace", be.SANDBOX, f"{PSA}=privileged"),
              (Expect("pod-security-relabel", ref("", be.SANDBOX), ADMIN),),
-             audited=(label,), pending=relabel, needs=ns_need),
+             audited=(label,), needs=ns_need),
         case("pod-security-removed", "the admin removes the namespace's "
              "`pod-security.kubernetes.io/enforce` label",
              kubectl(ADMIN, "label", "namespace", be.SANDBOX, f"{PSA}-"),
              (Expect("pod-security-relabel", ref("", be.SANDBOX), ADMIN),),
-             audited=(label,), pending=relabel, needs=ns_need),
+             audited=(label,), needs=ns_need),
         case("namespace-unrelated-label", "the admin labels a namespace that never had a "
              "Pod Security label (`team=sandbox`): nothing was removed",
              kubectl(ADMIN, "label", "namespace", be.SCRATCH, "team=sandbox"),
@@ -346,7 +337,6 @@ def credentials() -> tuple[Case, ...]:
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": {"name": "orders-api-key", "namespace": PAY},
               "stringData": {"key": "replaced-not-a-real-key"}}
-    write = breadth_pending("secret-write")
     key = ref(PAY, "orders-api-key")
     read_first = ("kubectl patch and kubectl replace GET the Secret first (200: its values "
                   "reached the client), which emergency-access counts as it counts every "
@@ -357,13 +347,12 @@ def credentials() -> tuple[Case, ...]:
              kubectl("alice", "-n", PAY, "create", "token", "deployer", "--duration=10m"),
              (Expect("token-mint", ref(PAY, "deployer"), "alice"),),
              audited=(_get("create", "serviceaccounts", "token", level="Metadata", code=201),),
-             pending=breadth_pending("token-mint"),
              needs=(Need("Metadata", "create", "serviceaccounts", subresource="token"),)),
         case("secret-created", "alice creates a Secret (`kubectl create secret generic`)",
              kubectl("alice", "-n", PAY, "create", "secret", "generic", "orders-api-key",
                      "--from-literal=key=not-a-real-key"),
              (Expect("secret-write", key, "alice"),),
-             audited=(_get("create", "secrets", level="Metadata", code=201),), pending=write,
+             audited=(_get("create", "secrets", level="Metadata", code=201),),
              needs=(Need("Metadata", "create", "secrets"),)),
         case("secret-patched", "alice patches the Secret (`kubectl patch secret`; kubectl "
              "reads it first)",
@@ -372,7 +361,7 @@ def credentials() -> tuple[Case, ...]:
              (Expect("secret-write", key, "alice"), Expect("emergency-access", key, "alice")),
              design=read_first,
              audited=(_get("get", "secrets", code=200, user="alice", count=1),
-                      _get("patch", "secrets", level="Metadata", code=200)), pending=write,
+                      _get("patch", "secrets", level="Metadata", code=200)),
              needs=(Need("Metadata", "patch", "secrets"),)),
         case("secret-updated", "alice replaces the Secret (`kubectl replace`: an update; "
              "kubectl reads it first)",
@@ -380,7 +369,7 @@ def credentials() -> tuple[Case, ...]:
              (Expect("secret-write", key, "alice"), Expect("emergency-access", key, "alice")),
              design=read_first,
              audited=(_get("get", "secrets", code=200, user="alice", count=1),
-                      _get("update", "secrets", level="Metadata", code=200)), pending=write,
+                      _get("update", "secrets", level="Metadata", code=200)),
              needs=(Need("Metadata", "update", "secrets"),)),
         case("secret-deleted", "alice deletes the Secret; kubectl then waits, reading it "
              "until the read answers 404",
@@ -389,13 +378,11 @@ def credentials() -> tuple[Case, ...]:
              design="not found is not a read: the 404 get revealed nothing",
              audited=(_get("delete", "secrets", code=200),
                       _get("get", "secrets", code=404, user="alice")),
-             pending=breadth_pending("emergency-access (not found is not a read)"),
              needs=(Need("Metadata", "delete", "secrets"), Need("Metadata", "get", "secrets"))),
         case("secret-get-not-found", "alice reads a Secret that does not exist (404)",
              kubectl("alice", "-n", PAY, "get", "secret", "no-such-secret", check=False),
              design="not found is not a read",
              audited=(_get("get", "secrets", code=404, user="alice"),),
-             pending=breadth_pending("emergency-access (not found is not a read)"),
              needs=(Need("Metadata", "get", "secrets"),)),
     )
 
@@ -410,7 +397,7 @@ def pods_and_nodes() -> tuple[Case, ...]:
              kubectl("bob", "-n", PAY, "delete", "pod", RESTART_POD, "--wait=false"),
              (Expect("manual-pod-delete", ref(PAY, "restart-me"), "bob"),),
              audited=(_get("delete", "pods", level="RequestResponse", code=200),),
-             pending=breadth_pending("manual-pod-delete"), needs=(pod_need,),
+             needs=(pod_need,),
              settle=SETTLE),
         case("bare-pod-delete", "bob deletes a pod no controller owns: no restart by hand",
              kubectl("bob", "-n", PAY, "delete", "pod", "scratch-shell", "--wait=false"),
@@ -425,7 +412,6 @@ def pods_and_nodes() -> tuple[Case, ...]:
              design="the cordon is a patch of the Node (node-access, optional, enabled)",
              audited=(_get("create", "pods", "eviction", code=201, count=1),
                       _get("patch", "nodes", code=200, count=1)),
-             pending=breadth_pending("eviction-by-hand"),
              needs=(Need("Metadata", "create", "pods", subresource="eviction", who="admin"),
                     Need("Metadata", "patch", "nodes", who="admin"))),
         case("csr-approval", "the admin approves a certificate signing request "
@@ -433,7 +419,6 @@ def pods_and_nodes() -> tuple[Case, ...]:
              kubectl(ADMIN, "certificate", "approve", be.CSR_NAME),
              (Expect("csr-approval", ref("", be.CSR_NAME), ADMIN),),
              audited=(_get("update", "certificatesigningrequests", "approval", code=200),),
-             pending=breadth_pending("csr-approval"),
              needs=(Need("Metadata", "update", "certificatesigningrequests",
                          group="certificates.k8s.io", subresource="approval", who="admin"),)),
     )
@@ -441,7 +426,6 @@ def pods_and_nodes() -> tuple[Case, ...]:
 
 def services_and_namespaces() -> tuple[Case, ...]:
     """Services exposed outside the cluster, and a namespace deleted."""
-    pending = breadth_pending("service-exposure")
     need = Need("Request", "create", "services",
                 why="the Service's spec.type: the resulting object, else the request")
     return (
@@ -450,19 +434,19 @@ def services_and_namespaces() -> tuple[Case, ...]:
                      "--tcp=80:8080"),
              (Expect("service-exposure", ref(PAY, "orders-np"), "bob"),),
              audited=(_get("create", "services", level="RequestResponse", code=201),),
-             pending=pending, needs=(need,)),
+             needs=(need,)),
         case("service-loadbalancer-created", "bob creates a LoadBalancer Service",
              kubectl("bob", "-n", PAY, "create", "service", "loadbalancer", "orders-lb",
                      "--tcp=80:8080"),
              (Expect("service-exposure", ref(PAY, "orders-lb"), "bob"),),
              audited=(_get("create", "services", level="RequestResponse", code=201),),
-             pending=pending, needs=(need,)),
+             needs=(need,)),
         case("service-patched-to-nodeport", "bob changes a ClusterIP Service to NodePort",
              kubectl("bob", "-n", PAY, "patch", "service", "orders-internal",
                      "-p", '{"spec":{"type":"NodePort"}}'),
              (Expect("service-exposure", ref(PAY, "orders-internal"), "bob"),),
              audited=(_get("patch", "services", level="RequestResponse", code=200),),
-             pending=pending, needs=(Need("Request", "patch", "services", why=need.why),)),
+             needs=(Need("Request", "patch", "services", why=need.why),)),
         case("service-clusterip-created", "bob creates a ClusterIP Service: nothing exposed",
              kubectl("bob", "-n", PAY, "create", "service", "clusterip", "orders-plain",
                      "--tcp=80:8080"),
@@ -471,7 +455,6 @@ def services_and_namespaces() -> tuple[Case, ...]:
              kubectl(ADMIN, "delete", "namespace", be.SCRATCH, "--wait=false"),
              (Expect("namespace-deletion", ref("", be.SCRATCH), ADMIN),),
              audited=(_get("delete", "namespaces", code=200),),
-             pending=breadth_pending("namespace-deletion"),
              needs=(Need("Metadata", "delete", "namespaces", who="admin"),), settle=SETTLE),
     )
 
@@ -492,7 +475,7 @@ def exec_and_tokens() -> tuple[Case, ...]:
                     "seconds is one attempt",
              audited=(_get("get", "pods", "exec", stage=started, code=403, count=1),
                       _get("create", "pods", "exec", stage=started, code=403, count=1)),
-             pending=breadth_pending("kubectl-exec (one refused attempt)"), needs=exec_need),
+             needs=exec_need),
         case("exec-command", "alice runs `kubectl exec ... -- ls -la /srv/orders`: one "
              "`command=` per argument",
              kubectl("alice", "-n", PAY, "exec", API_POD, "-c", "main", "--", "ls", "-la",
@@ -502,7 +485,7 @@ def exec_and_tokens() -> tuple[Case, ...]:
              design="{command}: every command= of the URI, decoded, joined with spaces; "
                     "{container}",
              audited=(_get("get", "pods", "exec", stage=started, count=1),),
-             pending=breadth_pending("{command} and {container}"), needs=exec_need),
+             needs=exec_need),
         case("exec-command-secrets", "alice runs a shell command holding a password, a "
              "`--password` value, a bearer token and a `--token=` value",
              kubectl("alice", "-n", PAY, "exec", API_POD, "-c", "main", "--", "sh", "-c",
@@ -511,19 +494,18 @@ def exec_and_tokens() -> tuple[Case, ...]:
                      mentions=("sh -c", "psql"), absent=FAKE_SECRETS),),
              design="values that look like secrets are redacted in {command}",
              audited=(_get("get", "pods", "exec", stage=started, count=1),),
-             pending=breadth_pending("{command} redaction"), needs=exec_need),
+             needs=exec_need),
         case("attach-container", "bob attaches to a container (`kubectl attach -c main`)",
              kubectl("bob", "-n", PAY, "attach", DB_POD, "-c", "main", check=False),
              (Expect("kubectl-attach", ref(PAY, "postgres"), "bob", mentions=("main",)),),
              audited=(_get("get", "pods", "attach", stage=started, count=1),),
-             pending=breadth_pending("{container}"),
              needs=(Need("Metadata", "get", "pods", subresource="attach"),)),
         case("field-manager-edit", "alice changes a Deployment with `kubectl edit`",
              _edit,
              (Expect("config-drift", ref(PAY, "payments-api"), "alice",
                      mentions=("kubectl-edit",)),),
              audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
-             pending=breadth_pending("{field_manager}"), needs=(drift,), settle=SETTLE),
+             needs=(drift,), settle=SETTLE),
         case("field-manager-set", "alice changes a Deployment's image with `kubectl set "
              "image`",
              kubectl("alice", "-n", PAY, "set", "image", "deployment/payments-api",
@@ -531,14 +513,14 @@ def exec_and_tokens() -> tuple[Case, ...]:
              (Expect("config-drift", ref(PAY, "payments-api"), "alice",
                      mentions=("kubectl-set",)),),
              audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
-             pending=breadth_pending("{field_manager}"), needs=(drift,), settle=SETTLE),
+             needs=(drift,), settle=SETTLE),
         case("field-manager-rollout", "bob restarts a Deployment with `kubectl rollout "
              "restart`",
              kubectl("bob", "-n", PAY, "rollout", "restart", "deployment/payments-api"),
              (Expect("config-drift", ref(PAY, "payments-api"), "bob",
                      mentions=("kubectl-rollout",)),),
              audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
-             pending=breadth_pending("{field_manager}"), needs=(drift,), settle=SETTLE),
+             needs=(drift,), settle=SETTLE),
     )
 
 

@@ -72,9 +72,9 @@ def _pod_arg(pod: PodOf) -> Any:
 _ACTIONS: tuple[tuple[str, tuple[Any, ...], str, int, Fact, bool], ...] = (
     ("exec", ("exec", ORDERS_POD, "-c", "main", "--", "ls", "/"), "kubectl-exec", 1,
      Fact("get", "pods", "exec", stage="ResponseStarted", count=1), False),
-    ("port-forward-pod", ("port-forward", _pod_arg(ORDERS_POD), ":8080"), "port-forward", 2,
+    ("port-forward-pod", ("port-forward", _pod_arg(ORDERS_POD), ":8080"), "port-forward", 1,
      Fact("create", "pods", "portforward", stage="ResponseStarted", count=1), False),
-    ("port-forward-service", ("port-forward", "svc/orders-api", ":80"), "port-forward", 2,
+    ("port-forward-service", ("port-forward", "svc/orders-api", ":80"), "port-forward", 1,
      Fact("create", "pods", "portforward", stage="ResponseStarted", count=1), False),
     ("logs-deployment", ("logs", "deploy/orders-api", "-c", "main"), "pod-log-access", 1,
      Fact("get", "pods", "log", stage="ResponseStarted", count=1), False),
@@ -108,6 +108,10 @@ _NEED = {"exec": ("get", "pods", "exec"), "port-forward-pod": ("create", "pods",
          "pod-label": ("patch", "pods", ""), "patch": ("patch", "deployments", ""),
          "debug": ("patch", "pods", "ephemeralcontainers")}
 _GROUPS = {"deployments": "apps", "horizontalpodautoscalers": "autoscaling"}
+# The agent counts a person's session attempts on one pod in one ten-second window once
+# (kubectl's WebSocket try and its SPDY fallback): the port-forward to the Service's pod
+# that follows the one to the pod itself must start in the next window to be its own.
+_SESSION_WINDOW = 10.5
 
 
 def _args(args: tuple[Any, ...], variant: str) -> tuple[Any, ...]:
@@ -141,7 +145,8 @@ def workload_actions() -> tuple[Case, ...]:
                 needs=(Need("Metadata", verb, resource, group=_GROUPS.get(resource, ""),
                             subresource=sub, who="proxy" if proxied else "person",
                             why="the object's name: the view answers the rest"),),
-                design=_DESIGN.get(action, "") + (_PROXY_DESIGN if proxied else "")))
+                design=_DESIGN.get(action, "") + (_PROXY_DESIGN if proxied else ""),
+                settle=_SESSION_WINDOW if action == "port-forward-pod" else 0.0))
     return tuple(found)
 
 
@@ -149,7 +154,8 @@ _PROXY_DESIGN = (" Through the proxy every request is audited at Metadata: the e
                  "must come from the view, not from the event.")
 _DESIGN = {
     "exec": "pods/exec resolves through its pod; the pod has the template's label.",
-    "port-forward-pod": "kubectl tries WebSocket, then SPDY: two requests, two events.",
+    "port-forward-pod": "kubectl tries WebSocket, then SPDY: two requests, one attempt, "
+                        "one event.",
     "port-forward-service": "kubectl resolves the Service to a running pod and forwards to "
                             "the pod: the pod's entity.",
     "logs-deployment": "kubectl picks a pod of the Deployment: pods/log on that pod.",

@@ -6,12 +6,11 @@ needs of the entity and breadth cases checked against their policy.
   in the README, every line a v1 audit Event; the entity cases' objects are in
   tests/fixtures/apiserver-1.37-entity-objects/, Secrets without their values.
 - `healert-webhook replay` of all of them gives each file exactly its case's friction
-  events (a strict expected failure while the case is pending): a third way in, next to
+  events : a third way in, next to
   the webhook and the tail, on events recorded at RequestResponse.
 - policies/breadth.yaml records every request the cases need at the level they need it
   (decided as the apiserver decides, by the package's policy evaluator).
-- rules.yaml ships each rule of issue 26's table with the table's severity and default
-  (pending until it does).
+- rules.yaml ships each rule of issue 26's table with the table's severity and default.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import yaml
 
 from conformance.harness import breadth_env, breadth_fixtures, needs
 from conformance.harness.agents import all_rules_enabled
-from conformance.harness.cases import breadth_pending
 from conformance.harness.cluster import REPO
 from conformance.harness.scenarios_breadth import CASES, TABLE
 from conformance.harness.verdict import problems
@@ -101,8 +99,7 @@ def test_every_replayed_friction_event_belongs_to_a_file(
     assert not replayed.get(""), list(replayed[""].values())
 
 
-@pytest.mark.parametrize("rule", [pytest.param(r, marks=pytest.mark.xfail(
-    strict=True, reason=breadth_pending(r), raises=AssertionError)) for r in TABLE])
+@pytest.mark.parametrize("rule", list(TABLE))
 def test_the_shipped_rules_define_the_new_rule(rule: str) -> None:
     """rules.yaml ships each rule of issue 26's table with its severity and default."""
     shipped = {r["name"]: r for r in yaml.safe_load((REPO / "rules.yaml").read_text())["rules"]}

@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -282,7 +283,7 @@ def test_real_owner_chains_resolve_to_the_entity(plane: Plane, view: ClusterView
                 if ns == "shop" for name in list(names) if name.startswith(prefix)]
 
     for prefix in ("orders-api-", "cart-", "db-migrate-", "nightly-manual-"):
-        until(lambda p=prefix: pods(p), f"a pod {prefix}* made by the controllers")
+        until(partial(pods, prefix), f"a pod {prefix}* made by the controllers")
     orders = pods("orders-api-")[0]
     exec_ = resolve(view.view, "pods", "shop", orders, subresource="exec")
     scale = resolve(view.view, "deployments", "shop", "orders-api", subresource="scale")
