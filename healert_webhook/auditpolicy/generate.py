@@ -105,6 +105,7 @@ class _Rule:
     keep_managed_fields: bool = False
     non_resource_urls: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
+    serves: set[str] = field(default_factory=set)  # the detection rules it is written for
 
 
 def generate(needs: Needs, *, any_group: bool = False) -> str:
@@ -267,7 +268,7 @@ def _entries(target: Target, group: str) -> tuple[set[str], set[str]]:
 def _capped_rules(reqs: Sequence[_Req], selector: _Selector) -> list[_Rule]:
     """Metadata for what the needs ask of Secrets and the like, then None for the rest."""
     wanted: dict[tuple[str, ...], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    names: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    asked: dict[tuple[str, ...], dict[str, Level]] = defaultdict(dict)  # the highest, by rule
     wildcard = False
     for req in reqs:
         verbs = tuple(sorted(req.target.verbs))
@@ -280,8 +281,9 @@ def _capped_rules(reqs: Sequence[_Req], selector: _Selector) -> list[_Rule]:
         for group, entry in found:
             wanted[verbs][group].add(entry)
         if found:
-            names[verbs].add(req.rule + (f" (asks for {req.level.text})"
-                                         if req.level > Level.METADATA else ""))
+            asked[verbs][req.rule] = max(req.level, asked[verbs].get(req.rule, req.level))
+    names = {verbs: {rule + (f" (asks for {level.text})" if level > Level.METADATA else "")
+                     for rule, level in by_rule.items()} for verbs, by_rule in asked.items()}
     rules = [
         _Rule(Level.METADATA, [f"Needed by {_names(names[verbs])}: Metadata and never more, "
                                "so that no secret value reaches the audit trail."],
@@ -322,6 +324,7 @@ def _main_rules(reqs: Sequence[_Req], selector: _Selector, any_group: bool) -> l
     rules = list(by_key.values())
     for key, rule in by_key.items():
         rule.comment = [_why(rule.level, rule.keep_managed_fields, names[key])]
+        rule.serves = set(names[key])
     _raise_managed_fields(rules)
     rules.sort(key=lambda r: (-r.level, not r.keep_managed_fields, _render_rule(r)))
     return _without_shadowed(rules)
@@ -330,12 +333,17 @@ def _main_rules(reqs: Sequence[_Req], selector: _Selector, any_group: bool) -> l
 def _without_shadowed(rules: list[_Rule]) -> list[_Rule]:
     """Drop rules an earlier one matches entirely: it decides, at a level at least as high."""
     kept: list[_Rule] = []
+    also: dict[int, set[str]] = defaultdict(set)
     for rule in rules:
         cover = next((earlier for earlier in kept if _covers(earlier, rule)), None)
         if cover is None:
             kept.append(rule)
         else:
-            cover.comment.append(f"It also serves {rule.comment[0].removeprefix('Needed by ')}")
+            also[id(cover)] |= rule.serves
+    for rule in kept:
+        if more := also[id(rule)] - rule.serves:
+            rule.comment.append(f"It also serves {_names(more)}, for which less would do.")
+            rule.serves |= more
     return kept
 
 
