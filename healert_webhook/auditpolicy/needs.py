@@ -130,6 +130,7 @@ class Needs:
     needs: tuple[Need, ...]
     proxies: tuple[str, ...] = ()
     automation: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the needs assume, said in the policy's header
 
 
 class NeedsError(ValueError):
@@ -169,8 +170,13 @@ def needs_of(ruleset: RuleSet, *, cluster_view: bool = True,
     found = tuple(need for rule in ruleset.enabled
                   for need in rule_needs(rule, ruleset, cluster_view=cluster_view,
                                          groups=explicit))
+    note = ("For an agent that watches the cluster (policy --cluster-view on): GitOps "
+            "ownership and entities come from its view, not from request bodies."
+            if cluster_view else
+            "For an agent that does not watch the cluster (policy --cluster-view off): "
+            "GitOps ownership and entities are read from request and response bodies.")
     return Needs(found, proxies=tuple(proxies),
-                 automation=tuple(sorted(ruleset.gitops.controllers.exact)))
+                 automation=tuple(sorted(ruleset.gitops.controllers.exact)), notes=(note,))
 
 
 def rule_needs(rule: Rule, ruleset: RuleSet, *, cluster_view: bool,

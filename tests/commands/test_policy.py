@@ -52,6 +52,9 @@ def test_policy_prints_the_generated_policy(capsys: pytest.CaptureFixture[str]) 
     assert run(capsys, "--rules", RULES)[1] == out, "deterministic"
     assert "# For the rules: config-drift, emergency-access, kubectl-exec, pipeline-skip, " \
            "port-forward." in out
+    assert "# For an agent that watches the cluster (policy --cluster-view on)" in out
+    # Where service accounts that may be proxies get people's share, the block says so.
+    assert "--- people, and service accounts (any of them may be an access proxy) ---" in out
 
 
 def test_the_cluster_view_changes_what_is_needed(capsys: pytest.CaptureFixture[str],
@@ -70,6 +73,7 @@ def test_named_proxies_get_a_block_of_their_own(capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "--rules", RULES, "--proxy", PROXY)
     assert code == exits.OK
     assert f"# The access proxies named: {PROXY}; other service accounts" in out
+    assert "--- people ---" in out
     assert f'"{PROXY}"' in out
 
 
