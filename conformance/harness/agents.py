@@ -63,7 +63,7 @@ def all_rules_enabled(target: Path, source: Path = SHIPPED_RULES) -> Path:
     return target
 
 
-def agent_env(extra: dict[str, str]) -> dict[str, str]:
+def _agent_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment without any setting of the caller's own agent."""
     keep = {k: v for k, v in os.environ.items()
             if not k.startswith(("HEALERT_", "KUBE")) and k not in
@@ -112,7 +112,7 @@ class Agent:
         result = subprocess.run(
             [str(AGENT), "outbox", "list", "--json", "--limit", "1000000",
              "--state-dir", str(self.state_dir)],
-            capture_output=True, text=True, env=agent_env({}), timeout=60, check=True,
+            capture_output=True, text=True, env=_agent_env({}), timeout=60, check=True,
             cwd=self.state_dir.parent)
         rows: list[dict[str, Any]] = json.loads(result.stdout)
         return rows
@@ -173,7 +173,7 @@ class AgentSet:
             argv += ["--backend-url", backend_url, "--forward-rate", "60000",
                      "--backoff-max", "2", "--forward-poll-interval", "0.2"]
         argv, env = self._with_cluster_view(argv)
-        proc = Proc("serve", argv, self.logs / "serve.log", env=agent_env(env), cwd=self.root)
+        proc = Proc("serve", argv, self.logs / "serve.log", env=_agent_env(env), cwd=self.root)
         return Agent("serve", proc, state, ops)
 
     def tail_agent(self) -> Agent:
@@ -184,7 +184,7 @@ class AgentSet:
                 "--state-dir", str(state), "--ops-listen", f"127.0.0.1:{ops}",
                 "--rules", str(self.rules), "--poll-interval", "0.05", "--log-format", "json"]
         argv, env = self._with_cluster_view(argv)
-        proc = Proc("tail", argv, self.logs / "tail.log", env=agent_env(env), cwd=self.root)
+        proc = Proc("tail", argv, self.logs / "tail.log", env=_agent_env(env), cwd=self.root)
         return Agent("tail", proc, state, ops)
 
     def _with_cluster_view(self, argv: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -184,7 +184,9 @@ def rule_needs(rule: Rule, ruleset: RuleSet, *, cluster_view: bool,
     """One rule's needs: its conditions' level over its whole scope, and its entity's
     where that asks for more."""
     level, managed = _condition_needs(rule, ruleset, cluster_view)
-    ignored = frozenset(ruleset.ignore_namespaces)
+    # A rule may opt out of config.ignore_namespaces (and keep only its own).
+    ignored = frozenset(ruleset.ignore_namespaces) \
+        if getattr(rule, "config_namespaces", True) else frozenset()
     part = ""
     for check in rule.checks:
         if isinstance(check, IgnoreNamespaces):
@@ -215,6 +217,12 @@ def rule_level(rule: Rule, cluster_view: bool) -> Level:
 
 
 def _check_level(check: Check, cluster_view: bool) -> Level:
+    # A check may know better than its row: what it reads can depend on the rule's verbs
+    # (a write states the object in its request, a read or delete only in the answer).
+    own = getattr(check, "level", None)
+    if isinstance(own, str):
+        stated = Level.from_text(own)
+        return Level.REQUEST_RESPONSE if stated is None else max(Level.METADATA, stated)
     condition = _BY_REASONS.get(check.reasons)
     # A check the table does not list must not starve its rule: record everything for it.
     return (Level.REQUEST_RESPONSE if condition is None
@@ -271,13 +279,15 @@ def _without_stream_bodies(need: Need) -> tuple[Need, Need]:
 
 
 def _streams_of(target: Target) -> frozenset[str]:
-    """The stream subresources the target's resource can have (all: any resource, or
-    one this table does not know)."""
-    groups = target.groups() if target.resource != ANY else None
-    if groups is None or not builtin.lookup(target.resource):
+    """The stream subresources the target's resource can have: a built-in one's, none for
+    a custom resource of a known group (a CRD has only status and scale), all for any
+    resource or one of unknown group (an aggregated API may have any)."""
+    if target.resource == ANY:
         return STREAMS
-    return STREAMS & frozenset(sub for group in groups
-                               for sub in builtin.subresources(group, target.resource))
+    if target.group is None and builtin.lookup(target.resource):
+        return STREAMS & frozenset(sub for group in target.groups() or ()
+                                   for sub in builtin.subresources(group, target.resource))
+    return frozenset() if target.group is not None else STREAMS
 
 
 def _entity_need(need: Need, cluster_view: bool) -> Need | None:
