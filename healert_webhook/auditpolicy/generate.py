@@ -289,12 +289,12 @@ def _capped_rules(reqs: Sequence[_Req], selector: _Selector) -> list[_Rule]:
             asked[verbs][req.rule] = max(req.level, asked[verbs].get(req.rule, req.level))
     names = {verbs: {rule + (f" (asks for {level.text})" if level > Level.METADATA else "")
                      for rule, level in by_rule.items()} for verbs, by_rule in asked.items()}
-    rules = [
+    rules = _without_shadowed([
         _Rule(Level.METADATA, [f"Needed by {_names(names[verbs])}: Metadata and never more, "
                                "so that no secret value reaches the audit trail."],
-              selector, verbs, dict(wanted[verbs]))
+              selector, verbs, dict(wanted[verbs]), serves=set(asked[verbs]))
         for verbs in sorted(wanted)
-    ]
+    ])
     if wildcard:
         everything: dict[str, set[str]] = defaultdict(set)
         for group, entry in builtin.CAPPED:
@@ -336,7 +336,8 @@ def _main_rules(reqs: Sequence[_Req], selector: _Selector, any_group: bool) -> l
 
 
 def _without_shadowed(rules: list[_Rule]) -> list[_Rule]:
-    """Drop rules an earlier one matches entirely: it decides, at a level at least as high."""
+    """Drop rules an earlier one matches entirely: it decides, at a level at least as high
+    (rules come highest level first), and its comment names whom it serves too."""
     kept: list[_Rule] = []
     also: dict[int, set[str]] = defaultdict(set)
     for rule in rules:
@@ -347,7 +348,7 @@ def _without_shadowed(rules: list[_Rule]) -> list[_Rule]:
             also[id(cover)] |= rule.serves
     for rule in kept:
         if more := also[id(rule)] - rule.serves:
-            rule.comment.append(f"It also serves {_names(more)}, for which less would do.")
+            rule.comment.append(f"It also serves {_names(more)}.")
             rule.serves |= more
     return kept
 
