@@ -55,9 +55,9 @@ def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None 
         print(f"warning: {warning}", file=err)
     for rule in ruleset.rules:
         print(rule.summary(), file=out)
-    for line in _gitops_lines(ruleset):
-        print(line, file=out)
     for line in _policy_lines(ruleset, path):
+        print(line, file=out)
+    for line in _gitops_lines(ruleset):
         print(line, file=out)
     enabled = len(ruleset.enabled)
     ignored = ", ".join(sorted(ruleset.ignore_namespaces)) or "none"

@@ -25,6 +25,11 @@ PROXY = "system:serviceaccount:teleport:teleport"
 AUTH = "system:authenticated"
 
 
+def enabled() -> str:
+    """The shipped file's enabled rules, as the policy's header and --check list them."""
+    return ", ".join(sorted(rule.name for rule in load_rules(RULES).enabled))
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
     code = main(["policy", *map(str, args)])
     captured = capsys.readouterr()
@@ -50,8 +55,8 @@ def test_policy_prints_the_generated_policy(capsys: pytest.CaptureFixture[str]) 
     assert out == generate(needs_of(load_rules(RULES), cluster_view=True))
     assert parse_policy(out).problems == ()
     assert run(capsys, "--rules", RULES)[1] == out, "deterministic"
-    assert "# For the rules: config-drift, emergency-access, kubectl-exec, pipeline-skip, " \
-           "port-forward." in out
+    header = " ".join(line[2:] for line in out.split("\n\n")[0].splitlines())
+    assert f"For the rules: {enabled()}." in header
     assert "# For an agent that watches the cluster (policy --cluster-view on)" in out
     # Where service accounts that may be proxies get people's share, the block says so.
     assert "--- people, and service accounts (any of them may be an access proxy) ---" in out
@@ -82,8 +87,7 @@ def test_check_of_the_generated_policy_finds_nothing(
     policy = write(tmp_path, run(capsys, "--rules", RULES)[1])
     code, out, err = run(capsys, "--rules", RULES, "--check", policy)
     assert (code, err) == (exits.OK, "")
-    assert out == (f"{policy}: gives the enabled rules of {RULES} (config-drift, "
-                   "emergency-access, kubectl-exec, pipeline-skip, port-forward; cluster "
+    assert out == (f"{policy}: gives the enabled rules of {RULES} ({enabled()}; cluster "
                    "view on) everything they need\n")
 
 
@@ -93,9 +97,10 @@ def test_check_names_the_policy_rule_that_starves_a_rule(
     code, out, _ = run(capsys, "--rules", RULES, "--check", HAND_WRITTEN)
     assert code == exits.FAILED
     lines = out.splitlines()
-    assert lines[-1].startswith(f"{HAND_WRITTEN}: 7 finding(s) (7 starved) against")
+    assert re.match(rf"{re.escape(str(HAND_WRITTEN))}: (\d+) finding\(s\) \(\1 starved\) "
+                    "against", lines[-1]), lines[-1]
     starved = [line for line in lines[:-1] if line.startswith("starved: ")]
-    assert len(starved) == 7
+    assert len(starved) == len(lines) - 1
     assert any(re.fullmatch(r"starved: pipeline-skip needs Request for `create bindings`, .*"
                             r"by a person; policy rule 13 gives Metadata", line)
                for line in starved), starved
@@ -135,7 +140,7 @@ rules:
                line.endswith("policy rule 1 gives None") for line in lines)
     assert lines[2].startswith("exposure: policy rule 3 writes secret values to the audit "
                                "trail: RequestResponse for `create serviceaccounts/token`")
-    assert "(1 ignored, 2 exposure, 5 starved)" in lines[-1]
+    assert re.search(r"\(1 ignored, 2 exposure, \d+ starved\)", lines[-1]), lines[-1]
 
 
 def test_a_policy_the_apiserver_refuses_is_reported(capsys: pytest.CaptureFixture[str],
@@ -203,8 +208,10 @@ def test_validate_mentions_the_command_when_bodies_are_needed(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run_validate(RULES) == exits.OK
     out = capsys.readouterr().out
-    assert (f"audit policy: pipeline-skip needs Request: `healert-webhook policy --rules "
-            f"{RULES}` writes the policy these rules need") in out
+    line = next(line for line in out.splitlines() if line.startswith("audit policy: "))
+    assert line.startswith("audit policy: pipeline-skip needs Request"), line
+    assert (f": `healert-webhook policy --rules {RULES}` writes the policy these rules need, "
+            f"`healert-webhook policy --rules {RULES} --check FILE` checks yours") in line
     lean = rules_file(tmp_path, "exec-only {resource: pods, subresource: exec}")
     assert run_validate(lean) == exits.OK
     assert "audit policy" not in capsys.readouterr().out
