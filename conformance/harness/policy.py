@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from conformance.harness.agents import AGENT, agent_env
+from conformance.harness.agents import AGENT
 from healert_webhook.auditpolicy.document import Policy, parse_policy
 from healert_webhook.auditpolicy.evaluate import Identity, Request
 
@@ -19,8 +19,8 @@ def generate(rules: Path, target: Path, *, cluster_view: bool) -> Path:
     """Write at `target` the policy the agent generates for `rules`; return `target`."""
     argv = [str(AGENT), "policy", "--rules", str(rules),
             "--cluster-view", "on" if cluster_view else "off"]
-    result = subprocess.run(argv, capture_output=True, text=True, env=agent_env({}),
-                            timeout=120, check=False)
+    # --rules wins over any RULES_PATH, and `policy` reads no other setting.
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: "
                            f"{result.stderr.strip()}")
