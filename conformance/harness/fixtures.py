@@ -20,8 +20,8 @@ _HEADER = """\
 
 Each `*.jsonl` file holds the audit events (JSON lines, exactly as the apiserver wrote them
 to `--audit-log-path`) of one scenario of the conformance suite: the real `kubectl`
-{version} run against a real `kube-apiserver` {version} with the project's own
-`manifests/apiserver/audit-policy.yaml` as it was then (its comments say which requests it
+{version} run against a real `kube-apiserver` {version} with the audit policy the agent
+generated for the rules it ran (`healert-webhook policy`; its comments say which requests it
 records at which level, and where it keeps managedFields).
 The same events reached the agent's webhook in EventList batches, where items carry no
 `kind`/`apiVersion`.
