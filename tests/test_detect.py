@@ -130,6 +130,32 @@ def test_bypass_annotation_on_the_audit_event_itself(detector: Detector) -> None
     assert types(found) == ["pipeline-skip"]
 
 
+def _json_patch(*ops: dict[str, Any]) -> dict[str, Any]:
+    """A `kubectl patch --type=json` of a Deployment audited at Request: operations only."""
+    event = audit_event("patch", "deployments", "payments-gateway-proxy", "payments",
+                        level="Request")
+    event["requestObject"] = list(ops)
+    return event
+
+
+def test_bypass_annotation_added_by_a_json_patch(detector: Detector) -> None:
+    key = "/metadata/annotations/policy.admission.k8s.io~1bypass"
+    found, _ = run(detector, _json_patch({"op": "add", "path": key, "value": "true"}))
+    assert sorted(types(found)) == ["config-drift", "pipeline-skip"]
+    whole = {"op": "replace", "path": "/metadata/annotations",
+             "value": {"policy.admission.k8s.io/bypass": "true"}}
+    assert "pipeline-skip" in types(run(detector, _json_patch(whole))[0])
+
+
+def test_a_json_patch_that_removes_or_sets_another_value_is_no_bypass(
+        detector: Detector) -> None:
+    key = "/metadata/annotations/policy.admission.k8s.io~1bypass"
+    for ops in ([{"op": "add", "path": key, "value": "true"}, {"op": "remove", "path": key}],
+                [{"op": "add", "path": key, "value": "false"}],
+                [{"op": "test", "path": key, "value": "true"}]):
+        assert types(run(detector, _json_patch(*ops))[0]) == ["config-drift"], ops
+
+
 def test_bypass_annotation_with_other_value_does_not_fire(detector: Detector) -> None:
     event = bypass_patch()
     event["responseObject"]["metadata"]["annotations"]["policy.admission.k8s.io/bypass"] = "no"

@@ -290,18 +290,28 @@ ANY_FOUND = Response(None)  # the default of every rule without `response`
 
 
 class Annotation(Check):
-    """`annotation: key=value` on the audit event or on the object it carries."""
+    """`annotation: key=value` on the audit event, on the object it carries, or set by
+    the JSON patch it carries (at Request, `kubectl patch --type=json` states only its
+    operations: the annotation it adds is in no object)."""
 
-    __slots__ = ("key", "value")
+    __slots__ = ("key", "tokens", "value")
     reasons = ("annotation",)
 
     def __init__(self, key: str, value: str) -> None:
         self.key, self.value = key, value
+        self.tokens: tuple[fields.Token, ...] = ("metadata", "annotations", key)
 
     def failure(self, cand: Candidate) -> str | None:
         """`annotation` when neither the event nor its object has it."""
-        return None if audit.has_annotation(cand.event, self.key, self.value) \
-            else "annotation"
+        event = cand.event
+        if audit.has_annotation(event, self.key, self.value):
+            return None
+        ops = event.get("requestObject")
+        if isinstance(ops, list) and event.get("verb") == "patch":
+            made = fields.json_patch(ops, self.tokens)
+            if isinstance(made, list) and self.value in made:
+                return None
+        return "annotation"
 
     def explain(self, reason: str, cand: Candidate) -> str:
         """What was looked for, and where."""
