@@ -282,12 +282,46 @@ def test_an_hpa_is_charged_to_what_it_scales(with_view: Detector) -> None:
     found, _ = detect(with_view, create)
     assert [(f.rule, f.event["entity_ref"], f.entity_by) for f in found] == \
         [("hpa-drift", SHOP_CHECKOUT, "label")]
-    # At Metadata level the HPA's target is not in the event: its own name decides.
+    # At Metadata level the HPA's target is not in the event; the view does not hold the
+    # HPA yet (its watch event has not come): its own name decides, as for any object the
+    # view has not seen.
     bare = audit_event("create", "horizontalpodautoscalers", "checkout-autoscaler", "shop",
                        user="alice", code=201)
     found, _ = detect(with_view, bare)
     assert [(f.event["entity_ref"], f.entity_by) for f in found] == \
         [("component:shop/checkout-autoscaler", "name")]
+
+
+def test_an_hpa_the_view_holds_is_charged_to_what_it_scales_at_metadata_level() -> None:
+    """Through an access proxy every request is audited at Metadata: the create, a patch
+    and the delete name only the HPA; the view knows what it scales."""
+    box = recorded()
+    detector = Detector(RULES, view=box.view)
+    meta = box.record(k8s.hpa("shop", "checkout-autoscaler", "checkout"))
+    box.view.put("horizontalpodautoscalers", meta)
+    made = [audit_event(verb, "horizontalpodautoscalers", "checkout-autoscaler", "shop",
+                        code=code, user="system:serviceaccount:access-system:access-proxy",
+                        groups=("system:serviceaccounts", "system:authenticated"),
+                        impersonatedUser={"username": "bob",
+                                          "groups": ["system:authenticated"]})
+            for verb, code in (("create", 201), ("patch", 200))]
+    found, stats = detect(detector, *made)
+    assert [(f.rule, f.event["entity_ref"], f.entity_by, f.event["actor"])
+            for f in found] == [("hpa-drift", SHOP_CHECKOUT, "label", "bob")] * 2
+    assert stats.entities == {"label": 2}
+    decision = explain_event(detector, made[0], 1.9e9)
+    assert decision.entity == (
+        "component:shop/shop-checkout (workload shop-checkout, found by label: label "
+        "backstage.io/kubernetes-id on the pod template of Deployment shop/checkout "
+        "(HorizontalPodAutoscaler checkout-autoscaler scales Deployment checkout), from "
+        "the view)")
+    # A patch whose batch arrives after the HPA was deleted: its tombstone still knows
+    # the target.
+    box.view.delete("horizontalpodautoscalers", meta)
+    patch = audit_event("patch", "horizontalpodautoscalers", "checkout-autoscaler", "shop",
+                        user="alice", received="2026-11-26T10:16:00.000000Z")
+    assert [(f.event["entity_ref"], f.entity_by) for f in detect(detector, patch)[0]] == \
+        [(SHOP_CHECKOUT, "label")]
 
 
 def test_entity_refs_are_lower_case_and_the_catalog_namespace_is_a_setting() -> None:

@@ -53,7 +53,10 @@ CLUSTER_VIEW_RULES = {
     "": {"pods", "namespaces"},
     "apps": {"replicasets", "deployments", "statefulsets", "daemonsets"},
     "batch": {"jobs", "cronjobs"},
+    "autoscaling": {"horizontalpodautoscalers"},
 }
+# Watched but never read by name: list and watch only.
+LIST_WATCH_ONLY = {"horizontalpodautoscalers"}
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 NONROOT_UID = 65532
 STATE_DIR = "/var/lib/healert"
@@ -431,8 +434,9 @@ def check_api_token(workload: Doc) -> bool:
 
 
 def check_cluster_view_rbac(docs: list[Doc], service_account: str, namespace: str) -> None:
-    """A ClusterRole with get/list/watch on exactly the watched resources (plus `get` on
-    owners of other kinds), bound to the agent's service account and nothing else."""
+    """A ClusterRole with get/list/watch on exactly the watched resources (list/watch on
+    those never read by name; plus `get` on owners of other kinds), bound to the agent's
+    service account and nothing else."""
     [role] = [d for d in docs if d["kind"] == "ClusterRole"]
     [binding] = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
     assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
@@ -442,7 +446,11 @@ def check_cluster_view_rbac(docs: list[Doc], service_account: str, namespace: st
         assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         if rule["verbs"] == ["get"]:
             continue  # an owner of another kind, fetched by GET
-        assert rule["verbs"] == ["get", "list", "watch"]
+        if set(rule["resources"]) <= LIST_WATCH_ONLY:
+            assert rule["verbs"] == ["list", "watch"], rule
+        else:
+            assert rule["verbs"] == ["get", "list", "watch"], rule
+            assert not LIST_WATCH_ONLY.intersection(rule["resources"]), rule
         for group in rule["apiGroups"]:
             watched.setdefault(group, set()).update(rule["resources"])
     assert watched == CLUSTER_VIEW_RULES

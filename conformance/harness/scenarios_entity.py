@@ -17,9 +17,10 @@ it is done twice: by alice directly, audited at the shipped policy's levels
 the access proxy's service account `--as=bob`, which the policy judges as a service
 account, so every request of it is audited at Metadata: no object in any event.
 
-Cases that today's agent gets wrong (it reads only the event) are pending on issue 24;
-those it already gets right (a pod label and a debug container at RequestResponse: the
-event carries the labelled pod) are not, and guard the wiring.
+Every case holds with the view (none is pending); those an agent reading only the event
+gets right too (a pod label and a debug container at RequestResponse: the event carries
+the labelled pod) guard the wiring. The HPA made through the proxy needs the view's HPAs:
+its Metadata-level event names the HPA, not what it scales.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any
 from conformance.harness import breadth_env as be
 from conformance.harness import objects
 from conformance.harness.cases import (
-    ENTITY_PENDING,
     Case,
     Need,
     Step,
@@ -96,10 +96,6 @@ _ACTIONS: tuple[tuple[str, tuple[Any, ...], str, int, Fact, bool], ...] = (
     ("debug", ("debug", ORDERS_POD, "--image=busybox:1.36", "--container=debugger-{v}"),
      "ephemeral-debug", 1, Fact("patch", "pods", "ephemeralcontainers", code=200), True),
 )
-# What today's agent already charges right: the event carries the labelled pod.
-# An HPA created through the proxy is audited at Metadata, without its scaleTargetRef: only
-# a view that holds HPAs could tell what it scales, and the view holds workloads only.
-_NEEDS_HPAS = {("proxy", "autoscale")}
 _NEED = {"exec": ("get", "pods", "exec"), "port-forward-pod": ("create", "pods", "portforward"),
          "port-forward-service": ("create", "pods", "portforward"),
          "logs-deployment": ("get", "pods", "log"), "scale": ("patch", "deployments", "scale"),
@@ -141,7 +137,6 @@ def workload_actions() -> tuple[Case, ...]:
                         timeout=30),
                 [Expect(rule, ORDERS_SERVICE, actor, mentions=mentions)] * count,
                 audited=(_fact(fact, proxied),),
-                pending=ENTITY_PENDING if (variant, action) in _NEEDS_HPAS else "",
                 needs=(Need("Metadata", verb, resource, group=_GROUPS.get(resource, ""),
                             subresource=sub, who="proxy" if proxied else "person",
                             why="the object's name: the view answers the rest"),),
@@ -162,9 +157,9 @@ _DESIGN = {
     "scale": "deployments/scale resolves through its Deployment, whose pod template has "
              "the label (the Scale object has no labels).",
     "autoscale": "an HPA resolves through its scaleTargetRef (the Deployment). At "
-                 "Metadata the event has no scaleTargetRef: only a look-up of the HPA "
-                 "can find it (the view does not watch HPAs); its name is the "
-                 "Deployment's only by kubectl's default.",
+                 "Metadata the event has no scaleTargetRef: the view's record of the HPA "
+                 "(it watches HPAs) names it; the HPA's own name is the Deployment's "
+                 "only by kubectl's default, and `--name` here makes it differ.",
     "set-image": "the Deployment's own labels have no key; its pod template has one.",
     "set-env": "as set-image.",
     "pod-label": "the pod's own label.",

@@ -239,12 +239,19 @@ def _can(env: Environment, verb: str, group: str, resource: str) -> bool:
 
 def test_cluster_view_identity_reads_exactly_what_the_view_caches(env: Environment) -> None:
     """The agent's cluster-view identity may get, list and watch the cached kinds
-    cluster-wide, and nothing else."""
+    cluster-wide (only list and watch HPAs, which it never reads by name), and nothing
+    else."""
     for group, resources in objects.CLUSTER_VIEW_RESOURCES:
         for resource in resources:
             for verb in ("get", "list", "watch"):
                 assert _can(env, verb, group, resource), (verb, group, resource)
             for verb in ("create", "patch", "delete"):
+                assert not _can(env, verb, group, resource), (verb, group, resource)
+    for group, resources in objects.CLUSTER_VIEW_LISTED:
+        for resource in resources:
+            for verb in ("list", "watch"):
+                assert _can(env, verb, group, resource), (verb, group, resource)
+            for verb in ("get", "create", "patch", "delete"):
                 assert not _can(env, verb, group, resource), (verb, group, resource)
     for verb, group, resource in (("get", "", "secrets"), ("list", "", "configmaps"),
                                   ("get", "", "pods/log"), ("list", "", "nodes")):

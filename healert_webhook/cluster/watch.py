@@ -8,7 +8,8 @@ the HTTP client lightkube builds (connect.py):
 
 - list in pages (`limit`, `continue`), store every object, tombstone what the list
   lacks; pods and namespaces in the metadata-only representation
-  (PartialObjectMetadataList), controllers whole for their pod template's labels;
+  (PartialObjectMetadataList), controllers whole for their pod template's labels,
+  autoscalers whole for their scale target;
 - watch from the list's resourceVersion with bookmarks (`allowWatchBookmarks`), so a
   quiet resource's version stays recent and a reconnect rarely needs a relist; each
   watch asks the server to end it after 5 to 10 minutes (as client-go does) and is
@@ -17,7 +18,7 @@ the HTTP client lightkube builds (connect.py):
 - any other failure (connection refused, 5xx, 403, a line that is not JSON) marks the
   resource not synced and retries after a backoff that doubles up to a cap, with jitter.
   The cap is 10 s, not client-go's 30 s: until a resource is listed again, events about
-  it are charged by the name rules, and one agent's eight watches cost an apiserver
+  it are charged by the name rules, and one agent's nine watches cost an apiserver
   nothing. The reflectors of one apiserver share a `Wake`: the first to list again ends
   the others' backoff (the apiserver answers), so the view is whole again at once.
 """
@@ -38,7 +39,7 @@ import orjson
 
 from healert_webhook import metrics
 from healert_webhook.cluster.kinds import Kind
-from healert_webhook.cluster.meta import Extractor, Meta, template_labels
+from healert_webhook.cluster.meta import Extractor, Meta, scale_target, template_labels
 from healert_webhook.cluster.view import Key, View
 from healert_webhook.logs import Limiter
 
@@ -296,8 +297,9 @@ def record_of(kind: Kind, extractor: Extractor, obj: Any) -> Meta | None:
     """The record of one object of `kind` as listed or watched (None if it is not one)."""
     if not isinstance(obj, dict):
         return None
-    template = None if kind.metadata_only else template_labels(obj)
-    return extractor.record(kind.kind, obj.get("metadata"), template)
+    template = None if kind.metadata_only or kind.scales else template_labels(obj)
+    target = scale_target(obj) if kind.scales else None
+    return extractor.record(kind.kind, obj.get("metadata"), template, target)
 
 
 def _event_label(kind: Any) -> str:

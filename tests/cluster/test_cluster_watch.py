@@ -19,9 +19,9 @@ import httpx2
 from prometheus_client import REGISTRY
 
 from healert_webhook.cluster.kinds import BY_RESOURCE
-from healert_webhook.cluster.meta import Extractor
+from healert_webhook.cluster.meta import Extractor, Scaler
 from healert_webhook.cluster.view import View
-from healert_webhook.cluster.watch import PARTIAL, PARTIAL_LIST, Reflector, Timing, Wake
+from healert_webhook.cluster.watch import JSON, PARTIAL, PARTIAL_LIST, Reflector, Timing, Wake
 
 from support import cluster_objects as k8s
 
@@ -249,6 +249,28 @@ def test_controllers_keep_their_pod_templates_labels_through_the_watch() -> None
     assert found is not None
     assert found.template_label("backstage.io/kubernetes-id") == "orders-service"
     assert str(script.requests[0].url).startswith("https://apiserver.test/apis/apps/v1/deployments")
+
+
+def test_autoscalers_keep_their_scale_target_through_the_watch() -> None:
+    """HPAs are read whole (their target is in the spec); a change of target replaces the
+    record, a deletion keeps the target in the tombstone."""
+    web = k8s.hpa("shop", "web", "orders-api")
+    cart = k8s.hpa("shop", "cart", "cart")
+    retargeted = k8s.hpa("shop", "web", "orders-worker")
+    script = Script(lambda r: page([web, cart], "3"),
+                    lambda r: stream(event("MODIFIED", retargeted, "4"),
+                                     event("DELETED", cart, "5"), bookmark("6")))
+    view, script = run("horizontalpodautoscalers", script)
+    listing, watch = script.requests[:2]
+    assert str(listing.url).startswith(
+        "https://apiserver.test/apis/autoscaling/v2/horizontalpodautoscalers")
+    assert listing.headers["accept"] == watch.headers["accept"] == JSON
+    found = view.get("horizontalpodautoscalers", "shop", "web")
+    assert isinstance(found, Scaler) and found.target.name == "orders-worker"
+    tomb = view.get("horizontalpodautoscalers", "shop", "cart")
+    assert isinstance(tomb, Scaler) and tomb.deleted_at is not None
+    assert (tomb.target.kind, tomb.target.name) == ("Deployment", "cart")
+    assert view.stores["horizontalpodautoscalers"].synced
 
 
 def test_the_first_reflector_to_list_again_ends_the_others_backoff() -> None:
