@@ -1,11 +1,12 @@
 """The environment of the entity and detection-breadth scenarios (issues 24 and 26).
 
 A control plane of its own, beside the suite's shared one, because it differs in three
-ways: its audit policy (`policies/breadth.yaml`, the shipped policy plus what these
-scenarios need; `$HEALERT_CONFORMANCE_BREADTH_POLICY` picks another, e.g. the recording
-policy), both agents get the kubeconfig of their cluster-view identity, and the agents
-start `AGENT_HEAD_START` seconds before etcd and the apiserver, so every scenario runs
-against agents that were started before the cluster answered.
+ways: both agents get the kubeconfig of their cluster-view identity, so its audit policy
+is the one the agent under test generates for every rule enabled *with* the cluster view
+(`healert-webhook policy --cluster-view on`; `$HEALERT_CONFORMANCE_BREADTH_POLICY` picks
+another file, e.g. the recording policy), and the agents start `AGENT_HEAD_START` seconds
+before etcd and the apiserver, so every scenario runs against agents that were started
+before the cluster answered.
 
 On top of the harness's bootstrap (`objects.py`), `prepare` installs the CRDs of
 `crds.py` and, as the bootstrap identity (an internal actor: none of it is friction):
@@ -48,14 +49,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conformance.harness import crds, objects
-from conformance.harness.agents import Agent
+from conformance.harness import policy as audit_policy
+from conformance.harness.agents import Agent, all_rules_enabled
 from conformance.harness.cluster import REPO, ControlPlane, parse_metrics
 from conformance.harness.env import Environment
 from conformance.harness.procs import wait_for
+from healert_webhook.auditpolicy.document import Policy
 
 POLICIES = REPO / "conformance" / "policies"
-BREADTH_POLICY = POLICIES / "breadth.yaml"
 RECORDING_POLICY = POLICIES / "request-response-everywhere.yaml"
+POLICY_VARIABLE = "HEALERT_CONFORMANCE_BREADTH_POLICY"
+# How the agents get their cluster-view kubeconfig: KUBECONFIG, not --kubeconfig (today's
+# serve and tail do not take the flag yet).
+CLUSTER_VIEW = "env"
 AGENT_HEAD_START = 4.0   # seconds the agents run before etcd and the apiserver start
 BACKSTAGE = "backstage.io/kubernetes-id"
 APP_NAME = "app.kubernetes.io/name"
@@ -103,11 +109,21 @@ HELM_RELEASES = (
 )
 
 
-def policy() -> Path:
-    """The audit policy of this environment (`$HEALERT_CONFORMANCE_BREADTH_POLICY`, else
-    `policies/breadth.yaml`)."""
-    chosen = os.environ.get("HEALERT_CONFORMANCE_BREADTH_POLICY")
-    return Path(chosen).resolve() if chosen else BREADTH_POLICY
+def chosen_policy() -> Path | None:
+    """The policy file `$HEALERT_CONFORMANCE_BREADTH_POLICY` names, or None: then the
+    environment runs the one the agent generates (`generated_policy`)."""
+    chosen = os.environ.get(POLICY_VARIABLE)
+    return Path(chosen).resolve() if chosen else None
+
+
+def generated_policy(folder: Path) -> Path:
+    """Write in `folder` the policy this environment's apiserver runs by default: the one
+    the agent under test generates for its rules, every optional rule enabled, with the
+    cluster view on (its agents run the view), as `Environment` does for its own rules
+    (`rules.yaml` and `audit-policy.yaml`, the names it uses)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rules = all_rules_enabled(folder / "rules.yaml")
+    return audit_policy.generate(rules, folder / "audit-policy.yaml", cluster_view=True)
 
 
 @dataclass
@@ -126,11 +142,17 @@ class BreadthEnvironment:
 
     env: Environment
     before: BeforeCluster
+    generated: bool = True   # the apiserver runs the generated policy, not a chosen file:
+                             # the cases' `audited` facts name that policy's levels
 
     @property
     def cluster(self) -> ControlPlane:
         """The control plane."""
         return self.env.cluster
+
+    def policy(self) -> Policy:
+        """The audit policy the apiserver runs, loaded as the apiserver loads it."""
+        return audit_policy.load(self.env.audit_policy)
 
     def stop(self) -> None:
         """Stop everything."""
@@ -139,8 +161,10 @@ class BreadthEnvironment:
 
 def start(root: Path) -> BreadthEnvironment:
     """The agents first, `AGENT_HEAD_START` seconds later the cluster, then `prepare`."""
-    # KUBECONFIG, not --kubeconfig: today's serve and tail do not take the flag yet.
-    env = Environment(root, audit_policy=policy(), cluster_view="env")
+    chosen = chosen_policy()
+    # The same function writes the policy test_05 checks against the cases' needs.
+    env = Environment(root, audit_policy=chosen or generated_policy(root),
+                      cluster_view=CLUSTER_VIEW)
     before = BeforeCluster()
     try:
         env.start_agents()
@@ -156,7 +180,7 @@ def start(root: Path) -> BreadthEnvironment:
     except BaseException:
         env.stop()
         raise
-    return BreadthEnvironment(env, before)
+    return BreadthEnvironment(env, before, generated=chosen is None)
 
 
 def readyz(agent: Agent) -> tuple[int, str]:

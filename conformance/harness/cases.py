@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from conformance.harness import policy as audit_policy
 from conformance.harness.cluster import ControlPlane
 from conformance.harness.env import Environment
 from conformance.harness.runner import (
@@ -40,6 +41,8 @@ from conformance.harness.runner import (
 )
 from conformance.harness.scenarios import Expect, Fact, Scenario
 from conformance.harness.verdict import show
+from healert_webhook.auditpolicy.document import Policy
+from healert_webhook.auditpolicy.evaluate import evaluate
 
 Step = Callable[[ControlPlane, Path], None]
 EnvStep = Callable[[Environment, Path], None]
@@ -228,6 +231,20 @@ def fact_problems(outcome: Outcome, levels: bool = True) -> list[str]:
             found.append(f"no audit event like {wanted} among {len(outcome.audit_events)}")
         elif fact.count is not None and len(matching) != fact.count:
             found.append(f"{len(matching)} audit events like {wanted}")
+    return found
+
+
+def level_problems(outcome: Outcome, policy: Policy) -> list[str]:
+    """Every audit event of the case whose level is not the one the package's policy
+    evaluator gives its request under `policy` (the policy the apiserver ran)."""
+    found = []
+    for event in outcome.audit_events:
+        decided = evaluate(policy, audit_policy.request_of(event))
+        if decided.level.text != event["level"]:
+            found.append(f"{event['verb']} {event['requestURI']} by "
+                         f"{(event.get('user') or {}).get('username', '')!r}: audited at "
+                         f"{event['level']}, the evaluator gives {decided.level.text} "
+                         f"(policy rule {decided.rule})")
     return found
 
 

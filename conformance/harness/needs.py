@@ -1,21 +1,22 @@
 """What an audit policy gives each case's needed requests, decided as the apiserver decides
 (the package's own policy evaluator), without a cluster.
 
-`python -m conformance.harness.needs [POLICY]` prints, for the shipped policy by default,
-every need of the entity and breadth cases that the policy records below the level it
-needs: the list conformance/README.md keeps.
+`python -m conformance.harness.needs [POLICY]` prints every need of the entity and
+breadth cases that POLICY records below the level it needs; by default POLICY is the one
+the breadth environment runs (the agent's, generated for every rule enabled with the
+cluster view on), which must print nothing.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.harness import objects, scenarios_breadth, scenarios_entity
+from conformance.harness import breadth_env, objects, scenarios_breadth, scenarios_entity
 from conformance.harness.cases import Case, Need
-from conformance.harness.cluster import AUDIT_POLICY
 from conformance.harness.scenarios import PROXY
 from healert_webhook.auditpolicy.document import Level, parse_policy
 from healert_webhook.auditpolicy.evaluate import Identity, Request, evaluate
@@ -76,9 +77,14 @@ def all_cases() -> tuple[Case, ...]:
 
 
 def main(argv: list[str]) -> int:
-    """Print the shortfalls of the policy named in `argv` (default: the shipped one)."""
-    path = Path(argv[0]) if argv else AUDIT_POLICY
-    for shortfall in shortfalls(path, all_cases()):
+    """Print the shortfalls of the policy named in `argv` (default: the breadth
+    environment's generated one)."""
+    if argv:
+        found = shortfalls(Path(argv[0]), all_cases())
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            found = shortfalls(breadth_env.generated_policy(Path(folder)), all_cases())
+    for shortfall in found:
         print(shortfall.line())
     return 0
 

@@ -11,10 +11,11 @@ them, and the cases hold before and after the cluster view is wired in.
 The negative cases (what must stay silent: a resume, a change that suspends nothing, a
 tightened Pod Security level...) guard against rules that match too much.
 
-The audit level each needs is in `needs`; the shipped policy records at Metadata the
-writes of the tools' own kinds (Flux, Argo CD, Gatekeeper), which starves every
-content condition on them, and people's pod deletes, which hides the deleted pod's owner
-from an agent without the cluster view (`policies/breadth.yaml` adds both).
+The audit level each needs is in `needs`: the writes of the tools' own kinds (Flux, Argo
+CD, Gatekeeper) need at least Request for every content condition on them, people's pod
+deletes RequestResponse (the deleted pod's owner). The environment's apiserver runs the
+policy the agent generates for its rules, and the levels the `audited` facts name are
+that policy's (Request for these writes: the request body, no resulting object).
 """
 
 from __future__ import annotations
@@ -180,21 +181,21 @@ def flux() -> tuple[Case, ...]:
              kubectl("bob", "-n", crds.FLUX_NS, "patch", KS, "apps", "--type=merge",
                      "-p", '{"spec":{"suspend":true}}'),
              (Expect("gitops-suspend", ref(crds.FLUX_NS, "apps"), "bob"),),
-             audited=(_get("patch", "kustomizations", level="RequestResponse", code=200),),
+             audited=(_get("patch", "kustomizations", level="Request", code=200),),
              needs=(_body("Request", "patch", "kustomizations", ks_group),)),
         case("flux-suspend-json-patch", "bob suspends a Flux HelmRelease with a JSON patch "
              "(`add /spec/suspend true`: the requestObject is an array of operations)",
              kubectl("bob", "-n", PAY, "patch", HR, "cache", "--type=json",
                      "-p", '[{"op":"add","path":"/spec/suspend","value":true}]'),
              (Expect("gitops-suspend", ref(PAY, "cache"), "bob"),),
-             audited=(_get("patch", "helmreleases", level="RequestResponse", code=200),),
+             audited=(_get("patch", "helmreleases", level="Request", code=200),),
              needs=(_body("Request", "patch", "helmreleases", hr_group),)),
         case("flux-suspend-server-side-apply", "bob suspends a Kustomization by server-side "
              "apply of `spec.suspend: true` (the requestObject is the applied object)",
              _file("bob", ("apply", "--server-side", "--field-manager=bob-hotfix"),
                    suspended, "infra-suspended"),
              (Expect("gitops-suspend", ref(crds.FLUX_NS, "infra"), "bob"),),
-             audited=(_get("patch", "kustomizations", level="RequestResponse", code=200,
+             audited=(_get("patch", "kustomizations", level="Request", code=200,
                            count=1),),
              needs=(_body("Request", "patch", "kustomizations", ks_group),)),
         case("flux-resume", "bob resumes the Kustomization he suspended "
@@ -220,7 +221,7 @@ def flux() -> tuple[Case, ...]:
                      mentions=("kubectl-annotate",))),
              design="a hand change of a GitOps-managed workload is also config-drift and "
                     "gitops-drift (Flux's labels are on it); {field_manager} names kubectl's",
-             audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
+             audited=(_get("patch", "deployments", level="Request", code=200),),
              needs=(_body("Request", "patch", "deployments", "apps"),)),
     )
 
@@ -239,7 +240,7 @@ def argocd() -> tuple[Case, ...]:
     def suspends(app: str) -> tuple[Expect, ...]:
         return (Expect("gitops-suspend", ref(crds.ARGOCD_NS, app), "bob"),)
 
-    audited = (_get("patch", "applications", level="RequestResponse", code=200),)
+    audited = (_get("patch", "applications", level="Request", code=200),)
     return (
         case("argocd-automated-removed-json-patch", "bob removes an Application's "
              "automated sync with a JSON patch (`remove /spec/syncPolicy/automated`)",
@@ -270,7 +271,7 @@ def argocd() -> tuple[Case, ...]:
              _file("bob", ("create",), manual, "orders-manual"),
              design="'automated removed or disabled' is a change of an Application; a new "
                     "one without it removes nothing",
-             audited=(_get("create", "applications", level="RequestResponse", code=201),),
+             audited=(_get("create", "applications", level="Request", code=201),),
              needs=(_body("Request", "create", "applications", group),)),
     )
 
@@ -282,7 +283,7 @@ def policies() -> tuple[Case, ...]:
                                               "processes": ["*"]}]}})
     ns_need = (Need("Request", "patch", "namespaces", who="admin",
                     why="the namespace's labels: the resulting object, else the request"),)
-    label = _get("patch", "namespaces", level="RequestResponse", code=200)
+    label = _get("patch", "namespaces", level="Request", code=200)
     return (
         case("policy-exception-created", "bob creates a Kyverno PolicyException",
              _file("bob", ("create",), exception, "policy-exception"),
@@ -302,7 +303,7 @@ def policies() -> tuple[Case, ...]:
              kubectl(ADMIN, "-n", crds.GATEKEEPER_NS, "patch", GK_CONFIG, "config",
                      "--type=merge", "-p", gk_body),
              (Expect("policy-exception", ref(crds.GATEKEEPER_NS, "config"), ADMIN),),
-             audited=(_get("patch", "configs", level="RequestResponse", code=200),),
+             audited=(_get("patch", "configs", level="Request", code=200),),
              needs=(_body("Request", "patch", "configs", crds.GATEKEEPER_CONFIG.group,
                           "admin"),)),
         case("gatekeeper-ignore-label", "the admin labels a namespace "
@@ -433,19 +434,19 @@ def services_and_namespaces() -> tuple[Case, ...]:
              kubectl("bob", "-n", PAY, "create", "service", "nodeport", "orders-np",
                      "--tcp=80:8080"),
              (Expect("service-exposure", ref(PAY, "orders-np"), "bob"),),
-             audited=(_get("create", "services", level="RequestResponse", code=201),),
+             audited=(_get("create", "services", level="Request", code=201),),
              needs=(need,)),
         case("service-loadbalancer-created", "bob creates a LoadBalancer Service",
              kubectl("bob", "-n", PAY, "create", "service", "loadbalancer", "orders-lb",
                      "--tcp=80:8080"),
              (Expect("service-exposure", ref(PAY, "orders-lb"), "bob"),),
-             audited=(_get("create", "services", level="RequestResponse", code=201),),
+             audited=(_get("create", "services", level="Request", code=201),),
              needs=(need,)),
         case("service-patched-to-nodeport", "bob changes a ClusterIP Service to NodePort",
              kubectl("bob", "-n", PAY, "patch", "service", "orders-internal",
                      "-p", '{"spec":{"type":"NodePort"}}'),
              (Expect("service-exposure", ref(PAY, "orders-internal"), "bob"),),
-             audited=(_get("patch", "services", level="RequestResponse", code=200),),
+             audited=(_get("patch", "services", level="Request", code=200),),
              needs=(Need("Request", "patch", "services", why=need.why),)),
         case("service-clusterip-created", "bob creates a ClusterIP Service: nothing exposed",
              kubectl("bob", "-n", PAY, "create", "service", "clusterip", "orders-plain",
@@ -504,7 +505,7 @@ def exec_and_tokens() -> tuple[Case, ...]:
              _edit,
              (Expect("config-drift", ref(PAY, "payments-api"), "alice",
                      mentions=("kubectl-edit",)),),
-             audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
+             audited=(_get("patch", "deployments", level="Request", code=200),),
              needs=(drift,), settle=SETTLE),
         case("field-manager-set", "alice changes a Deployment's image with `kubectl set "
              "image`",
@@ -512,14 +513,14 @@ def exec_and_tokens() -> tuple[Case, ...]:
                      "main=registry.invalid/conformance/app:2"),
              (Expect("config-drift", ref(PAY, "payments-api"), "alice",
                      mentions=("kubectl-set",)),),
-             audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
+             audited=(_get("patch", "deployments", level="Request", code=200),),
              needs=(drift,), settle=SETTLE),
         case("field-manager-rollout", "bob restarts a Deployment with `kubectl rollout "
              "restart`",
              kubectl("bob", "-n", PAY, "rollout", "restart", "deployment/payments-api"),
              (Expect("config-drift", ref(PAY, "payments-api"), "bob",
                      mentions=("kubectl-rollout",)),),
-             audited=(_get("patch", "deployments", level="RequestResponse", code=200),),
+             audited=(_get("patch", "deployments", level="Request", code=200),),
              needs=(drift,), settle=SETTLE),
     )
 

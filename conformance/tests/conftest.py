@@ -7,7 +7,8 @@ Environment variables:
   HEALERT_CONFORMANCE_WORK      working folder (default: pytest's tmp folder); kept afterwards
   HEALERT_CONFORMANCE_FIXTURES  also write each scenario's audit events there as fixtures
   HEALERT_CONFORMANCE_BREADTH_POLICY    the audit policy of the entity and breadth cases
-                                        (default: conformance/policies/breadth.yaml)
+                                        (default: the one the agent generates for its
+                                        rules, every one enabled, with the cluster view)
   HEALERT_CONFORMANCE_BREADTH_FIXTURES  also write each breadth case's audit events there
   HEALERT_CONFORMANCE_ENTITY_OBJECTS    also write the entity cases' objects there
 """

@@ -7,10 +7,11 @@ identity in `KUBECONFIG` (the default HEALERT_CLUSTER_VIEW=auto finds it) and st
 `shop/checkout` is the workload: its pod template is labelled
 `backstage.io/kubernetes-id: shop-checkout`, the Deployment itself only
 `app.kubernetes.io/name: checkout`, and Argo CD's tracking annotation marks it
-GitOps-managed. The shipped audit policy logs alice's Deployment writes at
-RequestResponse, her exec, port-forward and logs at Metadata, and everything the access
-proxy's service account does (`--as=bob`) at Metadata: whatever the event carries, the
-entity must be `shop-checkout`, from the webhook and from the tail alike.
+GitOps-managed. The apiserver runs the policy the agent generates for its rules with the
+cluster view on: alice's Deployment writes and the access proxy's (`--as=bob`) at Request
+(what was sent, no resulting object), exec, port-forward and logs at Metadata. Whatever
+the event carries, the entity must be `shop-checkout`, from the webhook and from the tail
+alike.
 
 In order: before the cluster answers, both agents run and say their view is not
 synced; then the actions; a Job made from generateName; a Secret in a namespace that
@@ -297,14 +298,15 @@ def scenarios(env: Environment, evidence: dict[str, Any]) -> tuple[Scenario, ...
                  kubectl("alice", "-n", NS, "scale", "deployment", "checkout", "--replicas=2"),
                  (Expect("config-drift", ENTITY, "alice"),
                   Expect("gitops-drift", ENTITY, "alice")),
-                 audited=(Fact("patch", "deployments", "scale", level="RequestResponse"),)),
-        Scenario("patch", "alice patches checkout (the event carries the Deployment, "
-                 "labelled app.kubernetes.io/name: checkout)",
+                 audited=(Fact("patch", "deployments", "scale", level="Request"),)),
+        Scenario("patch", "alice patches checkout (the event carries the patch, not the "
+                 "Deployment: its pod template's label and Argo CD's annotation come from "
+                 "the view)",
                  kubectl("alice", "-n", NS, "patch", "deployment", "checkout", "--type=merge",
                          "-p", '{"metadata":{"annotations":{"reviewed-by":"alice"}}}'),
                  (Expect("config-drift", ENTITY, "alice"),
                   Expect("gitops-drift", ENTITY, "alice")),
-                 audited=(Fact("patch", "deployments", level="RequestResponse"),)),
+                 audited=(Fact("patch", "deployments", level="Request"),)),
         Scenario("debug", "alice adds a debug container to checkout's pod",
                  kubectl("alice", "-n", NS, "debug", CHECKOUT, "--image=busybox:1.36",
                          "--container=debugger"),
@@ -315,13 +317,13 @@ def scenarios(env: Environment, evidence: dict[str, Any]) -> tuple[Scenario, ...
                  (Expect("kubectl-exec", ENTITY, "bob", mentions=(objects.PROXY_SA,)),),
                  audited=(Fact("get", "pods", "exec", stage=started, user=PROXY,
                                impersonated="bob"),)),
-        Scenario("proxy-patch", "the access proxy annotates checkout --as=bob (Metadata: no "
-                 "object in the event; GitOps ownership from the view)",
+        Scenario("proxy-patch", "the access proxy annotates checkout --as=bob (Request: the "
+                 "patch, no object in the event; GitOps ownership from the view)",
                  kubectl("access-proxy", *proxied, "-n", NS, "annotate", "deployment",
                          "checkout", "reviewed-by=bob", "--overwrite"),
                  (Expect("config-drift", ENTITY, "bob", mentions=(objects.PROXY_SA,)),
                   Expect("gitops-drift", ENTITY, "bob", mentions=(objects.PROXY_SA,))),
-                 audited=(Fact("patch", "deployments", level="Metadata", user=PROXY,
+                 audited=(Fact("patch", "deployments", level="Request", user=PROXY,
                                impersonated="bob"),)),
         Scenario("job-generate-name", "alice execs into the pod of a Job made from "
                  "generateName db-migrate- (the name rules alone: db-migrate-<5>)",
@@ -377,7 +379,7 @@ def test_before_the_cluster_answered_ingest_was_ready_and_the_views_said_so(
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_apiserver_audited_the_case(outcomes: dict[str, Outcome], name: str) -> None:
-    """The case ran, and was audited as the shipped policy audits it."""
+    """The case ran, and was audited as the generated policy audits it."""
     outcome = outcomes[name]
     assert outcome.error is None, outcome.error
     for fact in outcome.scenario.audited:

@@ -1,8 +1,10 @@
 """Issue 26's techniques against the real apiserver, both ways in (harness/scenarios_breadth.py).
 
 For every case, in the breadth environment (its own control plane, with the CRDs of the
-GitOps tools and policy engines, audited with policies/breadth.yaml):
+GitOps tools and policy engines, audited with the policy the agent generates for its
+rules with the cluster view on):
 - the case ran and the apiserver audited what it is known to audit (never pending);
+- every audit event has the level the package's policy evaluator gives its request;
 - the webhook agent and the tail agent stored the same friction events (never pending);
 - those are exactly the ones issue 26's table and the existing rules call for: a strict
   expected failure while the rule or token the case waits for is missing.
@@ -17,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from conformance.harness import breadth_env, breadth_fixtures
+from conformance.harness import breadth_fixtures
 from conformance.harness.breadth_env import BreadthEnvironment
-from conformance.harness.cases import Results, WindowRunner, agreement_problems, fact_problems
+from conformance.harness.cases import (
+    Results,
+    WindowRunner,
+    agreement_problems,
+    fact_problems,
+    level_problems,
+)
 from conformance.harness.scenarios_breadth import CASES
 from conformance.harness.verdict import problems, show
 
@@ -39,12 +47,22 @@ def results(breadth: BreadthEnvironment) -> Results:
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])
-def test_apiserver_audited_what_the_case_needs(results: Results, name: str) -> None:
+def test_apiserver_audited_what_the_case_needs(breadth: BreadthEnvironment, results: Results,
+                                               name: str) -> None:
     """The case ran, and the apiserver audited its requests as they are known to be
-    audited (levels compared under the breadth policy only)."""
+    audited (the facts' levels compared under the generated policy only)."""
     outcome = results.outcomes[name]
     assert outcome.error is None, outcome.error
-    found = fact_problems(outcome, levels=breadth_env.policy() == breadth_env.BREADTH_POLICY)
+    found = fact_problems(outcome, levels=breadth.generated)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_every_event_has_the_policys_level(breadth: BreadthEnvironment, results: Results,
+                                           name: str) -> None:
+    """Every audit event of the case has the level the package's evaluator gives its
+    request under the policy the apiserver ran."""
+    found = level_problems(results.outcomes[name], breadth.policy())
     assert not found, "\n".join(found)
 
 

@@ -3,7 +3,8 @@
 
 In the breadth environment, whose agents have their cluster view's kubeconfig and were
 started before the cluster answered. For every case: it ran and was audited as known
-(never pending); both ways in agree (never pending); the entity is the one issue 24's
+(never pending), every audit event at the level the package's policy evaluator gives it;
+both ways in agree (never pending); the entity is the one issue 24's
 resolution gives, the same for every action and audit level (a strict expected failure
 while the cluster view is not wired into detection). Also: what the agents said before
 the cluster answered, and that the tombstone case's batch really arrived after its pod
@@ -24,6 +25,7 @@ from conformance.harness.cases import (
     WindowRunner,
     agreement_problems,
     fact_problems,
+    level_problems,
 )
 from conformance.harness.scenarios_entity import CASES, read_evidence
 from conformance.harness.verdict import problems, show
@@ -64,12 +66,22 @@ def test_before_the_cluster_the_view_was_not_synced(breadth: BreadthEnvironment)
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])
-def test_apiserver_audited_what_the_case_needs(results: Results, name: str) -> None:
+def test_apiserver_audited_what_the_case_needs(breadth: BreadthEnvironment, results: Results,
+                                               name: str) -> None:
     """The case ran, and the apiserver audited its requests as they are known to be
-    audited (levels compared under the breadth policy only)."""
+    audited (the facts' levels compared under the generated policy only)."""
     outcome = results.outcomes[name]
     assert outcome.error is None, outcome.error
-    found = fact_problems(outcome, levels=breadth_env.policy() == breadth_env.BREADTH_POLICY)
+    found = fact_problems(outcome, levels=breadth.generated)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_every_event_has_the_policys_level(breadth: BreadthEnvironment, results: Results,
+                                           name: str) -> None:
+    """Every audit event of the case has the level the package's evaluator gives its
+    request under the policy the apiserver ran."""
+    found = level_problems(results.outcomes[name], breadth.policy())
     assert not found, "\n".join(found)
 
 
