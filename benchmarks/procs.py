@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 # Settings the agent reads from the environment: a developer's shell must not leak in.
 AGENT_ENV_PREFIXES = ("HEALERT_", "RULES_PATH", "AUDIT_LOG_PATH", "K8S_NAMESPACE",
-                      "ENTITY_NAMESPACE")
+                      "ENTITY_NAMESPACE", "KUBECONFIG", "KUBERNETES_SERVICE_HOST")
 
 
 class Unavailable(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, TypeGuard, cast
 
@@ -88,14 +89,58 @@ def _username(user: Any) -> str:
     return ""
 
 
-def resolve_actor(event: dict[str, Any]) -> Actor:
+@dataclass(frozen=True, slots=True)
+class Proxies:
+    """Access proxies configured by name: identities that are not internal (a
+    kube-oidc-proxy's client certificate) yet act for the user they impersonate.
+
+    `users` are user names; `groups` are groups any of whose members is such a proxy.
+    """
+
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_names(cls, names: Iterable[str]) -> Proxies:
+        """From the setting's entries: `group:NAME` is a group, `user:NAME` or a bare
+        NAME a user name."""
+        users: set[str] = set()
+        groups: set[str] = set()
+        for name in names:
+            if name.startswith(GROUP_PREFIX):
+                groups.add(name[len(GROUP_PREFIX):])
+            else:
+                users.add(name.removeprefix(USER_PREFIX))
+        return cls(frozenset(users), frozenset(groups))
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.groups)
+
+    def holds(self, user: Any) -> bool:
+        """True when the authenticated `user` (the event's `user`) is one of them."""
+        if not isinstance(user, dict):
+            return False
+        if self.users and user.get("username") in self.users:
+            return True
+        found = user.get("groups")
+        return bool(self.groups) and isinstance(found, list) \
+            and any(isinstance(g, str) and g in self.groups for g in found)
+
+
+GROUP_PREFIX, USER_PREFIX = "group:", "user:"
+NO_PROXIES = Proxies()
+
+
+def resolve_actor(event: dict[str, Any], proxies: Proxies = NO_PROXIES) -> Actor:
     """The actor of a request (see `Actor`): the person, also behind an access proxy.
 
     Rancher, Teleport, Pinniped and kube-oidc-proxy authenticate as their own service
     account and send the person as the impersonated user; `kubectl --as` is a person
     acting as someone else. Only the first hands the actor over: a person stays the actor
     whoever they impersonate, and an internal identity impersonating another internal
-    one (a controller acting as a service account) stays itself.
+    one (a controller acting as a service account) stays itself. A proxy named in
+    `proxies` (one that authenticates as no internal identity) always hands the actor
+    over to whoever it impersonates.
     """
     authenticated = _username(event.get("user"))
     internal = is_internal_actor(authenticated)
@@ -103,8 +148,12 @@ def resolve_actor(event: dict[str, Any]) -> Actor:
     if not imp:  # nearly every request
         return Actor(authenticated, internal, authenticated, "", "", "")
     impersonated = _username(imp)
-    if impersonated and internal and authenticated and not is_internal_actor(impersonated):
-        return Actor(impersonated, False, authenticated, impersonated, authenticated, "")
+    if impersonated and authenticated:
+        if internal and not is_internal_actor(impersonated):
+            return Actor(impersonated, False, authenticated, impersonated, authenticated, "")
+        if proxies and proxies.holds(event.get("user")):
+            return Actor(impersonated, is_internal_actor(impersonated), authenticated,
+                         impersonated, authenticated, "")
     return Actor(authenticated, internal, authenticated, impersonated, "", impersonated)
 
 
@@ -139,6 +188,34 @@ def _key_part(value: Any) -> str:
     return f"\x01{type(value).__name__}"
 
 
+# kubectl's interactive sessions: one `kubectl exec` (attach, port-forward) may be two
+# requests, a WebSocket upgrade (verb get) and, when that fails, SPDY (verb create).
+SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+
+
+def session_window(event: dict[str, Any]) -> str | None:
+    """For a session attempt on a pod that kubectl may have made twice, the ten seconds of
+    the clock it arrived in (its `requestReceivedTimestamp` cut after the tens of
+    seconds); None for other requests, which keep their request's own key.
+
+    kubectl 1.30 and later try a WebSocket (verb get) and, when the upgrade is refused
+    (403: a Role without exec rights, or granting only `create` on pods/exec) or fails,
+    fall back to SPDY (verb create) within milliseconds: two audit events, two
+    auditIDs, one attempt. So an attempt that did not succeed, and any SPDY request (the
+    fallback; also older kubectl's only way, whose sessions in one window are counted
+    once), are keyed by the window; a WebSocket session that succeeded is its own.
+    """
+    ref = event.get("objectRef")
+    if not isinstance(ref, dict) or ref.get("resource") != "pods" \
+            or ref.get("subresource") not in SESSION_SUBRESOURCES:
+        return None
+    code = response_code(event)
+    if event.get("verb") != "create" and (code is None or code < 400):
+        return None
+    stamp = event.get("requestReceivedTimestamp")
+    return stamp[:18] if valid_timestamp(stamp) else None
+
+
 def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str,
               impersonated: str = "") -> str:
     """The key of one request's detection by one rule, the same across stages and resends.
@@ -146,9 +223,20 @@ def dedup_key(event: dict[str, Any], username: str, verb: str, rule: str,
     auditID alone is client-settable, so the request's time, verb, URI and user are part
     of the key too. `username` is the authenticated user; `impersonated`, when given, is
     appended so that two people behind one access proxy never share a key.
+
+    A session attempt kubectl may have made twice (see `session_window`) is keyed by who,
+    which pod and subresource and the ten seconds it began in, not by its auditID, verb
+    or URI: the refused WebSocket attempt and kubectl's SPDY fallback share the key, so
+    the outbox keeps one of them whichever batch, source or restart brings the other.
     """
-    parts: list[Any] = [event.get("auditID"), event.get("requestReceivedTimestamp")
-             or event.get("timestamp"), verb, event.get("requestURI"), username, rule]
+    window = session_window(event)
+    if window is not None:
+        ref = event["objectRef"]
+        parts: list[Any] = ["session", window, ref.get("namespace"), ref.get("name"),
+                            ref.get("subresource"), username, rule]
+    else:
+        parts = [event.get("auditID"), event.get("requestReceivedTimestamp")
+                 or event.get("timestamp"), verb, event.get("requestURI"), username, rule]
     if impersonated:
         parts.append(impersonated)
     try:
@@ -242,6 +330,16 @@ def failure_id(event: Any) -> str:
     """The auditID of an event for a log line: cleaned and cut, or '' when not a string."""
     audit_id = event.get("auditID") if isinstance(event, dict) else None
     return clean_text(audit_id, MAX_FAILURE_ID) if isinstance(audit_id, str) else ""
+
+
+def proxied_name(name: str) -> str:
+    """The object's name in a proxy request's `[scheme:]name[:port]` (the apiserver's
+    reading of `pods/<id>/proxy`, `services/<id>/proxy`, `nodes/<id>/proxy`)."""
+    if ":" not in name:
+        return name
+    parts = name.split(":")
+    found = parts[0] if len(parts) == 2 else parts[1] if len(parts) == 3 else ""
+    return found or name
 
 
 def user_agent(event: dict[str, Any]) -> str:

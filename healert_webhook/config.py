@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from healert_webhook.entity import CATALOG_NAMESPACES, LABEL_KEYS
 from healert_webhook.filewatch import read_regular
 from healert_webhook.logs import redact_urls
 
@@ -82,6 +83,28 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def parse_label_keys(text: str) -> tuple[str, ...]:
+    """Label keys in order, comma-separated: at least one, no blanks inside a key."""
+    keys = parse_list(text)
+    if not keys:
+        raise ValueError("expected at least one label key")
+    for key in keys:
+        if any(c.isspace() for c in key):
+            raise ValueError(f"a label key holds no whitespace: {key!r}")
+    return keys
+
+
+def parse_proxies(text: str) -> tuple[str, ...]:
+    """Access proxy identities, comma-separated: `user:NAME`, `group:NAME` or a bare NAME
+    (a user name)."""
+    names = parse_list(text)
+    for name in names:
+        kind, sep, rest = name.partition(":")
+        if sep and kind in ("user", "group") and not rest:
+            raise ValueError(f"{name!r} names no {kind}")
+    return names
+
+
 def parse_path(text: str) -> Path:
     """Parse a filesystem path (`~` expanded)."""
     return Path(text.strip()).expanduser()
@@ -120,6 +143,16 @@ OPTIONS: tuple[Option, ...] = (
            "catalog namespace for cluster-scoped objects"),
     Option("k8s_namespace", "--k8s-namespace", ("K8S_NAMESPACE",), str, None,
            "the agent's own namespace, never reported"),
+    Option("entity_label_keys", "--entity-label-keys", ("HEALERT_ENTITY_LABEL_KEYS",),
+           parse_label_keys, LABEL_KEYS,
+           "label keys naming an object's catalog entity, tried in order, comma-separated"),
+    Option("catalog_namespace", "--catalog-namespace", ("HEALERT_CATALOG_NAMESPACE",),
+           parse_choice(*CATALOG_NAMESPACES), CATALOG_NAMESPACES[0],
+           "the namespace of entity refs: kubernetes (the object's own; ENTITY_NAMESPACE "
+           "for cluster-scoped objects) or entity-namespace (ENTITY_NAMESPACE for all)"),
+    Option("access_proxies", "--access-proxies", ("HEALERT_ACCESS_PROXIES",), parse_proxies,
+           (), "access proxies that are no service account, whose impersonated user is "
+           "the actor: user names (or user:NAME) and group:NAME, comma-separated"),
     # the backend
     Option("backend_url", "--backend-url", ("HEALERT_BACKEND_URL",), str, None,
            "Healert backend base URL (unset: keep events in the outbox and log them)",
@@ -272,6 +305,9 @@ class Settings:
     rules_path: Path | None = default_of("rules_path")
     entity_namespace: str = default_of("entity_namespace")
     k8s_namespace: str | None = default_of("k8s_namespace")
+    entity_label_keys: tuple[str, ...] = default_of("entity_label_keys")
+    catalog_namespace: str = default_of("catalog_namespace")
+    access_proxies: tuple[str, ...] = default_of("access_proxies")
     backend_url: str | None = default_of("backend_url")
     api_key: str | None = field(default=default_of("api_key"), repr=False)
     api_key_file: Path | None = default_of("api_key_file")

@@ -7,21 +7,39 @@ The few left are candidates; only they go through the slow path: type checks, th
 rules/conditions.py, entity resolution and rendering. An event whose evaluation raises is
 counted as invalid (`evaluation_error`) and sampled in `Stats.failures`; the rest of the
 batch goes on.
+
+The entity of an event that fired is found from the view of the cluster when the
+detector has one (cluster/resolve.py: the object's labels, up its owners, its
+namespace's declared entity), else, or when the view cannot answer, from the event
+alone (entity.py: the carried object's labels and owner, the name rules). The view is
+an in-memory map another thread keeps current: reading it is no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from healert_webhook import audit
-from healert_webhook.entity import Workload, entity_ref, resolve_workload
+from healert_webhook.cluster.resolve import resolve_event
+from healert_webhook.entity import (
+    CATALOG_FIXED,
+    LABEL_KEYS,
+    METHOD_TEXT,
+    Entity,
+    entity_from_event,
+    entity_ref,
+)
 from healert_webhook.index import Index, Match, Undecidable
 from healert_webhook.records import MAX_FAILURES, Friction, Stats
 from healert_webhook.rules import Rule, RuleSet
 from healert_webhook.rules.candidate import Candidate
 from healert_webhook.rules.conditions import decisive
 from healert_webhook.text import clean_text
+from healert_webhook.tokens import description_tokens
+
+if TYPE_CHECKING:
+    from healert_webhook.cluster.view import View
 
 MAX_DESCRIPTION = 500
 MAX_FIELD = 200
@@ -46,19 +64,36 @@ class _Common(NamedTuple):
 
 
 class Detector:
-    """Compiled rules plus the settings detection needs; immutable, safe to share."""
+    """Compiled rules plus the settings detection needs; immutable, safe to share.
+
+    `view` is the view of the cluster, if the agent runs one; `label_keys` the entity
+    label keys, in order; `catalog_namespace` where entity refs' namespace comes from
+    (entity.CATALOG_NAMESPACES); `proxies` the access proxies configured by name
+    (audit.Proxies.from_names).
+    """
 
     def __init__(self, ruleset: RuleSet, *, entity_namespace: str = "default",
-                 own_namespace: str | None = None) -> None:
+                 own_namespace: str | None = None, view: View | None = None,
+                 label_keys: Sequence[str] = LABEL_KEYS,
+                 catalog_namespace: str = "kubernetes",
+                 proxies: Iterable[str] = ()) -> None:
         self.ruleset = ruleset
         self.rules = ruleset.enabled
         self.gitops = ruleset.gitops
         self.entity_namespace = entity_namespace
+        self.view = view
+        self.label_keys = tuple(label_keys)
+        self.fixed_catalog = catalog_namespace == CATALOG_FIXED
+        self.proxies = audit.Proxies.from_names(proxies)
+        # GitOps evidence from the view only when its records keep every key that shows it.
+        self.gitops_view = view if view is not None and view.keeps(
+            self.gitops.labels, self.gitops.annotations) else None
         excluded = set(ruleset.ignore_namespaces)
         if own_namespace:
             excluded.add(own_namespace)
         self.excluded_namespaces = frozenset(excluded)
-        self.index = Index(self.rules, self.excluded_namespaces)
+        self.index = Index(self.rules, self.excluded_namespaces,
+                           frozenset({own_namespace}) if own_namespace else frozenset())
 
     def detect(self, events: Iterable[Any], stats: Stats,
                received: float | None = None) -> list[Friction]:
@@ -99,13 +134,14 @@ class Detector:
     def candidate(self, event: dict[str, Any]) -> Candidate:
         """The fields every rule check of this event reads."""
         ref = event.get("objectRef")
-        return Candidate(event, ref if ref is not None else _EMPTY, self.gitops)
+        return Candidate(event, ref if ref is not None else _EMPTY, self.gitops, self.proxies,
+                         self.gitops_view)
 
     def event_skip(self, cand: Candidate, leaf: Match) -> str | None:
         """A reason that settles every candidate of the leaf at once (`namespace`, or
         `system_actor` when every candidate ignores system actors)."""
         if cand.scope_ns in self.excluded_namespaces:
-            return "namespace"
+            return self.index.excluded_for(cand.scope_ns, leaf, cand.actor.internal)
         if leaf[1] and cand.actor.internal:
             return "system_actor"
         return None
@@ -138,14 +174,28 @@ class Detector:
             return
         if fixup is not None:
             stats.fixups[fixup] += 1
+        stats.entities[found[0].entity_by] += 1
         out.extend(found)
         for rule in matched:
             stats.matched[(rule.name, rule.severity)] += 1
 
-    def workload(self, cand: Candidate) -> Workload:
-        """The workload the candidate's object belongs to ('' when it names none)."""
-        return resolve_workload(cand.resource or None, cand.name,
-                                audit.carried_metadata(cand.event))
+    def workload(self, cand: Candidate) -> Entity:
+        """The entity the candidate's object belongs to ('' when it names none), how it
+        was found and why (see the module docstring)."""
+        view = self.view
+        if view is not None:
+            found = resolve_event(view, cand.resource, cand.namespace, cand.name,
+                                  subresource=cand.subresource or None,
+                                  obj=_carried_object(cand.event), label_keys=self.label_keys)
+            if found.method != "unknown":
+                return Entity(found.name, found.method,
+                              f"{METHOD_TEXT[found.method]}: {found.explanation}")
+            why = f"the view cannot answer: {found.explanation}"
+        else:
+            why = "no cluster view"
+        entity = entity_from_event(cand.resource or None, cand.name,
+                                   audit.carried_metadata(cand.event), self.label_keys)
+        return entity._replace(how=f"{METHOD_TEXT[entity.method]} ({why}): {entity.how}")
 
     def frictions(self, cand: Candidate, rules: Sequence[Rule],
                   received: float | None = None) -> tuple[list[Friction], str | None]:
@@ -154,20 +204,21 @@ class Detector:
 
         Empty when the event names no object: there is no entity to charge.
         """
-        workload = self.workload(cand).name
-        if not workload:
+        entity = self.workload(cand)
+        if not entity.name:
             return [], None
-        common, fixup = self._common(cand, workload, received)
-        return [self._friction(cand.event, common, rule) for rule in rules], fixup
+        common, fixup = self._common(cand, entity.name, received)
+        return [self._friction(cand.event, common, rule, entity.method)
+                for rule in rules], fixup
 
     def _common(self, cand: Candidate, workload: str,
                 received: float | None) -> tuple[_Common, str | None]:
         """What every rule's friction event for this audit event shares, computed once."""
         namespace = cand.namespace
         cluster_scoped = not namespace or cand.resource == "namespaces"
+        catalog = self.entity_namespace if cluster_scoped or self.fixed_catalog else namespace
         shared: dict[str, Any] = {
-            "entity_ref": entity_ref(self.entity_namespace if cluster_scoped else namespace,
-                                     workload),
+            "entity_ref": entity_ref(catalog, workload),
             "service": clean_text(workload, MAX_FIELD),
         }
         actor = cand.actor
@@ -178,17 +229,7 @@ class Detector:
         timestamp, fixup = audit.event_timestamp(cand.event, received)
         if timestamp is not None:
             shared["timestamp"] = timestamp
-        code = cand.code
-        tokens = {
-            "actor": actor.name or "unknown",
-            "resource": cand.resource,
-            "name": cand.name or _carried_name(cand.event),
-            "namespace": namespace or "-",
-            "verb": cand.verb,
-            "subresource": cand.subresource,
-            "code": str(code) if code is not None else "",
-            "workload": workload,
-        }
+        tokens = description_tokens(cand, workload)
         if actor.proxy:
             suffix = f" (via {clean_text(actor.proxy, MAX_FIELD)})"
         elif actor.as_user:
@@ -198,7 +239,8 @@ class Detector:
         return _Common(shared, tokens, suffix, actor), fixup
 
     @staticmethod
-    def _friction(event: dict[str, Any], common: _Common, rule: Rule) -> Friction:
+    def _friction(event: dict[str, Any], common: _Common, rule: Rule,
+                  entity_by: str = "") -> Friction:
         payload: dict[str, Any] = {"entity_ref": common.shared["entity_ref"],
                                    "type": rule.name, "severity": rule.severity}
         payload.update(common.shared)
@@ -212,18 +254,19 @@ class Detector:
                               actor.impersonated)
         audit_id = event.get("auditID")
         return Friction(key, rule.name, payload,
-                        clean_text(audit_id, MAX_FIELD) if isinstance(audit_id, str) else "")
+                        clean_text(audit_id, MAX_FIELD) if isinstance(audit_id, str) else "",
+                        entity_by)
 
 
-def _carried_name(event: dict[str, Any]) -> str:
-    """The name of the carried object, else its generateName: a create whose name the
-    apiserver generates has none in objectRef."""
-    meta = audit.carried_metadata(event) or _EMPTY
-    for key in ("name", "generateName"):
-        value = meta.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
+def _carried_object(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The object the event carries (responseObject, else requestObject), as
+    audit.carried_metadata picks it, or None."""
+    for key in ("responseObject", "requestObject"):
+        obj = event.get(key)
+        if isinstance(obj, dict) and obj.get("kind") != "Status" \
+                and isinstance(obj.get("metadata"), dict):
+            return obj
+    return None
 
 
 def _failed(stats: Stats, event: Any, exc: Exception, sampled: int) -> int:

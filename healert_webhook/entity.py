@@ -14,12 +14,18 @@ The workload is, in order:
 Step 3 is the same whether or not the event carries the object, so a pod's create and an
 exec into it are charged alike at every audit level. An event that names no object at
 all (a Metadata-level create whose name the apiserver generates) has no workload.
+
+This is what the event alone tells. With a view of the cluster, detection asks
+cluster/resolve.py first and comes here only when the view cannot answer (`Entity`
+says which way the name was found). The label keys are a setting; LABEL_KEYS are
+their default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 # k8s.io/apimachinery/pkg/util/rand: consonants and digits that cannot spell words.
@@ -42,12 +48,31 @@ _NOT_NAMESPACE = re.compile(r"[^a-zA-Z0-9_-]+")
 LABEL_KEYS = ("backstage.io/kubernetes-id", "app.kubernetes.io/name")
 MAX_ENTITY_REF = 200
 KIND = "component"
+# Where an entity ref's namespace comes from: the object's Kubernetes namespace, or
+# ENTITY_NAMESPACE for every entity (CATALOG_FIXED).
+CATALOG_NAMESPACES = ("kubernetes", "entity-namespace")
+CATALOG_FIXED = "entity-namespace"
+# How an entity was found: a label (on the object, up its owners or on a controller's
+# pod template), the top owner's name, the namespace's declared entity, the name rules.
+METHODS = ("label", "owner", "namespace", "name")
+METHOD_TEXT = {"label": "label", "owner": "owner", "namespace": "namespace",
+               "name": "name rules"}
 
 
 class Workload(NamedTuple):
     """A workload name ('' when the event names nothing) and how it was found."""
 
     name: str
+    how: str
+
+
+class Entity(NamedTuple):
+    """The entity's name ('' when the event names nothing), the way it was found (one of
+    METHODS) and a sentence saying how, for explanations (as detection words it:
+    `<way> (<why not the view>): <how>`)."""
+
+    name: str
+    method: str
     how: str
 
 
@@ -137,10 +162,10 @@ def owner_reference(owners: Any) -> tuple[str, str] | None:
     return usable[0] if len(usable) == 1 else None
 
 
-def _label(meta: dict[str, Any]) -> tuple[str, str] | None:
+def _label(meta: dict[str, Any], keys: Sequence[str]) -> tuple[str, str] | None:
     labels = meta.get("labels")
     if isinstance(labels, dict):
-        for key in LABEL_KEYS:
+        for key in keys:
             value = labels.get(key)
             if isinstance(value, str) and value.strip():
                 return key, value.strip()
@@ -152,22 +177,36 @@ def _text(meta: dict[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-def resolve_workload(resource: str | None, name: str,
-                     meta: dict[str, Any] | None) -> Workload:
+def resolve_workload(resource: str | None, name: str, meta: dict[str, Any] | None,
+                     label_keys: Sequence[str] = LABEL_KEYS) -> Workload:
     """The workload of the object `name` of `resource` (see the module docstring).
 
-    `meta` is the metadata of the object the event carries, if any. The result's name is
-    '' when the event names no object at all.
+    `meta` is the metadata of the object the event carries, if any; `label_keys` are
+    tried in order. The result's name is '' when the event names no object at all.
     """
+    return _resolve(resource, name, meta, label_keys)[0]
+
+
+def entity_from_event(resource: str | None, name: str, meta: dict[str, Any] | None,
+                      label_keys: Sequence[str] = LABEL_KEYS) -> Entity:
+    """`resolve_workload`'s answer as an Entity: which way it was found, and how."""
+    workload, method = _resolve(resource, name, meta, label_keys)
+    return Entity(workload.name, method, workload.how)
+
+
+def _resolve(resource: str | None, name: str, meta: dict[str, Any] | None,
+             label_keys: Sequence[str]) -> tuple[Workload, str]:
     if meta is not None:
-        label = _label(meta)
+        label = _label(meta, label_keys)
         if label is not None:
-            return Workload(label[1], f"label {label[0]}")
+            return Workload(label[1], f"label {label[0]} of the object the event carries"), \
+                "label"
         owner = owner_reference(meta.get("ownerReferences"))
         if owner is not None:
             kind, owner_name = owner
             base = name_rules(_OWNER_RESOURCE.get(kind), owner_name).name
-            return Workload(base, f"owner {kind} {owner_name}")
+            return Workload(base, f"owner {kind} {owner_name} of the object the event "
+                                  "carries"), "owner"
         name = name or _text(meta, "name")
         prefix = _text(meta, "generateName")
         # The apiserver ignores generateName when a name is given; trust it only when
@@ -175,10 +214,10 @@ def resolve_workload(resource: str | None, name: str,
         if prefix and (not name or (name.startswith(prefix)
                                     and _GENERATED_SUFFIX.fullmatch(name[len(prefix):]))):
             base = prefix[:-1] if prefix.endswith("-") and len(prefix) > 1 else prefix
-            return Workload(*_generated_base(resource, base))
+            return Workload(*_generated_base(resource, base)), "name"
     if not name:
-        return Workload("", "no name")
-    return name_rules(resource, name)
+        return Workload("", "no name"), "name"
+    return name_rules(resource, name), "name"
 
 
 def workload_name(resource: str | None, name: str,
@@ -188,17 +227,19 @@ def workload_name(resource: str | None, name: str,
 
 
 def entity_ref(namespace: str, workload: str) -> str:
-    """A `component:<namespace>/<name>` reference the backend's pattern accepts.
+    """A `component:<namespace>/<name>` reference the backend's pattern accepts, written
+    as Backstage's `stringifyEntityRef` writes it: lower case in every part.
 
     Characters the backend refuses become '-'; an over-long name is cut and given a short
     hash of the full name so that two long names stay distinct.
     """
-    ns = _NOT_NAMESPACE.sub("-", namespace) or "default"
+    ns = _NOT_NAMESPACE.sub("-", namespace.lower()) or "default"
     ns = ns[:63]
-    name = _NOT_NAME.sub("-", workload) or "unknown"
+    lowered = workload.lower()
+    name = _NOT_NAME.sub("-", lowered) or "unknown"
     room = MAX_ENTITY_REF - len(KIND) - len(ns) - 2
     if len(name) > room:
-        digest = hashlib.blake2b(workload.encode("utf-8", "surrogatepass"),
+        digest = hashlib.blake2b(lowered.encode("utf-8", "surrogatepass"),
                                  digest_size=4).hexdigest()
         name = name[: room - 9] + "-" + digest
     return f"{KIND}:{ns}/{name}"

@@ -10,12 +10,12 @@ reads files and prints the decisions is commands/explain.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from healert_webhook import audit
 from healert_webhook.detect import Detector, rule_failure
-from healert_webhook.index import Undecidable, scope_failure
+from healert_webhook.index import Match, Undecidable, scope_failure
 from healert_webhook.records import Friction
 from healert_webhook.rules import Rule
 from healert_webhook.rules.candidate import Candidate
@@ -23,6 +23,7 @@ from healert_webhook.rules.conditions import GitOpsManaged, decisive
 from healert_webhook.rules.model import shown as _show
 
 _SHOWN = 200  # longest value quoted in a sentence
+_HOW = 1000  # longest account of how an entity was found (an owner chain is long)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class EventDecision:
 
     `outcome` is `friction`, `skipped` or `invalid`; `reason` is the skip or invalid
     reason counted in `Stats` ('' for a friction). `entity` says which entity the event
-    is charged to and how that was found, when it got that far.
+    is charged to and which way it was found (a label, an owner, the namespace, the
+    name rules, and why not the view of the cluster), when it got that far.
     """
 
     audit_id: str
@@ -77,8 +79,8 @@ def _request(event: dict[str, Any]) -> str:
     return f"{_show(event.get('verb'))} {what}{where}"
 
 
-def _actor_text(event: dict[str, Any]) -> str:
-    actor = audit.resolve_actor(event)
+def _actor_text(event: dict[str, Any], proxies: audit.Proxies = audit.NO_PROXIES) -> str:
+    actor = audit.resolve_actor(event, proxies)
     text = _show(actor.name) if actor.name else "(nobody)"
     kind = "internal" if actor.internal else "person"
     if actor.proxy:
@@ -126,10 +128,13 @@ def explain_event(detector: Detector, event: Any,
         return EventDecision("(none)", "(none)", "(not an event)", "(nobody)", "invalid",
                              "not_an_object", "the item is not a JSON object", "", (), ())
     try:
-        return _explain(detector, event, received)
+        decision = _explain(detector, event, received)
     except Exception as exc:  # the detector counts these as evaluation_error too
-        return _decision(event, "invalid", "evaluation_error",
-                         f"evaluating the event raised {type(exc).__name__}")
+        decision = _decision(event, "invalid", "evaluation_error",
+                             f"evaluating the event raised {type(exc).__name__}")
+    if detector.proxies:  # the actor as the detector sees it, behind a configured proxy
+        decision = replace(decision, actor=_actor_text(event, detector.proxies))
+    return decision
 
 
 def _invalid(event: dict[str, Any]) -> EventDecision:
@@ -197,7 +202,7 @@ def _internal(event: dict[str, Any], candidates: tuple[Rule, ...], username: Any
 
 
 def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
-                leaf: tuple[tuple[Rule, ...], bool], outside: list[RuleDecision], *,
+                leaf: Match, outside: list[RuleDecision], *,
                 received: float | None) -> EventDecision:
     skip = detector.event_skip(cand, leaf)
     if skip == "namespace":
@@ -234,8 +239,8 @@ def _candidates(detector: Detector, event: dict[str, Any], cand: Candidate,
         return _decision(event, "skipped", "no_name", "the request names no object (no "
                          "name, no generateName): there is no entity to charge",
                          unnamed + outside)
-    entity = f"{found[0].event['entity_ref']} (workload {_show(workload.name)}, from the " \
-             f"{workload.how})"
+    entity = f"{found[0].event['entity_ref']} (workload {_show(workload.name)}, found by " \
+             f"{_show(workload.how, _HOW)})"
     detail = f"{len(found)} friction event(s)"
     if fixup is not None:
         why = (f"lies more than {audit.FUTURE_SKEW:g} s ahead of the time it was read"

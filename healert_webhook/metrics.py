@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 from healert_webhook import __version__
 from healert_webhook.config import env
+from healert_webhook.entity import METHODS
 
 BUILD_INFO = Info("healert_build", "Version of the running agent")
 BUILD_INFO.info({"version": __version__})
@@ -201,3 +202,13 @@ TLS_CERT_RELOADS = Counter(
     "healert_tls_certificate_reloads_total",
     "Replacements of the serving certificate: loaded, or refused (the one in use kept; "
     "counted once per change of the files or of the reason)", ["result"])
+
+# Entity resolution: which way each friction-yielding event's entity was found.
+ENTITY_RESOLUTIONS = Counter(
+    "healert_entity_resolutions_total",
+    "Audit events charged to an entity, by how the entity was found: label (an entity "
+    "label on the object, up its owners or on a controller's pod template), owner (the top "
+    "owner's name), namespace (the entity the namespace declares), name (the name rules: "
+    "no view of the cluster, or it could not answer)", ["method"])
+for _method in METHODS:
+    ENTITY_RESOLUTIONS.labels(_method)

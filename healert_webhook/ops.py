@@ -5,10 +5,11 @@ certificate within its validity (with TLS) and the tailer following (when tailin
 rules are always loaded, an agent without them does not start. An expired or not yet
 valid certificate fails every apiserver handshake, so the webhook takes no work then:
 unready says so on the pod, and takes a Service-mode replica out of the endpoints while
-another may still serve. The forwarder's state is shown in /readyz's body but never
-makes the agent unready: a backend outage must not take the webhook out of the
-apiserver's reach, the outbox exists to ride it out. No endpoint shows configuration,
-paths of secrets, URLs or keys.
+another may still serve. The forwarder's state and the view of the cluster's are shown
+in /readyz's body but never make the agent unready: a backend outage must not take the
+webhook out of the apiserver's reach, the outbox exists to ride it out, and ingest never
+waits for the cluster (entities fall back to the name rules meanwhile). No endpoint
+shows configuration, paths of secrets, URLs or keys.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ class StatusSource(Protocol):
         ...
 
 
+class Describable(Protocol):
+    """The view of the cluster's state (for the /readyz body only)."""
+
+    def describe(self) -> str:
+        """One line: synced, or what is not and why (no URL, no secret)."""
+        ...
+
+
 class ReadySource(Protocol):
     """A part's readiness check: the tailer's, the serving certificate's."""
 
@@ -72,6 +81,7 @@ class Health:
     tailer: ReadySource | None = None
     certificate: ReadySource | None = None
     rules: NoteSource | None = None
+    cluster: Describable | None = None
     webhook_expected: bool = False
     webhook_up: bool = False
     stopping: bool = False
@@ -114,6 +124,15 @@ class Health:
             return f"deliveries: status unavailable ({type(exc).__name__})"
         return format_status(status)
 
+    def cluster_view(self) -> str | None:
+        """One line about the view of the cluster, or None when it does not run."""
+        if self.cluster is None:
+            return None
+        try:
+            return self.cluster.describe()
+        except Exception as exc:  # informative only, as delivery()
+            return f"cluster view: state unavailable ({type(exc).__name__})"
+
 
 def format_status(status: dict[str, object]) -> str:
     """Render the forwarder's status as one line, showing only known harmless keys."""
@@ -141,6 +160,9 @@ def make_ops_app(health: Health) -> Starlette:
         lines = [f"not ready: {p}" for p in problems] if problems else ["ready"]
         lines.extend(health.warnings())
         lines.append(health.delivery())
+        view = health.cluster_view()
+        if view is not None:
+            lines.append(view)
         return PlainTextResponse("\n".join(lines) + "\n", status_code=503 if problems else 200)
 
     _ = metrics  # every metric is registered by importing the module

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from healert_webhook import metrics
+from healert_webhook.cluster.view import View
 from healert_webhook.config import Settings
 from healert_webhook.detect import Detector
 from healert_webhook.logs import Limiter
@@ -120,16 +121,27 @@ def record(stats: Stats, bad: Sequence[tuple[int, str]], source: str) -> None:
         metrics.FRICTION_EVENTS.labels(rule, severity).inc(count)
     for fixup, count in stats.fixups.items():
         metrics.EVENT_FIXUPS.labels(source, fixup).inc(count)
+    for method, count in stats.entities.items():
+        metrics.ENTITY_RESOLUTIONS.labels(method).inc(count)
     for audit_id, error in stats.failures:
         _failure_lines.error("an audit event from %s could not be evaluated and was skipped "
                              "(counted as invalid, reason evaluation_error): auditID=%s: %s",
                              source, audit_id or "-", error)
 
 
-def make_detector(ruleset: Any, settings: Settings) -> Detector:
-    """A Detector for `ruleset` with the settings' entity and own namespaces."""
-    return Detector(ruleset, entity_namespace=settings.entity_namespace,
-                    own_namespace=settings.k8s_namespace)
+def make_detector(ruleset: Any, settings: Settings, view: View | None = None) -> Detector:
+    """A Detector for `ruleset` with the settings' entity and own namespaces, label keys,
+    catalog namespace and access proxies, reading `view` (the view of the cluster)."""
+    detector = Detector(ruleset, entity_namespace=settings.entity_namespace,
+                        own_namespace=settings.k8s_namespace, view=view,
+                        label_keys=settings.entity_label_keys,
+                        catalog_namespace=settings.catalog_namespace,
+                        proxies=settings.access_proxies)
+    if view is not None and detector.gitops_view is None:
+        log.warning("rules: config.gitops names labels or annotations the view of the "
+                    "cluster was not started with: GitOps ownership is read from the "
+                    "events only until the agent restarts")
+    return detector
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,7 @@ class Pipeline:
     def __init__(self, settings: Settings, detector: Detector,
                  outbox: Outbox | None = None) -> None:
         self.settings = settings
+        self.view: View | None = detector.view  # every rule set reads the same view
         # swapped in one assignment on reload: a batch sees one rule set, never half
         self._rules = Rules(detector, Prefilter(detector))
         self.outbox = outbox
@@ -225,6 +238,15 @@ class Pipeline:
         """The active rules' detector."""
         return self._rules.detector
 
+    def use_view(self, view: View) -> None:
+        """Read `view` (the view of the cluster) from now on: the active rules again,
+        with it (a batch being evaluated keeps the rule set it started with)."""
+        self.view = view
+        ruleset = self._rules.detector.ruleset
+        with gc_paused():
+            detector = make_detector(ruleset, self.settings, view)
+            self._rules = Rules(detector, Prefilter(detector))
+
     def read(self, items: Iterable[Any], prefilter: bool = True) -> Read:
         """Raw JSON items (log lines) or parsed events, for detection by the active rules.
 
@@ -284,8 +306,9 @@ class Pipeline:
                 event = friction.event
                 _stored_lines.info("friction stored", extra={
                     "rule": friction.rule, "actor": event.get("actor", "-"),
-                    "entity": event.get("entity_ref"), "auditID": friction.audit_id or "-",
-                    "source": source, "key": friction.key})
+                    "entity": event.get("entity_ref"), "entity_by": friction.entity_by or "-",
+                    "auditID": friction.audit_id or "-", "source": source,
+                    "key": friction.key})
 
     def reload(self, superseded: Callable[[], bool] | None = None) -> bool:
         """Reload the rules file; keep the old rules if the new file is invalid (blocking).
@@ -300,7 +323,7 @@ class Pipeline:
             # them in a cycle: the collector would only scan them again and again.
             with gc_paused():
                 ruleset = load_rules(path, superseded, _LastGood(self.settings))
-                detector = make_detector(ruleset, self.settings)
+                detector = make_detector(ruleset, self.settings, self.view)
                 prefilter = Prefilter(detector)
         except Superseded:
             return _abandoned(path)

@@ -13,13 +13,15 @@ MAX_FAILURES = 20  # failure samples kept per `detect` call (and per merged Stat
 
 
 class Friction(NamedTuple):
-    """One detection: its dedup key, the rule, the JSON body to POST to `/events`, and
-    the audit ID of the request it came from (for the log; not stored or sent)."""
+    """One detection: its dedup key, the rule, the JSON body to POST to `/events`, the
+    audit ID of the request it came from and the way its entity was found (label, owner,
+    namespace or name; both for the log, neither stored nor sent)."""
 
     key: str
     rule: str
     event: dict[str, Any]
     audit_id: str = ""
+    entity_by: str = ""
 
 
 @dataclass
@@ -38,6 +40,8 @@ class Stats:
     matched: Counter[tuple[str, str]] = field(default_factory=Counter)
     fixups: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # how the entity of each event that yielded friction events was found, by method
+    entities: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: Stats) -> None:
         """Add another Stats' counts to this one (failure samples stay bounded)."""
@@ -46,6 +50,7 @@ class Stats:
         self.skipped.update(other.skipped)
         self.matched.update(other.matched)
         self.fixups.update(other.fixups)
+        self.entities.update(other.entities)
         room = MAX_FAILURES - len(self.failures)
         if room > 0:
             self.failures.extend(other.failures[:room])

@@ -8,6 +8,10 @@ agent installs one set of handlers:
   stop the tailer and the forwarder, close the outbox, exit 0.
 * SIGHUP: reload rules, server certificate and token file now.
 
+With a view of the cluster (HEALERT_CLUSTER_VIEW=auto and a kubeconfig or the pod's
+service account), its watches run on a thread of their own from start to shutdown;
+detection reads it, /readyz's body shows its state, nothing waits for it.
+
 The rules file, the certificate pair and the token file are also polled once a second
 (stat, then a content hash) and reloaded when they change on disk. Rules load on a worker
 of their own (`RuleReloads`: the newest version wins). Every file access of the watcher
@@ -32,7 +36,7 @@ import time
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
@@ -47,6 +51,10 @@ from healert_webhook.pipeline import Pipeline, RuleReloads, log_warnings
 from healert_webhook.records import OutboxError
 from healert_webhook.sources.tail import Tailer
 from healert_webhook.sources.webhook import WebhookApp
+
+if TYPE_CHECKING:
+    from healert_webhook.cluster.connect import Connection
+    from healert_webhook.cluster.runner import ClusterView
 
 log = logging.getLogger(__name__)
 KEEP_ALIVE = 90.0  # above the apiserver's 75 s idle timeout: we never close first
@@ -212,8 +220,10 @@ class Agent:
 
     def __init__(self, settings: Settings, pipeline: Pipeline, outbox: Outbox, *,
                  ops_sock: socket.socket, webhook: Webhook | None,
-                 tailer: Tailer | None, executor: ThreadPoolExecutor) -> None:
+                 tailer: Tailer | None, executor: ThreadPoolExecutor,
+                 cluster: ClusterView | None = None) -> None:
         self.settings = settings
+        self.cluster = cluster
         self.pipeline = pipeline
         self.outbox = outbox
         self.ops_sock = ops_sock
@@ -228,7 +238,7 @@ class Agent:
         self.health = Health(outbox=outbox, forwarder=self.forwarder, tailer=tailer,
                              rules=pipeline,
                              certificate=webhook.certs if webhook is not None else None,
-                             webhook_expected=webhook is not None)
+                             cluster=cluster, webhook_expected=webhook is not None)
         self.stop = asyncio.Event()
         self.hup = asyncio.Event()
         self.exit_code = exits.OK
@@ -237,6 +247,8 @@ class Agent:
         """Start every part, wait for a stop signal, shut down in order."""
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        if self.cluster is not None:  # returns at once: the first lists run on its thread
+            await asyncio.to_thread(self.cluster.start)
         fwd_stop = asyncio.Event()
         fwd_task = asyncio.create_task(self.forwarder.run(fwd_stop), name="forwarder")
         fwd_task.add_done_callback(self._part_ended)
@@ -261,6 +273,8 @@ class Agent:
         await self._stop_task(fwd_task)
         await self._stop_server(ops, ops_task)
         watcher.cancel()
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop, PART_STOP)
         await asyncio.to_thread(self.executor.shutdown, True)
         await asyncio.to_thread(self.outbox.close)
         log.info("stopped")
@@ -343,9 +357,12 @@ class Agent:
         key = (f"from {env('api_key_file')}" if settings.api_key_file is not None else
                f"from {env('api_key')}" if settings.api_key else "none")
         tail = f"; tail {self.tailer.path}" if self.tailer is not None else ""
+        view = (f"through {self.cluster.connection.source}" if self.cluster is not None
+                else "off (entities from the events alone)")
         log.info("healert-webhook %s started (pid %d): mode %s; rules %s, %d of %d enabled; "
-                 "outbox %s; backend %s, key %s%s", __version__, os.getpid(), mode, rules.source,
-                 len(rules.enabled), len(rules.rules), self.outbox.path, backend, key, tail)
+                 "outbox %s; backend %s, key %s; cluster view %s%s", __version__, os.getpid(),
+                 mode, rules.source, len(rules.enabled), len(rules.rules), self.outbox.path,
+                 backend, key, view, tail)
 
     async def _stop_server(self, server: _Server, task: asyncio.Task[None]) -> None:
         server.should_exit = True
@@ -482,6 +499,38 @@ def _open_outbox(settings: Settings) -> Outbox:
         raise StartupError(str(exc)) from exc
 
 
+def cluster_connection(settings: Settings) -> Connection | None:
+    """How to reach the cluster for the view, or None (off, or nothing configured).
+
+    A kubeconfig that is named but cannot be used raises ConfigError (exit 2).
+    """
+    if settings.cluster_view == "off":
+        return None
+    from healert_webhook.cluster.connect import find  # lightkube only when it may be used
+
+    return find(settings.cluster_view, settings.kubeconfig)
+
+
+def cluster_view(settings: Settings, connection: Connection | None,
+                 pipeline: Pipeline) -> ClusterView | None:
+    """The view of the cluster (not started), read by `pipeline` from now on; None when
+    there is no connection."""
+    if connection is None:
+        log.info("cluster view: off (%s=%s%s); entities are found from the events alone",
+                 env("cluster_view"), settings.cluster_view,
+                 "" if settings.cluster_view == "off" else
+                 f", no kubeconfig named in {env('kubeconfig')} and no service account")
+        return None
+    from healert_webhook.cluster.runner import ClusterView
+
+    gitops = pipeline.detector.ruleset.gitops
+    view = ClusterView(connection, settings.cluster_tombstone_window,
+                       label_keys=(*settings.entity_label_keys, *gitops.labels),
+                       annotation_keys=gitops.annotations)
+    pipeline.use_view(view.view)
+    return view
+
+
 def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
     """Build every part (raises ConfigError or RulesError); nothing runs yet.
 
@@ -490,10 +539,13 @@ def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
     created, so a start that fails leaves nothing behind.
     """
     # A configured key file that cannot be used is a configuration error (exit 2, the
-    # file named): not "no key" now and a 401 later.
+    # file named): not "no key" now and a 401 later. So is a kubeconfig named for the
+    # view of the cluster that cannot be used.
     settings.read_api_key()
+    connection = cluster_connection(settings)
     pipeline = Pipeline.for_agent(settings)
     log_warnings(pipeline.detector.ruleset)
+    cluster = cluster_view(settings, connection, pipeline)
     executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="pipeline")
     opened: list[socket.socket] = []
     outbox: Outbox | None = None
@@ -517,7 +569,7 @@ def build_agent(settings: Settings, *, webhook: bool, tail: bool) -> Agent:
         executor.shutdown()
         raise
     return Agent(settings, pipeline, outbox, ops_sock=ops_sock, webhook=hook, tailer=tailer,
-                 executor=executor)
+                 executor=executor, cluster=cluster)
 
 
 def run_agent(settings: Settings, *, webhook: bool, tail: bool) -> int:

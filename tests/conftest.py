@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from support.paths import ROOT, SHARED_FIXTURES
 from support.pki import PKI, make_pki
 
 __all__ = ["ROOT"]  # other test modules import ROOT from here
+
+# No agent a test starts may find a real cluster for its view (a developer's KUBECONFIG,
+# a CI pod's service account): the view runs against the conformance cluster only.
+for _name in ("KUBECONFIG", "HEALERT_KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+    os.environ.pop(_name, None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -502,6 +502,36 @@ def test_notes_name_the_apiserver_flags(
     assert "backend.url is empty" not in notes
 
 
+def test_notes_say_where_the_audit_policy_comes_from(helm: str, tmp_path: Path) -> None:
+    notes = render_notes(helm, tmp_path, {})
+    assert "audit-policy.yaml: the chart's files/audit-policy.yaml" in notes
+    assert "healert-webhook policy --check FILE" in notes
+    assert "healert-webhook policy --rules" not in notes, "the shipped policy fits"
+    own = render_notes(helm, tmp_path, {"rules": {"content": "rules: []\n"}})
+    assert "`healert-webhook policy --rules rules.yaml`" in own
+    blind = render_notes(helm, tmp_path, {"clusterView": {"enabled": False}})
+    assert "`healert-webhook policy --rules rules.yaml --cluster-view off`" in blind
+    given = render_notes(helm, tmp_path, {"rules": {"content": "rules: []\n"},
+                                          "auditPolicy": {"content": "x", "configMap": True}})
+    assert "audit-policy.yaml: auditPolicy.content" in given
+    assert "healert-webhook policy --rules" not in given
+    assert f"get configmap {RELEASE}-audit-policy" in given
+
+
+def test_the_audit_policy_configmap_is_opt_in(helm: str, tmp_path: Path) -> None:
+    name = f"{RELEASE}-audit-policy"
+    assert all(d["metadata"]["name"] != name for d in render(helm, tmp_path, {}))
+    docs = render(helm, tmp_path, {"auditPolicy": {"configMap": True}})
+    (configmap,) = [d for d in docs if d["metadata"]["name"] == name]
+    shipped = (CHART / "files" / "audit-policy.yaml").read_text(encoding="utf-8")
+    assert configmap["data"]["audit-policy.yaml"] == shipped
+    assert shipped == (plain.APISERVER / "audit-policy.yaml").read_text(encoding="utf-8")
+    own = "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Metadata\n"
+    docs = render(helm, tmp_path, {"auditPolicy": {"configMap": True, "content": own}})
+    (configmap,) = [d for d in docs if d["metadata"]["name"] == name]
+    assert configmap["data"]["audit-policy.yaml"] == own
+
+
 @pytest.mark.parametrize("mode", plain.MODES)
 def test_the_cluster_view_rbac_follows_its_value(helm: str, tmp_path: Path, mode: str) -> None:
     docs = render(helm, tmp_path, {"mode": mode})

@@ -159,3 +159,36 @@ def test_a_bad_backend_url_is_refused_without_its_credentials() -> None:
     with pytest.raises(ConfigError) as caught:
         build_settings(environ={"HEALERT_BACKEND_URL": "htp://user:S3cret@backend:8000"})
     assert "S3cret" not in str(caught.value) and "***@backend:8000" in str(caught.value)
+
+
+def test_entity_settings() -> None:
+    default = build_settings(environ={})
+    assert default.entity_label_keys == ("backstage.io/kubernetes-id", "app.kubernetes.io/name")
+    assert default.catalog_namespace == "kubernetes" and default.access_proxies == ()
+    settings = build_settings(environ={
+        "HEALERT_ENTITY_LABEL_KEYS": " example.com/team-service , app.kubernetes.io/name",
+        "HEALERT_CATALOG_NAMESPACE": "Entity-Namespace",
+        "HEALERT_ACCESS_PROXIES": "kube-oidc-proxy, group:access-proxies"})
+    assert settings.entity_label_keys == ("example.com/team-service", "app.kubernetes.io/name")
+    assert settings.catalog_namespace == "entity-namespace"
+    assert settings.access_proxies == ("kube-oidc-proxy", "group:access-proxies")
+    with pytest.raises(ConfigError) as bad:
+        build_settings(environ={"HEALERT_ENTITY_LABEL_KEYS": " , ",
+                                "HEALERT_CATALOG_NAMESPACE": "shop",
+                                "HEALERT_ACCESS_PROXIES": "group:"})
+    text = str(bad.value)
+    assert "HEALERT_ENTITY_LABEL_KEYS=' , ': expected at least one label key" in text
+    assert "HEALERT_CATALOG_NAMESPACE='shop': expected one of kubernetes, entity-namespace" \
+        in text
+    assert "HEALERT_ACCESS_PROXIES='group:': 'group:' names no group" in text
+
+
+def test_serve_and_tail_take_the_cluster_settings_and_replay_does_not() -> None:
+    parser = build_parser()
+    for command in ("serve", "tail"):
+        args = parser.parse_args([command, "--kubeconfig", "/k", "--cluster-view", "off"])
+        assert args.cluster_view == "off"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["replay", "--kubeconfig", "/k", "x.log"])
+    args = parser.parse_args(["replay", "--access-proxies", "group:p", "x.log"])
+    assert args.access_proxies == ("group:p",)

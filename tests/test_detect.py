@@ -52,8 +52,8 @@ def test_websocket_exec_is_reported_once_with_its_workload(detector: Detector) -
         "type": "kubectl-exec",
         "severity": "high",
         "service": "payments-api",
-        "description": "kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments) "
-                       "by oidc:jane@example.com",
+        "description": "kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments, "
+                       "container:-, command:-) by oidc:jane@example.com",
         "actor": "oidc:jane@example.com",
         "namespace": "payments",
         "workflow": "deploy",
@@ -130,6 +130,32 @@ def test_bypass_annotation_on_the_audit_event_itself(detector: Detector) -> None
     assert types(found) == ["pipeline-skip"]
 
 
+def _json_patch(*ops: dict[str, Any]) -> dict[str, Any]:
+    """A `kubectl patch --type=json` of a Deployment audited at Request: operations only."""
+    event = audit_event("patch", "deployments", "payments-gateway-proxy", "payments",
+                        level="Request")
+    event["requestObject"] = list(ops)
+    return event
+
+
+def test_bypass_annotation_added_by_a_json_patch(detector: Detector) -> None:
+    key = "/metadata/annotations/policy.admission.k8s.io~1bypass"
+    found, _ = run(detector, _json_patch({"op": "add", "path": key, "value": "true"}))
+    assert sorted(types(found)) == ["config-drift", "pipeline-skip"]
+    whole = {"op": "replace", "path": "/metadata/annotations",
+             "value": {"policy.admission.k8s.io/bypass": "true"}}
+    assert "pipeline-skip" in types(run(detector, _json_patch(whole))[0])
+
+
+def test_a_json_patch_that_removes_or_sets_another_value_is_no_bypass(
+        detector: Detector) -> None:
+    key = "/metadata/annotations/policy.admission.k8s.io~1bypass"
+    for ops in ([{"op": "add", "path": key, "value": "true"}, {"op": "remove", "path": key}],
+                [{"op": "add", "path": key, "value": "false"}],
+                [{"op": "test", "path": key, "value": "true"}]):
+        assert types(run(detector, _json_patch(*ops))[0]) == ["config-drift"], ops
+
+
 def test_bypass_annotation_with_other_value_does_not_fire(detector: Detector) -> None:
     event = bypass_patch()
     event["responseObject"]["metadata"]["annotations"]["policy.admission.k8s.io/bypass"] = "no"
@@ -152,7 +178,8 @@ def test_kubectl_scale_is_drift(detector: Detector) -> None:
                                          subresource="scale"))
     assert types(found) == ["config-drift"]
     assert found[0].event["description"] == (
-        "Direct patch on deployments/checkout (ns:shop) by oidc:jane@example.com")
+        "Direct patch on deployments/checkout (ns:shop, manager:kubectl) by "
+        "oidc:jane@example.com")
 
 
 def test_labels_win_over_names(detector: Detector) -> None:
@@ -314,8 +341,10 @@ def test_index_leaves_only_candidate_rules(shipped_rules: RuleSet) -> None:
     assert leaf("pods", "exec", "get") == (["kubectl-exec"], True)
     # config-drift ignores the exec subresource; pipeline-skip still needs its annotation.
     assert leaf("pods", "exec", "create") == (["kubectl-exec", "pipeline-skip"], True)
-    assert leaf("deployments", "scale", "patch") == (["pipeline-skip", "config-drift"], True)
-    assert leaf("leases", None, "update") == (["pipeline-skip"], True)
+    # gitops-suspend names no resource: Flux's annotation can be on any object.
+    assert leaf("deployments", "scale", "patch") == (
+        ["pipeline-skip", "config-drift", "gitops-suspend"], True)
+    assert leaf("leases", None, "update") == (["pipeline-skip", "gitops-suspend"], True)
     assert leaf("leases", None, "watch") is None
     assert leaf("pods", None, "list") is None
 
@@ -344,7 +373,9 @@ def _quadratic_index(rules: Any) -> Any:
     """The index as it was first built (each key filters every rule): the reference the
     grouped build must equal."""
     def leaf(chosen: list[Any]) -> Any:
-        return (tuple(chosen), all(r.ignore_system for r in chosen)) if chosen else None
+        # (no namespace of config.ignore_namespaces here: an empty map where one opts out)
+        opted = {} if any(not r.config_namespaces for r in chosen) else None
+        return (tuple(chosen), all(r.ignore_system for r in chosen), opted) if chosen else None
 
     def verb_map(chosen: list[Any]) -> Any:
         verbs = {v for r in chosen for v in (r.verbs or ())}
@@ -380,8 +411,9 @@ def test_grouped_index_equals_the_filtering_one(seed: int) -> None:
     lines = ["rules:"]
     for n in range(rng.randint(1, 40)):
         lines += [f"  - name: rule-{n}", "    severity: low",
-                  f"    ignore_system: {rng.choice(['true', 'false'])}", "    match:",
-                  "      namespace_contains: a"]
+                  f"    ignore_system: {rng.choice(['true', 'false'])}",
+                  f"    config_ignore_namespaces: {rng.choice(['true', 'false'])}",
+                  "    match:", "      namespace_contains: a"]
         if rng.random() < 0.7:
             lines.append(f"      resources: {rng.sample(pick['resources'], rng.randint(1, 3))}")
         if rng.random() < 0.4:
@@ -405,8 +437,8 @@ def test_exec_through_an_access_proxy_is_the_persons(detector: Detector, proxy: 
     event = found[0].event
     assert event["actor"] == person["username"]
     assert event["description"] == (
-        f"kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments) by "
-        f"{person['username']} (via {account['username']})")
+        f"kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments, container:-, "
+        f"command:-) by {person['username']} (via {account['username']})")
     assert validate(event) == []
 
 
@@ -455,6 +487,45 @@ def test_proxied_request_keeps_one_key_across_stages_and_resends(detector: Detec
     assert second[0].key != first[0].key
 
 
+CERT_PROXY = {"username": "kube-oidc-proxy", "groups": ["access-proxies",
+                                                      "system:authenticated"]}
+JANE = {"username": "oidc:jane@example.com", "groups": ["oidc:platform"]}
+
+
+@pytest.mark.parametrize("proxies", [("kube-oidc-proxy",), ("user:kube-oidc-proxy",),
+                                     ("group:access-proxies",), ("other", "group:access-proxies")])
+def test_a_configured_proxy_that_is_no_service_account_hands_the_actor_over(
+        shipped_rules: RuleSet, proxies: tuple[str, ...]) -> None:
+    """kube-oidc-proxy authenticating with a client certificate: not `system:`, so only the
+    setting says it is a proxy."""
+    event = {**exec_ws(), "user": CERT_PROXY, "impersonatedUser": JANE}
+    plain, _ = run(Detector(shipped_rules), event)
+    assert plain[0].event["actor"] == "kube-oidc-proxy"
+    assert plain[0].event["description"].endswith(" (as oidc:jane@example.com)")
+    found, _ = run(Detector(shipped_rules, proxies=proxies), event)
+    assert found[0].event["actor"] == "oidc:jane@example.com"
+    assert found[0].event["description"].endswith(
+        "by oidc:jane@example.com (via kube-oidc-proxy)")
+    assert found[0].key == plain[0].key  # the key names both, whoever is the actor
+    groups = audit.actor_groups(event, audit.resolve_actor(event,
+                                                           audit.Proxies.from_names(proxies)))
+    assert groups == ("oidc:platform",)
+
+
+def test_a_configured_proxy_is_judged_by_whom_it_impersonates(shipped_rules: RuleSet) -> None:
+    detector = Detector(shipped_rules, proxies=("kube-oidc-proxy",))
+    as_controller = {**exec_ws(), "user": CERT_PROXY,
+                     "impersonatedUser": service_account("payments", "deployer")}
+    found, stats = run(detector, as_controller)
+    assert found == [] and stats.skipped == {"system_actor": 1}
+    alone = {**exec_ws(), "user": CERT_PROXY}  # its own request: it is the actor
+    assert run(detector, alone)[0][0].event["actor"] == "kube-oidc-proxy"
+    # A person not named in the setting who impersonates stays the actor.
+    person = {**exec_ws(), "user": {"username": "alice", "groups": ["access-proxy-users"]},
+              "impersonatedUser": JANE}
+    assert run(detector, person)[0][0].event["actor"] == "alice"
+
+
 # --- an entity never depends on the audit level ------------------------------------------
 
 @pytest.mark.parametrize("name,workload", [
@@ -497,7 +568,8 @@ def test_generate_name_at_request_level_and_no_name_at_metadata_level(
     request, _ = run(detector, pod_create(obj, level="Request"))
     assert request[0].event["entity_ref"] == "component:shop/checkout"
     assert request[0].event["description"] == (
-        "Direct create on pods/checkout-7d9f8b6c4- (ns:shop) by oidc:jane@example.com")
+        "Direct create on pods/checkout-7d9f8b6c4- (ns:shop, manager:kubectl) by "
+        "oidc:jane@example.com")
     response, _ = run(detector, pod_create(obj, level="RequestResponse",
                                            generated="checkout-7d9f8b6c4-q2w4z"))
     assert response[0].event["entity_ref"] == "component:shop/checkout"
@@ -558,7 +630,8 @@ def test_a_person_patching_a_gitops_deployment_is_gitops_drift(gitops_detector: 
     event = found[1].event
     assert event["entity_ref"] == "component:shop/checkout"
     assert event["description"] == ("Hand patch on GitOps-managed deployments/checkout "
-                                     "(ns:shop) by oidc:jane@example.com")
+                                     "(ns:shop, manager:kubectl-patch) by "
+                                     "oidc:jane@example.com")
 
 
 @pytest.mark.parametrize("tool", ["argocd", "kustomize", "helm"])
@@ -727,7 +800,11 @@ rules:
     (audit_event("watch", "leases", "", "kube-node-lease"), "no_rule"),
     (exec_ws(ns="kube-system"), "namespace"),
     (exec_ws(user="system:node:worker-1"), "system_actor"),
-    (audit_event("update", "configmaps", "flags", "shop"), "annotation"),
+    # gitops-suspend cannot see Flux's annotation without the request's body
+    (audit_event("update", "configmaps", "flags", "shop"), "object_missing"),
+    (audit_event("update", "configmaps", "flags", "shop", level="Request",
+                 requestObject={"kind": "ConfigMap", "apiVersion": "v1",
+                                "metadata": {"name": "flags"}}), "object"),
     (dict(exec_ws(), stage="RequestReceived"), "stage"),
     (pod_create(pod_object("", "shop", generate_name="web-"), level="Metadata"), "no_name"),
 ])
@@ -756,10 +833,11 @@ def test_an_event_that_raises_is_counted_and_sampled(detector: Detector,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     real = audit.resolve_actor
 
-    def explode(event: dict[str, Any]) -> audit.Actor:
+    def explode(event: dict[str, Any],
+                proxies: audit.Proxies = audit.NO_PROXIES) -> audit.Actor:
         if str(event.get("auditID", "")).startswith("boom"):
             raise ValueError("cannot evaluate\nthis one")
-        return real(event)
+        return real(event, proxies)
 
     monkeypatch.setattr(audit, "resolve_actor", explode)
     bad = [exec_ws(audit_id=f"boom-{i}\x1b[2J" + "z" * 100) for i in range(30)]

@@ -62,11 +62,12 @@ def test_labels_then_controlling_owner_then_only_owner() -> None:
         "app.kubernetes.io/name": "checkout", "backstage.io/kubernetes-id": "shop-checkout"},
         "ownerReferences": [owner("ReplicaSet", "x-7d9f8b6c4")]}
     assert resolve_workload("pods", meta["name"], meta).how == \
-        "label backstage.io/kubernetes-id"
+        "label backstage.io/kubernetes-id of the object the event carries"
     del meta["labels"]["backstage.io/kubernetes-id"]
     assert workload_name("pods", meta["name"], meta) == "checkout"
     meta["labels"] = {"app.kubernetes.io/name": "  "}  # blank labels do not count
-    assert resolve_workload("pods", meta["name"], meta) == ("x", "owner ReplicaSet x-7d9f8b6c4")
+    assert resolve_workload("pods", meta["name"], meta) == (
+        "x", "owner ReplicaSet x-7d9f8b6c4 of the object the event carries")
 
 
 def test_owner_selection() -> None:

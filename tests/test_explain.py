@@ -70,7 +70,8 @@ def test_a_proxied_exec_names_the_person_the_proxy_and_the_entity(detector: Dete
     assert decision.actor == ("u-7gkmh (person, via system:serviceaccount:"
                               "cattle-impersonation-system:cattle-impersonation-u-7gkmh)")
     assert decision.entity == ("component:payments/payments-api (workload payments-api, "
-                               "from the name, as a Deployment's pod)")
+                               "found by name rules (no cluster view): name, as a "
+                               "Deployment's pod)")
     assert rules_of(decision)["kubectl-exec"] == (True, "fired", "every condition holds")
     assert rules_of(decision)["secret-read"] == (
         False, "resource", "resource pods is not secrets")
@@ -107,7 +108,7 @@ def test_gitops_decisions_say_what_was_seen(detector: Detector) -> None:
     blind = explain_event(detector, workload_patch(managed, level="Metadata"))
     assert rules_of(blind)["gitops-drift"][1:] == (
         "gitops", "the event carries no object, so GitOps ownership cannot be seen (log this "
-        "request at RequestResponse)")
+        "request at RequestResponse, or run the agent with its view of the cluster)")
 
 
 def test_event_level_decisions(detector: Detector) -> None:
@@ -155,7 +156,7 @@ def test_render_is_readable(detector: Detector) -> None:
         "payments-api-7d9f8b6c4-xkj2p by alice@example.com (person, via "
         "system:serviceaccount:teleport-agent:teleport-kube-agent)",
         "  => 1 friction event(s), charged to component:payments/payments-api (workload "
-        "payments-api, from the name, as a Deployment's pod)",
+        "payments-api, found by name rules (no cluster view): name, as a Deployment's pod)",
         "     kubectl-exec (high): get on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments) by "
         "alice@example.com (via system:serviceaccount:teleport-agent:teleport-kube-agent)",
         "  rule kubectl-exec: fired",
@@ -238,7 +239,53 @@ def test_explain_with_the_shipped_rules_over_the_real_fixtures(fixtures_dir: Pat
     out = io.StringIO()
     assert run_explain(settings, paths, audit_id=None, user="minikube-user", out=out) == 0
     text = out.getvalue()
-    assert "charged to component:foo/test-pod (workload test-pod, from the name, as a " \
-           "StatefulSet's pod)" in text
+    assert "charged to component:foo/test-pod (workload test-pod, found by name rules (no " \
+           "cluster view): name, as a StatefulSet's pod)" in text
     assert "kubectl exec on pods/nginx-deployment-7998647bdf-phvq7" in text
-    assert text.splitlines()[-1].endswith(", 4 friction events (before removing repeats)")
+    assert text.splitlines()[-1].endswith(", 5 friction events (before removing repeats)")
+
+
+# --- issue 26: the object condition and the opt-out, explained -----------------------
+
+def test_object_decisions_say_what_the_request_did_to_the_field() -> None:
+    text = (ROOT / "rules.yaml").read_text()
+    detector = Detector(parse_rules(text), own_namespace="healert-system")
+
+    def app_patch(level: str, body: Any) -> dict[str, Any]:
+        event = audit_event("patch", "applications", "orders", "argocd", user="bob",
+                            level=level)
+        if body is not None:
+            event["requestObject"] = body
+        return event
+
+    retarget = explain_event(detector, app_patch("Request", {"spec": {"source": {
+        "targetRevision": "v2"}}}))
+    assert (retarget.outcome, retarget.reason) == ("skipped", "object")
+    said = rules_of(retarget)["gitops-suspend"][2]
+    assert "spec.syncPolicy.automated absent on applications: the patch leaves " \
+           "spec.syncPolicy.automated as it was" in said
+    assert "spec.suspend=true on buckets|" in said and ": kustomizations is not" not in said
+    assert "applications is not one of those" in said  # Flux's kinds
+    blind = explain_event(detector, app_patch("Metadata", None))
+    assert rules_of(blind)["gitops-suspend"][1:] == (
+        "object_missing", "the event carries no object (logged at Metadata level): the audit "
+        "policy must log patch, update of applications, buckets, gitrepositories, helmcharts, "
+        "helmreleases, helmrepositories, imagerepositories, imageupdateautomations, "
+        "kustomizations, ocirepositories and any resource (for metadata.annotations."
+        "\"kustomize.toolkit.fluxcd.io/reconcile\") at Request or higher (the request states "
+        "what it sets; RequestResponse adds the resulting object)")
+    removed = explain_event(detector, app_patch("Request", {"spec": {"syncPolicy": {
+        "automated": None}}}))
+    assert removed.outcome == "friction"
+    assert removed.entity.startswith("component:argocd/orders ")
+    assert rules_of(removed)["gitops-suspend"] == (True, "fired", "every condition holds")
+    assert rules_of(removed)["pipeline-skip"][1:] == (
+        "namespace", "namespace argocd is in config.ignore_namespaces")
+
+
+def test_a_not_found_answer_is_explained() -> None:
+    detector = Detector(parse_rules(RULES))
+    decision = explain_event(detector, secret_get(ns="shop-prod", code=404, user="oidc:kate"))
+    assert rules_of(decision)["prod-secrets"][1:] == (
+        "response", "the response 404 Not Found concerns no object: nothing was read, "
+        "changed or entered (a rule whose response names error counts these)")

@@ -43,10 +43,13 @@ def test_shipped_rules_load_and_package_copy_is_identical() -> None:
     assert default_rules_text() == shipped
     ruleset = parse_rules(shipped)
     assert [r.name for r in ruleset.enabled] == [
-        "kubectl-exec", "pipeline-skip", "config-drift", "port-forward", "emergency-access"]
+        "kubectl-exec", "pipeline-skip", "config-drift", "port-forward", "emergency-access",
+        "kubelet-proxy", "pod-proxy", "gitops-suspend", "policy-exception",
+        "pod-security-relabel", "token-mint", "secret-write"]
     optional = {r.name for r in ruleset.rules if not r.enabled}
     assert {"kubectl-attach", "ephemeral-debug", "pod-log-access", "rbac-change",
-            "pv-deletion"} <= optional
+            "pv-deletion", "manual-pod-delete", "eviction-by-hand", "csr-approval",
+            "service-exposure", "namespace-deletion"} <= optional
     assert ruleset.warnings == ()
 
 
@@ -82,7 +85,7 @@ def test_typo_in_a_match_key_is_caught_with_line_and_hint() -> None:
                      "ignore_subresources, verb, verbs, ignore_namespaces, "
                      "namespace_contains, users, ignore_users, groups, ignore_groups, "
                      "user_agent_contains, ignore_user_agent_contains, response, "
-                     "annotation, gitops_managed"]
+                     "annotation, gitops_managed, object"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -294,8 +297,10 @@ def test_the_new_match_fields_compile() -> None:
     assert [c.reasons[0] for c in rule.checks] == [
         "user", "group", "user_agent", "response", "gitops_controller"]
     assert "user=kate|oidc:*" in rule.summary()
-    assert not parse_rules("rules:\n  - {name: rule-two, severity: low, match: {verb: get}}\n"
-                           ).rules[0].checks
+    # Without `response` the one check is the default: every answer but 404 Not Found.
+    plain = parse_rules("rules:\n  - {name: rule-two, severity: low, match: {verb: get}}\n"
+                        ).rules[0]
+    assert [(type(c), c.summary()) for c in plain.checks] == [(Response, "")]
 
 
 def test_mistakes_in_the_new_fields_are_errors() -> None:
@@ -414,3 +419,166 @@ def test_a_superseded_load_stops_inside_the_yaml_and_inside_the_rules() -> None:
     with pytest.raises(Superseded):  # while validating the rules (few nodes: asked there)
         parse_rules(text, "r.yaml", after(3))
     assert parse_rules(text, "r.yaml", lambda: False).rules[-1].name == "rule-0999"
+
+
+# --- the object condition and the opt-out of config.ignore_namespaces (issue 26) -----
+
+def test_the_object_condition_compiles_its_tests_and_their_audit_level() -> None:
+    from healert_webhook.rules.conditions import ObjectFields
+
+    ruleset = parse_rules("""rules:
+  - name: exposed
+    severity: low
+    match:
+      resource: services
+      verbs: [create, patch]
+      object: {path: spec.type, in: [NodePort, LoadBalancer]}
+  - name: restarted
+    severity: low
+    match:
+      resource: pods
+      verb: delete
+      object:
+        - path: metadata.ownerReferences[].controller
+          equals: true
+  - name: exceptions
+    severity: low
+    match:
+      resources: [policyexceptions, namespaces]
+      object:
+        - resources: [policyexceptions]
+        - path: 'metadata.labels."admission.gatekeeper.sh/ignore"'
+          present: true
+          resources: namespaces
+""")
+    exposed, restarted, exceptions = (r.check("object") for r in ruleset.rules)
+    assert isinstance(exposed, ObjectFields) and exposed.level == "Request"
+    assert exposed.tests[0].path is not None
+    assert exposed.tests[0].path.tokens == ("spec", "type")
+    assert exposed.tests[0].values == ("NodePort", "LoadBalancer")
+    assert "object=spec.type in [NodePort, LoadBalancer]" in ruleset.rules[0].summary()
+    assert isinstance(restarted, ObjectFields) and restarted.level == "RequestResponse"
+    assert restarted.tests[0].path is not None
+    assert restarted.tests[0].path.tokens == ("metadata", "ownerReferences", None,
+                                              "controller")
+    assert restarted.need() == ("the audit policy must log delete of pods at RequestResponse "
+                                "(the object of a read or a delete is only in the answer)")
+    assert isinstance(exceptions, ObjectFields) and exceptions.level == "RequestResponse"
+    assert exceptions.tests[1].path is not None
+    assert exceptions.tests[1].path.tokens == (
+        "metadata", "labels", "admission.gatekeeper.sh/ignore")
+    assert "object=any policyexceptions or metadata.labels." in ruleset.rules[2].summary()
+
+
+def test_mistakes_in_the_object_condition_are_errors_with_their_line() -> None:
+    found = problems("""rules:
+  - name: rule-one
+    severity: low
+    match:
+      object:
+        - {path: spec.type}
+        - {path: spec.type, equals: a, in: [b]}
+        - {equals: a}
+        - {path: 'metadata.labels."open', present: true}
+        - {path: spec..type, present: true}
+        - {path: spec.type, equals: null}
+        - {path: spec.type, in: []}
+        - {path: spec.type, in: NodePort}
+        - {path: spec.type, equal: NodePort}
+        - {resources: []}
+        - "spec.type"
+  - name: rule-two
+    severity: low
+    config_ignore_namespaces: "no"
+    match: {object: spec.type}
+""")
+    text = "\n".join(found)
+    for item in [
+        "r.yaml:6: rules[0] (rule-one).match.object[0]: needs exactly one of present, "
+        "equals, in",
+        "r.yaml:7: rules[0] (rule-one).match.object[1]: needs exactly one of present, "
+        "equals, in (got equals, in)",
+        "r.yaml:8: rules[0] (rule-one).match.object[2]: missing 'path'",
+        "r.yaml:9: rules[0] (rule-one).match.object[3].path: 'metadata.labels.\"open': a "
+        "quoted key is not closed",
+        "r.yaml:10: rules[0] (rule-one).match.object[4].path: 'spec..type': a key is missing "
+        "at character 6",
+        "r.yaml:11: rules[0] (rule-one).match.object[5].equals: null is no value to compare "
+        "with; to test that the field is absent write present: false",
+        "r.yaml:12: rules[0] (rule-one).match.object[6].in: an empty list matches no value",
+        "r.yaml:13: rules[0] (rule-one).match.object[7].in: expected a list of values, got a "
+        "string (for one value write equals)",
+        "r.yaml:14: rules[0] (rule-one).match.object[8].equal: unknown key (did you mean "
+        "'equals'?)",
+        "r.yaml:14: rules[0] (rule-one).match.object[8]: needs exactly one of present, "
+        "equals, in",
+        "r.yaml:15: rules[0] (rule-one).match.object[9].resources: an empty list matches no "
+        "object",
+        "r.yaml:16: rules[0] (rule-one).match.object[10]: expected a test (a mapping with "
+        "path and one of present, equals, in), got a string",
+        "r.yaml:19: rules[1] (rule-two).config_ignore_namespaces: expected true or false, got "
+        "a string",
+        "r.yaml:20: rules[1] (rule-two).match.object: expected a test (a mapping with path "
+        "and one of present, equals, in) or a list of them, got a string",
+    ]:
+        assert item in text, f"missing {item!r} in:\n{text}"
+    assert len(found) == 14, text
+
+
+def test_object_values_of_the_wrong_type_and_unaudited_resources_are_warnings() -> None:
+    ruleset = parse_rules("""rules:
+  - name: rule-one
+    severity: low
+    match:
+      object:
+        - {path: 'metadata.annotations."argocd.argoproj.io/skip-reconcile"', equals: true}
+        - {path: spec.suspend, equals: true, resources: [Kustomization]}
+""", "r.yaml")
+    assert ruleset.warnings == (
+        "r.yaml:6: rules[0] (rule-one).match.object[0]: annotations hold strings, so true "
+        "never matches: quote it ('\"true\"')",
+        "r.yaml:7: rules[0] (rule-one).match.object[1].resources: resource 'Kustomization' is "
+        "never audited: the apiserver writes the plural, lower-case name (did you mean "
+        "'kustomizations'?)")
+
+
+def test_validate_says_what_each_rule_needs_of_the_audit_policy(tmp_path: Path) -> None:
+    import io
+
+    from healert_webhook.commands.validate import run_validate
+
+    out = io.StringIO()
+    assert run_validate(ROOT / "rules.yaml", out=out, err=io.StringIO()) == 0
+    needs = [line for line in out.getvalue().splitlines() if line.startswith("audit level")]
+    assert [line.split(":")[1].strip() for line in needs] == [
+        "gitops-suspend", "policy-exception", "pod-security-relabel"]
+    assert "log patch, update of applications, buckets," in needs[0]
+    assert "and any resource (for metadata.annotations.\"kustomize.toolkit.fluxcd.io/" \
+           "reconcile\") at Request or higher" in needs[0]
+    everything = tmp_path / "rules.yaml"
+    everything.write_text((ROOT / "rules.yaml").read_text().replace("enabled: false",
+                                                                  "enabled: true"))
+    out = io.StringIO()
+    assert run_validate(everything, out=out, err=io.StringIO()) == 0
+    assert "audit level: manual-pod-delete: the audit policy must log delete of pods at " \
+           "RequestResponse" in out.getvalue()
+    assert "audit level: gitops-drift: log updates and patches of these objects at " \
+           "RequestResponse" in out.getvalue()
+
+
+def test_absent_on_a_create_is_a_warning() -> None:
+    text = """rules:
+  - name: relabel
+    severity: low
+    match:
+      resource: namespaces
+      {verbs}
+      object: {{path: 'metadata.labels."pod-security.kubernetes.io/enforce"', present: false}}
+"""
+    warned = parse_rules(text.format(verbs="verbs: [create, patch]"), "r.yaml").warnings
+    assert warned == ("r.yaml:5: rules[0] (relabel).match.object: present: false "
+                      "(metadata.labels.\"pod-security.kubernetes.io/enforce\") matches every "
+                      "object created without the field, not only its removal: give the rule "
+                      "verbs without create (verbs: [update, patch])",)
+    assert parse_rules(text.format(verbs="verb: delete"), "r.yaml").warnings == ()
+    assert len(parse_rules(text.format(verbs=""), "r.yaml").warnings) == 1

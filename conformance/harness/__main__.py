@@ -2,7 +2,8 @@
 measured, or one rolling restart of the webhook agent measured.
 
 `up` starts etcd, kube-apiserver, kube-controller-manager and both agents and runs until
-Ctrl-C. `load --policy FILE` starts a fresh environment auditing with FILE, runs the load of
+Ctrl-C. `load [--policy FILE]` starts a fresh environment auditing with FILE (default: the
+policy the agent generates for its rules), runs the load of
 `noise.py` with every scenario's bypass, and prints one Markdown table row (`--header`
 prints the header first); `--json FILE` keeps every figure and friction event. `rolling
 --strategy replace --gap 60` replaces the webhook agent with the port closed for 60 s
@@ -36,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dir", type=Path, default=None,
                     help="working folder (default: a new folder under conformance/.run)")
     load = sub.add_parser("load", help="measure one load under an audit policy")
-    load.add_argument("--policy", type=Path, required=True, help="the audit policy file")
+    load.add_argument("--policy", type=Path, default=None,
+                      help="the audit policy file (default: the one `healert-webhook policy` "
+                           "generates for the agent's rules)")
     load.add_argument("--label", default=None, help="the table row's name (default: file name)")
     load.add_argument("--ticks", type=int, default=LoadPlan.ticks,
                       help=f"length of the load in ticks (default {LoadPlan.ticks})")
@@ -103,13 +106,14 @@ def _up(folder: Path | None) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    policy: Path = args.policy.resolve()
-    if not policy.is_file():
+    policy: Path | None = args.policy.resolve() if args.policy else None
+    if policy is not None and not policy.is_file():
         print(f"load: no policy file {policy}", file=sys.stderr)
         return 2
     root = args.dir or Path(tempfile.mkdtemp(prefix="load-", dir=_run_root()))
     plan = LoadPlan(ticks=args.ticks, tick_seconds=args.tick_seconds, nodes=args.nodes)
-    print(f"load: {plan} under {policy}, files in {root}", file=sys.stderr, flush=True)
+    print(f"load: {plan} under {policy or 'the generated policy'}, files in {root}",
+          file=sys.stderr, flush=True)
     result = measure(policy, plan, root, args.label, args.cluster_view)
     if args.json:
         args.json.write_text(json.dumps(result.as_dict(), indent=1) + "\n")

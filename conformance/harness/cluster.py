@@ -1,8 +1,9 @@
 """etcd, kube-apiserver and kube-controller-manager on loopback, with generated
 certificates, RBAC and identities.
 
-The apiserver audits with the project's own `manifests/apiserver/audit-policy.yaml` (or
-another policy file) to both backends at once: the log file (`--audit-log-path`, small files
+The apiserver audits with a given policy file (`Environment` gives it the one the agent
+generates for its rules; on its own, the shipped `manifests/apiserver/audit-policy.yaml`)
+to both backends at once: the log file (`--audit-log-path`, small files
 so that it rotates) and the webhook (`--audit-webhook-config-file`, a kubeconfig pointing at
 `healert-webhook serve` with a client certificate and a token, batch mode, one second batch
 wait). The controller-manager runs its controllers with their own service accounts

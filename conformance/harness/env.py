@@ -9,8 +9,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from conformance.harness import policy
 from conformance.harness.agents import CLUSTER_VIEW_VIA, AgentSet, ClusterView, all_rules_enabled
-from conformance.harness.cluster import AUDIT_POLICY, REPO, Binaries, ControlPlane
+from conformance.harness.cluster import REPO, Binaries, ControlPlane
 
 BUILD = REPO / "conformance" / "build.sh"
 
@@ -27,18 +28,24 @@ def binaries() -> Binaries:
 class Environment:
     """Agents first (so the webhook is there), then the control plane; stop in reverse.
 
-    `audit_policy` is the apiserver's policy file; `audit_log=False` leaves out the log
-    backend and the tail agent (webhook only); `cluster_view` ("flag" or "env", default
+    `audit_policy` is the apiserver's policy file, by default the one the agent under test
+    generates for the rules the agents run (`healert-webhook policy`, with the cluster view
+    as the agents have it); `audit_log=False` leaves out the log backend and the tail agent
+    (webhook only); `cluster_view` ("flag" or "env", default
     `$HEALERT_CONFORMANCE_CLUSTER_VIEW`, else none) gives both agents the kubeconfig of
     their read-only cluster identity as `--kubeconfig` or `KUBECONFIG`.
     """
 
     def __init__(self, root: Path, bins: Binaries | None = None, *,
-                 audit_policy: Path = AUDIT_POLICY, audit_log: bool = True,
+                 audit_policy: Path | None = None, audit_log: bool = True,
                  cluster_view: str | None = CLUSTER_VIEW_VIA) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.rules = all_rules_enabled(root / "rules.yaml")
+        if audit_policy is None:
+            audit_policy = policy.generate(self.rules, root / "audit-policy.yaml",
+                                           cluster_view=bool(cluster_view))
+        self.audit_policy = audit_policy
         self.audit_log = audit_log
         self.agents = AgentSet(root / "agents", root / "cluster" / "audit" / "audit.log",
                                self.rules)

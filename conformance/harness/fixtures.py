@@ -20,8 +20,8 @@ _HEADER = """\
 
 Each `*.jsonl` file holds the audit events (JSON lines, exactly as the apiserver wrote them
 to `--audit-log-path`) of one scenario of the conformance suite: the real `kubectl`
-{version} run against a real `kube-apiserver` {version} with the project's own
-`manifests/apiserver/audit-policy.yaml` as it was then (its comments say which requests it
+{version} run against a real `kube-apiserver` {version} with the audit policy the agent
+generated for the rules it ran (`healert-webhook policy`; its comments say which requests it
 records at which level, and where it keeps managedFields).
 The same events reached the agent's webhook in EventList batches, where items carry no
 `kind`/`apiVersion`.
@@ -46,8 +46,10 @@ in `conformance/harness/scenarios.py`.
 """
 
 
-def write(outcomes: Iterable[Outcome], folder: Path, version: str) -> list[Path]:
-    """One `<scenario>.jsonl` per scenario kept as a fixture, and README.md; returns files."""
+def write(outcomes: Iterable[Outcome], folder: Path, version: str,
+          header: str = _HEADER) -> list[Path]:
+    """One `<scenario>.jsonl` per scenario kept as a fixture, and README.md (`header`, with
+    `{version}` filled in, then one table row per file); returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows: list[str] = []
@@ -61,7 +63,7 @@ def write(outcomes: Iterable[Outcome], folder: Path, version: str) -> list[Path]
         rows.append(f"| `{path.name}` | {outcome.scenario.what} | "
                     f"{len(outcome.audit_events)} |")
     readme = folder / "README.md"
-    readme.write_text(_HEADER.format(version=version) + "\n".join(rows) + "\n")
+    readme.write_text(header.format(version=version) + "\n".join(rows) + "\n")
     written.append(readme)
     return written
 
@@ -96,14 +98,17 @@ No scheduler or kubelet runs: pods stay Pending, except one pod of each workload
 """
 
 
-def write_objects(cp: ControlPlane, folders: Iterable[Path]) -> list[Path]:
-    """One `kubectl get -o json --show-managed-fields` List per namespace of
-    OBJECT_NAMESPACES, one of every Namespace, and a README, in each of `folders`."""
+def write_objects(cp: ControlPlane, folders: Iterable[Path], *,
+                  namespaces: Iterable[str] = OBJECT_NAMESPACES, kinds: str = OBJECT_KINDS,
+                  readme_text: str = _OBJECTS_README) -> list[Path]:
+    """One `kubectl get -o json --show-managed-fields` List of `kinds` per namespace of
+    `namespaces`, one of every Namespace, and a README (`readme_text` with `{version}`
+    filled in), in each of `folders`."""
     who = cp.BOOTSTRAP
-    lists = {f"{ns}.json": cp.get_json(who, "-n", ns, OBJECT_KINDS, "--show-managed-fields")
-             for ns in OBJECT_NAMESPACES}
+    lists = {f"{ns}.json": cp.get_json(who, "-n", ns, kinds, "--show-managed-fields")
+             for ns in namespaces}
     lists["namespaces.json"] = cp.get_json(who, "namespaces", "--show-managed-fields")
-    readme = _OBJECTS_README.format(version=cp.bin.version())
+    readme = readme_text.format(version=cp.bin.version())
     written = []
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ the traffic until the agent has received every event the apiserver audited:
   the policy, to show the load was;
 - the friction events the agent stored, by rule.
 
-`python -m conformance.harness load --policy FILE` prints one Markdown table row.
+`python -m conformance.harness load [--policy FILE]` prints one Markdown table row (without
+`--policy`, the policy `healert-webhook policy` generates for the agent's rules).
 """
 
 from __future__ import annotations
@@ -180,9 +181,10 @@ def _settle(env: Environment, before: Snapshot, timeout: float = 120) -> Snapsho
     return with_agent(env, api)
 
 
-def measure(policy: Path, plan: LoadPlan, root: Path | None = None,
+def measure(policy: Path | None, plan: LoadPlan, root: Path | None = None,
             label: str | None = None, cluster_view: str | None = None) -> Result:
-    """Start a fresh environment auditing with `policy`, run the load, stop; the result.
+    """Start a fresh environment auditing with `policy` (None: the one the agent generates
+    for its rules), run the load, stop; the result.
 
     `cluster_view` ("flag" or "env") gives the agent its cluster-view kubeconfig (off by
     default: today's agent does not read the cluster)."""
@@ -190,6 +192,6 @@ def measure(policy: Path, plan: LoadPlan, root: Path | None = None,
     env = Environment(folder, audit_policy=policy, audit_log=False, cluster_view=cluster_view)
     env.start()
     try:
-        return run_load(env, plan, label or policy.name)
+        return run_load(env, plan, label or (policy.name if policy else "generated"))
     finally:
         env.stop()

@@ -28,11 +28,15 @@ AGENT_NS, AGENT_SA = "healert-system", "healert-webhook"
 AGENT_USER = f"system:serviceaccount:{AGENT_NS}:{AGENT_SA}"
 AGENT_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{AGENT_NS}")
 CLUSTER_VIEW_ROLE = "healert-webhook-cluster-view"
-# What the cluster view caches: (API group, resources).
+# What the cluster view caches: (API group, resources), with get, list and watch.
 CLUSTER_VIEW_RESOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("", ("pods", "namespaces")),
     ("apps", ("replicasets", "deployments", "statefulsets", "daemonsets")),
     ("batch", ("jobs", "cronjobs")),
+)
+# What it caches but never reads by name (HPAs, for what each scales): list and watch.
+CLUSTER_VIEW_LISTED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("autoscaling", ("horizontalpodautoscalers",)),
 )
 
 
@@ -104,11 +108,14 @@ def identities_and_rbac() -> list[dict[str, Any]]:
 
 def cluster_view_rbac() -> list[dict[str, Any]]:
     """The agent's ClusterRole for its cluster view (get/list/watch on exactly what it
-    caches) and its binding to the agent's service account."""
+    caches, list/watch only on what it never reads by name) and its binding to the
+    agent's service account."""
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": _meta(CLUSTER_VIEW_ROLE),
             "rules": [_rule([group], list(resources), ["get", "list", "watch"])
-                      for group, resources in CLUSTER_VIEW_RESOURCES]}
+                      for group, resources in CLUSTER_VIEW_RESOURCES]
+            + [_rule([group], list(resources), ["list", "watch"])
+               for group, resources in CLUSTER_VIEW_LISTED]}
     binding = _cluster_binding(CLUSTER_VIEW_ROLE, CLUSTER_VIEW_ROLE,
                                {"kind": "ServiceAccount", "name": AGENT_SA,
                                 "namespace": AGENT_NS})

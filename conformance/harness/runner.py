@@ -1,10 +1,11 @@
 """Run scenarios against a started Environment and collect what each produced, both ways.
 
-After each scenario a *marker* request is made (the admin reads a Secret that does not
-exist, a friction event of its own with a unique name). When both agents hold the marker's
-friction event, everything audited before it has reached them: the tail agent reads the file
-in order, and the apiserver's webhook batches are cut at most one second apart. The new
-friction events of a scenario are the outbox's keys that appeared since the previous marker.
+After each scenario a *marker* request is made (eve, bound to no role, tries to read a
+Secret of a unique name: refused, a friction event of its own). When both agents hold the
+marker's friction event, everything audited before it has reached them: the tail agent reads
+the file in order, and the apiserver's webhook batches are cut at most one second apart. The
+new friction events of a scenario are the outbox's keys that appeared since the previous
+marker.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from conformance.harness.procs import wait_for
 from conformance.harness.scenarios import Scenario
 
 MARKER_PREFIX = "conformance-marker-"
+MARKER_IDENTITY = "eve"   # bound to no role: every read of hers is refused
 _counter = itertools.count(1)
 
 
@@ -88,11 +90,16 @@ class Runner:
         return agent
 
     def marker(self) -> str:
-        """Make a marker request; returns its Secret name."""
+        """Make a marker request; returns its Secret name.
+
+        A refused read is one whether the Secret exists or not, and refused reads of
+        Secrets count as friction. A read answered 404 would not do: it revealed nothing,
+        and detection must not count it as a read.
+        """
         name = f"{MARKER_PREFIX}{next(_counter):04d}-{int(time.time() * 1000)}"
-        answer = self.env.cluster.admin_client().get(
-            f"/api/v1/namespaces/default/secrets/{name}")
-        if answer.status_code != 404:
+        with self.env.cluster.client_for(MARKER_IDENTITY) as client:
+            answer = client.get(f"/api/v1/namespaces/default/secrets/{name}")
+        if answer.status_code != 403:
             raise RuntimeError(f"marker read answered {answer.status_code}")
         return name
 

@@ -53,6 +53,12 @@ def problems(scenario: Scenario, got_rows: dict[str, dict[str, Any]],
             missing = [m for m in item.mentions if m not in description]
             if missing:
                 found.append(f"description {description!r} does not name {missing}")
+            shown = [m for m in item.absent if m in description]
+            if shown:
+                found.append(f"description {description!r} shows {shown}")
+            severity = row["event"].get("severity")
+            if item.severity is not None and severity != item.severity:
+                found.append(f"{item.rule}: severity {severity!r}, not {item.severity!r}")
     return found
 
 

@@ -6,6 +6,11 @@ Environment variables:
   HEALERT_CONFORMANCE_RULES     the rules file to enable every rule of (default: rules.yaml)
   HEALERT_CONFORMANCE_WORK      working folder (default: pytest's tmp folder); kept afterwards
   HEALERT_CONFORMANCE_FIXTURES  also write each scenario's audit events there as fixtures
+  HEALERT_CONFORMANCE_BREADTH_POLICY    the audit policy of the entity and breadth cases
+                                        (default: the one the agent generates for its
+                                        rules, every one enabled, with the cluster view)
+  HEALERT_CONFORMANCE_BREADTH_FIXTURES  also write each breadth case's audit events there
+  HEALERT_CONFORMANCE_ENTITY_OBJECTS    also write the entity cases' objects there
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conformance.harness import fixtures
+from conformance.harness import breadth_env, fixtures
 from conformance.harness.env import Environment
 from conformance.harness.runner import Outcome, Runner
 from conformance.harness.scenarios import SCENARIOS
@@ -73,4 +78,28 @@ def outcomes(runner: Runner, env: Environment) -> dict[str, Outcome]:
 def rule_names(env: Environment) -> set[str]:
     """Names of the rules the agents run."""
     doc = yaml.safe_load(env.rules.read_text())
+    return {rule["name"] for rule in doc.get("rules", [])}
+
+
+@pytest.fixture(scope="session")
+def breadth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[breadth_env.BreadthEnvironment]:
+    """The entity and breadth cases' own control plane (see breadth_env), its agents
+    started before its cluster; stopped at the end of the session."""
+    chosen = os.environ.get("HEALERT_CONFORMANCE_WORK")
+    if chosen:
+        root = Path(chosen) / "breadth"
+        _fresh(root)
+    else:
+        root = tmp_path_factory.mktemp("breadth")
+    started = breadth_env.start(root)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def breadth_rule_names(breadth: breadth_env.BreadthEnvironment) -> set[str]:
+    """Names of the rules the breadth environment's agents run."""
+    doc = yaml.safe_load(breadth.env.rules.read_text())
     return {rule["name"] for rule in doc.get("rules", [])}

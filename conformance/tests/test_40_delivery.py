@@ -40,7 +40,11 @@ def backend(env: Environment) -> Iterator[str]:
             "--record", str(folder / "accepted.jsonl"), "--limit", "100000", "--window", "60"]
     proc = Proc("backend", argv, folder / "backend.log",
                 env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO).start()
-    wait_for(lambda: proc.check_alive() is None and port_file.exists(), 30, "the test backend")
+    def up() -> bool:
+        proc.check_alive()
+        return port_file.exists()
+
+    wait_for(up, 30, "the test backend")
     url = f"http://127.0.0.1:{port_file.read_text().strip()}"
     wait_for(lambda: httpx.get(url + "/health", timeout=2).status_code == 200, 30,
              "backend /health")

@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,14 @@ class Plane:
             raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
 
+    def found(self, *args: str) -> bool:
+        """Whether `kubectl get <args>` finds the object."""
+        try:
+            self.kubectl("get", *args)
+        except RuntimeError:
+            return False
+        return True
+
     def apply(self, *objects: dict[str, Any]) -> None:
         """`kubectl apply` of a List."""
         self.kubectl("apply", "-f", "-", stdin=json.dumps(
@@ -274,7 +283,7 @@ def test_real_owner_chains_resolve_to_the_entity(plane: Plane, view: ClusterView
                 if ns == "shop" for name in list(names) if name.startswith(prefix)]
 
     for prefix in ("orders-api-", "cart-", "db-migrate-", "nightly-manual-"):
-        until(lambda p=prefix: pods(p), f"a pod {prefix}* made by the controllers")
+        until(partial(pods, prefix), f"a pod {prefix}* made by the controllers")
     orders = pods("orders-api-")[0]
     exec_ = resolve(view.view, "pods", "shop", orders, subresource="exec")
     scale = resolve(view.view, "deployments", "shop", "orders-api", subresource="scale")
@@ -299,13 +308,14 @@ def test_real_owner_chains_resolve_to_the_entity(plane: Plane, view: ClusterView
 
 
 def test_create_update_delete_and_tombstones(plane: Plane, view: ClusterView) -> None:
-    plane.apply(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "scratch"}},
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": "default", "namespace": "scratch"}},
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug-shell",
-                                                         "namespace": "scratch"},
-         "spec": {"containers": [{"name": "sh", "image": "registry.example/sh:1"}]}})
+    plane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "scratch"}})
+    # The service account controller makes `default` (applying it as well races with it:
+    # whichever create comes second fails), and a pod is admitted only once it exists.
+    until(lambda: plane.found("-n", "scratch", "serviceaccount", "default"),
+          "the default service account of a new namespace")
+    plane.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug-shell",
+                                                                 "namespace": "scratch"},
+                 "spec": {"containers": [{"name": "sh", "image": "registry.example/sh:1"}]}})
     until(lambda: view.view.get("pods", "scratch", "debug-shell"), "the new pod")
     plane.kubectl("label", "namespace", "scratch", f"{BACKSTAGE}=sandbox")
     until(lambda: resolve(view.view, "pods", "scratch", "debug-shell").name == "sandbox",

@@ -1,8 +1,8 @@
 """The real apiserver runs with a generated audit policy and records what the evaluator says.
 
 A second control plane is started (its own etcd, apiserver and webhook agent) with the
-policy `healert_webhook.auditpolicy.generate` writes for every rule of rules.yaml, from
-the needs written by hand in tests/auditpolicy/policy_needs.py. Then:
+policy `healert-webhook policy --cluster-view off` writes for every rule of rules.yaml,
+each enabled. Then:
 
 - the apiserver starts with it (it refuses to start on an invalid policy);
 - every event it writes has the level `evaluate` gives that request, computed from the
@@ -17,41 +17,30 @@ the needs written by hand in tests/auditpolicy/policy_needs.py. Then:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import yaml
 
 from conformance.harness import objects
+from conformance.harness import policy as audit_policy
 from conformance.harness.agents import AgentSet, all_rules_enabled
-from conformance.harness.cluster import REPO, Binaries, ControlPlane, WebhookTarget
+from conformance.harness.cluster import Binaries, ControlPlane, WebhookTarget
 from conformance.harness.env import binaries
 from conformance.harness.procs import Proc, free_port, wait_for
 from conformance.harness.runner import read_audit_events
 from healert_webhook.auditpolicy.document import Level, Policy, parse_policy
-from healert_webhook.auditpolicy.evaluate import Identity, Request, evaluate
+from healert_webhook.auditpolicy.evaluate import evaluate
 from healert_webhook.auditpolicy.generate import generate
 from healert_webhook.auditpolicy.needs import Need, Needs, Target
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _policy_needs() -> Any:
-    """tests/auditpolicy/policy_needs.py (the unit tests' module, not on this path)."""
-    path = REPO / "tests" / "auditpolicy" / "policy_needs.py"
-    spec = importlib.util.spec_from_file_location("policy_needs", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class PolicyPlane(ControlPlane):
@@ -72,17 +61,11 @@ class Plane:
     """The started control plane, its policy and the webhook agent it sends to."""
 
     def __init__(self, root: Path) -> None:
-        module = _policy_needs()
-        self.needs = Needs((*module.enabled_needs(), *module.optional_needs()),
-                           automation=module.GITOPS_CONTROLLERS)
-        self.text = generate(self.needs)
-        doc = parse_policy(self.text)
-        assert doc.policy is not None and doc.problems == ()
-        self.policy: Policy = doc.policy
-        policy_file = root / "audit-policy.yaml"
-        policy_file.parent.mkdir(parents=True, exist_ok=True)
-        policy_file.write_text(self.text)
         rules = all_rules_enabled(root / "rules.yaml")
+        policy_file = audit_policy.generate(rules, root / "audit-policy.yaml",
+                                            cluster_view=False)
+        self.text = policy_file.read_text()
+        self.policy: Policy = audit_policy.load(policy_file)
         self.agents = AgentSet(root / "agents", root / "cluster" / "audit" / "audit.log", rules)
         target = self.agents.prepare()
         self.cluster = PolicyPlane(binaries(), root / "cluster", target, policy_file)
@@ -198,20 +181,6 @@ def test_the_apiserver_starts_with_the_generated_policy(plane: Plane) -> None:
     assert plane.cluster.procs[-1].alive()
 
 
-def _request_of(event: dict[str, Any]) -> Request:
-    """The attributes the policy was evaluated on, read back from the event."""
-    user = event.get("user") or {}
-    who = Identity(user["username"], tuple(user.get("groups") or ())) if user else None
-    ref = event.get("objectRef")
-    if ref is None:
-        return Request(event["verb"], who, path=urlsplit(event["requestURI"]).path)
-    name = ref.get("name", "")
-    if event["verb"] == "create" and not ref.get("subresource"):
-        name = ""  # the apiserver fills it in from the body after the policy decided
-    return Request(event["verb"], who, None, ref.get("apiGroup", ""), ref["resource"],
-                   ref.get("subresource", ""), ref.get("namespace", ""), name)
-
-
 def test_every_event_has_the_level_the_evaluator_gives(
         plane: Plane, recorded: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
     events = recorded[1]
@@ -219,7 +188,7 @@ def test_every_event_has_the_level_the_evaluator_gives(
     assert not [e for e in events if e["stage"] == "RequestReceived"]
     wrong = []
     for event in events:
-        decision = evaluate(plane.policy, _request_of(event))
+        decision = evaluate(plane.policy, audit_policy.request_of(event))
         if decision.level.text != event["level"]:
             wrong.append((event["level"], decision.level.text, decision.rule,
                           event["verb"], event["requestURI"], event["user"].get("username")))

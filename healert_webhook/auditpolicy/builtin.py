@@ -4,8 +4,9 @@ Detection rules name resources by their plural only (`deployments`), as the audi
 `objectRef.resource` does; an audit policy needs the API group as well. This table gives
 the group, the scope and the subresources of the built-in resources of Kubernetes 1.37
 (alpha-only APIs left out), with the aggregator's `apiservices` and the extension
-server's `customresourcedefinitions`. A resource it does not know is a
-custom resource whose group only its author knows.
+server's `customresourcedefinitions`; and the groups of a few custom resources of the
+tools detection is about (Argo CD, Flux, Kyverno, Gatekeeper). A resource it does not
+know is a custom resource whose group only its author knows.
 """
 
 from __future__ import annotations
@@ -104,6 +105,24 @@ def _table() -> tuple[Resource, ...]:
 
 
 BUILTIN: tuple[Resource, ...] = _table()
+
+# Custom resources of the tools detection rules are about (GitOps controllers, policy
+# engines), by plural: a rule naming one of these means that tool's, so the policy can
+# name its group and stay valid for apiservers that refuse `group: "*"`.
+KNOWN_CUSTOM: dict[str, tuple[str, ...]] = {
+    "applications": ("argoproj.io",),                     # Argo CD
+    "applicationsets": ("argoproj.io",),
+    "appprojects": ("argoproj.io",),
+    "kustomizations": ("kustomize.toolkit.fluxcd.io",),   # Flux
+    "helmreleases": ("helm.toolkit.fluxcd.io",),
+    "gitrepositories": ("source.toolkit.fluxcd.io",),
+    "ocirepositories": ("source.toolkit.fluxcd.io",),
+    "helmrepositories": ("source.toolkit.fluxcd.io",),
+    "policyexceptions": ("kyverno.io", "policies.kyverno.io"),  # Kyverno, both families
+    "clusterpolicies": ("kyverno.io",),
+    "configs": ("config.gatekeeper.sh",),                 # Gatekeeper
+    "constrainttemplates": ("templates.gatekeeper.sh",),
+}
 _BY_NAME: dict[str, tuple[Resource, ...]] = {}
 for _res in BUILTIN:
     _BY_NAME[_res.name] = (*_BY_NAME.get(_res.name, ()), _res)
@@ -147,6 +166,11 @@ NOISE: tuple[tuple[str, str], ...] = (
     ("coordination.k8s.io", "leases"),
     ("events.k8s.io", "events"),
 )
+
+
+def custom_groups(name: str) -> tuple[str, ...]:
+    """The groups of a custom resource this table knows (KNOWN_CUSTOM), or ()."""
+    return () if name in _BY_NAME else KNOWN_CUSTOM.get(name, ())
 
 
 def lookup(name: str) -> tuple[Resource, ...]:

@@ -416,8 +416,9 @@ def _starved_finding(group: _Group) -> Finding:
         "late": f"{rule} omits ResponseStarted, so a session is seen only when it ends",
         "fields": f"{rule} omits managedFields, which it reads",
     }[group.cause]
-    message = (f"{need.rule} needs {need.level.text} for {what} by {group.persona.label}; "
-               f"{why}")
+    reason = f" ({need.reason})" if need.reason else ""
+    message = (f"{need.rule} needs {need.level.text}{reason} for {what} by "
+               f"{group.persona.label}; {why}")
     return Finding(FindingKind.STARVED, message, decision.rule, need.rule)
 
 

@@ -427,7 +427,7 @@ def _read_resources(reader: _Reader, value: Any, path: str) -> tuple[GroupResour
         group = reader.string(fields.get("group"), f"{where}.group")
         names = reader.strings(fields.get("resources"), f"{where}.resources")
         resource_names = reader.strings(fields.get("resourceNames"), f"{where}.resourceNames")
-        if group and group != "*" and not _is_group_name(group):
+        if group and group != "*" and not is_group_name(group):
             # The apiserver names the list, not the item, in this one message.
             reader.refuse(f"{path}.group", f"{group!r} is not an API group name (a lower "
                           "case DNS subdomain, without a version: e.g. apps or "
@@ -439,7 +439,9 @@ def _read_resources(reader: _Reader, value: Any, path: str) -> tuple[GroupResour
     return tuple(out)
 
 
-def _is_group_name(group: str) -> bool:
+def is_group_name(group: str) -> bool:
+    """Whether the apiserver takes `group` as an API group name (a lower-case DNS
+    subdomain, without a version)."""
     return len(group) <= _DNS_SUBDOMAIN_MAX and _DNS_SUBDOMAIN.fullmatch(group) is not None
 
 

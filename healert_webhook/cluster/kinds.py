@@ -17,6 +17,9 @@ class Kind:
     # Pods and namespaces are watched as metadata only (pods are the bulk of a cluster);
     # controllers whole, for the labels of their pod template.
     metadata_only: bool = False
+    # Its objects are about what their `spec.scaleTargetRef` names (autoscalers): watched
+    # whole for that reference, which resolution follows instead of an owner.
+    scales: bool = False
 
     @property
     def api_version(self) -> str:
@@ -39,8 +42,9 @@ def split_api_version(api_version: str) -> tuple[str, str]:
     return group, version
 
 
-# What resolution and GitOps detection read: the workloads, their owners' kinds, and the
-# namespaces (a namespace may declare the entity of what is in it).
+# What resolution and GitOps detection read: the workloads, their owners' kinds, the
+# namespaces (a namespace may declare the entity of what is in it) and the autoscalers
+# (an HPA is charged to the workload it scales, which a Metadata-level event does not name).
 WATCHED: tuple[Kind, ...] = (
     Kind("pods", "Pod", "", "v1", True, metadata_only=True),
     Kind("replicasets", "ReplicaSet", "apps", "v1", True),
@@ -50,6 +54,8 @@ WATCHED: tuple[Kind, ...] = (
     Kind("jobs", "Job", "batch", "v1", True),
     Kind("cronjobs", "CronJob", "batch", "v1", True),
     Kind("namespaces", "Namespace", "", "v1", False, metadata_only=True),
+    Kind("horizontalpodautoscalers", "HorizontalPodAutoscaler", "autoscaling", "v2", True,
+         scales=True),
 )
 BY_RESOURCE: dict[str, Kind] = {k.resource: k for k in WATCHED}
 BY_GROUP_KIND: dict[tuple[str, str], Kind] = {(k.group, k.kind): k for k in WATCHED}

@@ -3,7 +3,8 @@
 A record keeps what entity resolution and GitOps detection read, and nothing else:
 namespace, name, uid, generateName, the labels and annotations whose keys were asked for
 (the entity label keys, the GitOps labels and annotations), the owner references, and
-the names of the field managers in `managedFields`. Strings that repeat across objects
+the names of the field managers in `managedFields`; an autoscaler's record (`Scaler`) also
+keeps what it scales. Strings that repeat across objects
 (namespaces, label values, generateName prefixes, owner references, manager names) are
 shared, so 100,000 pods of a few hundred workloads cost little more than their names and
 uids (see docs/internals.md for the measured figure).
@@ -88,11 +89,18 @@ class Meta:
 
     def controller(self) -> Owner | None:
         """The controlling owner, else the only owner (a Node, a static pod's, is none)."""
-        usable = [o for o in self.owners if o.kind != "Node"]
-        for owner in usable:
+        only, usable = None, 0
+        for owner in self.owners:  # no list built: this runs for every resolution
+            if owner.kind == "Node":
+                continue
             if owner.controller:
                 return owner
-        return usable[0] if len(usable) == 1 else None
+            only, usable = owner, usable + 1
+        return only if usable == 1 else None
+
+    def up(self) -> Owner | None:
+        """The reference resolution follows from this object: its controller."""
+        return self.controller()
 
     def tombstone(self, when: float) -> Meta:
         """A copy marked deleted at `when` (monotonic seconds)."""
@@ -100,6 +108,34 @@ class Meta:
                     labels=self.labels, annotations=self.annotations, owners=self.owners,
                     managers=self.managers, template_labels=self.template_labels,
                     deleted_at=when)
+
+
+class Scaler(Meta):
+    """The record of an autoscaler (an HPA): a Meta and the object it scales.
+
+    Resolution follows the scale target, not an owner reference. An HPA rarely has an
+    owner; when it does (KEDA's ScaledObject, an operator's resource, a chart's wrapper)
+    the owner says who manages the HPA, not which service it scales, and such an owner
+    usually names the same workload as its own target. The team's entity is written on
+    that workload, so the target wins; the owner is ignored for the entity.
+    """
+
+    __slots__ = ("target",)
+
+    def __init__(self, meta: Meta, target: Owner) -> None:
+        super().__init__(meta.kind, meta.namespace, meta.name, meta.uid, meta.generate_name,
+                         labels=meta.labels, annotations=meta.annotations, owners=meta.owners,
+                         managers=meta.managers, template_labels=meta.template_labels,
+                         deleted_at=meta.deleted_at)
+        self.target = target
+
+    def up(self) -> Owner | None:
+        """The scale target (see the class docstring)."""
+        return self.target
+
+    def tombstone(self, when: float) -> Meta:
+        """A copy marked deleted at `when`, still knowing its target."""
+        return Scaler(super().tombstone(when), self.target)
 
 
 class Extractor:
@@ -123,23 +159,26 @@ class Extractor:
         self._shared[value] = value
         return value
 
-    def record(self, kind: str, metadata: Any, template: Any = None) -> Meta | None:
+    def record(self, kind: str, metadata: Any, template: Any = None,
+               target: Owner | None = None) -> Meta | None:
         """The record of an object of `kind` from its `metadata`; None without a name.
 
-        `template` is the labels of a controller's pod template (see template_labels).
+        `template` is the labels of a controller's pod template (see template_labels);
+        `target` what an autoscaler scales (see scale_target): its record is a Scaler.
         """
         if not isinstance(metadata, dict):
             return None
         name = metadata.get("name")
         if not isinstance(name, str) or not name:
             return None
-        return Meta(kind, _interned(metadata.get("namespace")), name,
+        meta = Meta(kind, _interned(metadata.get("namespace")), name,
                     _text(metadata.get("uid")), _interned(metadata.get("generateName")),
                     labels=self._pairs(metadata.get("labels"), self.label_keys),
                     annotations=self._pairs(metadata.get("annotations"), self.annotation_keys),
                     owners=self._owners(metadata.get("ownerReferences")),
                     managers=self._managers(metadata.get("managedFields")),
                     template_labels=self._pairs(template, self.label_keys))
+        return meta if target is None else Scaler(meta, target)
 
     def _pairs(self, mapping: Any, keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
         if not isinstance(mapping, dict) or not mapping:
@@ -192,6 +231,21 @@ def template_labels(obj: Any) -> Any:
         inner = _labels_of(_get(job, "spec", "template"))
         return {**outer, **inner} if outer or inner else None
     return _labels_of(spec.get("template")) or None
+
+
+def scale_target(obj: Any) -> Owner | None:
+    """An autoscaler's `spec.scaleTargetRef` (apiVersion, kind, name), or None.
+
+    The target is in the autoscaler's namespace; the reference carries no uid.
+    """
+    ref = _get(obj, "spec", "scaleTargetRef")
+    if not isinstance(ref, dict):
+        return None
+    api_version, kind, name = ref.get("apiVersion"), ref.get("kind"), ref.get("name")
+    if not (isinstance(kind, str) and kind and isinstance(name, str) and name):
+        return None
+    return Owner(_interned(api_version), sys.intern(kind[:MAX_VALUE]), name[:MAX_VALUE], "",
+                 True)
 
 
 def _get(obj: Any, *path: str) -> Any:

@@ -1,6 +1,7 @@
 """Owners of kinds the view does not watch (an Argo Rollout, an operator's CRD), fetched once.
 
-When a watched object's controller is of another kind, its metadata is fetched by GET
+When a watched object's controller (an autoscaler's scale target) is of another kind,
+its metadata is fetched by GET
 (metadata only) and kept in the view, so resolution can read its labels and follow its
 own owner, without any I/O of its own. Discovery (`/apis/<group>/<version>`) maps the
 reference's apiVersion and kind to the resource's plural name and scope, once per
@@ -49,8 +50,9 @@ class OwnerFetcher:
         self.forbidden_logged: set[str] = set()
 
     def want(self, meta: Meta) -> None:
-        """Queue `meta`'s controller for a fetch when it is of a kind not watched."""
-        ref = meta.controller()
+        """Queue `meta`'s controller (or scale target) for a fetch when it is of a kind not
+        watched."""
+        ref = meta.up()
         if ref is None or watched_kind(ref.api_version, ref.kind) is not None:
             return
         key = owner_key(ref, meta.namespace)

@@ -3,7 +3,10 @@
 For the object an event is about (a subresource such as `pods/exec` or
 `deployments/scale` is about its parent, the object the same name names), its chain is
 the object, then each controlling owner up to the top controller (Pod -> ReplicaSet ->
-Deployment, Pod -> Job -> CronJob, any owner of another kind the view fetched):
+Deployment, Pod -> Job -> CronJob, any owner of another kind the view fetched). A
+HorizontalPodAutoscaler's next link is what it scales (`spec.scaleTargetRef`, kept in its
+record: meta.Scaler says why it wins over an owner reference), then that workload's own
+chain (HPA -> Deployment, HPA -> Rollout once fetched):
 
 1. `label`: the first configured label key (in order) found anywhere on the chain,
    nearest object first, on an object's own labels or on a controller's pod template.
@@ -12,29 +15,47 @@ Deployment, Pod -> Job -> CronJob, any owner of another kind the view fetched):
    Deployment and an exec into one of its pods, whose chains start at different
    objects, are charged to the same entity;
 2. `owner`: else the name of the top of the chain (a Job made from `generateName` is its
-   `generateName` base); an owner the view does not hold ends the chain with its name
-   as the name rules read it. A controller with no owner is its own top;
+   `generateName` base); an owner (or scale target) the view does not hold ends the
+   chain with its name as the name rules read it. A controller with no owner is its
+   own top;
 3. `namespace`: an object that is no controller and has no owner (a Secret, a bare
    Pod): the entity its namespace declares with the same label keys;
-4. `unknown`: the caller falls back to the name rules.
+4. `unknown`: the caller falls back to the name rules. So does an object of a watched
+   resource that the view cannot tell about: not listed yet, or neither live nor a
+   tombstone (the view's silence about a pod is no answer, unlike a Secret, which it
+   never holds), and an autoscaler whose target is not known.
 
 The object is the view's copy when it has one (live or a tombstone), else the metadata
-the event carries (a create can be audited before the watch delivers it).
+the event carries (a create can be audited before the watch delivers it): an HPA's
+create at Request level and above still names its target. Resolution never waits for
+the view to catch up (detection may run on the loop that answers the webhook), so an
+HPA created at Metadata level whose event is read before its watch event (a few
+milliseconds apart: docs/internals.md has the measurement) falls back to the name rules
+on the HPA's own name, as any object the view has not seen yet does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any, NamedTuple, Protocol
 
 from healert_webhook.cluster.kinds import BY_RESOURCE, CONTROLLERS, watched_kind
-from healert_webhook.cluster.meta import Extractor, Meta, Owner, template_labels
+from healert_webhook.cluster.meta import (
+    Extractor,
+    Meta,
+    Owner,
+    Scaler,
+    scale_target,
+    template_labels,
+)
 from healert_webhook.cluster.view import View
 from healert_webhook.entity import LABEL_KEYS, name_rules
 
 MAX_CHAIN = 10  # owners followed at most (a reference cycle ends here)
 _NAME_RULES_OF = {"ReplicaSet": "replicasets", "Job": "jobs"}
 _CONTROLLER_KINDS = frozenset(BY_RESOURCE[r].kind for r in CONTROLLERS)
+_SCALER_KINDS = frozenset(k.kind for k in BY_RESOURCE.values() if k.scales)
 
 
 class Resolution(NamedTuple):
@@ -48,9 +69,17 @@ class Resolution(NamedTuple):
 class GitOpsKeys(Protocol):
     """What marks an object GitOps-managed (rules.GitOps has these)."""
 
-    annotations: tuple[str, ...]
-    labels: tuple[str, ...]
-    field_managers: frozenset[str]
+    @property
+    def annotations(self) -> tuple[str, ...]:
+        """Annotation keys."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Label keys."""
+
+    @property
+    def field_managers(self) -> frozenset[str]:
+        """Field manager names."""
 
 
 class GitOpsAnswer(NamedTuple):
@@ -67,9 +96,11 @@ def carried_record(resource: str, obj: Any, label_keys: Sequence[str] = LABEL_KE
         return None
     labels = [*label_keys, *(gitops.labels if gitops else ())]
     annotations = gitops.annotations if gitops else ()
-    kind = BY_RESOURCE[resource].kind if resource in BY_RESOURCE else resource
+    watched = BY_RESOURCE.get(resource)
+    kind = watched.kind if watched is not None else resource
     template = template_labels(obj) if resource in CONTROLLERS else None
-    return Extractor(labels, annotations).record(kind, obj.get("metadata"), template)
+    target = scale_target(obj) if watched is not None and watched.scales else None
+    return Extractor(labels, annotations).record(kind, obj.get("metadata"), template, target)
 
 
 def describe(meta: Meta) -> str:
@@ -80,8 +111,9 @@ def describe(meta: Meta) -> str:
 
 def _find(view: View, resource: str, namespace: str, name: str,
           carried: Meta | None) -> tuple[Meta | None, str]:
-    if resource in BY_RESOURCE and name:
-        found = view.get(resource, namespace, name)
+    kind = BY_RESOURCE.get(resource)
+    if kind is not None and name:
+        found = view.get(resource, namespace if kind.namespaced else "", name)
         if found is not None:
             return found, "the view"
         if carried is None and not view.listed(resource):
@@ -94,10 +126,11 @@ def _find(view: View, resource: str, namespace: str, name: str,
 
 
 def _chain(view: View, found: Meta) -> tuple[list[Meta], Owner | None]:
-    """The object and its controllers up to the top; the owner the view lacks, if any."""
+    """The object and its controllers (an autoscaler: its target, then the target's) up to
+    the top; the reference the view lacks, if any."""
     chain = [found]
     for _ in range(MAX_CHAIN):
-        ref = chain[-1].controller()
+        ref = chain[-1].up()
         if ref is None:
             return chain, None
         parent = view.owner(ref, chain[-1].namespace)
@@ -128,7 +161,11 @@ def _own_name(meta: Meta) -> str:
 def _path(chain: list[Meta]) -> str:
     if len(chain) < 2:
         return ""
-    return " (" + " -> ".join(f"{m.kind} {m.name}" for m in chain) + ")"
+    parts = [f"{chain[0].kind} {chain[0].name}"]
+    for before, meta in pairwise(chain):
+        parts.append(f"{' scales ' if isinstance(before, Scaler) else ' -> '}"
+                     f"{meta.kind} {meta.name}")
+    return " (" + "".join(parts) + ")"
 
 
 def resolve(view: View, resource: str, namespace: str | None, name: str, *,
@@ -142,8 +179,16 @@ def resolve(view: View, resource: str, namespace: str | None, name: str, *,
     ns = namespace or ""
     found, source = _find(view, resource, ns, name, carried)
     if found is None:
+        if resource in BY_RESOURCE:  # the view should know it and does not: no answer
+            return Resolution("", "unknown", source)
         return _namespace(view, ns, label_keys, source)
     tail = f", from {source}" + (f", for {resource}/{subresource}" if subresource else "")
+    return _from(view, found, ns, tail, label_keys)
+
+
+def _from(view: View, found: Meta, ns: str, tail: str,
+          label_keys: Sequence[str]) -> Resolution:
+    """Resolution from a found object: up its chain, else its namespace."""
     chain, missing = _chain(view, found)
     label = _label(chain, label_keys)
     if label is not None:
@@ -155,15 +200,41 @@ def resolve(view: View, resource: str, namespace: str | None, name: str, *,
         reading = name_rules(_NAME_RULES_OF.get(missing.kind), missing.name)
         held = "not in the view" if watched_kind(missing.api_version, missing.kind) \
             else "of a kind not fetched (yet)"
+        link = "scale target" if isinstance(top, Scaler) else "owner"
         return Resolution(reading.name, "owner",
-                          f"owner {missing.kind} {missing.name} ({held}; its {reading.how})"
+                          f"{link} {missing.kind} {missing.name} ({held}; its {reading.how})"
                           f" of {describe(top)}{_path(chain)}{tail}")
+    if top.kind in _SCALER_KINDS:  # an autoscaler is about a workload: never its namespace
+        return Resolution("", "unknown", f"{describe(top)} names no scale target{tail}")
     if len(chain) > 1 or top.kind in _CONTROLLER_KINDS:
         what = "top owner" if len(chain) > 1 else "no owner and no label:"
         made = " (its generateName)" if _own_name(top) != top.name else ""
         return Resolution(_own_name(top), "owner",
                           f"{what} {describe(top)}{made}{_path(chain)}{tail}")
     return _namespace(view, ns, label_keys, f"{describe(found)} has no label and no owner")
+
+
+def resolve_event(view: View, resource: str, namespace: str | None, name: str, *,
+                  subresource: str | None = None, obj: Any = None,
+                  label_keys: Sequence[str] = LABEL_KEYS) -> Resolution:
+    """`resolve` for an audit event: `obj` is the object it carries (a dict), if any.
+
+    The view's copy of the object wins; the carried one serves only when the view holds
+    none (an HPA the view has not seen yet still resolves through the `scaleTargetRef`
+    the event carries).
+    """
+    carried = None
+    if isinstance(obj, dict) and not _held(view, resource, namespace or "", name):
+        carried = carried_record(resource, obj, label_keys)  # only what the view lacks
+    return resolve(view, resource, namespace, name, subresource=subresource, carried=carried,
+                   label_keys=label_keys)
+
+
+def _held(view: View, resource: str, namespace: str, name: str) -> bool:
+    """True when the view holds the object (live or a tombstone): its copy wins."""
+    kind = BY_RESOURCE.get(resource)
+    return kind is not None and bool(name) and \
+        view.get(resource, namespace if kind.namespaced else "", name) is not None
 
 
 def _namespace(view: View, namespace: str, label_keys: Sequence[str], why: str) -> Resolution:

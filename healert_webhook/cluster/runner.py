@@ -19,7 +19,7 @@ from healert_webhook.cluster.kinds import WATCHED
 from healert_webhook.cluster.meta import Extractor
 from healert_webhook.cluster.owners import OwnerFetcher
 from healert_webhook.cluster.view import View
-from healert_webhook.cluster.watch import Reflector, Timing
+from healert_webhook.cluster.watch import Reflector, Timing, Wake
 
 log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 1.0  # tombstone expiry and gauges
@@ -32,8 +32,9 @@ class ClusterView:
                  label_keys: Iterable[str], annotation_keys: Iterable[str] = (),
                  timing: Timing | None = None) -> None:
         self.connection = connection
-        self.view = View(tombstone_window)
         self.extractor = Extractor(label_keys, annotation_keys)
+        self.view = View(tombstone_window, label_keys=self.extractor.label_keys,
+                         annotation_keys=self.extractor.annotation_keys)
         self.timing = timing or Timing()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -66,9 +67,10 @@ class ClusterView:
         self._started.set()
         client = self.connection.client(self.timing.connect_timeout)
         fetcher = OwnerFetcher(client, self.view, self.extractor)
+        wake = Wake()
         tasks = [asyncio.create_task(Reflector(client, kind, self.view, self.extractor,
-                                               timing=self.timing,
-                                               on_object=fetcher.want).run(),
+                                               timing=self.timing, on_object=fetcher.want,
+                                               wake=wake).run(),
                                      name=f"watch-{kind.resource}")
                  for kind in WATCHED]
         tasks.append(asyncio.create_task(fetcher.run(), name="owners"))

@@ -66,9 +66,13 @@ class View:
     """The watched resources' stores and the owners of other kinds fetched once."""
 
     def __init__(self, tombstone_window: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 label_keys: Iterable[str] = (), annotation_keys: Iterable[str] = ()) -> None:
         self.tombstone_window = tombstone_window
         self.clock = clock
+        # The label and annotation keys its records keep (the watches' Extractor's).
+        self.label_keys = frozenset(label_keys)
+        self.annotation_keys = frozenset(annotation_keys)
         self.stores: dict[str, Store] = {k.resource: Store(k.resource) for k in WATCHED}
         self.fetched: dict[FetchedKey, Meta] = {}
 
@@ -90,6 +94,11 @@ class View:
         group = split_api_version(ref.api_version)[0]
         return (self.fetched.get((group, ref.kind, namespace, ref.name))
                 or self.fetched.get((group, ref.kind, "", ref.name)))
+
+    def keeps(self, labels: Iterable[str], annotations: Iterable[str] = ()) -> bool:
+        """True when its records keep every one of these label and annotation keys."""
+        return self.label_keys.issuperset(labels) \
+            and self.annotation_keys.issuperset(annotations)
 
     def listed(self, resource: str) -> bool:
         """True once `resource` has been listed whole (its answers mean something)."""

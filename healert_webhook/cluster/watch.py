@@ -8,7 +8,8 @@ the HTTP client lightkube builds (connect.py):
 
 - list in pages (`limit`, `continue`), store every object, tombstone what the list
   lacks; pods and namespaces in the metadata-only representation
-  (PartialObjectMetadataList), controllers whole for their pod template's labels;
+  (PartialObjectMetadataList), controllers whole for their pod template's labels,
+  autoscalers whole for their scale target;
 - watch from the list's resourceVersion with bookmarks (`allowWatchBookmarks`), so a
   quiet resource's version stays recent and a reconnect rarely needs a relist; each
   watch asks the server to end it after 5 to 10 minutes (as client-go does) and is
@@ -16,11 +17,16 @@ the HTTP client lightkube builds (connect.py):
 - a 410 Gone (the version was compacted away) means a relist, at once;
 - any other failure (connection refused, 5xx, 403, a line that is not JSON) marks the
   resource not synced and retries after a backoff that doubles up to a cap, with jitter.
+  The cap is 10 s, not client-go's 30 s: until a resource is listed again, events about
+  it are charged by the name rules, and one agent's nine watches cost an apiserver
+  nothing. The reflectors of one apiserver share a `Wake`: the first to list again ends
+  the others' backoff (the apiserver answers), so the view is whole again at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -33,10 +39,14 @@ import orjson
 
 from healert_webhook import metrics
 from healert_webhook.cluster.kinds import Kind
-from healert_webhook.cluster.meta import Extractor, Meta, template_labels
+from healert_webhook.cluster.meta import Extractor, Meta, scale_target, template_labels
 from healert_webhook.cluster.view import Key, View
+from healert_webhook.logs import Limiter
 
 log = logging.getLogger(__name__)
+# Every resource fails alike while the apiserver is away: a few lines a minute say so.
+_failure_lines = Limiter(log, per_interval=8, interval=60.0,
+                         what="cluster view list or watch failures")
 
 # The apiserver's metadata-only representations; plain JSON objects are accepted too (an
 # aggregated API may not offer them), since only `metadata` is read either way.
@@ -52,10 +62,30 @@ class Timing:
     page_size: int = 500
     watch_seconds: float = 300.0  # each watch lasts between this and twice this
     backoff_base: float = 0.8
-    backoff_max: float = 30.0
+    backoff_max: float = 10.0
     connect_timeout: float = 10.0
     read_margin: float = 30.0  # past the watch's own end: the connection is dead
     min_watch: float = 1.0  # a watch that ends sooner having delivered nothing is a failure
+
+
+class Wake:
+    """Ends the backoff of the reflectors of one apiserver when one of them lists again.
+
+    Created and used on the view's own loop only.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        """The apiserver answers again: wake every reflector waiting out a backoff."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def sleep(self, delay: float) -> None:
+        """Wait `delay` seconds, or until the next `fire`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), delay)
 
 
 class Expired(Exception):
@@ -108,8 +138,9 @@ class Reflector:
     def __init__(self, client: httpx2.AsyncClient, kind: Kind, view: View,
                  extractor: Extractor, *, timing: Timing,
                  on_object: Callable[[Meta], None] = lambda _: None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, wake: Wake | None = None) -> None:
         self.client = client
+        self.wake = wake
         self.kind = kind
         self.view = view
         self.extractor = extractor
@@ -132,6 +163,8 @@ class Reflector:
                 if self.version is None:
                     metrics.CLUSTER_RELISTS.labels(resource, why).inc()
                     self.version = await self.list()
+                    if attempt and self.wake is not None:
+                        self.wake.fire()  # the others need not wait out their backoff
                     attempt = 0
                     fresh = True
                 delivered = await self.watch()
@@ -154,10 +187,13 @@ class Reflector:
                 self.view.set_state(resource, False, _shown(exc))
                 delay = self.backoff(attempt)
                 attempt += 1
-                log.warning("cluster view: %s: %s; retrying in %.1f s", resource, _shown(exc),
-                            delay)
+                _failure_lines.warning("cluster view: %s: %s; retrying in %.1f s", resource,
+                                       _shown(exc), delay)
                 why = "error"
-                await asyncio.sleep(delay)
+                if self.wake is not None:
+                    await self.wake.sleep(delay)
+                else:
+                    await asyncio.sleep(delay)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after `attempt` failures in a row: doubling, capped, jittered."""
@@ -261,8 +297,9 @@ def record_of(kind: Kind, extractor: Extractor, obj: Any) -> Meta | None:
     """The record of one object of `kind` as listed or watched (None if it is not one)."""
     if not isinstance(obj, dict):
         return None
-    template = None if kind.metadata_only else template_labels(obj)
-    return extractor.record(kind.kind, obj.get("metadata"), template)
+    template = None if kind.metadata_only or kind.scales else template_labels(obj)
+    target = scale_target(obj) if kind.scales else None
+    return extractor.record(kind.kind, obj.get("metadata"), template, target)
 
 
 def _event_label(kind: Any) -> str:

@@ -17,13 +17,14 @@ from healert_webhook.pipeline import Pipeline
 from healert_webhook.sources.replay import ReadReport, read_files
 
 
-def _wanted(event: Any, audit_id: str | None, user: str | None) -> bool:
+def _wanted(event: Any, audit_id: str | None, user: str | None,
+            proxies: audit.Proxies = audit.NO_PROXIES) -> bool:
     if not isinstance(event, dict):
         return audit_id is None and user is None
     if audit_id is not None and event.get("auditID") != audit_id:
         return False
     if user is not None:
-        actor = audit.resolve_actor(event)
+        actor = audit.resolve_actor(event, proxies)
         return user in (actor.authenticated, actor.impersonated)
     return True
 
@@ -70,7 +71,7 @@ def run_explain(settings: Settings, paths: Sequence[str], *, audit_id: str | Non
     for path, batch in read_files(paths, report, settings.tail_max_line_bytes, failed):
         for event in batch:
             number = numbers[path] = numbers.get(path, 0) + 1
-            if not _wanted(event, audit_id, user):
+            if not _wanted(event, audit_id, user, detector.proxies):
                 continue
             decision = explain_event(detector, event, time.time())
             shown += 1

@@ -11,7 +11,7 @@ from healert_webhook.config import Settings, env
 NAME = "serve"
 HELP = "receive audit events from the apiserver's webhook"
 GROUPS: tuple[str, ...] = ("rules", "detect", "webhook", "tail", "backend", "delivery",
-                           "outbox", "ops")
+                           "outbox", "cluster", "ops")
 
 
 def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> None:

@@ -9,7 +9,8 @@ from healert_webhook.config import Settings
 
 NAME = "tail"
 HELP = "follow the audit log file"
-GROUPS: tuple[str, ...] = ("rules", "detect", "tail", "backend", "delivery", "outbox", "ops")
+GROUPS: tuple[str, ...] = ("rules", "detect", "tail", "backend", "delivery", "outbox",
+                           "cluster", "ops")
 
 
 def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> None:

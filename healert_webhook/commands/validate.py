@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TextIO
 
 from healert_webhook import exits
+from healert_webhook.auditpolicy.document import Level
+from healert_webhook.auditpolicy.needs import rule_level
 from healert_webhook.commands.base import Settable
 from healert_webhook.config import Settings, env
 from healert_webhook.pipeline import gc_paused
@@ -53,7 +55,11 @@ def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None 
         print(f"warning: {warning}", file=err)
     for rule in ruleset.rules:
         print(rule.summary(), file=out)
+    for line in _policy_lines(ruleset, path):
+        print(line, file=out)
     for line in _gitops_lines(ruleset):
+        print(line, file=out)
+    for line in _level_lines(ruleset):
         print(line, file=out)
     enabled = len(ruleset.enabled)
     ignored = ", ".join(sorted(ruleset.ignore_namespaces)) or "none"
@@ -64,6 +70,22 @@ def run_validate(path: Path | None, strict: bool = False, *, out: TextIO | None 
               file=err)
         return exits.FAILED
     return exits.OK
+
+
+def _policy_lines(ruleset: RuleSet, path: Path | None) -> list[str]:
+    """What the audit policy must record beyond Metadata, shown only when a rule needs it."""
+    wanted = []
+    for rule in ruleset.enabled:
+        level = rule_level(rule, cluster_view=False)
+        if level > Level.METADATA:
+            with_view = rule_level(rule, cluster_view=True)
+            note = f" ({with_view.text} with the cluster view)" if with_view < level else ""
+            wanted.append(f"{rule.name} needs {level.text}{note}")
+    if not wanted:
+        return []
+    command = "healert-webhook policy" + (f" --rules {path}" if path is not None else "")
+    return [f"audit policy: {', '.join(wanted)}: `{command}` writes the policy these rules "
+            f"need, `{command} --check FILE` checks yours"]
 
 
 def _gitops_lines(ruleset: RuleSet) -> list[str]:
@@ -78,3 +100,10 @@ def _gitops_lines(ruleset: RuleSet) -> list[str]:
         "gitops controllers (never drift): " + (gitops.controllers.text().replace("|", ", ")
                                                or "none"),
     ]
+
+
+def _level_lines(ruleset: RuleSet) -> list[str]:
+    """What each enabled rule that reads a request's or an answer's body needs of the
+    audit policy (a rule starved of it never fires: the skip reason says so)."""
+    return [f"audit level: {rule.name}: {need}" for rule in ruleset.enabled
+            for check in rule.checks if (need := check.need())]

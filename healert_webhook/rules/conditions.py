@@ -3,7 +3,9 @@
 A row says which YAML keys state the condition, how each key's value is read and
 checked, how the values compile into the rule's `Check`, the skip reasons it gives (a
 detection that fails it is counted under that reason), and the lowest audit level at
-which it can be decided (what the audit policy must record for it). The check itself
+which it can be decided (what the audit policy must record for it), without and with
+the agent's view of the cluster (which holds the metadata of workloads: a condition
+that reads only that needs no body when the view runs). The check itself
 says whether a candidate event passes, explains a failure, and summarises itself for
 `validate`. The order of the rows is the order checks are tried, from the broadest to
 the most specific: when no rule fires, an event's skip reason is the failure of the
@@ -18,17 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
 from healert_webhook import audit
+from healert_webhook.rules import fields
 from healert_webhook.rules.matchers import NameMatch
 from healert_webhook.rules.model import Check, shown
 from healert_webhook.rules.yamlnodes import (
+    BOOL,
     INT,
+    STR,
     Node,
     Problems,
+    items,
+    kind_of,
     read_bool,
     read_one_or_more,
     read_string,
@@ -53,6 +60,11 @@ class Condition:
     reasons: tuple[str, ...]  # skip reasons, in the order tried
     level: str  # the lowest audit level that shows what it reads
     on_rule: bool = False  # its keys sit on the rule itself, not under `match`
+    level_with_view: str = ""  # the same with the view of the cluster ('': as `level`)
+
+    def needs(self, view: bool) -> str:
+        """The lowest audit level that decides it, with the view of the cluster or not."""
+        return (self.level_with_view or self.level) if view else self.level
 
 
 def _who(cand: Candidate) -> str:
@@ -85,26 +97,34 @@ class SystemActor(Check):
 
 
 class IgnoreNamespaces(Check):
-    """`ignore_namespaces`: the rule skips these namespaces (exact names)."""
+    """`ignore_namespaces`, and config.ignore_namespaces unless the rule opts out of it
+    (`config_ignore_namespaces: false`): the rule skips these namespaces (exact names).
 
-    __slots__ = ("names",)
+    The detector's index settles config.ignore_namespaces for every rule at once, except
+    where a rule that opts out is a candidate too: then each rule asks here.
+    """
+
+    __slots__ = ("config", "names")
     reasons = ("namespace",)
 
-    def __init__(self, names: frozenset[str]) -> None:
-        self.names = names
+    def __init__(self, names: frozenset[str], config: frozenset[str] = frozenset()) -> None:
+        self.names, self.config = names, config
 
     def failure(self, cand: Candidate) -> str | None:
         """`namespace` when the event's namespace is one of them."""
         scope = cand.scope_ns
-        return "namespace" if scope and scope in self.names else None
+        return "namespace" if scope and (scope in self.names or scope in self.config) \
+            else None
 
     def explain(self, reason: str, cand: Candidate) -> str:
-        """Which namespace."""
-        return f"namespace {shown(cand.scope_ns)} is in the rule's ignore_namespaces"
+        """Which namespace, and which list holds it."""
+        where = "the rule's ignore_namespaces" if cand.scope_ns in self.names \
+            else "config.ignore_namespaces"
+        return f"namespace {shown(cand.scope_ns)} is in {where}"
 
     def summary(self) -> str:
-        """`not-namespace=a|b`."""
-        return "not-namespace=" + "|".join(sorted(self.names))
+        """`not-namespace=a|b` (the rule's own; validate shows the config's apart)."""
+        return "not-namespace=" + "|".join(sorted(self.names)) if self.names else ""
 
 
 class NamespaceContains(Check):
@@ -230,42 +250,68 @@ class UserAgent(Check):
 
 
 class Response(Check):
-    """`response`: the class of the apiserver's answer (success, denied, error)."""
+    """`response`: the class of the apiserver's answer (success, denied, error).
+
+    Without `response` (classes None) every answer counts except 404 Not Found: such a
+    request concerned no object, so it read, changed or entered nothing (kubectl's wait
+    after a delete reads the object until it answers 404). A rule that names `error`
+    counts them.
+    """
 
     __slots__ = ("classes",)
     reasons = ("response",)
 
-    def __init__(self, classes: frozenset[str]) -> None:
+    def __init__(self, classes: frozenset[str] | None) -> None:
         self.classes = classes
 
     def failure(self, cand: Candidate) -> str | None:
-        """`response` when the answer is of another class, or missing."""
+        """`response` when the answer is of another class, or missing; by default, when
+        it is 404."""
+        if self.classes is None:
+            return "response" if cand.code == NOT_FOUND else None
         return None if cand.response() in self.classes else "response"
 
     def explain(self, reason: str, cand: Candidate) -> str:
         """The code, its class, and the classes asked for."""
+        if self.classes is None:
+            return ("the response 404 Not Found concerns no object: nothing was read, "
+                    "changed or entered (a rule whose response names error counts these)")
         code = cand.code if cand.code is not None else "(none)"
         return (f"the response {code} is {cand.response() or 'missing'}, not "
                 + " or ".join(sorted(self.classes)))
 
     def summary(self) -> str:
-        """`response=denied|error`."""
-        return "response=" + "|".join(sorted(self.classes))
+        """`response=denied|error` ('' for the default)."""
+        return "" if self.classes is None else "response=" + "|".join(sorted(self.classes))
+
+
+NOT_FOUND = 404
+ANY_FOUND = Response(None)  # the default of every rule without `response`
 
 
 class Annotation(Check):
-    """`annotation: key=value` on the audit event or on the object it carries."""
+    """`annotation: key=value` on the audit event, on the object it carries, or set by
+    the JSON patch it carries (at Request, `kubectl patch --type=json` states only its
+    operations: the annotation it adds is in no object)."""
 
-    __slots__ = ("key", "value")
+    __slots__ = ("key", "tokens", "value")
     reasons = ("annotation",)
 
     def __init__(self, key: str, value: str) -> None:
         self.key, self.value = key, value
+        self.tokens: tuple[fields.Token, ...] = ("metadata", "annotations", key)
 
     def failure(self, cand: Candidate) -> str | None:
         """`annotation` when neither the event nor its object has it."""
-        return None if audit.has_annotation(cand.event, self.key, self.value) \
-            else "annotation"
+        event = cand.event
+        if audit.has_annotation(event, self.key, self.value):
+            return None
+        ops = event.get("requestObject")
+        if isinstance(ops, list) and event.get("verb") == "patch":
+            made = fields.json_patch(ops, self.tokens)
+            if isinstance(made, list) and self.value in made:
+                return None
+        return "annotation"
 
     def explain(self, reason: str, cand: Candidate) -> str:
         """What was looked for, and where."""
@@ -301,19 +347,166 @@ class GitOpsManaged(Check):
         evidence = cand.gitops_evidence()
         if evidence is not None:
             return f"the object is GitOps-managed ({evidence})"
-        if audit.carried_metadata(cand.event) is None:
-            return ("the event carries no object, so GitOps ownership cannot be seen (log "
-                    "this request at RequestResponse)")
-        return "the object carries none of the GitOps annotations, labels or field managers"
+        return cand.gitops_unseen() or ("the object carries none of the GitOps annotations, "
+                                        "labels or field managers")
 
     def summary(self) -> str:
         """`gitops-managed=yes|no`."""
         return f"gitops-managed={'yes' if self.managed else 'no'}"
 
+    def need(self) -> str:
+        """The whole object: a patch's request is only the patch."""
+        return ("log updates and patches of these objects at RequestResponse (the resulting "
+                "object shows who manages it; a patch's request is only the patch)")
+
     def fired(self, cand: Candidate) -> str:
         """What a firing adds to its explanation: the evidence, when it asks for one."""
         return f"; the object is GitOps-managed ({cand.gitops_evidence()})" \
             if self.managed else ""
+
+
+class FieldTest(NamedTuple):
+    """One test of the `object` condition: the field at `path` is present (`want` True),
+    absent (False) or equal to one of `values` (`want` None), on objects of `resources`
+    (None: any). Without a path the test holds for any object of `resources`."""
+
+    path: fields.Path | None
+    want: bool | None
+    values: tuple[Any, ...]
+    resources: frozenset[str] | None
+
+    def holds(self, found: list[Any]) -> bool:
+        """Whether the values found at the path pass the test (any of them, for [])."""
+        if self.want is not None:
+            return bool(found) is self.want
+        return any(_same(value, wanted) for value in found for wanted in self.values)
+
+    def text(self) -> str:
+        """`spec.type in [NodePort, LoadBalancer]`, as `validate` and explain show it."""
+        on = "|".join(sorted(self.resources or ()))
+        if self.path is None:
+            return f"any {on}"
+        if self.want is not None:
+            said = f"{self.path.text} {'present' if self.want else 'absent'}"
+        elif len(self.values) == 1:
+            said = f"{self.path.text}={_scalar(self.values[0])}"
+        else:
+            said = f"{self.path.text} in [" + ", ".join(map(_scalar, self.values)) + "]"
+        return f"{said} on {on}" if on else said
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    """JSON equality: true is not 1, 1 is 1.0."""
+    if isinstance(value, bool) or isinstance(wanted, bool):
+        return value is wanted
+    if isinstance(value, int | float) and isinstance(wanted, int | float):
+        return value == wanted
+    return isinstance(value, str) and value == wanted
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return shown(value, 60) if isinstance(value, str) else str(value)
+
+
+def _found(values: list[Any]) -> str:
+    """Up to three values found, each shown bounded (never a formatted copy of input)."""
+    said = [_scalar(v) if isinstance(v, str | int | float) else
+            "(a mapping)" if isinstance(v, dict) else "(a list)" for v in values[:3]]
+    return ", ".join(said) + (f" and {len(values) - 3} more" if len(values) > 3 else "")
+
+
+class ObjectFields(Check):
+    """`object`: a field of the object the event is about is present, absent, equal to a
+    value or one of values, or the object is of some resources (any of several tests);
+    see rules/fields.py for what the event shows of the object and when a patch leaves a
+    field as it was."""
+
+    __slots__ = ("level", "resources", "tests", "verbs")
+    reasons = ("object_missing", "object")
+
+    def __init__(self, tests: tuple[FieldTest, ...], verbs: frozenset[str] | None,
+                 resources: frozenset[str] | None = None) -> None:
+        self.tests, self.verbs, self.resources = tests, verbs, resources
+        # A create's, update's or patch's request states what it sets; for anything else
+        # only the answer shows the object. A test of resources alone reads no body.
+        if all(test.path is None for test in tests):
+            self.level = METADATA
+        else:
+            self.level = REQUEST if verbs and verbs <= fields.WRITES else REQUEST_RESPONSE
+
+    def failure(self, cand: Candidate) -> str | None:
+        """`object_missing` when the event carries no object for any test that applies,
+        `object` when no test holds."""
+        applies = seen = False
+        for test in self.tests:
+            if test.resources is not None and cand.resource not in test.resources:
+                continue
+            if test.path is None:
+                return None
+            applies = True
+            found = cand.bodies()
+            if found is fields.NO_BODIES:
+                continue
+            seen = True
+            values, _ = fields.seen(found, test.path.tokens)
+            if isinstance(values, list) and test.holds(values):
+                return None
+        return "object_missing" if applies and not seen else "object"
+
+    def explain(self, reason: str, cand: Candidate) -> str:
+        """Why each test failed."""
+        if reason == "object_missing":
+            return f"the event carries no object (logged at Metadata level): {self.need()}"
+        return "; ".join(self._why(test, cand) for test in self.tests)
+
+    @staticmethod
+    def _why(test: FieldTest, cand: Candidate) -> str:
+        if test.resources is not None and cand.resource not in test.resources:
+            return f"{test.text()}: {shown(cand.resource)} is not one of those"
+        if test.path is None:
+            return f"{test.text()}: holds"
+        found = cand.bodies()
+        if found is fields.NO_BODIES:
+            return f"{test.text()}: the event carries no object"
+        values, where = fields.seen(found, test.path.tokens)
+        if values is None:
+            return f"{test.text()}: the patch leaves {test.path.text} as it was"
+        if isinstance(values, str):  # fields.UNKNOWN
+            return (f"{test.text()}: the patch changes it in a way only the answer shows "
+                    "(log this request at RequestResponse)")
+        held = _found(values) if values else "absent"
+        return f"{test.text()}: it is {held} in the {where}"
+
+    def summary(self) -> str:
+        """`object=spec.suspend=true on kustomizations or ...` (any of the tests)."""
+        return "object=" + " or ".join(test.text() for test in self.tests)
+
+    def need(self) -> str | None:
+        """What the audit policy must record for this condition, in a sentence."""
+        if self.level == METADATA:
+            return None
+        verbs = ", ".join(sorted(self.verbs)) if self.verbs else "every verb"
+        kinds: set[str] = set()
+        anywhere: list[str] = []
+        for test in self.tests:
+            if test.path is None:
+                continue
+            if test.resources or self.resources:
+                kinds.update(test.resources or self.resources or ())
+            else:
+                anywhere.append(test.path.text)
+        what = ", ".join(sorted(kinds))
+        if anywhere:
+            anything = f"any resource (for {', '.join(anywhere)})"
+            what = f"{what} and {anything}" if what else anything
+        if self.level == REQUEST:
+            return (f"the audit policy must log {verbs} of {what} at Request or higher "
+                    "(the request states what it sets; RequestResponse adds the resulting "
+                    "object)")
+        return (f"the audit policy must log {verbs} of {what} at RequestResponse (the "
+                "object of a read or a delete is only in the answer)")
 
 
 # --- reading the YAML values --------------------------------------------------------------
@@ -394,14 +587,180 @@ def _read_bool(ctx: Problems, key: str, node: Node, where: str) -> bool | None:
     return read_bool(ctx, node, where)
 
 
+FLOAT, NULL = "tag:yaml.org,2002:float", "tag:yaml.org,2002:null"
+_TEST_KEYS = ("path", "present", "equals", "in", "resources")
+_SCALARS = yaml.constructor.SafeConstructor()
+_SCALAR_TAGS: dict[str, Callable[[Any], Any]] = {
+    STR: lambda node: node.value, BOOL: _SCALARS.construct_yaml_bool,
+    INT: _SCALARS.construct_yaml_int, FLOAT: _SCALARS.construct_yaml_float}
+# Maps whose values are always strings: a test of them against true or 1 never holds.
+_STRING_MAPS = (("metadata", "labels"), ("metadata", "annotations"))
+
+
+def _read_scalar(ctx: Problems, node: Node, where: str) -> tuple[bool, Any]:
+    """(True, value) for a string, boolean or number; (False, None) reported."""
+    if isinstance(node, yaml.ScalarNode):
+        build = _SCALAR_TAGS.get(node.tag)
+        if build is not None:
+            return True, build(node)
+        if node.tag == NULL:
+            ctx.error(node, where, "null is no value to compare with; to test that the "
+                      "field is absent write present: false")
+            return False, None
+    ctx.error(node, where, f"expected a string, a number or true/false, got {kind_of(node)}")
+    return False, None
+
+
+def _read_test(ctx: Problems, node: Node, where: str) -> FieldTest | None:
+    """One test: `path` and one of `present`, `equals` and `in`, optionally `resources`;
+    or `resources` alone."""
+    if not isinstance(node, yaml.MappingNode):
+        ctx.error(node, where, f"expected a test (a mapping with path and one of present, "
+                  f"equals, in), got {kind_of(node)}")
+        return None
+    got: dict[str, Any] = {}
+    nodes: dict[str, Node] = {}
+    for key, value in items(ctx, node, where, _TEST_KEYS):
+        nodes[key] = value
+        path = f"{where}.{key}"
+        if key == "path":
+            got[key] = _read_path(ctx, value, path)
+        elif key == "present":
+            got[key] = read_bool(ctx, value, path)
+        elif key == "equals":
+            ok, scalar = _read_scalar(ctx, value, path)
+            got[key] = (scalar,) if ok else None
+        elif key == "in":
+            got[key] = _read_scalars(ctx, value, path)
+        else:
+            got[key] = _read_resources(ctx, value, path)
+    tests = [key for key in ("present", "equals", "in") if key in nodes]
+    if "path" in nodes and len(tests) != 1:
+        ctx.error(node, where, "needs exactly one of present, equals, in"
+                  + (f" (got {', '.join(tests)})" if tests else ""))
+        return None
+    if "path" not in nodes and (tests or "resources" not in nodes):
+        ctx.error(node, where, "missing 'path' (the field to test, e.g. spec.suspend; or "
+                  "resources alone, for any object of those)")
+        return None
+    if any(got.get(key) is None for key in nodes):
+        return None
+    values: tuple[Any, ...] = got.get("equals") or got.get("in") or ()
+    test = FieldTest(got.get("path"), got.get("present"), values, got.get("resources"))
+    _warn_string_map(ctx, nodes.get("equals") or nodes.get("in"), where, test)
+    return test
+
+
+def _read_path(ctx: Problems, node: Node, where: str) -> fields.Path | None:
+    text = read_string(ctx, node, where)
+    if text is None:
+        return None
+    try:
+        return fields.parse_path(text)
+    except ValueError as exc:
+        ctx.error(node, where, f"{text!r}: {exc}")
+        return None
+
+
+def _read_scalars(ctx: Problems, node: Node, where: str) -> tuple[Any, ...] | None:
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.error(node, where, f"expected a list of values, got {kind_of(node)} (for one "
+                  "value write equals)")
+        return None
+    values = []
+    for index, item in enumerate(node.value):
+        ok, value = _read_scalar(ctx, item, f"{where}[{index}]")
+        if not ok:
+            return None
+        values.append(value)
+    if not values:
+        ctx.error(node, where, "an empty list matches no value; leave the test out")
+        return None
+    return tuple(values)
+
+
+def _read_resources(ctx: Problems, node: Node, where: str) -> frozenset[str] | None:
+    from healert_webhook.rules.lint import resource_hint  # lint reads this module
+
+    names = read_one_or_more(ctx, node, where)
+    if names is None:
+        return None
+    if not names:
+        ctx.error(node, where, "an empty list matches no object; leave the field out")
+        return None
+    for name in names:
+        hint = resource_hint(name)
+        if hint is not None:
+            ctx.warn(node, where, f"resource {name!r} is never audited: {hint}")
+    return frozenset(names)
+
+
+def _warn_string_map(ctx: Problems, node: Node | None, where: str, test: FieldTest) -> None:
+    """Labels and annotations hold strings: `equals: true` there never holds."""
+    if node is None or test.path is None:
+        return
+    tokens = test.path.tokens
+    if len(tokens) != 3 or tuple(tokens[:2]) not in _STRING_MAPS:
+        return
+    odd = [value for value in test.values if not isinstance(value, str)]
+    if odd:
+        ctx.warn(node, where, f"{tokens[1]} hold strings, so {_scalar(odd[0])} never "
+                 f"matches: quote it ('\"{_scalar(odd[0])}\"')")
+
+
+def _read_object(ctx: Problems, key: str, node: Node,
+                 where: str) -> tuple[FieldTest, ...] | None:
+    """One test or a list of tests (any of them holds)."""
+    if isinstance(node, yaml.MappingNode):
+        test = _read_test(ctx, node, where)
+        return None if test is None else (test,)
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.error(node, where, "expected a test (a mapping with path and one of present, "
+                  f"equals, in) or a list of them, got {kind_of(node)}")
+        return None
+    tests = [_read_test(ctx, item, f"{where}[{index}]") for index, item in
+             enumerate(node.value)]
+    if not tests:
+        ctx.error(node, where, "an empty list matches nothing; leave the field out")
+    return None if not tests or None in tests else tuple(t for t in tests if t is not None)
+
+
 # --- the table ------------------------------------------------------------------------------
 
 SYSTEM_ACTOR = SystemActor()
 
 
+# The key under which load.py hands a rule's compile the config's ignore_namespaces (empty
+# when the rule opts out of them); no YAML key can be written so.
+CONFIG_NAMESPACES = "config.ignore_namespaces"
+
+
 def _ignored(values: Mapping[str, Any]) -> Check | None:
-    names = values.get("ignore_namespaces")
-    return IgnoreNamespaces(frozenset(names)) if names else None
+    names = frozenset(values.get("ignore_namespaces") or ())
+    config = frozenset(values.get(CONFIG_NAMESPACES) or ())
+    return IgnoreNamespaces(names, config) if names or config else None
+
+
+def _response(values: Mapping[str, Any]) -> Check:
+    classes = values.get("response")
+    return ANY_FOUND if classes is None else Response(classes)
+
+
+def _verbs(values: Mapping[str, Any]) -> frozenset[str] | None:
+    verbs = set(values.get("verbs") or ())
+    if values.get("verb"):
+        verbs.add(values["verb"])
+    return frozenset(verbs) or None
+
+
+def _object(values: Mapping[str, Any]) -> Check | None:
+    tests = values.get("object")
+    if not tests:
+        return None
+    resources = set(values.get("resources") or ())
+    if values.get("resource"):
+        resources.add(values["resource"])
+    return ObjectFields(tests, _verbs(values), frozenset(resources) or None)
 
 
 def _users(values: Mapping[str, Any]) -> Check | None:
@@ -441,15 +800,18 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition(("groups", "ignore_groups"), read_names, _groups, Groups.reasons, METADATA),
     Condition(("user_agent_contains", "ignore_user_agent_contains"), _read_parts, _agents,
               UserAgent.reasons, METADATA),
-    Condition(("response",), _read_response, _one("response", Response), Response.reasons,
-              METADATA),
+    Condition(("response",), _read_response, _response, Response.reasons, METADATA),
     # On the object: a create's or update's requestObject (Request), or the answer's.
     Condition(("annotation",), _read_annotation,
               _one("annotation", lambda pair: Annotation(*pair)), Annotation.reasons,
               REQUEST),
-    # The whole object: a patch's requestObject is only the patch.
+    # The whole object: a patch's requestObject is only the patch. The view holds the
+    # workloads' GitOps annotations, labels and field managers.
     Condition(("gitops_managed",), _read_bool, _one("gitops_managed", GitOpsManaged),
-              GitOpsManaged.reasons, REQUEST_RESPONSE),
+              GitOpsManaged.reasons, REQUEST_RESPONSE, level_with_view=METADATA),
+    # A field of the object: the request states it for a create, update or patch
+    # (Request); a read's or delete's object is only in the answer (its check's `level`).
+    Condition(("object",), _read_object, _object, ObjectFields.reasons, REQUEST),
 )
 
 # The skip reasons of failed conditions, in the order they are tried.

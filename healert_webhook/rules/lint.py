@@ -12,7 +12,7 @@ import difflib
 from typing import Any
 
 from healert_webhook.audit import HUMAN_SYSTEM_USERS
-from healert_webhook.rules.conditions import Users
+from healert_webhook.rules.conditions import ObjectFields, Users
 from healert_webhook.rules.model import Rule
 from healert_webhook.rules.yamlnodes import Node, Problems
 
@@ -127,6 +127,7 @@ def warn_rule(ctx: Problems, node: Node | None, where: str, rule: Rule) -> None:
     """Every warning about a whole rule (its parts were checked as they were read)."""
     _warn_sessions(ctx, node, where, rule)
     _warn_unreachable_users(ctx, node, where, rule)
+    _warn_absent_on_create(ctx, node, where, rule)
 
 
 def _warn_sessions(ctx: Problems, node: Node | None, where: str, rule: Rule) -> None:
@@ -163,3 +164,18 @@ def _warn_unreachable_users(ctx: Problems, node: Node | None, where: str,
     if all(name.startswith("system:") and name not in HUMAN_SYSTEM_USERS for name in names):
         ctx.warn(node, f"{where}.match.users", "names only internal identities, which "
                  "ignore_system: true skips: the rule never fires (set ignore_system: false)")
+
+
+def _warn_absent_on_create(ctx: Problems, node: Node | None, where: str, rule: Rule) -> None:
+    """Warn when `present: false` can meet a create: a create states the whole object, so
+    every object created without the field matches (not only a removal)."""
+    check = rule.check("object")
+    if not isinstance(check, ObjectFields) or (rule.verbs is not None
+                                               and "create" not in rule.verbs):
+        return
+    absent = [test.path.text for test in check.tests
+              if test.path is not None and test.want is False]
+    if absent:
+        ctx.warn(node, f"{where}.match.object", f"present: false ({', '.join(absent)}) "
+                 "matches every object created without the field, not only its removal: "
+                 "give the rule verbs without create (verbs: [update, patch])")

@@ -1,8 +1,10 @@
 """Load, validate and compile rules.yaml.
 
 The file format is the old Go agent's (a `config` block and a `rules` list) with additive
-extensions: `enabled`, `points`, `config.gitops`, `ignore_subresources`, and the
-conditions of conditions.py. A file without them behaves as it did. Validation is strict
+extensions: `enabled`, `points`, `config.gitops`, `ignore_subresources`,
+`config_ignore_namespaces` (a rule that config.ignore_namespaces does not apply to; the
+config is read before the rules, wherever the file puts it), and the conditions of
+conditions.py. A file without them behaves as it did. Validation is strict
 and reports every problem at once, each with file, line, rule and field; values the
 apiserver never writes are warnings with the fix (lint.py), since such a rule loads but
 never fires.
@@ -23,6 +25,7 @@ from healert_webhook.filewatch import NotRegularFile, read_regular
 from healert_webhook.rules import lint
 from healert_webhook.rules.conditions import (
     BY_KEY,
+    CONFIG_NAMESPACES,
     MATCH_KEYS,
     RULE_CONDITION_KEYS,
     SCOPE_KEYS,
@@ -57,7 +60,7 @@ TOP_KEYS = ("config", "rules")
 CONFIG_KEYS = ("ignore_namespaces", "gitops")
 GITOPS_KEYS = ("annotations", "labels", "field_managers", "controllers")
 RULE_KEYS = ("name", "description", "severity", "workflow", *RULE_CONDITION_KEYS,
-             "enabled", "points", "match")
+             "config_ignore_namespaces", "enabled", "points", "match")
 MAX_RULES_BYTES = 4 * 1024 * 1024
 CHECK_RULES = 256  # rules validated between looks whether a newer file is waiting
 _TEXT_KEYS = ("name", "description", "severity", "workflow")
@@ -87,7 +90,8 @@ def _parse_match(ctx: Problems, node: Node, where: str) -> dict[str, Any] | None
     return out
 
 
-def _parse_rule(ctx: Problems, index: int, node: Node) -> Rule | None:
+def _parse_rule(ctx: Problems, index: int, node: Node,
+                config_ignore: frozenset[str] = frozenset()) -> Rule | None:
     where = f"rules[{index}]"
     if not isinstance(node, yaml.MappingNode):
         ctx.error(node, where, f"expected a rule (a mapping), got {kind_of(node)}")
@@ -101,7 +105,7 @@ def _parse_rule(ctx: Problems, index: int, node: Node) -> Rule | None:
         path = f"{where}.{key}"
         if key in _TEXT_KEYS:
             got[key] = read_string(ctx, value, path)
-        elif key == "enabled":
+        elif key in ("enabled", "config_ignore_namespaces"):
             got[key] = read_bool(ctx, value, path)
         elif key == "points":
             got[key] = read_int(ctx, value, path)
@@ -115,7 +119,7 @@ def _parse_rule(ctx: Problems, index: int, node: Node) -> Rule | None:
     _check_rule_fields(ctx, node, where, got)
     if ctx.errors > before:
         return None
-    rule = _build_rule(got, line_of(node))
+    rule = _build_rule(got, line_of(node), config_ignore)
     lint.warn_rule(ctx, got.get("_match_node"), where, rule)
     return rule
 
@@ -149,7 +153,7 @@ def _check_rule_fields(ctx: Problems, node: Node, where: str, got: dict[str, Any
                      + " ".join("{" + t + "}" for t in TOKENS))
 
 
-def _build_rule(got: dict[str, Any], line: int) -> Rule:
+def _build_rule(got: dict[str, Any], line: int, config_ignore: frozenset[str]) -> Rule:
     match = got["match"] or {}
     resources = set(match.get("resources") or ())
     if match.get("resource"):
@@ -159,6 +163,8 @@ def _build_rule(got: dict[str, Any], line: int) -> Rule:
         verbs.add(match["verb"])
     description = got.get("description") or DEFAULT_DESCRIPTION
     values = {**match, **{key: got[key] for key in RULE_CONDITION_KEYS if key in got}}
+    applies = got.get("config_ignore_namespaces") is not False
+    values[CONFIG_NAMESPACES] = config_ignore if applies else frozenset()
     return Rule(
         name=str(got["name"]),
         description=description,
@@ -174,6 +180,7 @@ def _build_rule(got: dict[str, Any], line: int) -> Rule:
         template=compile_template(description),
         line=line,
         checks=compile_checks(values),
+        config_namespaces=applies,
     )
 
 
@@ -218,7 +225,8 @@ def _parse_config(ctx: Problems, node: Node) -> tuple[list[str], GitOps]:
 
 
 def _parse_rule_list(ctx: Problems, rules_node: Node,
-                     superseded: Callable[[], bool] | None = None) -> list[Rule]:
+                     superseded: Callable[[], bool] | None = None,
+                     config_ignore: frozenset[str] = frozenset()) -> list[Rule]:
     if not isinstance(rules_node, yaml.SequenceNode):
         ctx.error(rules_node, "rules", f"expected a list of rules, got {kind_of(rules_node)}")
         return []
@@ -227,7 +235,7 @@ def _parse_rule_list(ctx: Problems, rules_node: Node,
     for index, rule_node in enumerate(rules_node.value):
         if superseded is not None and index % CHECK_RULES == 0 and superseded():
             raise Superseded
-        rule = _parse_rule(ctx, index, rule_node)
+        rule = _parse_rule(ctx, index, rule_node, config_ignore)
         if rule is None:
             continue
         if rule.name in names:
@@ -252,12 +260,14 @@ def parse_rules(text: str, source: str = "rules.yaml",
     gitops = DEFAULT_GITOPS
     rules: list[Rule] = []
     seen_rules = False
+    rules_node: Node | None = None
     for key, value in items(ctx, root, "top level", TOP_KEYS):
         if key == "config":
             ignore, gitops = _parse_config(ctx, value)
         else:
-            seen_rules = True
-            rules = _parse_rule_list(ctx, value, superseded)
+            seen_rules, rules_node = True, value
+    if rules_node is not None:  # after the config, wherever the file puts it
+        rules = _parse_rule_list(ctx, rules_node, superseded, frozenset(ignore))
     if not seen_rules:
         ctx.error(root, "top level", "missing 'rules' (the list of detection rules)")
     if ctx.errors:

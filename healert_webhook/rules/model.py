@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from healert_webhook import tokens
 from healert_webhook.rules.matchers import DEFAULT_GITOPS, GitOps
 from healert_webhook.text import clean_text
 
 if TYPE_CHECKING:
     from healert_webhook.rules.candidate import Candidate
 
-TOKENS = ("actor", "resource", "name", "namespace", "verb", "subresource", "code", "workload")
+TOKENS = tokens.TOKENS  # the names a description can use (tokens.py gives their values)
 TOKEN_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_DESCRIPTION = "{verb} on {resource}/{name} (ns:{namespace}) by {actor}"
 # Problems and warnings listed one by one (in logs, `validate`, errors); the rest are only
@@ -73,6 +74,11 @@ class Check:
         """What the condition asks, in `validate`'s one-line form (e.g. `user=alice`)."""
         raise NotImplementedError
 
+    def need(self) -> str | None:
+        """What the audit policy must record for this condition beyond Metadata, in a
+        sentence for `validate`; None when Metadata shows what it reads."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -93,6 +99,7 @@ class Rule:
     template: tuple[tuple[str, str | None], ...]
     line: int
     checks: tuple[Check, ...] = ()
+    config_namespaces: bool = True  # config.ignore_namespaces applies (see index.py)
 
     def check(self, reason: str) -> Check | None:
         """The rule's check that can fail with `reason`, or None when it has none."""
@@ -113,6 +120,8 @@ class Rule:
         if self.verbs:
             parts.append("verb=" + "|".join(sorted(self.verbs)))
         parts.extend(text for check in self.checks if (text := check.summary()))
+        if not self.config_namespaces:
+            parts.append("config.ignore_namespaces=off")
         actors = "humans" if self.ignore_system else "all actors"
         state = "enabled " if self.enabled else "disabled"
         return (f"{state} {self.name:<26} {self.severity:<6} {self.workflow or '-':<9} "

@@ -27,13 +27,17 @@ def _problems(text: str) -> list[tuple[ProblemKind, str]]:
     return [(p.kind, p.path) for p in parse_policy(text).problems]
 
 
-def test_the_shipped_policy_loads_without_a_problem() -> None:
-    doc = parse_policy((ROOT / "manifests" / "apiserver" / "audit-policy.yaml").read_text())
+@pytest.mark.parametrize(("path", "last"), [
+    ("manifests/apiserver/audit-policy.yaml", Level.NONE),
+    ("conformance/policies/hand-written.yaml", Level.METADATA),
+])
+def test_the_shipped_policies_load_without_a_problem(path: str, last: Level) -> None:
+    doc = parse_policy((ROOT / path).read_text())
     assert doc.problems == ()
     assert doc.policy is not None
     assert doc.policy.omit_stages == ("RequestReceived",)
     assert doc.policy.omit_managed_fields is True
-    assert doc.policy.rules[-1] == PolicyRule(Level.METADATA)
+    assert doc.policy.rules[-1] == PolicyRule(last)
 
 
 def test_a_policy_reads_into_its_fields() -> None:

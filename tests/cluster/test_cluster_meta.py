@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
+from healert_webhook.cluster.kinds import BY_RESOURCE
 from healert_webhook.cluster.meta import (
     MAX_MANAGERS,
     MAX_OWNERS,
     MAX_VALUE,
     Extractor,
+    Owner,
+    Scaler,
     template_labels,
 )
+from healert_webhook.cluster.watch import record_of
 from healert_webhook.entity import LABEL_KEYS
 
 from support import cluster_objects as k8s
@@ -106,3 +112,34 @@ def test_a_node_owner_is_no_controller() -> None:
         {"apiVersion": "v1", "kind": "Node", "name": "cp1", "uid": "n", "controller": True}])
     meta = extractor().record("Pod", mirror["metadata"])
     assert meta is not None and meta.owners and meta.controller() is None
+
+
+def test_an_hpa_keeps_its_scale_target_and_its_tombstone_too() -> None:
+    keda = k8s.owner("ScaledObject", "orders", "shop", "keda.sh/v1alpha1")
+    obj = k8s.hpa("shop", "web-hpa", "orders-api", owners=[keda])
+    meta = record_of(BY_RESOURCE["horizontalpodautoscalers"], extractor(), obj)
+    assert isinstance(meta, Scaler)
+    target = Owner("apps/v1", "Deployment", "orders-api", "", True)
+    assert meta.target == target
+    # Resolution follows the target, not the owner reference the record still keeps.
+    assert meta.up() == target and meta.controller() is not None
+    assert meta.managers == ("kubectl-autoscale", "kube-controller-manager")
+    tomb = meta.tombstone(5.0)
+    assert isinstance(tomb, Scaler) and tomb.target == target and tomb.deleted_at == 5.0
+    # An HPA that names no usable target is a plain record.
+    for ref in (None, {"kind": "Deployment"}, {"name": "x"}, "orders-api"):
+        broken = k8s.hpa("shop", "web-hpa", "orders-api")
+        broken["spec"]["scaleTargetRef"] = ref
+        plain = record_of(BY_RESOURCE["horizontalpodautoscalers"], extractor(), broken)
+        assert plain is not None and not isinstance(plain, Scaler), ref
+
+
+def test_records_of_other_kinds_pay_nothing_for_the_scale_target() -> None:
+    """Only an autoscaler's record has the slot: 100,000 pods keep their size."""
+    rs = k8s.replicaset(k8s.deployment("shop", "orders-api"), "7d9f8b6c4d")
+    pod = extractor().record("Pod", k8s.pod(rs, "x7k2p")["metadata"])
+    hpa = record_of(BY_RESOURCE["horizontalpodautoscalers"], extractor(),
+                    k8s.hpa("shop", "web-hpa", "orders-api"))
+    assert pod is not None and hpa is not None
+    assert not hasattr(pod, "target") and not hasattr(pod, "__dict__")
+    assert sys.getsizeof(hpa) == sys.getsizeof(pod) + 8

@@ -12,9 +12,11 @@ import asyncio
 import httpx2
 from prometheus_client import REGISTRY
 
+from healert_webhook.cluster.kinds import BY_GROUP_KIND, split_api_version
 from healert_webhook.cluster.meta import Extractor
 from healert_webhook.cluster.owners import OwnerFetcher
 from healert_webhook.cluster.view import View
+from healert_webhook.cluster.watch import record_of
 
 from support import cluster_objects as k8s
 
@@ -31,7 +33,8 @@ def sample(result: str) -> float:
 
 
 def fetch_all(answers: dict[str, httpx2.Response], *pods: dict) -> tuple[View, list[str]]:
-    """Queue the owners of `pods`' ReplicaSets and let the fetcher work (bounded)."""
+    """Queue the owners of `pods`' ReplicaSets (or HPAs' targets) and let the fetcher
+    work (bounded)."""
     seen: list[str] = []
 
     def handler(request: httpx2.Request) -> httpx2.Response:
@@ -46,7 +49,8 @@ def fetch_all(answers: dict[str, httpx2.Response], *pods: dict) -> tuple[View, l
                                     base_url="https://apiserver.test")
         fetcher = OwnerFetcher(client, view, extractor)
         for rs in pods:
-            meta = extractor.record("ReplicaSet", rs["metadata"])
+            meta = record_of(BY_GROUP_KIND[(split_api_version(rs["apiVersion"])[0],
+                                            rs["kind"])], extractor, rs)
             assert meta is not None
             fetcher.want(meta)
             fetcher.want(meta)  # asked twice: fetched once
@@ -80,6 +84,25 @@ def test_an_owner_of_another_kind_is_fetched_once_through_discovery() -> None:
     found = view.fetched[("argoproj.io", "Rollout", "shop", "checkout")]
     assert found.label("backstage.io/kubernetes-id") == "co"
     assert sample("fetched") == before + 1
+
+
+def test_an_autoscalers_target_of_another_kind_is_fetched_as_an_owner_is() -> None:
+    rollout = k8s.rollout("shop", "checkout", labels={"backstage.io/kubernetes-id": "co"})
+    hpa = k8s.hpa("shop", "checkout", "checkout", target_kind="Rollout",
+                  target_api="argoproj.io/v1alpha1")
+    view, seen = fetch_all({
+        "/apis/argoproj.io/v1alpha1": httpx2.Response(200, json=DISCOVERY),
+        "/apis/argoproj.io/v1alpha1/namespaces/shop/rollouts/checkout":
+            httpx2.Response(200, json=rollout),
+    }, hpa)
+    assert len(seen) == 2
+    found = view.fetched[("argoproj.io", "Rollout", "shop", "checkout")]
+    assert found.label("backstage.io/kubernetes-id") == "co"
+
+
+def test_an_autoscalers_watched_target_is_never_fetched() -> None:
+    view, seen = fetch_all({}, k8s.hpa("shop", "web", "orders-api"))
+    assert seen == [] and not view.fetched
 
 
 def test_watched_kinds_are_never_fetched() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from healert_webhook.cluster.resolve import carried_record, gitops, resolve
+from healert_webhook.cluster.resolve import carried_record, gitops, resolve, resolve_event
 from healert_webhook.rules import DEFAULT_GITOPS
 
 from support import cluster_objects as k8s
@@ -206,3 +206,151 @@ def test_gitops_ownership_from_the_cached_object() -> None:
         assert answer.known and answer.evidence == evidence, name
     unknown = gitops(box.view, "deployments", "shop", "absent", DEFAULT_GITOPS)
     assert not unknown.known and unknown.evidence is None
+
+
+def test_a_workload_the_view_does_not_hold_is_no_answer_even_in_a_declared_namespace() -> None:
+    """A pod the view has never seen (or whose tombstone expired) is not the namespace's:
+    the caller's name rules answer, as for a view that has not listed pods yet."""
+    box = Loaded()
+    box.add_partial("namespaces", k8s.namespace("ops", {BACKSTAGE: "platform"}))
+    found = resolve(box.view, "pods", "ops", "web-7d9f8b6c4d-x7k2p", subresource="exec")
+    assert found.method == "unknown" and "neither in the view nor a tombstone" in \
+        found.explanation
+    secret = resolve(box.view, "secrets", "ops", "db")  # never held by the view
+    assert (secret.name, secret.method) == ("platform", "namespace")
+
+
+HPAS = "horizontalpodautoscalers"
+SCALES = "HorizontalPodAutoscaler web-hpa scales Deployment orders-api"
+
+
+def carried_hpa(target: dict[str, str] | None) -> dict[str, object]:
+    """An HPA as an event carries it (`target` None: the object has no scaleTargetRef)."""
+    obj = k8s.hpa("shop", "web-hpa", "orders-api")
+    if target is None:
+        del obj["spec"]["scaleTargetRef"]
+    else:
+        obj["spec"]["scaleTargetRef"] = target
+    return obj
+
+
+def test_an_hpa_in_the_view_resolves_through_its_target_at_metadata_level(
+        shop: Loaded) -> None:
+    """A Metadata-level event names only the HPA: the view's record knows its target."""
+    shop.add(k8s.hpa("shop", "web-hpa", "orders-api"))
+    for sub in (None, "status"):
+        found = resolve_event(shop.view, HPAS, "shop", "web-hpa", subresource=sub)
+        assert (found.name, found.method) == ("orders-service", "label"), sub
+        assert f"the pod template of Deployment shop/orders-api ({SCALES}), from the view" \
+            in found.explanation
+    # An HPA without a label of its own resolves like an exec into the target's pod.
+    assert resolve(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-x7k2p").name == \
+        "orders-service"
+
+
+def test_the_views_hpa_wins_over_the_carried_one_which_serves_until_the_watch_has_it(
+        shop: Loaded) -> None:
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders-api"}
+    # Audited before its watch event (a create at Request level): the event's copy.
+    early = resolve_event(shop.view, HPAS, "shop", "web-hpa", obj=carried_hpa(target))
+    assert (early.name, early.method) == ("orders-service", "label")
+    assert early.explanation.endswith(f"({SCALES}), from the event")
+    # Once the view holds it, its copy decides (as for every other kind).
+    shop.add(k8s.hpa("shop", "web-hpa", "orders-api"))
+    later = resolve_event(shop.view, HPAS, "shop", "web-hpa",
+                          obj=carried_hpa({**target, "name": "cart"}))
+    assert later.name == "orders-service" and later.explanation.endswith(", from the view")
+
+
+def test_an_hpa_the_view_does_not_hold_is_no_answer(shop: Loaded) -> None:
+    """Not seen yet (a Metadata-level create read before its watch event): the caller's
+    name rules, exactly as for a pod the view has not seen."""
+    for obj in (None, carried_hpa(None), "not an object"):
+        found = resolve_event(shop.view, HPAS, "shop", "web-hpa", obj=obj)
+        assert found.method == "unknown", obj
+    assert resolve_event(shop.view, HPAS, "shop", "web-hpa").explanation == \
+        "horizontalpodautoscalers shop/web-hpa is neither in the view nor a tombstone"
+    shop.view.stores[HPAS].listed = False
+    assert resolve_event(shop.view, HPAS, "shop", "web-hpa").explanation == \
+        "horizontalpodautoscalers not listed yet"
+    # A carried HPA that names no target is about a workload all the same: never the
+    # namespace's entity.
+    box = Loaded()
+    box.add_partial("namespaces", k8s.namespace("shop", labels={BACKSTAGE: "shop-team"}))
+    found = resolve_event(box.view, HPAS, "shop", "web-hpa", obj=carried_hpa(None))
+    assert found.method == "unknown"
+    assert found.explanation == "HorizontalPodAutoscaler shop/web-hpa names no scale " \
+                                "target, from the event"
+
+
+def test_a_target_missing_from_the_view_is_its_name(shop: Loaded) -> None:
+    shop.add(k8s.hpa("shop", "cart-hpa", "cart"),
+             k8s.hpa("shop", "rs-hpa", "cart-7d9f8b6c4d", target_kind="ReplicaSet"))
+    found = resolve_event(shop.view, HPAS, "shop", "cart-hpa")
+    assert (found.name, found.method) == ("cart", "owner")
+    assert found.explanation == (
+        "scale target Deployment cart (not in the view; its name) of "
+        "HorizontalPodAutoscaler shop/cart-hpa, from the view")
+    # A ReplicaSet target's name is read as the name rules read a ReplicaSet's.
+    assert resolve_event(shop.view, HPAS, "shop", "rs-hpa").name == "cart"
+
+
+def test_a_target_of_a_kind_not_watched_follows_the_fetched_object_else_its_name() -> None:
+    box = Loaded()
+    box.fetched(k8s.rollout("shop", "checkout", labels={BACKSTAGE: "checkout-service"}))
+    rollout = {"target_kind": "Rollout", "target_api": "argoproj.io/v1alpha1"}
+    box.add(k8s.hpa("shop", "web-hpa", "checkout", **rollout),
+            k8s.hpa("shop", "cart-hpa", "cart", **rollout))
+    found = resolve_event(box.view, HPAS, "shop", "web-hpa")
+    assert (found.name, found.method) == ("checkout-service", "label")
+    assert "(HorizontalPodAutoscaler web-hpa scales Rollout checkout)" in found.explanation
+    unfetched = resolve_event(box.view, HPAS, "shop", "cart-hpa")
+    assert (unfetched.name, unfetched.method) == ("cart", "owner")
+    assert unfetched.explanation.startswith(
+        "scale target Rollout cart (of a kind not fetched (yet); its name) of "
+        "HorizontalPodAutoscaler shop/cart-hpa")
+
+
+def test_the_scale_target_wins_over_an_owner_and_keys_go_first(shop: Loaded) -> None:
+    """KEDA's ScaledObject owns the HPA it makes; the HPA is still about its target. The
+    HPA is the first link of the chain: its own Backstage label would win, a generic
+    `app.kubernetes.io/name` does not beat the target's Backstage label."""
+    keda = k8s.owner("ScaledObject", "orders", "shop", "keda.sh/v1alpha1")
+    shop.add(k8s.hpa("shop", "keda-hpa-orders", "orders-api", owners=[keda],
+                     labels={"app.kubernetes.io/name": "keda-hpa-orders"}),
+             k8s.hpa("shop", "labelled", "orders-api", labels={BACKSTAGE: "autoscaling"}))
+    found = resolve_event(shop.view, HPAS, "shop", "keda-hpa-orders")
+    assert (found.name, found.method) == ("orders-service", "label")
+    own = resolve_event(shop.view, HPAS, "shop", "labelled")
+    assert (own.name, own.method) == ("autoscaling", "label")
+
+
+def test_a_deleted_hpa_resolves_through_its_target_for_the_window(shop: Loaded) -> None:
+    """`kubectl delete hpa` is audited after the watch has deleted the HPA."""
+    meta = shop.record(k8s.hpa("shop", "web-hpa", "orders-api"))
+    shop.view.put(HPAS, meta)
+    live = resolve_event(shop.view, HPAS, "shop", "web-hpa")
+    shop.view.delete(HPAS, meta)
+    tomb = shop.view.get(HPAS, "shop", "web-hpa")
+    assert tomb is not None and tomb.deleted_at is not None
+    assert resolve_event(shop.view, HPAS, "shop", "web-hpa") == live
+    shop.clock.now += shop.view.tombstone_window + 1
+    shop.view.sweep()
+    assert resolve_event(shop.view, HPAS, "shop", "web-hpa").method == "unknown"
+
+
+def test_the_event_object_is_the_fallback_of_resolve_event(shop: Loaded) -> None:
+    rs = k8s.replicaset(k8s.deployment("shop", "orders-api"), "7d9f8b6c4d")
+    obj = k8s.pod(rs, "zz9zz")
+    found = resolve_event(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-zz9zz",
+                          subresource="exec", obj=obj)
+    assert (found.name, found.method) == ("orders-service", "label")
+    assert resolve_event(shop.view, "pods", "shop", "orders-api-7d9f8b6c4d-zz9zz",
+                         obj="not an object").method == "unknown"
+
+
+def test_the_view_says_which_keys_its_records_keep() -> None:
+    view = Loaded().view
+    assert view.keeps([BACKSTAGE, *DEFAULT_GITOPS.labels], DEFAULT_GITOPS.annotations)
+    assert not view.keeps(["example.com/team"])
+    assert not view.keeps([], ["example.com/managed"])

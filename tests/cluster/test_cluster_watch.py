@@ -19,9 +19,9 @@ import httpx2
 from prometheus_client import REGISTRY
 
 from healert_webhook.cluster.kinds import BY_RESOURCE
-from healert_webhook.cluster.meta import Extractor
+from healert_webhook.cluster.meta import Extractor, Scaler
 from healert_webhook.cluster.view import View
-from healert_webhook.cluster.watch import PARTIAL, PARTIAL_LIST, Reflector, Timing
+from healert_webhook.cluster.watch import JSON, PARTIAL, PARTIAL_LIST, Reflector, Timing, Wake
 
 from support import cluster_objects as k8s
 
@@ -251,7 +251,68 @@ def test_controllers_keep_their_pod_templates_labels_through_the_watch() -> None
     assert str(script.requests[0].url).startswith("https://apiserver.test/apis/apps/v1/deployments")
 
 
+def test_autoscalers_keep_their_scale_target_through_the_watch() -> None:
+    """HPAs are read whole (their target is in the spec); a change of target replaces the
+    record, a deletion keeps the target in the tombstone."""
+    web = k8s.hpa("shop", "web", "orders-api")
+    cart = k8s.hpa("shop", "cart", "cart")
+    retargeted = k8s.hpa("shop", "web", "orders-worker")
+    script = Script(lambda r: page([web, cart], "3"),
+                    lambda r: stream(event("MODIFIED", retargeted, "4"),
+                                     event("DELETED", cart, "5"), bookmark("6")))
+    view, script = run("horizontalpodautoscalers", script)
+    listing, watch = script.requests[:2]
+    assert str(listing.url).startswith(
+        "https://apiserver.test/apis/autoscaling/v2/horizontalpodautoscalers")
+    assert listing.headers["accept"] == watch.headers["accept"] == JSON
+    found = view.get("horizontalpodautoscalers", "shop", "web")
+    assert isinstance(found, Scaler) and found.target.name == "orders-worker"
+    tomb = view.get("horizontalpodautoscalers", "shop", "cart")
+    assert isinstance(tomb, Scaler) and tomb.deleted_at is not None
+    assert (tomb.target.kind, tomb.target.name) == ("Deployment", "cart")
+    assert view.stores["horizontalpodautoscalers"].synced
+
+
+def test_the_first_reflector_to_list_again_ends_the_others_backoff() -> None:
+    """The apiserver is back: a resource waiting out a long backoff lists at once."""
+    view = View(600.0)
+    extractor = Extractor(k8s.KEPT_LABELS, ())
+
+    def refused(_: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(503, json={"kind": "Status", "reason": "ServiceUnavailable"})
+
+    pods_script = Script(refused, lambda r: page(pods("a"), "5"),
+                         lambda r: stream(bookmark("6")))
+    jobs_script = Script(refused, lambda r: page([], "5"), lambda r: stream(bookmark("6")))
+
+    async def main() -> None:
+        wake = Wake()
+        clients, tasks = [], []
+        for resource, script, timing in (
+                ("jobs", jobs_script, Timing(backoff_base=600.0, backoff_max=600.0)),
+                ("pods", pods_script, Timing(backoff_base=0.05, backoff_max=0.05))):
+            client = httpx2.AsyncClient(transport=httpx2.MockTransport(script),
+                                        base_url="https://apiserver.test")
+            clients.append(client)
+            reflector = Reflector(client, BY_RESOURCE[resource], view, extractor,
+                                  timing=timing, rng=random.Random(3), wake=wake)
+            tasks.append(asyncio.create_task(reflector.run()))
+            await asyncio.sleep(0.2)  # jobs has failed and sleeps before pods starts
+        try:
+            await asyncio.wait_for(jobs_script.done.wait(), 20)  # not 300 s and more
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(main())
+    assert view.listed("jobs") and view.listed("pods")
+
+
 def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
+    assert Timing().backoff_max == 10.0  # every second unsynced is a name-rules answer
     timing = Timing(backoff_base=0.8, backoff_max=30.0)
     reflector = Reflector(httpx2.AsyncClient(), BY_RESOURCE["pods"], View(1.0),
                           Extractor((), ()), timing=timing, rng=random.Random(1))

@@ -30,7 +30,10 @@ def test_validate_summarises_valid_file(capsys: pytest.CaptureFixture[str]) -> N
     assert any(line.startswith("disabled kubectl-attach") for line in lines)
     assert any(line.startswith("disabled gitops-drift") and "gitops-managed=yes" in line
                for line in lines)
-    assert lines[-1].endswith("valid, 19 rules (5 enabled); namespaces ignored by every rule: "
+    assert any(line.startswith("audit level: pod-security-relabel: the audit policy must log "
+                               "patch, update of namespaces at Request or higher")
+               for line in lines)
+    assert lines[-1].endswith("valid, 31 rules (12 enabled); namespaces ignored by every rule: "
                               "argocd, cert-manager, istio-system, kube-node-lease, "
                               "kube-public, kube-system, monitoring, vault")
 

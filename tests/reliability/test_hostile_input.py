@@ -356,6 +356,7 @@ def _client_hello(pki: PKI) -> bytes:
 # -- the protocol's deadlines, with the timeouts scaled down -------------------------------
 
 class _QuickProtocol(protocol.GuardedHttpProtocol):
+    first_head_timeout = 1.0
     head_timeout = 1.0
 
 

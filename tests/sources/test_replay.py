@@ -51,7 +51,7 @@ def test_all_fixtures_replay_to_the_expected_friction_events(fixtures_dir: Path)
     assert frictions(done) == expected
     summary = done.stderr.decode()
     assert summary.startswith("replay: 95 lines, 95 audit events, 0 invalid lines, "
-                              "1 invalid events, 4 friction events")
+                              "1 invalid events, 5 friction events")
     assert "invalid events: missing_stage: 1" in summary  # fal_01_003.json is {"kind": 0}
 
 
@@ -106,8 +106,8 @@ def test_formats_gzip_eventlist_pretty_event_and_stdin(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     described = [f["description"] for f in frictions(done)]
     assert described == [
-        "kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments) by "
-        "oidc:jane@example.com",
+        "kubectl exec on pods/payments-api-7d9f8b6c4-xkj2p (ns:payments, container:-, "
+        "command:-) by oidc:jane@example.com",
         "kubectl port-forward to pods/postgres-0 (ns:payments) by oidc:jane@example.com",
         "Direct secret access: db-credentials in payments by oidc:jane@example.com",
         "Direct secret access: api-token in payments by oidc:jane@example.com",

@@ -195,6 +195,31 @@ def rollout(namespace: str, name: str, labels: Obj | None = None) -> Obj:
     }
 
 
+def hpa(namespace: str, name: str, target: str, target_kind: str = "Deployment",
+        target_api: str = "apps/v1", labels: Obj | None = None,
+        owners: list[Obj] | None = None) -> Obj:
+    """A HorizontalPodAutoscaler (autoscaling/v2) as `kubectl autoscale` makes it, with the
+    status the controller-manager writes when it cannot read metrics."""
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta("HorizontalPodAutoscaler", namespace, name, labels=labels,
+                          ownerReferences=owners,
+                          managedFields=managed("kubectl-autoscale", "kube-controller-manager",
+                                                api_version="autoscaling/v2")),
+        "spec": {"scaleTargetRef": {"apiVersion": target_api, "kind": target_kind,
+                                    "name": target},
+                 "minReplicas": 1, "maxReplicas": 3,
+                 "metrics": [{"type": "Resource", "resource": {
+                     "name": "cpu", "target": {"type": "Utilization",
+                                               "averageUtilization": 80}}}]},
+        "status": {"currentReplicas": 1, "desiredReplicas": 0, "currentMetrics": None,
+                   "conditions": [{"type": "AbleToScale", "status": "True",
+                                   "lastTransitionTime": TIME, "reason": "SucceededGetScale",
+                                   "message": "the HPA controller was able to get the "
+                                              "target's current scale"}]},
+    }
+
+
 # -- a view loaded as the watches would load it ----------------------------------
 
 KEPT_LABELS = (*LABEL_KEYS, *DEFAULT_GITOPS.labels)
@@ -215,7 +240,8 @@ class Loaded:
 
     def __init__(self, window: float = 600.0) -> None:
         self.clock = Clock()
-        self.view = View(window, clock=self.clock)
+        self.view = View(window, clock=self.clock, label_keys=KEPT_LABELS,
+                         annotation_keys=DEFAULT_GITOPS.annotations)
         self.extractor = Extractor(KEPT_LABELS, DEFAULT_GITOPS.annotations)
         for store in self.view.stores.values():
             store.listed = store.synced = True

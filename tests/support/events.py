@@ -173,6 +173,12 @@ def exec_event(i: int, *, sub: str = "exec", verb: str = "get", tag: str = "a",
         **extra)
 
 
+def replica(i: int) -> str:
+    """The 5-character suffix, in Kubernetes' generated-name alphabet, of replica `i`."""
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(alphabet[i // len(alphabet) ** n % len(alphabet)] for n in range(5))
+
+
 def noise_event(i: int) -> dict[str, Any]:
     """A kubelet renewing its lease: the bulk of real audit traffic, matching no rule."""
     return {
@@ -225,8 +231,11 @@ def batch_of_400(tag: str = "a") -> tuple[list[Any], int]:
     Returns the items and how many of them are people's exec/port-forward (all detected).
     """
     items = fixture_events()
+    # Each into a pod of its own: SPDY sessions of one person on one pod in the same ten
+    # seconds are one attempt (kubectl's fallback), and these are a hundred.
     mine = [exec_event(i, sub="exec" if i % 2 else "portforward", verb="get" if i % 3 else
-                       "create", tag=tag) for i in range(100)]
+                       "create", tag=tag, pod=f"payments-api-7d9f8b6c4-{replica(i)}")
+            for i in range(100)]
     items += mine
     items += [noise_event(i) for i in range(400 - len(items))]
     assert len(items) == 400
