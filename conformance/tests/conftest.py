@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from conformance.harness import breadth_env, fixtures
+from conformance.harness.case_checks import CaseChecks
 from conformance.harness.env import Environment
 from conformance.harness.runner import Outcome, Runner
 from conformance.harness.scenarios import SCENARIOS
@@ -103,3 +104,10 @@ def breadth_rule_names(breadth: breadth_env.BreadthEnvironment) -> set[str]:
     """Names of the rules the breadth environment's agents run."""
     doc = yaml.safe_load(breadth.env.rules.read_text())
     return {rule["name"] for rule in doc.get("rules", [])}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A `CaseChecks` class's tests run once per case of its module (`name`)."""
+    cls = metafunc.cls
+    if cls is not None and issubclass(cls, CaseChecks) and "name" in metafunc.fixturenames:
+        metafunc.parametrize("name", [c.name for c in cls.cases])

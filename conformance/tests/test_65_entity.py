@@ -20,13 +20,8 @@ import pytest
 
 from conformance.harness import breadth_env, breadth_fixtures
 from conformance.harness.breadth_env import BreadthEnvironment
-from conformance.harness.cases import (
-    Results,
-    WindowRunner,
-    agreement_problems,
-    fact_problems,
-    level_problems,
-)
+from conformance.harness.case_checks import CaseChecks
+from conformance.harness.cases import Results, WindowRunner
 from conformance.harness.scenarios_entity import CASES, read_evidence
 from conformance.harness.verdict import problems, show
 
@@ -65,31 +60,10 @@ def test_before_the_cluster_the_view_was_not_synced(breadth: BreadthEnvironment)
     assert breadth.before.synced == {"serve": False, "tail": False}, breadth.before.synced
 
 
-@pytest.mark.parametrize("name", [c.name for c in CASES])
-def test_apiserver_audited_what_the_case_needs(breadth: BreadthEnvironment, results: Results,
-                                               name: str) -> None:
-    """The case ran, and the apiserver audited its requests as they are known to be
-    audited (the facts' levels compared under the generated policy only)."""
-    outcome = results.outcomes[name]
-    assert outcome.error is None, outcome.error
-    found = fact_problems(outcome, levels=breadth.generated)
-    assert not found, "\n".join(found)
+class TestEachCase(CaseChecks):
+    """The audit and agreement checks of each of issue 24's cases."""
 
-
-@pytest.mark.parametrize("name", [c.name for c in CASES])
-def test_every_event_has_the_policys_level(breadth: BreadthEnvironment, results: Results,
-                                           name: str) -> None:
-    """Every audit event of the case has the level the package's evaluator gives its
-    request under the policy the apiserver ran."""
-    found = level_problems(results.outcomes[name], breadth.policy())
-    assert not found, "\n".join(found)
-
-
-@pytest.mark.parametrize("name", [c.name for c in CASES])
-def test_webhook_and_tail_agree(results: Results, name: str) -> None:
-    """Both ways in stored the same friction events: same keys, same payloads."""
-    found = agreement_problems(results.outcomes[name])
-    assert not found, "\n".join(found)
+    cases = CASES
 
 
 @pytest.mark.parametrize("name", [pytest.param(c.name, marks=c.marks()) for c in CASES])
