@@ -28,6 +28,7 @@ from healert_webhook import audit
 from healert_webhook.rules import fields
 from healert_webhook.rules.matchers import NameMatch
 from healert_webhook.rules.model import Check, shown
+from healert_webhook.rules.names import resource_hint
 from healert_webhook.rules.yamlnodes import (
     BOOL,
     INT,
@@ -680,8 +681,6 @@ def _read_scalars(ctx: Problems, node: Node, where: str) -> tuple[Any, ...] | No
 
 
 def _read_resources(ctx: Problems, node: Node, where: str) -> frozenset[str] | None:
-    from healert_webhook.rules.lint import resource_hint  # lint reads this module
-
     names = read_one_or_more(ctx, node, where)
     if names is None:
         return None

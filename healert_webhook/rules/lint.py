@@ -14,6 +14,7 @@ from typing import Any
 from healert_webhook.audit import HUMAN_SYSTEM_USERS
 from healert_webhook.rules.conditions import ObjectFields, Users
 from healert_webhook.rules.model import Rule
+from healert_webhook.rules.names import SUBRESOURCE_FIXES, resource_hint
 from healert_webhook.rules.yamlnodes import Node, Problems
 
 # The verbs the apiserver writes into audit events: the request verbs of resource
@@ -27,61 +28,8 @@ NAMELESS_VERBS = frozenset({"list", "watch", "deletecollection"})
 # Subresources older kubectl sends as `create` on pods; a drift rule on pods should not
 # count them (they are exec, attach and port-forward sessions, reported by their own rules).
 SESSION_SUBRESOURCES = ("exec", "attach", "portforward")
-# Names people write for resources and subresources, and what the apiserver writes instead.
-_RESOURCE_FIXES = {
-    "pod": "pods", "po": "pods", "secret": "secrets", "deployment": "deployments",
-    "deploy": "deployments", "statefulset": "statefulsets", "sts": "statefulsets",
-    "daemonset": "daemonsets", "ds": "daemonsets", "replicaset": "replicasets",
-    "rs": "replicasets", "job": "jobs", "cronjob": "cronjobs", "cj": "cronjobs",
-    "configmap": "configmaps", "cm": "configmaps", "namespace": "namespaces",
-    "ns": "namespaces", "node": "nodes", "no": "nodes", "service": "services",
-    "svc": "services", "ingress": "ingresses", "ing": "ingresses", "role": "roles",
-    "rolebinding": "rolebindings", "clusterrole": "clusterroles",
-    "clusterrolebinding": "clusterrolebindings", "serviceaccount": "serviceaccounts",
-    "sa": "serviceaccounts", "persistentvolume": "persistentvolumes",
-    "pv": "persistentvolumes", "persistentvolumeclaim": "persistentvolumeclaims",
-    "pvc": "persistentvolumeclaims", "networkpolicy": "networkpolicies",
-    "netpol": "networkpolicies", "horizontalpodautoscaler": "horizontalpodautoscalers",
-    "hpa": "horizontalpodautoscalers", "endpoint": "endpoints", "event": "events",
-    "ev": "events", "lease": "leases", "customresourcedefinition":
-    "customresourcedefinitions", "crd": "customresourcedefinitions",
-}
-_SUBRESOURCE_FIXES = {
-    "port-forward": "portforward", "port_forward": "portforward", "logs": "log",
-    "ephemeral-containers": "ephemeralcontainers", "ephemeralcontainer":
-    "ephemeralcontainers", "debug": "ephemeralcontainers", "evict": "eviction",
-}
 _SUBRESOURCE_VERBS = frozenset({"exec", "attach", "portforward", "port-forward", "log",
                                 "logs", "scale", "status", "eviction", "ephemeralcontainers"})
-
-
-def resource_hint(resource: str) -> str | None:
-    """How to write a resource the apiserver would audit, or None when it looks right.
-
-    The apiserver writes the resource's plural in lower case (`pods`, a custom resource's
-    `spec.names.plural`: `policyexceptions`), never the kind (`PolicyException`)."""
-    if "/" in resource:
-        base, _, sub = resource.partition("/")
-        return f"write resource: {base} and subresource: {sub}"
-    lower = resource.lower()
-    fix = _RESOURCE_FIXES.get(lower)
-    if fix is None and lower == resource and lower.endswith("s"):
-        return None
-    return ("the apiserver writes the plural, lower-case name (did you mean "
-            f"{fix or plural(lower)!r}?)")
-
-
-def plural(name: str) -> str:
-    """The plural Kubernetes gives a lower-case kind (`policyexception` ->
-    `policyexceptions`, `networkpolicy` -> `networkpolicies`); a name that already ends in
-    `s` is taken as plural."""
-    if name.endswith("s"):
-        return name
-    if name.endswith("y") and name[-2:-1] not in ("a", "e", "i", "o", "u", ""):
-        return name[:-1] + "ies"
-    if name.endswith(("x", "z", "ch", "sh")):
-        return name + "es"
-    return name + "s"
 
 
 def verb_hint(verb: str) -> str:
@@ -90,7 +38,7 @@ def verb_hint(verb: str) -> str:
     if lower in KNOWN_VERBS:
         return f" (verbs are lower case: {lower!r})"
     if lower in _SUBRESOURCE_VERBS:
-        sub = _SUBRESOURCE_FIXES.get(lower, lower)
+        sub = SUBRESOURCE_FIXES.get(lower, lower)
         return (f" ({verb!r} is a subresource: write subresource: {sub} and leave the verb "
                 "out; kubectl sends it as get, or create from older clients)")
     if lower == "connect":
@@ -117,7 +65,7 @@ def warn_unaudited(ctx: Problems, key: str, node: Node, where: str, got: Any) ->
                 ctx.warn(node, where, f"verb {value!r}: such requests name no object, so "
                          "they are never charged to an entity (skipped as no_name)")
         else:
-            fix = _SUBRESOURCE_FIXES.get(value.lower(), value.lower())
+            fix = SUBRESOURCE_FIXES.get(value.lower(), value.lower())
             if fix != value:
                 ctx.warn(node, where, f"subresource {value!r} is never audited: the "
                          f"apiserver writes {fix!r}")
