@@ -12,15 +12,13 @@ its own labels and owners, else the entity its namespace declares, else the name
 
 The Deployment `orders-api` carries `backstage.io/kubernetes-id: orders-service` on its
 pod template only (its pods have it; the Deployment and its Scale do not). Each action on
-it is done twice: by alice directly, audited at the shipped policy's levels
-(RequestResponse for her workload writes, Metadata for exec, port-forward, logs), and by
-the access proxy's service account `--as=bob`, which the policy judges as a service
-account, so every request of it is audited at Metadata: no object in any event.
-
-Every case holds with the view (none is pending); those an agent reading only the event
-gets right too (a pod label and a debug container at RequestResponse: the event carries
-the labelled pod) guard the wiring. The HPA made through the proxy needs the view's HPAs:
-its Metadata-level event names the HPA, not what it scales.
+it is done twice: by alice directly, and by the access proxy's service account
+`--as=bob`. The environment's apiserver runs the policy the agent generates, which judges
+the proxy as a service account that may act for people: both are audited at Request for
+writes (the request as sent, never the resulting object) and at Metadata for exec,
+port-forward and logs. So no event carries the labelled object: the entity comes from the
+view, whose records of workloads, pods and HPAs name it (the HPA made through the proxy:
+its event names the HPA, not what it scales).
 """
 
 from __future__ import annotations
@@ -117,7 +115,11 @@ def _args(args: tuple[Any, ...], variant: str) -> tuple[Any, ...]:
 def _fact(fact: Fact, proxied: bool) -> Fact:
     if not proxied:
         return fact
-    return Fact(**{**fact.__dict__, "user": PROXY, "impersonated": "bob", "level": "Metadata"})
+    level = "Request" if fact.verb in _WRITES else "Metadata"  # the generated policy's
+    return Fact(**{**fact.__dict__, "user": PROXY, "impersonated": "bob", "level": level})
+
+
+_WRITES = ("create", "update", "patch")
 
 
 def workload_actions() -> tuple[Case, ...]:
@@ -145,8 +147,9 @@ def workload_actions() -> tuple[Case, ...]:
     return tuple(found)
 
 
-_PROXY_DESIGN = (" Through the proxy every request is audited at Metadata: the entity "
-                 "must come from the view, not from the event.")
+_PROXY_DESIGN = (" Through the proxy a write is audited at Request, anything else at "
+                 "Metadata: no event carries the resulting object, the entity must come "
+                 "from the view.")
 _DESIGN = {
     "exec": "pods/exec resolves through its pod; the pod has the template's label.",
     "port-forward-pod": "kubectl tries WebSocket, then SPDY: two requests, one attempt, "
@@ -156,10 +159,11 @@ _DESIGN = {
     "logs-deployment": "kubectl picks a pod of the Deployment: pods/log on that pod.",
     "scale": "deployments/scale resolves through its Deployment, whose pod template has "
              "the label (the Scale object has no labels).",
-    "autoscale": "an HPA resolves through its scaleTargetRef (the Deployment). At "
-                 "Metadata the event has no scaleTargetRef: the view's record of the HPA "
-                 "(it watches HPAs) names it; the HPA's own name is the Deployment's "
-                 "only by kubectl's default, and `--name` here makes it differ.",
+    "autoscale": "an HPA resolves through its scaleTargetRef (the Deployment): the "
+                 "create at Request carries it, and so does the view's record of the HPA "
+                 "(at Metadata, under another policy, only the view has it); the HPA's "
+                 "own name is the Deployment's only by kubectl's default, and `--name` "
+                 "here makes it differ.",
     "set-image": "the Deployment's own labels have no key; its pod template has one.",
     "set-env": "as set-image.",
     "pod-label": "the pod's own label.",
@@ -211,8 +215,7 @@ def helm_releases() -> tuple[Case, ...]:
             rule = "kubectl-exec" if action == "exec" else "config-drift"
             fact = {"exec": Fact("get", "pods", "exec", stage="ResponseStarted", count=1),
                     "scale": Fact("patch", "statefulsets", "scale", code=200),
-                    "patch": Fact("patch", "statefulsets", level="RequestResponse",
-                                  code=200)}[action]
+                    "patch": Fact("patch", "statefulsets", level="Request", code=200)}[action]
             found.append(case(
                 f"entity-helm-{release.release}-{action}",
                 f"alice: {action} on the release {release.release} of the postgresql chart "
@@ -258,7 +261,7 @@ def owners_and_namespaces() -> tuple[Case, ...]:
              "`generateName: db-migrate-`",
              _create_migration, (Expect("config-drift", ref("db-migrate"), "alice"),),
              design="a Job made from generateName is its generateName base",
-             audited=(Fact("create", "jobs", level="RequestResponse", code=201),)),
+             audited=(Fact("create", "jobs", level="Request", code=201),)),
         case("entity-job-generate-name-exec", "alice execs into the pod of that Job "
              "(`db-migrate-<5>-<5>`)",
              _exec_migration_pod, (Expect("kubectl-exec", ref("db-migrate"), "alice"),),
