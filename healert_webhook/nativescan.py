@@ -2,7 +2,7 @@
 strict JSON validator, where it was built (healert_webhook/_fastscan.c).
 
 `native` is the compiled module, or None when it was not built (no C compiler at install
-time) or `HEALERT_NATIVE=off` is in the environment; then the pure field pass
+time) or `HEALERT_NATIVE=off` is in the environment (config.py); then the pure field pass
 (fieldpass.py) does all the work, as it does whenever the scanner is not sure.
 
 The contract, for `data` any bytes:
@@ -44,17 +44,24 @@ import os
 import sys
 from types import ModuleType
 
+from healert_webhook.config import OPTIONS_BY_NAME
+
 Fields = tuple[str | None, str | None, str | None, bool, str | None, str | None, str | None]
 Bound = tuple[int, int, Fields | None]
 FIELD_NAMES = ("stage", "verb", "username", "impersonated", "resource", "subresource",
                "namespace")
-SWITCH = "HEALERT_NATIVE"
+_SWITCH = OPTIONS_BY_NAME["native_scanner"]
 
 
 def _load() -> tuple[ModuleType | None, str]:
     """The compiled module, or None, and a sentence saying which and why."""
-    if os.environ.get(SWITCH, "").strip().lower() == "off":
-        return None, f"native field scanner: off ({SWITCH}=off)"
+    name = _SWITCH.env[0]
+    try:
+        switch = _SWITCH.parse(os.environ.get(name, _SWITCH.default))
+    except ValueError as exc:  # the command's settings refuse it too, naming it
+        return None, f"native field scanner: off ({name}: {exc})"
+    if switch == "off":
+        return None, f"native field scanner: off ({name}=off)"
     try:
         from healert_webhook import _fastscan
     except ImportError:
