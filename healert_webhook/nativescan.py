@@ -57,7 +57,7 @@ def _load() -> tuple[ModuleType | None, str]:
     """The compiled module, or None, and a sentence saying which and why."""
     name = _SWITCH.env[0]
     try:
-        switch = _SWITCH.parse(os.environ.get(name, _SWITCH.default))
+        switch = _SWITCH.parse(os.environ.get(name) or _SWITCH.default)  # empty: unset
     except ValueError as exc:  # the command's settings refuse it too, naming it
         return None, f"native field scanner: off ({name}: {exc})"
     if switch == "off":
