@@ -447,6 +447,10 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(raw)
 
 
+NAMES_AND_KEYS = ["stage", "verb", "user", "username", "impersonatedUser", "objectRef",
+                  "resource", "subresource", "namespace", "items", "kind", "auditID",
+                  "EventList", "ResponseComplete", "get", "pods", "exec", "system:node:n", "",
+                  "\u00e9", "\U0001f600", "\x00", "\\", '"']
 SAMPLE = [*(orjson.dumps(event) for event in (noise_event(2), exec_event(3))),
           *workload.stream("small", 40, match_ratio=0.2, seed=2).items]
 
@@ -468,3 +472,38 @@ def test_mutated_bytes_are_never_answered_unlike_orjson(scanner: ModuleType,
     for raw in raws:
         body = b'{"kind":"EventList","items":[' + raw + b"," + LEASE + b"]}"
         body_alike(scanner, body)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8) | st.sampled_from(NAMES_AND_KEYS),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(NAMES_AND_KEYS) | st.text(max_size=4), inner, max_size=4),
+    max_leaves=20)
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> bytes:
+    """Any JSON document, often shaped like a batch, written with odd whitespace and
+    escapes."""
+    value = draw(json_values)
+    shape = draw(st.integers(0, 3))
+    if shape == 1:
+        value = {"kind": draw(st.sampled_from(["EventList", "Event", None, 1])), "items": value}
+    elif shape == 2 and isinstance(value, dict):
+        value["auditID"] = "x"
+    raw = json.dumps(value, ensure_ascii=draw(st.booleans()),
+                     indent=draw(st.sampled_from([None, 0, 2]))).encode()
+    if draw(st.booleans()):
+        raw = raw.replace(b",", draw(st.sampled_from([b" ,", b",\t", b"\r\n,"])))
+    if draw(st.integers(0, 4)) == 0:  # a lone or reversed surrogate, valid JSON to none
+        raw = raw.replace(b'"get"', draw(st.sampled_from([b'"\\ud800"', b'"\\ude00\\ud83d"'])))
+    return raw
+
+
+@settings(max_examples=int(os.environ.get("HEALERT_FUZZ_EXAMPLES", "500")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_any_json_document_is_read_as_orjson_reads_it(scanner: ModuleType, raw: bytes) -> None:
+    line_alike(scanner, raw)
+    body_alike(scanner, raw)
