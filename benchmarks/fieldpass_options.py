@@ -107,12 +107,19 @@ def native_rows(fast: fieldpass.FieldPass, lines: list[bytes], bodies: list[byte
     fields_of, user_of, ref_of = fieldpass._Fields, fieldpass._User, fieldpass._Ref
 
     def decided(found: Any) -> Any:
-        stage, verb, username, impersonated, resource, subresource, namespace = found
+        stage, verb, resource, subresource, namespace, username, impersonated = found
         return decide(fields_of(stage, verb, user_of(username), impersonated,
                                 ref_of(resource, subresource, namespace)))
 
+    # the cheap way in (nativescan.py): answers looked up by fields[:5], the user's part
+    # (a second answer for internal actors) left out
+    answers = {found[:5]: decided(found) for found in map(scan_line, lines)}
+    looked_up = answers.get
+
     return [
         ("native scanner, a line (scan_line)", lambda: [scan_line(line) for line in lines]),
+        ("native scanner, a line, then an answer looked up by fields[:5]",
+         lambda: [looked_up(scan_line(line)[:5]) for line in lines]),
         ("native scanner, a line, then the cached decision",
          lambda: [decided(scan_line(line)) for line in lines]),
         ("native scanner, a body: items' bounds and fields (scan_body)",

@@ -711,11 +711,12 @@ static int fields_sure(const Fields *f)
     return 1;
 }
 
-/* (stage, verb, username, impersonated, resource, subresource, namespace), or None. */
+/* (stage, verb, resource, subresource, namespace, username, impersonated), or None:
+ * the first five are what a decision is cached by, as one slice. */
 static PyObject *make_fields(const Fields *f)
 {
-    static const int order[] = {F_STAGE, F_VERB, F_USERNAME, -1, F_RESOURCE,
-                                F_SUBRESOURCE, F_NAMESPACE};
+    static const int order[] = {F_STAGE, F_VERB, F_RESOURCE, F_SUBRESOURCE,
+                                F_NAMESPACE, F_USERNAME, -1};
     if (!fields_sure(f))
         Py_RETURN_NONE;
     PyObject *tuple = PyTuple_New(7);
@@ -858,8 +859,8 @@ static PyObject *scan_body(PyObject *module, PyObject *arg)
 
 PyDoc_STRVAR(scan_line_doc,
 "scan_line(data, /)\n--\n\n"
-"The deciding fields of one event's JSON: (stage, verb, username, impersonated,\n"
-"resource, subresource, namespace), or None when not sure (see nativescan.py).");
+"The deciding fields of one event's JSON: (stage, verb, resource, subresource,\n"
+"namespace, username, impersonated), or None when not sure (see nativescan.py).");
 
 PyDoc_STRVAR(scan_body_doc,
 "scan_body(data, /)\n--\n\n"

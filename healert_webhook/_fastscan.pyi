@@ -1,7 +1,7 @@
 # The native field scanner's functions (healert_webhook/_fastscan.c; nativescan.py).
 from typing_extensions import Buffer
 
-Fields = tuple[str | None, str | None, str | None, bool, str | None, str | None, str | None]
+Fields = tuple[str | None, str | None, str | None, str | None, str | None, str | None, bool]
 
 MAX_DEPTH: int
 MAX_ITEMS: int

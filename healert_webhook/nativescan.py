@@ -8,10 +8,11 @@ time) or `HEALERT_NATIVE=off` is in the environment (config.py); then the pure f
 The contract, for `data` any bytes:
 
 - `native.scan_line(data)` -> `Fields` or None. `Fields` is the tuple (stage, verb,
-  username, impersonated, resource, subresource, namespace): each a str, or None when
-  the field is absent or null (`username` of `user`, and the last three of
-  `objectRef`; an absent or null `user` or `objectRef` gives None for its fields), and
-  `impersonated` the truth (`bool`) of `impersonatedUser`'s value.
+  resource, subresource, namespace, username, impersonated): each a str, or None when
+  the field is absent or null (`resource`, `subresource` and `namespace` of
+  `objectRef`, `username` of `user`; an absent or null `objectRef` or `user` gives None
+  for its fields), and `impersonated` the truth (`bool`) of `impersonatedUser`'s value.
+  `fields[:5]` is what fieldpass caches a decision by.
 - `native.scan_body(data)` -> the items of a webhook body as `audit.batch_items` reads
   it (an EventList, a JSON array of events, or one Event), as a list of (start, end,
   fields): `data[start:end]` is the item's JSON (for one Event, the whole body) and
@@ -32,7 +33,9 @@ orjson reads it, the last one.
 
 Plugging it into fieldpass: for a `Fields` answer, `_Fields(stage, verb,
 _User(username), impersonated, _Ref(resource, subresource, namespace))` is decided by
-`FieldPass._decide` as the event itself (tests/test_nativescan.py checks it).
+`FieldPass._decide` as the event itself (tests/test_nativescan.py checks it); building
+those Structs costs more than the scan, so a decision cached by `fields[:5]`, the user
+choosing between the two answers as `_decide` does, is the cheap way in.
 
 `python -m healert_webhook.nativescan` says whether it is in use (`--require`: exit 1 if
 not).
@@ -46,10 +49,10 @@ from types import ModuleType
 
 from healert_webhook.config import OPTIONS_BY_NAME
 
-Fields = tuple[str | None, str | None, str | None, bool, str | None, str | None, str | None]
+Fields = tuple[str | None, str | None, str | None, str | None, str | None, str | None, bool]
 Bound = tuple[int, int, Fields | None]
-FIELD_NAMES = ("stage", "verb", "username", "impersonated", "resource", "subresource",
-               "namespace")
+FIELD_NAMES = ("stage", "verb", "resource", "subresource", "namespace", "username",
+               "impersonated")
 _SWITCH = OPTIONS_BY_NAME["native_scanner"]
 
 

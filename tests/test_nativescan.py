@@ -61,12 +61,12 @@ def normalised(event: Any) -> Any:
     impersonated = event.get("impersonatedUser")
     if isinstance(impersonated, int | float) and not isinstance(impersonated, bool):
         return UNSURE
-    values = (event.get("stage"), event.get("verb"), (user or {}).get("username"),
-              (ref or {}).get("resource"), (ref or {}).get("subresource"),
-              (ref or {}).get("namespace"))
+    values = (event.get("stage"), event.get("verb"), (ref or {}).get("resource"),
+              (ref or {}).get("subresource"), (ref or {}).get("namespace"),
+              (user or {}).get("username"))
     if not all(value is None or isinstance(value, str) for value in values):
         return UNSURE
-    return (*values[:3], bool(impersonated), *values[3:])
+    return (*values, bool(impersonated))
 
 
 def reference(raw: bytes) -> Any:
@@ -84,8 +84,8 @@ def line_alike(scanner: ModuleType, raw: bytes) -> bool:
     if got is None:
         return False
     assert got == reference(raw), raw[:300]
-    assert all(value is None or type(value) is str for i, value in enumerate(got) if i != 3)
-    assert type(got[3]) is bool
+    assert all(value is None or type(value) is str for value in got[:6])
+    assert type(got[6]) is bool
     return True
 
 
@@ -182,7 +182,7 @@ def test_its_fields_decide_as_the_pure_field_pass(scanner: ModuleType, tmp_path:
     odd = [orjson.dumps(exec_event(1, user=user)) for user in ("system:node:n", "alice")]
     reasons = set()
     for raw in lines + odd:
-        stage, verb, username, impersonated, resource, subresource, namespace = \
+        stage, verb, resource, subresource, namespace, username, impersonated = \
             scanner.scan_line(raw)
         fields = fieldpass._Fields(stage, verb, fieldpass._User(username), impersonated,
                                    fieldpass._Ref(resource, subresource, namespace))
@@ -207,9 +207,9 @@ def test_bodies_split_as_the_pure_field_pass_splits_them(scanner: ModuleType) ->
             [bytes(item) for item in fp.split(body)]
         assert body_alike(scanner, body)
     assert scanner.scan_body(b'{"auditID":"x","items":[1]}')[0][2] == \
-        (None, None, None, False, None, None, None)
+        (None, None, None, None, None, None, False)
     assert [fields for _, _, fields in scanner.scan_body(b'[1, "x", {}]')] == \
-        [None, None, (None, None, None, False, None, None, None)]
+        [None, None, (None, None, None, None, None, None, False)]
     for refused in (b'{"kind":"EventList","items":{"a":1}}', b"5", b"", b"{",
                     b'{"items":[1,]}', b'[{"a":1e}]'):
         assert scanner.scan_body(refused) is None, refused
@@ -263,7 +263,7 @@ def test_valid_utf8_of_every_length_is_read(scanner: ModuleType) -> None:
         named = LEASE.replace(b'"kube-node-lease"', json.dumps("ns" + text,
                                                                 ensure_ascii=False).encode())
         assert line_alike(scanner, named)
-        assert scanner.scan_line(named)[6] == "ns" + text
+        assert scanner.scan_line(named)[4] == "ns" + text
 
 
 @pytest.mark.parametrize("escape", [b"\\ud800", b"\\udc00", b"\\udbff\\u0041", b"\\ud800\\n",
