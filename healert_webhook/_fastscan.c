@@ -35,6 +35,7 @@
 typedef struct {
     const unsigned char *ptr;
     Py_ssize_t len;
+    int ascii; /* no byte above 0x7F (escapes aside) */
 } Span;
 
 /* A deciding value: absent or null, a string without escapes, or anything else. */
@@ -77,11 +78,12 @@ typedef struct {
 } Body;
 
 #define FAIL (-1)
+#define HOT static inline __attribute__((always_inline))
 
 static int skip_value(Scanner *s, int depth);
 static int scan_items(Scanner *s, int depth);
 
-static inline void skip_ws(Scanner *s)
+HOT void skip_ws(Scanner *s)
 {
     const unsigned char *p = s->p, *end = s->end;
     while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
@@ -179,20 +181,23 @@ static const unsigned char *utf8_sequence(const unsigned char *p, const unsigned
 /* Bytes below n (n <= 128) in x; the lowest flagged byte is always a true one. */
 #define BELOW(x, n) (((x) - ONES * (n)) & ~(x) & HIGHS)
 
-#if defined(__SSE2__)
+/* How strings are scanned: SSE2, else eight bytes in a word, else a byte at a time
+ * (FASTSCAN_NO_SSE2 and FASTSCAN_NO_SWAR choose the others, to test them here). */
+#if defined(__SSE2__) && !defined(FASTSCAN_NO_SSE2)
 #include <emmintrin.h>
 #define SSE2_STRINGS 1
-#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
+#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ \
+    && defined(__GNUC__) && !defined(FASTSCAN_NO_SWAR)
 #define SWAR_STRINGS 1
 #endif
 
 /* A string at s->p (its opening quote): its raw content and whether it holds escapes. */
-static inline __attribute__((always_inline)) int
+HOT int
 scan_string(Scanner *s, Span *out, int *escaped)
 {
     const unsigned char *p = s->p + 1, *end = s->end;
     const unsigned char *start = p;
-    int esc = 0;
+    int esc = 0, ascii = 1;
     for (;;) {
 #if defined(SSE2_STRINGS)
         /* sixteen bytes at a time until a quote, a backslash, a control byte or a high
@@ -201,13 +206,14 @@ scan_string(Scanner *s, Span *out, int *escaped)
         const __m128i space = _mm_set1_epi8(0x20);
         while (end - p >= 16) {
             __m128i x = _mm_loadu_si128((const __m128i *)p);
-            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote),
-                                                    _mm_cmpeq_epi8(x, backslash)),
+            __m128i quotes = _mm_cmpeq_epi8(x, quote);
+            __m128i hit = _mm_or_si128(_mm_or_si128(quotes, _mm_cmpeq_epi8(x, backslash)),
                                        _mm_cmplt_epi8(x, space));
-            int m = _mm_movemask_epi8(hit);
+            unsigned m = (unsigned)_mm_movemask_epi8(hit);
             if (m) {
-                p += __builtin_ctz((unsigned)m);
-                if (*p == '"')
+                unsigned first = m & (0u - m);
+                p += __builtin_ctz(m);
+                if (first & (unsigned)_mm_movemask_epi8(quotes))
                     goto closed; /* the usual end: no escape, nothing above ASCII */
                 break;
             }
@@ -241,6 +247,7 @@ scan_string(Scanner *s, Span *out, int *escaped)
             p++;
             continue;
         } else {
+            ascii = 0;
             p = utf8_sequence(p, end);
         }
         if (p == NULL)
@@ -251,12 +258,13 @@ closed:
 #endif
     out->ptr = start;
     out->len = p - start;
+    out->ascii = ascii;
     *escaped = esc;
     s->p = p + 1;
     return 0;
 }
 
-static int skip_string(Scanner *s)
+HOT int skip_string(Scanner *s)
 {
     Span span;
     int escaped;
@@ -324,7 +332,7 @@ static int skip_literal(Scanner *s, const char *word, Py_ssize_t n)
 
 /* Iterating an object: at its '{' (first) or after a value (next), the next key, or 0
  * at its end. */
-static int object_first(Scanner *s, int depth)
+HOT int object_first(Scanner *s, int depth)
 {
     if (depth > MAX_DEPTH)
         return FAIL;
@@ -338,7 +346,7 @@ static int object_first(Scanner *s, int depth)
 }
 
 /* After a member's value: 1 when another member follows, 0 at the '}'. */
-static int object_next(Scanner *s)
+HOT int object_next(Scanner *s)
 {
     skip_ws(s);
     if (s->p >= s->end)
@@ -355,7 +363,7 @@ static int object_next(Scanner *s)
 }
 
 /* A key and its colon; the value starts at s->p. */
-static int object_key(Scanner *s, Span *key, int *escaped)
+HOT int object_key(Scanner *s, Span *key, int *escaped)
 {
     if (s->p >= s->end || *s->p != '"' || scan_string(s, key, escaped) < 0)
         return FAIL;
@@ -381,7 +389,7 @@ static int skip_object(Scanner *s, int depth)
 }
 
 /* Iterating an array, as objects are. */
-static int array_first(Scanner *s, int depth)
+HOT int array_first(Scanner *s, int depth)
 {
     if (depth > MAX_DEPTH)
         return FAIL;
@@ -396,7 +404,7 @@ static int array_first(Scanner *s, int depth)
     return 1;
 }
 
-static int array_next(Scanner *s)
+HOT int array_next(Scanner *s)
 {
     skip_ws(s);
     if (s->p >= s->end)
@@ -428,6 +436,8 @@ static int skip_value(Scanner *s, int depth)
 {
     if (s->p >= s->end)
         return FAIL;
+    if (*s->p == '"') /* the usual value: before the switch's indirect jump */
+        return skip_string(s);
     switch (*s->p) {
     case '"':
         return skip_string(s);
@@ -677,26 +687,21 @@ static PyObject *make_str(const Span *span)
 {
     const unsigned char *b = span->ptr;
     Py_ssize_t n = span->len;
-    if (n <= CACHE_MAX_LEN) {
-        unsigned char high = 0;
-        for (Py_ssize_t i = 0; i < n; i++)
-            high |= b[i];
+    if (span->ascii && n <= CACHE_MAX_LEN) {
         uint32_t hash = (uint32_t)n * 2654435761u;
         if (n > 0)
             hash ^= (b[0] * 40503u) ^ (b[n - 1] * 9973u) ^ (b[n / 2] * 131u);
-        if (!(high & 0x80)) {
-            PyObject **slot = &cache[hash & (CACHE_SLOTS - 1)];
-            PyObject *found = *slot;
-            if (found != NULL && PyUnicode_GET_LENGTH(found) == n
-                && memcmp(PyUnicode_1BYTE_DATA(found), b, (size_t)n) == 0)
-                return Py_NewRef(found);
-            PyObject *made = PyUnicode_New(n, 127);
-            if (made == NULL)
-                return NULL;
-            memcpy(PyUnicode_1BYTE_DATA(made), b, (size_t)n);
-            Py_XSETREF(*slot, Py_NewRef(made));
-            return made;
-        }
+        PyObject **slot = &cache[hash & (CACHE_SLOTS - 1)];
+        PyObject *found = *slot; /* only ASCII strings are kept */
+        if (found != NULL && PyUnicode_GET_LENGTH(found) == n
+            && memcmp(PyUnicode_1BYTE_DATA(found), b, (size_t)n) == 0)
+            return Py_NewRef(found);
+        PyObject *made = PyUnicode_New(n, 127);
+        if (made == NULL)
+            return NULL;
+        memcpy(PyUnicode_1BYTE_DATA(made), b, (size_t)n);
+        Py_XSETREF(*slot, Py_NewRef(made));
+        return made;
     }
     return PyUnicode_DecodeUTF8((const char *)b, n, "strict");
 }
