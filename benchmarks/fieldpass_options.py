@@ -6,8 +6,10 @@ For each stream (tests/support/workload.py): today's pass (simdjson's read, the 
 through pysimdjson's objects, `rule_out`), msgspec decoding only the deciding fields
 (healert_webhook/fieldpass.py's Struct) or skipping everything, the decision through
 `rule_out` on the fields against the cached one, and for webhook bodies the ways of
-getting each item's fields and the candidates' bytes. The best of 7 repetitions, with the
-cyclic GC paused; docs/performance.md has a run.
+getting each item's fields and the candidates' bytes; where it is built, the optional
+native scanner (healert_webhook/nativescan.py) reading the same lines and bodies, and
+its fields decided by the cached decision. The best of 7 repetitions, with the cyclic GC
+paused; docs/performance.md has a run (`HEALERT_NATIVE=off` leaves the native rows out).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import run
 
 from healert_webhook import fieldpass, prefilter
 from healert_webhook.config import Settings
+from healert_webhook.nativescan import native
 from healert_webhook.pipeline import Pipeline, gc_paused, make_detector
 
 from support import workload
@@ -90,7 +93,47 @@ def options(pipeline: Pipeline, work: workload.Workload) -> list[tuple[str, floa
         ("msgspec, a body: every item's fields in one pass, simdjson for candidates",
          decisions_then_simdjson),
     ]
+    if native is not None:
+        rows += native_rows(fast, lines, bodies)
     return [(what, best(n, func)) for what, func in rows]
+
+
+def native_rows(fast: fieldpass.FieldPass, lines: list[bytes], bodies: list[bytes]
+                ) -> list[tuple[str, Callable[[], Any]]]:
+    """The native scanner's rows: its reading alone, and its fields decided as
+    nativescan.py says they plug into the field pass."""
+    assert native is not None
+    scan_line, scan_body, decide = native.scan_line, native.scan_body, fast._decide
+    fields_of, user_of, ref_of = fieldpass._Fields, fieldpass._User, fieldpass._Ref
+
+    def decided(found: Any) -> Any:
+        stage, verb, resource, subresource, namespace, username, impersonated = found
+        return decide(fields_of(stage, verb, user_of(username), impersonated,
+                                ref_of(resource, subresource, namespace)))
+
+    # the cheap way in (nativescan.py): answers looked up by fields[:5], the user's part
+    # (a second answer for internal actors) left out
+    answers = {found[:5]: decided(found) for found in map(scan_line, lines)}
+    looked_up = answers.get
+
+    def simdjson_reads() -> None:
+        for line in lines:
+            prefilter.parse(line)  # each result dropped before the next parse
+
+    return [
+        ("simdjson reading a line, nothing read from it (a native read's cost)",
+         simdjson_reads),
+        ("native scanner, a line (scan_line)", lambda: [scan_line(line) for line in lines]),
+        ("native scanner, a line, then an answer looked up by fields[:5]",
+         lambda: [looked_up(scan_line(line)[:5]) for line in lines]),
+        ("native scanner, a line, then the cached decision",
+         lambda: [decided(scan_line(line)) for line in lines]),
+        ("native scanner, a body: items' bounds and fields (scan_body)",
+         lambda: [scan_body(body) for body in bodies]),
+        ("native scanner, a body, then each item's cached decision",
+         lambda: [[decided(found) if found is not None else None
+                           for _, _, found in scan_body(body)] for body in bodies]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,6 +153,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("access_proxies", "--access-proxies", ("HEALERT_ACCESS_PROXIES",), parse_proxies,
            (), "access proxies that are no service account, whose impersonated user is "
            "the actor: user names (or user:NAME) and group:NAME, comma-separated"),
+    # read by nativescan.py when imported, so the environment only
+    Option("native_scanner", None, ("HEALERT_NATIVE",), parse_choice("on", "off"), "on",
+           "the optional native field scanner, where it was built; off: the pure one"),
     # the backend
     Option("backend_url", "--backend-url", ("HEALERT_BACKEND_URL",), str, None,
            "Healert backend base URL (unset: keep events in the outbox and log them)",
@@ -308,6 +311,7 @@ class Settings:
     entity_label_keys: tuple[str, ...] = default_of("entity_label_keys")
     catalog_namespace: str = default_of("catalog_namespace")
     access_proxies: tuple[str, ...] = default_of("access_proxies")
+    native_scanner: str = default_of("native_scanner")  # validated here, used by nativescan
     backend_url: str | None = default_of("backend_url")
     api_key: str | None = field(default=default_of("api_key"), repr=False)
     api_key_file: Path | None = default_of("api_key_file")

@@ -1,0 +1,10 @@
+# The native field scanner's functions (healert_webhook/_fastscan.c; nativescan.py).
+from typing_extensions import Buffer
+
+Fields = tuple[str | None, str | None, str | None, str | None, str | None, str | None, bool]
+
+MAX_DEPTH: int
+MAX_ITEMS: int
+
+def scan_line(data: Buffer, /) -> Fields | None: ...
+def scan_body(data: Buffer, /) -> list[tuple[int, int, Fields | None]] | None: ...
