@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import httptools
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -118,16 +119,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     proven = False  # a request on it passed authentication
     offers_authentication = True  # the app is offered AUTHENTICATED_EXTENSION
     fast: FastReceiver | None = None  # the app's fast path, if it has one
+    direct: memoryview | None = None  # where the transport reads a fast body's rest into
+    _direct: _FastCycle | None = None
     _head_bytes = 0
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
     _head_limit = ""  # what the head timer enforces, for the 408's message
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.fast is None:
+            self.fast = fast_receiver(self.app)
+
+    def for_transport(self) -> asyncio.BaseProtocol:
+        """What the transport should call: this protocol, or with a fast path, a reader in
+        front of it that can put a body straight into its buffer (`_Reader`)."""
+        return self if self.fast is None else _Reader(self)
+
     def connection_made(self, transport: Any) -> None:
         """Start the first head's deadline at once: a connection must show a request."""
         super().connection_made(transport)
-        if self.fast is None:
-            self.fast = fast_receiver(self.app)
         if self.keep_alive is not None:
             self.timeout_keep_alive = self.keep_alive  # type: ignore[assignment]
         self._start_head_timer(self.first_head_timeout, "of connecting")
@@ -226,12 +237,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if request is None:
             return False
         keep_alive = http_version != "1.0" and parser.should_keep_alive()
-        cycle = _FastCycle(request, keep_alive, self.flow)
+        cycle = _FastCycle(request, keep_alive, self)
         existing, self.cycle = self.cycle, cycle  # type: ignore[assignment]
+        # Nothing more is read until the app holds the body's size and gives its buffer:
+        # the body then goes straight there, not through the parser's copies.
+        self.flow.pause_reading()
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, self.app)  # type: ignore[arg-type]
         else:  # pipelined behind one being answered: it waits in uvicorn's queue
-            self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
         return True
 
@@ -275,6 +288,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()
+
+    def read_direct(self, cycle: _FastCycle, rest: memoryview) -> None:
+        """The transport reads the rest of the body into `rest`, past the parser."""
+        self.direct = rest
+        self._direct = cycle
+
+    def direct_updated(self, nbytes: int) -> None:
+        """`nbytes` more of the body came into place; at its end the parser, which has not
+        seen them, is replaced by a new one for the next request."""
+        cycle = self._direct
+        assert cycle is not None and self.direct is not None
+        cycle.got += nbytes
+        if cycle.got < cycle.request.size:
+            self.direct = self.direct[nbytes:]
+            return
+        self.direct = self._direct = None
+        parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own
+        self.parser = parser
+        self.on_message_complete()
 
     def _start_head_timer(self, seconds: float, counted_from: str) -> None:
         self._head_limit = f"within {seconds:g} s {counted_from}"
@@ -339,15 +372,17 @@ class _FastCycle:
     and so is every later piece.
     """
 
-    def __init__(self, request: FastRequest, keep_alive: bool, flow: FlowControl) -> None:
+    def __init__(self, request: FastRequest, keep_alive: bool,
+                 http: GuardedHttpProtocol) -> None:
         self.request = request
+        self.http = http
         self.keep_alive = keep_alive
-        self.flow = flow
+        self.flow = http.flow
         self.buffer: bytearray | None = None  # once the app reads
         self.got = 0
         self.early: list[bytes] = []  # pieces before the buffer
         self.whole = False
-        self.waiter: asyncio.Future[bytearray | None] | None = None
+        self.waiter: asyncio.Future[None] | None = None  # done: whole, or never will be
         self.response_complete = False
         self.disconnected = False
 
@@ -359,7 +394,7 @@ class _FastCycle:
     def set(self) -> None:
         """The connection ended: a read still waiting learns the body will not come."""
         waiter = self.waiter
-        if waiter is not None and not waiter.done() and not self.whole:
+        if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def add(self, piece: bytes) -> None:
@@ -382,13 +417,13 @@ class _FastCycle:
         self.whole = True
         waiter = self.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(self.buffer)
+            waiter.set_result(None)
 
     async def read(self) -> bytearray | None:
         """The whole body in one buffer of the declared size (see FastBody)."""
         if self.disconnected:
             return None
-        buffer = self.buffer = bytearray(self.request.size)
+        buffer = self.buffer = _spare_buffer(self.request.size)
         at = 0
         for piece in self.early:
             buffer[at:at + len(piece)] = piece
@@ -396,15 +431,97 @@ class _FastCycle:
         self.early = []
         if self.whole:
             return buffer
+        self.http.read_direct(self, memoryview(buffer)[at:])
         self.flow.resume_reading()
         self.waiter = asyncio.get_running_loop().create_future()
-        return await self.waiter
+        await self.waiter
+        return buffer if self.whole else None
 
     def drop(self) -> None:
-        """The app is done with the body: let it go with the app's reference."""
-        self.buffer = None
+        """The app is done with the body: its buffer serves another if nothing holds it."""
+        buffer, self.buffer = self.buffer, None
         self.early = []
         self.waiter = None
+        # Referenced only here and by the call's argument: no view of it, no one's copy.
+        if buffer is not None and sys.getrefcount(buffer) == 2 \
+                and len(_SPARES) < SPARE_BUFFERS and len(buffer) <= SPARE_BYTES:
+            _SPARES.append(buffer)
+
+
+# A body's buffer comes from the spares when one is there: a new one of hundreds of KiB is
+# new memory from the kernel each time (the allocator maps and unmaps it), whose page
+# faults cost more than the copy of the body. The spares are few and small, and their
+# bytes are out of the budget only between requests.
+SPARE_BUFFERS = 2
+SPARE_BYTES = 4 * 1024 * 1024
+_SPARES: list[bytearray] = []
+_FILL = bytes(SPARE_BYTES)  # what a spare grows by before the body overwrites it
+
+
+def _spare_buffer(size: int) -> bytearray:
+    """A buffer of `size` bytes (their content is whatever it held)."""
+    if not _SPARES or size > SPARE_BYTES:
+        return bytearray(size)
+    buffer = _SPARES.pop()
+    have = len(buffer)
+    if have > size:
+        del buffer[size:]  # keeps its memory unless it shrinks below half
+    elif have < size:
+        buffer += memoryview(_FILL)[:size - have]
+    return buffer
+
+
+# Where the bytes of heads and of bodies not read directly land: handed to the parser as
+# soon as they are read, before anything else runs on the loop, so one serves them all.
+_SCRATCH = memoryview(bytearray(64 * 1024))
+
+
+class _Reader(asyncio.BufferedProtocol):
+    """The transport's protocol in front of a guarded HTTP protocol with a fast path.
+
+    The event loop reads into the buffer it is given: a fast body's own once the app
+    reads it (the protocol's `direct`), else a shared scratch buffer whose bytes go to the
+    parser as they would have come to `data_received`. The loop's TLS layer decrypts into
+    the same buffers. A body so takes no copy beyond the kernel's (or the decryption).
+    """
+
+    __slots__ = ("http",)
+
+    def __init__(self, http: GuardedHttpProtocol) -> None:
+        self.http = http
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Hand the connection to the HTTP protocol."""
+        self.http.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the HTTP protocol."""
+        self.http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Tell the HTTP protocol."""
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Tell the HTTP protocol."""
+        self.http.resume_writing()
+
+    def eof_received(self) -> None:
+        """Tell the HTTP protocol (which closes the connection)."""
+        self.http.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The rest of a fast body, or the scratch buffer."""
+        direct = self.http.direct
+        return _SCRATCH if direct is None else direct
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Account for what was read into the body, or parse what came into scratch."""
+        http = self.http
+        if http.direct is not None:
+            http.direct_updated(nbytes)
+        else:
+            http.data_received(_SCRATCH[:nbytes])  # type: ignore[arg-type]
 
 
 class _Cycle(RequestResponseCycle):
