@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
@@ -444,8 +445,10 @@ class _FastCycle:
         self.waiter = None
         # Referenced only here and by the call's argument: no view of it, no one's copy.
         if buffer is not None and sys.getrefcount(buffer) == 2 \
-                and len(_SPARES) < SPARE_BUFFERS and len(buffer) <= SPARE_BYTES:
-            _SPARES.append(buffer)
+                and len(buffer) <= SPARE_BYTES:
+            spares = _per_thread.spares
+            if len(spares) < SPARE_BUFFERS:
+                spares.append(buffer)
 
 
 # A body's buffer comes from the spares when one is there: a new one of hundreds of KiB is
@@ -454,26 +457,35 @@ class _FastCycle:
 # bytes are out of the budget only between requests.
 SPARE_BUFFERS = 2
 SPARE_BYTES = 4 * 1024 * 1024
-_SPARES: list[bytearray] = []
 _FILL = bytes(SPARE_BYTES)  # what a spare grows by before the body overwrites it
+
+
+class _PerThread(threading.local):
+    """An event loop's buffers: uvloop reads into a buffer with the GIL released, so two
+    loops (threads) never share one."""
+
+    def __init__(self) -> None:
+        # Where heads and bodies not read directly land, handed to the parser as soon as
+        # they are read, before anything else runs on the loop: one serves every connection.
+        self.scratch = memoryview(bytearray(64 * 1024))
+        self.spares: list[bytearray] = []
+
+
+_per_thread = _PerThread()
 
 
 def _spare_buffer(size: int) -> bytearray:
     """A buffer of `size` bytes (their content is whatever it held)."""
-    if not _SPARES or size > SPARE_BYTES:
+    spares = _per_thread.spares
+    if not spares or size > SPARE_BYTES:
         return bytearray(size)
-    buffer = _SPARES.pop()
+    buffer = spares.pop()
     have = len(buffer)
     if have > size:
         del buffer[size:]  # keeps its memory unless it shrinks below half
     elif have < size:
         buffer += memoryview(_FILL)[:size - have]
     return buffer
-
-
-# Where the bytes of heads and of bodies not read directly land: handed to the parser as
-# soon as they are read, before anything else runs on the loop, so one serves them all.
-_SCRATCH = memoryview(bytearray(64 * 1024))
 
 
 class _Reader(asyncio.BufferedProtocol):
@@ -513,7 +525,7 @@ class _Reader(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         """The rest of a fast body, or the scratch buffer."""
         direct = self.http.direct
-        return _SCRATCH if direct is None else direct
+        return _per_thread.scratch if direct is None else direct
 
     def buffer_updated(self, nbytes: int) -> None:
         """Account for what was read into the body, or parse what came into scratch."""
@@ -521,7 +533,7 @@ class _Reader(asyncio.BufferedProtocol):
         if http.direct is not None:
             http.direct_updated(nbytes)
         else:
-            http.data_received(_SCRATCH[:nbytes])  # type: ignore[arg-type]
+            http.data_received(_per_thread.scratch[:nbytes])  # type: ignore[arg-type]
 
 
 class _Cycle(RequestResponseCycle):
