@@ -15,11 +15,12 @@ every body more than needed, which at the webhook's megabytes a batch are a tent
 CPU. Flow control is uvicorn's: reading pauses while more than its high-water mark waits.
 
 The webhook's own requests take a shorter way (`FastReceiver`): a `POST` to its path with
-a Content-Length that the app accepts at once (authenticated, within the limits, the
-memory budget reserved) skips the ASGI cycle. Its body is copied as it arrives into one
-buffer of the declared size, under the app's body deadline, then handed to the app, and
-the answer is written as prepared bytes. Anything else, and any request the app would
-refuse, goes the ordinary way, which gives every refusal its answer, counter and log line.
+a Content-Length that the app accepts at once (authenticated, within the limits) skips the
+ASGI cycle. Reading pauses at the head's end until the app holds the body's size in the
+memory budget; then the event loop reads the rest of the body straight into one buffer of
+that size (`_Reader`), under the app's body deadline, the app evaluates it, and the answer
+is written as prepared bytes. Anything else, and any request the app would refuse, goes
+the ordinary way, which gives every refusal its answer, counter and log line.
 """
 
 from __future__ import annotations
@@ -368,9 +369,9 @@ class _FastCycle:
 
     Stands where uvicorn keeps its cycle, with what uvicorn's protocol reads and sets
     there (pipelining, shutdown, the connection's end). Until the app holds the body's
-    size in the memory budget, the pieces that come wait as they are, reading paused past
-    uvicorn's high-water mark as for any request; then they are copied into one buffer,
-    and so is every later piece.
+    size in the memory budget, the pieces the parser delivers (the rest of what was read
+    with the head) wait as they are; then they are copied into the body's buffer and the
+    event loop reads the rest straight into it.
     """
 
     def __init__(self, request: FastRequest, keep_alive: bool,

@@ -13,9 +13,11 @@ never fail the batch. Parsing and detection run off the event loop, so no body, 
 large or oddly shaped, keeps the loop from answering other requests and probes.
 
 The apiserver's requests skip the ASGI cycle (`begin`, protocol.py's fast path): a POST to
-the path with a Content-Length, authenticated, within the limits and with room in the
-memory budget right now is handed over by the protocol with its body read into one
-buffer. Whatever `begin` declines comes through `__call__`, which answers every refusal.
+the path with a Content-Length, JSON, authenticated and within the limit is served by
+`FastRequest.serve`, which reserves the body's size under the same deadline and budget
+wait as `__call__`, then has the protocol read the body into one buffer (a bytearray,
+handed on as it is). Whatever `begin` declines comes through `__call__`, which answers
+every refusal.
 """
 
 from __future__ import annotations
