@@ -187,3 +187,22 @@ def test_no_buffer_before_the_budget_holds_the_body(
         assert line == b"HTTP/1.1 503 Service Unavailable"
         assert b"retry-after: 1" in top
     wait_for(lambda: app.budget.used == 0, what="the budget is free again")
+
+
+def test_bodies_read_straight_into_reused_buffers_arrive_whole(
+        served: tuple[Running, CountingApp, Outbox]) -> None:
+    """Bodies larger than what comes with their head, one connection: each is read into a
+    buffer of its size (a reused one, shrunk or grown) and evaluated whole."""
+    running, app, outbox = served
+    bodies = [event_list([exec_event(i, tag=f"big{i}")] + [noise_event(j) for j in range(n)])
+              for i, n in enumerate((600, 300, 1000, 1000))]
+    assert all(len(body) > 100_000 for body in bodies)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        for body in bodies:
+            request = head(len(body)) + body
+            for i in range(0, len(request), 40_000):
+                sock.sendall(request[i:i + 40_000])
+            assert answers(sock, 1)[0][2] == b"{}"
+    assert app.asgi_calls == 0
+    assert len(queued(outbox)) == len(bodies)
+    wait_for(lambda: app.budget.used == 0, what="the budget is free again")
