@@ -187,10 +187,11 @@ class Gate:
         """
         assert self.ctx is not None and door.http is not None
         loop = asyncio.get_running_loop()
-        protocol = door.http()
+        protocol = door.http().for_transport()
         waiter: asyncio.Future[None] = loop.create_future()
         tls_layer = _ssl_protocol(loop)(
-            loop, protocol, self.ctx, waiter, True, None, call_connection_made=False,
+            loop, protocol, self.ctx, waiter, True, None,
+            call_connection_made=False,
             ssl_handshake_timeout=self.limits.handshake_timeout)
         self._handshakes[door] = waiter
         metrics.HANDSHAKES_IN_PROGRESS.inc()
@@ -249,7 +250,7 @@ class _Door(asyncio.Protocol):
             self.gate.start_tls(self, transport)
             return
         assert self.http is not None
-        protocol = self.http()
+        protocol = self.http().for_transport()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 

@@ -13,17 +13,32 @@ A body is handed to the app as the parser delivered it (`_Cycle`): uvicorn appen
 piece to one growing bytearray and copies that into bytes on every receive, two copies of
 every body more than needed, which at the webhook's megabytes a batch are a tenth of its
 CPU. Flow control is uvicorn's: reading pauses while more than its high-water mark waits.
+
+The webhook's own requests take a shorter way (`FastReceiver`): a `POST` to its path with
+a Content-Length that the app accepts at once (authenticated, within the limits) skips the
+ASGI cycle. Reading pauses at the head's end until the app holds the body's size in the
+memory budget; then the event loop reads the rest of the body straight into one buffer of
+that size (`_Reader`), under the app's body deadline, the app evaluates it, and the answer
+is written as prepared bytes. Anything else, and any request the app would refuse, goes
+the ordinary way, which gives every refusal its answer, counter and log line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any, cast
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, cast
 
+import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from healert_webhook import metrics
 from healert_webhook.logs import Limiter
@@ -35,6 +50,51 @@ PEER_EXTENSION = "healert.peer"
 # In the scope of a request on a connection not yet proven, `{"call": ...}`: call it once
 # the request has passed authentication, and the connection is never closed for room.
 AUTHENTICATED_EXTENSION = "healert.authenticated"
+# An answer: status code, JSON body, extra headers.
+Answer = tuple[int, bytes, Sequence[tuple[bytes, bytes]]]
+
+
+class FastBody(Protocol):
+    """The body of a request on the fast path, as the protocol receives it."""
+
+    async def read(self) -> bytearray | None:
+        """The whole body, in one buffer of the declared size; None if the client went
+        away first. Call once the memory budget holds the size: no buffer exists before."""
+
+
+class FastRequest(Protocol):
+    """A request the app took on the fast path (`FastReceiver.begin`)."""
+
+    size: int  # the declared Content-Length
+
+    async def serve(self, body: FastBody) -> Answer | None:
+        """Reserve, receive the body, evaluate and store it; the answer (counted and
+        logged by the app), or None when the client went away before its body was whole."""
+
+
+class FastReceiver(Protocol):
+    """An app that takes some of its requests without the ASGI cycle (sources/webhook.py).
+
+    Found as the `fast_receiver` attribute of the served app or of an app it wraps.
+    """
+
+    @property
+    def raw_path(self) -> bytes:
+        """The one path taken, as it comes in a request line."""
+
+    def begin(self, scope: dict[str, Any]) -> FastRequest | None:
+        """Take the request whose head is `scope` (a POST to `raw_path`), or None to let
+        the ASGI app answer it. Runs in the parser's callback: it must not block."""
+
+
+def fast_receiver(app: object) -> FastReceiver | None:
+    """The fast path `app` offers, looking through the middleware uvicorn wraps it in."""
+    for _ in range(4):
+        fast = getattr(app, "fast_receiver", None)
+        if fast is not None:
+            return cast(FastReceiver, fast)
+        app = getattr(app, "app", None)
+    return None
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -60,10 +120,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     on_evictable: Callable[[], object] | None = None  # the gate: may close it for room
     proven = False  # a request on it passed authentication
     offers_authentication = True  # the app is offered AUTHENTICATED_EXTENSION
+    fast: FastReceiver | None = None  # the app's fast path, if it has one
+    direct: memoryview | None = None  # where the transport reads a fast body's rest into
+    _direct: _FastCycle | None = None
     _head_bytes = 0
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
     _head_limit = ""  # what the head timer enforces, for the 408's message
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.fast is None:
+            self.fast = fast_receiver(self.app)
+
+    def for_transport(self) -> asyncio.BaseProtocol:
+        """What the transport should call: this protocol, or with a fast path, a reader in
+        front of it that can put a body straight into its buffer (`_Reader`)."""
+        return self if self.fast is None else _Reader(self)
 
     def connection_made(self, transport: Any) -> None:
         """Start the first head's deadline at once: a connection must show a request."""
@@ -108,6 +181,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """The head is complete: the body is the app's business (it has its own deadline)."""
         self._in_head = False
         self._stop_head_timer()
+        if self.fast is not None and self._take_fast(self.fast):
+            return
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.__class__ is RequestResponseCycle:  # a new request
@@ -116,6 +191,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         """Keep the piece as it came; pause reading past the high-water mark."""
         cycle = self.cycle
+        if isinstance(cast(object, cycle), _FastCycle):
+            cast(_FastCycle, cycle).add(body)
+            return
         if not isinstance(cycle, _Cycle):  # an upgrade: uvicorn's own handling
             super().on_body(body)
             return
@@ -129,9 +207,109 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         """The next bytes on this connection start a new head."""
-        super().on_message_complete()
+        cycle = self.cycle
+        if isinstance(cast(object, cycle), _FastCycle):
+            cast(_FastCycle, cycle).complete()
+        else:
+            super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
+
+    # -- the fast path --------------------------------------------------------------------
+
+    def _take_fast(self, fast: FastReceiver) -> bool:
+        """Serve this request on the fast path if it and the app allow; False otherwise,
+        before anything of the connection's state changed."""
+        parser = self.parser
+        if parser.get_method() != b"POST" or self.expect_100_continue \
+                or parser.should_upgrade():
+            return False
+        raw_path = httptools.parse_url(self.url).path
+        if raw_path != fast.raw_path:
+            return False
+        http_version = parser.get_http_version()
+        scope = self.scope
+        scope["method"] = "POST"
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        scope["path"] = self.root_path + raw_path.decode("ascii")
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = b""  # the webhook ignores its query
+        request = fast.begin(cast(dict[str, Any], scope))
+        if request is None:
+            return False
+        keep_alive = http_version != "1.0" and parser.should_keep_alive()
+        cycle = _FastCycle(request, keep_alive, self)
+        existing, self.cycle = self.cycle, cycle  # type: ignore[assignment]
+        # Nothing more is read until the app holds the body's size and gives its buffer:
+        # the body then goes straight there, not through the parser's copies.
+        self.flow.pause_reading()
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, self.app)  # type: ignore[arg-type]
+        else:  # pipelined behind one being answered: it waits in uvicorn's queue
+            self.pipeline.appendleft((cycle, self.app))  # type: ignore[arg-type]
+        return True
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Serve a request now: the fast path's own way, or uvicorn's."""
+        if not isinstance(cast(object, cycle), _FastCycle):
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(self._fast_serve(cast(_FastCycle, cycle)))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _fast_serve(self, cycle: _FastCycle) -> None:
+        answer = await cycle.request.serve(cycle)
+        cycle.drop()
+        if answer is None:  # the client went away
+            cycle.response_complete = True
+            return
+        if self.flow.write_paused and not cycle.disconnected:
+            await self.flow.drain()  # the peer reads its answers before it gets more
+        self._fast_respond(cycle, *answer)
+
+    def _fast_respond(self, cycle: _FastCycle, code: int, payload: bytes,
+                      headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """Write the answer as uvicorn would, close if it must, start what waits."""
+        cycle.response_complete = True
+        if cycle.disconnected:
+            return
+        keep_alive = cycle.keep_alive
+        if headers:
+            keep_alive = keep_alive and (b"connection", b"close") not in headers
+        defaults = self.server_state.default_headers
+        if code == 200 and not headers and payload == b"{}":
+            answer = _ANSWERS.get(keep_alive)
+            if answer is None or answer[0] is not defaults:
+                answer = _ANSWERS[keep_alive] = (defaults, _response(
+                    code, payload, headers, defaults, keep_alive))
+            self.transport.write(answer[1])
+        else:
+            self.transport.write(_response(code, payload, headers, defaults, keep_alive))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+    def read_direct(self, cycle: _FastCycle, rest: memoryview) -> None:
+        """The transport reads the rest of the body into `rest`, past the parser."""
+        self.direct = rest
+        self._direct = cycle
+
+    def direct_updated(self, nbytes: int) -> None:
+        """`nbytes` more of the body came into place; at its end the parser, which has not
+        seen them, is replaced by a new one for the next request."""
+        cycle = self._direct
+        assert cycle is not None and self.direct is not None
+        cycle.got += nbytes
+        if cycle.got < cycle.request.size:
+            self.direct = self.direct[nbytes:]
+            return
+        self.direct = self._direct = None
+        parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own
+        self.parser = parser
+        self.on_message_complete()
 
     def _start_head_timer(self, seconds: float, counted_from: str) -> None:
         self._head_limit = f"within {seconds:g} s {counted_from}"
@@ -167,6 +345,196 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                              key=str(code))
         if self.counted:
             metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
+
+
+# The answer `200 {}` as written, with and without keep-alive, and the default headers it
+# holds: uvicorn renews those (the date) every second.
+_ANSWERS: dict[bool, tuple[object, bytes]] = {}
+
+
+def _response(code: int, payload: bytes, headers: Sequence[tuple[bytes, bytes]],
+              defaults: Sequence[tuple[bytes, bytes]], keep_alive: bool) -> bytes:
+    parts = [STATUS_LINE[code]]
+    for name, value in (*defaults, (b"content-type", b"application/json"),
+                        (b"content-length", b"%d" % len(payload)), *headers):
+        parts += (name, b": ", value, b"\r\n")
+    if not keep_alive and (b"connection", b"close") not in headers:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", payload)
+    return b"".join(parts)
+
+
+class _FastCycle:
+    """A request on the fast path: its body as it arrives, the state of its answer.
+
+    Stands where uvicorn keeps its cycle, with what uvicorn's protocol reads and sets
+    there (pipelining, shutdown, the connection's end). Until the app holds the body's
+    size in the memory budget, the pieces the parser delivers (the rest of what was read
+    with the head) wait as they are; then they are copied into the body's buffer and the
+    event loop reads the rest straight into it.
+    """
+
+    def __init__(self, request: FastRequest, keep_alive: bool,
+                 http: GuardedHttpProtocol) -> None:
+        self.request = request
+        self.http = http
+        self.keep_alive = keep_alive
+        self.flow = http.flow
+        self.buffer: bytearray | None = None  # once the app reads
+        self.got = 0
+        self.early: list[bytes] = []  # pieces before the buffer
+        self.whole = False
+        self.waiter: asyncio.Future[None] | None = None  # done: whole, or never will be
+        self.response_complete = False
+        self.disconnected = False
+
+    @property
+    def message_event(self) -> _FastCycle:
+        """What uvicorn's protocol sets when the connection ends (`set`)."""
+        return self
+
+    def set(self) -> None:
+        """The connection ended: a read still waiting learns the body will not come."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def add(self, piece: bytes) -> None:
+        """Keep a piece of the body (the parser delivers no more than declared)."""
+        if self.response_complete:  # refused before the body was whole
+            return
+        buffer = self.buffer
+        if buffer is None:
+            self.early.append(piece)
+            self.got += len(piece)
+            if self.got > HIGH_WATER_LIMIT:
+                self.flow.pause_reading()
+            return
+        end = self.got + len(piece)
+        buffer[self.got:end] = piece
+        self.got = end
+
+    def complete(self) -> None:
+        """The last piece came."""
+        self.whole = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> bytearray | None:
+        """The whole body in one buffer of the declared size (see FastBody)."""
+        if self.disconnected:
+            return None
+        buffer = self.buffer = _spare_buffer(self.request.size)
+        at = 0
+        for piece in self.early:
+            buffer[at:at + len(piece)] = piece
+            at += len(piece)
+        self.early = []
+        if self.whole:
+            return buffer
+        self.http.read_direct(self, memoryview(buffer)[at:])
+        self.flow.resume_reading()
+        self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
+        return buffer if self.whole else None
+
+    def drop(self) -> None:
+        """The app is done with the body: its buffer serves another if nothing holds it."""
+        buffer, self.buffer = self.buffer, None
+        self.early = []
+        self.waiter = None
+        # Referenced only here and by the call's argument: no view of it, no one's copy.
+        if buffer is not None and sys.getrefcount(buffer) == 2 \
+                and len(buffer) <= SPARE_BYTES:
+            spares = _per_thread.spares
+            if len(spares) < SPARE_BUFFERS:
+                spares.append(buffer)
+
+
+# A body's buffer comes from the spares when one is there: a new one of hundreds of KiB is
+# new memory from the kernel each time (the allocator maps and unmaps it), whose page
+# faults cost more than the copy of the body. The spares are few and small, and their
+# bytes are out of the budget only between requests.
+SPARE_BUFFERS = 2
+SPARE_BYTES = 4 * 1024 * 1024
+_FILL = bytes(SPARE_BYTES)  # what a spare grows by before the body overwrites it
+
+
+class _PerThread(threading.local):
+    """An event loop's buffers: uvloop reads into a buffer with the GIL released, so two
+    loops (threads) never share one."""
+
+    def __init__(self) -> None:
+        # Where heads and bodies not read directly land, handed to the parser as soon as
+        # they are read, before anything else runs on the loop: one serves every connection.
+        self.scratch = memoryview(bytearray(64 * 1024))
+        self.spares: list[bytearray] = []
+
+
+_per_thread = _PerThread()
+
+
+def _spare_buffer(size: int) -> bytearray:
+    """A buffer of `size` bytes (their content is whatever it held)."""
+    spares = _per_thread.spares
+    if not spares or size > SPARE_BYTES:
+        return bytearray(size)
+    buffer = spares.pop()
+    have = len(buffer)
+    if have > size:
+        del buffer[size:]  # keeps its memory unless it shrinks below half
+    elif have < size:
+        buffer += memoryview(_FILL)[:size - have]
+    return buffer
+
+
+class _Reader(asyncio.BufferedProtocol):
+    """The transport's protocol in front of a guarded HTTP protocol with a fast path.
+
+    The event loop reads into the buffer it is given: a fast body's own once the app
+    reads it (the protocol's `direct`), else a shared scratch buffer whose bytes go to the
+    parser as they would have come to `data_received`. The loop's TLS layer decrypts into
+    the same buffers. A body so takes no copy beyond the kernel's (or the decryption).
+    """
+
+    __slots__ = ("http",)
+
+    def __init__(self, http: GuardedHttpProtocol) -> None:
+        self.http = http
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Hand the connection to the HTTP protocol."""
+        self.http.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tell the HTTP protocol."""
+        self.http.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Tell the HTTP protocol."""
+        self.http.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Tell the HTTP protocol."""
+        self.http.resume_writing()
+
+    def eof_received(self) -> None:
+        """Tell the HTTP protocol (which closes the connection)."""
+        self.http.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The rest of a fast body, or the scratch buffer."""
+        direct = self.http.direct
+        return _per_thread.scratch if direct is None else direct
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Account for what was read into the body, or parse what came into scratch."""
+        http = self.http
+        if http.direct is not None:
+            http.direct_updated(nbytes)
+        else:
+            http.data_received(_per_thread.scratch[:nbytes])  # type: ignore[arg-type]
 
 
 class _Cycle(RequestResponseCycle):

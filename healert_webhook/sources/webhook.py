@@ -11,6 +11,13 @@ A store failure answers 503 with `Retry-After`: the transaction stored nothing, 
 apiserver's retry is safe. Bad items inside a good batch are counted by the pipeline and
 never fail the batch. Parsing and detection run off the event loop, so no body, however
 large or oddly shaped, keeps the loop from answering other requests and probes.
+
+The apiserver's requests skip the ASGI cycle (`begin`, protocol.py's fast path): a POST to
+the path with a Content-Length, JSON, authenticated and within the limit is served by
+`FastRequest.serve`, which reserves the body's size under the same deadline and budget
+wait as `__call__`, then has the protocol read the body into one buffer (a bytearray,
+handed on as it is). Whatever `begin` declines comes through `__call__`, which answers
+every refusal.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -40,6 +47,7 @@ from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.prefilter import NeedsMore
+from healert_webhook.protocol import Answer, FastBody
 from healert_webhook.records import Evaluation, OutboxError, OutboxFull, StoreResult
 from healert_webhook.sources import body as body_reading
 
@@ -74,6 +82,7 @@ class Request:
     content_type: bytes = b""
     content_length: bytes | None = None
     authorization: bytes | None = None
+    transfer_encoding: bytes | None = None
 
 
 def _gather(headers: Sequence[tuple[bytes, bytes]]) -> Request:
@@ -85,6 +94,8 @@ def _gather(headers: Sequence[tuple[bytes, bytes]]) -> Request:
             req.content_length = value
         elif name == b"authorization":
             req.authorization = value
+        elif name == b"transfer-encoding":
+            req.transfer_encoding = value
     return req
 
 
@@ -139,24 +150,95 @@ class WebhookApp:
         if scope["type"] != "http":
             return
         start = perf_counter()
-        try:
-            code, body, headers = await self._serve(scope, receive)
-        except _Reject as rej:
-            code, body, headers = rej.code, _error(rej.message), rej.headers
-            self._log_reject(scope, rej)
-            if rej.close:  # the body was not read: do not parse the rest as a request
-                headers = [*headers, (b"connection", b"close")]
-        except _Disconnected:
+        answer = await self._answer(scope, self._serve(scope, receive))
+        if answer is None:
             self._count(499, start)
             return
-        except Exception:  # a bug must still be answered, counted and logged
-            log.exception("webhook request failed")
-            code, body, headers = 500, _error("internal error"), [(b"connection", b"close")]
+        code, body, headers = answer
         await send({"type": "http.response.start", "status": code,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", b"%d" % len(body)), *headers]})
         await send({"type": "http.response.body", "body": body})
         self._count(code, start)
+
+    async def _answer(self, scope: Scope, work: Awaitable[None]
+                      ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """The answer to a request once `work` has served it: 200, or the refusal it
+        raised; None when the client went away while sending the body."""
+        try:
+            await work
+        except _Reject as rej:
+            return self._refusal(scope, rej)
+        except _Disconnected:
+            return None
+        except Exception:  # a bug must still be answered, counted and logged
+            log.exception("webhook request failed")
+            return 500, _error("internal error"), [(b"connection", b"close")]
+        return 200, b"{}", []
+
+    def _refusal(self, scope: Scope, rej: _Reject) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        self._log_reject(scope, rej)
+        headers = rej.headers
+        if rej.close:  # the body was not read: do not parse the rest as a request
+            headers = [*headers, (b"connection", b"close")]
+        return rej.code, _error(rej.message), headers
+
+    # -- the fast path (protocol.py) ------------------------------------------------------
+
+    @property
+    def fast_receiver(self) -> WebhookApp:
+        """The protocol's fast path is this app's (`begin`)."""
+        return self
+
+    @property
+    def raw_path(self) -> bytes:
+        """The one path the fast path takes, as it comes in a request line."""
+        return self.path.encode("ascii", "replace")
+
+    def begin(self, scope: dict[str, Any]) -> FastRequest | None:
+        """Take a POST to the path with a Content-Length within the limit, JSON and
+        authenticated (the protocol then hands its body over in one buffer); None for
+        anything else, which `__call__` answers, counts and logs."""
+        if scope["path"] != self.path:
+            return None
+        req = _gather(scope["headers"])
+        if req.content_length is None or req.transfer_encoding is not None \
+                or not is_json(req.content_type) or self._auth_refusal(scope, req) is not None:
+            return None
+        try:
+            size = self._check_length(req.content_length)
+        except _Reject:
+            return None
+        if size is None:
+            return None
+        mark_authenticated(scope)
+        return FastRequest(self, scope, size)
+
+    async def _serve_fast(self, source: FastBody, declared: int) -> None:
+        """What `_serve` does once the request is admitted, its body read from `source`."""
+        share = body_reading.Reservation(self.budget)
+        try:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    await self._take(share, declared)
+                    body = await source.read()
+            except TimeoutError:
+                raise _Reject(408, f"body not received within {self.body_timeout:g} s",
+                              close=True) from None
+            if body is None:
+                raise _Disconnected
+        except BaseException:
+            await share.release()
+            raise
+        # The buffer goes on as it is: reading a body only reads it (no copy to bytes).
+        await self._finish(cast(bytes, body), share)
+
+    async def _finish(self, body: bytes, share: body_reading.Reservation) -> None:
+        """What a request's whole body goes through; gives back the reservation."""
+        try:
+            await self._after_body(body, share)
+        finally:
+            await share.release()
 
     def _count(self, code: int, start: float) -> None:
         child = self._codes.get(code)
@@ -172,8 +254,7 @@ class WebhookApp:
         _refused_log.warning("webhook request from %s refused with %d: %s", who, rej.code,
                              rej.message, key=str(rej.code))
 
-    async def _serve(self, scope: Scope, receive: Receive
-                     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def _serve(self, scope: Scope, receive: Receive) -> None:
         if scope["path"] != self.path:
             raise _Reject(404, "not found", close=True)
         req = _gather(scope["headers"])
@@ -187,14 +268,18 @@ class WebhookApp:
         share = body_reading.Reservation(self.budget)
         try:
             body = await self._receive_body(receive, declared, share)
-            received = time.time()
-            metrics.WEBHOOK_BODY_BYTES.observe(len(body))
-            plan, cost = await body_reading.measure(batches.plan, body, self.executor)
-            await self._grow(share, cost)
-            await self._ingest(body, plan, share, received)
-        finally:
+        except BaseException:
             await share.release()
-        return 200, b"{}", []
+            raise
+        await self._finish(body, share)
+
+    async def _after_body(self, body: bytes, share: body_reading.Reservation) -> None:
+        """Read, evaluate and store a whole body, growing its share as reading it needs."""
+        received = time.time()
+        metrics.WEBHOOK_BODY_BYTES.observe(len(body))
+        plan, cost = await body_reading.measure(batches.plan, body, self.executor)
+        await self._grow(share, cost)
+        await self._ingest(body, plan, share, received)
 
     async def _grow(self, share: body_reading.Reservation, cost: int) -> None:
         """Hold `cost` bytes in all, or refuse the batch before parsing."""
@@ -214,19 +299,26 @@ class WebhookApp:
                        [(b"retry-after", b"1")], close=True)
 
     def _authenticate(self, scope: Scope, req: Request) -> None:
+        refusal = self._auth_refusal(scope, req)
+        if refusal is not None:
+            reason, rej = refusal
+            metrics.WEBHOOK_AUTH_FAILURES.labels(reason).inc()
+            raise rej
+
+    def _auth_refusal(self, scope: Scope, req: Request) -> tuple[str, _Reject] | None:
+        """Why the request is not authenticated (a metric's label, the answer), or None."""
         if self.client_names:
             names = request_names(scope)
             if not names_allowed(names, self.client_names):
-                metrics.WEBHOOK_AUTH_FAILURES.labels("client_name").inc()
                 shown = ", ".join(names) or "no client certificate"
-                raise _Reject(403, f"client certificate name not allowed: {shown}",
-                              close=True)
+                return "client_name", _Reject(
+                    403, f"client certificate name not allowed: {shown}", close=True)
         if self.tokens is not None:
             reason = self.tokens.check(req.authorization)
             if reason is not None:
-                metrics.WEBHOOK_AUTH_FAILURES.labels(reason).inc()
-                raise _Reject(401, f"unauthorized: {reason.replace('_', ' ')}",
-                              [(b"www-authenticate", b"Bearer")], close=True)
+                return reason, _Reject(401, f"unauthorized: {reason.replace('_', ' ')}",
+                                       [(b"www-authenticate", b"Bearer")], close=True)
+        return None
 
     def _check_length(self, declared: bytes | None) -> int | None:
         if declared is None:
@@ -381,3 +473,20 @@ class WebhookApp:
         if len(items) > self.max_items:
             raise batches.TooManyItems(len(items))
         return self.pipeline.process(items, SOURCE)[1]
+
+
+class FastRequest:
+    """A request taken on the fast path (`WebhookApp.begin`)."""
+
+    def __init__(self, app: WebhookApp, scope: Scope, size: int) -> None:
+        self.app = app
+        self.scope = scope
+        self.size = size
+        self.start = perf_counter()
+
+    async def serve(self, body: FastBody) -> Answer | None:
+        """Serve it as `__call__` does from the reservation on; the answer, counted."""
+        app = self.app
+        answer = await app._answer(self.scope, app._serve_fast(body, self.size))
+        app._count(499 if answer is None else answer[0], self.start)
+        return answer
