@@ -34,6 +34,17 @@ INDEX_PER_BYTE = 13
 # Candidates up to this size are parsed within what a body reserves up front; a larger
 # one is estimated first, and charged what it needs.
 SMALL_CANDIDATE = 256 * 1024
+# Bodies of events smaller than this on average are read by the msgspec field pass,
+# larger ones by simdjson: msgspec costs less per event, simdjson less per byte
+# (docs/performance.md: 1.1 KiB events read 0.8x simdjson's cost, 3.4 KiB ones 1.3x).
+FIELDPASS_ITEM_BYTES = 1800
+# The size is estimated from this many windows of this many bytes spread over the body
+# (about 10 µs a body): a guess only chooses the faster reader, both are exact.
+SAMPLE_WINDOWS = 8
+SAMPLE_BYTES = 2048
+# The most memory per byte of JSON the field pass's items take: a `msgspec.Raw` of 48
+# bytes and a list slot per item, and an item can be as short as `0,`.
+RAW_PER_BYTE = 29
 
 
 Span = tuple[int, int]  # where a run of whole events starts and ends in the body
@@ -77,6 +88,19 @@ def groups(body: bytes, size: int = GROUP_BYTES) -> list[Span] | None:
         at = cut + 2
 
 
+def item_bytes(body: bytes) -> float:
+    """About how many bytes an event of `body` takes, from the boundaries between the
+    apiserver's items (`SEPARATOR`) in a sample of it; infinite when none is found (a
+    body of one large event, or in another layout)."""
+    end = len(body)
+    if end <= SAMPLE_WINDOWS * SAMPLE_BYTES:
+        return end / (body.count(SEPARATOR) + 1)
+    step = (end - SAMPLE_BYTES) // (SAMPLE_WINDOWS - 1)
+    found = sum(body.count(SEPARATOR, start, start + SAMPLE_BYTES)
+                for start in range(0, step * SAMPLE_WINDOWS, step))
+    return SAMPLE_WINDOWS * SAMPLE_BYTES / found if found else float("inf")
+
+
 def group_text(body: bytes, span: Span) -> bytearray:
     """The events of `span` as one JSON array, to parse on their own."""
     start, end = span
@@ -102,17 +126,23 @@ def estimate(body: bytes) -> int:
 @dataclass(frozen=True)
 class Reading:
     """How a body is read: whole (`groups` None) or in groups; `largest` is the size of
-    the largest document read at once, `index` the memory simdjson's index of it takes."""
+    the largest document read at once, `index` the memory its reading takes (simdjson's
+    index, or the field pass's items); `fields`: read whole by the msgspec field pass
+    (fieldpass.py) rather than simdjson."""
 
     groups: list[Span] | None
     largest: int
     index: int
+    fields: bool = False
 
 
 def reading(body: bytes, size: int = GROUP_BYTES) -> Reading | None:
-    """How simdjson reads `body`: whole up to `size`, else in groups; None when it must
-    be parsed whole by orjson instead (a large body in another layout)."""
+    """How `body` is read: whole up to `size` (by the field pass when its events are
+    small, else by simdjson), else by simdjson in groups; None when it must be parsed
+    whole by orjson instead (a large body in another layout)."""
     if len(body) <= size:
+        if item_bytes(body) <= FIELDPASS_ITEM_BYTES:
+            return Reading(None, len(body), RAW_PER_BYTE * len(body), fields=True)
         return Reading(None, len(body), INDEX_PER_BYTE * len(body))
     found = groups(body, size)
     if found is None:

@@ -41,7 +41,8 @@ there.)
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -118,6 +119,16 @@ Answer = str | None  # a skip reason, or None: parse it
 # impersonates nobody and one for anyone else.
 Settled = Answer | tuple[Answer, Answer]
 Item = bytes | msgspec.Raw
+# What a native reader gives for one event: the stage, the verb, the user's name, whether
+# someone is impersonated, and the object reference's resource, subresource and namespace,
+# each a string or None where the event has none. A reader answers None ("not sure, read
+# it the pure way") for anything else: a value of another type, bad UTF-8, a syntax error.
+Values = tuple[Any, Any, Any, Any, Any, Any, Any]
+LineReader = Callable[[bytes], "Values | None"]
+# For a body: each item's byte bounds in the body and its values (None: that item is
+# read the pure way), or None for the whole body (then `split` reads it).
+BodyReader = Callable[[bytes], "Sequence[tuple[int, int, Values | None]] | None"]
+_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
 
 def is_utf8(data: bytes) -> bool:
@@ -139,10 +150,15 @@ class FieldPass:
     threads (a decision computed twice at once is the same decision).
     """
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, line_reader: LineReader | None = None,
+                 body_reader: BodyReader | None = None) -> None:
         self._rule_out = index.rule_out
         self._settled: dict[tuple[Any, ...], Settled] = {}
         self._lock = threading.Lock()
+        # Optional native readers of the same fields (see `Values`); the pure path
+        # answers whatever they are not sure of.
+        self._line_reader = line_reader
+        self._body_reader = body_reader
 
     def reason(self, item: Item) -> Answer:
         """The skip reason `Index.rule_out` gives the event `item` holds (`stage`,
@@ -152,8 +168,13 @@ class FieldPass:
         `item` is one event's JSON: bytes (a log line, checked for UTF-8 here), or a
         `msgspec.Raw` from `split`, whose body was checked.
         """
-        if item.__class__ is bytes and not item.isascii() and not is_utf8(item):
-            return None
+        if item.__class__ is bytes:
+            if self._line_reader is not None:
+                values = self._line_reader(item)
+                if values is not None:
+                    return self._decide(fields_of(values))
+            if not item.isascii() and not is_utf8(item):
+                return None
         fields: _Fields
         try:
             fields = _read_known_fields(item)
@@ -168,20 +189,22 @@ class FieldPass:
             return self._parsed(item)
         return self._decide(fields)
 
-    def split(self, body: bytes) -> Sequence[Item]:
+    def split(self, body: bytes, strict: bool = False) -> Sequence[Item]:
         """The items of a webhook body read as `audit.batch_items` reads a parsed one
         (an EventList, an array of events, or one Event), each as the bytes of its JSON.
 
         Items are `msgspec.Raw` views into `body`; an item whose bytes are not UTF-8 is
         a copy (bytes), which `reason` checks and leaves to the full parse. Raises
         Unreadable when msgspec does not read the body as JSON, or when the bytes that
-        are not UTF-8 lie outside every item (orjson refuses the body whole); BadDocument
-        for JSON that is no batch of events.
+        are not UTF-8 lie outside every item (orjson refuses the body whole), or
+        `strict` and any byte is not UTF-8 (the webhook refuses such a body whole, as
+        orjson does); BadDocument for JSON that is no batch of events.
         """
         try:
             doc = _read_body(body)
         except msgspec.ValidationError:
-            raise BadDocument("expected an object or an array") from None
+            raise BadDocument(f"expected an object or an array, got {_type_of(body)}") \
+                from None
         except (msgspec.DecodeError, RecursionError) as exc:
             raise Unreadable(str(exc)) from None
         if isinstance(doc, list):
@@ -193,10 +216,65 @@ class FieldPass:
                 raise BadDocument("EventList 'items' is not a list")
             items = doc.items
         else:
-            return [body]  # one event: `reason` checks its bytes
+            items = [body]  # one event: `reason` checks its bytes
         if is_utf8(body):
             return items
-        return _copies_of_bad_items(items)
+        if strict:
+            raise Unreadable("bytes that are not UTF-8")
+        return items if items[0] is body else _copies_of_bad_items(items)
+
+    def sort(self, items: Sequence[Item], ruled_out: Counter[str]) -> list[tuple[int, Item]]:
+        """The candidates among `items` (from `split`), each with its index: those
+        `reason` does not rule out. The others are counted in `ruled_out` under their
+        reasons, once for the whole batch."""
+        read, decide, reason = _read_known_fields, self._decide, self.reason
+        answers: list[Answer] = []
+        add = answers.append
+        for item in items:
+            if item.__class__ is bytes:  # not UTF-8, or a whole body: the careful way
+                add(reason(item))
+                continue
+            try:
+                fields = read(item)
+            except _DECODE_ERRORS:
+                add(reason(item))
+                continue
+            add(decide(fields))
+        return self._tally(items, answers, ruled_out)
+
+    def sort_body(self, body: bytes, most: int, ruled_out: Counter[str]
+                  ) -> tuple[int, list[tuple[int, Item]]]:
+        """The number of items of a webhook body, and its candidates as `sort` gives
+        them; nothing is decided when there are more than `most` items. A body reader
+        (native) is asked first; otherwise, or when it is not sure, `split` reads the
+        body strictly (it raises as `split` does)."""
+        found = self._body_reader(body) if self._body_reader is not None else None
+        if found is None:
+            items = self.split(body, strict=True)
+            return len(items), ([] if len(items) > most else self.sort(items, ruled_out))
+        if len(found) > most:
+            return len(found), []
+        view = memoryview(body)
+        parts: list[Item] = []
+        answers: list[Answer] = []
+        for start, end, values in found:
+            part = msgspec.Raw(view[start:end])
+            parts.append(part)
+            answers.append(self.reason(part) if values is None
+                           else self._decide(fields_of(values)))
+        return len(found), self._tally(parts, answers, ruled_out)
+
+    @staticmethod
+    def _tally(items: Sequence[Item], answers: list[Answer], ruled_out: Counter[str]
+               ) -> list[tuple[int, Item]]:
+        tally = Counter(answers)  # counted in C, not one update an event
+        if tally.pop(None, 0):
+            candidates = [(index, items[index]) for index, answer in enumerate(answers)
+                          if answer is None]
+        else:
+            candidates = []
+        ruled_out.update(tally)  # type: ignore[arg-type]  # None popped above
+        return candidates
 
     def _decide(self, fields: _Fields) -> Answer:
         ref = fields.objectRef
@@ -266,6 +344,18 @@ class FieldPass:
         except Undecidable:
             return None
         return found if isinstance(found, str) else None
+
+
+def fields_of(values: Values) -> _Fields:
+    """A native reader's values (see `Values`) as the Struct the pure path decodes."""
+    stage, verb, username, impersonated, resource, subresource, namespace = values
+    return _Fields(stage, verb, _User(username), impersonated,
+                   _Ref(resource, subresource, namespace))
+
+
+def _type_of(body: bytes) -> str:
+    """The Python type of the JSON value `body` holds, as orjson names it."""
+    return type(msgspec.json.decode(body)).__name__
 
 
 def _stand_in(fields: _Fields) -> dict[str, Any]:
