@@ -9,7 +9,11 @@ and hands over the five values. An event costs about a microsecond read this way
 against two to three for simdjson's reading through Python proxies (prefilter.py); see
 docs/performance.md. `FieldPass.split` reads a webhook body into its items' bytes the
 same way, so each item can be decided, and parsed with orjson when it is a candidate,
-on its own.
+on its own. The tail decides its lines here (`Prefilter.skip`), and the webhook the
+bodies of small events (`sort_body`, sources/body.py).
+
+An optional native reader of the same fields slots in (`LineReader`, `BodyReader`): its
+values are decided as msgspec's are, and whatever it is not sure of is read here.
 
 The decision itself is `Index.rule_out`'s, cached: it depends on nothing but the stage,
 verb, resource, subresource and namespace, and, when every candidate rule ignores system

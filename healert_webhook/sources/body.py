@@ -91,11 +91,12 @@ async def measure(func: Callable[[bytes], _T], body: bytes, executor: Executor) 
 
 def read(body: bytes, plan: batches.Reading, rules: Rules, most: int,
          allowance: int | None = None) -> Read:
-    """The candidate events of a body simdjson reads as `plan` says, for `rules`.
+    """The candidate events of a body read as `plan` says (the field pass or simdjson),
+    for `rules`.
 
     Consuming the events raises TooManyItems past `most` events (before any is evaluated,
     unless the body is read in groups), BadBody for a document that is no batch of
-    events, Unreadable when simdjson does not take a document of it (then it must be
+    events, Unreadable when its reader does not take a document of it (then it must be
     parsed whole), and NeedsMore when a candidate needs more memory than `allowance`
     (see Prefilter.candidates).
     """
@@ -108,7 +109,7 @@ def evaluate(pipeline: Pipeline, body: bytes, plan: batches.Reading, source: str
              *, allowance: int | None = None, received: float | None = None
              ) -> Evaluation | None:
     """The pipeline's evaluation of the body's candidates, read by the active rules; None
-    when simdjson does not take the body (then it must be parsed whole). Raises as
+    when its reader does not take the body (then it must be parsed whole). Raises as
     consuming `read`'s events does."""
     try:
         return pipeline.evaluate(read(body, plan, pipeline.rules, most, allowance), source,
