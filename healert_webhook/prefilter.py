@@ -138,13 +138,15 @@ class Prefilter:
         """
         loads = orjson.loads
         reason = self.reason
+        reasons: list[str] = []  # counted once at the end, not one update an event
+        skipped = reasons.append
         for index, item in enumerate(items, start):
             if item.__class__ is not Object:
                 bad.append((index, "not_an_object"))
                 continue
             why = reason(item)
             if why is not None:
-                ruled_out[why] += 1
+                skipped(why)
                 continue
             raw = cast(bytes, item.mini)  # typed str, but simdjson hands out bytes
             if allowance is not None and len(raw) > SMALL_CANDIDATE:
@@ -157,3 +159,4 @@ class Prefilter:
                 bad.append((index, "bad_json"))
                 continue
             yield event
+        ruled_out.update(reasons)
