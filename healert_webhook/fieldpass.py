@@ -232,6 +232,7 @@ class FieldPass:
         `reason` does not rule out. The others are counted in `ruled_out` under their
         reasons, once for the whole batch."""
         read, decide, reason = _read_known_fields, self._decide, self.reason
+        settled, internal_of = self._settled, _internal_of
         answers: list[Answer] = []
         add = answers.append
         for item in items:
@@ -243,7 +244,25 @@ class FieldPass:
             except _DECODE_ERRORS:
                 add(reason(item))
                 continue
-            add(decide(fields))
+            # `_decide` inline for a combination already settled and a user whose name
+            # is a string (nearly every event); anything else goes through it
+            try:
+                known = settled[(fields.stage, fields.verb, fields.objectRef)]
+            except (KeyError, TypeError):
+                add(decide(fields))
+                continue
+            if known.__class__ is not tuple:
+                add(known)  # type: ignore[arg-type]  # a reason or None, not a pair
+                continue
+            user = fields.user
+            name = user.username if user.__class__ is _User else None
+            if name.__class__ is not str:
+                add(decide(fields))
+                continue
+            internal = internal_of.get(name)
+            if internal is None:
+                internal = _remember_internal(name)
+            add(known[0] if internal and not fields.impersonatedUser else known[1])
         return self._tally(items, answers, ruled_out)
 
     def sort_body(self, body: bytes, most: int, ruled_out: Counter[str]
@@ -297,7 +316,9 @@ class FieldPass:
         if isinstance(user, _User):
             name = user.username
             if isinstance(name, str):
-                internal = is_internal_actor(name)
+                internal = _internal_of.get(name)
+                if internal is None:
+                    internal = _remember_internal(name)
             elif not name:
                 internal = True  # no name: a failed authentication
             else:
@@ -348,6 +369,21 @@ class FieldPass:
         except Undecidable:
             return None
         return found if isinstance(found, str) else None
+
+
+# Whether a user name is an internal actor's, kept for the names seen (service accounts,
+# nodes, controllers: a few hundred in a cluster); cleared when full.
+_internal_of: dict[str, bool] = {}
+NAMES_KEPT = 4096
+
+
+def _remember_internal(name: str) -> bool:
+    internal = is_internal_actor(name)
+    if len(name) <= CACHE_KEY_CHARS:
+        if len(_internal_of) >= NAMES_KEPT:
+            _internal_of.clear()
+        _internal_of[name] = internal
+    return internal
 
 
 def fields_of(values: Values) -> _Fields:

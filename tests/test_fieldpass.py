@@ -277,6 +277,27 @@ def test_the_decisions_kept_stay_bounded(index: Index, monkeypatch: pytest.Monke
     assert not fp._settled  # decided, not kept
 
 
+def test_the_user_names_kept_stay_bounded(index: Index, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.setattr(fieldpass, "NAMES_KEPT", 20)
+    monkeypatch.setattr(fieldpass, "_internal_of", {})
+    fp = FieldPass(index)
+    users = [f"system:serviceaccount:ns:sa-{i}" if i % 2 else f"person-{i}@example.com"
+             for i in range(300)] + ["system:admin", "system:" + "x" * 10_000]
+    raws = []
+    for i, user in enumerate(users):
+        event = exec_event(i) if i % 3 else noise_event(i)
+        event["user"] = {"username": user}
+        raws.append(orjson.dumps(event))
+    body = event_list(raws)
+    for raw in raws:
+        assert fp.reason(raw) == expected(index, raw)
+        assert len(fieldpass._internal_of) <= 20
+    sorted_alike(fp, index, body, raws)
+    assert len(fieldpass._internal_of) <= 20
+    assert "system:" + "x" * 10_000 not in fieldpass._internal_of
+
+
 def test_the_same_combination_is_decided_by_its_own_user(index: Index) -> None:
     """One cached combination, then users of every class: each gets rule_out's answer."""
     fp = FieldPass(index)
