@@ -265,12 +265,12 @@ def test_a_number_beyond_a_double_in_a_small_event_body_costs_that_event_only(
     noise = orjson.dumps(noise_event(1))[:-1] + b',"requestObject":{"n":1e400}}'
     exec_ = orjson.dumps(exec_event(2, tag="far"))[:-1] + b',"requestObject":{"n":1e400}}'
     body = event_list([noise, exec_, exec_event(3)])
-    assert evaluate_by(pipeline, body, fields=False) is None
-    found = read_body(pipeline, body)
+    found = read_body(pipeline, body)  # as the webhook reads it: by the field pass
     assert found is not None
     assert [f.event["actor"] for f in found.frictions] == ["alice@example.com"]
     assert found.bad == [(1, "bad_json")]
     assert sum(found.stats.skipped.values()) == 1 and found.stats.events == 2
+    assert evaluate_by(pipeline, body, fields=False) is None
 
 
 def test_a_group_cut_at_a_boundary_inside_an_object_is_parsed_whole(
