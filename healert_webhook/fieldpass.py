@@ -207,8 +207,7 @@ class FieldPass:
         try:
             doc = _read_body(body)
         except msgspec.ValidationError:
-            raise BadDocument(f"expected an object or an array, got {_type_of(body)}") \
-                from None
+            raise _no_batch(body) from None
         except (msgspec.DecodeError, RecursionError) as exc:
             raise Unreadable(str(exc)) from None
         if isinstance(doc, list):
@@ -393,9 +392,18 @@ def fields_of(values: Values) -> _Fields:
                    _Ref(resource, subresource, namespace))
 
 
-def _type_of(body: bytes) -> str:
-    """The Python type of the JSON value `body` holds, as orjson names it."""
-    return type(msgspec.json.decode(body)).__name__
+def _no_batch(body: bytes) -> Exception:
+    """Why a body `_read_body` refused as it is typed is no batch: BadDocument naming the
+    value's type as orjson does, or Unreadable for an object or array (a number out of
+    range where the batch's shape is read) and what orjson does not read: the whole
+    parse decides those."""
+    if body.lstrip()[:1] in (b"{", b"["):
+        return Unreadable("a value out of range in the batch's shape")
+    try:
+        value = orjson.loads(body)  # a scalar: as large as the body at most
+    except orjson.JSONDecodeError as exc:
+        return Unreadable(str(exc))
+    return BadDocument(f"expected an object or an array, got {type(value).__name__}")
 
 
 def _stand_in(fields: _Fields) -> dict[str, Any]:

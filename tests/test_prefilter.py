@@ -199,6 +199,9 @@ NOT_READ = {
     "deeper than orjson goes": event_list([noise_event(1)])[:-2] + b',' + b"[" * 1100
     + b"]" * 1100 + b"]}",
     "a byte order mark": b"\xef\xbb\xbf" + event_list([noise_event(1)]),
+    "a number out of range as the kind": b'{"kind":1e400,"items":[]}',
+    "a number out of range as the items": b'{"kind":"EventList","items":-1e999}',
+    "a number out of range alone": b" 1e400",
 }
 
 
@@ -216,13 +219,17 @@ def test_a_body_orjson_refuses_is_left_to_the_whole_parse_by_either_reader(
 
 
 @pytest.mark.parametrize("body", [b"1", b'"an event"', b"null", b'{"items":{"a":1}}',
-                                  b'{"kind":"EventList","items":"x"}'])
+                                  b'{"kind":"EventList","items":"x"}', b" true ",
+                                  b'{"items":100000000000000000000000}'])
 def test_a_body_that_is_no_batch_gets_the_same_answer_from_either_reader(
         pipeline: Pipeline, body: bytes) -> None:
+    """Whoever answers (the reader, or the whole parse when the reader leaves it), the
+    answer is the same 400."""
     answers = []
     for fields in (True, False):
         with pytest.raises(body_reading.BadBody) as refused:
-            evaluate_by(pipeline, body, fields)
+            if evaluate_by(pipeline, body, fields) is None:
+                body_reading.parse_body(body)
         answers.append((str(refused.value), refused.value.reason))
     assert answers[0] == answers[1]
     with pytest.raises(body_reading.BadBody) as whole:
