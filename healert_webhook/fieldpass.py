@@ -9,7 +9,11 @@ and hands over the five values. An event costs about a microsecond read this way
 against two to three for simdjson's reading through Python proxies (prefilter.py); see
 docs/performance.md. `FieldPass.split` reads a webhook body into its items' bytes the
 same way, so each item can be decided, and parsed with orjson when it is a candidate,
-on its own.
+on its own. The tail decides its lines here (`Prefilter.skip`), and the webhook the
+bodies of small events (`sort_body`, sources/body.py).
+
+An optional native reader of the same fields slots in (`LineReader`, `BodyReader`): its
+values are decided as msgspec's are, and whatever it is not sure of is read here.
 
 The decision itself is `Index.rule_out`'s, cached: it depends on nothing but the stage,
 verb, resource, subresource and namespace, and, when every candidate rule ignores system
@@ -41,7 +45,8 @@ there.)
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -118,6 +123,16 @@ Answer = str | None  # a skip reason, or None: parse it
 # impersonates nobody and one for anyone else.
 Settled = Answer | tuple[Answer, Answer]
 Item = bytes | msgspec.Raw
+# What a native reader gives for one event: the stage, the verb, the user's name, whether
+# someone is impersonated, and the object reference's resource, subresource and namespace,
+# each a string or None where the event has none. A reader answers None ("not sure, read
+# it the pure way") for anything else: a value of another type, bad UTF-8, a syntax error.
+Values = tuple[Any, Any, Any, Any, Any, Any, Any]
+LineReader = Callable[[bytes], "Values | None"]
+# For a body: each item's byte bounds in the body and its values (None: that item is
+# read the pure way), or None for the whole body (then `split` reads it).
+BodyReader = Callable[[bytes], "Sequence[tuple[int, int, Values | None]] | None"]
+_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
 
 def is_utf8(data: bytes) -> bool:
@@ -139,10 +154,15 @@ class FieldPass:
     threads (a decision computed twice at once is the same decision).
     """
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, line_reader: LineReader | None = None,
+                 body_reader: BodyReader | None = None) -> None:
         self._rule_out = index.rule_out
         self._settled: dict[tuple[Any, ...], Settled] = {}
         self._lock = threading.Lock()
+        # Optional native readers of the same fields (see `Values`); the pure path
+        # answers whatever they are not sure of.
+        self._line_reader = line_reader
+        self._body_reader = body_reader
 
     def reason(self, item: Item) -> Answer:
         """The skip reason `Index.rule_out` gives the event `item` holds (`stage`,
@@ -152,8 +172,13 @@ class FieldPass:
         `item` is one event's JSON: bytes (a log line, checked for UTF-8 here), or a
         `msgspec.Raw` from `split`, whose body was checked.
         """
-        if item.__class__ is bytes and not item.isascii() and not is_utf8(item):
-            return None
+        if item.__class__ is bytes:
+            if self._line_reader is not None:
+                values = self._line_reader(item)
+                if values is not None:
+                    return self._decide(fields_of(values))
+            if not item.isascii() and not is_utf8(item):
+                return None
         fields: _Fields
         try:
             fields = _read_known_fields(item)
@@ -168,20 +193,21 @@ class FieldPass:
             return self._parsed(item)
         return self._decide(fields)
 
-    def split(self, body: bytes) -> Sequence[Item]:
+    def split(self, body: bytes, strict: bool = False) -> Sequence[Item]:
         """The items of a webhook body read as `audit.batch_items` reads a parsed one
         (an EventList, an array of events, or one Event), each as the bytes of its JSON.
 
         Items are `msgspec.Raw` views into `body`; an item whose bytes are not UTF-8 is
         a copy (bytes), which `reason` checks and leaves to the full parse. Raises
         Unreadable when msgspec does not read the body as JSON, or when the bytes that
-        are not UTF-8 lie outside every item (orjson refuses the body whole); BadDocument
-        for JSON that is no batch of events.
+        are not UTF-8 lie outside every item (orjson refuses the body whole), or
+        `strict` and any byte is not UTF-8 (the webhook refuses such a body whole, as
+        orjson does); BadDocument for JSON that is no batch of events.
         """
         try:
             doc = _read_body(body)
         except msgspec.ValidationError:
-            raise BadDocument("expected an object or an array") from None
+            raise _no_batch(body) from None
         except (msgspec.DecodeError, RecursionError) as exc:
             raise Unreadable(str(exc)) from None
         if isinstance(doc, list):
@@ -193,10 +219,84 @@ class FieldPass:
                 raise BadDocument("EventList 'items' is not a list")
             items = doc.items
         else:
-            return [body]  # one event: `reason` checks its bytes
+            items = [body]  # one event: `reason` checks its bytes
         if is_utf8(body):
             return items
-        return _copies_of_bad_items(items)
+        if strict:
+            raise Unreadable("bytes that are not UTF-8")
+        return items if items[0] is body else _copies_of_bad_items(items)
+
+    def sort(self, items: Sequence[Item], ruled_out: Counter[str]) -> list[tuple[int, Item]]:
+        """The candidates among `items` (from `split`), each with its index: those
+        `reason` does not rule out. The others are counted in `ruled_out` under their
+        reasons, once for the whole batch."""
+        read, decide, reason = _read_known_fields, self._decide, self.reason
+        settled, internal_of = self._settled, _internal_of
+        answers: list[Answer] = []
+        add = answers.append
+        for item in items:
+            if item.__class__ is bytes:  # not UTF-8, or a whole body: the careful way
+                add(reason(item))
+                continue
+            try:
+                fields = read(item)
+            except _DECODE_ERRORS:
+                add(reason(item))
+                continue
+            # `_decide` inline for a combination already settled and a user whose name
+            # is a string (nearly every event); anything else goes through it
+            try:
+                known = settled[(fields.stage, fields.verb, fields.objectRef)]
+            except (KeyError, TypeError):
+                add(decide(fields))
+                continue
+            if known.__class__ is not tuple:
+                add(known)  # type: ignore[arg-type]  # a reason or None, not a pair
+                continue
+            user = fields.user
+            name = user.username if user.__class__ is _User else None
+            if name.__class__ is not str:
+                add(decide(fields))
+                continue
+            internal = internal_of.get(name)
+            if internal is None:
+                internal = _remember_internal(name)
+            add(known[0] if internal and not fields.impersonatedUser else known[1])
+        return self._tally(items, answers, ruled_out)
+
+    def sort_body(self, body: bytes, most: int, ruled_out: Counter[str]
+                  ) -> tuple[int, list[tuple[int, Item]]]:
+        """The number of items of a webhook body, and its candidates as `sort` gives
+        them; nothing is decided when there are more than `most` items. A body reader
+        (native) is asked first; otherwise, or when it is not sure, `split` reads the
+        body strictly (it raises as `split` does)."""
+        found = self._body_reader(body) if self._body_reader is not None else None
+        if found is None:
+            items = self.split(body, strict=True)
+            return len(items), ([] if len(items) > most else self.sort(items, ruled_out))
+        if len(found) > most:
+            return len(found), []
+        view = memoryview(body)
+        parts: list[Item] = []
+        answers: list[Answer] = []
+        for start, end, values in found:
+            part = msgspec.Raw(view[start:end])
+            parts.append(part)
+            answers.append(self.reason(part) if values is None
+                           else self._decide(fields_of(values)))
+        return len(found), self._tally(parts, answers, ruled_out)
+
+    @staticmethod
+    def _tally(items: Sequence[Item], answers: list[Answer], ruled_out: Counter[str]
+               ) -> list[tuple[int, Item]]:
+        tally = Counter(answers)  # counted in C, not one update an event
+        if tally.pop(None, 0):
+            candidates = [(index, items[index]) for index, answer in enumerate(answers)
+                          if answer is None]
+        else:
+            candidates = []
+        ruled_out.update(tally)  # type: ignore[arg-type]  # None popped above
+        return candidates
 
     def _decide(self, fields: _Fields) -> Answer:
         ref = fields.objectRef
@@ -215,7 +315,9 @@ class FieldPass:
         if isinstance(user, _User):
             name = user.username
             if isinstance(name, str):
-                internal = is_internal_actor(name)
+                internal = _internal_of.get(name)
+                if internal is None:
+                    internal = _remember_internal(name)
             elif not name:
                 internal = True  # no name: a failed authentication
             else:
@@ -266,6 +368,42 @@ class FieldPass:
         except Undecidable:
             return None
         return found if isinstance(found, str) else None
+
+
+# Whether a user name is an internal actor's, kept for the names seen (service accounts,
+# nodes, controllers: a few hundred in a cluster); cleared when full.
+_internal_of: dict[str, bool] = {}
+NAMES_KEPT = 4096
+
+
+def _remember_internal(name: str) -> bool:
+    internal = is_internal_actor(name)
+    if len(name) <= CACHE_KEY_CHARS:
+        if len(_internal_of) >= NAMES_KEPT:
+            _internal_of.clear()
+        _internal_of[name] = internal
+    return internal
+
+
+def fields_of(values: Values) -> _Fields:
+    """A native reader's values (see `Values`) as the Struct the pure path decodes."""
+    stage, verb, username, impersonated, resource, subresource, namespace = values
+    return _Fields(stage, verb, _User(username), impersonated,
+                   _Ref(resource, subresource, namespace))
+
+
+def _no_batch(body: bytes) -> Exception:
+    """Why a body `_read_body` refused as it is typed is no batch: BadDocument naming the
+    value's type as orjson does, or Unreadable for an object or array (a number out of
+    range where the batch's shape is read) and what orjson does not read: the whole
+    parse decides those."""
+    if body.lstrip()[:1] in (b"{", b"["):
+        return Unreadable("a value out of range in the batch's shape")
+    try:
+        value = orjson.loads(body)  # a scalar: as large as the body at most
+    except orjson.JSONDecodeError as exc:
+        return Unreadable(str(exc))
+    return BadDocument(f"expected an object or an array, got {type(value).__name__}")
 
 
 def _stand_in(fields: _Fields) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Sources hand over what they read as a `Read` of the active rule set: the candidate
 events, parsed one at a time as detection asks for them, and the counts of what was
 settled without a parse. The tail and replay read raw log lines or parsed documents
-through `read` (reading.py); the webhook reads its bodies with simdjson
+through `read` (reading.py); the webhook reads its bodies with the field pass or simdjson
 (sources/body.py). The pipeline does the rest the same way for all three: run the rules,
 record the counts, store the friction events in the outbox (with a tail checkpoint in
 the same transaction), count the duplicates the outbox suppressed, and log one line per

@@ -19,6 +19,11 @@ Nothing a user sends can add a field to the event itself (what they send is insi
 strings and embedded objects); another producer could, so replay, which reads files
 from anywhere, parses every event in full.
 
+Log lines, and webhook bodies of small events, are decided by the msgspec field pass
+instead (fieldpass.py, `Prefilter.fields`), which costs less per event and reads a
+repeated field as a full parse does; simdjson's reading stays for bodies of large
+events, which it reads faster (batches.py chooses).
+
 `Prefilter.reason` answers the skip reason detection would give, or None: "parse it".
 It answers None whenever the fields are not what detection can settle from (a value of
 the wrong type, an unknown stage); those events are parsed and decided exactly as
@@ -29,13 +34,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import orjson
 import simdjson
 
 from healert_webhook.batches import SMALL_CANDIDATE, estimate
+from healert_webhook.fieldpass import FieldPass
 from healert_webhook.index import Undecidable
 
 Object = simdjson.Object
@@ -98,18 +104,19 @@ def _impersonated(event: Any) -> Any:
 
 
 class Prefilter:
-    """The part of a Detector's decision a few fields settle (see the module docstring)."""
+    """The part of a Detector's decision a few fields settle (see the module docstring).
+
+    `fields` is the msgspec field pass of the same rules (fieldpass.py): log lines are
+    decided by it (`skip`), and so are webhook bodies of small events (sources/body.py).
+    """
 
     def __init__(self, detector: Any) -> None:
         self._rule_out = detector.index.rule_out
-
-    def skip(self, raw: bytes) -> str | None:
-        """The skip reason for the one event in `raw` (a log line), or None: parse it."""
-        try:
-            doc = parse(raw)
-        except Unreadable:
-            return None  # the full parse decides, and reports it
-        return self.reason(doc) if doc.__class__ is Object else None
+        self.fields = FieldPass(detector.index)
+        # The skip reason for the one event in a log line, or None: parse it. msgspec
+        # reads a line's five fields for about half of simdjson's cost through its
+        # proxies (docs/performance.md), and reads a repeated field as orjson does.
+        self.skip: Callable[[bytes], str | None] = self.fields.reason
 
     def reason(self, event: Any) -> str | None:
         """`Detector.detect`'s fast-path skip reason for one event (a simdjson Object),
@@ -131,13 +138,15 @@ class Prefilter:
         """
         loads = orjson.loads
         reason = self.reason
+        reasons: list[str] = []  # counted once at the end, not one update an event
+        skipped = reasons.append
         for index, item in enumerate(items, start):
             if item.__class__ is not Object:
                 bad.append((index, "not_an_object"))
                 continue
             why = reason(item)
             if why is not None:
-                ruled_out[why] += 1
+                skipped(why)
                 continue
             raw = cast(bytes, item.mini)  # typed str, but simdjson hands out bytes
             if allowance is not None and len(raw) > SMALL_CANDIDATE:
@@ -150,3 +159,4 @@ class Prefilter:
                 bad.append((index, "bad_json"))
                 continue
             yield event
+        ruled_out.update(reasons)

@@ -3,7 +3,8 @@
 The tail's log lines and replay's documents arrive as raw JSON of single events (bytes)
 or as events already parsed. `parse_each` turns them into events one at a time, as
 detection asks for them, so a batch never has to be in memory parsed as a whole; with a
-pre-filter, an event it rules out from simdjson's reading is counted and never parsed.
+pre-filter, an event it rules out from its five fields (the msgspec field pass,
+`Prefilter.skip`) is counted and never parsed.
 A log line that does not parse may still hold whole events after a torn write: `resync`
 finds them.
 """

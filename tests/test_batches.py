@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 
 from healert_webhook import batches
 
+from support import workload
 from support.events import event_list, exec_event, noise_event
 
 
@@ -19,10 +22,25 @@ def group_items(body: bytes, size: int) -> list[list[str]]:
 
 
 def test_a_small_body_is_read_whole_whatever_its_layout() -> None:
-    for body in (event_list([exec_event(1)]), b'{ "items" : [ ] }', b"not json"):
+    for body in (event_list([exec_event(1)]), b'{ "items" : [ ] }', b"not json",
+                 event_list([exec_event(1, pad=50_000)])):
         plan = batches.reading(body)
         assert plan is not None and plan.groups is None
-        assert plan.largest == len(body) and plan.index == batches.INDEX_PER_BYTE * len(body)
+        per_byte = batches.RAW_PER_BYTE if plan.fields else batches.INDEX_PER_BYTE
+        assert plan.largest == len(body) and plan.index == per_byte * len(body)
+
+
+@pytest.mark.parametrize("stream,fields", [("realistic", True), ("small", True),
+                                           ("today", False)])
+def test_bodies_of_small_events_go_to_the_field_pass_and_large_ones_to_simdjson(
+        stream: str, fields: bool) -> None:
+    """The reader that costs less on each stream (docs/performance.md); either is exact."""
+    bodies = list(workload.stream(stream, 4000).batches(400))
+    chosen = [plan.fields for body in bodies if (plan := batches.reading(body)) is not None]
+    assert len(chosen) == len(bodies)
+    share = sum(chosen) / len(chosen)
+    assert share >= 0.95 if fields else share <= 0.1, share
+    assert not batches.reading(event_list([exec_event(1, pad=3000)] * 20)).fields  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("shape", ["eventlist", "array"])
@@ -58,12 +76,42 @@ def test_a_large_body_of_one_group_is_read_uncopied() -> None:
 
 
 def test_memory_is_charged_for_the_body_its_largest_document_and_one_candidate() -> None:
-    body = event_list([noise_event(i) for i in range(50)])
+    body = event_list([exec_event(i, pad=3000) for i in range(50)])
     plan = batches.reading(body)
-    assert plan is not None
+    assert plan is not None and not plan.fields
     assert batches.cost(body, plan) == (len(body) + batches.INDEX_PER_BYTE * len(body)
                                         + batches.WORST_PER_BYTE * len(body))
     assert batches.cost(body, None) == batches.estimate(body) > len(body)
+    # read by the field pass: the items' worst case in place of simdjson's index
+    body = event_list([noise_event(i) for i in range(50)])
+    plan = batches.reading(body)
+    assert plan is not None and plan.fields
+    assert batches.cost(body, plan) == (len(body) + batches.RAW_PER_BYTE * len(body)
+                                        + batches.WORST_PER_BYTE * len(body))
+
+
+def test_the_field_pass_charge_covers_its_items_at_their_shortest() -> None:
+    """A `msgspec.Raw` and its list slot for every item of `0,0,0...`, the most items a
+    byte of JSON can hold, stay within RAW_PER_BYTE."""
+    import msgspec
+
+    body = b"[" + b"0," * 100_000 + b"0]"
+    before = tracemalloc_peak(lambda: msgspec.json.decode(body, type=list[msgspec.Raw]))
+    assert before <= batches.RAW_PER_BYTE * len(body)
+
+
+def tracemalloc_peak(func: Callable[[], object]) -> int:
+    """The peak of memory Python allocated while `func` ran and kept its result."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        kept = func()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del kept
+    return peak
 
 
 def test_a_body_of_huge_strings_is_cheaper_parsed_whole() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,20 @@ def decide_alike(index: Index, raws: list[bytes]) -> None:
             batch_items(orjson.loads(body))
         for item, raw in zip(items, whole, strict=True):
             assert fp.reason(item) == expected(index, raw), raw[:400]
+        sorted_alike(fp, index, body, whole)
+
+
+def sorted_alike(fp: FieldPass, index: Index, body: bytes, raws: list[bytes]) -> None:
+    """The webhook's reading of a body of `raws` (`sort_body`, counted once a body):
+    the candidates are the items `rule_out` does not settle, the others counted."""
+    answers = [expected(index, raw) for raw in raws]
+    counted: Counter[str] = Counter()
+    total, candidates = fp.sort_body(body, len(raws), counted)
+    assert total == len(raws)
+    assert [i for i, _item in candidates] == [i for i, a in enumerate(answers) if a is None]
+    assert [orjson.loads(memoryview(item)) for _i, item in candidates] == \
+        [orjson.loads(raws[i]) for i, _item in candidates]
+    assert counted == Counter(a for a in answers if a is not None)
 
 
 def _is_json(raw: bytes) -> bool:
@@ -124,6 +139,7 @@ def test_the_benchmark_streams_decide_as_rule_out(index: Index, name: str) -> No
             orjson.loads(body)["items"]
         assert [fp.reason(item) for item in items] == \
             [expected(index, memoryview(item)) for item in items]
+        sorted_alike(fp, index, body, [bytes(item) for item in items])
 
 
 def test_it_answers_as_simdjsons_prefilter_on_what_the_apiserver_writes(
@@ -261,6 +277,27 @@ def test_the_decisions_kept_stay_bounded(index: Index, monkeypatch: pytest.Monke
     assert not fp._settled  # decided, not kept
 
 
+def test_the_user_names_kept_stay_bounded(index: Index, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.setattr(fieldpass, "NAMES_KEPT", 20)
+    monkeypatch.setattr(fieldpass, "_internal_of", {})
+    fp = FieldPass(index)
+    users = [f"system:serviceaccount:ns:sa-{i}" if i % 2 else f"person-{i}@example.com"
+             for i in range(300)] + ["system:admin", "system:" + "x" * 10_000]
+    raws = []
+    for i, user in enumerate(users):
+        event = exec_event(i) if i % 3 else noise_event(i)
+        event["user"] = {"username": user}
+        raws.append(orjson.dumps(event))
+    body = event_list(raws)
+    for raw in raws:
+        assert fp.reason(raw) == expected(index, raw)
+        assert len(fieldpass._internal_of) <= 20
+    sorted_alike(fp, index, body, raws)
+    assert len(fieldpass._internal_of) <= 20
+    assert "system:" + "x" * 10_000 not in fieldpass._internal_of
+
+
 def test_the_same_combination_is_decided_by_its_own_user(index: Index) -> None:
     """One cached combination, then users of every class: each gets rule_out's answer."""
     fp = FieldPass(index)
@@ -367,3 +404,53 @@ def _mangle(draw: st.DrawFn, raw: bytes) -> bytes:
 @given(st.lists(hostile_events(), min_size=1, max_size=6))
 def test_hostile_but_valid_json_decides_as_rule_out(index: Index, raws: list[bytes]) -> None:
     decide_alike(index, raws)
+
+
+# -- a native reader slots in ----------------------------------------------------------
+
+def _values(event: Any) -> fieldpass.Values | None:
+    """The values a native reader gives (see `fieldpass.Values`), or None: not sure."""
+    if not isinstance(event, dict):
+        return None
+    user, ref = event.get("user"), event.get("objectRef")
+    user = {} if user is None else user
+    ref = {} if ref is None else ref
+    if not isinstance(user, dict) or not isinstance(ref, dict):
+        return None
+    values = (event.get("stage"), event.get("verb"), user.get("username"),
+              event.get("impersonatedUser"), ref.get("resource"), ref.get("subresource"),
+              ref.get("namespace"))
+    strings = values[:3] + values[4:]  # whether someone is impersonated: any value
+    if any(v is not None and not isinstance(v, str) for v in strings):
+        return None
+    return values
+
+
+def test_a_native_reader_slots_in_and_answers_alike(index: Index) -> None:
+    """A stand-in for the optional compiled reader (another part of the project, absent
+    here), made of orjson: its values decide as the pure path does, and what it is not
+    sure of is read the pure way."""
+    work = workload.stream("realistic", 1200, match_ratio=0.05, seed=3)
+    raws = [line.rstrip(b"\n") for line in work.lines()]
+    asked: list[int] = []
+
+    def line(raw: bytes) -> fieldpass.Values | None:
+        asked.append(len(raw))
+        return None if len(asked) % 3 == 0 else _values(orjson.loads(raw))
+
+    head = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
+    body = head + b",".join(raws) + b"]}"
+    bounds, at = [], len(head)
+    for raw in raws:
+        bounds.append((at, at + len(raw), None if at % 5 == 0 else
+                       _values(orjson.loads(raw))))
+        at += len(raw) + 1
+
+    def whole(text: bytes) -> list[tuple[int, int, fieldpass.Values | None]] | None:
+        return bounds if text is body else None
+
+    native = FieldPass(index, line_reader=line, body_reader=whole)
+    assert [native.reason(raw) for raw in raws] == [expected(index, raw) for raw in raws]
+    assert len(asked) == len(raws)
+    sorted_alike(native, index, body, raws)
+    sorted_alike(native, index, body + b" ", raws)  # the reader is not sure: split

@@ -11,6 +11,7 @@ a test here shows it then decides as a full parse does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Iterable
@@ -85,19 +86,28 @@ def as_lines(pipeline: Pipeline, raws: list[bytes]) -> None:
     same(pipeline.evaluate_items(raws, "prefilter-test"), full(pipeline, raws))
 
 
-def read_body(pipeline: Pipeline, body: bytes) -> Evaluation | None:
-    """The webhook's reading of `body` (None: it must be parsed whole)."""
-    plan = batches.reading(body)
-    return None if plan is None else body_reading.evaluate(pipeline, body, plan,
-                                                           "prefilter-test", 10_000)
+def read_body(pipeline: Pipeline, body: bytes, fields: bool | None = None
+              ) -> Evaluation | None:
+    """The webhook's reading of `body` (None: it must be parsed whole), by the reader
+    the webhook chooses, or by the field pass (`fields`) or simdjson (not `fields`)."""
+    plan, _cost = batches.plan(body)
+    if plan is None:
+        return None
+    if fields is not None and plan.groups is None:
+        plan = dataclasses.replace(plan, fields=fields)
+    return body_reading.evaluate(pipeline, body, plan, "prefilter-test", 10_000)
 
 
 def as_body(pipeline: Pipeline, items: list[bytes]) -> None:
+    """The body of `items`, read as the webhook chooses and by each reader, decides as a
+    full parse of each item."""
     body = (b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
             + b",".join(items) + b"]}\n")
-    found = read_body(pipeline, body)
-    assert found is not None  # small bodies are always read by simdjson
-    same(found, full(pipeline, items))
+    expected = full(pipeline, items)
+    for fields in (None, True, False):
+        found = read_body(pipeline, body, fields)
+        assert found is not None  # small bodies are always read by one of the readers
+        same(found, expected)
 
 
 def fixture_lines(shared: Path) -> list[bytes]:
@@ -133,9 +143,11 @@ def test_generated_workloads_decide_alike(pipeline: Pipeline, seed: int, ratio: 
     lines = [line.rstrip(b"\n") for line in work.lines()]
     as_lines(pipeline, lines)
     for body in work.batches(400):
-        found = read_body(pipeline, body)
-        assert found is not None
-        same(found, full(pipeline, [orjson.dumps(i) for i in orjson.loads(body)["items"]]))
+        expected = full(pipeline, [orjson.dumps(i) for i in orjson.loads(body)["items"]])
+        for fields in (None, True, False):
+            found = read_body(pipeline, body, fields)
+            assert found is not None
+            same(found, expected)
 
 
 def test_a_large_body_is_read_in_groups_and_decides_alike(pipeline: Pipeline) -> None:
@@ -165,6 +177,109 @@ def test_an_object_shaped_like_events_adds_and_hides_none(pipeline: Pipeline) ->
     assert found.stats.events == 2
 
 
+def _forced(body: bytes, fields: bool) -> batches.Reading:
+    plan = batches.reading(body)
+    assert plan is not None and plan.groups is None
+    return dataclasses.replace(plan, fields=fields)
+
+
+def evaluate_by(pipeline: Pipeline, body: bytes, fields: bool, most: int = 10_000,
+                allowance: int | None = None) -> Evaluation | None:
+    """`body_reading.evaluate` with the field pass (`fields`) or simdjson reading."""
+    return body_reading.evaluate(pipeline, body, _forced(body, fields), "prefilter-test",
+                                 most, allowance=allowance)
+
+
+NOT_READ = {
+    "not UTF-8 in an event": event_list([noise_event(1), exec_event(2)]).replace(
+        b"alice", b"al\xffce", 1),
+    "not UTF-8 outside the events": event_list([noise_event(1)]).replace(
+        b'"metadata":{}', b'"metadata":{"x":"\xc0"}', 1),
+    "cut short": event_list([noise_event(1), exec_event(2)])[:-30],
+    "deeper than orjson goes": event_list([noise_event(1)])[:-2] + b',' + b"[" * 1100
+    + b"]" * 1100 + b"]}",
+    "a byte order mark": b"\xef\xbb\xbf" + event_list([noise_event(1)]),
+    "a number out of range as the kind": b'{"kind":1e400,"items":[]}',
+    "a number out of range as the items": b'{"kind":"EventList","items":-1e999}',
+    "a number out of range alone": b" 1e400",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_READ))
+@pytest.mark.parametrize("fields", [True, False])
+def test_a_body_orjson_refuses_is_left_to_the_whole_parse_by_either_reader(
+        pipeline: Pipeline, name: str, fields: bool) -> None:
+    """Neither reader decides a body orjson refuses: the whole parse answers it (400,
+    bad_json) as before the field pass."""
+    body = NOT_READ[name]
+    assert evaluate_by(pipeline, body, fields) is None
+    with pytest.raises(body_reading.BadBody) as refused:
+        body_reading.parse_body(body)
+    assert refused.value.reason == "bad_json"
+
+
+@pytest.mark.parametrize("body", [b"1", b'"an event"', b"null", b'{"items":{"a":1}}',
+                                  b'{"kind":"EventList","items":"x"}', b" true ",
+                                  b'{"items":100000000000000000000000}'])
+def test_a_body_that_is_no_batch_gets_the_same_answer_from_either_reader(
+        pipeline: Pipeline, body: bytes) -> None:
+    """Whoever answers (the reader, or the whole parse when the reader leaves it), the
+    answer is the same 400."""
+    answers = []
+    for fields in (True, False):
+        with pytest.raises(body_reading.BadBody) as refused:
+            if evaluate_by(pipeline, body, fields) is None:
+                body_reading.parse_body(body)
+        answers.append((str(refused.value), refused.value.reason))
+    assert answers[0] == answers[1]
+    with pytest.raises(body_reading.BadBody) as whole:
+        body_reading.parse_body(body)
+    assert answers[0] == (str(whole.value), whole.value.reason)
+
+
+@pytest.mark.parametrize("fields", [True, False])
+def test_too_many_events_are_refused_before_any_is_evaluated(pipeline: Pipeline,
+                                                             fields: bool) -> None:
+    body = event_list([exec_event(i) for i in range(5)])
+    with pytest.raises(batches.TooManyItems) as refused:
+        evaluate_by(pipeline, body, fields, most=4)
+    assert refused.value.count == 5
+
+
+@pytest.mark.parametrize("fields", [True, False])
+def test_a_large_candidate_asks_for_its_share_before_it_is_parsed(pipeline: Pipeline,
+                                                                   fields: bool) -> None:
+    from healert_webhook.prefilter import NeedsMore
+
+    big = exec_event(1, tag="big")
+    big["requestObject"] = {"spec": [{"a": 1}] * (batches.SMALL_CANDIDATE // 4)}
+    body = event_list([noise_event(i) for i in range(50)] + [big])
+    need = batches.estimate(orjson.dumps(big))
+    allowance = batches.candidate_reserve(_forced(body, fields))
+    with pytest.raises(NeedsMore) as more:
+        evaluate_by(pipeline, body, fields, allowance=allowance)
+    assert more.value.size == need - allowance
+    found = evaluate_by(pipeline, body, fields, allowance=need)
+    assert found is not None and len(found.frictions) == 1 and found.stats.events == 51
+
+
+def test_a_number_beyond_a_double_in_a_small_event_body_costs_that_event_only(
+        pipeline: Pipeline) -> None:
+    """`1e400` is JSON that orjson refuses. simdjson refuses the whole body with it
+    (the whole parse then answers 400 and the batch is lost); the field pass skips what
+    no decision reads unconverted, so an event ruled out is counted as such, and a
+    candidate holding it is counted bad_json alone: the other events are evaluated."""
+    noise = orjson.dumps(noise_event(1))[:-1] + b',"requestObject":{"n":1e400}}'
+    exec_ = orjson.dumps(exec_event(2, tag="far"))[:-1] + b',"requestObject":{"n":1e400}}'
+    body = event_list([noise, exec_, exec_event(3)])
+    found = read_body(pipeline, body)  # as the webhook reads it: by the field pass
+    assert found is not None
+    assert [f.event["actor"] for f in found.frictions] == ["alice@example.com"]
+    assert found.bad == [(1, "bad_json")]
+    assert sum(found.stats.skipped.values()) == 1 and found.stats.events == 2
+    assert evaluate_by(pipeline, body, fields=False) is None
+
+
 def test_a_group_cut_at_a_boundary_inside_an_object_is_parsed_whole(
         pipeline: Pipeline) -> None:
     size = 64 * 1024
@@ -177,21 +292,29 @@ def test_a_group_cut_at_a_boundary_inside_an_object_is_parsed_whole(
     assert [f.event["actor"] for f in found.frictions] == ["alice@example.com"] * 2
 
 
-def test_a_field_written_twice_is_read_first_here_and_last_by_replay(
+def test_a_field_written_twice_is_read_last_by_the_field_pass_and_first_by_simdjson(
         pipeline: Pipeline) -> None:
-    """The one assumption: the apiserver writes each field once (see prefilter.py).
-    Another producer's repeated field makes the pre-filter read another event than a
-    full parse does; replay, which reads files from anywhere, parses in full."""
+    """The one assumption of simdjson's reading: the apiserver writes each field once
+    (see prefilter.py). Another producer's repeated field makes it read another event
+    than a full parse does. Log lines and bodies of small events are read by the field
+    pass, which reads the last as a full parse does; replay, which reads files from
+    anywhere, parses in full."""
     event = exec_event(3, tag="twice")
     del event["stage"]
     event = {"stage": "RequestReceived", **event}
     raw = orjson.dumps(event)[:-1] + b',"stage":"ResponseComplete"}'
     assert orjson.loads(raw)["stage"] == "ResponseComplete"  # a full parse keeps the last
-    assert pipeline.rules.prefilter.skip(raw) == "stage"  # this reads the first
-    assert not pipeline.evaluate_items([raw], "prefilter-test").frictions
+    assert pipeline.rules.prefilter.skip(raw) is None  # a log line: read as orjson reads it
+    lines = pipeline.evaluate_items([raw], "prefilter-test")
+    same(lines, full(pipeline, [raw]))
+    assert len(lines.frictions) == 1
     careful = pipeline.evaluate_items([raw], "prefilter-test", prefilter=False)
     same(careful, full(pipeline, [raw]))
-    assert len(careful.frictions) == 1
+    body = event_list([raw])
+    assert batches.reading(body).fields  # type: ignore[union-attr]  # a small event
+    assert len(read_body(pipeline, body).frictions) == 1  # type: ignore[union-attr]
+    by_simdjson = read_body(pipeline, body, fields=False)
+    assert by_simdjson is not None and not by_simdjson.frictions  # it reads the first
 
 
 # -- hostile but valid JSON ------------------------------------------------------------

@@ -1,12 +1,12 @@
 """Reading one webhook body: how to read it, the memory it may take, its candidate events.
 
 A body is an audit EventList (or an Event, or a JSON array of events). batches.py says how
-it is read — by simdjson whole, in groups of whole events, or parsed whole by orjson —
-and what that costs in memory; a `Reservation` holds that much of the in-flight budget
-for the request, growing when a large candidate needs more. `read` gives the pipeline
-the candidate events of a body read by simdjson (the pre-filter rules out the rest
-without a parse); `parse_body` parses a body whole, the careful way for what simdjson
-does not take.
+it is read — whole by the msgspec field pass (small events) or by simdjson, by simdjson
+in groups of whole events, or parsed whole by orjson — and what that costs in memory; a
+`Reservation` holds that much of the in-flight budget for the request, growing when a
+large candidate needs more. `read` gives the pipeline the candidate events of a body
+(the field pass or the pre-filter rules out the rest without a parse); `parse_body`
+parses a body whole, the careful way for what neither reader takes.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import orjson
 
-from healert_webhook import audit, batches
+from healert_webhook import audit, batches, fieldpass
 from healert_webhook.budget import BodyBudget
 from healert_webhook.pipeline import Pipeline, Read, Rules
-from healert_webhook.prefilter import Array, Object, Unreadable, parse
+from healert_webhook.prefilter import Array, NeedsMore, Object, Unreadable, parse
 from healert_webhook.records import Evaluation
 
 # Bodies up to this size are measured on the event loop: batches.plan reads nothing of
@@ -91,11 +91,12 @@ async def measure(func: Callable[[bytes], _T], body: bytes, executor: Executor) 
 
 def read(body: bytes, plan: batches.Reading, rules: Rules, most: int,
          allowance: int | None = None) -> Read:
-    """The candidate events of a body simdjson reads as `plan` says, for `rules`.
+    """The candidate events of a body read as `plan` says (the field pass or simdjson),
+    for `rules`.
 
     Consuming the events raises TooManyItems past `most` events (before any is evaluated,
     unless the body is read in groups), BadBody for a document that is no batch of
-    events, Unreadable when simdjson does not take a document of it (then it must be
+    events, Unreadable when its reader does not take a document of it (then it must be
     parsed whole), and NeedsMore when a candidate needs more memory than `allowance`
     (see Prefilter.candidates).
     """
@@ -108,7 +109,7 @@ def evaluate(pipeline: Pipeline, body: bytes, plan: batches.Reading, source: str
              *, allowance: int | None = None, received: float | None = None
              ) -> Evaluation | None:
     """The pipeline's evaluation of the body's candidates, read by the active rules; None
-    when simdjson does not take the body (then it must be parsed whole). Raises as
+    when its reader does not take the body (then it must be parsed whole). Raises as
     consuming `read`'s events does."""
     try:
         return pipeline.evaluate(read(body, plan, pipeline.rules, most, allowance), source,
@@ -120,6 +121,9 @@ def evaluate(pipeline: Pipeline, body: bytes, plan: batches.Reading, source: str
 def _candidates(body: bytes, plan: batches.Reading, most: int, found: Read,
                 allowance: int | None) -> Iterator[dict[str, Any]]:
     prefilter = found.rules.prefilter
+    if plan.fields:
+        yield from _field_pass(body, most, found, allowance)
+        return
     if plan.groups is None:
         doc = parse(body)
         try:
@@ -142,6 +146,37 @@ def _candidates(body: bytes, plan: batches.Reading, most: int, found: Read,
         start, seen = seen, seen + len(group)
         yield from prefilter.candidates(group, found.ruled_out, found.bad, start, allowance)
         del group
+
+
+def _field_pass(body: bytes, most: int, found: Read, allowance: int | None
+                ) -> Iterator[dict[str, Any]]:
+    """The candidates of a body read by the msgspec field pass, parsed one at a time by
+    orjson from their own bytes (no copy, no re-serialisation); the rest counted once for
+    the whole body. Raises as `read` says."""
+    try:
+        total, candidates = found.rules.prefilter.fields.sort_body(body, most,
+                                                                   found.ruled_out)
+    except fieldpass.Unreadable as exc:  # not JSON, or not UTF-8: parsed whole
+        raise Unreadable(str(exc)) from None
+    except audit.BadDocument as exc:
+        raise BadBody(f"not an audit EventList, Event or array: {exc}", "bad_shape") from None
+    if total > most:
+        raise batches.TooManyItems(total)
+    loads, bad = orjson.loads, found.bad
+    for index, item in candidates:
+        if allowance is not None and len(item) > batches.SMALL_CANDIDATE:
+            need = batches.estimate(bytes(item))
+            if need > allowance:
+                raise NeedsMore(need - allowance)
+        try:
+            event = loads(memoryview(item))
+        except orjson.JSONDecodeError:  # a number orjson does not take (`1e400`)
+            bad.append((index, "bad_json"))
+            continue
+        if event.__class__ is dict:
+            yield event
+        else:
+            bad.append((index, "not_an_object"))
 
 
 def _count(body: bytes, spans: Sequence[batches.Span]) -> int:

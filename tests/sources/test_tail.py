@@ -254,6 +254,28 @@ def test_invalid_lines_are_counted_and_logged_with_offsets(
         in text
 
 
+def test_lines_are_decided_from_their_fields_as_a_full_parse_reads_them(
+        tmp_path: Path, log_path: Path) -> None:
+    """The tail decides each line with the field pass: a field written twice is read as
+    orjson reads it (the last), and a line that is not UTF-8 is never ruled out, but
+    counted and logged as before."""
+    twice = orjson.loads(friction_lines(0, 1)[0])
+    twice = {"stage": "RequestReceived", **{k: v for k, v in twice.items() if k != "stage"}}
+    repeated = orjson.dumps(twice)[:-1] + b',"stage":"ResponseComplete"}\n'
+    not_utf8 = quiet_lines(1, 1)[0].replace(b"kube-system", b"kube-\xffsystem", 1)
+    content = b"".join(quiet_lines(2, 50)) + repeated + not_utf8 + b"".join(quiet_lines(60, 50))
+    log_path.write_bytes(content)
+    settings = make_settings(tmp_path, log_path)
+    keys = expected_keys(settings, [repeated])
+    assert len(keys) == 1  # a full parse reads the last stage: a person's secret get
+    before = metric("healert_invalid_events_total", source="tail", reason="bad_json")
+    with running(settings) as run:
+        run.wait_keys(keys)
+        run.wait_offset(log_path, len(content))
+        assert queued_keys(run.outbox) == keys
+    assert metric("healert_invalid_events_total", source="tail", reason="bad_json") == before + 1
+
+
 def test_line_longer_than_the_limit_is_skipped_without_holding_it(
         tmp_path: Path, log_path: Path) -> None:
     before, after = friction_lines(0, 2)
