@@ -54,6 +54,7 @@ import orjson
 
 from healert_webhook.audit import BadDocument, is_internal_actor
 from healert_webhook.index import Index, Undecidable
+from healert_webhook.nativescan import native
 
 # The combinations kept; when full the cache starts over (a stream of made-up
 # namespaces cannot grow it without bound).
@@ -123,10 +124,11 @@ Answer = str | None  # a skip reason, or None: parse it
 # impersonates nobody and one for anyone else.
 Settled = Answer | tuple[Answer, Answer]
 Item = bytes | msgspec.Raw
-# What a native reader gives for one event: the stage, the verb, the user's name, whether
-# someone is impersonated, and the object reference's resource, subresource and namespace,
-# each a string or None where the event has none. A reader answers None ("not sure, read
-# it the pure way") for anything else: a value of another type, bad UTF-8, a syntax error.
+# What a native reader gives for one event (nativescan.py): the stage, the verb, the
+# object reference's resource, subresource and namespace, the user's name, each a string
+# or None where the event has none, and whether someone is impersonated. The first five
+# are what a decision is cached by. A reader answers None ("not sure, read it the pure
+# way") for anything else: a value of another type, bad UTF-8, a syntax error.
 Values = tuple[Any, Any, Any, Any, Any, Any, Any]
 LineReader = Callable[[bytes], "Values | None"]
 # For a body: each item's byte bounds in the body and its values (None: that item is
@@ -163,6 +165,15 @@ class FieldPass:
         # answers whatever they are not sure of.
         self._line_reader = line_reader
         self._body_reader = body_reader
+        self._by_values: dict[tuple[Any, ...], Settled] = {}
+
+    @classmethod
+    def for_index(cls, index: Index) -> FieldPass:
+        """The field pass the sources use: with the native scanner's readers where it
+        is built and not turned off (nativescan.py), else the pure one."""
+        if native is None:
+            return cls(index)
+        return cls(index, line_reader=native.scan_line, body_reader=native.scan_body)
 
     def reason(self, item: Item) -> Answer:
         """The skip reason `Index.rule_out` gives the event `item` holds (`stage`,
@@ -176,7 +187,7 @@ class FieldPass:
             if self._line_reader is not None:
                 values = self._line_reader(item)
                 if values is not None:
-                    return self._decide(fields_of(values))
+                    return self._decide_values(values)
             if not item.isascii() and not is_utf8(item):
                 return None
         fields: _Fields
@@ -283,7 +294,7 @@ class FieldPass:
             part = msgspec.Raw(view[start:end])
             parts.append(part)
             answers.append(self.reason(part) if values is None
-                           else self._decide(fields_of(values)))
+                           else self._decide_values(values))
         return len(found), self._tally(parts, answers, ruled_out)
 
     @staticmethod
@@ -297,6 +308,28 @@ class FieldPass:
             candidates = []
         ruled_out.update(tally)  # type: ignore[arg-type]  # None popped above
         return candidates
+
+    def _decide_values(self, values: Values) -> Answer:
+        """`_decide` for a native reader's values, cached by their first five (no Struct
+        built once a combination is settled)."""
+        try:
+            settled = self._by_values[values[:5]]
+        except KeyError:
+            fields = fields_of(values)
+            settled = self._settle((fields.stage, fields.verb, fields.objectRef), fields)
+            if sum(len(v) for v in values[:5] if v is not None) <= CACHE_KEY_CHARS:
+                with self._lock:
+                    if len(self._by_values) >= CACHE_ENTRIES:
+                        self._by_values.clear()
+                    self._by_values[values[:5]] = settled
+        if settled.__class__ is not tuple:
+            return settled  # type: ignore[return-value]  # a reason or None
+        name = values[5]
+        internal = True if name is None else _internal_of.get(name)  # None: no name
+        if internal is None:
+            internal = _remember_internal(name)
+        pair: tuple[Answer, Answer] = settled
+        return pair[0] if internal and not values[6] else pair[1]
 
     def _decide(self, fields: _Fields) -> Answer:
         ref = fields.objectRef
@@ -387,7 +420,7 @@ def _remember_internal(name: str) -> bool:
 
 def fields_of(values: Values) -> _Fields:
     """A native reader's values (see `Values`) as the Struct the pure path decodes."""
-    stage, verb, username, impersonated, resource, subresource, namespace = values
+    stage, verb, resource, subresource, namespace, username, impersonated = values
     return _Fields(stage, verb, _User(username), impersonated,
                    _Ref(resource, subresource, namespace))
 

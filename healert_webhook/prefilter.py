@@ -112,7 +112,7 @@ class Prefilter:
 
     def __init__(self, detector: Any) -> None:
         self._rule_out = detector.index.rule_out
-        self.fields = FieldPass(detector.index)
+        self.fields = FieldPass.for_index(detector.index)
         # The skip reason for the one event in a log line, or None: parse it. msgspec
         # reads a line's five fields for about half of simdjson's cost through its
         # proxies (docs/performance.md), and reads a repeated field as orjson does.
