@@ -43,7 +43,7 @@ from conformance.harness.cases import (
 from conformance.harness.cluster import ControlPlane
 from conformance.harness.env import Environment
 from conformance.harness.procs import wait_for
-from conformance.harness.scenarios import PROXY, Expect, Fact, PodOf
+from conformance.harness.scenarios import PROXY, SESSION_WINDOW, Expect, Fact, PodOf
 
 NS = be.ORDERS
 ORDERS_POD = PodOf(NS, "Deployment", "orders-api")
@@ -102,10 +102,9 @@ _NEED = {"exec": ("get", "pods", "exec"), "port-forward-pod": ("create", "pods",
          "pod-label": ("patch", "pods", ""), "patch": ("patch", "deployments", ""),
          "debug": ("patch", "pods", "ephemeralcontainers")}
 _GROUPS = {"deployments": "apps", "horizontalpodautoscalers": "autoscaling"}
-# The agent counts a person's session attempts on one pod in one ten-second window once
-# (kubectl's WebSocket try and its SPDY fallback): the port-forward to the Service's pod
-# that follows the one to the pod itself must start in the next window to be its own.
-_SESSION_WINDOW = 10.5
+# The port-forward to the Service's pod that follows the one to the pod itself must start
+# in the next session window to be its own friction event.
+_SESSION_WINDOW = SESSION_WINDOW
 
 
 def _args(args: tuple[Any, ...], variant: str) -> tuple[Any, ...]:
