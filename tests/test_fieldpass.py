@@ -33,6 +33,7 @@ from healert_webhook.rules import load_rules
 
 from support import workload
 from support.events import event_list, exec_event, noise_event, smuggling_event
+from support.fixture_events import event_lines
 from support.paths import ROOT
 
 
@@ -120,17 +121,8 @@ def _is_json(raw: bytes) -> bool:
 
 
 def fixture_lines(shared: Path) -> list[bytes]:
-    lines = []
-    for folder in (shared, ROOT / "tests" / "fixtures" / "apiserver-1.37"):
-        for path in sorted(folder.rglob("*")):
-            if path.suffix not in {".json", ".log", ".ndjson", ".jsonl"}:
-                continue
-            text = path.read_bytes()
-            try:
-                lines.append(orjson.dumps(orjson.loads(text)))  # a pretty-printed event
-            except orjson.JSONDecodeError:
-                lines.extend(line for line in text.splitlines() if line.strip())
-    return lines
+    """The shared fixtures' events and those a real v1.37 apiserver wrote."""
+    return event_lines(shared, ROOT / "tests" / "fixtures" / "apiserver-1.37")
 
 
 def test_every_fixture_decides_as_rule_out(index: Index, fixtures_dir: Path) -> None:

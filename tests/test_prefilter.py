@@ -34,6 +34,7 @@ from healert_webhook.sources import body as body_reading
 
 from support import workload
 from support.events import event_list, exec_event, noise_event, smuggling_event
+from support.fixture_events import event_lines
 from support.paths import ROOT
 
 
@@ -111,20 +112,9 @@ def as_body(pipeline: Pipeline, items: list[bytes]) -> None:
 
 
 def fixture_lines(shared: Path) -> list[bytes]:
-    lines = []
-    for folder in (shared, ROOT / "tests" / "fixtures" / "apiserver-1.37",
-                   ROOT / "tests" / "fixtures" / "apiserver-1.37-breadth"):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if path.suffix not in {".json", ".log", ".ndjson", ".jsonl"}:
-                continue
-            text = path.read_bytes()
-            try:
-                lines.append(orjson.dumps(orjson.loads(text)))  # a pretty-printed event
-            except orjson.JSONDecodeError:
-                lines.extend(line for line in text.splitlines() if line.strip())
-    return lines
+    """The shared fixtures' events and those a real v1.37 apiserver wrote."""
+    recorded = ROOT / "tests" / "fixtures"
+    return event_lines(shared, recorded / "apiserver-1.37", recorded / "apiserver-1.37-breadth")
 
 
 def test_every_fixture_decides_alike(pipeline: Pipeline, fixtures_dir: Path) -> None:
