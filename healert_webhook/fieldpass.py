@@ -312,16 +312,12 @@ class FieldPass:
     def _decide_values(self, values: Values) -> Answer:
         """`_decide` for a native reader's values, cached by their first five (no Struct
         built once a combination is settled)."""
+        key = values[:5]
         try:
-            settled = self._by_values[values[:5]]
+            settled = self._by_values[key]
         except KeyError:
-            fields = fields_of(values)
-            settled = self._settle((fields.stage, fields.verb, fields.objectRef), fields)
-            if sum(len(v) for v in values[:5] if v is not None) <= CACHE_KEY_CHARS:
-                with self._lock:
-                    if len(self._by_values) >= CACHE_ENTRIES:
-                        self._by_values.clear()
-                    self._by_values[values[:5]] = settled
+            settled = self._settled_for(fields_of(values))
+            self._keep(self._by_values, key, settled, key)
         if settled.__class__ is not tuple:
             return settled  # type: ignore[return-value]  # a reason or None
         name = values[5]
@@ -362,6 +358,16 @@ class FieldPass:
         return settled[0] if internal and not fields.impersonatedUser else settled[1]
 
     def _settle(self, key: tuple[Any, ...], fields: _Fields) -> Settled:
+        """The decision for this combination, kept by `key` (see `_settled_for`)."""
+        settled = self._settled_for(fields)
+        ref = fields.objectRef
+        parts = [fields.stage, fields.verb]
+        if isinstance(ref, _Ref):
+            parts += [ref.resource, ref.subresource, ref.namespace]
+        self._keep(self._settled, key, settled, parts)
+        return settled
+
+    def _settled_for(self, fields: _Fields) -> Settled:
         """The decision for this combination: a reason or None for every user, or the
         pair (for an internal actor impersonating nobody, for anyone else)."""
         event = _stand_in(fields)
@@ -370,17 +376,17 @@ class FieldPass:
         internal = self._answer(event)
         event["user"] = _PERSON
         person = self._answer(event)
-        settled: Settled = internal if internal == person else (internal, person)
-        ref = fields.objectRef
-        parts = [fields.stage, fields.verb]
-        if isinstance(ref, _Ref):
-            parts += [ref.resource, ref.subresource, ref.namespace]
+        return internal if internal == person else (internal, person)
+
+    def _keep(self, cache: dict[tuple[Any, ...], Settled], key: tuple[Any, ...],
+              settled: Settled, parts: Sequence[Any]) -> None:
+        """Keep a decision unless the strings it is keyed by are too long together; a
+        full cache starts over."""
         if sum(len(part) for part in parts if isinstance(part, str)) <= CACHE_KEY_CHARS:
             with self._lock:
-                if len(self._settled) >= CACHE_ENTRIES:
-                    self._settled.clear()
-                self._settled[key] = settled
-        return settled
+                if len(cache) >= CACHE_ENTRIES:
+                    cache.clear()
+                cache[key] = settled
 
     def _parsed(self, item: Item) -> Answer:
         """What msgspec refuses, as orjson reads it: almost always refused too (None),
