@@ -18,6 +18,7 @@ left out, so the shares are shares of CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import signal
 import subprocess
@@ -201,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="include C frames (orjson, sqlite, ssl, the kernel side)")
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--passes", type=int,
+                        help="passes over the workload (more samples; default: the mode's)")
     parser.add_argument("--keep", type=Path, help="save the collapsed stacks here")
     args = parser.parse_args(argv)
     cfg = run.MODES["quick" if args.quick else "full"]
+    if args.passes:
+        cfg = dataclasses.replace(cfg, passes=args.passes)
     with tempfile.TemporaryDirectory(prefix="healert-prof-") as tmp_name:
         tmp = Path(tmp_name)
         raw = tmp / "stacks.txt"

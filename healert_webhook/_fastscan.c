@@ -766,6 +766,81 @@ static PyObject *make_items(const Scanner *s)
     return list;
 }
 
+/* An item's answer from fieldpass's caches (see decide_body): the cached decision for
+ * its first five values, the user choosing between a pair as fieldpass does; or its
+ * Fields when a cache does not hold what it needs. A new reference, NULL on error. */
+static PyObject *decide_item(const Fields *f, PyObject *by_values, PyObject *internal_of)
+{
+    static const int order[] = {F_STAGE, F_VERB, F_RESOURCE, F_SUBRESOURCE, F_NAMESPACE};
+    PyObject *key = PyTuple_New(5);
+    if (key == NULL)
+        return NULL;
+    for (int i = 0; i < 5; i++) {
+        const Value *v = &f->v[order[i]];
+        PyObject *item = v->kind == V_STR ? make_str(&v->s) : Py_NewRef(Py_None);
+        if (item == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, i, item);
+    }
+    /* keys and values are str, None and tuples of them: no Python code runs here */
+    PyObject *settled = PyDict_GetItemWithError(by_values, key); /* borrowed */
+    Py_DECREF(key);
+    if (settled == NULL)
+        return PyErr_Occurred() ? NULL : make_fields(f);
+    if (!PyTuple_CheckExact(settled))
+        return Py_NewRef(settled); /* a reason, or None: a candidate */
+    if (PyTuple_GET_SIZE(settled) != 2)
+        return make_fields(f);
+    int internal = 1; /* no user name: a failed authentication */
+    const Value *user = &f->v[F_USERNAME];
+    if (user->kind == V_STR) {
+        PyObject *name = make_str(&user->s);
+        if (name == NULL)
+            return NULL;
+        PyObject *known = PyDict_GetItemWithError(internal_of, name); /* borrowed */
+        Py_DECREF(name);
+        if (known == NULL)
+            return PyErr_Occurred() ? NULL : make_fields(f);
+        if (!PyBool_Check(known))
+            return make_fields(f);
+        internal = known == Py_True;
+    }
+    int person = !internal || f->impersonated == T_TRUE;
+    return Py_NewRef(PyTuple_GET_ITEM(settled, person));
+}
+
+/* (answers, spans) for items scanned into `items`: see decide_body's docstring. */
+static PyObject *decide_items(const Item *items, Py_ssize_t n, PyObject *by_values,
+                              PyObject *internal_of)
+{
+    PyObject *answers = PyList_New(n), *spans = PyList_New(0);
+    if (answers == NULL || spans == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const Item *item = &items[i];
+        PyObject *answer = fields_sure(&item->f)
+            ? decide_item(&item->f, by_values, internal_of) : Py_NewRef(Py_False);
+        if (answer == NULL)
+            goto fail;
+        PyList_SET_ITEM(answers, i, answer);
+        if (PyUnicode_CheckExact(answer))
+            continue; /* ruled out: its bytes are not needed */
+        PyObject *span = Py_BuildValue("(nnn)", i, item->start, item->end);
+        if (span == NULL || PyList_Append(spans, span) < 0) {
+            Py_XDECREF(span);
+            goto fail;
+        }
+        Py_DECREF(span);
+    }
+    return Py_BuildValue("(NN)", answers, spans);
+fail:
+    Py_XDECREF(answers);
+    Py_XDECREF(spans);
+    return NULL;
+}
+
 /* --- the functions --------------------------------------------------------------------- */
 
 static void scanner_init(Scanner *s, const Py_buffer *view)
@@ -830,33 +905,68 @@ static int scan_whole_body(Scanner *s, Fields *f, int *one_event)
     return 0;
 }
 
+/* Scans the body in `view` into *s (s->items, or *f for one Event); 0, or FAIL when not
+ * sure. A long bytes body is scanned without the GIL: nothing else can change it. */
+static int scan_view(Scanner *s, Fields *f, int *one_event, const Py_buffer *view,
+                     PyObject *arg)
+{
+    int rc;
+    scanner_init(s, view);
+    fields_init(f);
+    *one_event = 0;
+    if (view->len >= NOGIL_BYTES && PyBytes_CheckExact(arg)) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = scan_whole_body(s, f, one_event);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = scan_whole_body(s, f, one_event);
+    }
+    if (rc == 0 && *one_event) { /* one Event: the whole body is its one item */
+        free(s->items);
+        s->items = malloc(sizeof(Item));
+        if (s->items == NULL)
+            return FAIL;
+        s->items[0].start = 0;
+        s->items[0].end = view->len;
+        s->items[0].f = *f;
+        s->n_items = 1;
+    }
+    return rc;
+}
+
 static PyObject *scan_body(PyObject *module, PyObject *arg)
 {
     Py_buffer view;
     Scanner s;
     Fields f;
-    int one_event = 0, rc;
+    int one_event;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    scanner_init(&s, &view);
-    fields_init(&f);
-    if (view.len >= NOGIL_BYTES && PyBytes_CheckExact(arg)) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = scan_whole_body(&s, &f, &one_event);
-        Py_END_ALLOW_THREADS
-    } else {
-        rc = scan_whole_body(&s, &f, &one_event);
+    PyObject *answer = scan_view(&s, &f, &one_event, &view, arg) < 0
+        ? Py_NewRef(Py_None) : make_items(&s);
+    free(s.items);
+    PyBuffer_Release(&view);
+    return answer;
+}
+
+static PyObject *decide_body(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Scanner s;
+    Fields f;
+    int one_event;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decide_body takes (data, by_values, internal_of)");
+        return NULL;
     }
-    PyObject *answer;
-    if (rc < 0) {
-        answer = Py_NewRef(Py_None);
-    } else if (one_event) {
-        PyObject *fields = make_fields(&f);
-        answer = fields == NULL ? NULL
-            : Py_BuildValue("[(nnN)]", (Py_ssize_t)0, view.len, fields);
-    } else {
-        answer = make_items(&s);
+    if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "decide_body's caches must be dicts");
+        return NULL;
     }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *answer = scan_view(&s, &f, &one_event, &view, args[0]) < 0
+        ? Py_NewRef(Py_None) : decide_items(s.items, s.n_items, args[1], args[2]);
     free(s.items);
     PyBuffer_Release(&view);
     return answer;
@@ -872,9 +982,17 @@ PyDoc_STRVAR(scan_body_doc,
 "The items of a webhook body as batch_items reads it: [(start, end, fields or None)],\n"
 "or None when not sure (see nativescan.py).");
 
+PyDoc_STRVAR(decide_body_doc,
+"decide_body(data, by_values, internal_of, /)\n--\n\n"
+"scan_body's items answered from fieldpass's caches: (answers, spans), answers one per\n"
+"item (a reason, None for a candidate, the item's fields when the caches do not settle\n"
+"it, False when not sure of its fields), spans (index, start, end) of every item whose\n"
+"answer is not a reason; or None when not sure of the body (see nativescan.py).");
+
 static PyMethodDef methods[] = {
     {"scan_line", scan_line, METH_O, scan_line_doc},
     {"scan_body", scan_body, METH_O, scan_body_doc},
+    {"decide_body", (PyCFunction)(void (*)(void))decide_body, METH_FASTCALL, decide_body_doc},
     {NULL, NULL, 0, NULL},
 };
 

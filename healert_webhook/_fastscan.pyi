@@ -1,4 +1,6 @@
 # The native field scanner's functions (healert_webhook/_fastscan.c; nativescan.py).
+from typing import Any
+
 from typing_extensions import Buffer
 
 Fields = tuple[str | None, str | None, str | None, str | None, str | None, str | None, bool]
@@ -8,3 +10,5 @@ MAX_ITEMS: int
 
 def scan_line(data: Buffer, /) -> Fields | None: ...
 def scan_body(data: Buffer, /) -> list[tuple[int, int, Fields | None]] | None: ...
+def decide_body(data: Buffer, by_values: dict[Any, Any], internal_of: dict[str, bool], /
+                ) -> tuple[list[Any], list[tuple[int, int, int]]] | None: ...

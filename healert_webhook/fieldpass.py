@@ -131,9 +131,13 @@ Item = bytes | msgspec.Raw
 # way") for anything else: a value of another type, bad UTF-8, a syntax error.
 Values = tuple[Any, Any, Any, Any, Any, Any, Any]
 LineReader = Callable[[bytes], "Values | None"]
-# For a body: each item's byte bounds in the body and its values (None: that item is
-# read the pure way), or None for the whole body (then `split` reads it).
-BodyReader = Callable[[bytes], "Sequence[tuple[int, int, Values | None]] | None"]
+# For a body, given the cache of decisions by values and the cache of internal names:
+# (answers, spans), one answer an item (its decision taken from the caches: a reason, or
+# None for a candidate; its values where the caches do not settle it; False when not sure
+# of its values: read the pure way) and the (index, start, end) byte bounds of every item
+# whose answer is not a reason; or None for the whole body (then `split` reads it).
+BodyReader = Callable[[bytes, "dict[tuple[Any, ...], Settled]", "dict[str, bool]"],
+                      "tuple[list[Any], list[tuple[int, int, int]]] | None"]
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
 
@@ -173,7 +177,7 @@ class FieldPass:
         is built and not turned off (nativescan.py), else the pure one."""
         if native is None:
             return cls(index)
-        return cls(index, line_reader=native.scan_line, body_reader=native.scan_body)
+        return cls(index, line_reader=native.scan_line, body_reader=native.decide_body)
 
     def reason(self, item: Item) -> Answer:
         """The skip reason `Index.rule_out` gives the event `item` holds (`stage`,
@@ -273,7 +277,7 @@ class FieldPass:
             if internal is None:
                 internal = _remember_internal(name)
             add(known[0] if internal and not fields.impersonatedUser else known[1])
-        return self._tally(items, answers, ruled_out)
+        return [(index, items[index]) for index in self._tally(answers, ruled_out)]
 
     def sort_body(self, body: bytes, most: int, ruled_out: Counter[str]
                   ) -> tuple[int, list[tuple[int, Item]]]:
@@ -281,29 +285,33 @@ class FieldPass:
         them; nothing is decided when there are more than `most` items. A body reader
         (native) is asked first; otherwise, or when it is not sure, `split` reads the
         body strictly (it raises as `split` does)."""
-        found = self._body_reader(body) if self._body_reader is not None else None
+        found = (self._body_reader(body, self._by_values, _internal_of)
+                 if self._body_reader is not None else None)
         if found is None:
             items = self.split(body, strict=True)
             return len(items), ([] if len(items) > most else self.sort(items, ruled_out))
-        if len(found) > most:
-            return len(found), []
+        answers, spans = found
+        if len(answers) > most:
+            return len(answers), []
         view = memoryview(body)
-        parts: list[Item] = []
-        answers: list[Answer] = []
-        for start, end, values in found:
-            part = msgspec.Raw(view[start:end])
-            parts.append(part)
-            answers.append(self.reason(part) if values is None
-                           else self._decide_values(values))
-        return len(found), self._tally(parts, answers, ruled_out)
+        bounds: dict[int, slice] = {}
+        for index, start, end in spans:  # candidates, and what the caches left open
+            bounds[index] = where = slice(start, end)
+            answer = answers[index]
+            if answer is False:
+                answers[index] = self.reason(msgspec.Raw(view[where]))
+            elif answer is not None:
+                answers[index] = self._decide_values(answer)
+        return len(answers), [(index, msgspec.Raw(view[bounds[index]]))
+                              for index in self._tally(answers, ruled_out)]
 
     @staticmethod
-    def _tally(items: Sequence[Item], answers: list[Answer], ruled_out: Counter[str]
-               ) -> list[tuple[int, Item]]:
+    def _tally(answers: list[Answer], ruled_out: Counter[str]) -> list[int]:
+        """The indexes of the candidates (answer None); the reasons of the others are
+        counted in `ruled_out`, once for the whole batch."""
         tally = Counter(answers)  # counted in C, not one update an event
         if tally.pop(None, 0):
-            candidates = [(index, items[index]) for index, answer in enumerate(answers)
-                          if answer is None]
+            candidates = [index for index, answer in enumerate(answers) if answer is None]
         else:
             candidates = []
         ruled_out.update(tally)  # type: ignore[arg-type]  # None popped above

@@ -18,6 +18,14 @@ The contract, for `data` any bytes:
   fields): `data[start:end]` is the item's JSON (for one Event, the whole body) and
   `fields` its `Fields`, or None when not sure of that item; or None when not sure of
   the body.
+- `native.decide_body(data, by_values, internal_of)` -> `scan_body`'s items answered
+  from fieldpass's two caches, so that an event whose combination is settled costs no
+  Python code at all: `(answers, spans)`, one answer an item, in order: the cached
+  decision for `fields[:5]` in `by_values` (a skip reason, or None: a candidate), the
+  user choosing between a pair by `internal_of[username]` as fieldpass does; the item's
+  `Fields` when a cache does not hold what that needs; False when `scan_body` would give
+  None for the item. `spans` holds (index, start, end) for every item whose answer is
+  not a reason. None when `scan_body` would give None.
 
 Exactness: when the scanner answers, the answer is what orjson's reading of the same
 bytes gives (hence fieldpass's): it validates the whole input as orjson does (RFC 8259

@@ -108,6 +108,10 @@ def body_alike(scanner: ModuleType, raw: bytes) -> bool:
             assert fields == normalised(item), raw[start:end][:300]
     if isinstance(doc, dict) and len(items) == 1 and items[0] is doc:
         assert got[0][:2] == (0, len(raw))  # one Event: the whole body, as split gives
+    # decide_body scans alike; with empty caches every item is left open, with its fields
+    answers, spans = scanner.decide_body(raw, {}, {})
+    assert answers == [False if fields is None else fields for _, _, fields in got]
+    assert spans == [(index, start, end) for index, (start, end, _) in enumerate(got)]
     return True
 
 
@@ -227,6 +231,45 @@ def test_bodies_split_as_the_pure_field_pass_splits_them(scanner: ModuleType) ->
         assert scanner.scan_body(refused) is None, refused
         with pytest.raises((BadDocument, Unreadable)):
             fp.split(refused)
+
+
+def test_decisions_are_taken_from_the_caches_as_fieldpass_takes_them(
+        scanner: ModuleType) -> None:
+    """decide_body answers an item from the caches exactly where `_decide_values` would:
+    a settled reason or None, or the pair chosen by the user; else it leaves it open."""
+    def event(verb: str, user: Any, impersonated: Any = None) -> dict[str, Any]:
+        found = noise_event(1)
+        found["verb"] = verb
+        found["user"] = user
+        found["impersonatedUser"] = impersonated
+        return found
+
+    lease = noise_event(1)["objectRef"]
+    key = ("ResponseComplete", "update", lease["resource"], None, lease["namespace"])
+    body = event_list([
+        event("update", {"username": "system:node:n1"}),
+        event("update", {"username": "alice"}),
+        event("update", {"username": "system:node:n1"}, {"username": "bob"}),
+        event("update", {"username": "carol"}),  # not in the names' cache
+        event("update", {}),  # no name: as an internal actor (a failed authentication)
+        event("get", {"username": "alice"}),  # not in the decisions' cache
+        event("update", {"username": 5}),  # not sure of its fields
+    ])
+    assert scanner.scan_body(body)[0][2][:5] == key
+    internal_of = {"system:node:n1": True, "alice": False}
+    answers, spans = scanner.decide_body(body, {key: ("system_actor", None)}, internal_of)
+    fields = [found for _, _, found in scanner.scan_body(body)]
+    assert answers == ["system_actor", None, None, fields[3], "system_actor", fields[5],
+                       False]
+    bounds = scanner.scan_body(body)
+    assert spans == [(i, *bounds[i][:2]) for i in (1, 2, 3, 5, 6)]
+    answers, spans = scanner.decide_body(body, {key: "no_rule"}, {})
+    assert answers[:5] == ["no_rule"] * 5
+    assert [i for i, _, _ in spans] == [5, 6]
+    assert scanner.decide_body(body, {key: ("a", "b", "c")}, internal_of)[0][0] == fields[0]
+    assert scanner.decide_body(b'{"items":[1,]}', {}, {}) is None
+    with pytest.raises(TypeError):
+        scanner.decide_body(body, [], {})
 
 
 # -- targeted cases ----------------------------------------------------------------------
