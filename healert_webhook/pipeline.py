@@ -292,6 +292,16 @@ class Pipeline:
             self._log_stored(frictions, result, source)
         return result
 
+    def resent(self, frictions: Sequence[Friction], source: str) -> StoreResult | None:
+        """`store`'s answer for a batch of friction events the outbox committed lately
+        (a resend: all duplicates, counted), or None: `store` it. Never blocks."""
+        if self.outbox is None:
+            return None
+        result = self.outbox.resent(frictions)
+        if result is not None:
+            metrics.DUPLICATES.labels(source).inc(result.duplicates)
+        return result
+
     def process(self, items: Sequence[Any], source: str,
                 checkpoint: Checkpoint | None = None) -> tuple[Evaluation, StoreResult]:
         """Evaluate the items and store what they yield, in one call."""

@@ -38,6 +38,7 @@ from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox.files import hold, identity
+from healert_webhook.outbox.recent import RecentKeys
 from healert_webhook.outbox.schema import error_reason, open_database
 from healert_webhook.records import Checkpoint, Friction, OutboxError, OutboxFull, StoreResult
 
@@ -118,6 +119,7 @@ class Outbox:
         self._last_expire = -EXPIRE_EVERY  # monotonic: a clock step neither skips nor repeats
         self._last_metrics = 0.0
         self._failure: str | None = None
+        self.recent = RecentKeys(self.dedup_window)
         self._full = False  # the last store was refused for want of room
         self._full_depth = 0  # the queue's depth when it was refused
         self._holder = hold(self.path)
@@ -214,8 +216,13 @@ class Outbox:
         """
         if not frictions and checkpoint is None:
             return StoreResult(0, 0)
+        if checkpoint is None:
+            resent = self.resent(frictions)
+            if resent is not None:
+                return resent
         now = time.time()
         horizon = now - self.dedup_window
+        self._check_identity()  # a resend too: its rows are in the file we opened only
         if checkpoint is None and self._all_known([f.key for f in frictions], horizon):
             # a resent batch: nothing to write, so no write lock and no commit
             return StoreResult(0, len(frictions))
@@ -241,6 +248,7 @@ class Outbox:
                 self._check_room(conn, len(keys))
             if checkpoint is not None:
                 self._save_checkpoint(conn, checkpoint, now)
+        self.recent.add(row[0] for row in rows)  # each is queued, delivered or dead now
         if aside:
             metrics.DEAD_LETTERED.labels("expired").inc(aside)
         if keys:
@@ -248,6 +256,17 @@ class Outbox:
             self._notify()  # the forwarder wakes; its gauge task refreshes once a second
         return StoreResult(len(keys), len(frictions) - len(keys) - aside, frozenset(keys),
                            aside)
+
+    def resent(self, frictions: Sequence[Friction]) -> StoreResult | None:
+        """What `store` would do with a batch every key of which this process committed
+        within the dedup window (recent.py): count them as duplicates, write nothing. None
+        for any other batch, or while the file is not the one opened. No lock, no read of
+        the database, one stat: cheap enough for the event loop."""
+        if not self.recent.hold_all([f.key for f in frictions]):
+            return None
+        if self._failure is not None or identity(self.path) != self._identity:
+            return None  # `store` says what is wrong
+        return StoreResult(0, len(frictions))
 
     def _all_known(self, keys: list[str], horizon: float) -> bool:
         """True when every key is queued, delivered within the window, or a dead letter."""

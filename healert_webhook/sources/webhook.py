@@ -386,7 +386,8 @@ class WebhookApp:
         time, the loop's sockets polled in between. Bodies of more events or bytes, and
         any body that must be parsed whole, are evaluated on a worker thread, so the loop
         keeps answering meanwhile (no body holds it past ~100 ms). Stores always run
-        there: they wait for the disk.
+        there: they wait for the disk; a resent batch, whose friction events the outbox
+        committed lately, is answered here from its memory (outbox/recent.py).
         """
         loop = asyncio.get_running_loop()
         try:
@@ -400,6 +401,9 @@ class WebhookApp:
             metrics.WEBHOOK_PARSES.labels("items").inc()
             if not found.frictions:
                 return self._store(found)  # nothing to write: no thread hop
+            resent = self.pipeline.resent(found.frictions, SOURCE)
+            if resent is not None:
+                return resent  # all stored before: nothing to write, no thread hop
             return await loop.run_in_executor(self.executor, self._store, found)
         except batches.TooManyItems as exc:
             raise _Reject(413, f"batch of {exc.count} events is over "
