@@ -640,22 +640,30 @@ static int scan_event(Scanner *s, int depth, Fields *f, Body *body)
     return more;
 }
 
+/* Room for one more item in s->items (at most MAX_ITEMS). */
+static int grow_items(Scanner *s)
+{
+    if (s->n_items < s->cap_items)
+        return 0;
+    Py_ssize_t cap = s->cap_items ? s->cap_items * 2 : 64;
+    if (cap > MAX_ITEMS)
+        return FAIL;
+    Item *grown = realloc(s->items, (size_t)cap * sizeof(Item));
+    if (grown == NULL)
+        return FAIL;
+    s->items = grown;
+    s->cap_items = cap;
+    return 0;
+}
+
 /* An array of events at s->p (inside a container at `depth`), into s->items afresh. */
 static int scan_items(Scanner *s, int depth)
 {
     s->n_items = 0; /* a later "items" replaces an earlier one, as orjson reads it */
     int more = array_first(s, depth + 1);
     while (more > 0) {
-        if (s->n_items == s->cap_items) {
-            Py_ssize_t cap = s->cap_items ? s->cap_items * 2 : 64;
-            if (cap > MAX_ITEMS)
-                return FAIL;
-            Item *grown = realloc(s->items, (size_t)cap * sizeof(Item));
-            if (grown == NULL)
-                return FAIL;
-            s->items = grown;
-            s->cap_items = cap;
-        }
+        if (grow_items(s) < 0)
+            return FAIL;
         Item *item = &s->items[s->n_items];
         fields_init(&item->f);
         item->start = s->p - s->base;
@@ -972,6 +980,74 @@ static PyObject *decide_body(PyObject *module, PyObject *const *args, Py_ssize_t
     return answer;
 }
 
+/* The lines of s's input, each ended by a newline (what follows the last one is not a
+ * line), into s->items: each line's bounds, and its fields as scan_line reads them
+ * (unsure when scan_line would answer None, or when the line is longer than `longest`).
+ * FAIL past MAX_ITEMS lines or when out of memory. Needs no GIL. */
+static int scan_lines(Scanner *s, Py_ssize_t longest)
+{
+    const unsigned char *line = s->base, *end = s->end;
+    for (;;) {
+        const unsigned char *nl = memchr(line, '\n', (size_t)(end - line));
+        if (nl == NULL)
+            return 0;
+        if (grow_items(s) < 0)
+            return FAIL;
+        Item *item = &s->items[s->n_items++];
+        fields_init(&item->f);
+        item->start = line - s->base;
+        item->end = nl - s->base;
+        s->p = line;
+        s->end = nl;
+        int rc = FAIL;
+        if (nl - line <= longest) {
+            skip_ws(s);
+            if (s->p < s->end && *s->p == '{')
+                rc = scan_event(s, 1, &item->f, NULL);
+            if (rc == 0)
+                rc = at_end(s);
+        }
+        if (rc < 0)
+            item->f.unsure = 1;
+        s->end = end;
+        line = nl + 1;
+    }
+}
+
+static PyObject *decide_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Scanner s;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "decide_lines takes (data, by_values, internal_of, longest)");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "decide_lines's caches must be dicts");
+        return NULL;
+    }
+    Py_ssize_t longest = PyLong_AsSsize_t(args[3]);
+    if (longest == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    scanner_init(&s, &view);
+    int rc;
+    if (view.len >= NOGIL_BYTES && PyBytes_CheckExact(args[0])) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = scan_lines(&s, longest);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = scan_lines(&s, longest);
+    }
+    PyObject *answer = rc < 0 ? Py_NewRef(Py_None)
+        : decide_items(s.items, s.n_items, args[1], args[2]);
+    free(s.items);
+    PyBuffer_Release(&view);
+    return answer;
+}
+
 PyDoc_STRVAR(scan_line_doc,
 "scan_line(data, /)\n--\n\n"
 "The deciding fields of one event's JSON: (stage, verb, resource, subresource,\n"
@@ -989,10 +1065,18 @@ PyDoc_STRVAR(decide_body_doc,
 "it, False when not sure of its fields), spans (index, start, end) of every item whose\n"
 "answer is not a reason; or None when not sure of the body (see nativescan.py).");
 
+PyDoc_STRVAR(decide_lines_doc,
+"decide_lines(data, by_values, internal_of, longest, /)\n--\n\n"
+"The lines of data (each ended by a newline) answered as decide_body answers items,\n"
+"each line read as scan_line reads it; a line longer than `longest` bytes is answered\n"
+"False; or None past MAX_ITEMS lines (see nativescan.py).");
+
 static PyMethodDef methods[] = {
     {"scan_line", scan_line, METH_O, scan_line_doc},
     {"scan_body", scan_body, METH_O, scan_body_doc},
     {"decide_body", (PyCFunction)(void (*)(void))decide_body, METH_FASTCALL, decide_body_doc},
+    {"decide_lines", (PyCFunction)(void (*)(void))decide_lines, METH_FASTCALL,
+     decide_lines_doc},
     {NULL, NULL, 0, NULL},
 };
 

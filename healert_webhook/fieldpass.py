@@ -12,8 +12,10 @@ same way, so each item can be decided, and parsed with orjson when it is a candi
 on its own. The tail decides its lines here (`Prefilter.skip`), and the webhook the
 bodies of small events (`sort_body`, sources/body.py).
 
-An optional native reader of the same fields slots in (`LineReader`, `BodyReader`): its
-values are decided as msgspec's are, and whatever it is not sure of is read here.
+An optional native reader of the same fields slots in (`LineReader`, `BodyReader`,
+`LinesReader`): its values are decided as msgspec's are, and whatever it is not sure of is
+read here. The body and lines readers take the caches below and answer every event whose
+combination is settled themselves, so such an event costs no Python code.
 
 The decision itself is `Index.rule_out`'s, cached: it depends on nothing but the stage,
 verb, resource, subresource and namespace, and, when every candidate rule ignores system
@@ -138,6 +140,13 @@ LineReader = Callable[[bytes], "Values | None"]
 # whose answer is not a reason; or None for the whole body (then `split` reads it).
 BodyReader = Callable[[bytes, "dict[tuple[Any, ...], Settled]", "dict[str, bool]"],
                       "tuple[list[Any], list[tuple[int, int, int]]] | None"]
+# For a block of log lines, each ended by a newline, and the longest line to read: the
+# same answers one a line (False also for a line over that length), or None.
+LinesReader = Callable[[bytes, "dict[tuple[Any, ...], Settled]", "dict[str, bool]", int],
+                       "tuple[list[Any], list[tuple[int, int, int]]] | None"]
+# A line `sort_lines` does not rule out: its index, its bounds in the block, and whether
+# it is a candidate to parse (else it is read the careful way: `reason`, then a parse).
+OpenLine = tuple[int, int, int, bool]
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
 
@@ -161,7 +170,8 @@ class FieldPass:
     """
 
     def __init__(self, index: Index, line_reader: LineReader | None = None,
-                 body_reader: BodyReader | None = None) -> None:
+                 body_reader: BodyReader | None = None,
+                 lines_reader: LinesReader | None = None) -> None:
         self._rule_out = index.rule_out
         self._settled: dict[tuple[Any, ...], Settled] = {}
         self._lock = threading.Lock()
@@ -169,6 +179,7 @@ class FieldPass:
         # answers whatever they are not sure of.
         self._line_reader = line_reader
         self._body_reader = body_reader
+        self._lines_reader = lines_reader
         self._by_values: dict[tuple[Any, ...], Settled] = {}
 
     @classmethod
@@ -177,7 +188,8 @@ class FieldPass:
         is built and not turned off (nativescan.py), else the pure one."""
         if native is None:
             return cls(index)
-        return cls(index, line_reader=native.scan_line, body_reader=native.decide_body)
+        return cls(index, line_reader=native.scan_line, body_reader=native.decide_body,
+                   lines_reader=native.decide_lines)
 
     def reason(self, item: Item) -> Answer:
         """The skip reason `Index.rule_out` gives the event `item` holds (`stage`,
@@ -304,6 +316,30 @@ class FieldPass:
                 answers[index] = self._decide_values(answer)
         return len(answers), [(index, msgspec.Raw(view[bounds[index]]))
                               for index in self._tally(answers, ruled_out)]
+
+    def sort_lines(self, block: bytes, longest: int, ruled_out: Counter[str]
+                   ) -> tuple[int, list[OpenLine]] | None:
+        """The number of log lines in `block` (each ended by a newline) and, in order,
+        those not ruled out (`OpenLine`; a line longer than `longest` is never a
+        candidate); the others are counted in `ruled_out` under their reasons, once for
+        the block. None when there is no lines reader (native) or it is not sure of the
+        block: then each line goes through `reason`."""
+        found = (self._lines_reader(block, self._by_values, _internal_of, longest)
+                 if self._lines_reader is not None else None)
+        if found is None:
+            return None
+        answers, spans = found
+        for index, _start, _end in spans:  # fill in what the caches left open
+            answer = answers[index]
+            if answer is not None and answer is not False:
+                answers[index] = self._decide_values(answer)
+        tally = Counter(answers)  # counted in C
+        tally.pop(None, 0)
+        tally.pop(False, 0)  # the careful way's
+        ruled_out.update(tally)  # reasons alone are left
+        return len(answers), [(index, start, end, answers[index] is None)
+                              for index, start, end in spans
+                              if answers[index] is None or answers[index] is False]
 
     @staticmethod
     def _tally(answers: list[Answer], ruled_out: Counter[str]) -> list[int]:

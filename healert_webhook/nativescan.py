@@ -26,6 +26,11 @@ The contract, for `data` any bytes:
   `Fields` when a cache does not hold what that needs; False when `scan_body` would give
   None for the item. `spans` holds (index, start, end) for every item whose answer is
   not a reason. None when `scan_body` would give None.
+- `native.decide_lines(data, by_values, internal_of, longest)` -> the same `(answers,
+  spans)` for the log lines of `data` (each ended by a newline; what follows the last
+  newline is no line), each line read as `scan_line` reads it, and False for a line
+  longer than `longest` bytes; None past `MAX_ITEMS` lines. The tail's block of lines
+  is sorted in one call, no line split out of it unless it must be parsed.
 
 Exactness: when the scanner answers, the answer is what orjson's reading of the same
 bytes gives (hence fieldpass's): it validates the whole input as orjson does (RFC 8259

@@ -37,7 +37,7 @@ from healert_webhook.detect import Detector
 from healert_webhook.logs import Limiter
 from healert_webhook.outbox import Outbox
 from healert_webhook.prefilter import Prefilter
-from healert_webhook.reading import parse_each
+from healert_webhook.reading import parse_each, parse_open
 from healert_webhook.records import Checkpoint, Evaluation, Friction, Stats, StoreResult
 from healert_webhook.rules import (
     RulesError,
@@ -258,6 +258,23 @@ class Pipeline:
         read.events = parse_each(items, read.bad, rules.prefilter if prefilter else None,
                                  read.ruled_out)
         return read
+
+    def read_lines(self, block: bytes, longest: int
+                   ) -> tuple[int, Read, list[int]] | None:
+        """`read` of the log lines in `block` (each ended by a newline) by the field
+        pass's lines reader (native): their number, the read, and the lines longer than
+        `longest`, which are not read (no event). None without that reader: split the
+        block and `read` the lines."""
+        rules = self._rules
+        read = Read(rules, ())
+        found = rules.prefilter.fields.sort_lines(block, longest, read.ruled_out)
+        if found is None:
+            return None
+        count, open_lines = found
+        too_long: list[int] = []
+        read.events = parse_open(block, open_lines, read.bad, rules.prefilter,
+                                 read.ruled_out, longest=longest, too_long=too_long)
+        return count, read, too_long
 
     def evaluate(self, read: Read, source: str, received: float | None = None) -> Evaluation:
         """Detect over what a source read and record the counts; never raises on an

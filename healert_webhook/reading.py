@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from healert_webhook.fieldpass import OpenLine
 from healert_webhook.prefilter import Prefilter
 
 # How an apiserver log line starts (audit.k8s.io/v1, or v1beta1 in old files). Outside a
@@ -122,3 +123,30 @@ def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
             bad.append((index, "not_an_object"))
 
 
+
+
+def parse_open(block: bytes, lines: Iterable[OpenLine], bad: list[tuple[int, str]],
+               prefilter: Prefilter, ruled_out: Counter[str], *, longest: int,
+               too_long: list[int]) -> Iterator[dict[str, Any]]:
+    """`parse_each` for the lines of `block` its field pass did not rule out
+    (`FieldPass.sort_lines`): a candidate is parsed from its own bytes; any other line is
+    read as `parse_each` reads a line. A line longer than `longest` is listed in
+    `too_long` (no event: not in `bad`)."""
+    view = memoryview(block)
+    loads = orjson.loads
+    for index, start, end, candidate in lines:
+        if end - start > longest:
+            too_long.append(index)
+            continue
+        if candidate:  # the scanner read it as orjson reads it: an object
+            try:
+                event = loads(view[start:end])
+            except orjson.JSONDecodeError:  # never seen; the careful way says why
+                pass
+            else:
+                if event.__class__ is dict:
+                    yield event
+                    continue
+        mine: list[tuple[int, str]] = []
+        yield from parse_each([bytes(view[start:end])], mine, prefilter, ruled_out)
+        bad += [(index, reason) for _, reason in mine]

@@ -84,6 +84,11 @@ def reference(raw: bytes) -> Any:
 def line_alike(scanner: ModuleType, raw: bytes) -> bool:
     """scan_line's answer on `raw` is orjson's, or None; True when it answered."""
     got = scanner.scan_line(raw)
+    if b"\n" not in raw:  # decide_lines reads a line as scan_line does
+        answers, spans = scanner.decide_lines(raw + b"\n", {}, {}, len(raw))
+        assert answers == [False if got is None else got]
+        assert spans == [(0, 0, len(raw))]
+        assert scanner.decide_lines(raw + b"\n", {}, {}, len(raw) - 1)[0] == [False]
     if got is None:
         return False
     assert got == reference(raw), raw[:300]

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from healert_webhook.config import Settings
+from healert_webhook.logs import Limiter
 from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline, RuleReloads, gc_paused
 from healert_webhook.records import Checkpoint
@@ -55,9 +56,18 @@ def test_a_bad_item_never_fails_its_batch_and_every_item_is_counted(
         assert sample("healert_invalid_events_total", source="unit", reason=reason) - old == 1
 
 
+def limiters_over() -> None:
+    """End every log limiter's interval: what an earlier test logged (a batch of 400
+    events stored through the webhook) no longer counts against this one's lines."""
+    for limiter in list(Limiter._all):
+        limiter._started = {key: 0.0 for key in limiter._started}
+    Limiter.flush_all()
+
+
 def test_store_counts_duplicates_and_logs_each_friction_stored_once(
         tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
     pipeline = make_pipeline(tmp_path, outbox, two_rules("pl"))
+    limiters_over()
     batch = [exec_event(i, tag="dup") for i in range(3)]
     before = sample("healert_duplicates_suppressed_total", source="unit")
     with caplog.at_level(logging.INFO, logger="healert_webhook.pipeline"):
@@ -88,12 +98,10 @@ def test_the_checkpoint_is_stored_with_the_frictions(tmp_path: Path, outbox: Out
 def test_a_flood_of_detections_is_logged_with_a_summary(
         tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture) -> None:
     pipeline = make_pipeline(tmp_path, outbox)
+    limiters_over()
     with caplog.at_level(logging.INFO, logger="healert_webhook.pipeline"):
         pipeline.process([exec_event(i, tag="flood") for i in range(300)], "unit")
-        from healert_webhook.logs import Limiter
-        for limiter in list(Limiter._all):
-            limiter._started = {key: 0.0 for key in limiter._started}  # the interval is over
-        Limiter.flush_all()
+        limiters_over()
     messages = [r.getMessage() for r in caplog.records]
     shown = [m for m in messages if m.startswith("friction stored")]
     assert 0 < len(shown) < 300

@@ -1,7 +1,9 @@
 """Follow the apiserver's audit log file: rotation, truncation, checkpoints.
 
-The tailer reads the file in large chunks, splits complete lines and hands each chunk's
-lines to `Pipeline.evaluate` in one call (which parses each line once). The friction events found
+The tailer reads the file in large chunks and hands each chunk's complete lines to
+`Pipeline.evaluate` in one call (which parses each line once): with the native scanner,
+the block of lines is sorted in one pass (`Pipeline.read_lines`) and only the lines that
+must be parsed are cut out of it; without it, the lines are split first. The friction events found
 since the last checkpoint and the checkpoint just after the last line read are stored in
 ONE outbox transaction, so after a crash the tail resumes exactly after the last line whose
 frictions are stored. While catching up, that transaction runs every CHECKPOINT_INTERVAL
@@ -42,7 +44,7 @@ from healert_webhook import metrics
 from healert_webhook.config import Settings, env
 from healert_webhook.filewatch import NotRegularFile
 from healert_webhook.pipeline import Pipeline
-from healert_webhook.records import Checkpoint, Friction, OutboxError
+from healert_webhook.records import Checkpoint, Evaluation, Friction, OutboxError
 from healert_webhook.sources.tailfiles import (
     FINGERPRINT_BYTES,
     GZ_ERRORS,
@@ -87,6 +89,18 @@ def _line_offsets(lines: list[bytes], indexes: list[int], start: int) -> list[in
         offset += sum(len(line) + 1 for line in lines[at:i])
         at = i
         out.append(offset)
+    return out
+
+
+def _block_offsets(block: bytes, indexes: list[int], start: int) -> list[int]:
+    """Byte offsets of the lines at `indexes` (ascending) of a block of lines."""
+    out: list[int] = []
+    at = line = 0
+    for i in indexes:
+        while line < i:
+            at = block.index(b"\n", at) + 1
+            line += 1
+        out.append(start + at)
     return out
 
 
@@ -399,6 +413,31 @@ class Tailer:
         frictions with the next checkpoint. With `cut`, the last line was ended by a NUL
         run, not by its newline: it goes to the pipeline with a NUL at its end."""
         start = s.line_start
+        received = time.time()  # read now
+        native = None if cut else self._pipeline.read_lines(block, self._max_line)
+        if native is not None:  # the lines sorted in one native pass, none split out
+            count, read, too_long = native
+            metrics.TAIL_LINES.inc(count)
+            found = self._pipeline.evaluate(read, SOURCE, received)
+            bad = sorted([*found.bad, *((i, "too_long") for i in too_long)])
+            if bad:
+                shown = [i for i, _ in bad[:SHOWN_BAD_LINES]]
+                self._report_bad(s, _block_offsets(block, shown, start), bad, start,
+                                 start + len(block))
+        else:
+            found = self._evaluate_split(s, block, cut, start, received)
+        s.line_start = start + len(block)
+        self._unstored += len(block)
+        if s.gz is None:
+            metrics.TAIL_LAG.set(max(0, os.fstat(s.fd).st_size - s.line_start))
+        self._held += found.frictions
+        if self._due() or (self._held and (caught_up or len(self._held) >= HELD_MAX)):
+            self._checkpoint(s)
+
+    def _evaluate_split(self, s: Stream, block: bytes, cut: bool, start: int,
+                        received: float) -> Evaluation:
+        """`_process`'s reading without the native lines reader, or for a block cut by
+        NULs: the block split into lines, those over the limit left out."""
         lines = block.split(b"\n")
         lines.pop()  # the block ends with a newline: the last piece is empty
         if cut:
@@ -410,26 +449,21 @@ class Tailer:
             items = [lines[i] for i in kept]
         else:
             items = lines
-        found = self._pipeline.evaluate_items(items, SOURCE, received=time.time())  # read now
+        found = self._pipeline.evaluate_items(items, SOURCE, received=received)
         bad = [(kept[i] if kept is not None else i, reason) for i, reason in found.bad]
         if kept is not None and len(kept) < len(lines):
             bad += [(i, "too_long") for i in sorted(set(range(len(lines))) - set(kept))]
             bad.sort()
         if bad:
-            self._report_bad(s, lines, bad, start, start + len(block))
-        del items, lines
-        s.line_start = start + len(block)
-        self._unstored += len(block)
-        if s.gz is None:
-            metrics.TAIL_LAG.set(max(0, os.fstat(s.fd).st_size - s.line_start))
-        self._held += found.frictions
-        if self._due() or (self._held and (caught_up or len(self._held) >= HELD_MAX)):
-            self._checkpoint(s)
+            shown = [i for i, _ in bad[:SHOWN_BAD_LINES]]
+            self._report_bad(s, _line_offsets(lines, shown, start), bad, start,
+                             start + len(block))
+        return found
 
-    def _report_bad(self, s: Stream, lines: list[bytes], bad: list[tuple[int, str]],
+    def _report_bad(self, s: Stream, offsets: list[int], bad: list[tuple[int, str]],
                     start: int, end: int) -> None:
-        """Log the first bad lines with their offsets; count what the pipeline did not."""
-        offsets = _line_offsets(lines, [i for i, _ in bad[:SHOWN_BAD_LINES]], start)
+        """Log the first bad lines with their offsets (of those first ones); count what
+        the pipeline did not."""
         for (_i, reason), offset in zip(bad, offsets, strict=False):
             if reason != "blank":
                 log.warning("%s: line at offset %d skipped: %s", s.path, offset,
