@@ -48,6 +48,7 @@ from healert_webhook.cluster.view import View
 from healert_webhook.config import Settings
 from healert_webhook.entity import LABEL_KEYS, name_rules
 from healert_webhook.fieldpass import FieldPass
+from healert_webhook.outbox import Outbox
 from healert_webhook.pipeline import Pipeline, gc_paused, make_detector
 from healert_webhook.records import Stats
 from healert_webhook.rules import DEFAULT_GITOPS, RuleSet, load_rules
@@ -338,6 +339,39 @@ def section_inprocess(rep: Report, cfg: Config, stream: str, work: workload.Work
     rep.add(key + "detect_only", "    Detector.detect alone (pre-parsed)", "events/cpu-s", only)
     section_view(rep, cfg, key, parsed, detector, detect_with)
     section_fieldpass(rep, cfg, stream, work, bodies, pipeline)
+    section_store(rep, cfg, stream, pipeline, bodies, n)
+
+
+def store_all(pipeline: Pipeline, batches_of: list[list[Any]]) -> None:
+    """Store each batch's friction events, as the webhook stores a body's."""
+    for frictions in batches_of:
+        pipeline.store(frictions, "bench")
+
+
+def section_store(rep: Report, cfg: Config, stream: str, pipeline: Pipeline,
+                  bodies: list[bytes], n: int) -> None:
+    """What storing each body's friction events costs, per event of the stream: the
+    first time (a synced commit a body, as for every batch the apiserver sends), and
+    resent (answered from the outbox's memory of the keys it committed, as the (c)
+    rows' passes after the first are)."""
+    found = [body_reading.evaluate(pipeline, body, batches.reading(body) or
+                                   batches.plan(body)[0], "bench", len(body))
+             for body in bodies]
+    batches_of = [f.frictions for f in found if f is not None]
+    first, again = [], []
+    for _ in range(cfg.reps):
+        with tempfile.TemporaryDirectory(prefix="healert-store-") as tmp:
+            outbox = Outbox(Path(tmp) / "outbox.db", Settings())
+            try:
+                storing = Pipeline(Settings(), pipeline.detector, outbox)
+                first.append(per_event_us(n, lambda p=storing: store_all(p, batches_of)))
+                again.append(per_event_us(n, lambda p=storing: store_all(p, batches_of)))
+            finally:
+                outbox.close()
+    rep.add(f"{stream}.store_first", "store: each body's friction events, first time",
+            "us/event", first)
+    rep.add(f"{stream}.store_resent", "    same, the bodies resent (the outbox's memory)",
+            "us/event", again)
 
 
 def section_fieldpass(rep: Report, cfg: Config, stream: str, work: workload.Workload,

@@ -18,7 +18,7 @@ FIGURE_KEYS = {"label", "unit", "median", "min", "max", "values"}
 STREAMS = ("realistic", "small", "today")
 IN_PROCESS = {"floor_bodies", "floor_bodies_paused", "detect_inprocess", "prefilter_inprocess",
               "ruled_out", "detect_only", "fields_prefilter_line", "fields_msgspec_line",
-              "fields_prefilter_body", "fields_msgspec_body"}
+              "fields_prefilter_body", "fields_msgspec_body", "store_first", "store_resent"}
 SECTION_FIGURES = {
     "(c)/(d)/(f) webhook HTTP": {"webhook_http", "rss_webhook"},
     "(c) webhook HTTPS": {"webhook_mtls"},
