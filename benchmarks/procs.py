@@ -23,6 +23,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # Settings the agent reads from the environment: a developer's shell must not leak in.
 AGENT_ENV_PREFIXES = ("HEALERT_", "RULES_PATH", "AUDIT_LOG_PATH", "K8S_NAMESPACE",
                       "ENTITY_NAMESPACE", "KUBECONFIG", "KUBERNETES_SERVICE_HOST")
+# ...but the benchmark's own switch goes through: `HEALERT_NATIVE=off benchmarks/run.py`
+# measures every row, the servers' and the tailer's too, without the native scanner.
+PASSED_THROUGH = ("HEALERT_NATIVE",)
 
 
 class Unavailable(Exception):
@@ -74,7 +77,8 @@ def peak_rss_mib(pid: int) -> float:
 
 def agent_env() -> dict[str, str]:
     """The environment for agent subprocesses: source tree importable, no stray settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(AGENT_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if k in PASSED_THROUGH or not k.startswith(AGENT_ENV_PREFIXES)}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -1014,6 +1014,18 @@ static int scan_lines(Scanner *s, Py_ssize_t longest)
     }
 }
 
+/* Whether nothing can change `arg`'s bytes while the GIL is released: bytes, or a
+ * memoryview of bytes (a slice of a read chunk). */
+static int immutable(PyObject *arg)
+{
+    if (PyBytes_CheckExact(arg))
+        return 1;
+    if (!PyMemoryView_Check(arg))
+        return 0;
+    PyObject *base = PyMemoryView_GET_BASE(arg);
+    return base != NULL && PyBytes_CheckExact(base);
+}
+
 static PyObject *decide_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
@@ -1034,7 +1046,7 @@ static PyObject *decide_lines(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     scanner_init(&s, &view);
     int rc;
-    if (view.len >= NOGIL_BYTES && PyBytes_CheckExact(args[0])) {
+    if (view.len >= NOGIL_BYTES && immutable(args[0])) {
         Py_BEGIN_ALLOW_THREADS
         rc = scan_lines(&s, longest);
         Py_END_ALLOW_THREADS

@@ -142,7 +142,8 @@ BodyReader = Callable[[bytes, "dict[tuple[Any, ...], Settled]", "dict[str, bool]
                       "tuple[list[Any], list[tuple[int, int, int]]] | None"]
 # For a block of log lines, each ended by a newline, and the longest line to read: the
 # same answers one a line (False also for a line over that length), or None.
-LinesReader = Callable[[bytes, "dict[tuple[Any, ...], Settled]", "dict[str, bool]", int],
+LinesReader = Callable[["bytes | memoryview", "dict[tuple[Any, ...], Settled]",
+                        "dict[str, bool]", int],
                        "tuple[list[Any], list[tuple[int, int, int]]] | None"]
 # A line `sort_lines` does not rule out: its index, its bounds in the block, and whether
 # it is a candidate to parse (else it is read the careful way: `reason`, then a parse).
@@ -317,7 +318,7 @@ class FieldPass:
         return len(answers), [(index, msgspec.Raw(view[bounds[index]]))
                               for index in self._tally(answers, ruled_out)]
 
-    def sort_lines(self, block: bytes, longest: int, ruled_out: Counter[str]
+    def sort_lines(self, block: bytes | memoryview, longest: int, ruled_out: Counter[str]
                    ) -> tuple[int, list[OpenLine]] | None:
         """The number of log lines in `block` (each ended by a newline) and, in order,
         those not ruled out (`OpenLine`; a line longer than `longest` is never a

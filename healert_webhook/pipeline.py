@@ -259,7 +259,7 @@ class Pipeline:
                                  read.ruled_out)
         return read
 
-    def read_lines(self, block: bytes, longest: int
+    def read_lines(self, block: bytes | memoryview, longest: int
                    ) -> tuple[int, Read, list[int]] | None:
         """`read` of the log lines in `block` (each ended by a newline) by the field
         pass's lines reader (native): their number, the read, and the lines longer than

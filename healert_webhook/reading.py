@@ -125,7 +125,7 @@ def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
 
 
 
-def parse_open(block: bytes, lines: Iterable[OpenLine], bad: list[tuple[int, str]],
+def parse_open(block: bytes | memoryview, lines: Iterable[OpenLine], bad: list[tuple[int, str]],
                prefilter: Prefilter, ruled_out: Counter[str], *, longest: int,
                too_long: list[int]) -> Iterator[dict[str, Any]]:
     """`parse_each` for the lines of `block` its field pass did not rule out

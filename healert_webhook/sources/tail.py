@@ -380,12 +380,13 @@ class Tailer:
         if last < 0:
             self._hold(s, data)
             return
+        block: bytes | memoryview
         if s.pending:
             block = b"".join([*s.pending, data[: last + 1]])
             s.pending.clear()
             s.pending_len = 0
         else:
-            block = data[: last + 1]
+            block = memoryview(data)[: last + 1]  # no copy of the chunk
         if last + 1 < len(data):
             self._hold(s, data[last + 1:])
         self._process(s, block, caught_up=len(data) < READ_SIZE)
@@ -407,7 +408,7 @@ class Tailer:
         log.warning("%s: line at offset %d is longer than %d bytes (%s): skipped", s.path,
                     s.line_start, self._max_line, env("tail_max_line_bytes"))
 
-    def _process(self, s: Stream, block: bytes, caught_up: bool = True,
+    def _process(self, s: Stream, block: bytes | memoryview, caught_up: bool = True,
                   cut: bool = False) -> None:
         """Parse and detect the complete lines in `block` (one pipeline call); store the
         frictions with the next checkpoint. With `cut`, the last line was ended by a NUL
@@ -422,7 +423,7 @@ class Tailer:
             bad = sorted([*found.bad, *((i, "too_long") for i in too_long)])
             if bad:
                 shown = [i for i, _ in bad[:SHOWN_BAD_LINES]]
-                self._report_bad(s, _block_offsets(block, shown, start), bad, start,
+                self._report_bad(s, _block_offsets(bytes(block), shown, start), bad, start,
                                  start + len(block))
         else:
             found = self._evaluate_split(s, block, cut, start, received)
@@ -434,11 +435,11 @@ class Tailer:
         if self._due() or (self._held and (caught_up or len(self._held) >= HELD_MAX)):
             self._checkpoint(s)
 
-    def _evaluate_split(self, s: Stream, block: bytes, cut: bool, start: int,
+    def _evaluate_split(self, s: Stream, block: bytes | memoryview, cut: bool, start: int,
                         received: float) -> Evaluation:
         """`_process`'s reading without the native lines reader, or for a block cut by
         NULs: the block split into lines, those over the limit left out."""
-        lines = block.split(b"\n")
+        lines = bytes(block).split(b"\n")
         lines.pop()  # the block ends with a newline: the last piece is empty
         if cut:
             lines[-1] += b"\0"
