@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/ab.py OLD_CHECKOUT NEW_CHECKOUT [--tls] [--rounds 12]
         [--stream today|realistic|small]
+    .venv/bin/python benchmarks/ab.py OLD_CHECKOUT NEW_CHECKOUT --tail [--rounds 4]
+        [--stream ...]      # the tail's catch-up instead, the quick size's rotated log
 
 This machine's speed wanders by a third within minutes, more than most changes are
 worth, so rates of two runs do not compare. Here both servers run side by side and take
@@ -52,6 +54,33 @@ def cpu_of_one_load(agent: procs.Agent, pki: procs.PKI | None, bodies: Path,
     return procs.cpu_seconds(agent.pid) - before
 
 
+def compare_tails(old: Path, new: Path, stream: str, rounds: int) -> int:
+    """Each checkout's `tail` catches up the quick size's rotated log in turn, round after
+    round (the order flips); print its CPU a line and the median ratio of NEW to OLD."""
+    cfg = run.MODES["quick"]
+    chunks = run.log_chunks(cfg, stream)
+    lines = sum(chunk.count(b"\n") for chunk in chunks)
+    spent: dict[Path, list[float]] = {old: [], new: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            for tree in (old, new) if round_ % 2 == 0 else (new, old):
+                saved, procs.REPO = procs.REPO, tree
+                try:
+                    cpu, _wall = run.tail_once(
+                        Path(tmp), f"{round_}-{'new' if tree == new else 'old'}", chunks,
+                        lines)
+                finally:
+                    procs.REPO = saved
+                spent[tree].append(cpu)
+    for name, tree in (("OLD", old), ("NEW", new)):
+        print(f"{name} tailer CPU a line, by round:",
+              " ".join(f"{cpu / lines * 1e6:.2f}" for cpu in spent[tree]), "us")
+    ratios = [b / max(a, 1e-3) for a, b in zip(spent[old], spent[new], strict=True)]
+    print("NEW/OLD CPU a line, by round:", " ".join(f"{r:.2f}" for r in ratios))
+    print(f"median {statistics.median(ratios):.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds and print the per-round ratios and their median."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -62,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=8000)
     parser.add_argument("--stream", choices=workload.STREAMS, default="today",
                         help="the workload posted (tests/support/workload.py)")
+    parser.add_argument("--tail", action="store_true",
+                        help="compare the tail's catch-up (benchmark row (e)) instead")
     args = parser.parse_args(argv)
+    if args.tail:
+        return compare_tails(args.old.resolve(), args.new.resolve(), args.stream, args.rounds)
     work = workload.stream(args.stream, args.events, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.json"
