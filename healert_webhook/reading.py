@@ -4,7 +4,8 @@ The tail's log lines and replay's documents arrive as raw JSON of single events 
 or as events already parsed. `parse_each` turns them into events one at a time, as
 detection asks for them, so a batch never has to be in memory parsed as a whole; with a
 pre-filter, an event it rules out from its five fields (the msgspec field pass,
-`Prefilter.skip`) is counted and never parsed.
+`Prefilter.skip`) is counted and never parsed; `parse_open` does the same for the lines
+of a block the native scanner sorted in one pass (`FieldPass.sort_lines`).
 A log line that does not parse may still hold whole events after a torn write: `resync`
 finds them.
 """
@@ -123,11 +124,9 @@ def parse_each(items: Iterable[Any], bad: list[tuple[int, str]],
             bad.append((index, "not_an_object"))
 
 
-
-
-def parse_open(block: bytes | memoryview, lines: Iterable[OpenLine], bad: list[tuple[int, str]],
-               prefilter: Prefilter, ruled_out: Counter[str], *, longest: int,
-               too_long: list[int]) -> Iterator[dict[str, Any]]:
+def parse_open(block: bytes | memoryview, lines: Iterable[OpenLine],
+               bad: list[tuple[int, str]], prefilter: Prefilter, ruled_out: Counter[str],
+               *, longest: int, too_long: list[int]) -> Iterator[dict[str, Any]]:
     """`parse_each` for the lines of `block` its field pass did not rule out
     (`FieldPass.sort_lines`): a candidate is parsed from its own bytes; any other line is
     read as `parse_each` reads a line. A line longer than `longest` is listed in
