@@ -327,9 +327,10 @@ class Pipeline:
 
     @staticmethod
     def _log_stored(frictions: Sequence[Friction], result: StoreResult, source: str) -> None:
-        fresh = result.stored_keys
+        fresh = set(result.stored_keys)
         for friction in frictions:
-            if friction.key in fresh:
+            if friction.key in fresh:  # once a key: a request seen at two stages is one row
+                fresh.discard(friction.key)
                 event = friction.event
                 _stored_lines.info("friction stored", extra={
                     "rule": friction.rule, "actor": event.get("actor", "-"),

@@ -83,6 +83,13 @@ def test_store_counts_duplicates_and_logs_each_friction_stored_once(
     ids = {event["auditID"] for event in batch}
     assert {line["auditID"] for line in stored} == ids  # which request
     assert {line["rule"] for line in stored} == {"pl-one", "pl-two"}
+    # one request at two stages: two friction events of one key, one row, one line
+    started = {**exec_event(9, tag="dup"), "stage": "ResponseStarted"}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="healert_webhook.pipeline"):
+        twice = pipeline.process([started, exec_event(9, tag="dup")], "unit")[1]
+    assert (twice.stored, twice.duplicates) == (2, 2)
+    assert len([r for r in caplog.records if r.getMessage() == "friction stored"]) == 2
 
 
 def test_the_checkpoint_is_stored_with_the_frictions(tmp_path: Path, outbox: Outbox) -> None:
