@@ -330,28 +330,30 @@ static int skip_literal(Scanner *s, const char *word, Py_ssize_t n)
     return 0;
 }
 
-/* Iterating an object: at its '{' (first) or after a value (next), the next key, or 0
- * at its end. */
-HOT int object_first(Scanner *s, int depth)
+/* Iterating an object or an array, `close` its closing byte: at its opening byte
+ * (first) or after a member (next), 1 when a member follows, 0 past its end. Whatever
+ * is not a member, a comma or the closing byte, and the end of the input, fail. */
+HOT int members_first(Scanner *s, int depth, unsigned char close)
 {
     if (depth > MAX_DEPTH)
         return FAIL;
     s->p++;
     skip_ws(s);
-    if (s->p < s->end && *s->p == '}') {
+    if (s->p >= s->end)
+        return FAIL;
+    if (*s->p == close) {
         s->p++;
         return 0;
     }
     return 1;
 }
 
-/* After a member's value: 1 when another member follows, 0 at the '}'. */
-HOT int object_next(Scanner *s)
+HOT int members_next(Scanner *s, unsigned char close)
 {
     skip_ws(s);
     if (s->p >= s->end)
         return FAIL;
-    if (*s->p == '}') {
+    if (*s->p == close) {
         s->p++;
         return 0;
     }
@@ -359,7 +361,7 @@ HOT int object_next(Scanner *s)
         return FAIL;
     s->p++;
     skip_ws(s);
-    return 1;
+    return s->p < s->end ? 1 : FAIL;
 }
 
 /* A key and its colon; the value starts at s->p. */
@@ -377,56 +379,24 @@ HOT int object_key(Scanner *s, Span *key, int *escaped)
 
 static int skip_object(Scanner *s, int depth)
 {
-    int more = object_first(s, depth);
+    int more = members_first(s, depth, '}');
     while (more > 0) {
         Span key;
         int escaped;
         if (object_key(s, &key, &escaped) < 0 || skip_value(s, depth) < 0)
             return FAIL;
-        more = object_next(s);
+        more = members_next(s, '}');
     }
     return more;
 }
 
-/* Iterating an array, as objects are. */
-HOT int array_first(Scanner *s, int depth)
-{
-    if (depth > MAX_DEPTH)
-        return FAIL;
-    s->p++;
-    skip_ws(s);
-    if (s->p >= s->end)
-        return FAIL;
-    if (*s->p == ']') {
-        s->p++;
-        return 0;
-    }
-    return 1;
-}
-
-HOT int array_next(Scanner *s)
-{
-    skip_ws(s);
-    if (s->p >= s->end)
-        return FAIL;
-    if (*s->p == ']') {
-        s->p++;
-        return 0;
-    }
-    if (*s->p != ',')
-        return FAIL;
-    s->p++;
-    skip_ws(s);
-    return s->p < s->end ? 1 : FAIL;
-}
-
 static int skip_array(Scanner *s, int depth)
 {
-    int more = array_first(s, depth);
+    int more = members_first(s, depth, ']');
     while (more > 0) {
         if (skip_value(s, depth) < 0)
             return FAIL;
-        more = array_next(s);
+        more = members_next(s, ']');
     }
     return more;
 }
@@ -514,7 +484,7 @@ static int read_user(Scanner *s, int depth, Fields *f)
         return rc;
     }
     int escaped_key = 0;
-    int more = object_first(s, depth + 1);
+    int more = members_first(s, depth + 1, '}');
     while (more > 0) {
         Span key;
         int escaped;
@@ -530,7 +500,7 @@ static int read_user(Scanner *s, int depth, Fields *f)
         } else if (skip_value(s, depth + 1) < 0) {
             return FAIL;
         }
-        more = object_next(s);
+        more = members_next(s, '}');
     }
     if (escaped_key)
         name->kind = V_BAD;
@@ -551,7 +521,7 @@ static int read_ref(Scanner *s, int depth, Fields *f)
         return rc;
     }
     int escaped_key = 0;
-    int more = object_first(s, depth + 1);
+    int more = members_first(s, depth + 1, '}');
     while (more > 0) {
         Span key;
         int escaped, rc;
@@ -571,7 +541,7 @@ static int read_ref(Scanner *s, int depth, Fields *f)
         }
         if (rc < 0)
             return FAIL;
-        more = object_next(s);
+        more = members_next(s, '}');
     }
     if (escaped_key)
         v[0].kind = v[1].kind = v[2].kind = V_BAD;
@@ -587,7 +557,7 @@ static void fields_init(Fields *f)
  * an "items" array are then scanned as events into s->items). */
 static int scan_event(Scanner *s, int depth, Fields *f, Body *body)
 {
-    int more = object_first(s, depth);
+    int more = members_first(s, depth, '}');
     while (more > 0) {
         Span key;
         int escaped, rc;
@@ -635,7 +605,7 @@ static int scan_event(Scanner *s, int depth, Fields *f, Body *body)
         }
         if (rc < 0)
             return FAIL;
-        more = object_next(s);
+        more = members_next(s, '}');
     }
     return more;
 }
@@ -660,7 +630,7 @@ static int grow_items(Scanner *s)
 static int scan_items(Scanner *s, int depth)
 {
     s->n_items = 0; /* a later "items" replaces an earlier one, as orjson reads it */
-    int more = array_first(s, depth + 1);
+    int more = members_first(s, depth + 1, ']');
     while (more > 0) {
         if (grow_items(s) < 0)
             return FAIL;
@@ -678,7 +648,7 @@ static int scan_items(Scanner *s, int depth)
             return FAIL;
         item->end = s->p - s->base;
         s->n_items++;
-        more = array_next(s);
+        more = members_next(s, ']');
     }
     return more;
 }
