@@ -13,7 +13,7 @@
  *
  * No Python object is made until the whole input has been validated; the scan itself
  * touches only the input's bytes and a C array, so it runs without the GIL on large
- * bodies (immutable bytes only).
+ * inputs (bytes, or a view of bytes: nothing can change them meanwhile).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -883,44 +883,77 @@ static int scan_whole_body(Scanner *s, Fields *f, int *one_event)
     return 0;
 }
 
-/* Scans the body in `view` into *s (s->items, or *f for one Event); 0, or FAIL when not
- * sure. A long bytes body is scanned without the GIL: nothing else can change it. */
-static int scan_view(Scanner *s, Fields *f, int *one_event, const Py_buffer *view,
-                     PyObject *arg)
+/* A body's items into s->items, as batch_items reads it (one Event: the whole input is
+ * its one item); 0, or FAIL when not sure. Needs no GIL. */
+static int scan_body_items(Scanner *s, Py_ssize_t unused)
+{
+    Fields f;
+    int one_event = 0;
+    (void)unused;
+    fields_init(&f);
+    if (scan_whole_body(s, &f, &one_event) < 0)
+        return FAIL;
+    if (!one_event)
+        return 0;
+    free(s->items);
+    s->items = malloc(sizeof(Item));
+    if (s->items == NULL)
+        return FAIL;
+    s->items[0].start = 0;
+    s->items[0].end = s->end - s->base;
+    s->items[0].f = f;
+    s->n_items = 1;
+    return 0;
+}
+
+/* Whether nothing can change `arg`'s bytes while the GIL is released: bytes, or a
+ * memoryview of bytes (a slice of a read chunk). */
+static int immutable(PyObject *arg)
+{
+    if (PyBytes_CheckExact(arg))
+        return 1;
+    if (!PyMemoryView_Check(arg))
+        return 0;
+    PyObject *base = PyMemoryView_GET_BASE(arg);
+    return base != NULL && PyBytes_CheckExact(base);
+}
+
+/* `scan` over the input of `view` (`arg`'s), s set up over it; without the GIL when the
+ * input is long and nothing can change it meanwhile. */
+static int scan_input(Scanner *s, const Py_buffer *view, PyObject *arg,
+                      int (*scan)(Scanner *, Py_ssize_t), Py_ssize_t longest)
 {
     int rc;
     scanner_init(s, view);
-    fields_init(f);
-    *one_event = 0;
-    if (view->len >= NOGIL_BYTES && PyBytes_CheckExact(arg)) {
+    if (view->len >= NOGIL_BYTES && immutable(arg)) {
         Py_BEGIN_ALLOW_THREADS
-        rc = scan_whole_body(s, f, one_event);
+        rc = scan(s, longest);
         Py_END_ALLOW_THREADS
     } else {
-        rc = scan_whole_body(s, f, one_event);
-    }
-    if (rc == 0 && *one_event) { /* one Event: the whole body is its one item */
-        free(s->items);
-        s->items = malloc(sizeof(Item));
-        if (s->items == NULL)
-            return FAIL;
-        s->items[0].start = 0;
-        s->items[0].end = view->len;
-        s->items[0].f = *f;
-        s->n_items = 1;
+        rc = scan(s, longest);
     }
     return rc;
+}
+
+/* Whether a decide_ function was given `want` arguments, the second and third the two
+ * caches (dicts); else a TypeError naming `usage`. */
+static int decide_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
+                       const char *usage)
+{
+    if (nargs != want || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_Format(PyExc_TypeError, "expected %s, the caches dicts", usage);
+        return 0;
+    }
+    return 1;
 }
 
 static PyObject *scan_body(PyObject *module, PyObject *arg)
 {
     Py_buffer view;
     Scanner s;
-    Fields f;
-    int one_event;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *answer = scan_view(&s, &f, &one_event, &view, arg) < 0
+    PyObject *answer = scan_input(&s, &view, arg, scan_body_items, 0) < 0
         ? Py_NewRef(Py_None) : make_items(&s);
     free(s.items);
     PyBuffer_Release(&view);
@@ -931,19 +964,11 @@ static PyObject *decide_body(PyObject *module, PyObject *const *args, Py_ssize_t
 {
     Py_buffer view;
     Scanner s;
-    Fields f;
-    int one_event;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "decide_body takes (data, by_values, internal_of)");
+    if (!decide_args(args, nargs, 3, "decide_body(data, by_values, internal_of)"))
         return NULL;
-    }
-    if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "decide_body's caches must be dicts");
-        return NULL;
-    }
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *answer = scan_view(&s, &f, &one_event, &view, args[0]) < 0
+    PyObject *answer = scan_input(&s, &view, args[0], scan_body_items, 0) < 0
         ? Py_NewRef(Py_None) : decide_items(s.items, s.n_items, args[1], args[2]);
     free(s.items);
     PyBuffer_Release(&view);
@@ -984,47 +1009,19 @@ static int scan_lines(Scanner *s, Py_ssize_t longest)
     }
 }
 
-/* Whether nothing can change `arg`'s bytes while the GIL is released: bytes, or a
- * memoryview of bytes (a slice of a read chunk). */
-static int immutable(PyObject *arg)
-{
-    if (PyBytes_CheckExact(arg))
-        return 1;
-    if (!PyMemoryView_Check(arg))
-        return 0;
-    PyObject *base = PyMemoryView_GET_BASE(arg);
-    return base != NULL && PyBytes_CheckExact(base);
-}
-
 static PyObject *decide_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
     Scanner s;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "decide_lines takes (data, by_values, internal_of, longest)");
+    if (!decide_args(args, nargs, 4, "decide_lines(data, by_values, internal_of, longest)"))
         return NULL;
-    }
-    if (!PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "decide_lines's caches must be dicts");
-        return NULL;
-    }
     Py_ssize_t longest = PyLong_AsSsize_t(args[3]);
     if (longest == -1 && PyErr_Occurred())
         return NULL;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    scanner_init(&s, &view);
-    int rc;
-    if (view.len >= NOGIL_BYTES && immutable(args[0])) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = scan_lines(&s, longest);
-        Py_END_ALLOW_THREADS
-    } else {
-        rc = scan_lines(&s, longest);
-    }
-    PyObject *answer = rc < 0 ? Py_NewRef(Py_None)
-        : decide_items(s.items, s.n_items, args[1], args[2]);
+    PyObject *answer = scan_input(&s, &view, args[0], scan_lines, longest) < 0
+        ? Py_NewRef(Py_None) : decide_items(s.items, s.n_items, args[1], args[2]);
     free(s.items);
     PyBuffer_Release(&view);
     return answer;
