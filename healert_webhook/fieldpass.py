@@ -290,7 +290,10 @@ class FieldPass:
             if internal is None:
                 internal = _remember_internal(name)
             add(known[0] if internal and not fields.impersonatedUser else known[1])
-        return [(index, items[index]) for index in self._tally(answers, ruled_out)]
+        if not self._count(answers, ruled_out):
+            return []
+        return [(index, items[index]) for index, answer in enumerate(answers)
+                if answer is None]
 
     def sort_body(self, body: bytes, most: int, ruled_out: Counter[str]
                   ) -> tuple[int, list[tuple[int, Item]]]:
@@ -310,13 +313,12 @@ class FieldPass:
         bounds: dict[int, slice] = {}
         for index, start, end in spans:  # candidates, and what the caches left open
             bounds[index] = where = slice(start, end)
-            answer = answers[index]
-            if answer is False:
+            if answers[index] is False:
                 answers[index] = self.reason(msgspec.Raw(view[where]))
-            elif answer is not None:
-                answers[index] = self._decide_values(answer)
-        return len(answers), [(index, msgspec.Raw(view[bounds[index]]))
-                              for index in self._tally(answers, ruled_out)]
+        self._settle_open(answers, spans)
+        self._count(answers, ruled_out)
+        return len(answers), [(index, msgspec.Raw(view[where]))
+                              for index, where in bounds.items() if answers[index] is None]
 
     def sort_lines(self, block: bytes | memoryview, longest: int, ruled_out: Counter[str]
                    ) -> tuple[int, list[OpenLine]] | None:
@@ -330,29 +332,30 @@ class FieldPass:
         if found is None:
             return None
         answers, spans = found
-        for index, _start, _end in spans:  # fill in what the caches left open
-            answer = answers[index]
-            if answer is not None and answer is not False:
-                answers[index] = self._decide_values(answer)
-        tally = Counter(answers)  # counted in C
-        tally.pop(None, 0)
-        tally.pop(False, 0)  # the careful way's
-        ruled_out.update(tally)  # reasons alone are left
+        self._settle_open(answers, spans)
+        self._count(answers, ruled_out)
         return len(answers), [(index, start, end, answers[index] is None)
                               for index, start, end in spans
                               if answers[index] is None or answers[index] is False]
 
+    def _settle_open(self, answers: list[Any], spans: list[tuple[int, int, int]]) -> None:
+        """Decide the items a native reader left open with their values (the caches did
+        not hold what they needed); a candidate (None) and an item not read (False) stay."""
+        for index, _start, _end in spans:
+            answer = answers[index]
+            if answer.__class__ is tuple:  # its values
+                answers[index] = self._decide_values(answer)
+
     @staticmethod
-    def _tally(answers: list[Answer], ruled_out: Counter[str]) -> list[int]:
-        """The indexes of the candidates (answer None); the reasons of the others are
-        counted in `ruled_out`, once for the whole batch."""
-        tally = Counter(answers)  # counted in C, not one update an event
-        if tally.pop(None, 0):
-            candidates = [index for index, answer in enumerate(answers) if answer is None]
-        else:
-            candidates = []
-        ruled_out.update(tally)  # type: ignore[arg-type]  # None popped above
-        return candidates
+    def _count(answers: list[Any], ruled_out: Counter[str]) -> bool:
+        """Count the skip reasons among `answers` in `ruled_out`, once for the whole batch
+        (not one update an event); True when there is a candidate (None) among them.
+        False, an item left to be read the careful way, is no reason."""
+        tally = Counter(answers)  # counted in C
+        candidates = tally.pop(None, 0)
+        tally.pop(False, 0)
+        ruled_out.update(tally)
+        return bool(candidates)
 
     def _decide_values(self, values: Values) -> Answer:
         """`_decide` for a native reader's values, cached by their first five (no Struct
