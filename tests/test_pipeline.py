@@ -36,8 +36,8 @@ def make_pipeline(tmp_path: Path, outbox: Outbox | None, rules: str | None = Non
 
 
 def test_line_offsets_of_bad_lines() -> None:
-    lines = [b'{"a":1}', b"", b"[1]", b"{nope"]
-    assert _line_offsets(lines, [2, 3], 100) == [100 + 8 + 1, 100 + 8 + 1 + 4]
+    block = b"".join(line + b"\n" for line in [b'{"a":1}', b"", b"[1]", b"{nope"])
+    assert _line_offsets(block, [2, 3], 100) == [100 + 8 + 1, 100 + 8 + 1 + 4]
 
 
 def test_a_bad_item_never_fails_its_batch_and_every_item_is_counted(

@@ -20,7 +20,7 @@ from test_fieldpass import fixture_lines, hostile_events
 from healert_webhook import nativescan
 from healert_webhook.config import Settings
 from healert_webhook.pipeline import Pipeline
-from healert_webhook.sources.tail import _block_offsets
+from healert_webhook.sources.tail import _line_offsets
 
 from support import workload
 from support.events import exec_event, noise_event
@@ -110,7 +110,7 @@ def test_bad_blank_torn_and_long_lines_are_read_alike(pipeline: Pipeline) -> Non
 
 def test_bad_lines_are_placed_by_their_offsets() -> None:
     block = b'{"a":1}\n\n[1]\n{nope\n'
-    assert _block_offsets(block, [0, 2, 3], 100) == [100, 100 + 9, 100 + 13]
+    assert _line_offsets(block, [0, 2, 3], 100) == [100, 100 + 9, 100 + 13]
 
 
 def test_more_lines_than_the_scanner_holds_are_split_the_pure_way(

@@ -81,19 +81,9 @@ class _Stopped(Exception):
 # -- line bookkeeping --------------------------------------------------------------------
 
 
-def _line_offsets(lines: list[bytes], indexes: list[int], start: int) -> list[int]:
-    """Byte offsets of the lines at `indexes` (ascending), in one pass."""
-    out: list[int] = []
-    offset, at = start, 0
-    for i in indexes:
-        offset += sum(len(line) + 1 for line in lines[at:i])
-        at = i
-        out.append(offset)
-    return out
-
-
-def _block_offsets(block: bytes, indexes: list[int], start: int) -> list[int]:
-    """Byte offsets of the lines at `indexes` (ascending) of a block of lines."""
+def _line_offsets(block: bytes, indexes: list[int], start: int) -> list[int]:
+    """Byte offsets of the lines at `indexes` (ascending) of a block of lines that
+    starts at offset `start`, in one pass."""
     out: list[int] = []
     at = line = 0
     for i in indexes:
@@ -421,12 +411,10 @@ class Tailer:
             metrics.TAIL_LINES.inc(count)
             found = self._pipeline.evaluate(read, SOURCE, received)
             bad = sorted([*found.bad, *((i, "too_long") for i in too_long)])
-            if bad:
-                shown = [i for i, _ in bad[:SHOWN_BAD_LINES]]
-                self._report_bad(s, _block_offsets(bytes(block), shown, start), bad, start,
-                                 start + len(block))
         else:
-            found = self._evaluate_split(s, block, cut, start, received)
+            found, bad = self._evaluate_split(block, cut, received)
+        if bad:
+            self._report_bad(s, block, bad, start)
         s.line_start = start + len(block)
         self._unstored += len(block)
         if s.gz is None:
@@ -435,10 +423,11 @@ class Tailer:
         if self._due() or (self._held and (caught_up or len(self._held) >= HELD_MAX)):
             self._checkpoint(s)
 
-    def _evaluate_split(self, s: Stream, block: bytes | memoryview, cut: bool, start: int,
-                        received: float) -> Evaluation:
+    def _evaluate_split(self, block: bytes | memoryview, cut: bool, received: float
+                        ) -> tuple[Evaluation, list[tuple[int, str]]]:
         """`_process`'s reading without the native lines reader, or for a block cut by
-        NULs: the block split into lines, those over the limit left out."""
+        NULs: the block split into lines, those over the limit left out. The evaluation
+        and the bad lines, by their index in the block."""
         lines = bytes(block).split(b"\n")
         lines.pop()  # the block ends with a newline: the last piece is empty
         if cut:
@@ -455,16 +444,14 @@ class Tailer:
         if kept is not None and len(kept) < len(lines):
             bad += [(i, "too_long") for i in sorted(set(range(len(lines))) - set(kept))]
             bad.sort()
-        if bad:
-            shown = [i for i, _ in bad[:SHOWN_BAD_LINES]]
-            self._report_bad(s, _line_offsets(lines, shown, start), bad, start,
-                             start + len(block))
-        return found
+        return found, bad
 
-    def _report_bad(self, s: Stream, offsets: list[int], bad: list[tuple[int, str]],
-                    start: int, end: int) -> None:
-        """Log the first bad lines with their offsets (of those first ones); count what
-        the pipeline did not."""
+    def _report_bad(self, s: Stream, block: bytes | memoryview, bad: list[tuple[int, str]],
+                    start: int) -> None:
+        """Log the first bad lines of `block` (read at offset `start`) with their offsets;
+        count what the pipeline did not."""
+        end = start + len(block)
+        offsets = _line_offsets(bytes(block), [i for i, _ in bad[:SHOWN_BAD_LINES]], start)
         for (_i, reason), offset in zip(bad, offsets, strict=False):
             if reason != "blank":
                 log.warning("%s: line at offset %d skipped: %s", s.path, offset,
