@@ -10,6 +10,7 @@ first problems and counts the rest.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -25,6 +26,16 @@ HUGE_BROKEN = "rules:\n" + "- 1\n" * 1_000_000
 LISTED = 50
 
 
+def put(path: Path, text: str) -> None:
+    """Replace the file at once, as a ConfigMap update or an editor's save does: the
+    agent's watcher hashes the file every few seconds, and a 4 MiB file written in place
+    could be hashed, then loaded, half written (a quick failure of its own, logged before
+    the fixed file's turn)."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
 def reload_lines(output: str) -> list[str]:
     """The log lines about rule reloads, in order."""
     return [line for line in output.splitlines()
@@ -34,17 +45,17 @@ def reload_lines(output: str) -> list[str]:
 def test_a_fixed_file_written_during_a_slow_reload_wins_and_problems_are_capped(
         tmp_path: Path, agents: list[Agent]) -> None:
     rules = tmp_path / "rules.yaml"
-    rules.write_text(two_rules("old"))
+    put(rules, two_rules("old"))
     agent = Agent(serve_args("state", "--rules", str(rules)), tmp_path)
     agents.append(agent)
     port, ops = agent.ports()
 
-    rules.write_text(HUGE_BROKEN)
+    put(rules, HUGE_BROKEN)
     agent.proc.send_signal(signal.SIGHUP)
     # The load of the huge file has started (or, before this fix, is under way).
     wait_for(lambda: agent.output().count("loading rules from") >= 1
              or "SIGHUP received" in agent.output(), timeout=30, what="the huge file read")
-    rules.write_text(two_rules("fixed"))
+    put(rules, two_rules("fixed"))
     fixed_at = time.monotonic()
     agent.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "rules reloaded" in agent.output(), timeout=180,
@@ -61,7 +72,7 @@ def test_a_fixed_file_written_during_a_slow_reload_wins_and_problems_are_capped(
 
     # The huge file on its own: refused, its first problems listed, the rest counted.
     mark = len(agent.output())
-    rules.write_text(HUGE_BROKEN)
+    put(rules, HUGE_BROKEN)
     huge_at = time.monotonic()
     agent.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "more problem(s)" in agent.output()[mark:], timeout=180,
