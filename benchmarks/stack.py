@@ -18,6 +18,13 @@ Printed per event, as medians of the rounds: each server's CPU, and the differen
 (the stack beyond the socket, the events beyond the stack), next to the per-event
 orjson.loads floor measured in the same run. A ratio to the floor cannot exceed
 floor / stack however cheap reading the events becomes.
+
+Then what reading the events costs in this process, measured in the same rounds: the
+webhook's whole reading of the bodies, the field pass that decides each event from its
+five fields (the native scanner when it is built), and the candidates it leaves, parsed
+and detected (those that fire apart from those that do not). Last, the budget: what an
+event may cost at the issue's target ratio (floor / target), and how much of it the
+socket, the field pass and the candidates take before anything else is done.
 """
 
 from __future__ import annotations
@@ -28,8 +35,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
@@ -38,6 +49,11 @@ sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests"))
 import procs
 import run
 from procs import Unavailable
+
+from healert_webhook import nativescan
+from healert_webhook.config import Settings
+from healert_webhook.pipeline import Pipeline, make_detector
+from healert_webhook.records import Stats
 
 from support import workload
 
@@ -197,8 +213,62 @@ def per_event_us(server: Server, pki: procs.PKI | None, bodies: Path, events: in
     return (procs.cpu_seconds(server.pid) - before) / (events * passes) * 1e6
 
 
-def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[float]], float]:
-    """Per-event CPU of each server by round, and the floor in microseconds."""
+@dataclass
+class Candidates:
+    """The events of a stream the field pass leaves to parse and detect, as bytes and
+    parsed, those that fire a rule apart from the others."""
+
+    firing: list[dict[str, Any]]
+    quiet: list[dict[str, Any]]
+    raw: list[bytes]
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, bodies: list[bytes]) -> Candidates:
+        """The candidates of `bodies` as the webhook's field pass leaves them."""
+        fields, detector = pipeline.rules.prefilter.fields, pipeline.detector
+        raw: list[bytes] = []
+        for body in bodies:
+            raw.extend(bytes(item) for _index, item in
+                       fields.sort_body(body, len(body), Counter())[1])
+        parsed = [orjson.loads(item) for item in raw]
+        firing = [event for event in parsed if detector.detect([event], Stats())]
+        quiet = [event for event in parsed if not detector.detect([event], Stats())]
+        return cls(firing, quiet, raw)
+
+
+class InProcess:
+    """What reading a stream's events costs in this process, part by part."""
+
+    def __init__(self, work: workload.Workload) -> None:
+        settings = Settings()
+        self.pipeline = Pipeline(settings, make_detector(run.shipped_rules(), settings))
+        self.bodies = list(work.batches(400))
+        self.events = len(work.items)
+        self.candidates = Candidates.of(self.pipeline, self.bodies)
+
+    def measure(self) -> dict[str, float]:
+        """Each part once, in CPU microseconds per event of the stream."""
+        fields, detector = self.pipeline.rules.prefilter.fields, self.pipeline.detector
+        cand = self.candidates
+
+        def sort_bodies() -> None:
+            for body in self.bodies:
+                fields.sort_body(body, len(body), Counter())
+
+        parts = {
+            "reading": lambda: run.evaluate_read(self.pipeline, self.bodies),
+            "field pass": sort_bodies,
+            "parse": lambda: run.loads_each(cand.raw),
+            "firing": lambda: detector.detect(cand.firing, Stats()),
+            "quiet": lambda: detector.detect(cand.quiet, Stats()),
+        }
+        return {name: run.cpu_timed(func) / self.events * 1e6 for name, func in parts.items()}
+
+
+def measure(args: argparse.Namespace, tmp: Path
+            ) -> tuple[dict[str, list[float]], float, InProcess, dict[str, float]]:
+    """Per-event CPU of each server by round, the floor in microseconds, and the
+    in-process parts (medians of the rounds)."""
     work = workload.stream(args.stream, args.events, seed=1)
     bodies = tmp / "bodies.json"
     bodies.write_bytes(b"\n".join(work.batches(400)) + b"\n")
@@ -207,26 +277,32 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[float]]
     agent = procs.start_server(tmp / "agent", pki)
     servers = [start_bare("socket", pki), start_bare("stack", pki),
                Server("agent", agent.pid, run.server_url(agent, pki is not None), agent.stop)]
+    inproc = InProcess(work)
     floors: list[float] = []
     spent: dict[str, list[float]] = {s.name: [] for s in servers}
+    parts: list[dict[str, float]] = []
     try:
         for server in servers:  # warm up
             per_event_us(server, pki, bodies, args.events, 1)
+        inproc.measure()
         for round_ in range(args.rounds):
             run.loads_each(work.items)  # warm, as run.py measures it
             floors.append(run.cpu_timed(lambda: run.loads_each(work.items))
                           / len(work.items) * 1e6)
+            parts.append(inproc.measure())
             for server in servers if round_ % 2 == 0 else reversed(servers):
                 spent[server.name].append(
                     per_event_us(server, pki, bodies, args.events, args.passes))
     finally:
         for server in servers:
             server.stop()
-    return spent, statistics.median(floors)
+    medians = {name: statistics.median(p[name] for p in parts) for name in parts[0]}
+    return spent, statistics.median(floors), inproc, medians
 
 
-def report(spent: dict[str, list[float]], floor: float) -> None:
-    """Print the medians, the differences and what they allow against the floor."""
+def report(spent: dict[str, list[float]], floor: float) -> dict[str, float]:
+    """Print the medians, the differences and what they allow against the floor; the
+    medians."""
     # CPU time comes in 10 ms ticks: a tiny load can measure as none
     median = {name: max(statistics.median(values), 1e-3) for name, values in spent.items()}
     print(f"floor: orjson.loads per event      {floor:6.2f} us")
@@ -236,6 +312,44 @@ def report(spent: dict[str, list[float]], floor: float) -> None:
               f"({floor / median[name]:.2f}x the floor)   rounds: {rounds}")
     print(f"the stack beyond the socket        {median['stack'] - median['socket']:6.2f} us")
     print(f"the events beyond the stack        {median['agent'] - median['stack']:6.2f} us")
+    return median
+
+
+def report_parts(inproc: InProcess, parts: dict[str, float]) -> None:
+    """Print what reading the events costs in this process, part by part."""
+    cand, events = inproc.candidates, inproc.events
+    scanner = "native scanner" if nativescan.native is not None else "pure Python"
+    shares = {"parse": len(cand.raw), "firing": len(cand.firing), "quiet": len(cand.quiet)}
+    print("in this process, per event of the stream:")
+    print(f"  the webhook's reading, all of it         {parts['reading']:6.2f} us")
+    print(f"  the field pass ({scanner})".ljust(43) + f"{parts['field pass']:6.2f} us")
+    labels = {"parse": "candidates parsed", "firing": "candidates detected, firing",
+              "quiet": "candidates detected, not firing"}
+    for name, label in labels.items():
+        share = shares[name]
+        each = parts[name] * events / share if share else 0.0
+        print(f"  {label} ({100 * share / events:.2f}%)".ljust(43)
+              + f"{parts[name]:6.2f} us   ({each:.1f} us each)")
+
+
+def report_budget(args: argparse.Namespace, floor: float, servers: dict[str, float],
+                  parts: dict[str, float]) -> None:
+    """Print what an event may cost at the target ratio, and what the parts that any
+    reading of the events pays take of it."""
+    target = run.TARGETS[args.stream]["webhook_mtls" if args.tls else "webhook_http"]
+    budget = floor / target
+    fixed = [("the socket alone", servers["socket"]),
+             ("the field pass", parts["field pass"]),
+             ("the candidates' parse", parts["parse"]),
+             ("the candidates' detection", parts["firing"] + parts["quiet"])]
+    print(f"budget at the target ({target:.2f}x the floor): {budget:6.2f} us an event")
+    total = 0.0
+    for label, value in fixed:
+        total += value
+        print(f"  {label:38s} {value:6.2f} us   (sum {total:.2f})")
+    left = budget - total
+    print(f"left for everything else                 {left:6.2f} us   "
+          f"(the agent spends {servers['agent'] - total:.2f} us beyond these)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,11 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            spent, floor = measure(args, Path(tmp))
+            spent, floor, inproc, parts = measure(args, Path(tmp))
     except Unavailable as exc:
         print(f"cannot measure: {exc}", file=sys.stderr)
         return 2
-    report(spent, floor)
+    servers = report(spent, floor)
+    report_parts(inproc, parts)
+    report_budget(args, floor, servers, parts)
     return 0
 
 

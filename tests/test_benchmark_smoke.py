@@ -100,3 +100,18 @@ def test_stack_breakdown_measures_each_server() -> None:
     assert set(per_event) == {"socket", "stack", "agent"}, done.stdout
     assert per_event["socket"] < per_event["agent"], done.stdout
     assert "the events beyond the stack" in done.stdout
+    # The budget: the plain-HTTP target of the realistic stream, and a running sum of
+    # the parts that any reading of its events pays, the socket's taken from above.
+    lines = done.stdout.splitlines()
+    floor = float(lines[0].split()[-2])
+    budget = next(line for line in lines if line.startswith("budget at the target"))
+    assert "(1.30x the floor)" in budget, budget
+    assert abs(float(budget.split()[-4]) - floor / 1.3) < 0.011, done.stdout
+    sums = [float(line.rpartition("(sum ")[2].rstrip(")")) for line in lines if "(sum " in line]
+    parts = [float(line.split(" us ")[0].split()[-1]) for line in lines if "(sum " in line]
+    assert len(parts) == 4 and parts[0] == per_event["socket"], done.stdout
+    assert all(part > 0 for part in parts[1:]), done.stdout
+    assert abs(sums[-1] - sum(parts)) < 0.025, done.stdout
+    shares = [line for line in lines if line.startswith("  candidates ")]
+    assert len(shares) == 3 and all("%)" in line and "us each)" in line for line in shares), \
+        done.stdout
