@@ -14,6 +14,7 @@ import pytest
 from test_forward import KEY, forwarding, friction, make_settings, numbers, sample, wait_for
 
 from healert_webhook.outbox import Outbox
+from healert_webhook.records import OutboxError
 
 from support.backend import Backend, run_backend
 
@@ -93,3 +94,31 @@ def test_a_gateway_timeout_after_the_backend_stored_the_event_sends_it_once(
             wait_for(lambda: outbox.stats().depth == 0, 20, "settled")
     assert numbers(backend.accepted()) == [1]
     assert sample("healert_forward_reconciled_total", {"result": "delivered"}) >= 1
+
+
+def test_a_deleted_wal_file_makes_the_outbox_refuse_stores(tmp_path: Path) -> None:
+    # The outbox's commits live in `<db>-wal` until a checkpoint copies them over. With
+    # that file deleted while the agent runs, every later commit goes to a file nobody
+    # can open again: a kill -9 then loses each batch answered 200 since (measured: the
+    # whole outbox, schema included, was gone). As when the database itself is moved, a
+    # store must be refused (503: the apiserver keeps the batch) and readiness say why.
+    path = tmp_path / "state" / "outbox.db"
+    box = Outbox(path)
+    try:
+        box.store([friction(1)])
+        wal = Path(f"{path}-wal")
+        assert wal.exists()
+        wal.unlink()
+        with pytest.raises(OutboxError, match="moved, deleted or replaced"):
+            box.store([friction(2)])
+        assert box.resent([friction(1)]) is None  # not answered from memory either
+        assert "restart the agent" in (box.writable() or "")
+    finally:
+        box.close()
+    # a clean stop checkpoints what the open WAL held: nothing acknowledged is lost
+    again = Outbox(path)
+    try:
+        assert [row.key for row in again.head(10)] == [friction(1).key]
+        again.store([friction(2)])  # the reopened outbox takes writes again
+    finally:
+        again.close()
