@@ -42,6 +42,9 @@ KEY_HINT = f"check {env('api_key')} / {env('api_key_file')}"
 # lettering the whole queue one event at a time.
 AUTH_STATUSES = frozenset({401, 403})
 URL_STATUSES = frozenset({404, 405})
+# A gateway's answers for a request it passed on and then lost the backend's answer to
+# (upstream reset, upstream timeout): the backend may have stored the event.
+GATEWAY_LOST = frozenset({502, 504})
 
 
 HEALTH_BODY_MAX = 64 * 1024  # bytes of a /health answer read; the real one is ~100 bytes
@@ -305,7 +308,8 @@ def classify(response: Answer) -> Outcome:
     if code == 429 or code >= 500 or code in (408, 425):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         label = "rate_limited" if code == 429 else "server_error"
-        return Outcome("retry", label, f"HTTP {code}", code, retry_after=retry_after,
+        return Outcome("retry", label, f"HTTP {code}", code,
+                       not_taken=code not in GATEWAY_LOST, retry_after=retry_after,
                        answer=answer)
     return Outcome("rejected", "rejected", f"backend refused the event (HTTP {code})", code,
                    answer=answer)

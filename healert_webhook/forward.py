@@ -29,11 +29,11 @@ events by their timestamp, not by their arrival.
 Effectively once: a row is marked in flight, durably, right before its request starts,
 and removed together with the remembering of its key right after the 2xx arrives. A row
 still marked in flight (the agent was killed, the request timed out, the connection was
-reset after the request went out, the answer was too long to read) may have reached the
-backend. Once the request can no longer be running, the entity's recent events are read
-from the backend (`GET /friction/{entity_ref}`): if the event is there, the row is marked
-delivered and never sent again; if not, it is sent again. Two things keep a read from
-misleading:
+reset after the request went out, a gateway answered 502/504, the answer was too long to
+read) may have reached the backend. Once the request can no longer be running, the
+entity's recent events are read from the backend (`GET /friction/{entity_ref}`): if the
+event is there, the row is marked delivered and never sent again; if not, it is sent
+again. Two things keep a read from misleading:
 - while the read fails (an error, a timeout, an answer too long or not JSON), the row is
   never resent blindly: it waits for a read that succeeds, backing off up to
   `READ_BACKOFF_MAX` (`healert_forward_awaiting_read`, /readyz's body). A backend that

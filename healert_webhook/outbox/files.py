@@ -22,6 +22,11 @@ def lock_path(path: Path) -> Path:
     return Path(f"{path}.lock")
 
 
+def wal_path(path: Path) -> Path:
+    """The database's write-ahead log, where commits live until a checkpoint."""
+    return Path(f"{path}-wal")
+
+
 def forward_lock_path(path: Path) -> Path:
     """The file whose exclusive lock the one process delivering from the outbox holds."""
     return Path(f"{path}.forward.lock")

@@ -37,7 +37,7 @@ from healert_webhook import backend_contract, metrics
 from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
-from healert_webhook.outbox.files import hold, identity
+from healert_webhook.outbox.files import hold, identity, wal_path
 from healert_webhook.outbox.recent import RecentKeys
 from healert_webhook.outbox.schema import error_reason, open_database
 from healert_webhook.records import Checkpoint, Friction, OutboxError, OutboxFull, StoreResult
@@ -128,7 +128,7 @@ class Outbox:
         except BaseException:
             self._holder.close()
             raise
-        self._identity = identity(self.path)
+        self._identity = self._files()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Outbox:
@@ -142,6 +142,11 @@ class Outbox:
 
     # -- plumbing ------------------------------------------------------------------------
 
+    def _files(self) -> tuple[tuple[int, int] | None, ...]:
+        """Who the database and its WAL are: commits live in the WAL until a checkpoint,
+        so either file replaced under an open connection loses what it takes."""
+        return identity(self.path), identity(wal_path(self.path))
+
     def _check_identity(self) -> None:
         """Refuse to write when the file at our path is no longer the one we opened.
 
@@ -149,12 +154,12 @@ class Outbox:
         directory), the open database would take writes that nobody will ever read:
         every batch answered 200 from then on would be lost at the next restart.
         """
-        if identity(self.path) != self._identity:
+        if self._files() != self._identity:
             self._failure = "replaced"
             _replaced_log.error(
-                "outbox file %s is no longer the one this process opened (moved, deleted or "
-                "replaced while running): refusing to store anything; restart the agent to "
-                "open the file now at that path", self.path)
+                "outbox file %s (or its -wal) is no longer the one this process opened "
+                "(moved, deleted or replaced while running): refusing to store anything; "
+                "restart the agent to open the file now at that path", self.path)
             raise OutboxError(f"outbox file {self.path} was moved, deleted or replaced while "
                               "the agent ran", "replaced")
 
@@ -261,10 +266,10 @@ class Outbox:
         """What `store` would do with a batch every key of which this process committed
         within the dedup window (recent.py): count them as duplicates, write nothing. None
         for any other batch, or while the file is not the one opened. No lock, no read of
-        the database, one stat: cheap enough for the event loop."""
+        the database, two stats: cheap enough for the event loop."""
         if not self.recent.hold_all([f.key for f in frictions]):
             return None
-        if self._failure is not None or identity(self.path) != self._identity:
+        if self._failure is not None or self._files() != self._identity:
             return None  # `store` says what is wrong
         return StoreResult(0, len(frictions))
 
@@ -330,8 +335,9 @@ class Outbox:
 
     def writable(self) -> str | None:
         """None when the outbox can take writes, else why not (for /readyz)."""
-        if identity(self.path) != self._identity:
-            return f"outbox file {self.path} was moved, deleted or replaced: restart the agent"
+        if self._files() != self._identity:
+            return (f"outbox file {self.path} (or its -wal) was moved, deleted or replaced: "
+                    "restart the agent")
         if self._failure is not None:
             return f"outbox writes failing: {self._failure}"
         if not os.access(self.path.parent, os.W_OK):
