@@ -24,11 +24,13 @@ import orjson
 
 from healert_webhook import audit
 from healert_webhook.pipeline import Pipeline
+from healert_webhook.reading import EVENT_START
 from healert_webhook.records import Friction, Stats, StoreResult
 
 SOURCE = "replay"
-# How the apiserver starts a log line, or an event of an EventList
-EVENT_LINES = (b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",', b'{"level":"')
+# How the apiserver starts a log line (v1, or v1beta1 in old dumps: both are resynchronised
+# after a torn write), or an event of an EventList
+EVENT_LINES = (EVENT_START, b'{"level":"')
 BATCH_LINES = 1000
 _NUL_RUN = re.compile(rb"\x00+")
 MAX_DOCUMENT_BYTES = 512 * 1024 * 1024
