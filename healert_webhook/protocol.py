@@ -29,11 +29,11 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, Protocol, cast
 
 import httptools
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -141,6 +141,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Any) -> None:
         """Start the first head's deadline at once: a connection must show a request."""
         super().connection_made(transport)
+        self.flow = _Flow(transport, self.pipeline)
         if self.keep_alive is not None:
             self.timeout_keep_alive = self.keep_alive  # type: ignore[assignment]
         self._start_head_timer(self.first_head_timeout, "of connecting")
@@ -535,6 +536,26 @@ class _Reader(asyncio.BufferedProtocol):
             http.direct_updated(nbytes)
         else:
             http.data_received(_per_thread.scratch[:nbytes])  # type: ignore[arg-type]
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while parsed requests
+    wait in the pipeline.
+
+    uvicorn resumes reading after every answer, and the parser queues every request of
+    the next read: a client pipelining faster than it is answered queued without bound.
+    A request that waits there has its body whole (a later head was parsed after it), so
+    only the newest one may still need reading, and by the time it runs the queue is empty.
+    """
+
+    def __init__(self, transport: asyncio.Transport, pipeline: Sized) -> None:
+        super().__init__(transport)
+        self._pipeline = pipeline
+
+    def resume_reading(self) -> None:
+        """Resume, unless requests already read wait for their turn."""
+        if not self._pipeline:
+            super().resume_reading()
 
 
 class _Cycle(RequestResponseCycle):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.agent import Agent, metric, serve_args
+from support.agent import Agent, serve_args
 
 # The smallest request the fast path takes: a batch of no events, answered 200.
 TINY = (b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
