@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.agent import Agent, serve_args
+from support.agent import Agent, metric, serve_args
 
 # The smallest request the fast path takes: a batch of no events, answered 200.
 TINY = (b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -69,3 +69,19 @@ def test_pipelined_requests_never_queue_without_bound(agent: tuple[Agent, int, i
         sender.join(10)
     assert answered > 0
     assert grown < 40, f"RSS grew {grown} MiB for {sent} requests sent, {answered} answered"
+
+
+def test_a_request_head_that_is_no_http_is_counted_and_logged(
+        agent: tuple[Agent, int, int]) -> None:
+    """Bytes the HTTP parser refuses are answered 400 by uvicorn: that answer counts in
+    healert_webhook_requests_total like every other refusal, and a log line names the
+    peer. Before, the 400 was answered but counted nowhere."""
+    proc, port, ops = agent
+    before = metric(ops, "healert_webhook_requests_total", code="400")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /audit HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n")
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert sock.recv(10) == b""  # closed
+    assert metric(ops, "healert_webhook_requests_total", code="400") == before + 1
+    proc.wait_line(r"connection from 127\.0\.0\.1:\d+ refused with 400: ")
