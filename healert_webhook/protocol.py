@@ -330,6 +330,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._refuse(408, f"request head not complete {self._head_limit}")
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are no HTTP request, counted and logged like
+        every refusal. A request already in flight is counted by the app instead (it
+        learns of the end of its connection), so it is not counted twice."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self._log_refusal(400, msg.rstrip("."))
+        super().send_400_response(msg)
+
+    def _log_refusal(self, code: int, why: str) -> None:
+        who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
+        _refused_log.warning("connection from %s refused with %d: %s", who, code, why,
+                             key=str(code))
+        if self.counted:
+            metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
+
     def _refuse(self, code: int, why: str) -> None:
         if self.transport.is_closing():
             return
@@ -341,11 +357,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
             % (code, reason, len(body), body))
         self.transport.close()
-        who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
-        _refused_log.warning("connection from %s refused with %d: %s", who, code, why,
-                             key=str(code))
-        if self.counted:
-            metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
+        self._log_refusal(code, why)
 
 
 # The answer `200 {}` as written, with and without keep-alive, and the default headers it
