@@ -29,11 +29,11 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, Protocol, cast
 
 import httptools
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     STATUS_LINE,
     HttpToolsProtocol,
@@ -141,6 +141,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Any) -> None:
         """Start the first head's deadline at once: a connection must show a request."""
         super().connection_made(transport)
+        self.flow = _Flow(transport, self.pipeline)
         if self.keep_alive is not None:
             self.timeout_keep_alive = self.keep_alive  # type: ignore[assignment]
         self._start_head_timer(self.first_head_timeout, "of connecting")
@@ -329,6 +330,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._refuse(408, f"request head not complete {self._head_limit}")
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are no HTTP request, counted and logged like
+        every refusal. A request already in flight is counted by the app instead (it
+        learns of the end of its connection), so it is not counted twice."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self._log_refusal(400, msg.rstrip("."))
+        super().send_400_response(msg)
+
+    def _log_refusal(self, code: int, why: str) -> None:
+        who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
+        _refused_log.warning("connection from %s refused with %d: %s", who, code, why,
+                             key=str(code))
+        if self.counted:
+            metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
+
     def _refuse(self, code: int, why: str) -> None:
         if self.transport.is_closing():
             return
@@ -340,11 +357,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
             % (code, reason, len(body), body))
         self.transport.close()
-        who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
-        _refused_log.warning("connection from %s refused with %d: %s", who, code, why,
-                             key=str(code))
-        if self.counted:
-            metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
+        self._log_refusal(code, why)
 
 
 # The answer `200 {}` as written, with and without keep-alive, and the default headers it
@@ -535,6 +548,26 @@ class _Reader(asyncio.BufferedProtocol):
             http.direct_updated(nbytes)
         else:
             http.data_received(_per_thread.scratch[:nbytes])  # type: ignore[arg-type]
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while parsed requests
+    wait in the pipeline.
+
+    uvicorn resumes reading after every answer, and the parser queues every request of
+    the next read: a client pipelining faster than it is answered queued without bound.
+    A request that waits there has its body whole (a later head was parsed after it), so
+    only the newest one may still need reading, and by the time it runs the queue is empty.
+    """
+
+    def __init__(self, transport: asyncio.Transport, pipeline: Sized) -> None:
+        super().__init__(transport)
+        self._pipeline = pipeline
+
+    def resume_reading(self) -> None:
+        """Resume, unless requests already read wait for their turn."""
+        if not self._pipeline:
+            super().resume_reading()
 
 
 class _Cycle(RequestResponseCycle):
