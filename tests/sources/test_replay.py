@@ -241,3 +241,23 @@ def test_the_tour_example_replays_as_one_event() -> None:
     assert done.returncode == 0, done.stderr
     assert [f["type"] for f in frictions(done)] == ["kubectl-exec"]
     assert b"0 invalid lines" in done.stderr, done.stderr
+
+
+def _versioned_line(event: dict[str, Any], version: str) -> bytes:
+    return orjson.dumps({"kind": "Event", "apiVersion": f"audit.k8s.io/{version}",
+                         **event}) + b"\n"
+
+
+def test_replay_of_a_crashed_v1beta1_log_loses_no_whole_event(tmp_path: Path) -> None:
+    # Old dumps are v1beta1 (DESIGN §4), written by the same Go encoder: a torn write
+    # followed on the same line by the restarted writer's whole event must give that
+    # event, as the tail does (reading.EVENT_START covers both versions).
+    whole = [_versioned_line(event, "v1beta1")
+             for event in (exec_ws(), secret_get(), port_forward())]
+    log = tmp_path / "crashed-v1beta1.log"
+    log.write_bytes(whole[0][:150] + whole[0] + whole[1][:90] + whole[1] + whole[2])
+    done = replay(str(log))
+    assert done.returncode == 0, done.stderr
+    assert [f["type"] for f in frictions(done)] == [
+        "kubectl-exec", "emergency-access", "port-forward"], done.stderr
+    assert done.stderr.decode().count("truncated_line") == 2

@@ -1,4 +1,5 @@
-"""Defects found reviewing the webhook's receive path, each shown on the real agent.
+"""The webhook's receive path against clients that pipeline without end or send bytes
+that are no HTTP, on the real agent.
 
 The real `serve` process on loopback (plain HTTP, no authentication, so the apiserver's
 fast path serves the requests), raw sockets so the test decides how bytes arrive, memory

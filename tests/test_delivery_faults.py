@@ -1,5 +1,6 @@
-"""Defects found by reviewing delivery (outbox, forwarder, backend client), each proved
-against the real test backend process and real SQLite files."""
+"""Faults between an acknowledged batch and the backend: a gateway that loses the
+backend's answer after the event was stored, and an outbox `-wal` file deleted under the
+agent. Against the real test backend process and real SQLite files."""
 
 from __future__ import annotations
 
