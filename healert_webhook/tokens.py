@@ -143,12 +143,23 @@ def _unclosed(text: str) -> str:
     return ""
 
 
+def _header(word: str) -> tuple[str, str] | None:
+    """(the header, its value) when `word` is a header whose name marks it secret, alone
+    or as a flag's value (`X-Api-Key:v`, `--header=X-Api-Key:`); None otherwise."""
+    text = word.partition("=")[2] if word.startswith("-") else word
+    name, colon, value = text.partition(":")
+    if not colon or value.startswith("//") or not _secret_name(name):
+        return None
+    return text, value
+
+
 def redact(text: str) -> str:
     """`text` (a command line) with values that look like secrets replaced by `***`.
 
     Word by word: `NAME=value` and `--name value` where the name holds password, secret,
     token, key, auth... (`PGPASSWORD=x`, `--token=x`, `--password x`); the word after
-    `Bearer`, `Basic` or `Token` and after a header name such as `X-Api-Key:`; a URL's
+    `Bearer`, `Basic` or `Token` and after a header name such as `X-Api-Key:`, or the
+    value glued to that name (`X-Api-Key:v`, `--header=X-Api-Key: v`); a URL's
     `user:password@`; a JSON Web Token anywhere. A quoted value is redacted up to its
     closing quote. Over-redaction (a path after `--key`) is the price of never showing
     one; runs of spaces become one.
@@ -175,6 +186,17 @@ def redact(text: str) -> str:
         if sep and value and _secret_name(name):
             closing = _unclosed(value)
             out.append(f"{name}={REDACTED}")
+            continue
+        header = _header(word)
+        if header is not None:  # `X-Api-Key:v`, `--header=X-Api-Key:`, `Authorization:Bearer`
+            text, value = header
+            bare = value.strip("'\"")
+            if not bare or bare.lower() in _SCHEMES:
+                hide_next = True
+                out.append(word)
+            else:
+                closing = _unclosed(text) or _unclosed(value)
+                out.append(word[: len(word) - len(value)] + REDACTED)
             continue
         lowered = word.strip("'\"").lower()
         if lowered in _SCHEMES or (not sep and (word.startswith("-") or word.endswith(":"))

@@ -133,12 +133,12 @@ class View:
     def delete(self, resource: str, meta: Meta) -> None:
         """Remove an object, keeping its last state as a tombstone."""
         store = self.stores[resource]
+        self._bury(store, meta)  # first: a reader in between finds one or the other
         names = store.live.get(meta.namespace)
         if names is not None and names.pop(meta.name, None) is not None:
             store.count -= 1
             if not names:
                 del store.live[meta.namespace]
-        self._bury(store, meta)
 
     def _bury(self, store: Store, meta: Meta) -> None:
         now = self.clock()
