@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from healert_webhook.cluster.meta import Owner
-from healert_webhook.cluster.view import MAX_FETCHED
+from healert_webhook.cluster.meta import Meta, Owner
+from healert_webhook.cluster.view import MAX_FETCHED, Store, View
 
 from support import cluster_objects as k8s
 from support.cluster_objects import Loaded
@@ -139,3 +139,26 @@ def test_readers_on_other_threads_never_fail_while_the_writer_churns() -> None:
         for thread in readers:
             thread.join(30)
     assert not errors
+
+
+def test_a_deleted_object_never_vanishes_from_the_view_for_a_reader() -> None:
+    """Readers run on other threads with no lock (view.py): between any two steps of the
+    writer's delete, a reader must find the object live or as its tombstone. Missing
+    both, resolution answers `unknown` and the event is charged by the name rules
+    instead of the object's label. The reader here looks at the one point inside
+    `delete` where the writer hands over to `_bury`."""
+    seen: list[Meta | None] = []
+
+    class Watched(View):
+        def _bury(self, store: Store, meta: Meta) -> None:
+            seen.append(self.get("pods", meta.namespace, meta.name))  # a reader, meanwhile
+            super()._bury(store, meta)
+
+    view = Watched(600.0)
+    pod = Meta("Pod", "shop", "orders-7d9f8b6c4-xkj2p", "u1", "orders-7d9f8b6c4-",
+               labels=(("backstage.io/kubernetes-id", "orders"),), annotations=(),
+               owners=(), managers=())
+    view.put("pods", pod)
+    view.delete("pods", pod)
+    assert seen and seen[0] is not None
+    assert view.get("pods", "shop", pod.name) is not None  # its tombstone, afterwards
