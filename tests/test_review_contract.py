@@ -4,13 +4,16 @@ and the read-back that settles a lost answer, each against the real test backend
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from healert_webhook import backend_contract
+from healert_webhook import backend, backend_contract
+from healert_webhook.entity import entity_ref
 from healert_webhook.rules.load import RulesError, parse_rules
 
 from support.backend import Backend, run_backend
@@ -51,3 +54,27 @@ def test_a_rule_name_with_a_final_newline_is_refused_when_loading() -> None:
             "    severity: high\n    match:\n      resource: pods\n      subresource: exec\n")
     with pytest.raises(RulesError):
         parse_rules(text)
+
+
+# -- the read-back finds an event under the ref the agent wrote ----------------------------
+
+@pytest.mark.parametrize("workload", [".", "..", "..."])
+def test_read_back_finds_an_event_of_a_workload_named_with_dots(running: Backend,
+                                                                  workload: str) -> None:
+    # An owner reference's name is not checked by the apiserver, so a pod may name "..".
+    ref = entity_ref("pay", workload)
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    body, problem = backend_contract.prepare(_event(entity_ref=ref, actor="alice",
+                                                    timestamp=stamp, description="exec"))
+    assert body is not None, problem
+
+    async def post_then_read() -> backend.Finding:
+        async with backend.make_client(10.0) as client:
+            answer = await backend.post_event(client, running.url, KEY, body, 10.0)
+            assert answer.status == 200
+            return await backend.find_event(client, running.url, body, 10.0, 30.0)
+
+    finding = asyncio.run(post_then_read())
+    assert finding.verdict == "found", finding
+    shown = running.friction(ref)
+    assert shown.status_code == 200 and shown.json()["entityRef"] == ref
