@@ -78,3 +78,18 @@ def test_read_back_finds_an_event_of_a_workload_named_with_dots(running: Backend
     assert finding.verdict == "found", finding
     shown = running.friction(ref)
     assert shown.status_code == 200 and shown.json()["entityRef"] == ref
+
+
+# -- an explicit null is an absent field: the backend stamps and scores it -----------------
+
+def test_null_timestamp_and_points_are_filled_as_when_absent(running: Backend) -> None:
+    answer = httpx.post(running.url + "/events", json=_event(timestamp=None, points=None),
+                        headers=AUTH, timeout=10.0)
+    assert answer.status_code == 200
+    rows = httpx.get(running.url + "/events", timeout=10.0)
+    assert rows.status_code == 200, rows.text
+    assert isinstance(rows.json()[0]["timestamp"], str)
+    assert rows.json()[0]["points"] == 10
+    friction = running.friction("component:pay/api")
+    assert friction.status_code == 200, friction.text
+    assert len(friction.json()["recentEvents"]) == 1
