@@ -14,8 +14,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-ENTITY_REF = re.compile(r"^[a-zA-Z0-9_-]+:[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+$")
-TYPE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+
+def _backend_pattern(stated: str) -> re.Pattern[str]:
+    """The backend's pattern as its regex engine reads it: there `$` ends the string,
+    whereas Python's `$` also matches before a final newline."""
+    return re.compile(stated.removesuffix("$") + r"\Z")
+
+
+def _stated(pattern: re.Pattern[str]) -> str:
+    """The pattern as the backend states it in a 422."""
+    return pattern.pattern.removesuffix(r"\Z") + "$"
+
+
+ENTITY_REF = _backend_pattern(r"^[a-zA-Z0-9_-]+:[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+$")
+TYPE = _backend_pattern(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
 TYPE_LENGTH = (3, 50)
 SEVERITIES = ("high", "medium", "low")
 REQUIRED = ("entity_ref", "type", "severity")
@@ -58,7 +70,7 @@ def _check_pattern(name: str, value: Any, low: int, high: int,
                    pattern: re.Pattern[str]) -> Problem | None:
     problem = _check_text(name, value, low, high)
     if problem is None and not pattern.match(value):
-        return Problem(name, f"String should match pattern '{pattern.pattern}'",
+        return Problem(name, f"String should match pattern '{_stated(pattern)}'",
                        "string_pattern_mismatch")
     return problem
 

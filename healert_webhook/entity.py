@@ -230,13 +230,16 @@ def entity_ref(namespace: str, workload: str) -> str:
     """A `component:<namespace>/<name>` reference the backend's pattern accepts, written
     as Backstage's `stringifyEntityRef` writes it: lower case in every part.
 
-    Characters the backend refuses become '-'; an over-long name is cut and given a short
+    Characters the backend refuses become '-', as do the dots of a name "." or ".." (a URL
+    path cannot carry those to GET /friction); an over-long name is cut and given a short
     hash of the full name so that two long names stay distinct.
     """
     ns = _NOT_NAMESPACE.sub("-", namespace.lower()) or "default"
     ns = ns[:63]
     lowered = workload.lower()
     name = _NOT_NAME.sub("-", lowered) or "unknown"
+    if name in (".", ".."):  # a dot segment: GET /friction/<ref> could not name it
+        name = name.replace(".", "-")
     room = MAX_ENTITY_REF - len(KIND) - len(ns) - 2
     if len(name) > room:
         digest = hashlib.blake2b(lowered.encode("utf-8", "surrogatepass"),

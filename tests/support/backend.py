@@ -149,8 +149,10 @@ def make_app(api_key: str | None, limit: int, window: float, record: Path,
         """Store an accepted event as the backend does; the record file keeps it."""
         accepted.append(event)
         row = {**event, "id": (rows[-1]["id"] + 1) if rows else 1}
-        row.setdefault("timestamp", datetime.now(UTC).isoformat())
-        row.setdefault("points", POINTS[event["severity"]])
+        if row.get("timestamp") is None:  # null is absent to the backend's optional fields
+            row["timestamp"] = datetime.now(UTC).isoformat()
+        if row.get("points") is None:
+            row["points"] = POINTS[event["severity"]]
         rows.append(row)
         out.write(json.dumps(event) + "\n")
         out.flush()
