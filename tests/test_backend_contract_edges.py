@@ -1,6 +1,7 @@
-"""Review of the backend contract: what the agent sends, what the test backend enforces,
-and the read-back that settles a lost answer, each against the real test backend process.
-"""
+"""The edges of the backend contract, against the real test backend: patterns that end
+where the backend's do (no final newline), entity refs that a URL can carry back
+(`GET /friction/<ref>` for a workload named `.` or `..`), and the optional fields' nulls
+read as absent."""
 
 from __future__ import annotations
 
