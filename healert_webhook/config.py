@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from healert_webhook.entity import CATALOG_NAMESPACES, LABEL_KEYS
 from healert_webhook.filewatch import read_regular
@@ -473,6 +474,8 @@ def _check(settings: Settings) -> None:
     ):
         shown = redact_urls(settings.backend_url)  # never its credentials
         problems.append(f"HEALERT_BACKEND_URL must start with http:// or https://: {shown!r}")
+    elif settings.backend_url is not None and (wrong := url_problem(settings.backend_url)):
+        problems.append(f"HEALERT_BACKEND_URL {wrong}")
     if settings.max_inflight_bytes < settings.max_body_bytes:
         problems.append("HEALERT_MAX_INFLIGHT_BYTES must not be below HEALERT_MAX_BODY_BYTES: "
                         "a body of the largest size accepted could never be taken")
@@ -480,6 +483,27 @@ def _check(settings: Settings) -> None:
         problems.append("HEALERT_BACKOFF_MAX must not be below HEALERT_BACKOFF_BASE")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be requested (no host, a port that is none), else None.
+
+    The answer never quotes the URL: what broke it is often a password written raw, whose
+    '/', '?' or '#' ends the host part early, so no masking could find it.
+    """
+    unusable = ("cannot be requested: its host and port cannot be read (the value is not "
+                "shown; it may hold a password). A user name or password in it must "
+                "percent-encode '/', '?', '#' and '@' (%2F, %3F, %23, %40)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is no number, or out of range
+    except ValueError:
+        return unusable
+    # An '@' after the host part is a user info cut short by a raw '/', '?' or '#'.
+    after_host = url.partition("://")[2][len(parts.netloc):]
+    if not parts.hostname or port == 0 or "@" in after_host:
+        return unusable
+    return None
 
 
 def is_loopback(host: str) -> bool:

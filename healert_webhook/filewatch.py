@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 from io import BufferedReader
 from pathlib import Path
@@ -21,6 +22,11 @@ from pathlib import Path
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"))
+
+
+# A file modified this close to the time it was last read may have changed again within
+# the same timestamp tick (coarse on most filesystems, 2 s on FAT): hash it again.
+RACY_NS = 2_000_000_000
 
 
 class NotRegularFile(OSError):
@@ -102,10 +108,12 @@ class FileWatch:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._hashed_ns = 0
         self._sig = signature(path)
         self._digest = self._hash()
 
     def _hash(self) -> str | None:
+        self._hashed_ns = time.time_ns()  # before reading: a later write is after it
         try:
             with open_regular(self.path) as handle:
                 return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -115,7 +123,7 @@ class FileWatch:
     def changed(self, force: bool = False) -> bool:
         """True when the content differs from the last call (blocking: run in a thread)."""
         sig = signature(self.path)
-        if sig == self._sig and not force:
+        if sig == self._sig and not force and not self._racy(sig):
             return False
         self._sig = sig
         digest = self._hash()
@@ -123,6 +131,11 @@ class FileWatch:
             return False
         self._digest = digest
         return True
+
+    def _racy(self, sig: Signature | None) -> bool:
+        """True when the file's mtime is within a tick of the last hash: a same-size
+        rewrite then leaves the signature as it was."""
+        return sig is not None and sig.mtime_ns >= self._hashed_ns - RACY_NS
 
     def forget(self) -> None:
         """Make the next `changed()` re-read the file (after a failed reload: try again)."""
