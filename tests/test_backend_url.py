@@ -1,7 +1,7 @@
-"""Defects found by the operations review, each proven by a test that failed before its fix.
-
-The commands run as real processes (`python -m healert_webhook`), on loopback only.
-"""
+"""A backend URL that cannot be requested (a password written raw, a port out of range,
+no host) is refused as a configuration error that never shows the value; a good one
+with an encoded password is still taken. The commands run as real processes
+(`python -m healert_webhook`), on loopback only."""
 
 from __future__ import annotations
 
@@ -82,20 +82,3 @@ def test_a_valid_backend_url_with_an_encoded_password_is_still_taken(tmp_path: P
         done = run("check-backend", cwd=tmp_path, env={"HEALERT_BACKEND_URL": url})
         assert done.returncode == exits.UNREACHABLE, done.stdout + done.stderr
         assert "pa%2Fss" not in done.stdout + done.stderr
-
-
-def test_a_same_size_rewrite_within_one_mtime_tick_is_still_noticed(tmp_path: Path) -> None:
-    """FileWatch's docstring promises that its hash catches an in-place rewrite that kept
-    the size within one mtime tick, but the hash was only taken when the stat signature
-    changed: a second write landing in the tick of the first (coarse timestamps: a few ms
-    on ext4, 2 s on FAT) was never reloaded. The shared tick is made here with utime."""
-    from healert_webhook.filewatch import FileWatch
-
-    path = tmp_path / "rules.yaml"
-    path.write_text("rules: []  # one\n")
-    tick = path.stat()
-    watch = FileWatch(path)  # read in the same tick as the write
-    path.write_text("rules: []  # two\n")  # same size, same tick
-    os.utime(path, ns=(tick.st_atime_ns, tick.st_mtime_ns))
-    assert watch.changed()
-    assert not watch.changed()  # and once only
