@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from contextvars import ContextVar
 from dataclasses import dataclass
-
-# True while the request asking for a share already holds one (sources/body.py's
-# Reservation sets it): it grows to finish, and goes before requests that hold nothing.
-HOLDING: ContextVar[bool] = ContextVar("holding", default=False)
 
 
 @dataclass
@@ -31,7 +26,7 @@ class BodyBudget:
     Shares are given in the order they were asked for: a newcomer never passes a share
     that waits, else a large batch could be refused on every resend (and dropped by the
     apiserver) while smaller ones keep taking the room it waits for. A request that
-    already holds a share (`HOLDING`) and must grow to finish goes first, before every
+    already holds a share (`holding`) and must grow to finish goes first, before every
     newcomer: the memory a waiting newcomer needs may be the very share it holds.
     """
 
@@ -41,11 +36,11 @@ class BodyBudget:
         self.used = 0
         self._line: deque[_Waiter] = deque()
 
-    async def take(self, size: int) -> bool:
-        """Reserve `size` bytes; False when they did not become free in time."""
+    async def take(self, size: int, *, holding: bool = False) -> bool:
+        """Reserve `size` bytes; False when they did not become free in time. `holding`:
+        the request already holds a share and grows it (it goes before newcomers)."""
         if size > self.limit:
             return False  # could never fit: waiting would only hold up the line
-        holding = HOLDING.get()
         if (holding or not self._line) and self.used + size <= self.limit:
             self.used += size
             return True

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 
 from healert_webhook import audit, batches, fieldpass
-from healert_webhook.budget import HOLDING, BodyBudget
+from healert_webhook.budget import BodyBudget
 from healert_webhook.pipeline import Pipeline, Read, Rules
 from healert_webhook.prefilter import Array, NeedsMore, Object, Unreadable, parse
 from healert_webhook.records import Evaluation
@@ -66,12 +66,8 @@ class Reservation:
     async def take(self, size: int) -> None:
         """Hold `size` bytes more, or Busy. Growing a share already held goes before
         requests that hold none (see BodyBudget)."""
-        mark = HOLDING.set(self.held > 0)
-        try:
-            if not await self.budget.take(size):
-                raise Busy
-        finally:
-            HOLDING.reset(mark)
+        if not await self.budget.take(size, holding=self.held > 0):
+            raise Busy
         self.held += size
 
     async def grow_to(self, cost: int) -> None:

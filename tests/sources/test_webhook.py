@@ -333,9 +333,9 @@ def test_a_large_candidate_gets_its_share_of_the_budget_before_it_is_parsed(
         held: list[int] = []
         take = hook.app.budget.take
 
-        async def spy(size: int) -> bool:
+        async def spy(size: int, *, holding: bool = False) -> bool:
             held.append(size)
-            return await take(size)
+            return await take(size, holding=holding)
 
         hook.app.budget.take = spy  # type: ignore[method-assign]
         with httpx.Client(timeout=30) as c:

@@ -1,5 +1,4 @@
-"""Review of admission: the in-flight memory budget's fairness, on the budget itself and
-on the real agent.
+"""The in-flight memory budget's fairness, on the budget itself and on the real agent.
 
 The apiserver resends a refused batch a bounded number of times (a 503 with Retry-After
 is retried within an attempt, then 5 attempts with backoff) and then drops it for good.
