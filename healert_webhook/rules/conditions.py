@@ -295,12 +295,15 @@ class Annotation(Check):
     the JSON patch it carries (at Request, `kubectl patch --type=json` states only its
     operations: the annotation it adds is in no object)."""
 
-    __slots__ = ("key", "tokens", "value")
+    __slots__ = ("key", "level", "tokens", "value")
     reasons = ("annotation",)
 
-    def __init__(self, key: str, value: str) -> None:
+    def __init__(self, key: str, value: str, verbs: frozenset[str] | None = None) -> None:
         self.key, self.value = key, value
         self.tokens: tuple[fields.Token, ...] = ("metadata", "annotations", key)
+        # A write states the object in its request; a read's or a delete's object is
+        # only in the answer.
+        self.level = REQUEST if verbs and verbs <= fields.WRITES else REQUEST_RESPONSE
 
     def failure(self, cand: Candidate) -> str | None:
         """`annotation` when neither the event nor its object has it."""
@@ -762,6 +765,14 @@ def _object(values: Mapping[str, Any]) -> Check | None:
     return ObjectFields(tests, _verbs(values), frozenset(resources) or None)
 
 
+def _annotation(values: Mapping[str, Any]) -> Check | None:
+    pair = values.get("annotation")
+    if not pair:
+        return None
+    key, value = pair
+    return Annotation(key, value, _verbs(values))
+
+
 def _users(values: Mapping[str, Any]) -> Check | None:
     include, exclude = values.get("users"), values.get("ignore_users")
     return None if include is None and exclude is None else Users(include, exclude)
@@ -800,10 +811,9 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition(("user_agent_contains", "ignore_user_agent_contains"), _read_parts, _agents,
               UserAgent.reasons, METADATA),
     Condition(("response",), _read_response, _response, Response.reasons, METADATA),
-    # On the object: a create's or update's requestObject (Request), or the answer's.
-    Condition(("annotation",), _read_annotation,
-              _one("annotation", lambda pair: Annotation(*pair)), Annotation.reasons,
-              REQUEST),
+    # On the object: a create's or update's requestObject (Request), or the answer's
+    # (its check's `level` says which, from the rule's verbs).
+    Condition(("annotation",), _read_annotation, _annotation, Annotation.reasons, REQUEST),
     # The whole object: a patch's requestObject is only the patch. The view holds the
     # workloads' GitOps annotations, labels and field managers.
     Condition(("gitops_managed",), _read_bool, _one("gitops_managed", GitOpsManaged),
