@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 
 from healert_webhook import audit
+from healert_webhook.cluster.kinds import BY_RESOURCE
 from healert_webhook.rules import fields
 from healert_webhook.rules.matchers import NameMatch
 from healert_webhook.rules.model import Check, shown
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 
 # The lowest audit level at which a condition can be decided.
 METADATA, REQUEST, REQUEST_RESPONSE = "Metadata", "Request", "RequestResponse"
+# The resources the view of the cluster watches (and holds the GitOps keys of).
+WATCHED_RESOURCES = frozenset(BY_RESOURCE)
 Reader = Callable[[Problems, str, Node, str], Any]
 
 
@@ -330,11 +333,15 @@ class GitOpsManaged(Check):
     """`gitops_managed`: the object is (is not) managed by a GitOps tool; a write by a
     GitOps controller itself is the tool applying Git and never matches."""
 
-    __slots__ = ("managed",)
+    __slots__ = ("level_with_view", "managed")
     reasons = ("gitops_controller", "gitops")
 
-    def __init__(self, managed: bool) -> None:
+    def __init__(self, managed: bool, resources: frozenset[str] | None = None) -> None:
         self.managed = managed
+        # The view holds the GitOps keys of the kinds it watches only: of any other, the
+        # event must carry the whole object ('': as the row says).
+        self.level_with_view = "" if resources and resources <= WATCHED_RESOURCES \
+            else REQUEST_RESPONSE
 
     def failure(self, cand: Candidate) -> str | None:
         """`gitops_controller` for the tool's own write, `gitops` when the evidence
@@ -765,6 +772,18 @@ def _object(values: Mapping[str, Any]) -> Check | None:
     return ObjectFields(tests, _verbs(values), frozenset(resources) or None)
 
 
+def _resources(values: Mapping[str, Any]) -> frozenset[str] | None:
+    resources = set(values.get("resources") or ())
+    if values.get("resource"):
+        resources.add(values["resource"])
+    return frozenset(resources) or None
+
+
+def _gitops(values: Mapping[str, Any]) -> Check | None:
+    managed = values.get("gitops_managed")
+    return None if managed is None else GitOpsManaged(managed, _resources(values))
+
+
 def _annotation(values: Mapping[str, Any]) -> Check | None:
     pair = values.get("annotation")
     if not pair:
@@ -816,8 +835,8 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition(("annotation",), _read_annotation, _annotation, Annotation.reasons, REQUEST),
     # The whole object: a patch's requestObject is only the patch. The view holds the
     # workloads' GitOps annotations, labels and field managers.
-    Condition(("gitops_managed",), _read_bool, _one("gitops_managed", GitOpsManaged),
-              GitOpsManaged.reasons, REQUEST_RESPONSE, level_with_view=METADATA),
+    Condition(("gitops_managed",), _read_bool, _gitops, GitOpsManaged.reasons,
+              REQUEST_RESPONSE, level_with_view=METADATA),
     # A field of the object: the request states it for a create, update or patch
     # (Request); a read's or delete's object is only in the answer (its check's `level`).
     Condition(("object",), _read_object, _object, ObjectFields.reasons, REQUEST),
