@@ -218,8 +218,10 @@ def rule_level(rule: Rule, cluster_view: bool) -> Level:
 
 def _check_level(check: Check, cluster_view: bool) -> Level:
     # A check may know better than its row: what it reads can depend on the rule's verbs
-    # (a write states the object in its request, a read or delete only in the answer).
-    own = getattr(check, "level", None)
+    # (a write states the object in its request, a read or delete only in the answer)
+    # or, with the view, on its resources (the view holds only the kinds it watches).
+    own = getattr(check, "level_with_view", None) if cluster_view else None
+    own = own or getattr(check, "level", None)
     if isinstance(own, str):
         stated = Level.from_text(own)
         return Level.REQUEST_RESPONSE if stated is None else max(Level.METADATA, stated)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 
 from healert_webhook import audit
+from healert_webhook.cluster.kinds import BY_RESOURCE
 from healert_webhook.rules import fields
 from healert_webhook.rules.matchers import NameMatch
 from healert_webhook.rules.model import Check, shown
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 
 # The lowest audit level at which a condition can be decided.
 METADATA, REQUEST, REQUEST_RESPONSE = "Metadata", "Request", "RequestResponse"
+# The resources the view of the cluster watches (and holds the GitOps keys of).
+WATCHED_RESOURCES = frozenset(BY_RESOURCE)
 Reader = Callable[[Problems, str, Node, str], Any]
 
 
@@ -295,12 +298,15 @@ class Annotation(Check):
     the JSON patch it carries (at Request, `kubectl patch --type=json` states only its
     operations: the annotation it adds is in no object)."""
 
-    __slots__ = ("key", "tokens", "value")
+    __slots__ = ("key", "level", "tokens", "value")
     reasons = ("annotation",)
 
-    def __init__(self, key: str, value: str) -> None:
+    def __init__(self, key: str, value: str, verbs: frozenset[str] | None = None) -> None:
         self.key, self.value = key, value
         self.tokens: tuple[fields.Token, ...] = ("metadata", "annotations", key)
+        # A write states the object in its request; a read's or a delete's object is
+        # only in the answer.
+        self.level = REQUEST if verbs and verbs <= fields.WRITES else REQUEST_RESPONSE
 
     def failure(self, cand: Candidate) -> str | None:
         """`annotation` when neither the event nor its object has it."""
@@ -327,11 +333,15 @@ class GitOpsManaged(Check):
     """`gitops_managed`: the object is (is not) managed by a GitOps tool; a write by a
     GitOps controller itself is the tool applying Git and never matches."""
 
-    __slots__ = ("managed",)
+    __slots__ = ("level_with_view", "managed")
     reasons = ("gitops_controller", "gitops")
 
-    def __init__(self, managed: bool) -> None:
+    def __init__(self, managed: bool, resources: frozenset[str] | None = None) -> None:
         self.managed = managed
+        # The view holds the GitOps keys of the kinds it watches only: of any other, the
+        # event must carry the whole object ('': as the row says).
+        self.level_with_view = "" if resources and resources <= WATCHED_RESOURCES \
+            else REQUEST_RESPONSE
 
     def failure(self, cand: Candidate) -> str | None:
         """`gitops_controller` for the tool's own write, `gitops` when the evidence
@@ -762,6 +772,26 @@ def _object(values: Mapping[str, Any]) -> Check | None:
     return ObjectFields(tests, _verbs(values), frozenset(resources) or None)
 
 
+def _resources(values: Mapping[str, Any]) -> frozenset[str] | None:
+    resources = set(values.get("resources") or ())
+    if values.get("resource"):
+        resources.add(values["resource"])
+    return frozenset(resources) or None
+
+
+def _gitops(values: Mapping[str, Any]) -> Check | None:
+    managed = values.get("gitops_managed")
+    return None if managed is None else GitOpsManaged(managed, _resources(values))
+
+
+def _annotation(values: Mapping[str, Any]) -> Check | None:
+    pair = values.get("annotation")
+    if not pair:
+        return None
+    key, value = pair
+    return Annotation(key, value, _verbs(values))
+
+
 def _users(values: Mapping[str, Any]) -> Check | None:
     include, exclude = values.get("users"), values.get("ignore_users")
     return None if include is None and exclude is None else Users(include, exclude)
@@ -800,14 +830,13 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition(("user_agent_contains", "ignore_user_agent_contains"), _read_parts, _agents,
               UserAgent.reasons, METADATA),
     Condition(("response",), _read_response, _response, Response.reasons, METADATA),
-    # On the object: a create's or update's requestObject (Request), or the answer's.
-    Condition(("annotation",), _read_annotation,
-              _one("annotation", lambda pair: Annotation(*pair)), Annotation.reasons,
-              REQUEST),
+    # On the object: a create's or update's requestObject (Request), or the answer's
+    # (its check's `level` says which, from the rule's verbs).
+    Condition(("annotation",), _read_annotation, _annotation, Annotation.reasons, REQUEST),
     # The whole object: a patch's requestObject is only the patch. The view holds the
     # workloads' GitOps annotations, labels and field managers.
-    Condition(("gitops_managed",), _read_bool, _one("gitops_managed", GitOpsManaged),
-              GitOpsManaged.reasons, REQUEST_RESPONSE, level_with_view=METADATA),
+    Condition(("gitops_managed",), _read_bool, _gitops, GitOpsManaged.reasons,
+              REQUEST_RESPONSE, level_with_view=METADATA),
     # A field of the object: the request states it for a create, update or patch
     # (Request); a read's or delete's object is only in the answer (its check's `level`).
     Condition(("object",), _read_object, _object, ObjectFields.reasons, REQUEST),
