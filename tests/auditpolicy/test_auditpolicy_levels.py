@@ -1,7 +1,7 @@
-"""Review of the audit policy the agent generates and checks: defects found, with proof.
-
-Each test states what the apiserver does (from its source) and shows the generated policy,
-the checker or the levels the rules state getting it wrong.
+"""The level a rule states from what its checks read: an annotation on a read or a delete
+is only in the answer, and GitOps ownership of a kind the view does not watch only in the
+object the event carries. Each test states what the apiserver records and checks the
+levels, the generated policy or the checker against it.
 """
 
 from __future__ import annotations
