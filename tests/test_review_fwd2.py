@@ -1,0 +1,57 @@
+"""Review of the forwarder's reconcile and its marks, against the real test backend process
+and real SQLite outboxes: a pause that a reconcile must not lift, the read's page edge,
+and a row an operator purged while the forwarder held it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_forward import KEY, forwarding, friction, make_settings, wait_for
+
+from healert_webhook.forward import LAST_SEND
+from healert_webhook.outbox import Outbox
+
+from support.backend import Backend, run_backend
+
+REPO = Path(__file__).resolve().parent.parent
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    with run_backend(tmp_path, api_key=KEY, limit=100_000, window=60.0) as server:
+        yield server
+
+
+# -- 1. a reconcile while deliveries are paused ---------------------------------------------
+
+def test_a_reconcile_while_paused_sends_nothing_with_the_refused_key(
+        tmp_path: Path, backend: Backend, outbox: Outbox) -> None:
+    """Row 1's earlier send reached the backend, its answer was lost; the first read of it
+    fails, so it stands aside while row 2 is sent and refused (401): paused. Row 1 is then
+    read, found and marked delivered. Nothing more may be POSTed with the refused key until
+    the probe (60 s away) or a new key."""
+    settings = make_settings(tmp_path, backend, key="wrong-key", rate=20.0,
+                             forward_timeout=0.5)
+    first, second = friction(1), friction(2)
+    httpx.post(backend.url + "/events", json=first.event, headers=AUTH,
+               timeout=5.0).raise_for_status()  # the send whose answer was lost
+    outbox.store([first, second])
+    seq = outbox.head(1)[0].seq
+    backend.control(friction_raw="not json")  # the first read fails
+    # as a killed process left it: in flight, and a POST just started (the pacer waits a
+    # full interval, 3.2 s at 20/min, before row 2: row 1 is due again by then)
+    outbox.mark_in_flight(seq, LAST_SEND)
+    with forwarding(settings, outbox, probe=60.0) as fwd:
+        wait_for(lambda: backend.view()["read_requests"] >= 1, 20, "the failed read")
+        backend.control(friction_raw=None)
+        wait_for(lambda: backend.statuses().get(401), 20, "row 2 refused")
+        wait_for(lambda: outbox.get(seq) is None, 20, "row 1 found and marked delivered")
+        time.sleep(5.0)  # more than a pacer interval: an extra POST would have gone out
+        assert backend.statuses() == {200: 1, 401: 1}  # ours, then row 2's one refusal
+        assert fwd.status()["state"] == "paused"
+    assert [e["description"] for e in backend.accepted()] == ["event-1"]
