@@ -257,6 +257,10 @@ class Forwarder:
         self._last_loud = -1e9
         self._probe_at = 0.0
         self._paused_key = 0  # the key's version when deliveries paused
+        # Paused on a refused key or URL: what decides whether a POST may start. Not the
+        # shown state, which a reconcile or a loop error writes meanwhile.
+        self._paused = False
+        self._pause_reason: str | None = None
         self._stop: asyncio.Event | None = None
         self._reads_missing = False  # the backend has no read endpoint: resend blindly
         self._next_read = 0.0
@@ -268,12 +272,14 @@ class Forwarder:
 
     def status(self) -> dict[str, object]:
         """State for /readyz's body (deliveries never make the agent unready)."""
-        reason = self._reason
+        state, reason = self._state, self._reason
+        if self._paused:
+            state, reason = "paused", self._pause_reason
         note = self._aside_note()
         if note:
             reason = f"{reason}; {note}" if reason else note
         return {
-            "state": self._state,
+            "state": state,
             "reason": reason,
             "backend": backend.shown_url(self.settings.backend_url),
             "delivered": self._delivered,
@@ -309,6 +315,7 @@ class Forwarder:
             await asyncio.wait({chores}, timeout=GAUGE_EVERY * 5)
             self.outbox.remove_listener(notify)
             metrics.FORWARD_PAUSED.set(0)
+            self._paused = False
             self._state = "stopped"
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
@@ -457,7 +464,7 @@ class Forwarder:
                                                           tuple(self._aside))
             if rows:
                 return rows[0]
-        if self._state != "paused":  # paused stays paused until a probe or a new key
+        if not self._paused:  # paused stays paused until a probe or a new key
             self._state, self._reason = ("waiting" if self._aside else "idle"), None
         due = min((a.until for a in self._aside.values()), default=None)
         await self._wait_for_work(stop, None if due is None else due - now)
@@ -479,7 +486,7 @@ class Forwarder:
             return
         if row.in_flight is not None and not await self._reconcile(client, row, body, stop):
             return
-        if self._state == "paused" and not await self._wait_paused(stop):
+        if self._paused and not await self._wait_paused(stop):
             return
         await self._sleep(stop, self.pacer.delay(time.monotonic()))
         if stop.is_set():
@@ -782,10 +789,11 @@ class Forwarder:
     # -- pause on a refused key ---------------------------------------------------------
 
     def _pause(self, reason: str) -> None:
-        if self._state != "paused":
+        if not self._paused:
             self._last_loud = -1e9
         if self.keys.error:
             reason = f"{reason} ({self.keys.error})"
+        self._paused, self._pause_reason = True, reason
         self._state, self._reason = "paused", reason
         metrics.FORWARD_PAUSED.set(1)
         self._loud(f"deliveries paused: {reason}; events stay queued")
@@ -801,11 +809,12 @@ class Forwarder:
             if time.monotonic() >= self._probe_at:
                 log.info("deliveries paused: probing the backend with the oldest event")
                 break
-            self._loud(f"deliveries paused: {self._reason}; events stay queued")
+            self._loud(f"deliveries paused: {self._pause_reason}; events stay queued")
             await self._sleep(stop, min(PAUSE_POLL, self.probe_interval))
         else:
             return False
         metrics.FORWARD_PAUSED.set(0)
+        self._paused = False
         self._state = "delivering"
         return True
 
