@@ -4,14 +4,18 @@ and a row an operator purged while the forwarder held it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from test_forward import KEY, forwarding, friction, make_settings, wait_for
+from test_forward import BASE_TIME, KEY, forwarding, friction, make_settings, wait_for
 
+from healert_webhook import backend as backend_api
 from healert_webhook.forward import LAST_SEND
 from healert_webhook.outbox import Outbox
 
@@ -55,3 +59,40 @@ def test_a_reconcile_while_paused_sends_nothing_with_the_refused_key(
         assert backend.statuses() == {200: 1, 401: 1}  # ours, then row 2's one refusal
         assert fwd.status()["state"] == "paused"
     assert [e["description"] for e in backend.accepted()] == ["event-1"]
+
+
+# -- 2. the read's page edge ------------------------------------------------------------------
+
+def _stamp(micros: int) -> str:
+    return (BASE_TIME + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_an_event_cut_off_at_the_page_edge_is_unverifiable_not_missing(
+        backend: Backend) -> None:
+    """One audit event matched by two rules gives two friction events of one entity with
+    the same timestamp. With 499 newer events of that entity, the backend's page of 500
+    ends inside that tie: the other rule's event is shown, ours (stored, its answer lost)
+    is not. The read cannot tell, so it must not say "missing" (a resend counted as
+    checked)."""
+    ref = "component:default/busy"
+    edge = _stamp(0)
+
+    def event(rule: str, description: str, stamp: str) -> dict[str, Any]:
+        return {"entity_ref": ref, "type": rule, "severity": "high", "actor": "alice",
+                "description": description, "timestamp": stamp}
+
+    ours = event("exec-into-pod", "exec into busy-0", edge)
+    with httpx.Client(timeout=10.0) as client:
+        for body in [event("port-forward", "exec into busy-0", edge), ours,
+                     *(event("exec-into-pod", f"newer-{n}", _stamp(n)) for n in range(1, 500))]:
+            client.post(backend.url + "/events", json=body, headers=AUTH).raise_for_status()
+    page = backend.friction(ref).json()["recentEvents"]
+    assert len(page) == 500 and min(r["timestamp"] for r in page) == edge
+    assert not any(r["type"] == "exec-into-pod" and r["timestamp"] == edge for r in page)
+
+    async def read() -> backend_api.Finding:
+        async with backend_api.make_client(10.0) as client:
+            return await backend_api.find_event(client, backend.url, ours, 10.0, 30.0)
+
+    finding = asyncio.run(read())
+    assert finding.verdict == "unverifiable", finding
