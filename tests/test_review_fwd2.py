@@ -5,6 +5,9 @@ and a row an operator purged while the forwarder held it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -96,3 +99,29 @@ def test_an_event_cut_off_at_the_page_edge_is_unverifiable_not_missing(
 
     finding = asyncio.run(read())
     assert finding.verdict == "unverifiable", finding
+
+
+# -- 3. a row purged while the forwarder held it ----------------------------------------------
+
+def test_a_row_purged_while_the_forwarder_held_it_is_not_sent(
+        tmp_path: Path, backend: Backend, outbox: Outbox) -> None:
+    """Paused on a refused key, the forwarder holds the head row while it waits. The
+    operator purges the queue (`outbox purge --yes`, its own process), then fixes the key:
+    the purged event must not be sent."""
+    settings = make_settings(tmp_path, backend, key="wrong-key")
+    outbox.store([friction(5)])
+    with forwarding(settings, outbox, probe=60.0) as fwd:
+        wait_for(lambda: fwd.status()["state"] == "paused", 20, "paused")
+        time.sleep(0.5)  # it has taken the head row again and waits with it
+        env = {**os.environ, "PYTHONPATH": str(REPO),
+               "HEALERT_STATE_DIR": str(settings.state_dir)}
+        done = subprocess.run([sys.executable, "-m", "healert_webhook", "outbox", "purge",
+                               "--yes"], check=False, env=env, capture_output=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert outbox.stats().depth == 0
+        (tmp_path / "api-key").write_text(KEY + "\n")
+        wait_for(lambda: fwd.status()["state"] == "idle", 20, "resumed, nothing to do")
+        time.sleep(0.5)
+    assert backend.accepted() == []
+    assert backend.statuses() == {401: 1}
