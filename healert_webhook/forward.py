@@ -495,7 +495,12 @@ class Forwarder:
 
     async def _send_row(self, client: httpx.AsyncClient, row: Queued, body: dict[str, Any],
                         stop: asyncio.Event) -> None:
-        await self._outbox_call(self.outbox.mark_in_flight, row.seq, LAST_SEND)
+        if not await self._outbox_call(self.outbox.mark_in_flight, row.seq, LAST_SEND):
+            # held across a wait (a pause, the pacer) while an operator purged it
+            log.info("friction event key=%s is no longer queued (purged meanwhile): not "
+                     "sent", row.key)
+            self._forget(row.seq)
+            return
         self.pacer.take(time.monotonic())
         outcome = await self._post(client, body)
         metrics.FORWARD_ATTEMPTS.labels(outcome.label).inc()
