@@ -44,8 +44,14 @@ again. Two things keep a read from misleading:
   following requests that failed or timed out, is read again once that much time has
   passed before it is trusted: a backend waking from a stall may handle the read before
   the old request it had queued.
+Any other failed answer (500, 503, 429...) is the backend's own and means it did not store
+the event: the row is sent again after the backoff without a read. The backend stores an event in
+one commit and, once that returned, only answers `{"status": "ok"}`; a 500 is its handler
+raising before the commit, whose transaction then never counted. A proxy in front that
+lost the backend's answer says 502 or 504, which are read first (above).
 An event the read cannot show at all (no timestamp, older than the backend's window or its
-500 newest, a backend without the read endpoint) is sent again unchecked at once, and
+500 newest or tied with the oldest of them, a backend without the read endpoint) is sent
+again unchecked at once, and
 counted (`healert_forward_uncertain_resends_total`). A second forwarder on the same
 outbox (a rolling restart, a replay with --forward) would send the same head; an
 exclusive lock file next to the database lets only one process drain it at a time.
