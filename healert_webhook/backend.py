@@ -338,7 +338,8 @@ async def find_event(client: httpx.AsyncClient, base_url: str, body: dict[str, A
     request times, two different requests share all four only when the same person did
     the same thing to the same object in the same microsecond. An event the read cannot
     show — no timestamp (the backend stamped its own), older than the backend's window,
-    or older than the 500 newest of a busy entity — is unverifiable.
+    or older than the 500 newest of a busy entity or tied with the oldest of them (the
+    page may end inside a tie) — is unverifiable.
     """
     stamp = body.get("timestamp")
     if not isinstance(stamp, str) or not stamp:
@@ -371,8 +372,14 @@ async def find_event(client: httpx.AsyncClient, base_url: str, body: dict[str, A
     if any(tuple(r.get(name) for name in MATCH) == wanted for r in shown):
         return Finding("found", "the backend has it")
     stamps = [r["timestamp"] for r in shown if isinstance(r.get("timestamp"), str)]
-    if len(shown) >= RECENT_MAX and stamps and stamp < min(stamps):
-        return Finding("unverifiable", f"older than the entity's {RECENT_MAX} newest events")
+    if len(shown) >= RECENT_MAX and stamps:
+        oldest = min(stamps)
+        if stamp < oldest:
+            return Finding("unverifiable",
+                           f"older than the entity's {RECENT_MAX} newest events")
+        if stamp == oldest:  # the page may end inside a tie (one event, several rules)
+            return Finding("unverifiable", f"at the edge of the entity's {RECENT_MAX} "
+                           "newest events, among others of its timestamp")
     return Finding("missing", "the backend does not have it")
 
 

@@ -44,8 +44,14 @@ again. Two things keep a read from misleading:
   following requests that failed or timed out, is read again once that much time has
   passed before it is trusted: a backend waking from a stall may handle the read before
   the old request it had queued.
+Any other failed answer (500, 503, 429...) is the backend's own and means it did not store
+the event: the row is sent again after the backoff without a read. The backend stores an event in
+one commit and, once that returned, only answers `{"status": "ok"}`; a 500 is its handler
+raising before the commit, whose transaction then never counted. A proxy in front that
+lost the backend's answer says 502 or 504, which are read first (above).
 An event the read cannot show at all (no timestamp, older than the backend's window or its
-500 newest, a backend without the read endpoint) is sent again unchecked at once, and
+500 newest or tied with the oldest of them, a backend without the read endpoint) is sent
+again unchecked at once, and
 counted (`healert_forward_uncertain_resends_total`). A second forwarder on the same
 outbox (a rolling restart, a replay with --forward) would send the same head; an
 exclusive lock file next to the database lets only one process drain it at a time.
@@ -257,6 +263,10 @@ class Forwarder:
         self._last_loud = -1e9
         self._probe_at = 0.0
         self._paused_key = 0  # the key's version when deliveries paused
+        # Paused on a refused key or URL: what decides whether a POST may start. Not the
+        # shown state, which a reconcile or a loop error writes meanwhile.
+        self._paused = False
+        self._pause_reason: str | None = None
         self._stop: asyncio.Event | None = None
         self._reads_missing = False  # the backend has no read endpoint: resend blindly
         self._next_read = 0.0
@@ -268,12 +278,14 @@ class Forwarder:
 
     def status(self) -> dict[str, object]:
         """State for /readyz's body (deliveries never make the agent unready)."""
-        reason = self._reason
+        state, reason = self._state, self._reason
+        if self._paused:
+            state, reason = "paused", self._pause_reason
         note = self._aside_note()
         if note:
             reason = f"{reason}; {note}" if reason else note
         return {
-            "state": self._state,
+            "state": state,
             "reason": reason,
             "backend": backend.shown_url(self.settings.backend_url),
             "delivered": self._delivered,
@@ -309,6 +321,7 @@ class Forwarder:
             await asyncio.wait({chores}, timeout=GAUGE_EVERY * 5)
             self.outbox.remove_listener(notify)
             metrics.FORWARD_PAUSED.set(0)
+            self._paused = False
             self._state = "stopped"
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
@@ -457,7 +470,7 @@ class Forwarder:
                                                           tuple(self._aside))
             if rows:
                 return rows[0]
-        if self._state != "paused":  # paused stays paused until a probe or a new key
+        if not self._paused:  # paused stays paused until a probe or a new key
             self._state, self._reason = ("waiting" if self._aside else "idle"), None
         due = min((a.until for a in self._aside.values()), default=None)
         await self._wait_for_work(stop, None if due is None else due - now)
@@ -479,7 +492,7 @@ class Forwarder:
             return
         if row.in_flight is not None and not await self._reconcile(client, row, body, stop):
             return
-        if self._state == "paused" and not await self._wait_paused(stop):
+        if self._paused and not await self._wait_paused(stop):
             return
         await self._sleep(stop, self.pacer.delay(time.monotonic()))
         if stop.is_set():
@@ -488,7 +501,12 @@ class Forwarder:
 
     async def _send_row(self, client: httpx.AsyncClient, row: Queued, body: dict[str, Any],
                         stop: asyncio.Event) -> None:
-        await self._outbox_call(self.outbox.mark_in_flight, row.seq, LAST_SEND)
+        if not await self._outbox_call(self.outbox.mark_in_flight, row.seq, LAST_SEND):
+            # held across a wait (a pause, the pacer) while an operator purged it
+            log.info("friction event key=%s is no longer queued (purged meanwhile): not "
+                     "sent", row.key)
+            self._forget(row.seq)
+            return
         self.pacer.take(time.monotonic())
         outcome = await self._post(client, body)
         metrics.FORWARD_ATTEMPTS.labels(outcome.label).inc()
@@ -782,10 +800,11 @@ class Forwarder:
     # -- pause on a refused key ---------------------------------------------------------
 
     def _pause(self, reason: str) -> None:
-        if self._state != "paused":
+        if not self._paused:
             self._last_loud = -1e9
         if self.keys.error:
             reason = f"{reason} ({self.keys.error})"
+        self._paused, self._pause_reason = True, reason
         self._state, self._reason = "paused", reason
         metrics.FORWARD_PAUSED.set(1)
         self._loud(f"deliveries paused: {reason}; events stay queued")
@@ -801,11 +820,12 @@ class Forwarder:
             if time.monotonic() >= self._probe_at:
                 log.info("deliveries paused: probing the backend with the oldest event")
                 break
-            self._loud(f"deliveries paused: {self._reason}; events stay queued")
+            self._loud(f"deliveries paused: {self._pause_reason}; events stay queued")
             await self._sleep(stop, min(PAUSE_POLL, self.probe_interval))
         else:
             return False
         metrics.FORWARD_PAUSED.set(0)
+        self._paused = False
         self._state = "delivering"
         return True
 

@@ -379,16 +379,20 @@ class Outbox:
         return [Queued(seq, key, rule, _loads(blob), created, attempts, err, flight)
                 for seq, key, rule, blob, created, attempts, err, flight in rows]
 
-    def mark_in_flight(self, seq: int, started_meta: str | None = None) -> None:
+    def mark_in_flight(self, seq: int, started_meta: str | None = None) -> bool:
         """Record, durably, that a request for `seq` is about to start (and, with
-        `started_meta`, when: in microseconds under that name, in the same commit)."""
+        `started_meta`, when: in microseconds under that name, in the same commit).
+        False when `seq` is no longer queued (an operator purged it): no request starts."""
         now = time.time()
         with self._transaction("mark in flight") as conn:
-            conn.execute("UPDATE queue SET in_flight = ?, attempts = attempts + 1 "
-                         "WHERE seq = ?", (now, seq))
+            cur = conn.execute("UPDATE queue SET in_flight = ?, attempts = attempts + 1 "
+                               "WHERE seq = ?", (now, seq))
+            if cur.rowcount != 1:
+                return False
             if started_meta is not None:
                 conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
                              (started_meta, int(now * 1e6)))
+        return True
 
     def mark_delivered(self, seq: int, key: str) -> None:
         """The backend accepted `seq`: remember its key and unqueue it, in one transaction."""
