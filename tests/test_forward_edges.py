@@ -1,5 +1,5 @@
-"""Review of the forwarder's reconcile and its marks, against the real test backend process
-and real SQLite outboxes: a pause that a reconcile must not lift, the read's page edge,
+"""The forwarder's reconcile and its marks, against the real test backend process and real
+SQLite outboxes: a pause that a reconcile must not lift, the read's page edge,
 and a row an operator purged while the forwarder held it."""
 
 from __future__ import annotations
