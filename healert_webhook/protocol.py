@@ -123,6 +123,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     fast: FastReceiver | None = None  # the app's fast path, if it has one
     direct: memoryview | None = None  # where the transport reads a fast body's rest into
     _direct: _FastCycle | None = None
+    _serving: RequestResponseCycle | None = None  # the request being answered
     _head_bytes = 0
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
@@ -147,10 +148,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._start_head_timer(self.first_head_timeout, "of connecting")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Drop the head timer with the connection; tell the gate."""
+        """Drop the head timer with the connection; tell the request being answered and
+        the gate."""
         self._stop_head_timer()
         if self.transport is not None:  # else a TLS handshake failed: it never began
             super().connection_lost(exc)
+            # uvicorn tells only the newest request; with pipelining, an older one is
+            # being answered, and must not write to the closed transport.
+            serving = self._serving
+            if serving is not None and serving is not self.cycle \
+                    and not serving.response_complete:
+                serving.disconnected = True
+                serving.message_event.set()
         if self.on_close is not None:
             self.on_close()
             self.on_close = None
@@ -253,6 +262,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         """Serve a request now: the fast path's own way, or uvicorn's."""
+        self._serving = cycle
         if not isinstance(cast(object, cycle), _FastCycle):
             super()._start_asgi_task(cycle, app)
             return
