@@ -8,6 +8,7 @@ from its /metrics, errors from its log.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +76,21 @@ def test_a_pipelined_request_served_when_its_connection_ends_raises_nothing(
     out = proc.output()
     assert "Task exception was never retrieved" not in out, out[-3000:]
     assert "RuntimeError" not in out, out[-3000:]
+
+
+def test_a_bad_request_behind_batches_is_answered_after_them(
+        agent: tuple[Agent, int, int]) -> None:
+    """Answers go in the order of the requests: bytes that are no HTTP, pipelined behind
+    two batches, are answered 400 after the batches' 200s, each answer counted once. Before,
+    the 400 went out at once and the connection closed: a client read it as the answer to
+    its first batch (stored, counted 200), and the second batch was stored unanswered."""
+    proc, port, ops = agent
+    before = codes(ops)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(post(batch("orderA")) + post(batch("orderB")) + GARBAGE)
+        answers = re.findall(rb"HTTP/1\.1 (\d{3}) ", read_to_end(sock))
+    assert answers == [b"200", b"200", b"400"]
+    after = codes(ops)
+    assert after["200"] == before["200"] + 2
+    assert after["400"] == before["400"] + 1
+    proc.wait_line(r"connection from 127\.0\.0\.1:\d+ refused with 400: ")
