@@ -128,6 +128,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
     _head_limit = ""  # what the head timer enforces, for the 408's message
+    _deferred: bytes | None = None  # a bad head's answer, once those ahead are written
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -166,6 +167,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, counting head bytes; refuse a head over the limit."""
+        if self._deferred is not None:  # a head was refused: nothing after it is read
+            return
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -342,12 +345,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are no HTTP request, counted and logged like
-        every refusal. A request already in flight is counted by the app instead (it
-        learns of the end of its connection), so it is not counted twice."""
+        every refusal, after the answers to the requests ahead. A request whose body is
+        in flight is counted by the app instead (it learns of the end of its connection),
+        so it is not counted twice."""
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            self._log_refusal(400, msg.rstrip("."))
+        if self._in_head or cycle is None or cycle.response_complete:
+            self._refuse(400, msg.rstrip("."))
+            return
         super().send_400_response(msg)
+
+    def on_response_complete(self) -> None:
+        """An answer was written: a refused head's answer goes once it is the next."""
+        super().on_response_complete()
+        deferred = self._deferred
+        if deferred is not None and self.cycle.response_complete \
+                and not self.transport.is_closing():
+            self._deferred = None
+            self.transport.write(deferred)
+            self.transport.close()
 
     def _log_refusal(self, code: int, why: str) -> None:
         who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
@@ -357,17 +372,22 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
 
     def _refuse(self, code: int, why: str) -> None:
-        if self.transport.is_closing():
+        """Answer a bad head `code` and close; after the answers to the requests ahead of
+        it (pipelined), which a client would otherwise take this answer for."""
+        if self.transport.is_closing() or self._deferred is not None:
             return
         self._stop_head_timer()
         body = b'{"error":"%s"}' % why.encode("ascii")
-        reason = b"Request Header Fields Too Large" if code == 431 else b"Request Timeout"
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (code, reason, len(body), body))
-        self.transport.close()
+        answer = (STATUS_LINE[code] + b"content-type: application/json\r\n"
+                  b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self._log_refusal(code, why)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self._deferred = answer
+            self.flow.pause_reading()
+            return
+        self.transport.write(answer)
+        self.transport.close()
 
 
 # The answer `200 {}` as written, with and without keep-alive, and the default headers it
