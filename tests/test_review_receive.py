@@ -18,6 +18,7 @@ import pytest
 
 from support.agent import Agent, metric, serve_args
 from support.events import exec_event
+from support.servers import wait_for
 
 GARBAGE = b"NO HTTP AT ALL\x01\r\n\r\n"  # the HTTP parser refuses this head
 
@@ -93,4 +94,22 @@ def test_a_bad_request_behind_batches_is_answered_after_them(
     after = codes(ops)
     assert after["200"] == before["200"] + 2
     assert after["400"] == before["400"] + 1
+    proc.wait_line(r"connection from 127\.0\.0\.1:\d+ refused with 400: ")
+
+
+def test_a_chunked_body_with_bad_chunks_counts_as_the_400_it_got(
+        agent: tuple[Agent, int, int]) -> None:
+    """A chunked body whose chunk encoding is broken is answered 400 by the HTTP parser;
+    the request counts as that 400, not as 499 (client went away), which it was before:
+    the app only learnt that the connection ended."""
+    proc, port, ops = agent
+    before = codes(ops)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /audit HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n1\r\n[\r\nZZ\r\n")
+        answers = re.findall(rb"HTTP/1\.1 (\d{3}) ", read_to_end(sock))
+    assert answers == [b"400"]
+    after = wait_for(lambda: (now := codes(ops))["400"] + now["499"]
+                     > before["400"] + before["499"] and now, what="the request counted")
+    assert (after["400"], after["499"]) == (before["400"] + 1, before["499"])
     proc.wait_line(r"connection from 127\.0\.0\.1:\d+ refused with 400: ")
