@@ -50,6 +50,10 @@ PEER_EXTENSION = "healert.peer"
 # In the scope of a request on a connection not yet proven, `{"call": ...}`: call it once
 # the request has passed authentication, and the connection is never closed for room.
 AUTHENTICATED_EXTENSION = "healert.authenticated"
+# In the scope of a request the protocol answered itself while its body came (bytes that
+# are no HTTP), `{"status": code}`: the app, which learns only that the connection ended,
+# counts that answer.
+ANSWERED_EXTENSION = "healert.answered"
 # An answer: status code, JSON body, extra headers.
 Answer = tuple[int, bytes, Sequence[tuple[bytes, bytes]]]
 
@@ -85,6 +89,12 @@ class FastReceiver(Protocol):
     def begin(self, scope: dict[str, Any]) -> FastRequest | None:
         """Take the request whose head is `scope` (a POST to `raw_path`), or None to let
         the ASGI app answer it. Runs in the parser's callback: it must not block."""
+
+
+def answered(scope: Any) -> int | None:
+    """The status the protocol answered the request of `scope` with itself, or None."""
+    given = scope.get("extensions", {}).get(ANSWERED_EXTENSION)
+    return None if given is None else int(given["status"])
 
 
 def fast_receiver(app: object) -> FastReceiver | None:
@@ -346,12 +356,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are no HTTP request, counted and logged like
         every refusal, after the answers to the requests ahead. A request whose body is
-        in flight is counted by the app instead (it learns of the end of its connection),
-        so it is not counted twice."""
+        in flight is counted by the app instead, as the answer its scope records (the app
+        learns only of the end of its connection), so it is not counted twice."""
         cycle = self.cycle
         if self._in_head or cycle is None or cycle.response_complete:
             self._refuse(400, msg.rstrip("."))
             return
+        self._log_refusal(400, msg.rstrip("."), count=False)
+        self.scope.setdefault("extensions", {})[ANSWERED_EXTENSION] = {"status": 400}
         super().send_400_response(msg)
 
     def on_response_complete(self) -> None:
@@ -364,11 +376,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.write(deferred)
             self.transport.close()
 
-    def _log_refusal(self, code: int, why: str) -> None:
+    def _log_refusal(self, code: int, why: str, count: bool = True) -> None:
         who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
         _refused_log.warning("connection from %s refused with %d: %s", who, code, why,
                              key=str(code))
-        if self.counted:
+        if self.counted and count:
             metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
 
     def _refuse(self, code: int, why: str) -> None:
