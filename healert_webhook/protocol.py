@@ -50,6 +50,10 @@ PEER_EXTENSION = "healert.peer"
 # In the scope of a request on a connection not yet proven, `{"call": ...}`: call it once
 # the request has passed authentication, and the connection is never closed for room.
 AUTHENTICATED_EXTENSION = "healert.authenticated"
+# In the scope of a request the protocol answered itself while its body came (bytes that
+# are no HTTP), `{"status": code}`: the app, which learns only that the connection ended,
+# counts that answer.
+ANSWERED_EXTENSION = "healert.answered"
 # An answer: status code, JSON body, extra headers.
 Answer = tuple[int, bytes, Sequence[tuple[bytes, bytes]]]
 
@@ -85,6 +89,12 @@ class FastReceiver(Protocol):
     def begin(self, scope: dict[str, Any]) -> FastRequest | None:
         """Take the request whose head is `scope` (a POST to `raw_path`), or None to let
         the ASGI app answer it. Runs in the parser's callback: it must not block."""
+
+
+def answered(scope: Any) -> int | None:
+    """The status the protocol answered the request of `scope` with itself, or None."""
+    given = scope.get("extensions", {}).get(ANSWERED_EXTENSION)
+    return None if given is None else int(given["status"])
 
 
 def fast_receiver(app: object) -> FastReceiver | None:
@@ -123,10 +133,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     fast: FastReceiver | None = None  # the app's fast path, if it has one
     direct: memoryview | None = None  # where the transport reads a fast body's rest into
     _direct: _FastCycle | None = None
+    _serving: RequestResponseCycle | None = None  # the request being answered
     _head_bytes = 0
     _in_head = True
     _head_timer: asyncio.TimerHandle | None = None
     _head_limit = ""  # what the head timer enforces, for the 408's message
+    _deferred: bytes | None = None  # a bad head's answer, once those ahead are written
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -147,16 +159,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._start_head_timer(self.first_head_timeout, "of connecting")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Drop the head timer with the connection; tell the gate."""
+        """Drop the head timer with the connection; tell the request being answered and
+        the gate."""
         self._stop_head_timer()
         if self.transport is not None:  # else a TLS handshake failed: it never began
             super().connection_lost(exc)
+            # uvicorn tells only the newest request; with pipelining, an older one is
+            # being answered, and must not write to the closed transport.
+            serving = self._serving
+            if serving is not None and serving is not self.cycle \
+                    and not serving.response_complete:
+                serving.disconnected = True
+                serving.message_event.set()
         if self.on_close is not None:
             self.on_close()
             self.on_close = None
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, counting head bytes; refuse a head over the limit."""
+        if self._deferred is not None:  # a head was refused: nothing after it is read
+            return
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -253,6 +275,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         """Serve a request now: the fast path's own way, or uvicorn's."""
+        self._serving = cycle
         if not isinstance(cast(object, cycle), _FastCycle):
             super()._start_asgi_task(cycle, app)
             return
@@ -332,32 +355,51 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are no HTTP request, counted and logged like
-        every refusal. A request already in flight is counted by the app instead (it
-        learns of the end of its connection), so it is not counted twice."""
+        every refusal, after the answers to the requests ahead. A request whose body is
+        in flight is counted by the app instead, as the answer its scope records (the app
+        learns only of the end of its connection), so it is not counted twice."""
         cycle = self.cycle
-        if cycle is None or cycle.response_complete:
-            self._log_refusal(400, msg.rstrip("."))
+        if self._in_head or cycle is None or cycle.response_complete:
+            self._refuse(400, msg.rstrip("."))
+            return
+        self._log_refusal(400, msg.rstrip("."), count=False)
+        self.scope.setdefault("extensions", {})[ANSWERED_EXTENSION] = {"status": 400}
         super().send_400_response(msg)
 
-    def _log_refusal(self, code: int, why: str) -> None:
+    def on_response_complete(self) -> None:
+        """An answer was written: a refused head's answer goes once it is the next."""
+        super().on_response_complete()
+        deferred = self._deferred
+        if deferred is not None and self.cycle.response_complete \
+                and not self.transport.is_closing():
+            self._deferred = None
+            self.transport.write(deferred)
+            self.transport.close()
+
+    def _log_refusal(self, code: int, why: str, count: bool = True) -> None:
         who = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown peer"
         _refused_log.warning("connection from %s refused with %d: %s", who, code, why,
                              key=str(code))
-        if self.counted:
+        if self.counted and count:
             metrics.WEBHOOK_REQUESTS.labels(str(code)).inc()
 
     def _refuse(self, code: int, why: str) -> None:
-        if self.transport.is_closing():
+        """Answer a bad head `code` and close; after the answers to the requests ahead of
+        it (pipelined), which a client would otherwise take this answer for."""
+        if self.transport.is_closing() or self._deferred is not None:
             return
         self._stop_head_timer()
         body = b'{"error":"%s"}' % why.encode("ascii")
-        reason = b"Request Header Fields Too Large" if code == 431 else b"Request Timeout"
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (code, reason, len(body), body))
-        self.transport.close()
+        answer = (STATUS_LINE[code] + b"content-type: application/json\r\n"
+                  b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self._log_refusal(code, why)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self._deferred = answer
+            self.flow.pause_reading()
+            return
+        self.transport.write(answer)
+        self.transport.close()
 
 
 # The answer `200 {}` as written, with and without keep-alive, and the default headers it

@@ -47,7 +47,7 @@ from healert_webhook.config import Settings, env
 from healert_webhook.logs import Limiter
 from healert_webhook.pipeline import Pipeline
 from healert_webhook.prefilter import NeedsMore
-from healert_webhook.protocol import Answer, FastBody
+from healert_webhook.protocol import Answer, FastBody, answered
 from healert_webhook.records import Evaluation, OutboxError, OutboxFull, StoreResult
 from healert_webhook.sources import body as body_reading
 
@@ -152,7 +152,7 @@ class WebhookApp:
         start = perf_counter()
         answer = await self._answer(scope, self._serve(scope, receive))
         if answer is None:
-            self._count(499, start)
+            self._count(self._unanswered(scope), start)
             return
         code, body, headers = answer
         await send({"type": "http.response.start", "status": code,
@@ -175,6 +175,12 @@ class WebhookApp:
             log.exception("webhook request failed")
             return 500, _error("internal error"), [(b"connection", b"close")]
         return 200, b"{}", []
+
+    @staticmethod
+    def _unanswered(scope: Scope) -> int:
+        """What a request the app could not answer counts as: the answer the protocol
+        gave it (its body was no HTTP), else 499 (the client went away)."""
+        return answered(scope) or 499
 
     def _refusal(self, scope: Scope, rej: _Reject) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         self._log_reject(scope, rej)
@@ -492,5 +498,5 @@ class FastRequest:
         """Serve it as `__call__` does from the reservation on; the answer, counted."""
         app = self.app
         answer = await app._answer(self.scope, app._serve_fast(body, self.size))
-        app._count(499 if answer is None else answer[0], self.start)
+        app._count(app._unanswered(self.scope) if answer is None else answer[0], self.start)
         return answer
