@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from healert_webhook.backend_contract import older_than
 
@@ -531,3 +532,38 @@ def test_faults_everywhere_deliver_every_event_exactly_once(tmp_path: Path,
         with _timed(f"seed {seed}"):
             run_chaos(tmp_path / f"seed-{seed}", seed, seconds)
 
+
+@pytest.mark.parametrize("rotation", ["rename", pytest.param("gzip", marks=pytest.mark.xfail(
+    strict=True, reason="a checkpoint taken in an empty file cannot find that file again "
+    "once it was rotated with compression"))])
+def test_a_file_empty_at_the_first_open_then_rotated_while_down_is_read(
+        tmp_path: Path, rotation: str) -> None:
+    """The chaos run's loss, made deterministic. A tailer's first open records a
+    checkpoint at once (offset 0 and a fingerprint of the first bytes: none, the file is
+    empty). The agent is killed before a line arrives; the apiserver writes lines and its
+    log is rotated with --audit-log-compress before the agent is back. The restarted
+    tailer knows a .gz only by its first bytes, so it cannot tell this file among the
+    generations and starts at the new file: the lines of the gzipped one are lost. With a
+    rotation by rename (the same inode under a new name) they are found."""
+    log = tmp_path / "audit" / "audit.log"
+    log.parent.mkdir()
+    writer = auditlog.Writer(log, rotate_bytes=1 << 40, kinds=[], seed=0)  # empty file
+    args = ["serve", "--state-dir", "state", "--listen", "127.0.0.1:0", "--ops-listen",
+            "127.0.0.1:0", "--tail", str(log), "--from", "start"]
+    first = Agent(args, tmp_path)
+    try:
+        first.wait_line(r"tail of .* starts at offset 0 \(no checkpoint")
+        first.kill()
+        for i in range(1, 4):
+            writer.write(as_log_line(exec_event(i, tag="gz")) + b"\n")
+        writer.rotate(rotation)
+        writer.write(as_log_line(exec_event(10, tag="live")) + b"\n")
+        writer.close()
+        second = Agent(args, tmp_path)
+        second.wait_line(r"auditID=live-00000010")
+        assert second.stop() == 0
+    finally:
+        first.kill()
+    stored = re.findall(r"friction stored .* auditID=(gz-\d+)", second.output())
+    assert sorted(stored) == ["gz-00000001", "gz-00000002", "gz-00000003"], \
+        second.output()[-2000:]
