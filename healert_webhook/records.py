@@ -76,6 +76,9 @@ class Checkpoint:
     ino: int
     offset: int
     fingerprint: str
+    # When the outbox last saved it (Unix time; None until saved): for a file that was
+    # empty then, what was rotated afterwards holds its lines (sources/tailfiles.py).
+    updated: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,7 @@ class Outbox:
 
     def load_checkpoint(self, source: str) -> Checkpoint | None:
         """The last checkpoint stored for `source`, or None."""
-        rows = self._read('SELECT source, path, dev, ino, "offset", fingerprint '
+        rows = self._read('SELECT source, path, dev, ino, "offset", fingerprint, updated '
                           "FROM checkpoints WHERE source = ?", (source,))
         return Checkpoint(*rows[0]) if rows else None
 

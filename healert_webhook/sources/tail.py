@@ -239,7 +239,7 @@ class Tailer:
             stream.seek(where.offset)
             log.info("tail of %s resumes in %s at offset %d (%s)", self.path, where.path,
                      where.offset, where.reason)
-            if where.reason not in {"checkpoint", "rotated", "compressed"}:
+            if where.reason not in {"checkpoint", "rotated", "compressed", "rotated_since"}:
                 self._warn_resume(cp, where)
             return stream
         return None

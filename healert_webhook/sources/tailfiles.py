@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import stat
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,26 @@ def locate(cp: Checkpoint, base: Path) -> Resume:
         for gen in rotated_files(base):
             if gen.stamp > stamp:
                 return _generation_start(gen, "lost")
+    elif fp is not None and fp.length == 0 and cp.offset == 0 and cp.updated is not None:
+        found = _rotated_since(base, cp.updated)
+        if found is not None:
+            return found
     return Resume(base, 0, reason="lost")
+
+
+def _rotated_since(base: Path, saved: float) -> Resume | None:
+    """The start of the first generation rotated after `saved`, the time a checkpoint
+    was saved at the start of the followed file while it was empty. Its lines were all
+    written after that save, so that generation is this very file (or, if it was pruned,
+    the next): no line before it was ever in the file. A .gz can be told by its first
+    bytes only, and this file had none. The stamps are the writer's rotation times in UTC
+    (lumberjack's default, the apiserver's), on the clock of the node the tail runs on."""
+    since = (time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime(saved))
+             + f".{int(saved * 1000) % 1000:03d}")
+    for gen in rotated_files(base):
+        if gen.stamp > since:
+            return _generation_start(gen, "rotated_since")
+    return None
 
 
 def _locate_rotated(cp: Checkpoint, base: Path, fp: Fingerprint | None) -> Resume | None:

@@ -88,3 +88,28 @@ def test_locate_finds_rotated_and_gzipped_generations(log_path: Path) -> None:
                     1, 2, 100, fingerprint(b"gone").encode())
     where = locate(cp, log_path)
     assert (where.path, where.offset, where.reason) == (rotated1, 0, "lost")
+
+
+def test_an_empty_file_checkpointed_then_gzipped_resumes_in_its_generation(
+        log_path: Path) -> None:
+    # A tailer's first open of an empty file saved (offset 0, no first bytes) at 12:00;
+    # the file then got lines and was rotated with compression. Its .gz has no first bytes
+    # to be known by, but it is the first generation rotated after the save; an older one
+    # (rotated before the file the checkpoint names was opened) is never read again.
+    older = log_path.with_name("audit-2026-11-26T11-59-59.999.log.gz")
+    with gzip.open(older, "wb") as gz:
+        gz.write(b"".join(lines_of(0, 5)))
+    ours = log_path.with_name("audit-2026-11-26T12-00-00.001.log.gz")
+    with gzip.open(ours, "wb") as gz:
+        gz.write(b"".join(lines_of(5, 5)))
+    log_path.write_bytes(b"".join(lines_of(10, 5)))
+    saved = 1795694400.0  # 2026-11-26T12:00:00Z
+    cp = Checkpoint("tail:x", str(log_path), 1, 2, 0, fingerprint(b"").encode(), saved)
+    where = locate(cp, log_path)
+    assert (where.path, where.offset, where.compressed, where.reason) == (
+        ours, 0, True, "rotated_since")
+    # Without the time of the save nothing tells the generations apart: the followed
+    # file, as before, and the loss is logged.
+    unsaved = Checkpoint("tail:x", str(log_path), 1, 2, 0, fingerprint(b"").encode())
+    where = locate(unsaved, log_path)
+    assert (where.path, where.reason) == (log_path, "lost")
