@@ -1,4 +1,4 @@
-"""Review of the deployed files against what the apiserver and the agent do with them.
+"""The chart's server certificate against the name the shipped apiserver kubeconfigs check.
 
 Rendered with `helm template` like tests/test_chart.py (helm from $HELM or PATH; skipped
 without it unless HEALERT_REQUIRE_HELM=1), under a release name and namespace other than
