@@ -24,6 +24,18 @@ NAME = "outbox"
 HELP = "inspect and repair the delivery queue"
 GROUPS: tuple[str, ...] = ("outbox",)
 JSON_HELP = "print JSON"
+MAX_LIMIT = 2**63 - 1  # SQLite's largest integer
+
+
+def row_count(text: str) -> int:
+    """A --limit: a whole number of rows, at least 1 (SQLite reads a negative LIMIT as none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LIMIT}, got {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> None:
@@ -36,12 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> No
     status.add_argument("--json", action="store_true", help=JSON_HELP)
     listing = actions.add_parser("list", help="the oldest queued events",
                                  description="List the oldest queued friction events.")
-    listing.add_argument("--limit", type=int, default=20, help="most rows shown (20)")
+    listing.add_argument("--limit", type=row_count, default=20, help="most rows shown (20)")
     listing.add_argument("--json", action="store_true", help=JSON_HELP)
     dead = actions.add_parser("dead", help="dead letters with their reasons",
                               description="List dead letters (events the backend or the "
                                           "contract refused, or set aside) with reasons.")
-    dead.add_argument("--limit", type=int, default=1000, help="most rows shown (1000)")
+    dead.add_argument("--limit", type=row_count, default=1000, help="most rows shown (1000)")
     dead.add_argument("--json", action="store_true", help=JSON_HELP)
     retry = actions.add_parser("retry-dead", help="requeue dead letters after fixing the cause",
                                description="Move dead letters back to the end of the queue.")
