@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from healert_webhook import exits
+from healert_webhook.backend import excerpt
+from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.commands.base import Settable
 from healert_webhook.config import Settings
 from healert_webhook.outbox import Outbox, exclusive, move_aside, quick_check
@@ -153,15 +155,20 @@ def _list(box: Outbox, args: Any) -> int:
 
 def _dead(box: Outbox, args: Any) -> int:
     letters = box.dead_letters(int(getattr(args, "limit", None) or 1000))
+    # The backend's answer is stored as it came: a token it echoed is masked and control
+    # characters escaped before it reaches a terminal or a script.
+    answers = [excerpt(d.answer.encode(), limit=ANSWER_MAX) if d.answer else d.answer
+               for d in letters]
     data = [{"key": d.key, "rule": d.rule, "status": d.status, "reason": d.reason,
-             "answer": d.answer, "dead_at": d.dead_at, "event": d.event} for d in letters]
+             "answer": answer, "dead_at": d.dead_at, "event": d.event}
+            for d, answer in zip(letters, answers, strict=True)]
     lines = []
-    for d in letters:
+    for d, answer in zip(letters, answers, strict=True):
         status = f"HTTP {d.status}" if d.status is not None else "not sent"
         lines.append(f"{d.key} {d.rule} {d.event.get('entity_ref', '?')} ({status}, "
                      f"{_age(d.dead_at)} ago): {d.reason}")
-        if d.answer:
-            lines.append(f"    backend said: {d.answer[:300]}")
+        if answer:
+            lines.append(f"    backend said: {answer[:300]}")
     _emit(getattr(args, "json", False), data, lines or ["no dead letters"])
     return exits.OK
 
