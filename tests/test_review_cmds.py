@@ -15,6 +15,8 @@ from healert_webhook import exits
 from healert_webhook.outbox import Outbox
 from healert_webhook.records import Friction
 
+from support.backend import run_backend
+
 SECRET = "s3cr3t-token-value"
 
 
@@ -70,3 +72,20 @@ def test_outbox_dead_never_prints_a_bearer_token_or_terminal_controls(state: Pat
         assert "bad request" in done.stdout
         assert SECRET not in done.stdout
         assert "\x1b" not in done.stdout
+
+
+def test_check_backend_never_calls_a_key_accepted_on_a_server_error(tmp_path: Path) -> None:
+    # The key check posts an empty object: only 422 (validation, after the key) says the
+    # key was taken. A backend whose POST /events fails with 500 while /health is fine
+    # made a wrong key pass, "ok auth key accepted", exit 0.
+    with run_backend(tmp_path / "backend", api_key="the-right-key") as backend:
+        backend.control(mode="500")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALERT_")}
+        env.update(HEALERT_BACKEND_URL=backend.url, HEALERT_API_KEY="a-wrong-key")
+        for args in ((), ("--json",)):
+            done = subprocess.run([sys.executable, "-m", "healert_webhook", "check-backend",
+                                   *args], env=env, capture_output=True, text=True,
+                                  timeout=60, check=False)
+            assert done.returncode == exits.UNREACHABLE, done
+            assert "key accepted" not in done.stdout and "HTTP 500" in done.stdout
+            assert "a-wrong-key" not in done.stdout + done.stderr
