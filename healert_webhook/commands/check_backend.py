@@ -134,7 +134,8 @@ async def _post(client: httpx.AsyncClient, settings: Settings, key: str | None,
 async def _check_auth(client: httpx.AsyncClient, settings: Settings, key: str | None,
                       report: _Report) -> int:
     """POST an empty object: the key is checked before the body (as a FastAPI dependency
-    is), so 401/403 means a refused key and 422 an accepted one; nothing is recorded."""
+    is), so 401/403 means a refused key and 422 an accepted one; nothing is recorded. Any
+    other answer (a 500...) says nothing about the key: the backend is unhealthy."""
     try:
         response = await _post(client, settings, key, {})
     except (httpx.HTTPError, TimeoutError, OSError) as exc:
@@ -148,8 +149,13 @@ async def _check_auth(client: httpx.AsyncClient, settings: Settings, key: str | 
     if code == 429:
         report.step("auth", None, "rate-limited (HTTP 429): the key could not be checked; "
                     "try again in a minute")
-    else:
+    elif code == 422:
         report.step("auth", True, f"key accepted (an empty event was answered HTTP {code})")
+    else:  # a 5xx, or not the backend's contract: the key was never looked at
+        report.step("auth", False, f"the key could not be checked: POST /events answered "
+                    f"HTTP {code} instead of 422 for an empty event: "
+                    f"{backend.excerpt(response.body, key, 200)}")
+        return exits.UNREACHABLE
     return exits.OK
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from healert_webhook import exits
+from healert_webhook.backend import excerpt
+from healert_webhook.backend_contract import ANSWER_MAX
 from healert_webhook.commands.base import Settable
 from healert_webhook.config import Settings
 from healert_webhook.outbox import Outbox, exclusive, move_aside, quick_check
@@ -24,6 +26,18 @@ NAME = "outbox"
 HELP = "inspect and repair the delivery queue"
 GROUPS: tuple[str, ...] = ("outbox",)
 JSON_HELP = "print JSON"
+MAX_LIMIT = 2**63 - 1  # SQLite's largest integer
+
+
+def row_count(text: str) -> int:
+    """A --limit: a whole number of rows, at least 1 (SQLite reads a negative LIMIT as none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LIMIT}, got {text}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> None:
@@ -36,12 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser, add_settings: Settable) -> No
     status.add_argument("--json", action="store_true", help=JSON_HELP)
     listing = actions.add_parser("list", help="the oldest queued events",
                                  description="List the oldest queued friction events.")
-    listing.add_argument("--limit", type=int, default=20, help="most rows shown (20)")
+    listing.add_argument("--limit", type=row_count, default=20, help="most rows shown (20)")
     listing.add_argument("--json", action="store_true", help=JSON_HELP)
     dead = actions.add_parser("dead", help="dead letters with their reasons",
                               description="List dead letters (events the backend or the "
                                           "contract refused, or set aside) with reasons.")
-    dead.add_argument("--limit", type=int, default=1000, help="most rows shown (1000)")
+    dead.add_argument("--limit", type=row_count, default=1000, help="most rows shown (1000)")
     dead.add_argument("--json", action="store_true", help=JSON_HELP)
     retry = actions.add_parser("retry-dead", help="requeue dead letters after fixing the cause",
                                description="Move dead letters back to the end of the queue.")
@@ -141,15 +155,20 @@ def _list(box: Outbox, args: Any) -> int:
 
 def _dead(box: Outbox, args: Any) -> int:
     letters = box.dead_letters(int(getattr(args, "limit", None) or 1000))
+    # The backend's answer is stored as it came: a token it echoed is masked and control
+    # characters escaped before it reaches a terminal or a script.
+    answers = [excerpt(d.answer.encode(), limit=ANSWER_MAX) if d.answer else d.answer
+               for d in letters]
     data = [{"key": d.key, "rule": d.rule, "status": d.status, "reason": d.reason,
-             "answer": d.answer, "dead_at": d.dead_at, "event": d.event} for d in letters]
+             "answer": answer, "dead_at": d.dead_at, "event": d.event}
+            for d, answer in zip(letters, answers, strict=True)]
     lines = []
-    for d in letters:
+    for d, answer in zip(letters, answers, strict=True):
         status = f"HTTP {d.status}" if d.status is not None else "not sent"
         lines.append(f"{d.key} {d.rule} {d.event.get('entity_ref', '?')} ({status}, "
                      f"{_age(d.dead_at)} ago): {d.reason}")
-        if d.answer:
-            lines.append(f"    backend said: {d.answer[:300]}")
+        if answer:
+            lines.append(f"    backend said: {answer[:300]}")
     _emit(getattr(args, "json", False), data, lines or ["no dead letters"])
     return exits.OK
 
