@@ -7,7 +7,9 @@ import email.utils
 import time
 from typing import Any
 
-from healert_webhook.backend import parse_retry_after
+import httpx
+
+from healert_webhook.backend import Answer, classify, parse_retry_after
 
 
 def test_retry_after_seconds_and_http_date() -> None:
@@ -78,3 +80,14 @@ def test_answers_are_read_up_to_a_cap_compressed_or_not() -> None:
     for answer in long_answers:
         assert (answer.complete, len(answer.body)) == (False, cap)
     assert peak < 5 * cap, peak  # the cap, its copy and a chunk; the server's share too
+
+
+def test_a_refusal_kept_and_logged_never_holds_an_echoed_token_or_terminal_controls() -> None:
+    # A backend (or a proxy before it) that echoes the request's Authorization header in
+    # its 422: the answer is kept with the dead letter and logged, so it is masked and its
+    # control characters escaped where it is read, once for every reader.
+    body = b'{"detail":"bad","headers":{"authorization":"Bearer s3cr3t-key"}}\x1b[2J\nforged'
+    outcome = classify(Answer(422, httpx.Headers(), body, True))
+    assert outcome.kind == "rejected" and outcome.answer is not None
+    assert "s3cr3t-key" not in outcome.answer and "Bearer ***" in outcome.answer
+    assert "\x1b" not in outcome.answer and "\n" not in outcome.answer

@@ -1,5 +1,7 @@
-"""Review of the operator commands: each test runs the real command line on a real outbox
-file (a subprocess of `python -m healert_webhook`, as an operator runs it)."""
+"""Operator commands given what a script or a hurried operator gives them (a backend that
+answers 500, a --limit that is no row count, a dead letter whose stored answer holds a
+token or terminal controls): each test runs the real command line on a real outbox file
+(a subprocess of `python -m healert_webhook`, as an operator runs it)."""
 
 from __future__ import annotations
 
