@@ -230,9 +230,10 @@ class Candidates:
         for body in bodies:
             raw.extend(bytes(item) for _index, item in
                        fields.sort_body(body, len(body), Counter())[1])
-        parsed = [orjson.loads(item) for item in raw]
-        firing = [event for event in parsed if detector.detect([event], Stats())]
-        quiet = [event for event in parsed if not detector.detect([event], Stats())]
+        firing: list[dict[str, Any]] = []
+        quiet: list[dict[str, Any]] = []
+        for event in map(orjson.loads, raw):
+            (firing if detector.detect([event], Stats()) else quiet).append(event)
         return cls(firing, quiet, raw)
 
 

@@ -295,12 +295,12 @@ def classify(response: Answer) -> Outcome:
         return Outcome("retry", "answer_too_large", f"the answer to POST /events (HTTP "
                        f"{code}) went on past {POST_ANSWER_MAX} bytes", code,
                        not_taken=False)
-    # kept with the row and logged: a token the backend or a proxy echoed is masked and
-    # control characters escaped here, once, for every reader
-    answer = excerpt(response.body, limit=ANSWER_MAX)
     if 200 <= code < 300:
         return Outcome("delivered", "delivered", "ok", code,
                        answer=excerpt(response.body, limit=EXCERPT_MAX))
+    # kept with the row and logged: a token the backend or a proxy echoed is masked and
+    # control characters escaped here, once, for every reader
+    answer = excerpt(response.body, limit=ANSWER_MAX)
     if code in AUTH_STATUSES:
         return Outcome("pause", "auth", f"backend refused the API key (HTTP {code}): "
                        f"{KEY_HINT}", code, answer=answer)

@@ -189,13 +189,13 @@ def redact(text: str) -> str:
             continue
         header = _header(word)
         if header is not None:  # `X-Api-Key:v`, `--header=X-Api-Key:`, `Authorization:Bearer`
-            text, value = header
+            named, value = header
             bare = value.strip("'\"")
             if not bare or bare.lower() in _SCHEMES:
                 hide_next = True
                 out.append(word)
             else:
-                closing = _unclosed(text) or _unclosed(value)
+                closing = _unclosed(named) or _unclosed(value)
                 out.append(word[: len(word) - len(value)] + REDACTED)
             continue
         lowered = word.strip("'\"").lower()

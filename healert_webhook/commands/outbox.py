@@ -155,8 +155,9 @@ def _list(box: Outbox, args: Any) -> int:
 
 def _dead(box: Outbox, args: Any) -> int:
     letters = box.dead_letters(int(getattr(args, "limit", None) or 1000))
-    # The backend's answer is stored as it came: a token it echoed is masked and control
-    # characters escaped before it reaches a terminal or a script.
+    # Rows dead-lettered by an earlier version hold the backend's answer as it came: a
+    # token it echoed is masked and control characters escaped before they reach a
+    # terminal or a script (what is stored now is so already: this leaves it as it is).
     answers = [excerpt(d.answer.encode(), limit=ANSWER_MAX) if d.answer else d.answer
                for d in letters]
     data = [{"key": d.key, "rule": d.rule, "status": d.status, "reason": d.reason,

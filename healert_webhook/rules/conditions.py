@@ -51,6 +51,12 @@ if TYPE_CHECKING:
 METADATA, REQUEST, REQUEST_RESPONSE = "Metadata", "Request", "RequestResponse"
 # The resources the view of the cluster watches (and holds the GitOps keys of).
 WATCHED_RESOURCES = frozenset(BY_RESOURCE)
+
+
+def _carried_level(verbs: frozenset[str] | None) -> str:
+    """The level that shows the object a rule on `verbs` reads: a create's, update's or
+    patch's request states what it sets; for anything else only the answer shows it."""
+    return REQUEST if verbs and verbs <= fields.WRITES else REQUEST_RESPONSE
 Reader = Callable[[Problems, str, Node, str], Any]
 
 
@@ -304,9 +310,7 @@ class Annotation(Check):
     def __init__(self, key: str, value: str, verbs: frozenset[str] | None = None) -> None:
         self.key, self.value = key, value
         self.tokens: tuple[fields.Token, ...] = ("metadata", "annotations", key)
-        # A write states the object in its request; a read's or a delete's object is
-        # only in the answer.
-        self.level = REQUEST if verbs and verbs <= fields.WRITES else REQUEST_RESPONSE
+        self.level = _carried_level(verbs)
 
     def failure(self, cand: Candidate) -> str | None:
         """`annotation` when neither the event nor its object has it."""
@@ -440,12 +444,9 @@ class ObjectFields(Check):
     def __init__(self, tests: tuple[FieldTest, ...], verbs: frozenset[str] | None,
                  resources: frozenset[str] | None = None) -> None:
         self.tests, self.verbs, self.resources = tests, verbs, resources
-        # A create's, update's or patch's request states what it sets; for anything else
-        # only the answer shows the object. A test of resources alone reads no body.
-        if all(test.path is None for test in tests):
-            self.level = METADATA
-        else:
-            self.level = REQUEST if verbs and verbs <= fields.WRITES else REQUEST_RESPONSE
+        # A test of resources alone reads no body.
+        self.level = METADATA if all(test.path is None for test in tests) \
+            else _carried_level(verbs)
 
     def failure(self, cand: Candidate) -> str | None:
         """`object_missing` when the event carries no object for any test that applies,
@@ -755,28 +756,27 @@ def _response(values: Mapping[str, Any]) -> Check:
     return ANY_FOUND if classes is None else Response(classes)
 
 
+def _named(values: Mapping[str, Any], many: str, one: str) -> frozenset[str] | None:
+    """What a rule's `many` list and `one` value name together (`verbs` and `verb`)."""
+    names = set(values.get(many) or ())
+    if values.get(one):
+        names.add(values[one])
+    return frozenset(names) or None
+
+
 def _verbs(values: Mapping[str, Any]) -> frozenset[str] | None:
-    verbs = set(values.get("verbs") or ())
-    if values.get("verb"):
-        verbs.add(values["verb"])
-    return frozenset(verbs) or None
+    return _named(values, "verbs", "verb")
+
+
+def _resources(values: Mapping[str, Any]) -> frozenset[str] | None:
+    return _named(values, "resources", "resource")
 
 
 def _object(values: Mapping[str, Any]) -> Check | None:
     tests = values.get("object")
     if not tests:
         return None
-    resources = set(values.get("resources") or ())
-    if values.get("resource"):
-        resources.add(values["resource"])
-    return ObjectFields(tests, _verbs(values), frozenset(resources) or None)
-
-
-def _resources(values: Mapping[str, Any]) -> frozenset[str] | None:
-    resources = set(values.get("resources") or ())
-    if values.get("resource"):
-        resources.add(values["resource"])
-    return frozenset(resources) or None
+    return ObjectFields(tests, _verbs(values), _resources(values))
 
 
 def _gitops(values: Mapping[str, Any]) -> Check | None:
